@@ -1,0 +1,171 @@
+//! HTTP edge: thin warp filters that parse a request, call the domain and wrap the answer in
+//! the envelope. The only code that knows warp or the JSON wire shapes.
+
+mod envelope;
+pub mod error;
+mod health;
+mod input;
+mod openapi;
+mod sessions;
+mod tokens;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use futures_util::StreamExt;
+use warp::filters::BoxedFilter;
+use warp::http::{HeaderMap, header};
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+use crate::auth::{AuthService, Principal};
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::sessions::SessionService;
+use crate::store::Store;
+pub use envelope::{ApiResult, RequestCtx, Success};
+use error::{ApiError, reject};
+pub use input::Body;
+
+/// Request bodies above this are refused with 413.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub clock: SharedClock,
+    pub store: Store,
+    pub auth: AuthService,
+    pub sessions: SessionService,
+}
+
+/// Every route the server answers.
+pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
+    let api = warp::path("api")
+        .and(request_ctx(state))
+        .and(api_v1(state).or_else(|r: Rejection| async move {
+            Ok::<_, Infallible>((Err::<Success, _>(error::from_rejection(&r)),))
+        }))
+        .map({
+            let clock = state.clock.clone();
+            move |ctx: RequestCtx, result: ApiResult| envelope::respond(&ctx, clock.now_ms(), result)
+        });
+    health::routes(state)
+        .or(openapi::route())
+        .unify()
+        .or(api)
+        .unify()
+        .or(crate::ui::routes())
+        .unify()
+        .with(warp::log::custom(|info| {
+            tracing::debug!(method = %info.method(), path = info.path(), status = info.status().as_u16(), "request");
+        }))
+        .map(Reply::into_response)
+        .boxed()
+}
+
+/// `/api/v1/...`: authentication first (401 before routing), then the domain routes.
+fn api_v1(state: &AppState) -> BoxedFilter<(ApiResult,)> {
+    warp::path("v1")
+        .and(principal(state).map(|_| ()).untuple_one())
+        .and(
+            sessions::routes(state)
+                .or(tokens::routes(state))
+                .unify(),
+        )
+        .boxed()
+}
+
+fn request_ctx(state: &AppState) -> impl Filter<Extract = (RequestCtx,), Error = Infallible> + Clone + use<> {
+    let _ = state;
+    warp::header::headers_cloned().map(|headers: HeaderMap| RequestCtx {
+        request_id: envelope::request_id_from(headers.get("x-request-id"), || {
+            uuid::Uuid::new_v4().to_string()
+        }),
+        started: Instant::now(),
+    })
+}
+
+/// The caller, from `Authorization: Bearer <token>`; everyone is admin when auth is off.
+pub fn principal(state: &AppState) -> impl Filter<Extract = (Principal,), Error = Rejection> + Clone + use<> {
+    let auth = state.auth.clone();
+    let required = state.config.websocket.auth_required;
+    warp::header::headers_cloned().and_then(move |headers: HeaderMap| {
+        let auth = auth.clone();
+        async move {
+            if !required {
+                return Ok(Principal::anonymous_admin());
+            }
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .and_then(|token| auth.authenticate(token.trim()))
+                .ok_or_else(|| reject(ApiError::unauthorized()))
+        }
+    })
+}
+
+pub fn with_state(state: &AppState) -> impl Filter<Extract = (AppState,), Error = Infallible> + Clone + use<> {
+    let state = state.clone();
+    warp::any().map(move || state.clone())
+}
+
+/// Query parameters as strings (typed reads happen in the handler, collecting issues).
+pub fn query() -> impl Filter<Extract = (HashMap<String, String>,), Error = Rejection> + Clone {
+    warp::query::<HashMap<String, String>>()
+}
+
+/// The JSON body: at most 1 MiB (413), `application/json` when not empty (415), parsable (400
+/// `INVALID_JSON`). An empty body is allowed without a Content-Type.
+pub fn json_body() -> impl Filter<Extract = (Body,), Error = Rejection> + Clone {
+    warp::header::headers_cloned()
+        .and(warp::body::stream())
+        .and_then(read_json_body)
+}
+
+async fn read_json_body<S, B>(headers: HeaderMap, stream: S) -> Result<Body, Rejection>
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(reject(ApiError::payload_too_large()));
+    }
+    let mut stream = std::pin::pin!(stream);
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| reject(ApiError::invalid_json("The body could not be read")))?;
+        if buf.len() + chunk.remaining() > MAX_BODY_BYTES {
+            return Err(reject(ApiError::payload_too_large()));
+        }
+        buf.extend_from_slice(chunk.chunk());
+    }
+    if buf.is_empty() {
+        return Ok(Body(None));
+    }
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .is_some_and(|v| v == "application/json" || v.ends_with("+json"));
+    if !is_json {
+        return Err(reject(ApiError::unsupported_media_type()));
+    }
+    serde_json::from_slice(&buf)
+        .map(|v| Body(Some(v)))
+        .map_err(|e| reject(ApiError::invalid_json(format!("Body is not valid JSON: {e}"))))
+}
+
+/// Converts a reply that is not enveloped (assets, documents) into a response.
+pub fn raw(reply: impl Reply) -> Response {
+    reply.into_response()
+}

@@ -1,0 +1,22 @@
+//! `GET /api/v1/openapi.json`: the contract as OpenAPI 3, public and not enveloped.
+
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::header;
+use warp::reply::Response;
+
+pub const DOCUMENT: &str = include_str!("openapi.json");
+
+pub fn route() -> BoxedFilter<(Response,)> {
+    warp::path!("api" / "v1" / "openapi.json")
+        .and(warp::get())
+        .map(|| {
+            let mut r = Response::new(DOCUMENT.into());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            r
+        })
+        .boxed()
+}

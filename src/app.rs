@@ -1,0 +1,120 @@
+//! Wiring: open the store, load tokens, start the background tasks, serve HTTP until told to
+//! stop. `main` and the integration tests both start the server through here.
+
+use std::future::Future;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, AppState};
+use crate::auth::AuthService;
+use crate::clock::{SharedClock, SharedIds};
+use crate::config::Config;
+use crate::error::DomainError;
+use crate::events::EventBus;
+use crate::sessions::{SessionService, sweeper};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("opening the database: {0}")]
+    Store(#[from] StoreError),
+    #[error("loading state: {0}")]
+    Domain(#[from] DomainError),
+}
+
+pub struct App {
+    pub state: AppState,
+    pub bus: EventBus,
+    /// The first admin token's secret, when this start created it.
+    pub bootstrap_token: Option<String>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl App {
+    pub async fn start(config: Config, clock: SharedClock, ids: SharedIds) -> Result<App, StartError> {
+        let data_dir = config.server.data_dir.clone();
+        std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
+            path: data_dir.display().to_string(),
+            source,
+        })?;
+        let bus = EventBus::new(4096);
+        let db_path = data_dir.join("village.redb");
+        let store = {
+            let bus = bus.clone();
+            tokio::task::spawn_blocking(move || Store::open(&db_path, bus))
+                .await
+                .map_err(|_| StoreError::Panicked)??
+        };
+        let auth = AuthService::load(store.clone(), clock.clone(), ids.clone()).await?;
+        let bootstrap_token = auth.bootstrap_admin().await?;
+        if let Some(secret) = &bootstrap_token {
+            write_admin_token(&data_dir, secret);
+        }
+        if !config.websocket.auth_required {
+            tracing::warn!(
+                "websocket.authRequired = false: every request is treated as admin; use this only for local trials"
+            );
+        }
+        let sessions = SessionService::new(store.clone(), clock.clone(), ids.clone(), &config.sessions);
+        let state = AppState {
+            config: Arc::new(config),
+            clock: clock.clone(),
+            store,
+            auth,
+            sessions: sessions.clone(),
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        let tasks = vec![tokio::spawn(sweeper::run(sessions, clock, stop_rx))];
+        Ok(App {
+            state,
+            bus,
+            bootstrap_token,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then stops the background tasks.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let routes = api::routes(&self.state);
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!("Village listening on http://{addr}");
+        }
+        warp::serve(routes).incoming(listener).graceful(shutdown).run().await;
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        tracing::info!("Village stopped");
+    }
+}
+
+/// `<data-dir>/admin-token`, readable by the owner only.
+fn write_admin_token(data_dir: &Path, secret: &str) {
+    let path = data_dir.join("admin-token");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let written = options
+        .open(&path)
+        .and_then(|mut f| f.write_all(format!("{secret}\n").as_bytes()).and_then(|()| f.sync_all()));
+    match written {
+        Ok(()) => tracing::info!(path = %path.display(), "admin token written"),
+        Err(e) => tracing::error!(path = %path.display(), error = %e, "could not write the admin token file"),
+    }
+}

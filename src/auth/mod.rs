@@ -1,0 +1,362 @@
+//! Tokens and who may do what (contract §2). Secrets are random 256-bit values shown once;
+//! only their SHA-256 is stored. Active tokens are mirrored in memory so that authenticating a
+//! request never touches the disk.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::clock::{Millis, SharedClock, SharedIds};
+use crate::error::{Conflict, DomainError, DomainResult, Entity, Issue};
+use crate::paging::{Page, PageRequest};
+use crate::store::{Reads, Store};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TokenKind {
+    Admin,
+    Org,
+    RunnerJoin,
+    Runner,
+}
+
+impl TokenKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Org => "org",
+            Self::RunnerJoin => "runner_join",
+            Self::Runner => "runner",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Admin, Self::Org, Self::RunnerJoin, Self::Runner]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: Uuid,
+    pub kind: TokenKind,
+    pub name: String,
+    pub org_id: Option<String>,
+    /// For `runner` tokens: the runner they belong to.
+    pub runner_id: Option<Uuid>,
+    pub hash: [u8; 32],
+    pub created_at: Millis,
+    pub revoked_at: Option<Millis>,
+}
+
+/// The caller of a request, after authentication.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Principal {
+    pub token_id: Uuid,
+    pub kind: TokenKind,
+    pub name: String,
+    pub org_id: Option<String>,
+    pub runner_id: Option<Uuid>,
+}
+
+impl Principal {
+    fn from_record(r: &TokenRecord) -> Self {
+        Self {
+            token_id: r.id,
+            kind: r.kind,
+            name: r.name.clone(),
+            org_id: r.org_id.clone(),
+            runner_id: r.runner_id,
+        }
+    }
+
+    /// Everyone is admin when `authRequired = false`.
+    pub fn anonymous_admin() -> Self {
+        Self {
+            token_id: Uuid::nil(),
+            kind: TokenKind::Admin,
+            name: "anonymous".into(),
+            org_id: None,
+            runner_id: None,
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.kind == TokenKind::Admin
+    }
+
+    pub fn require_admin(&self) -> DomainResult<()> {
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(DomainError::forbidden("this call needs an admin token"))
+        }
+    }
+
+    /// Admin or an org token: the callers that manage sessions.
+    pub fn require_org_or_admin(&self) -> DomainResult<()> {
+        match self.kind {
+            TokenKind::Admin | TokenKind::Org => Ok(()),
+            _ => Err(DomainError::forbidden("this call needs an org or admin token")),
+        }
+    }
+
+    /// Whether this caller may see objects of `org_id` (a miss is reported as not-found).
+    pub fn sees_org(&self, org_id: &str) -> bool {
+        self.is_admin() || (self.kind == TokenKind::Org && self.org_id.as_deref() == Some(org_id))
+    }
+
+    /// The org a request acts on: an org token acts on its own org (naming another is 403),
+    /// an admin must name one.
+    pub fn resolve_org(&self, named: Option<&str>, path: &str) -> DomainResult<String> {
+        match (self.kind, named) {
+            (TokenKind::Org, Some(org)) if Some(org) != self.org_id.as_deref() => Err(
+                DomainError::forbidden("an org token may act only on its own org"),
+            ),
+            (TokenKind::Org, _) => self
+                .org_id
+                .clone()
+                .ok_or_else(|| DomainError::forbidden("org token without an org")),
+            (_, Some(org)) => Ok(org.to_owned()),
+            (_, None) => Err(DomainError::Validation(vec![Issue::new(path, "is required")])),
+        }
+    }
+
+    /// Label recorded as who did something (audit, approval `resolvedBy`).
+    pub fn actor(&self) -> String {
+        if self.token_id.is_nil() {
+            self.name.clone()
+        } else {
+            self.token_id.to_string()
+        }
+    }
+}
+
+pub fn hash_secret(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+pub fn is_org_slug(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 64
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A new token: the record to keep and the secret to show once.
+pub struct IssuedToken {
+    pub record: TokenRecord,
+    pub secret: String,
+}
+
+pub struct NewToken {
+    pub kind: TokenKind,
+    pub name: String,
+    pub org_id: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct AuthService {
+    store: Store,
+    clock: SharedClock,
+    ids: SharedIds,
+    active: Arc<RwLock<HashMap<[u8; 32], Principal>>>,
+}
+
+impl AuthService {
+    /// Loads every active token into memory.
+    pub async fn load(store: Store, clock: SharedClock, ids: SharedIds) -> DomainResult<Self> {
+        let tokens = store.read(|r| r.all_tokens()).await?;
+        let active = tokens
+            .iter()
+            .filter(|t| t.revoked_at.is_none())
+            .map(|t| (t.hash, Principal::from_record(t)))
+            .collect();
+        Ok(Self {
+            store,
+            clock,
+            ids,
+            active: Arc::new(RwLock::new(active)),
+        })
+    }
+
+    pub fn authenticate(&self, secret: &str) -> Option<Principal> {
+        let hash = hash_secret(secret);
+        let active = self.active.read().unwrap_or_else(|p| p.into_inner());
+        active.get(&hash).cloned()
+    }
+
+    fn mint(&self, new: NewToken, runner_id: Option<Uuid>) -> IssuedToken {
+        let secret = format!("vlg_{}", hex(&self.ids.secret_bytes()));
+        let record = TokenRecord {
+            id: self.ids.uuid(),
+            kind: new.kind,
+            name: new.name,
+            org_id: new.org_id,
+            runner_id,
+            hash: hash_secret(&secret),
+            created_at: self.clock.now_ms(),
+            revoked_at: None,
+        };
+        IssuedToken { record, secret }
+    }
+
+    fn remember(&self, record: &TokenRecord) {
+        let mut active = self.active.write().unwrap_or_else(|p| p.into_inner());
+        active.insert(record.hash, Principal::from_record(record));
+    }
+
+    /// Creates the first admin token when the database has none. Returns its secret.
+    pub async fn bootstrap_admin(&self) -> DomainResult<Option<String>> {
+        let issued = self.mint(
+            NewToken {
+                kind: TokenKind::Admin,
+                name: "bootstrap-admin".into(),
+                org_id: None,
+            },
+            None,
+        );
+        let record = issued.record.clone();
+        let created = self
+            .store
+            .write(move |w| {
+                if w.any_token()? {
+                    return Ok::<_, DomainError>(false);
+                }
+                w.put_token(&record)?;
+                Ok(true)
+            })
+            .await?;
+        if created {
+            self.remember(&issued.record);
+            Ok(Some(issued.secret))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// `POST /tokens` (admin).
+    pub async fn create(&self, caller: &Principal, new: NewToken) -> DomainResult<IssuedToken> {
+        caller.require_admin()?;
+        let mut issues = Vec::new();
+        if new.name.trim().is_empty() || new.name.len() > 200 {
+            issues.push(Issue::new("name", "must be 1 to 200 characters"));
+        }
+        match (new.kind, &new.org_id) {
+            (TokenKind::Org, None) => issues.push(Issue::new("orgId", "is required for org tokens")),
+            (TokenKind::Admin, Some(_)) => {
+                issues.push(Issue::new("orgId", "an admin token is not bound to an org"))
+            }
+            (TokenKind::Runner, _) => issues.push(Issue::new(
+                "kind",
+                "runner tokens are issued by runner registration",
+            )),
+            _ => {}
+        }
+        if let Some(org) = &new.org_id
+            && !is_org_slug(org)
+        {
+            issues.push(Issue::new("orgId", "must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"));
+        }
+        if !issues.is_empty() {
+            return Err(DomainError::Validation(issues));
+        }
+        let issued = self.mint(new, None);
+        let record = issued.record.clone();
+        self.store
+            .write(move |w| w.put_token(&record).map_err(DomainError::from))
+            .await?;
+        self.remember(&issued.record);
+        Ok(issued)
+    }
+
+    /// `GET /tokens` (admin): every token, revoked ones too, without secrets.
+    pub async fn list(&self, caller: &Principal, page: PageRequest) -> DomainResult<Page<TokenRecord>> {
+        caller.require_admin()?;
+        let mut all = self.store.read(|r| r.all_tokens()).await?;
+        all.sort_by_key(|t| (t.created_at, t.id));
+        Ok(page.slice(all))
+    }
+
+    /// `DELETE /tokens/{id}` (admin). The last active admin token cannot be revoked: that would
+    /// lock every operator out.
+    pub async fn revoke(&self, caller: &Principal, id: Uuid) -> DomainResult<TokenRecord> {
+        caller.require_admin()?;
+        let now = self.clock.now_ms();
+        let revoked = self
+            .store
+            .write(move |w| {
+                let mut token = w.get_token(id)?.ok_or(DomainError::NotFound(Entity::Token))?;
+                if token.revoked_at.is_some() {
+                    return Ok(token);
+                }
+                if token.kind == TokenKind::Admin {
+                    let admins = w
+                        .all_tokens()?
+                        .into_iter()
+                        .filter(|t| t.kind == TokenKind::Admin && t.revoked_at.is_none())
+                        .count();
+                    if admins <= 1 {
+                        return Err(DomainError::conflict(
+                            Conflict::InvalidState,
+                            "the last active admin token cannot be revoked",
+                        ));
+                    }
+                }
+                token.revoked_at = Some(now);
+                w.put_token(&token)?;
+                Ok(token)
+            })
+            .await?;
+        let mut active = self.active.write().unwrap_or_else(|p| p.into_inner());
+        active.remove(&revoked.hash);
+        Ok(revoked)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn org_slugs() {
+        assert!(is_org_slug("acme"));
+        assert!(is_org_slug("a.b_c-d9"));
+        assert!(is_org_slug(&"a".repeat(64)));
+        assert!(!is_org_slug(&"a".repeat(65)));
+        assert!(!is_org_slug("-acme"));
+        assert!(!is_org_slug(""));
+        assert!(!is_org_slug("ac me"));
+    }
+
+    #[test]
+    fn org_tokens_act_only_on_their_org() {
+        let p = Principal {
+            token_id: Uuid::nil(),
+            kind: TokenKind::Org,
+            name: "t".into(),
+            org_id: Some("acme".into()),
+            runner_id: None,
+        };
+        assert_eq!(p.resolve_org(None, "orgId").ok(), Some("acme".to_string()));
+        assert!(matches!(p.resolve_org(Some("other"), "orgId"), Err(DomainError::Forbidden(_))));
+        assert!(p.sees_org("acme"));
+        assert!(!p.sees_org("other"));
+    }
+}

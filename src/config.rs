@@ -1,0 +1,356 @@
+//! Configuration: defaults, then one TOML file, then `VILLAGE_<SECTION>_<KEY>` environment
+//! variables, then command-line flags. Every key is known here by name; an unknown key or a
+//! bad value stops the start with a message naming it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub sessions: SessionsConfig,
+    pub runners: RunnersConfig,
+    pub pipeline: PipelineConfig,
+    pub websocket: WebsocketConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionsConfig {
+    pub max_sessions_per_org: u64,
+    pub default_timeout: Duration,
+    pub session_data_ttl: Duration,
+    pub approval_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunnersConfig {
+    pub heartbeat_timeout: Duration,
+    pub max_runners_per_org: u64,
+    pub default_capacity: u64,
+    pub lost_after: Duration,
+    pub restart_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub enable_auto_rollout: bool,
+    pub default_channel: String,
+    pub canary_duration: Duration,
+    pub max_failure_rate: f64,
+    pub min_sessions_for_verdict: u64,
+    pub max_offline_rate: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebsocketConfig {
+    pub heartbeat_interval: Duration,
+    pub auth_required: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+                data_dir: PathBuf::from("./data"),
+            },
+            sessions: SessionsConfig {
+                max_sessions_per_org: 10,
+                default_timeout: Duration::from_secs(60 * 60),
+                session_data_ttl: Duration::from_secs(24 * 3600),
+                approval_timeout: Duration::from_secs(1440 * 60),
+            },
+            runners: RunnersConfig {
+                heartbeat_timeout: Duration::from_millis(30_000),
+                max_runners_per_org: 10,
+                default_capacity: 5,
+                lost_after: Duration::from_millis(300_000),
+                restart_grace: Duration::from_millis(300_000),
+            },
+            pipeline: PipelineConfig {
+                enable_auto_rollout: false,
+                default_channel: "stable".into(),
+                canary_duration: Duration::from_secs(3600),
+                max_failure_rate: 0.10,
+                min_sessions_for_verdict: 20,
+                max_offline_rate: 0.15,
+            },
+            websocket: WebsocketConfig {
+                heartbeat_interval: Duration::from_millis(30_000),
+                auth_required: true,
+            },
+        }
+    }
+}
+
+/// A configuration problem, always naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {message}")]
+    File { path: String, message: String },
+    #[error("unknown configuration key `{0}`")]
+    UnknownKey(String),
+    #[error("bad value for `{key}`: {message}")]
+    BadValue { key: String, message: String },
+}
+
+/// A raw value before it is checked against the key's type.
+enum Raw<'a> {
+    Toml(&'a toml::Value),
+    Env(&'a str),
+}
+
+impl Raw<'_> {
+    fn describe(&self) -> String {
+        match self {
+            Raw::Toml(v) => format!("{v:?}"),
+            Raw::Env(s) => format!("{s:?}"),
+        }
+    }
+}
+
+impl Config {
+    /// Builds the configuration from an optional file and an environment.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut cfg = Config::default();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+            cfg.apply_toml(&text).map_err(|e| match e {
+                ConfigError::File { message, .. } => ConfigError::File {
+                    path: path.display().to_string(),
+                    message,
+                },
+                other => other,
+            })?;
+        }
+        let mut vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("VILLAGE_") && k != "VILLAGE_LOG")
+            .collect();
+        vars.sort();
+        for (name, value) in vars {
+            let Some((section, key)) = env_key(&name) else {
+                return Err(ConfigError::UnknownKey(name));
+            };
+            cfg.set(&section, &key, Raw::Env(&value))
+                .map_err(|e| match e {
+                    ConfigError::UnknownKey(_) => ConfigError::UnknownKey(name.clone()),
+                    ConfigError::BadValue { message, .. } => ConfigError::BadValue {
+                        key: name.clone(),
+                        message,
+                    },
+                    other => other,
+                })?;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn apply_toml(&mut self, text: &str) -> Result<(), ConfigError> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::File {
+            path: String::new(),
+            message: e.message().to_string(),
+        })?;
+        for (section, value) in &table {
+            let Some(keys) = value.as_table() else {
+                return Err(ConfigError::UnknownKey(section.clone()));
+            };
+            for (key, value) in keys {
+                self.set(section, key, Raw::Toml(value))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: &str| ConfigError::BadValue {
+            key: key.into(),
+            message: message.into(),
+        };
+        if self.sessions.max_sessions_per_org == 0 {
+            return Err(bad("sessions.maxSessionsPerOrg", "must be at least 1"));
+        }
+        if self.runners.default_capacity == 0 {
+            return Err(bad("runners.defaultCapacity", "must be at least 1"));
+        }
+        if self.websocket.heartbeat_interval.is_zero() {
+            return Err(bad("websocket.heartbeatIntervalMs", "must be above 0"));
+        }
+        Ok(())
+    }
+
+    fn set(&mut self, section: &str, key: &str, raw: Raw<'_>) -> Result<(), ConfigError> {
+        let name = format!("{section}.{key}");
+        let bad = |message: String| ConfigError::BadValue {
+            key: name.clone(),
+            message,
+        };
+        match name.as_str() {
+            "server.listen" => {
+                self.server.listen = string(&raw)
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| bad(format!("{} is not an address like 127.0.0.1:8080", raw.describe())))?;
+            }
+            "server.dataDir" => {
+                let s = string(&raw).filter(|s| !s.is_empty());
+                self.server.data_dir = PathBuf::from(s.ok_or_else(|| bad("expected a path".into()))?);
+            }
+            "sessions.maxSessionsPerOrg" => self.sessions.max_sessions_per_org = count(&raw).map_err(bad)?,
+            "sessions.defaultTimeoutMinutes" => self.sessions.default_timeout = duration(&raw, 60_000.0).map_err(bad)?,
+            "sessions.sessionDataTtlHours" => self.sessions.session_data_ttl = duration(&raw, 3_600_000.0).map_err(bad)?,
+            "sessions.approvalTimeoutMinutes" => self.sessions.approval_timeout = duration(&raw, 60_000.0).map_err(bad)?,
+            "runners.heartbeatTimeoutMs" => self.runners.heartbeat_timeout = duration(&raw, 1.0).map_err(bad)?,
+            "runners.maxRunnersPerOrg" => self.runners.max_runners_per_org = count(&raw).map_err(bad)?,
+            "runners.defaultCapacity" => self.runners.default_capacity = count(&raw).map_err(bad)?,
+            "runners.lostAfterMs" => self.runners.lost_after = duration(&raw, 1.0).map_err(bad)?,
+            "runners.restartGraceMs" => self.runners.restart_grace = duration(&raw, 1.0).map_err(bad)?,
+            "pipeline.enableAutoRollout" => self.pipeline.enable_auto_rollout = boolean(&raw).map_err(bad)?,
+            "pipeline.defaultChannel" => {
+                self.pipeline.default_channel = string(&raw)
+                    .filter(|s| s == "stable" || s == "beta")
+                    .ok_or_else(|| bad(format!("{} is not `stable` or `beta`", raw.describe())))?;
+            }
+            "pipeline.canaryDurationMinutes" => self.pipeline.canary_duration = duration(&raw, 60_000.0).map_err(bad)?,
+            "pipeline.maxFailureRate" => self.pipeline.max_failure_rate = rate(&raw).map_err(bad)?,
+            "pipeline.minSessionsForVerdict" => self.pipeline.min_sessions_for_verdict = count(&raw).map_err(bad)?,
+            "pipeline.maxOfflineRate" => self.pipeline.max_offline_rate = rate(&raw).map_err(bad)?,
+            "websocket.heartbeatIntervalMs" => self.websocket.heartbeat_interval = duration(&raw, 1.0).map_err(bad)?,
+            "websocket.authRequired" => self.websocket.auth_required = boolean(&raw).map_err(bad)?,
+            _ => return Err(ConfigError::UnknownKey(name)),
+        }
+        Ok(())
+    }
+}
+
+/// `VILLAGE_SESSIONS_MAX_SESSIONS_PER_ORG` → (`sessions`, `maxSessionsPerOrg`).
+fn env_key(name: &str) -> Option<(String, String)> {
+    let rest = name.strip_prefix("VILLAGE_")?;
+    let (section, key) = rest.split_once('_')?;
+    let mut camel = String::new();
+    for (i, word) in key.split('_').enumerate() {
+        let lower = word.to_ascii_lowercase();
+        if i == 0 {
+            camel.push_str(&lower);
+        } else {
+            let mut chars = lower.chars();
+            if let Some(first) = chars.next() {
+                camel.push(first.to_ascii_uppercase());
+                camel.push_str(chars.as_str());
+            }
+        }
+    }
+    Some((section.to_ascii_lowercase(), camel))
+}
+
+fn string(raw: &Raw<'_>) -> Option<String> {
+    match raw {
+        Raw::Toml(v) => v.as_str().map(str::to_owned),
+        Raw::Env(s) => Some((*s).to_owned()),
+    }
+}
+
+fn number(raw: &Raw<'_>) -> Result<f64, String> {
+    let n = match raw {
+        Raw::Toml(toml::Value::Integer(i)) => Some(*i as f64),
+        Raw::Toml(toml::Value::Float(f)) => Some(*f),
+        Raw::Toml(_) => None,
+        Raw::Env(s) => s.trim().parse::<f64>().ok(),
+    };
+    n.filter(|n| n.is_finite())
+        .ok_or_else(|| format!("{} is not a number", raw.describe()))
+}
+
+fn count(raw: &Raw<'_>) -> Result<u64, String> {
+    let n = number(raw)?;
+    if n < 0.0 || n.fract() != 0.0 || n > 1e12 {
+        return Err(format!("{} is not a whole number ≥ 0", raw.describe()));
+    }
+    Ok(n as u64)
+}
+
+/// A duration written in `unit_ms` units; fractions are allowed (0.05 minutes is 3 s).
+fn duration(raw: &Raw<'_>, unit_ms: f64) -> Result<Duration, String> {
+    let n = number(raw)?;
+    if n <= 0.0 {
+        return Err(format!("{} must be above 0", raw.describe()));
+    }
+    let ms = n * unit_ms;
+    if ms > 1e15 {
+        return Err(format!("{} is too large", raw.describe()));
+    }
+    Ok(Duration::from_micros((ms * 1000.0).round() as u64))
+}
+
+fn rate(raw: &Raw<'_>) -> Result<f64, String> {
+    let n = number(raw)?;
+    if !(0.0..=1.0).contains(&n) {
+        return Err(format!("{} is not between 0 and 1", raw.describe()));
+    }
+    Ok(n)
+}
+
+fn boolean(raw: &Raw<'_>) -> Result<bool, String> {
+    match raw {
+        Raw::Toml(toml::Value::Boolean(b)) => Ok(*b),
+        Raw::Env(s) if s.eq_ignore_ascii_case("true") || *s == "1" => Ok(true),
+        Raw::Env(s) if s.eq_ignore_ascii_case("false") || *s == "0" => Ok(false),
+        _ => Err(format!("{} is not true or false", raw.describe())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn file_then_env_override_defaults() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("v.toml");
+        std::fs::write(
+            &path,
+            "[sessions]\nmaxSessionsPerOrg = 3\ndefaultTimeoutMinutes = 0.05\n[websocket]\nauthRequired = false\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let cfg = Config::load(
+            Some(&path),
+            env(&[("VILLAGE_SESSIONS_MAX_SESSIONS_PER_ORG", "20"), ("PATH", "/bin")]),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.sessions.max_sessions_per_org, 20);
+        assert_eq!(cfg.sessions.default_timeout, Duration::from_secs(3));
+        assert!(!cfg.websocket.auth_required);
+        assert_eq!(cfg.runners.default_capacity, 5);
+    }
+
+    #[test]
+    fn unknown_and_bad_keys_are_named() {
+        let mut cfg = Config::default();
+        let err = cfg.apply_toml("[sessions]\nmaxSessionsPerOrgg = 3\n").unwrap_err();
+        assert!(err.to_string().contains("sessions.maxSessionsPerOrgg"), "{err}");
+        let err = cfg.apply_toml("[runners]\ndefaultCapacity = \"five\"\n").unwrap_err();
+        assert!(err.to_string().contains("runners.defaultCapacity"), "{err}");
+        let err = Config::load(None, env(&[("VILLAGE_RUNNERS_LOST_AFTER_MS", "-3")])).unwrap_err();
+        assert!(err.to_string().contains("VILLAGE_RUNNERS_LOST_AFTER_MS"), "{err}");
+        let err = Config::load(None, env(&[("VILLAGE_BOGUS_KEY", "1")])).unwrap_err();
+        assert!(err.to_string().contains("VILLAGE_BOGUS_KEY"), "{err}");
+        let err = cfg.apply_toml("[pipeline]\nmaxFailureRate = 1.5\n").unwrap_err();
+        assert!(err.to_string().contains("pipeline.maxFailureRate"), "{err}");
+    }
+}

@@ -1,0 +1,755 @@
+//! Sessions: creation, the lifecycle of contract §3, approvals, events, terminal output, usage,
+//! and the timers (timeout, approval expiry, purge). Every rule runs inside one store write job,
+//! so each change is atomic and durable before it is acknowledged.
+
+pub mod model;
+pub mod sweeper;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::auth::{Principal, TokenKind};
+use crate::clock::{Millis, SharedClock, SharedIds, format_ms};
+use crate::config::SessionsConfig;
+use crate::error::{Conflict, DomainError, DomainResult, Entity, Limit};
+use crate::events::BusEvent;
+use crate::paging::{Page, PageRequest};
+use crate::store::{Reads, Store, Timer, TimerKind, WriteCtx};
+use model::*;
+
+/// Events kept in a session detail's `recentEvents`.
+pub const RECENT_EVENTS: usize = 20;
+pub const MAX_TASK_BYTES: usize = 64 * 1024;
+pub const MAX_OUTPUT_BYTES: usize = 256 * 1024;
+pub const MAX_ENV_ENTRIES: usize = 64;
+pub const MAX_PAGE_LIMIT: u64 = 1000;
+
+/// A session with what its detail view shows besides the record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionView {
+    pub session: Session,
+    pub recent_events: Vec<SessionEvent>,
+    pub pending_approvals: Vec<Approval>,
+}
+
+/// A create request after its shape was checked.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub org_id: Option<String>,
+    pub provider: Provider,
+    pub repo: Repo,
+    pub task: Option<String>,
+    pub options: SessionOptions,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SessionFilter {
+    pub org_id: Option<String>,
+    pub state: Option<SessionState>,
+    pub provider: Option<Provider>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct UsageUpdate {
+    pub tokens_in: Option<u64>,
+    pub tokens_out: Option<u64>,
+    pub api_calls: Option<u64>,
+    pub compute_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewApproval {
+    pub action: ApprovalAction,
+    pub description: String,
+    pub context: Option<Value>,
+}
+
+/// What a caller wants to do with a session; decides which token kinds may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Read it: its org, admin, or its assigned runner.
+    Read,
+    /// Manage it (stop, pause, resolve…): its org or admin.
+    Manage,
+    /// Report as its runner: the assigned runner or admin.
+    Runner,
+}
+
+/// Checks the caller's kind, then whether the session is visible to it. A session of another
+/// org, or one a runner never held, is "not found": nothing about it leaks.
+fn authorize(p: &Principal, session: &Session, access: Access) -> DomainResult<()> {
+    let kind_allowed = match p.kind {
+        TokenKind::Admin => return Ok(()),
+        TokenKind::Org => access != Access::Runner,
+        TokenKind::Runner => access != Access::Manage,
+        TokenKind::RunnerJoin => false,
+    };
+    if !kind_allowed {
+        return Err(DomainError::forbidden(
+            "this token kind may not do that to a session",
+        ));
+    }
+    let visible = match p.kind {
+        TokenKind::Org => p.sees_org(&session.org_id),
+        TokenKind::Runner => p.runner_id.is_some() && p.runner_id == session.runner_id,
+        _ => false,
+    };
+    if visible {
+        Ok(())
+    } else {
+        Err(DomainError::NotFound(Entity::Session))
+    }
+}
+
+fn load(w: &impl Reads, p: &Principal, id: Uuid, access: Access) -> DomainResult<Session> {
+    let session = w
+        .get_session(id)?
+        .ok_or(DomainError::NotFound(Entity::Session))?;
+    authorize(p, &session, access)?;
+    Ok(session)
+}
+
+fn view(r: &impl Reads, session: Session) -> DomainResult<SessionView> {
+    let recent_events = r.recent_events(session.id, RECENT_EVENTS)?;
+    let pending_approvals = r
+        .approvals(session.id)?
+        .into_iter()
+        .filter(|a| a.resolution.is_none())
+        .collect();
+    Ok(SessionView {
+        session,
+        recent_events,
+        pending_approvals,
+    })
+}
+
+/// The rules, with the clock and limits they need. Cheap to clone.
+#[derive(Clone)]
+pub struct SessionService {
+    store: Store,
+    clock: SharedClock,
+    ids: SharedIds,
+    rules: Rules,
+}
+
+/// The configuration values the rules read, copied into each write job.
+#[derive(Debug, Clone, Copy)]
+struct Rules {
+    max_sessions_per_org: u64,
+    default_timeout_ms: i64,
+    ttl_ms: i64,
+    approval_timeout_ms: i64,
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+impl SessionService {
+    pub fn new(store: Store, clock: SharedClock, ids: SharedIds, cfg: &SessionsConfig) -> Self {
+        Self {
+            store,
+            clock,
+            ids,
+            rules: Rules {
+                max_sessions_per_org: cfg.max_sessions_per_org,
+                default_timeout_ms: ms(cfg.default_timeout),
+                ttl_ms: ms(cfg.session_data_ttl),
+                approval_timeout_ms: ms(cfg.approval_timeout),
+            },
+        }
+    }
+
+    pub fn now(&self) -> Millis {
+        self.clock.now_ms()
+    }
+
+    pub async fn create(&self, p: &Principal, new: NewSession) -> DomainResult<SessionView> {
+        p.require_org_or_admin()?;
+        let org_id = p.resolve_org(new.org_id.as_deref(), "orgId")?;
+        let now = self.now();
+        let id = self.ids.uuid();
+        let rules = self.rules;
+        self.store
+            .write(move |w| {
+                let active = w.org_active_sessions(&org_id)?;
+                if active >= rules.max_sessions_per_org {
+                    return Err(DomainError::LimitExceeded {
+                        kind: Limit::Sessions,
+                        message: format!(
+                            "org {org_id} already has {active} active sessions (limit {})",
+                            rules.max_sessions_per_org
+                        ),
+                    });
+                }
+                let timeout_ms = new
+                    .options
+                    .timeout_minutes
+                    .map(|m| (m * 60_000.0).round() as i64)
+                    .unwrap_or(rules.default_timeout_ms);
+                let mut session = Session {
+                    id,
+                    org_id,
+                    provider: new.provider,
+                    repo: new.repo,
+                    task: new.task,
+                    options: new.options,
+                    state: SessionState::Created,
+                    created_at: now,
+                    started_running_at: None,
+                    completed_at: None,
+                    end_reason: None,
+                    error: None,
+                    runner_id: None,
+                    assignment_id: None,
+                    usage: Usage::default(),
+                    timeout_ms,
+                    output_bytes: 0,
+                    workspace_size_bytes: None,
+                    updated_at: now,
+                };
+                record(
+                    w,
+                    &session,
+                    "session_created",
+                    format!("Session created for {}", session.repo.url),
+                    now,
+                    json!({"providerId": session.provider.as_str(), "repoUrl": session.repo.url}),
+                )?;
+                change_state(w, &mut session, SessionState::Queued, Cause::Server, now, rules)?;
+                w.put_session(&session)?;
+                view(w, session)
+            })
+            .await
+    }
+
+    pub async fn get(&self, p: &Principal, id: Uuid) -> DomainResult<SessionView> {
+        let p = p.clone();
+        self.store
+            .read(move |r| {
+                let session = load(r, &p, id, Access::Read)?;
+                view(r, session)
+            })
+            .await
+    }
+
+    pub async fn list(
+        &self,
+        p: &Principal,
+        filter: SessionFilter,
+        page: PageRequest,
+    ) -> DomainResult<Page<Session>> {
+        p.require_org_or_admin()?;
+        let org_id = p.resolve_org(filter.org_id.as_deref(), "orgId")?;
+        self.store
+            .read(move |r| {
+                let all: Vec<Session> = r
+                    .org_sessions(&org_id)?
+                    .into_iter()
+                    .filter(|s| filter.state.is_none_or(|st| s.state == st))
+                    .filter(|s| filter.provider.is_none_or(|pr| s.provider == pr))
+                    .collect();
+                Ok(page.slice(all))
+            })
+            .await
+    }
+
+    /// Runs `f` on a session the caller may act on, then stores the session and returns its view.
+    async fn update<F>(&self, p: &Principal, id: Uuid, access: Access, f: F) -> DomainResult<SessionView>
+    where
+        F: FnOnce(&mut WriteCtx<'_>, &mut Session, Millis, Rules) -> DomainResult<()> + Send + 'static,
+    {
+        let p = p.clone();
+        let now = self.now();
+        let rules = self.rules;
+        self.store
+            .write(move |w| {
+                let mut session = load(w, &p, id, access)?;
+                f(w, &mut session, now, rules)?;
+                session.updated_at = now;
+                w.put_session(&session)?;
+                view(w, session)
+            })
+            .await
+    }
+
+    pub async fn stop(&self, p: &Principal, id: Uuid, reason: Option<String>) -> DomainResult<SessionView> {
+        self.update(p, id, Access::Manage, move |w, s, now, rules| {
+            if s.state.is_terminal() {
+                return Err(DomainError::conflict(
+                    Conflict::SessionAlreadyStopped,
+                    format!("session is already {}", s.state.as_str()),
+                ));
+            }
+            s.end_reason = Some(format!(
+                "stopped: {}",
+                reason.as_deref().unwrap_or("requested")
+            ));
+            change_state(w, s, SessionState::Completed, Cause::Human, now, rules)
+        })
+        .await
+    }
+
+    pub async fn pause(&self, p: &Principal, id: Uuid) -> DomainResult<SessionView> {
+        self.update(p, id, Access::Manage, |w, s, now, rules| {
+            change_state(w, s, SessionState::PausedByHuman, Cause::Human, now, rules)
+        })
+        .await
+    }
+
+    pub async fn resume(&self, p: &Principal, id: Uuid) -> DomainResult<SessionView> {
+        self.update(p, id, Access::Manage, |w, s, now, rules| {
+            if s.state != SessionState::PausedByHuman {
+                return Err(DomainError::invalid_state(format!(
+                    "only a PAUSED_BY_HUMAN session can be resumed; this one is {}",
+                    s.state.as_str()
+                )));
+            }
+            change_state(w, s, SessionState::Running, Cause::Human, now, rules)
+        })
+        .await
+    }
+
+    /// A runner's state report.
+    pub async fn report_state(
+        &self,
+        p: &Principal,
+        id: Uuid,
+        state: SessionState,
+        error: Option<String>,
+    ) -> DomainResult<SessionView> {
+        self.update(p, id, Access::Runner, move |w, s, now, rules| {
+            if state == SessionState::Failed {
+                s.error = error.clone();
+                s.end_reason = Some(match &error {
+                    Some(e) => format!("failed: {e}"),
+                    None => "failed".into(),
+                });
+            }
+            change_state(w, s, state, Cause::RunnerReport, now, rules)
+        })
+        .await
+    }
+
+    pub async fn update_usage(&self, p: &Principal, id: Uuid, u: UsageUpdate) -> DomainResult<SessionView> {
+        self.update(p, id, Access::Runner, move |_, s, _, _| {
+            if let Some(v) = u.tokens_in {
+                s.usage.tokens_in = v;
+            }
+            if let Some(v) = u.tokens_out {
+                s.usage.tokens_out = v;
+            }
+            if let Some(v) = u.api_calls {
+                s.usage.api_calls = v;
+            }
+            if let Some(v) = u.compute_seconds {
+                s.usage.compute_seconds = v;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn request_approval(
+        &self,
+        p: &Principal,
+        id: Uuid,
+        req: NewApproval,
+    ) -> DomainResult<Approval> {
+        let p = p.clone();
+        let now = self.now();
+        let rules = self.rules;
+        let approval_id = self.ids.uuid();
+        self.store
+            .write(move |w| {
+                let mut s = load(w, &p, id, Access::Runner)?;
+                if !matches!(
+                    s.state,
+                    SessionState::Running | SessionState::WaitingForApproval
+                ) {
+                    return Err(DomainError::invalid_state(format!(
+                        "approvals can be requested while RUNNING or WAITING_FOR_APPROVAL; the session is {}",
+                        s.state.as_str()
+                    )));
+                }
+                let approval = Approval {
+                    id: approval_id,
+                    session_id: s.id,
+                    action: req.action,
+                    description: req.description,
+                    context_json: req.context.map(|c| c.to_string()),
+                    requested_at: now,
+                    expires_at: now.saturating_add(rules.approval_timeout_ms),
+                    resolution: None,
+                };
+                w.put_approval(&approval)?;
+                w.set_timer(Timer {
+                    due: approval.expires_at,
+                    kind: TimerKind::ApprovalExpiry,
+                    session_id: s.id,
+                    other_id: approval.id,
+                })?;
+                record(
+                    w,
+                    &s,
+                    "approval_requested",
+                    format!("Approval requested: {} — {}", approval.action.as_str(), approval.description),
+                    now,
+                    json!({"approvalId": approval.id, "action": approval.action.as_str()}),
+                )?;
+                if s.state == SessionState::Running {
+                    change_state(w, &mut s, SessionState::WaitingForApproval, Cause::Approval, now, rules)?;
+                }
+                s.updated_at = now;
+                w.put_session(&s)?;
+                Ok(approval)
+            })
+            .await
+    }
+
+    pub async fn approvals(&self, p: &Principal, id: Uuid) -> DomainResult<Vec<Approval>> {
+        let p = p.clone();
+        self.store
+            .read(move |r| {
+                load(r, &p, id, Access::Read)?;
+                Ok(r.approvals(id)?)
+            })
+            .await
+    }
+
+    pub async fn resolve_approval(
+        &self,
+        p: &Principal,
+        id: Uuid,
+        approval_id: Uuid,
+        decision: Decision,
+        reason: Option<String>,
+    ) -> DomainResult<SessionView> {
+        let by = p.actor();
+        self.update(p, id, Access::Manage, move |w, s, now, rules| {
+            let approval = w
+                .get_approval(s.id, approval_id)?
+                .ok_or(DomainError::NotFound(Entity::Approval))?;
+            if approval.resolution.is_some() {
+                return Err(DomainError::conflict(
+                    Conflict::ApprovalAlreadyResolved,
+                    "this approval was already resolved",
+                ));
+            }
+            resolve(w, s, approval, decision, reason, by, now, rules)
+        })
+        .await
+    }
+
+    pub async fn events(&self, p: &Principal, id: Uuid, after: u64, limit: u64) -> DomainResult<Vec<SessionEvent>> {
+        let p = p.clone();
+        self.store
+            .read(move |r| {
+                load(r, &p, id, Access::Manage)?;
+                Ok(r.events_after(id, after, limit as usize)?)
+            })
+            .await
+    }
+
+    pub async fn output(&self, p: &Principal, id: Uuid, after: u64, limit: u64) -> DomainResult<Vec<OutputChunk>> {
+        let p = p.clone();
+        self.store
+            .read(move |r| {
+                load(r, &p, id, Access::Manage)?;
+                Ok(r.output_after(id, after, limit as usize)?)
+            })
+            .await
+    }
+
+    /// Stores a chunk of terminal output exactly once. `offset` (bytes the runner sent before
+    /// this chunk) makes retries safe: an exact repeat answers the stored chunk's seq; a gap or
+    /// overlap is refused with the offset the server holds.
+    pub async fn append_output(
+        &self,
+        p: &Principal,
+        id: Uuid,
+        stream: OutputStream,
+        data: String,
+        offset: Option<u64>,
+    ) -> DomainResult<u64> {
+        let p = p.clone();
+        let now = self.now();
+        self.store
+            .write(move |w| {
+                let mut s = load(w, &p, id, Access::Runner)?;
+                if !s.state.is_started() {
+                    return Err(DomainError::invalid_state(format!(
+                        "output is accepted while the session runs; it is {}",
+                        s.state.as_str()
+                    )));
+                }
+                let held = s.output_bytes;
+                let len = data.len() as u64;
+                match offset {
+                    Some(o) if o == held => {}
+                    None => {}
+                    Some(o) if o < held && o + len <= held => {
+                        let repeat = w.find_output_back(id, |c| c.offset <= o)?;
+                        return match repeat {
+                            Some(c) if c.offset == o && c.data == data && c.stream == stream => Ok(c.seq),
+                            _ => Err(offset_mismatch(held)),
+                        };
+                    }
+                    Some(_) => return Err(offset_mismatch(held)),
+                }
+                let chunk = OutputChunk {
+                    seq: w.last_output_seq(id)? + 1,
+                    stream,
+                    data,
+                    at: now,
+                    offset: held,
+                };
+                w.put_output(id, &chunk)?;
+                s.output_bytes = held + len;
+                w.put_session(&s)?;
+                w.emit(BusEvent {
+                    name: "terminal_output",
+                    at: now,
+                    org_id: Some(s.org_id.clone()),
+                    session_id: Some(id),
+                    data: json!({"seq": chunk.seq, "stream": stream.as_str(), "data": chunk.data}),
+                });
+                Ok(chunk.seq)
+            })
+            .await
+    }
+
+    /// Applies every timer due by now. Returns how many were handled.
+    pub async fn sweep(&self) -> DomainResult<usize> {
+        let now = self.now();
+        let due = self.store.read(move |r| r.due_timers(now, 512)).await?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let rules = self.rules;
+        self.store
+            .write(move |w| {
+                for timer in &due {
+                    match fire(w, *timer, now, rules) {
+                        Ok(()) => {}
+                        Err(e @ DomainError::Store(_)) => return Err(e),
+                        // A rule refusing (a state that moved on) must not keep the timer alive.
+                        Err(e) => tracing::warn!(error = %e, ?timer, "timer had nothing to do"),
+                    }
+                    w.clear_timer(*timer)?;
+                }
+                Ok::<_, DomainError>(due.len())
+            })
+            .await
+    }
+}
+
+fn offset_mismatch(held: u64) -> DomainError {
+    DomainError::Conflict {
+        kind: Conflict::OutputOffsetMismatch,
+        message: format!("output offset does not match; the server holds {held} bytes"),
+        details: Some(json!({ "offset": held })),
+    }
+}
+
+/// Records a session event in its timeline and publishes it on the bus.
+fn record(
+    w: &mut WriteCtx<'_>,
+    s: &Session,
+    kind: &'static str,
+    summary: String,
+    now: Millis,
+    mut data: Value,
+) -> DomainResult<()> {
+    w.append_event(s.id, kind, summary, now, Some(&data))?;
+    if let Value::Object(map) = &mut data {
+        map.insert("sessionId".into(), json!(s.id));
+        map.insert("orgId".into(), json!(s.org_id));
+    }
+    w.emit(BusEvent {
+        name: kind,
+        at: now,
+        org_id: Some(s.org_id.clone()),
+        session_id: Some(s.id),
+        data,
+    });
+    Ok(())
+}
+
+/// The one way a session changes state: checks the transition, records it, and applies what
+/// follows from it (timeout timer, approvals closed, purge timer).
+fn change_state(
+    w: &mut WriteCtx<'_>,
+    s: &mut Session,
+    to: SessionState,
+    cause: Cause,
+    now: Millis,
+    rules: Rules,
+) -> DomainResult<()> {
+    let from = s.state;
+    if !transition_allowed(from, to, cause) {
+        return Err(DomainError::invalid_state(format!(
+            "a session cannot go from {} to {}",
+            from.as_str(),
+            to.as_str()
+        )));
+    }
+    s.state = to;
+    record(
+        w,
+        s,
+        "state_changed",
+        format!("{} → {}", from.as_str(), to.as_str()),
+        now,
+        json!({"from": from.as_str(), "to": to.as_str()}),
+    )?;
+    if to == SessionState::Running && s.started_running_at.is_none() {
+        s.started_running_at = Some(now);
+        w.set_timer(timeout_timer(s))?;
+        record(w, s, "session_started", "Session started".into(), now, json!({}))?;
+    }
+    if to.is_terminal() {
+        s.completed_at = Some(now);
+        if s.started_running_at.is_some() {
+            w.clear_timer(timeout_timer(s))?;
+        }
+        for approval in w.approvals(s.id)? {
+            if approval.resolution.is_none() {
+                close_approval(w, s, approval, Decision::Deny, Some("session ended".into()), "system".into(), now)?;
+            }
+        }
+        w.set_timer(Timer {
+            due: now.saturating_add(rules.ttl_ms),
+            kind: TimerKind::SessionPurge,
+            session_id: s.id,
+            other_id: Uuid::nil(),
+        })?;
+        let (kind, summary) = match to {
+            SessionState::Completed => ("session_completed", "Session completed".to_string()),
+            SessionState::TimedOut => ("session_failed", "Session timed out".to_string()),
+            _ => ("session_failed", "Session failed".to_string()),
+        };
+        record(
+            w,
+            s,
+            kind,
+            summary,
+            now,
+            json!({"state": to.as_str(), "endReason": s.end_reason, "error": s.error}),
+        )?;
+    }
+    Ok(())
+}
+
+fn timeout_timer(s: &Session) -> Timer {
+    Timer {
+        due: s
+            .started_running_at
+            .unwrap_or(s.created_at)
+            .saturating_add(s.timeout_ms),
+        kind: TimerKind::SessionTimeout,
+        session_id: s.id,
+        other_id: Uuid::nil(),
+    }
+}
+
+/// Marks one approval resolved (no session state change).
+fn close_approval(
+    w: &mut WriteCtx<'_>,
+    s: &Session,
+    mut approval: Approval,
+    decision: Decision,
+    reason: Option<String>,
+    by: String,
+    now: Millis,
+) -> DomainResult<()> {
+    w.clear_timer(Timer {
+        due: approval.expires_at,
+        kind: TimerKind::ApprovalExpiry,
+        session_id: s.id,
+        other_id: approval.id,
+    })?;
+    approval.resolution = Some(Resolution {
+        decision,
+        reason: reason.clone(),
+        resolved_at: now,
+        resolved_by: by.clone(),
+    });
+    w.put_approval(&approval)?;
+    record(
+        w,
+        s,
+        "approval_resolved",
+        format!("Approval {}: {}", approval.action.as_str(), decision.as_str()),
+        now,
+        json!({"approvalId": approval.id, "decision": decision.as_str(), "reason": reason, "resolvedBy": by}),
+    )
+}
+
+/// Resolves an approval; when none is left pending the session returns to RUNNING.
+#[allow(clippy::too_many_arguments)]
+fn resolve(
+    w: &mut WriteCtx<'_>,
+    s: &mut Session,
+    approval: Approval,
+    decision: Decision,
+    reason: Option<String>,
+    by: String,
+    now: Millis,
+    rules: Rules,
+) -> DomainResult<()> {
+    let approval_id = approval.id;
+    close_approval(w, s, approval, decision, reason, by, now)?;
+    let still_pending = w
+        .approvals(s.id)?
+        .iter()
+        .any(|a| a.id != approval_id && a.resolution.is_none());
+    if !still_pending && s.state == SessionState::WaitingForApproval {
+        change_state(w, s, SessionState::Running, Cause::Approval, now, rules)?;
+    }
+    Ok(())
+}
+
+/// What a due timer does. A timer whose condition no longer holds does nothing.
+fn fire(w: &mut WriteCtx<'_>, timer: Timer, now: Millis, rules: Rules) -> DomainResult<()> {
+    let Some(mut s) = w.get_session(timer.session_id)? else {
+        return Ok(());
+    };
+    match timer.kind {
+        TimerKind::SessionTimeout => {
+            if s.state.is_started() {
+                s.end_reason = Some(format!("timeout after {} minutes", s.timeout_ms as f64 / 60_000.0));
+                change_state(w, &mut s, SessionState::TimedOut, Cause::Server, now, rules)?;
+                s.updated_at = now;
+                w.put_session(&s)?;
+            }
+        }
+        TimerKind::ApprovalExpiry => {
+            if let Some(approval) = w.get_approval(s.id, timer.other_id)?
+                && approval.resolution.is_none()
+            {
+                resolve(w, &mut s, approval, Decision::Deny, Some("expired".into()), "system".into(), now, rules)?;
+                s.updated_at = now;
+                w.put_session(&s)?;
+            }
+        }
+        TimerKind::SessionPurge => {
+            if s.state.is_terminal() {
+                w.delete_session(&s)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Environment keys with their values hidden, as every API answer shows them.
+pub fn masked_env(env: &BTreeMap<String, String>) -> BTreeMap<String, &'static str> {
+    env.keys().map(|k| (k.clone(), "***")).collect()
+}
+
+pub fn timestamp(ms: Millis) -> String {
+    format_ms(ms)
+}

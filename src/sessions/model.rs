@@ -1,0 +1,333 @@
+//! Session records and the state machine of contract §3.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::clock::Millis;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SessionState {
+    Created,
+    Queued,
+    Running,
+    WaitingForApproval,
+    PausedByHuman,
+    Completed,
+    Failed,
+    TimedOut,
+}
+
+impl SessionState {
+    pub const ALL: [SessionState; 8] = [
+        Self::Created,
+        Self::Queued,
+        Self::Running,
+        Self::WaitingForApproval,
+        Self::PausedByHuman,
+        Self::Completed,
+        Self::Failed,
+        Self::TimedOut,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "CREATED",
+            Self::Queued => "QUEUED",
+            Self::Running => "RUNNING",
+            Self::WaitingForApproval => "WAITING_FOR_APPROVAL",
+            Self::PausedByHuman => "PAUSED_BY_HUMAN",
+            Self::Completed => "COMPLETED",
+            Self::Failed => "FAILED",
+            Self::TimedOut => "TIMED_OUT",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::TimedOut)
+    }
+
+    /// Started and not yet ended: the states a runner is actively working in.
+    pub fn is_started(self) -> bool {
+        matches!(
+            self,
+            Self::Running | Self::WaitingForApproval | Self::PausedByHuman
+        )
+    }
+}
+
+/// Why a state change is asked for; the same target state is legal for some causes only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The session's runner reports a state (`POST /sessions/{id}/state`).
+    RunnerReport,
+    /// `pause` / `resume` / `stop` from a person or script.
+    Human,
+    /// An approval was requested or the last pending one resolved.
+    Approval,
+    /// The server's timers (timeout) or runner loss.
+    Server,
+}
+
+/// Contract §3: exactly these transitions.
+pub fn transition_allowed(from: SessionState, to: SessionState, cause: Cause) -> bool {
+    use SessionState::*;
+    match (cause, from, to) {
+        (Cause::Server, Created, Queued) => true,
+        (Cause::RunnerReport, Queued, Running) => true,
+        (Cause::RunnerReport, Running, Completed) => true,
+        (Cause::RunnerReport | Cause::Server, Running | WaitingForApproval | PausedByHuman, Failed) => {
+            true
+        }
+        (Cause::Server, Running | WaitingForApproval | PausedByHuman, TimedOut) => true,
+        (Cause::Approval, Running, WaitingForApproval) => true,
+        (Cause::Approval, WaitingForApproval, Running) => true,
+        (Cause::Human, Running, PausedByHuman) => true,
+        (Cause::Human, PausedByHuman, Running) => true,
+        (Cause::Human, from, Completed) => !from.is_terminal(),
+        _ => false,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Provider {
+    Codex,
+    ClaudeCode,
+    GeminiCli,
+    Omnara,
+}
+
+impl Provider {
+    pub const ALL: [Provider; 4] = [
+        Self::Codex,
+        Self::ClaudeCode,
+        Self::GeminiCli,
+        Self::Omnara,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Codex => "codex",
+            Self::ClaudeCode => "claude_code",
+            Self::GeminiCli => "gemini_cli",
+            Self::Omnara => "omnara",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Repo {
+    pub url: String,
+    pub branch: String,
+    pub commit: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionOptions {
+    /// As asked for; `None` means the configured default applied.
+    pub timeout_minutes: Option<f64>,
+    /// Handed to the runner only; never returned by the API and never logged.
+    pub env: BTreeMap<String, String>,
+    pub dangerously_skip_permissions: bool,
+    pub required_features: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub api_calls: u64,
+    pub compute_seconds: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: Uuid,
+    pub org_id: String,
+    pub provider: Provider,
+    pub repo: Repo,
+    pub task: Option<String>,
+    pub options: SessionOptions,
+    pub state: SessionState,
+    pub created_at: Millis,
+    /// First time RUNNING: the timeout counts from here.
+    pub started_running_at: Option<Millis>,
+    pub completed_at: Option<Millis>,
+    pub end_reason: Option<String>,
+    pub error: Option<String>,
+    pub runner_id: Option<Uuid>,
+    pub assignment_id: Option<Uuid>,
+    pub usage: Usage,
+    /// Effective timeout in milliseconds (option or configured default).
+    pub timeout_ms: i64,
+    /// Bytes of terminal output stored so far (the runner's `offset` is checked against it).
+    pub output_bytes: u64,
+    pub workspace_size_bytes: Option<u64>,
+    pub updated_at: Millis,
+}
+
+impl Session {
+    pub fn workspace_path(&self) -> String {
+        format!("workspaces/{}", self.id)
+    }
+
+    pub fn task_summary(&self) -> Option<String> {
+        self.task
+            .as_ref()
+            .map(|t| t.chars().take(100).collect::<String>())
+    }
+
+    pub fn duration_seconds(&self, now: Millis) -> i64 {
+        let end = self.completed_at.unwrap_or(now);
+        ((end - self.created_at).max(0)) / 1000
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApprovalAction {
+    Merge,
+    DepsAdd,
+    Secrets,
+    Deploy,
+}
+
+impl ApprovalAction {
+    pub const ALL: [ApprovalAction; 4] = [Self::Merge, Self::DepsAdd, Self::Secrets, Self::Deploy];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Merge => "merge",
+            Self::DepsAdd => "deps_add",
+            Self::Secrets => "secrets",
+            Self::Deploy => "deploy",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Decision {
+    Allow,
+    Deny,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "allow" => Some(Self::Allow),
+            "deny" => Some(Self::Deny),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Resolution {
+    pub decision: Decision,
+    pub reason: Option<String>,
+    pub resolved_at: Millis,
+    /// Token id or name of who decided, or `system` for expiry and session end.
+    pub resolved_by: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Approval {
+    pub id: Uuid,
+    pub session_id: Uuid,
+    pub action: ApprovalAction,
+    pub description: String,
+    /// Free-form JSON kept as text (the disk codec is not self-describing).
+    pub context_json: Option<String>,
+    pub requested_at: Millis,
+    pub expires_at: Millis,
+    pub resolution: Option<Resolution>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionEvent {
+    pub seq: u64,
+    pub kind: String,
+    pub summary: String,
+    pub at: Millis,
+    pub data_json: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+impl OutputStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stdout => "stdout",
+            Self::Stderr => "stderr",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "stdout" => Some(Self::Stdout),
+            "stderr" => Some(Self::Stderr),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputChunk {
+    pub seq: u64,
+    pub stream: OutputStream,
+    pub data: String,
+    pub at: Millis,
+    /// Bytes of this session's output stored before this chunk.
+    pub offset: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use SessionState::*;
+
+    #[test]
+    fn only_contract_transitions_are_allowed() {
+        assert!(transition_allowed(Queued, Running, Cause::RunnerReport));
+        assert!(!transition_allowed(Queued, Completed, Cause::RunnerReport));
+        assert!(!transition_allowed(Running, Running, Cause::RunnerReport));
+        assert!(!transition_allowed(Running, TimedOut, Cause::RunnerReport));
+        assert!(!transition_allowed(Queued, PausedByHuman, Cause::Human));
+        assert!(transition_allowed(Queued, Completed, Cause::Human));
+        assert!(!transition_allowed(Failed, Completed, Cause::Human));
+        assert!(transition_allowed(PausedByHuman, Failed, Cause::RunnerReport));
+        assert!(transition_allowed(WaitingForApproval, TimedOut, Cause::Server));
+        for s in SessionState::ALL {
+            if s.is_terminal() {
+                for t in SessionState::ALL {
+                    for c in [Cause::RunnerReport, Cause::Human, Cause::Approval, Cause::Server] {
+                        assert!(!transition_allowed(s, t, c), "{s:?} -> {t:?} by {c:?}");
+                    }
+                }
+            }
+        }
+    }
+}

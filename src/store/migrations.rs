@@ -1,0 +1,62 @@
+//! Schema version and ordered migrations. Each migration runs in its own write transaction that
+//! also records the new version, so a crash leaves the database at one version or the next. A
+//! database written by a newer Village (a higher version) is refused rather than misread.
+
+use redb::{Database, ReadableDatabase, WriteTransaction};
+
+
+use super::StoreError;
+use super::tables::*;
+
+type Migration = fn(&WriteTransaction) -> Result<(), StoreError>;
+
+/// Index `i` brings the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[Migration] = &[m001_initial_tables];
+
+pub const SCHEMA_VERSION: u64 = MIGRATIONS.len() as u64;
+
+fn m001_initial_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
+    txn.open_table(TOKENS)?;
+    txn.open_table(TOKEN_HASHES)?;
+    txn.open_table(SESSIONS)?;
+    txn.open_table(SESSIONS_BY_ORG)?;
+    txn.open_table(ORG_ACTIVE_SESSIONS)?;
+    txn.open_table(SESSION_EVENTS)?;
+    txn.open_table(SESSION_OUTPUT)?;
+    txn.open_table(APPROVALS)?;
+    txn.open_table(TIMERS)?;
+    Ok(())
+}
+
+pub fn current_version(db: &Database) -> Result<u64, StoreError> {
+    let txn = db.begin_read()?;
+    let meta = match txn.open_table(META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(meta.get("schema_version")?.map(|v| v.value()).unwrap_or(0))
+}
+
+/// Brings the database to `SCHEMA_VERSION`.
+pub fn migrate(db: &Database) -> Result<(), StoreError> {
+    let mut version = current_version(db)?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema {
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    while version < SCHEMA_VERSION {
+        let txn = db.begin_write()?;
+        MIGRATIONS[version as usize](&txn)?;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert("schema_version", version + 1)?;
+        }
+        txn.commit()?;
+        version += 1;
+        tracing::info!(version, "database schema migrated");
+    }
+    Ok(())
+}

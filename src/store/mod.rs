@@ -1,0 +1,626 @@
+//! The only code that touches redb.
+//!
+//! Durability policy: every write goes through one writer thread. It takes all the write jobs
+//! waiting at that moment, runs them one after another in a single write transaction and commits
+//! it with `Durability::Immediate` (fsync) before any of their callers hears back. So everything
+//! acknowledged is on disk, and concurrent writers share one fsync (group commit): throughput
+//! grows with concurrency. Events recorded by a job are published on the bus after the commit,
+//! in commit order. A job that fails leaves no writes behind (jobs check before they write), so
+//! it does not disturb the others in its batch; a storage failure fails the whole batch.
+//!
+//! Reads run on the blocking pool, each in its own read transaction (a consistent snapshot).
+//! No redb call ever runs on the async reactor.
+
+pub mod codec;
+pub mod migrations;
+pub mod tables;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+
+use redb::{
+    Database, Key, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, Table, TableDefinition, Value, WriteTransaction,
+};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::auth::TokenRecord;
+use crate::clock::Millis;
+use crate::events::{BusEvent, EventBus};
+use crate::sessions::model::{Approval, OutputChunk, Session, SessionEvent};
+use codec::{decode, encode};
+use tables::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(Box<redb::Error>),
+    #[error("stored {0} could not be decoded")]
+    Corrupt(String),
+    #[error("value could not be encoded: {0}")]
+    Encode(String),
+    #[error("database schema version {found} is newer than this binary supports ({supported})")]
+    NewerSchema { found: u64, supported: u64 },
+    #[error("the store is shut down")]
+    Closed,
+    #[error("a write job panicked")]
+    Panicked,
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(Box::new(e.into()))
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+impl StoreError {
+    /// For replying to several waiters with the same failure.
+    fn duplicate(&self) -> StoreError {
+        match self {
+            StoreError::Corrupt(s) => StoreError::Corrupt(s.clone()),
+            StoreError::Encode(s) => StoreError::Encode(s.clone()),
+            StoreError::NewerSchema { found, supported } => StoreError::NewerSchema {
+                found: *found,
+                supported: *supported,
+            },
+            StoreError::Closed => StoreError::Closed,
+            StoreError::Panicked => StoreError::Panicked,
+            StoreError::Db(e) => StoreError::Corrupt(format!("write failed: {e}")),
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Timers the sweeper acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum TimerKind {
+    SessionTimeout = 1,
+    ApprovalExpiry = 2,
+    SessionPurge = 3,
+}
+
+impl TimerKind {
+    fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::SessionTimeout),
+            2 => Some(Self::ApprovalExpiry),
+            3 => Some(Self::SessionPurge),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timer {
+    pub due: Millis,
+    pub kind: TimerKind,
+    pub session_id: Uuid,
+    pub other_id: Uuid,
+}
+
+type Finish = Box<dyn FnOnce(StoreResult<()>) + Send>;
+type Job = Box<dyn FnOnce(&mut WriteCtx<'_>) -> Finish + Send>;
+
+/// Counters of the writer, for benchmarks and metrics.
+#[derive(Default)]
+pub struct WriterStats {
+    pub commits: AtomicU64,
+    pub jobs: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    jobs: mpsc::Sender<Job>,
+    pub stats: Arc<WriterStats>,
+}
+
+const MAX_BATCH: usize = 4096;
+
+impl Store {
+    /// Opens (or creates) the database file, migrates it and starts the writer thread.
+    pub fn open(path: &Path, bus: EventBus) -> StoreResult<Store> {
+        let db = Database::create(path)?;
+        migrations::migrate(&db)?;
+        let db = Arc::new(db);
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let stats = Arc::new(WriterStats::default());
+        let writer_db = db.clone();
+        let writer_stats = stats.clone();
+        std::thread::Builder::new()
+            .name("village-store-writer".into())
+            .spawn(move || writer_loop(&writer_db, &rx, &bus, &writer_stats))
+            .map_err(|e| StoreError::Db(Box::new(e.into())))?;
+        Ok(Store { db, jobs, stats })
+    }
+
+    /// Runs `f` in a write transaction, committed durably before this returns `Ok`.
+    /// `f` must check everything before it writes anything: an `Err` from it is passed to the
+    /// caller and the batch goes on without its writes.
+    pub async fn write<R, E, F>(&self, f: F) -> Result<R, E>
+    where
+        F: FnOnce(&mut WriteCtx<'_>) -> Result<R, E> + Send + 'static,
+        R: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<Result<R, E>>();
+        let job: Job = Box::new(move |ctx: &mut WriteCtx<'_>| {
+            let mark = ctx.events.len();
+            let outcome = f(ctx);
+            if outcome.is_err() {
+                ctx.events.truncate(mark);
+            }
+            Box::new(move |commit: StoreResult<()>| {
+                let reply = match (outcome, commit) {
+                    (Err(e), _) => Err(e),
+                    (Ok(v), Ok(())) => Ok(v),
+                    (Ok(_), Err(e)) => Err(E::from(e)),
+                };
+                let _ = tx.send(reply);
+            }) as Finish
+        });
+        self.jobs.send(job).map_err(|_| E::from(StoreError::Closed))?;
+        rx.await.map_err(|_| E::from(StoreError::Closed))?
+    }
+
+    /// Runs `f` on a read snapshot, on the blocking pool.
+    pub async fn read<R, E, F>(&self, f: F) -> Result<R, E>
+    where
+        F: FnOnce(&ReadCtx) -> Result<R, E> + Send + 'static,
+        R: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(StoreError::from)?;
+            f(&ReadCtx { txn })
+        })
+        .await
+        .map_err(|_| E::from(StoreError::Panicked))?
+    }
+
+    /// `/readyz`: the database answers a read and takes a durable write.
+    pub async fn check_ready(&self, now: Millis) -> StoreResult<()> {
+        self.read(|r| r.table(META).map(|_| ())).await?;
+        self.write(move |w| {
+            let mut meta = w.txn.open_table(META)?;
+            meta.insert("last_ready_check_ms", now.max(0) as u64)?;
+            Ok::<_, StoreError>(())
+        })
+        .await
+    }
+}
+
+fn writer_loop(db: &Database, rx: &mpsc::Receiver<Job>, bus: &EventBus, stats: &WriterStats) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let count = batch.len() as u64;
+        let (finishes, result, events) = run_batch(db, batch);
+        match &result {
+            Ok(()) => {
+                for event in events {
+                    bus.publish(event);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, jobs = count, "write batch failed"),
+        }
+        for finish in finishes {
+            finish(match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(e.duplicate()),
+            });
+        }
+        stats.commits.fetch_add(1, Ordering::Relaxed);
+        stats.jobs.fetch_add(count, Ordering::Relaxed);
+    }
+}
+
+fn run_batch(db: &Database, batch: Vec<Job>) -> (Vec<Finish>, StoreResult<()>, Vec<BusEvent>) {
+    let mut finishes = Vec::with_capacity(batch.len());
+    let txn = match db.begin_write() {
+        Ok(t) => t,
+        Err(e) => {
+            // Each job still needs its answer: run none, fail all.
+            let mut pending = batch.into_iter();
+            let err: StoreError = e.into();
+            let _ = &mut pending;
+            drop(pending);
+            return (finishes, Err(err), Vec::new());
+        }
+    };
+    let mut ctx = WriteCtx {
+        txn: &txn,
+        events: Vec::new(),
+    };
+    let mut panicked = false;
+    for job in batch {
+        if panicked {
+            // The transaction may hold half a job: none of the batch is committed.
+            drop(job);
+            continue;
+        }
+        match catch_unwind(AssertUnwindSafe(|| job(&mut ctx))) {
+            Ok(finish) => finishes.push(finish),
+            Err(_) => {
+                tracing::error!("a write job panicked; its batch is abandoned");
+                panicked = true;
+            }
+        }
+    }
+    let events = std::mem::take(&mut ctx.events);
+    drop(ctx);
+    if panicked {
+        let _ = txn.abort();
+        return (finishes, Err(StoreError::Panicked), Vec::new());
+    }
+    match txn.commit() {
+        Ok(()) => (finishes, Ok(()), events),
+        Err(e) => (finishes, Err(e.into()), Vec::new()),
+    }
+}
+
+/// Reading methods shared by read snapshots and write transactions.
+pub trait Reads {
+    fn table<K: Key + 'static, V: Value + 'static>(
+        &self,
+        def: TableDefinition<K, V>,
+    ) -> StoreResult<impl ReadableTable<K, V> + '_>;
+
+    fn get_session(&self, id: Uuid) -> StoreResult<Option<Session>> {
+        let t = self.table(SESSIONS)?;
+        let v = t.get(id.as_u128())?;
+        v.map(|v| decode(v.value())).transpose()
+    }
+
+    /// An org's sessions, newest first.
+    fn org_sessions(&self, org_id: &str) -> StoreResult<Vec<Session>> {
+        let index = self.table(SESSIONS_BY_ORG)?;
+        let sessions = self.table(SESSIONS)?;
+        let mut out = Vec::new();
+        for entry in index.range((org_id, 0u64, 0u128)..=(org_id, u64::MAX, u128::MAX))?.rev() {
+            let (key, _) = entry?;
+            let (_, _, id) = key.value();
+            if let Some(v) = sessions.get(id)? {
+                out.push(decode(v.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn org_active_sessions(&self, org_id: &str) -> StoreResult<u64> {
+        Ok(self
+            .table(ORG_ACTIVE_SESSIONS)?
+            .get(org_id)?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    }
+
+    fn events_after(&self, session: Uuid, after: u64, limit: usize) -> StoreResult<Vec<SessionEvent>> {
+        seq_range(&self.table(SESSION_EVENTS)?, session, after, limit)
+    }
+
+    /// The last `n` events, oldest first.
+    fn recent_events(&self, session: Uuid, n: usize) -> StoreResult<Vec<SessionEvent>> {
+        let t = self.table(SESSION_EVENTS)?;
+        let id = session.as_u128();
+        let mut out = Vec::with_capacity(n);
+        for entry in t.range((id, 0u64)..=(id, u64::MAX))?.rev().take(n) {
+            out.push(decode(entry?.1.value())?);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    fn last_event_seq(&self, session: Uuid) -> StoreResult<u64> {
+        last_seq(&self.table(SESSION_EVENTS)?, session)
+    }
+
+    fn output_after(&self, session: Uuid, after: u64, limit: usize) -> StoreResult<Vec<OutputChunk>> {
+        seq_range(&self.table(SESSION_OUTPUT)?, session, after, limit)
+    }
+
+    fn last_output_seq(&self, session: Uuid) -> StoreResult<u64> {
+        last_seq(&self.table(SESSION_OUTPUT)?, session)
+    }
+
+    /// The newest chunks first, as far back as `stop` says.
+    fn find_output_back(
+        &self,
+        session: Uuid,
+        mut stop: impl FnMut(&OutputChunk) -> bool,
+    ) -> StoreResult<Option<OutputChunk>> {
+        let t = self.table(SESSION_OUTPUT)?;
+        let id = session.as_u128();
+        for entry in t.range((id, 0u64)..=(id, u64::MAX))?.rev() {
+            let chunk: OutputChunk = decode(entry?.1.value())?;
+            if stop(&chunk) {
+                return Ok(Some(chunk));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every approval of a session, oldest request first.
+    fn approvals(&self, session: Uuid) -> StoreResult<Vec<Approval>> {
+        let t = self.table(APPROVALS)?;
+        let id = session.as_u128();
+        let mut out: Vec<Approval> = Vec::new();
+        for entry in t.range((id, 0u128)..=(id, u128::MAX))? {
+            out.push(decode(entry?.1.value())?);
+        }
+        out.sort_by_key(|a| (a.requested_at, a.id));
+        Ok(out)
+    }
+
+    fn get_approval(&self, session: Uuid, approval: Uuid) -> StoreResult<Option<Approval>> {
+        let t = self.table(APPROVALS)?;
+        let v = t.get((session.as_u128(), approval.as_u128()))?;
+        v.map(|v| decode(v.value())).transpose()
+    }
+
+    fn get_token(&self, id: Uuid) -> StoreResult<Option<TokenRecord>> {
+        let t = self.table(TOKENS)?;
+        let v = t.get(id.as_u128())?;
+        v.map(|v| decode(v.value())).transpose()
+    }
+
+    fn all_tokens(&self) -> StoreResult<Vec<TokenRecord>> {
+        let t = self.table(TOKENS)?;
+        let mut out = Vec::new();
+        for entry in t.iter()? {
+            out.push(decode(entry?.1.value())?);
+        }
+        Ok(out)
+    }
+
+    fn any_token(&self) -> StoreResult<bool> {
+        Ok(!self.table(TOKENS)?.is_empty()?)
+    }
+
+    /// Timers due at or before `now`, earliest first.
+    fn due_timers(&self, now: Millis, limit: usize) -> StoreResult<Vec<Timer>> {
+        let t = self.table(TIMERS)?;
+        let end = now.max(0) as u64;
+        let mut out = Vec::new();
+        for entry in t
+            .range((0u64, 0u8, 0u128, 0u128)..=(end, u8::MAX, u128::MAX, u128::MAX))?
+            .take(limit)
+        {
+            let (due, kind, session, other) = entry?.0.value();
+            if let Some(kind) = TimerKind::from_u8(kind) {
+                out.push(Timer {
+                    due: due as Millis,
+                    kind,
+                    session_id: Uuid::from_u128(session),
+                    other_id: Uuid::from_u128(other),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn seq_range<T: codec::Record>(
+    t: &impl ReadableTable<(u128, u64), &'static [u8]>,
+    session: Uuid,
+    after: u64,
+    limit: usize,
+) -> StoreResult<Vec<T>> {
+    let id = session.as_u128();
+    let mut out = Vec::new();
+    if after == u64::MAX {
+        return Ok(out);
+    }
+    for entry in t.range((id, after + 1)..=(id, u64::MAX))?.take(limit) {
+        out.push(decode(entry?.1.value())?);
+    }
+    Ok(out)
+}
+
+fn last_seq(t: &impl ReadableTable<(u128, u64), &'static [u8]>, session: Uuid) -> StoreResult<u64> {
+    let id = session.as_u128();
+    let last = t.range((id, 0u64)..=(id, u64::MAX))?.next_back();
+    match last {
+        Some(entry) => Ok(entry?.0.value().1),
+        None => Ok(0),
+    }
+}
+
+/// A read snapshot.
+pub struct ReadCtx {
+    txn: ReadTransaction,
+}
+
+impl Reads for ReadCtx {
+    fn table<K: Key + 'static, V: Value + 'static>(
+        &self,
+        def: TableDefinition<K, V>,
+    ) -> StoreResult<impl ReadableTable<K, V> + '_> {
+        let t: ReadOnlyTable<K, V> = self.txn.open_table(def)?;
+        Ok(t)
+    }
+}
+
+/// The write transaction a job runs in.
+pub struct WriteCtx<'a> {
+    txn: &'a WriteTransaction,
+    events: Vec<BusEvent>,
+}
+
+impl Reads for WriteCtx<'_> {
+    fn table<K: Key + 'static, V: Value + 'static>(
+        &self,
+        def: TableDefinition<K, V>,
+    ) -> StoreResult<impl ReadableTable<K, V> + '_> {
+        let t: Table<'_, K, V> = self.txn.open_table(def)?;
+        Ok(t)
+    }
+}
+
+impl WriteCtx<'_> {
+    /// Publishes `event` once this transaction is durable (and never if the job fails).
+    pub fn emit(&mut self, event: BusEvent) {
+        self.events.push(event);
+    }
+
+    pub fn put_token(&mut self, token: &TokenRecord) -> StoreResult<()> {
+        let bytes = encode(token)?;
+        self.txn
+            .open_table(TOKENS)?
+            .insert(token.id.as_u128(), bytes.as_slice())?;
+        let mut hashes = self.txn.open_table(TOKEN_HASHES)?;
+        if token.revoked_at.is_none() {
+            hashes.insert(token.hash.as_slice(), token.id.as_u128())?;
+        } else {
+            hashes.remove(token.hash.as_slice())?;
+        }
+        Ok(())
+    }
+
+    /// Writes a session and keeps its indexes (org listing, active count) in step.
+    pub fn put_session(&mut self, session: &Session) -> StoreResult<()> {
+        let old = self.get_session(session.id)?;
+        let bytes = encode(session)?;
+        self.txn
+            .open_table(SESSIONS)?
+            .insert(session.id.as_u128(), bytes.as_slice())?;
+        let was_active = old.as_ref().is_some_and(|s| !s.state.is_terminal());
+        let is_active = !session.state.is_terminal();
+        if old.is_none() {
+            self.txn.open_table(SESSIONS_BY_ORG)?.insert(
+                (
+                    session.org_id.as_str(),
+                    session.created_at.max(0) as u64,
+                    session.id.as_u128(),
+                ),
+                (),
+            )?;
+        }
+        if was_active != is_active {
+            self.adjust_active(&session.org_id, is_active)?;
+        }
+        Ok(())
+    }
+
+    fn adjust_active(&mut self, org_id: &str, up: bool) -> StoreResult<()> {
+        let mut t = self.txn.open_table(ORG_ACTIVE_SESSIONS)?;
+        let n = t.get(org_id)?.map(|v| v.value()).unwrap_or(0);
+        let n = if up { n + 1 } else { n.saturating_sub(1) };
+        if n == 0 {
+            t.remove(org_id)?;
+        } else {
+            t.insert(org_id, n)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a session with its events, output, approvals and timers.
+    pub fn delete_session(&mut self, session: &Session) -> StoreResult<()> {
+        let id = session.id.as_u128();
+        self.txn.open_table(SESSIONS)?.remove(id)?;
+        self.txn.open_table(SESSIONS_BY_ORG)?.remove((
+            session.org_id.as_str(),
+            session.created_at.max(0) as u64,
+            id,
+        ))?;
+        if !session.state.is_terminal() {
+            self.adjust_active(&session.org_id, false)?;
+        }
+        self.txn
+            .open_table(SESSION_EVENTS)?
+            .retain_in((id, 0u64)..=(id, u64::MAX), |_, _| false)?;
+        self.txn
+            .open_table(SESSION_OUTPUT)?
+            .retain_in((id, 0u64)..=(id, u64::MAX), |_, _| false)?;
+        self.txn
+            .open_table(APPROVALS)?
+            .retain_in((id, 0u128)..=(id, u128::MAX), |_, _| false)?;
+        self.txn.open_table(TIMERS)?.retain(|(_, _, s, _), _| s != id)?;
+        Ok(())
+    }
+
+    /// Appends an event with the next sequence number.
+    pub fn append_event(
+        &mut self,
+        session: Uuid,
+        kind: &str,
+        summary: String,
+        at: Millis,
+        data: Option<&serde_json::Value>,
+    ) -> StoreResult<SessionEvent> {
+        let event = SessionEvent {
+            seq: self.last_event_seq(session)? + 1,
+            kind: kind.to_owned(),
+            summary,
+            at,
+            data_json: data.map(|d| d.to_string()),
+        };
+        let bytes = encode(&event)?;
+        self.txn
+            .open_table(SESSION_EVENTS)?
+            .insert((session.as_u128(), event.seq), bytes.as_slice())?;
+        Ok(event)
+    }
+
+    /// Appends an output chunk; its `seq` must be the next one (the caller read it).
+    pub fn put_output(&mut self, session: Uuid, chunk: &OutputChunk) -> StoreResult<()> {
+        let bytes = encode(chunk)?;
+        self.txn
+            .open_table(SESSION_OUTPUT)?
+            .insert((session.as_u128(), chunk.seq), bytes.as_slice())?;
+        Ok(())
+    }
+
+    pub fn put_approval(&mut self, approval: &Approval) -> StoreResult<()> {
+        let bytes = encode(approval)?;
+        self.txn.open_table(APPROVALS)?.insert(
+            (approval.session_id.as_u128(), approval.id.as_u128()),
+            bytes.as_slice(),
+        )?;
+        Ok(())
+    }
+
+    pub fn set_timer(&mut self, timer: Timer) -> StoreResult<()> {
+        self.txn
+            .open_table(TIMERS)?
+            .insert(timer_key(&timer), ())?;
+        Ok(())
+    }
+
+    pub fn clear_timer(&mut self, timer: Timer) -> StoreResult<()> {
+        self.txn.open_table(TIMERS)?.remove(timer_key(&timer))?;
+        Ok(())
+    }
+}
+
+fn timer_key(t: &Timer) -> (u64, u8, u128, u128) {
+    (
+        t.due.max(0) as u64,
+        t.kind as u8,
+        t.session_id.as_u128(),
+        t.other_id.as_u128(),
+    )
+}

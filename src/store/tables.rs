@@ -1,0 +1,36 @@
+//! The catalogue of redb tables. Every table Village has is defined here, with its key and value.
+//! Values are `&[u8]` holding a version-tagged record (see `codec`). Index tables are written in
+//! the same transaction as their primary table, by `store` code only.
+//!
+//! Ids are stored as `u128` (the UUID's bits); times as milliseconds since the epoch.
+
+use redb::TableDefinition;
+
+/// `key` → number. Holds `schema_version`.
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// token id → `TokenRecord`.
+pub const TOKENS: TableDefinition<u128, &[u8]> = TableDefinition::new("tokens-1");
+/// SHA-256 of a token secret → token id. Only active tokens are present.
+pub const TOKEN_HASHES: TableDefinition<&[u8], u128> = TableDefinition::new("token_hashes-1");
+
+/// session id → `Session`.
+pub const SESSIONS: TableDefinition<u128, &[u8]> = TableDefinition::new("sessions-1");
+/// (org id, created ms, session id) → (). Lists an org's sessions by age.
+pub const SESSIONS_BY_ORG: TableDefinition<(&str, u64, u128), ()> =
+    TableDefinition::new("sessions_by_org-1");
+/// org id → number of its sessions not in a terminal state (the `maxSessionsPerOrg` check).
+pub const ORG_ACTIVE_SESSIONS: TableDefinition<&str, u64> =
+    TableDefinition::new("org_active_sessions-1");
+/// (session id, seq) → `SessionEvent`. Seq starts at 1 per session, no gaps.
+pub const SESSION_EVENTS: TableDefinition<(u128, u64), &[u8]> =
+    TableDefinition::new("session_events-1");
+/// (session id, seq) → `OutputChunk`. Seq starts at 1 per session, no gaps.
+pub const SESSION_OUTPUT: TableDefinition<(u128, u64), &[u8]> =
+    TableDefinition::new("session_output-1");
+/// (session id, approval id) → `Approval` (pending and resolved).
+pub const APPROVALS: TableDefinition<(u128, u128), &[u8]> = TableDefinition::new("approvals-1");
+
+/// (due ms, timer kind, session id, other id) → (). What the sweeper must do and when:
+/// session timeout, approval expiry, purge of a finished session.
+pub const TIMERS: TableDefinition<(u64, u8, u128, u128), ()> = TableDefinition::new("timers-1");
