@@ -279,7 +279,8 @@ async fn resume(id: String, p: Principal, st: AppState, _body: Body) -> ApiResul
 
 async fn list_approvals(id: String, p: Principal, st: AppState) -> ApiResult {
     let all = st.sessions.approvals(&p, session_id(&id)?).await?;
-    let (resolved, pending): (Vec<_>, Vec<_>) = all.iter().partition(|a| a.resolution.is_some());
+    let (mut resolved, pending): (Vec<_>, Vec<_>) = all.iter().partition(|a| a.resolution.is_some());
+    resolved.sort_by_key(|a| (a.resolution.as_ref().map(|r| r.resolved_at), a.seq));
     Ok(Success::ok(json!({
         "pending": pending.iter().map(|a| approval_request(a)).collect::<Vec<_>>(),
         "resolved": resolved.iter().map(|a| approval_response(a)).collect::<Vec<_>>(),

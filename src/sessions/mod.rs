@@ -377,6 +377,7 @@ impl SessionService {
                 }
                 let approval = Approval {
                     id: approval_id,
+                    seq: w.approvals(s.id)?.len() as u64 + 1,
                     session_id: s.id,
                     action: req.action,
                     description: req.description,

@@ -252,6 +252,8 @@ pub struct Resolution {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Approval {
     pub id: Uuid,
+    /// Order of request within the session (1, 2, …), for a stable listing.
+    pub seq: u64,
     pub session_id: Uuid,
     pub action: ApprovalAction,
     pub description: String,

@@ -363,7 +363,7 @@ pub trait Reads {
         Ok(None)
     }
 
-    /// Every approval of a session, oldest request first.
+    /// Every approval of a session, in the order they were requested.
     fn approvals(&self, session: Uuid) -> StoreResult<Vec<Approval>> {
         let t = self.table(APPROVALS)?;
         let id = session.as_u128();
@@ -371,7 +371,7 @@ pub trait Reads {
         for entry in t.range((id, 0u128)..=(id, u128::MAX))? {
             out.push(decode(entry?.1.value())?);
         }
-        out.sort_by_key(|a| (a.requested_at, a.id));
+        out.sort_by_key(|a| a.seq);
         Ok(out)
     }
 
