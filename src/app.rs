@@ -16,6 +16,7 @@ use crate::clock::{SharedClock, SharedIds};
 use crate::config::Config;
 use crate::error::DomainError;
 use crate::events::EventBus;
+use crate::runners::{self, RunnerService, scheduler};
 use crate::sessions::{SessionService, sweeper};
 use crate::store::{Store, StoreError};
 
@@ -42,7 +43,11 @@ pub struct App {
 }
 
 impl App {
-    pub async fn start(config: Config, clock: SharedClock, ids: SharedIds) -> Result<App, StartError> {
+    pub async fn start(
+        config: Config,
+        clock: SharedClock,
+        ids: SharedIds,
+    ) -> Result<App, StartError> {
         let data_dir = config.server.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
             path: data_dir.display().to_string(),
@@ -66,16 +71,37 @@ impl App {
                 "websocket.authRequired = false: every request is treated as admin; use this only for local trials"
             );
         }
-        let sessions = SessionService::new(store.clone(), clock.clone(), ids.clone(), &config.sessions);
+        let sessions =
+            SessionService::new(store.clone(), clock.clone(), ids.clone(), &config.sessions);
+        let runners = RunnerService::load(
+            store.clone(),
+            bus.clone(),
+            auth.clone(),
+            sessions.clone(),
+            clock.clone(),
+            ids,
+            &config.runners,
+        )
+        .await?;
+        let (stop, stop_rx) = watch::channel(false);
         let state = AppState {
             config: Arc::new(config),
             clock: clock.clone(),
-            store,
+            store: store.clone(),
             auth,
             sessions: sessions.clone(),
+            runners: runners.clone(),
+            bus: bus.clone(),
+            shutdown: stop_rx.clone(),
         };
-        let (stop, stop_rx) = watch::channel(false);
-        let tasks = vec![tokio::spawn(sweeper::run(sessions, clock, stop_rx))];
+        let tasks = vec![
+            tokio::spawn(sweeper::run(sessions, clock, stop_rx.clone())),
+            tokio::spawn(runners::background(runners.clone(), stop_rx.clone())),
+            tokio::spawn(scheduler::run(store, runners, stop_rx)),
+        ];
+        // Sessions queued before a restart are scheduled as soon as runners reconnect; kick
+        // once in case capacity is already there.
+        bus.kick_scheduler();
         Ok(App {
             state,
             bus,
@@ -86,12 +112,27 @@ impl App {
     }
 
     /// Serves on `listener` until `shutdown` resolves, then stops the background tasks.
-    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) {
         let routes = api::routes(&self.state);
         if let Ok(addr) = listener.local_addr() {
             tracing::info!("Village listening on http://{addr}");
         }
-        warp::serve(routes).incoming(listener).graceful(shutdown).run().await;
+        // Tell sockets and background tasks first, so upgraded connections close (1001) and
+        // the graceful shutdown does not wait on them.
+        let stop = self.stop.clone();
+        let signal = async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        };
+        warp::serve(routes)
+            .incoming(listener)
+            .graceful(signal)
+            .run()
+            .await;
         let _ = self.stop.send(true);
         for task in self.tasks {
             let _ = task.await;
@@ -110,11 +151,14 @@ fn write_admin_token(data_dir: &Path, secret: &str) {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let written = options
-        .open(&path)
-        .and_then(|mut f| f.write_all(format!("{secret}\n").as_bytes()).and_then(|()| f.sync_all()));
+    let written = options.open(&path).and_then(|mut f| {
+        f.write_all(format!("{secret}\n").as_bytes())
+            .and_then(|()| f.sync_all())
+    });
     match written {
         Ok(()) => tracing::info!(path = %path.display(), "admin token written"),
-        Err(e) => tracing::error!(path = %path.display(), error = %e, "could not write the admin token file"),
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "could not write the admin token file")
+        }
     }
 }

@@ -160,10 +160,12 @@ impl Config {
     }
 
     pub fn apply_toml(&mut self, text: &str) -> Result<(), ConfigError> {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::File {
-            path: String::new(),
-            message: e.message().to_string(),
-        })?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::File {
+                path: String::new(),
+                message: e.message().to_string(),
+            })?;
         for (section, value) in &table {
             let Some(keys) = value.as_table() else {
                 return Err(ConfigError::UnknownKey(section.clone()));
@@ -200,35 +202,70 @@ impl Config {
         };
         match name.as_str() {
             "server.listen" => {
-                self.server.listen = string(&raw)
-                    .and_then(|s| s.parse().ok())
-                    .ok_or_else(|| bad(format!("{} is not an address like 127.0.0.1:8080", raw.describe())))?;
+                self.server.listen =
+                    string(&raw).and_then(|s| s.parse().ok()).ok_or_else(|| {
+                        bad(format!(
+                            "{} is not an address like 127.0.0.1:8080",
+                            raw.describe()
+                        ))
+                    })?;
             }
             "server.dataDir" => {
                 let s = string(&raw).filter(|s| !s.is_empty());
-                self.server.data_dir = PathBuf::from(s.ok_or_else(|| bad("expected a path".into()))?);
+                self.server.data_dir =
+                    PathBuf::from(s.ok_or_else(|| bad("expected a path".into()))?);
             }
-            "sessions.maxSessionsPerOrg" => self.sessions.max_sessions_per_org = count(&raw).map_err(bad)?,
-            "sessions.defaultTimeoutMinutes" => self.sessions.default_timeout = duration(&raw, 60_000.0).map_err(bad)?,
-            "sessions.sessionDataTtlHours" => self.sessions.session_data_ttl = duration(&raw, 3_600_000.0).map_err(bad)?,
-            "sessions.approvalTimeoutMinutes" => self.sessions.approval_timeout = duration(&raw, 60_000.0).map_err(bad)?,
-            "runners.heartbeatTimeoutMs" => self.runners.heartbeat_timeout = duration(&raw, 1.0).map_err(bad)?,
-            "runners.maxRunnersPerOrg" => self.runners.max_runners_per_org = count(&raw).map_err(bad)?,
-            "runners.defaultCapacity" => self.runners.default_capacity = count(&raw).map_err(bad)?,
+            "sessions.maxSessionsPerOrg" => {
+                self.sessions.max_sessions_per_org = count(&raw).map_err(bad)?
+            }
+            "sessions.defaultTimeoutMinutes" => {
+                self.sessions.default_timeout = duration(&raw, 60_000.0).map_err(bad)?
+            }
+            "sessions.sessionDataTtlHours" => {
+                self.sessions.session_data_ttl = duration(&raw, 3_600_000.0).map_err(bad)?
+            }
+            "sessions.approvalTimeoutMinutes" => {
+                self.sessions.approval_timeout = duration(&raw, 60_000.0).map_err(bad)?
+            }
+            "runners.heartbeatTimeoutMs" => {
+                self.runners.heartbeat_timeout = duration(&raw, 1.0).map_err(bad)?
+            }
+            "runners.maxRunnersPerOrg" => {
+                self.runners.max_runners_per_org = count(&raw).map_err(bad)?
+            }
+            "runners.defaultCapacity" => {
+                self.runners.default_capacity = count(&raw).map_err(bad)?
+            }
             "runners.lostAfterMs" => self.runners.lost_after = duration(&raw, 1.0).map_err(bad)?,
-            "runners.restartGraceMs" => self.runners.restart_grace = duration(&raw, 1.0).map_err(bad)?,
-            "pipeline.enableAutoRollout" => self.pipeline.enable_auto_rollout = boolean(&raw).map_err(bad)?,
+            "runners.restartGraceMs" => {
+                self.runners.restart_grace = duration(&raw, 1.0).map_err(bad)?
+            }
+            "pipeline.enableAutoRollout" => {
+                self.pipeline.enable_auto_rollout = boolean(&raw).map_err(bad)?
+            }
             "pipeline.defaultChannel" => {
                 self.pipeline.default_channel = string(&raw)
                     .filter(|s| s == "stable" || s == "beta")
                     .ok_or_else(|| bad(format!("{} is not `stable` or `beta`", raw.describe())))?;
             }
-            "pipeline.canaryDurationMinutes" => self.pipeline.canary_duration = duration(&raw, 60_000.0).map_err(bad)?,
-            "pipeline.maxFailureRate" => self.pipeline.max_failure_rate = rate(&raw).map_err(bad)?,
-            "pipeline.minSessionsForVerdict" => self.pipeline.min_sessions_for_verdict = count(&raw).map_err(bad)?,
-            "pipeline.maxOfflineRate" => self.pipeline.max_offline_rate = rate(&raw).map_err(bad)?,
-            "websocket.heartbeatIntervalMs" => self.websocket.heartbeat_interval = duration(&raw, 1.0).map_err(bad)?,
-            "websocket.authRequired" => self.websocket.auth_required = boolean(&raw).map_err(bad)?,
+            "pipeline.canaryDurationMinutes" => {
+                self.pipeline.canary_duration = duration(&raw, 60_000.0).map_err(bad)?
+            }
+            "pipeline.maxFailureRate" => {
+                self.pipeline.max_failure_rate = rate(&raw).map_err(bad)?
+            }
+            "pipeline.minSessionsForVerdict" => {
+                self.pipeline.min_sessions_for_verdict = count(&raw).map_err(bad)?
+            }
+            "pipeline.maxOfflineRate" => {
+                self.pipeline.max_offline_rate = rate(&raw).map_err(bad)?
+            }
+            "websocket.heartbeatIntervalMs" => {
+                self.websocket.heartbeat_interval = duration(&raw, 1.0).map_err(bad)?
+            }
+            "websocket.authRequired" => {
+                self.websocket.auth_required = boolean(&raw).map_err(bad)?
+            }
             _ => return Err(ConfigError::UnknownKey(name)),
         }
         Ok(())
@@ -316,7 +353,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -330,7 +370,10 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         let cfg = Config::load(
             Some(&path),
-            env(&[("VILLAGE_SESSIONS_MAX_SESSIONS_PER_ORG", "20"), ("PATH", "/bin")]),
+            env(&[
+                ("VILLAGE_SESSIONS_MAX_SESSIONS_PER_ORG", "20"),
+                ("PATH", "/bin"),
+            ]),
         )
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cfg.sessions.max_sessions_per_org, 20);
@@ -342,15 +385,27 @@ mod tests {
     #[test]
     fn unknown_and_bad_keys_are_named() {
         let mut cfg = Config::default();
-        let err = cfg.apply_toml("[sessions]\nmaxSessionsPerOrgg = 3\n").unwrap_err();
-        assert!(err.to_string().contains("sessions.maxSessionsPerOrgg"), "{err}");
-        let err = cfg.apply_toml("[runners]\ndefaultCapacity = \"five\"\n").unwrap_err();
+        let err = cfg
+            .apply_toml("[sessions]\nmaxSessionsPerOrgg = 3\n")
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("sessions.maxSessionsPerOrgg"),
+            "{err}"
+        );
+        let err = cfg
+            .apply_toml("[runners]\ndefaultCapacity = \"five\"\n")
+            .unwrap_err();
         assert!(err.to_string().contains("runners.defaultCapacity"), "{err}");
         let err = Config::load(None, env(&[("VILLAGE_RUNNERS_LOST_AFTER_MS", "-3")])).unwrap_err();
-        assert!(err.to_string().contains("VILLAGE_RUNNERS_LOST_AFTER_MS"), "{err}");
+        assert!(
+            err.to_string().contains("VILLAGE_RUNNERS_LOST_AFTER_MS"),
+            "{err}"
+        );
         let err = Config::load(None, env(&[("VILLAGE_BOGUS_KEY", "1")])).unwrap_err();
         assert!(err.to_string().contains("VILLAGE_BOGUS_KEY"), "{err}");
-        let err = cfg.apply_toml("[pipeline]\nmaxFailureRate = 1.5\n").unwrap_err();
+        let err = cfg
+            .apply_toml("[pipeline]\nmaxFailureRate = 1.5\n")
+            .unwrap_err();
         assert!(err.to_string().contains("pipeline.maxFailureRate"), "{err}");
     }
 }

@@ -25,6 +25,7 @@ pub enum Entity {
     Session,
     Approval,
     Token,
+    Runner,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,11 +34,14 @@ pub enum Conflict {
     SessionAlreadyStopped,
     ApprovalAlreadyResolved,
     OutputOffsetMismatch,
+    RunnerHasActiveSessions,
+    StaleAssignment,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
     Sessions,
+    Runners,
 }
 
 #[derive(Debug, thiserror::Error)]

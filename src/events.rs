@@ -1,14 +1,20 @@
 //! The internal event bus. Domain code records events inside its write transaction; the store
 //! publishes them here only after the transaction is durable, in commit order. The WebSocket
 //! stream, webhooks and the dashboard consume them.
+//!
+//! Two things ride beside the broadcast because they must never be lost to a lagging reader:
+//! runner commands go straight to the connected runner's channel, and events that may let a
+//! queued session run wake the scheduler.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use serde_json::Value;
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast, mpsc};
 use uuid::Uuid;
 
 use crate::clock::Millis;
+use crate::runners::model::OutboxEntry;
 
 /// One thing that happened. `name` is the contract's event name (`session_created`, …).
 #[derive(Debug, Clone, PartialEq)]
@@ -20,23 +26,82 @@ pub struct BusEvent {
     pub data: Value,
 }
 
+/// Events after which a queued session may find a runner.
+const SCHEDULING_EVENTS: &[&str] = &[
+    "session_created",
+    "session_requeued",
+    "session_completed",
+    "session_failed",
+    "runner_registered",
+    "runner_online",
+    "runner_undrained",
+];
+
+/// Where a connected runner's channel receives its new commands.
+pub type CommandSender = mpsc::UnboundedSender<Arc<OutboxEntry>>;
+
 #[derive(Clone)]
 pub struct EventBus {
     tx: broadcast::Sender<Arc<BusEvent>>,
+    channels: Arc<RwLock<HashMap<Uuid, (u64, CommandSender)>>>,
+    scheduler: Arc<Notify>,
 }
 
 impl EventBus {
     pub fn new(capacity: usize) -> Self {
         let (tx, _) = broadcast::channel(capacity);
-        Self { tx }
+        Self {
+            tx,
+            channels: Arc::default(),
+            scheduler: Arc::new(Notify::new()),
+        }
     }
 
     pub fn publish(&self, event: BusEvent) {
+        if SCHEDULING_EVENTS.contains(&event.name) {
+            self.kick_scheduler();
+        }
         // No subscriber is not an error: events are also kept per session in the store.
         let _ = self.tx.send(Arc::new(event));
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<BusEvent>> {
         self.tx.subscribe()
+    }
+
+    pub fn kick_scheduler(&self) {
+        self.scheduler.notify_one();
+    }
+
+    pub fn scheduler_wakeup(&self) -> Arc<Notify> {
+        self.scheduler.clone()
+    }
+
+    /// Hands a committed command to its runner's live channel, if one is connected. The command
+    /// is in the outbox either way, so a runner that is away gets it when it reconnects.
+    pub fn publish_command(&self, entry: OutboxEntry) {
+        let channels = self.channels.read().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, tx)) = channels.get(&entry.runner_id) {
+            let _ = tx.send(Arc::new(entry));
+        }
+    }
+
+    /// Registers a runner's live channel; a newer connection replaces an older one.
+    pub fn attach_runner(&self, runner: Uuid, connection: u64, tx: CommandSender) {
+        let mut channels = self.channels.write().unwrap_or_else(|p| p.into_inner());
+        channels.insert(runner, (connection, tx));
+    }
+
+    /// Removes the channel, unless a newer connection already took its place.
+    pub fn detach_runner(&self, runner: Uuid, connection: u64) {
+        let mut channels = self.channels.write().unwrap_or_else(|p| p.into_inner());
+        if channels.get(&runner).is_some_and(|(c, _)| *c == connection) {
+            channels.remove(&runner);
+        }
+    }
+
+    pub fn is_attached(&self, runner: Uuid) -> bool {
+        let channels = self.channels.read().unwrap_or_else(|p| p.into_inner());
+        channels.contains_key(&runner)
     }
 }

@@ -1,4 +1,5 @@
 //! Village: the control plane for a fleet of AI coding agents. See ARCHITECTURE.md.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod api;
 pub mod app;
@@ -8,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod paging;
+pub mod runners;
 pub mod sessions;
 pub mod store;
 pub mod ui;

@@ -10,7 +10,11 @@ use village::clock::{RandomIds, SystemClock};
 use village::config::Config;
 
 #[derive(Parser)]
-#[command(name = "village", version, about = "Control plane for a fleet of AI coding agents")]
+#[command(
+    name = "village",
+    version,
+    about = "Control plane for a fleet of AI coding agents"
+)]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
@@ -64,7 +68,9 @@ fn main() -> ExitCode {
         match listen.parse() {
             Ok(addr) => config.server.listen = addr,
             Err(_) => {
-                eprintln!("village: configuration error: bad value for `--listen`: {listen:?} is not an address like 127.0.0.1:8080");
+                eprintln!(
+                    "village: configuration error: bad value for `--listen`: {listen:?} is not an address like 127.0.0.1:8080"
+                );
                 return ExitCode::from(2);
             }
         }
@@ -73,7 +79,10 @@ fn main() -> ExitCode {
         config.server.data_dir = dir;
     }
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("village: cannot start the async runtime: {e}");

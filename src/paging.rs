@@ -68,14 +68,26 @@ mod tests {
 
     #[test]
     fn slices_and_reports_more() {
-        let p = PageRequest { page: 2, page_size: 3 }.slice((1..=7).collect::<Vec<_>>());
+        let p = PageRequest {
+            page: 2,
+            page_size: 3,
+        }
+        .slice((1..=7).collect::<Vec<_>>());
         assert_eq!(p.items, vec![4, 5, 6]);
         assert!(p.has_more);
         assert_eq!(p.total, 7);
-        let p = PageRequest { page: 3, page_size: 3 }.slice((1..=7).collect::<Vec<_>>());
+        let p = PageRequest {
+            page: 3,
+            page_size: 3,
+        }
+        .slice((1..=7).collect::<Vec<_>>());
         assert_eq!(p.items, vec![7]);
         assert!(!p.has_more);
-        let p = PageRequest { page: 9, page_size: 3 }.slice((1..=7).collect::<Vec<_>>());
+        let p = PageRequest {
+            page: 9,
+            page_size: 3,
+        }
+        .slice((1..=7).collect::<Vec<_>>());
         assert!(p.items.is_empty());
         assert!(!p.has_more);
     }

@@ -23,7 +23,8 @@ fn serve(path: &str) -> Option<Response> {
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_str(&mime).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+        HeaderValue::from_str(&mime)
+            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
     );
     // Assets under `assets/` carry a content hash in their name; index.html must never be stale.
     let cache = if path.starts_with("assets/") {
@@ -33,7 +34,10 @@ fn serve(path: &str) -> Option<Response> {
     };
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     h.insert("content-security-policy", HeaderValue::from_static(CSP));
-    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     Some(r)
 }
 

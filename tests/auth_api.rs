@@ -10,7 +10,12 @@ use serde_json::json;
 async fn token_api_creates_lists_and_revokes() {
     let s = TestServer::start("").await;
     let admin = s.admin();
-    let r = admin.post("/api/v1/tokens", json!({"kind": "org", "name": "acme ci", "orgId": "acme"})).await;
+    let r = admin
+        .post(
+            "/api/v1/tokens",
+            json!({"kind": "org", "name": "acme ci", "orgId": "acme"}),
+        )
+        .await;
     assert_eq!(r.status, 201, "{}", r.text);
     let d = r.data().clone();
     let secret = d["token"].as_str().unwrap().to_string();
@@ -28,19 +33,33 @@ async fn token_api_creates_lists_and_revokes() {
     assert!(!list.text.contains(&secret));
     assert_eq!(list.data()["total"], 2, "bootstrap admin + the new one");
     let db = std::fs::read(s.data_dir.path().join("village.redb")).unwrap();
-    assert!(!db.windows(secret.len()).any(|w| w == secret.as_bytes()), "secret stored in clear");
+    assert!(
+        !db.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        "secret stored in clear"
+    );
 
     let r = admin.delete(&format!("/api/v1/tokens/{token_id}")).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert!(r.data()["revokedAt"].is_string());
-    org.get("/api/v1/sessions").await.expect_error(401, "UNAUTHORIZED");
+    org.get("/api/v1/sessions")
+        .await
+        .expect_error(401, "UNAUTHORIZED");
     // Revoking again is harmless; unknown ids are 404.
-    assert_eq!(admin.delete(&format!("/api/v1/tokens/{token_id}")).await.status, 200);
+    assert_eq!(
+        admin
+            .delete(&format!("/api/v1/tokens/{token_id}"))
+            .await
+            .status,
+        200
+    );
     admin
         .delete("/api/v1/tokens/6f1c1a7e-1d7e-4a5e-9a51-3f3b0c3c7c11")
         .await
         .expect_error(404, "TOKEN_NOT_FOUND");
-    admin.delete("/api/v1/tokens/nope").await.expect_error(404, "TOKEN_NOT_FOUND");
+    admin
+        .delete("/api/v1/tokens/nope")
+        .await
+        .expect_error(404, "TOKEN_NOT_FOUND");
     s.stop().await;
 }
 
@@ -48,17 +67,33 @@ async fn token_api_creates_lists_and_revokes() {
 async fn token_requests_are_validated() {
     let s = TestServer::start("").await;
     let admin = s.admin();
-    let r = admin.post("/api/v1/tokens", json!({"kind": "org", "name": ""})).await;
+    let r = admin
+        .post("/api/v1/tokens", json!({"kind": "org", "name": ""}))
+        .await;
     r.expect_error(400, "VALIDATION_ERROR");
     assert_eq!(r.issue_paths(), ["name", "orgId"]);
     let r = admin.post("/api/v1/tokens", json!({"kind": "root"})).await;
     assert_eq!(r.issue_paths(), ["kind", "name"]);
-    let r = admin.post("/api/v1/tokens", json!({"kind": "runner", "name": "r"})).await;
+    let r = admin
+        .post("/api/v1/tokens", json!({"kind": "runner", "name": "r"}))
+        .await;
     assert_eq!(r.issue_paths(), ["kind"]);
-    let r = admin.post("/api/v1/tokens", json!({"kind": "org", "name": "x", "orgId": "bad org"})).await;
+    let r = admin
+        .post(
+            "/api/v1/tokens",
+            json!({"kind": "org", "name": "x", "orgId": "bad org"}),
+        )
+        .await;
     assert_eq!(r.issue_paths(), ["orgId"]);
-    admin.get("/api/v1/tokens?pageSize=0").await.expect_error(400, "VALIDATION_ERROR");
-    assert_eq!(admin.get("/api/v1/tokens").await.data()["total"], 1, "nothing was created");
+    admin
+        .get("/api/v1/tokens?pageSize=0")
+        .await
+        .expect_error(400, "VALIDATION_ERROR");
+    assert_eq!(
+        admin.get("/api/v1/tokens").await.data()["total"],
+        1,
+        "nothing was created"
+    );
     s.stop().await;
 }
 
@@ -66,12 +101,30 @@ async fn token_requests_are_validated() {
 async fn the_last_admin_token_cannot_be_revoked() {
     let s = TestServer::start("").await;
     let admin = s.admin();
-    let first = admin.get("/api/v1/tokens").await.data()["items"][0]["tokenId"].as_str().unwrap().to_string();
-    admin.delete(&format!("/api/v1/tokens/{first}")).await.expect_error(409, "INVALID_STATE");
+    let first = admin.get("/api/v1/tokens").await.data()["items"][0]["tokenId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    admin
+        .delete(&format!("/api/v1/tokens/{first}"))
+        .await
+        .expect_error(409, "INVALID_STATE");
     let second = admin.create_token("admin", None).await;
-    assert_eq!(admin.delete(&format!("/api/v1/tokens/{first}")).await.status, 200);
-    admin.get("/api/v1/tokens").await.expect_error(401, "UNAUTHORIZED");
-    assert_eq!(admin.with_token(&second).get("/api/v1/tokens").await.status, 200);
+    assert_eq!(
+        admin
+            .delete(&format!("/api/v1/tokens/{first}"))
+            .await
+            .status,
+        200
+    );
+    admin
+        .get("/api/v1/tokens")
+        .await
+        .expect_error(401, "UNAUTHORIZED");
+    assert_eq!(
+        admin.with_token(&second).get("/api/v1/tokens").await.status,
+        200
+    );
     s.stop().await;
 }
 
@@ -79,14 +132,29 @@ async fn the_last_admin_token_cannot_be_revoked() {
 async fn bad_credentials_are_401_and_wrong_kinds_403() {
     let s = TestServer::start("").await;
     let anon = s.anonymous();
-    anon.get("/api/v1/sessions").await.expect_error(401, "UNAUTHORIZED");
-    anon.with_token("vlg_not-a-real-token").get("/api/v1/sessions").await.expect_error(401, "UNAUTHORIZED");
-    anon.raw("GET", "/api/v1/tokens", &[("authorization", "Basic YWRtaW46YWRtaW4=")], vec![])
+    anon.get("/api/v1/sessions")
         .await
         .expect_error(401, "UNAUTHORIZED");
+    anon.with_token("vlg_not-a-real-token")
+        .get("/api/v1/sessions")
+        .await
+        .expect_error(401, "UNAUTHORIZED");
+    anon.raw(
+        "GET",
+        "/api/v1/tokens",
+        &[("authorization", "Basic YWRtaW46YWRtaW4=")],
+        vec![],
+    )
+    .await
+    .expect_error(401, "UNAUTHORIZED");
     let admin = s.admin();
     let join = admin.with_token(&admin.create_token("runner_join", Some("acme")).await);
-    join.post("/api/v1/tokens", json!({"kind": "admin", "name": "escalate"})).await.expect_error(403, "FORBIDDEN");
+    join.post(
+        "/api/v1/tokens",
+        json!({"kind": "admin", "name": "escalate"}),
+    )
+    .await
+    .expect_error(403, "FORBIDDEN");
     // Public routes need no token.
     assert_eq!(anon.get("/healthz").await.status, 200);
     assert_eq!(anon.get("/readyz").await.status, 200);
@@ -98,18 +166,30 @@ async fn bad_credentials_are_401_and_wrong_kinds_403() {
 async fn request_ids_are_reused_only_when_safe() {
     let s = TestServer::start("").await;
     let admin = s.admin();
-    let r = admin.raw("GET", "/api/v1/tokens", &[("x-request-id", "ci-run.42_a")], vec![]).await;
+    let r = admin
+        .raw(
+            "GET",
+            "/api/v1/tokens",
+            &[("x-request-id", "ci-run.42_a")],
+            vec![],
+        )
+        .await;
     assert_eq!(r.json["meta"]["requestId"], "ci-run.42_a");
     assert_eq!(r.headers["x-request-id"], "ci-run.42_a");
     let long = "a".repeat(65);
     for bad in ["has space", "semi;colon", long.as_str()] {
-        let r = admin.raw("GET", "/api/v1/tokens", &[("x-request-id", bad)], vec![]).await;
+        let r = admin
+            .raw("GET", "/api/v1/tokens", &[("x-request-id", bad)], vec![])
+            .await;
         let id = r.json["meta"]["requestId"].as_str().unwrap();
         assert_ne!(id, bad);
         assert!(!id.is_empty());
     }
     // Errors carry it too.
-    let r = s.anonymous().raw("GET", "/api/v1/tokens", &[("x-request-id", "abc")], vec![]).await;
+    let r = s
+        .anonymous()
+        .raw("GET", "/api/v1/tokens", &[("x-request-id", "abc")], vec![])
+        .await;
     assert_eq!(r.json["meta"]["requestId"], "abc");
     s.stop().await;
 }
@@ -117,7 +197,13 @@ async fn request_ids_are_reused_only_when_safe() {
 #[tokio::test]
 async fn auth_can_be_switched_off_for_local_trials() {
     let s = TestServer::start("[websocket]\nauthRequired = false\n").await;
-    let r = s.anonymous().post("/api/v1/sessions", json!({"orgId": "acme", "providerId": "omnara", "repo": {"url": "file:///srv/app"}})).await;
+    let r = s
+        .anonymous()
+        .post(
+            "/api/v1/sessions",
+            json!({"orgId": "acme", "providerId": "omnara", "repo": {"url": "file:///srv/app"}}),
+        )
+        .await;
     assert_eq!(r.status, 201, "{}", r.text);
     assert_eq!(s.anonymous().get("/api/v1/tokens").await.status, 200);
     s.stop().await;

@@ -33,12 +33,19 @@ async fn create_returns_detail_and_hides_env_values() {
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.text);
-    assert!(!r.text.contains("sk-very-secret"), "env value leaked: {}", r.text);
+    assert!(
+        !r.text.contains("sk-very-secret"),
+        "env value leaked: {}",
+        r.text
+    );
     let d = r.data();
     assert_eq!(d["state"], "QUEUED");
     assert_eq!(d["orgId"], "acme");
     assert_eq!(d["providerId"], "codex");
-    assert_eq!(d["repo"], json!({"url": "git@github.com:acme/app.git", "branch": "dev", "commit": "HEAD"}));
+    assert_eq!(
+        d["repo"],
+        json!({"url": "git@github.com:acme/app.git", "branch": "dev", "commit": "HEAD"})
+    );
     assert_eq!(d["repoUrl"], "git@github.com:acme/app.git");
     assert_eq!(d["taskSummary"].as_str().unwrap().len(), 100);
     assert_eq!(d["options"]["env"], json!({"API_KEY": "***"}));
@@ -47,16 +54,30 @@ async fn create_returns_detail_and_hides_env_values() {
     assert_eq!(d["usage"]["tokensIn"], 0);
     assert_eq!(d["startedAt"], "2026-11-18T11:06:40.000Z");
     assert!(d.get("completedAt").is_none());
-    let types: Vec<&str> = d["recentEvents"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let types: Vec<&str> = d["recentEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
     assert_eq!(types, ["session_created", "state_changed"]);
     // The request id comes back in the header and the envelope.
-    assert_eq!(r.headers["x-request-id"].to_str().unwrap(), r.json["meta"]["requestId"].as_str().unwrap());
+    assert_eq!(
+        r.headers["x-request-id"].to_str().unwrap(),
+        r.json["meta"]["requestId"].as_str().unwrap()
+    );
     assert!(r.json["meta"]["duration"].is_number());
     assert_eq!(r.json["meta"]["timestamp"], "2026-11-18T11:06:40.000Z");
 
     let got = admin.session(&sid(d)).await;
     assert_eq!(&got, d);
-    assert!(!admin.get(&format!("/api/v1/sessions/{}", sid(d))).await.text.contains("sk-very-secret"));
+    assert!(
+        !admin
+            .get(&format!("/api/v1/sessions/{}", sid(d)))
+            .await
+            .text
+            .contains("sk-very-secret")
+    );
     s.stop().await;
 }
 
@@ -76,27 +97,55 @@ async fn validation_lists_every_bad_field_and_changes_nothing() {
     paths.sort();
     assert_eq!(
         paths,
-        ["options.env.A", "options.requiredFeatures", "options.timeoutMinutes", "providerId", "repo.branch", "repo.url"]
+        [
+            "options.env.A",
+            "options.requiredFeatures",
+            "options.timeoutMinutes",
+            "providerId",
+            "repo.branch",
+            "repo.url"
+        ]
     );
     // Missing fields.
-    let r = admin.post("/api/v1/sessions", json!({"orgId": "acme"})).await;
+    let r = admin
+        .post("/api/v1/sessions", json!({"orgId": "acme"}))
+        .await;
     r.expect_error(400, "VALIDATION_ERROR");
     assert_eq!(r.issue_paths(), ["providerId", "repo"]);
-    let r = admin.post("/api/v1/sessions", json!({"orgId": "acme", "providerId": "codex", "repo": {}})).await;
+    let r = admin
+        .post(
+            "/api/v1/sessions",
+            json!({"orgId": "acme", "providerId": "codex", "repo": {}}),
+        )
+        .await;
     assert_eq!(r.issue_paths(), ["repo.url"]);
     // A bad provider alone is INVALID_PROVIDER.
     admin
-        .post("/api/v1/sessions", json!({"orgId": "acme", "providerId": "vim", "repo": {"url": "https://x.org/a"}}))
+        .post(
+            "/api/v1/sessions",
+            json!({"orgId": "acme", "providerId": "vim", "repo": {"url": "https://x.org/a"}}),
+        )
         .await
         .expect_error(400, "INVALID_PROVIDER");
     // Admin must name the org; org ids are slugs.
-    let r = admin.post("/api/v1/sessions", json!({"providerId": "codex", "repo": {"url": "https://x.org/a"}})).await;
+    let r = admin
+        .post(
+            "/api/v1/sessions",
+            json!({"providerId": "codex", "repo": {"url": "https://x.org/a"}}),
+        )
+        .await;
     r.expect_error(400, "VALIDATION_ERROR");
     assert_eq!(r.issue_paths(), ["orgId"]);
-    let r = admin.post("/api/v1/sessions", json!({"orgId": "-bad org", "providerId": "codex", "repo": {"url": "https://x.org/a"}})).await;
+    let r = admin
+        .post(
+            "/api/v1/sessions",
+            json!({"orgId": "-bad org", "providerId": "codex", "repo": {"url": "https://x.org/a"}}),
+        )
+        .await;
     assert_eq!(r.issue_paths(), ["orgId"]);
     // Too-long task, too many env entries.
-    let env: serde_json::Map<String, Value> = (0..65).map(|i| (format!("K{i}"), json!("v"))).collect();
+    let env: serde_json::Map<String, Value> =
+        (0..65).map(|i| (format!("K{i}"), json!("v"))).collect();
     let r = admin
         .post(
             "/api/v1/sessions",
@@ -109,23 +158,47 @@ async fn validation_lists_every_bad_field_and_changes_nothing() {
     assert_eq!(paths, ["options.env", "task"]);
     // Not JSON, not an object, wrong media type, too large.
     admin
-        .raw("POST", "/api/v1/sessions", &[("content-type", "application/json")], b"{nope".to_vec())
+        .raw(
+            "POST",
+            "/api/v1/sessions",
+            &[("content-type", "application/json")],
+            b"{nope".to_vec(),
+        )
         .await
         .expect_error(400, "INVALID_JSON");
     admin
-        .raw("POST", "/api/v1/sessions", &[("content-type", "application/json")], b"[1]".to_vec())
+        .raw(
+            "POST",
+            "/api/v1/sessions",
+            &[("content-type", "application/json")],
+            b"[1]".to_vec(),
+        )
         .await
         .expect_error(400, "VALIDATION_ERROR");
     admin
-        .raw("POST", "/api/v1/sessions", &[("content-type", "text/plain")], b"{}".to_vec())
+        .raw(
+            "POST",
+            "/api/v1/sessions",
+            &[("content-type", "text/plain")],
+            b"{}".to_vec(),
+        )
         .await
         .expect_error(415, "UNSUPPORTED_MEDIA_TYPE");
     let big = format!("{{\"task\": \"{}\"}}", "a".repeat(1024 * 1024 + 10));
     admin
-        .raw("POST", "/api/v1/sessions", &[("content-type", "application/json")], big.into_bytes())
+        .raw(
+            "POST",
+            "/api/v1/sessions",
+            &[("content-type", "application/json")],
+            big.into_bytes(),
+        )
         .await
         .expect_error(413, "PAYLOAD_TOO_LARGE");
-    assert_eq!(count_sessions(&admin, "acme").await, 0, "a rejected request created something");
+    assert_eq!(
+        count_sessions(&admin, "acme").await,
+        0,
+        "a rejected request created something"
+    );
     s.stop().await;
 }
 
@@ -133,17 +206,35 @@ async fn validation_lists_every_bad_field_and_changes_nothing() {
 async fn unknown_routes_methods_and_ids_answer_in_the_envelope() {
     let s = TestServer::start("").await;
     let admin = s.admin();
-    admin.get("/api/v1/nothing-here").await.expect_error(404, "NOT_FOUND");
-    admin.get("/api/v2/sessions").await.expect_error(404, "NOT_FOUND");
-    admin.delete("/api/v1/sessions").await.expect_error(405, "METHOD_NOT_ALLOWED");
-    admin.raw("PUT", "/api/v1/sessions/abc/stop", &[], vec![]).await.expect_error(405, "METHOD_NOT_ALLOWED");
-    admin.get("/api/v1/sessions/not-a-uuid").await.expect_error(404, "SESSION_NOT_FOUND");
+    admin
+        .get("/api/v1/nothing-here")
+        .await
+        .expect_error(404, "NOT_FOUND");
+    admin
+        .get("/api/v2/sessions")
+        .await
+        .expect_error(404, "NOT_FOUND");
+    admin
+        .delete("/api/v1/sessions")
+        .await
+        .expect_error(405, "METHOD_NOT_ALLOWED");
+    admin
+        .raw("PUT", "/api/v1/sessions/abc/stop", &[], vec![])
+        .await
+        .expect_error(405, "METHOD_NOT_ALLOWED");
+    admin
+        .get("/api/v1/sessions/not-a-uuid")
+        .await
+        .expect_error(404, "SESSION_NOT_FOUND");
     admin
         .get("/api/v1/sessions/6f1c1a7e-1d7e-4a5e-9a51-3f3b0c3c7c11")
         .await
         .expect_error(404, "SESSION_NOT_FOUND");
     // 401 comes before routing, even for unknown routes.
-    s.anonymous().get("/api/v1/nothing-here").await.expect_error(401, "UNAUTHORIZED");
+    s.anonymous()
+        .get("/api/v1/nothing-here")
+        .await
+        .expect_error(401, "UNAUTHORIZED");
     s.stop().await;
 }
 
@@ -171,23 +262,39 @@ async fn list_filters_and_paginates_newest_first() {
     assert_eq!(d["pageSize"], 2);
     let got: Vec<String> = d["items"].as_array().unwrap().iter().map(sid).collect();
     assert_eq!(got, [ids[4].clone(), ids[3].clone()]);
-    let last = admin.get("/api/v1/sessions?orgId=acme&pageSize=2&page=3").await;
+    let last = admin
+        .get("/api/v1/sessions?orgId=acme&pageSize=2&page=3")
+        .await;
     assert_eq!(last.data()["items"].as_array().unwrap().len(), 1);
     assert_eq!(last.data()["hasMore"], false);
     let past = admin.get("/api/v1/sessions?orgId=acme&page=50").await;
     assert_eq!(past.status, 200);
     assert_eq!(past.data()["items"], json!([]));
 
-    let omnara = admin.get("/api/v1/sessions?orgId=acme&providerId=omnara").await;
+    let omnara = admin
+        .get("/api/v1/sessions?orgId=acme&providerId=omnara")
+        .await;
     assert_eq!(omnara.data()["total"], 2);
     let running = admin.get("/api/v1/sessions?orgId=acme&state=RUNNING").await;
     assert_eq!(running.data()["total"], 1);
     assert_eq!(sid(&running.data()["items"][0]), ids[0]);
 
-    for bad in ["page=0", "pageSize=0", "pageSize=101", "page=x", "state=DONE"] {
-        admin.get(&format!("/api/v1/sessions?orgId=acme&{bad}")).await.expect_error(400, "VALIDATION_ERROR");
+    for bad in [
+        "page=0",
+        "pageSize=0",
+        "pageSize=101",
+        "page=x",
+        "state=DONE",
+    ] {
+        admin
+            .get(&format!("/api/v1/sessions?orgId=acme&{bad}"))
+            .await
+            .expect_error(400, "VALIDATION_ERROR");
     }
-    admin.get("/api/v1/sessions?orgId=acme&providerId=vim").await.expect_error(400, "INVALID_PROVIDER");
+    admin
+        .get("/api/v1/sessions?orgId=acme&providerId=vim")
+        .await
+        .expect_error(400, "INVALID_PROVIDER");
     let r = admin.get("/api/v1/sessions").await;
     r.expect_error(400, "VALIDATION_ERROR");
     assert_eq!(r.issue_paths(), ["orgId"]);
@@ -203,28 +310,57 @@ async fn org_tokens_see_only_their_org() {
     let join = admin.with_token(&admin.create_token("runner_join", None).await);
 
     // An org token creates in its own org without naming it.
-    let r = acme.post("/api/v1/sessions", json!({"providerId": "codex", "repo": {"url": "https://x.org/a"}})).await;
+    let r = acme
+        .post(
+            "/api/v1/sessions",
+            json!({"providerId": "codex", "repo": {"url": "https://x.org/a"}}),
+        )
+        .await;
     assert_eq!(r.status, 201, "{}", r.text);
     let id = sid(r.data());
     assert_eq!(r.data()["orgId"], "acme");
     // Naming another org is 403; the other org's session is 404.
-    acme.post("/api/v1/sessions", json!({"orgId": "globex", "providerId": "codex", "repo": {"url": "https://x.org/a"}}))
+    acme.post(
+        "/api/v1/sessions",
+        json!({"orgId": "globex", "providerId": "codex", "repo": {"url": "https://x.org/a"}}),
+    )
+    .await
+    .expect_error(403, "FORBIDDEN");
+    globex
+        .get(&format!("/api/v1/sessions/{id}"))
+        .await
+        .expect_error(404, "SESSION_NOT_FOUND");
+    globex
+        .post_empty(&format!("/api/v1/sessions/{id}/stop"))
+        .await
+        .expect_error(404, "SESSION_NOT_FOUND");
+    globex
+        .get(&format!("/api/v1/sessions/{id}/output"))
+        .await
+        .expect_error(404, "SESSION_NOT_FOUND");
+    globex
+        .get("/api/v1/sessions?orgId=acme")
         .await
         .expect_error(403, "FORBIDDEN");
-    globex.get(&format!("/api/v1/sessions/{id}")).await.expect_error(404, "SESSION_NOT_FOUND");
-    globex.post_empty(&format!("/api/v1/sessions/{id}/stop")).await.expect_error(404, "SESSION_NOT_FOUND");
-    globex.get(&format!("/api/v1/sessions/{id}/output")).await.expect_error(404, "SESSION_NOT_FOUND");
-    globex.get("/api/v1/sessions?orgId=acme").await.expect_error(403, "FORBIDDEN");
     assert_eq!(globex.get("/api/v1/sessions").await.data()["total"], 0);
     assert_eq!(acme.get("/api/v1/sessions").await.data()["total"], 1);
     // Org tokens cannot act as runners; join tokens cannot touch sessions.
-    acme.post(&format!("/api/v1/sessions/{id}/state"), json!({"state": "RUNNING"}))
+    acme.post(
+        &format!("/api/v1/sessions/{id}/state"),
+        json!({"state": "RUNNING"}),
+    )
+    .await
+    .expect_error(403, "FORBIDDEN");
+    join.get("/api/v1/sessions?orgId=acme")
         .await
         .expect_error(403, "FORBIDDEN");
-    join.get("/api/v1/sessions?orgId=acme").await.expect_error(403, "FORBIDDEN");
-    join.get(&format!("/api/v1/sessions/{id}")).await.expect_error(403, "FORBIDDEN");
+    join.get(&format!("/api/v1/sessions/{id}"))
+        .await
+        .expect_error(403, "FORBIDDEN");
     // Org tokens cannot manage tokens.
-    acme.get("/api/v1/tokens").await.expect_error(403, "FORBIDDEN");
+    acme.get("/api/v1/tokens")
+        .await
+        .expect_error(403, "FORBIDDEN");
     assert_eq!(admin.session(&id).await["state"], "QUEUED");
     s.stop().await;
 }
@@ -236,13 +372,18 @@ async fn org_session_limit_counts_only_active_sessions() {
     let a = sid(&admin.create_session("acme").await);
     admin.create_session("acme").await;
     let r = admin
-        .post("/api/v1/sessions", json!({"orgId": "acme", "providerId": "codex", "repo": {"url": "https://x.org/a"}}))
+        .post(
+            "/api/v1/sessions",
+            json!({"orgId": "acme", "providerId": "codex", "repo": {"url": "https://x.org/a"}}),
+        )
         .await;
     r.expect_error(429, "SESSION_LIMIT_EXCEEDED");
     assert_eq!(count_sessions(&admin, "acme").await, 2);
     // Another org is not affected; ending one frees a slot.
     admin.create_session("globex").await;
-    admin.post_empty(&format!("/api/v1/sessions/{a}/stop")).await;
+    admin
+        .post_empty(&format!("/api/v1/sessions/{a}/stop"))
+        .await;
     admin.create_session("acme").await;
     assert_eq!(count_sessions(&admin, "acme").await, 3);
     s.stop().await;
@@ -256,28 +397,60 @@ async fn lifecycle_follows_the_contract_transitions() {
     let path = |p: &str| format!("/api/v1/sessions/{id}/{p}");
 
     // QUEUED: cannot pause, resume or complete.
-    admin.post_empty(&path("pause")).await.expect_error(409, "INVALID_STATE");
-    admin.post_empty(&path("resume")).await.expect_error(409, "INVALID_STATE");
-    admin.post(&path("state"), json!({"state": "COMPLETED"})).await.expect_error(409, "INVALID_STATE");
-    admin.post(&path("state"), json!({"state": "DONE"})).await.expect_error(400, "VALIDATION_ERROR");
-    admin.post(&path("state"), json!({})).await.expect_error(400, "VALIDATION_ERROR");
+    admin
+        .post_empty(&path("pause"))
+        .await
+        .expect_error(409, "INVALID_STATE");
+    admin
+        .post_empty(&path("resume"))
+        .await
+        .expect_error(409, "INVALID_STATE");
+    admin
+        .post(&path("state"), json!({"state": "COMPLETED"}))
+        .await
+        .expect_error(409, "INVALID_STATE");
+    admin
+        .post(&path("state"), json!({"state": "DONE"}))
+        .await
+        .expect_error(400, "VALIDATION_ERROR");
+    admin
+        .post(&path("state"), json!({}))
+        .await
+        .expect_error(400, "VALIDATION_ERROR");
 
     let d = admin.start_session(&id).await;
     assert_eq!(d["state"], "RUNNING");
-    admin.post(&path("state"), json!({"state": "RUNNING"})).await.expect_error(409, "INVALID_STATE");
-    admin.post(&path("state"), json!({"state": "TIMED_OUT"})).await.expect_error(409, "INVALID_STATE");
+    admin
+        .post(&path("state"), json!({"state": "RUNNING"}))
+        .await
+        .expect_error(409, "INVALID_STATE");
+    admin
+        .post(&path("state"), json!({"state": "TIMED_OUT"}))
+        .await
+        .expect_error(409, "INVALID_STATE");
 
     let d = admin.post_empty(&path("pause")).await;
     assert_eq!(d.data()["state"], "PAUSED_BY_HUMAN");
-    admin.post_empty(&path("pause")).await.expect_error(409, "INVALID_STATE");
+    admin
+        .post_empty(&path("pause"))
+        .await
+        .expect_error(409, "INVALID_STATE");
     let d = admin.post_empty(&path("resume")).await;
     assert_eq!(d.data()["state"], "RUNNING");
 
-    let d = admin.post(&path("state"), json!({"state": "COMPLETED"})).await;
+    let d = admin
+        .post(&path("state"), json!({"state": "COMPLETED"}))
+        .await;
     assert_eq!(d.data()["state"], "COMPLETED");
     assert!(d.data()["completedAt"].is_string());
-    admin.post_empty(&path("stop")).await.expect_error(409, "SESSION_ALREADY_STOPPED");
-    admin.post_empty(&path("resume")).await.expect_error(409, "INVALID_STATE");
+    admin
+        .post_empty(&path("stop"))
+        .await
+        .expect_error(409, "SESSION_ALREADY_STOPPED");
+    admin
+        .post_empty(&path("resume"))
+        .await
+        .expect_error(409, "INVALID_STATE");
 
     // The timeline has every change, seq 1.. without gaps.
     let ev = admin.get(&path("events")).await;
@@ -287,19 +460,38 @@ async fn lifecycle_follows_the_contract_transitions() {
     let changes: Vec<(String, String)> = items
         .iter()
         .filter(|e| e["type"] == "state_changed")
-        .map(|e| (e["data"]["from"].as_str().unwrap().into(), e["data"]["to"].as_str().unwrap().into()))
+        .map(|e| {
+            (
+                e["data"]["from"].as_str().unwrap().into(),
+                e["data"]["to"].as_str().unwrap().into(),
+            )
+        })
         .collect();
-    let want = [("CREATED", "QUEUED"), ("QUEUED", "RUNNING"), ("RUNNING", "PAUSED_BY_HUMAN"), ("PAUSED_BY_HUMAN", "RUNNING"), ("RUNNING", "COMPLETED")];
+    let want = [
+        ("CREATED", "QUEUED"),
+        ("QUEUED", "RUNNING"),
+        ("RUNNING", "PAUSED_BY_HUMAN"),
+        ("PAUSED_BY_HUMAN", "RUNNING"),
+        ("RUNNING", "COMPLETED"),
+    ];
     assert_eq!(changes, want.map(|(a, b)| (a.to_string(), b.to_string())));
     assert!(items.iter().any(|e| e["type"] == "session_started"));
     assert!(items.iter().any(|e| e["type"] == "session_completed"));
-    let page = admin.get(&format!("{}?afterSeq=2&limit=2", path("events"))).await;
+    let page = admin
+        .get(&format!("{}?afterSeq=2&limit=2", path("events")))
+        .await;
     let d = page.data();
     assert_eq!(d["items"].as_array().unwrap().len(), 2);
     assert_eq!(d["items"][0]["seq"], 3);
     assert_eq!(d["nextSeq"], 4);
-    admin.get(&format!("{}?limit=1001", path("events"))).await.expect_error(400, "VALIDATION_ERROR");
-    admin.get(&format!("{}?afterSeq=-1", path("events"))).await.expect_error(400, "VALIDATION_ERROR");
+    admin
+        .get(&format!("{}?limit=1001", path("events")))
+        .await
+        .expect_error(400, "VALIDATION_ERROR");
+    admin
+        .get(&format!("{}?afterSeq=-1", path("events")))
+        .await
+        .expect_error(400, "VALIDATION_ERROR");
     s.stop().await;
 }
 
@@ -308,13 +500,23 @@ async fn stop_failure_and_their_reasons() {
     let s = TestServer::start("").await;
     let admin = s.admin();
     let queued = sid(&admin.create_session("acme").await);
-    let r = admin.post(&format!("/api/v1/sessions/{queued}/stop"), json!({"reason": "not needed"})).await;
+    let r = admin
+        .post(
+            &format!("/api/v1/sessions/{queued}/stop"),
+            json!({"reason": "not needed"}),
+        )
+        .await;
     assert_eq!(r.data()["state"], "COMPLETED");
     assert_eq!(r.data()["endReason"], "stopped: not needed");
 
     let running = sid(&admin.create_session("acme").await);
     admin.start_session(&running).await;
-    let r = admin.post(&format!("/api/v1/sessions/{running}/state"), json!({"state": "FAILED", "error": "agent crashed"})).await;
+    let r = admin
+        .post(
+            &format!("/api/v1/sessions/{running}/state"),
+            json!({"state": "FAILED", "error": "agent crashed"}),
+        )
+        .await;
     assert_eq!(r.data()["state"], "FAILED");
     assert_eq!(r.data()["error"], "agent crashed");
     assert_eq!(r.data()["endReason"], "failed: agent crashed");
@@ -330,13 +532,23 @@ async fn approvals_round_trip() {
     let path = |p: &str| format!("/api/v1/sessions/{id}/{p}");
     let ask = json!({"action": "merge", "description": "Merge PR #12", "context": {"pr": 12}});
     // Not while QUEUED.
-    admin.post(&path("approvals"), ask.clone()).await.expect_error(409, "INVALID_STATE");
+    admin
+        .post(&path("approvals"), ask.clone())
+        .await
+        .expect_error(409, "INVALID_STATE");
     admin.start_session(&id).await;
-    let bad = admin.post(&path("approvals"), json!({"action": "launch", "description": ""})).await;
+    let bad = admin
+        .post(
+            &path("approvals"),
+            json!({"action": "launch", "description": ""}),
+        )
+        .await;
     bad.expect_error(400, "VALIDATION_ERROR");
     assert_eq!(bad.issue_paths(), ["action", "description"]);
     // Org tokens cannot request approvals (that is the runner's job).
-    org.post(&path("approvals"), ask.clone()).await.expect_error(403, "FORBIDDEN");
+    org.post(&path("approvals"), ask.clone())
+        .await
+        .expect_error(403, "FORBIDDEN");
 
     let a1 = admin.post(&path("approvals"), ask.clone()).await;
     assert_eq!(a1.status, 201, "{}", a1.text);
@@ -344,22 +556,52 @@ async fn approvals_round_trip() {
     assert_eq!(a1["action"], "merge");
     assert_eq!(a1["context"], json!({"pr": 12}));
     assert_eq!(a1["expiresAt"], "2026-11-19T11:06:40.000Z");
-    let a2 = admin.post(&path("approvals"), json!({"action": "deps_add", "description": "add serde"})).await;
+    let a2 = admin
+        .post(
+            &path("approvals"),
+            json!({"action": "deps_add", "description": "add serde"}),
+        )
+        .await;
     let a2 = a2.data().clone();
     let detail = org.session(&id).await;
     assert_eq!(detail["state"], "WAITING_FOR_APPROVAL");
     assert_eq!(detail["pendingApprovals"].as_array().unwrap().len(), 2);
 
-    let resolve = |a: &Value| format!("/api/v1/sessions/{id}/approvals/{}/resolve", a["approvalId"].as_str().unwrap());
-    org.post(&resolve(&a1), json!({"decision": "maybe"})).await.expect_error(400, "VALIDATION_ERROR");
-    let r = org.post(&resolve(&a1), json!({"decision": "allow", "reason": "looks good"})).await;
-    assert_eq!(r.data()["state"], "WAITING_FOR_APPROVAL", "one approval still pending");
-    org.post(&resolve(&a1), json!({"decision": "deny"})).await.expect_error(409, "APPROVAL_ALREADY_RESOLVED");
-    org.post(&format!("/api/v1/sessions/{id}/approvals/6f1c1a7e-1d7e-4a5e-9a51-3f3b0c3c7c11/resolve"), json!({"decision": "allow"}))
+    let resolve = |a: &Value| {
+        format!(
+            "/api/v1/sessions/{id}/approvals/{}/resolve",
+            a["approvalId"].as_str().unwrap()
+        )
+    };
+    org.post(&resolve(&a1), json!({"decision": "maybe"}))
         .await
-        .expect_error(404, "APPROVAL_NOT_FOUND");
+        .expect_error(400, "VALIDATION_ERROR");
+    let r = org
+        .post(
+            &resolve(&a1),
+            json!({"decision": "allow", "reason": "looks good"}),
+        )
+        .await;
+    assert_eq!(
+        r.data()["state"],
+        "WAITING_FOR_APPROVAL",
+        "one approval still pending"
+    );
+    org.post(&resolve(&a1), json!({"decision": "deny"}))
+        .await
+        .expect_error(409, "APPROVAL_ALREADY_RESOLVED");
+    org.post(
+        &format!("/api/v1/sessions/{id}/approvals/6f1c1a7e-1d7e-4a5e-9a51-3f3b0c3c7c11/resolve"),
+        json!({"decision": "allow"}),
+    )
+    .await
+    .expect_error(404, "APPROVAL_NOT_FOUND");
     let r = org.post(&resolve(&a2), json!({"decision": "deny"})).await;
-    assert_eq!(r.data()["state"], "RUNNING", "a denied last approval returns the session to RUNNING");
+    assert_eq!(
+        r.data()["state"],
+        "RUNNING",
+        "a denied last approval returns the session to RUNNING"
+    );
 
     let list = org.get(&path("approvals")).await;
     let d = list.data();
@@ -388,7 +630,10 @@ async fn approvals_expire_as_deny_by_system() {
     let id = sid(&admin.create_session("acme").await);
     admin.start_session(&id).await;
     admin
-        .post(&format!("/api/v1/sessions/{id}/approvals"), json!({"action": "deploy", "description": "ship it"}))
+        .post(
+            &format!("/api/v1/sessions/{id}/approvals"),
+            json!({"action": "deploy", "description": "ship it"}),
+        )
         .await;
     s.advance(9 * 60_000);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -415,15 +660,23 @@ async fn ending_a_session_closes_its_pending_approvals() {
     let id = sid(&admin.create_session("acme").await);
     admin.start_session(&id).await;
     let a = admin
-        .post(&format!("/api/v1/sessions/{id}/approvals"), json!({"action": "secrets", "description": "read vault"}))
+        .post(
+            &format!("/api/v1/sessions/{id}/approvals"),
+            json!({"action": "secrets", "description": "read vault"}),
+        )
         .await;
     let approval = a.data()["approvalId"].as_str().unwrap().to_string();
-    admin.post_empty(&format!("/api/v1/sessions/{id}/stop")).await;
+    admin
+        .post_empty(&format!("/api/v1/sessions/{id}/stop"))
+        .await;
     let list = admin.get(&format!("/api/v1/sessions/{id}/approvals")).await;
     assert_eq!(list.data()["pending"], json!([]));
     assert_eq!(list.data()["resolved"][0]["resolvedBy"], "system");
     admin
-        .post(&format!("/api/v1/sessions/{id}/approvals/{approval}/resolve"), json!({"decision": "allow"}))
+        .post(
+            &format!("/api/v1/sessions/{id}/approvals/{approval}/resolve"),
+            json!({"decision": "allow"}),
+        )
         .await
         .expect_error(409, "APPROVAL_ALREADY_RESOLVED");
     s.stop().await;
@@ -435,31 +688,80 @@ async fn output_is_sequenced_and_stored_once() {
     let admin = s.admin();
     let id = sid(&admin.create_session("acme").await);
     let out = format!("/api/v1/sessions/{id}/output");
-    admin.post(&out, json!({"stream": "stdout", "data": "early"})).await.expect_error(409, "INVALID_STATE");
+    admin
+        .post(&out, json!({"stream": "stdout", "data": "early"}))
+        .await
+        .expect_error(409, "INVALID_STATE");
     admin.start_session(&id).await;
     let seq = |r: common::Resp| r.data()["seq"].as_u64().unwrap();
-    assert_eq!(seq(admin.post(&out, json!({"stream": "stdout", "data": "hello ", "offset": 0})).await), 1);
-    assert_eq!(seq(admin.post(&out, json!({"stream": "stderr", "data": "wörld\n", "offset": 6})).await), 2);
+    assert_eq!(
+        seq(admin
+            .post(
+                &out,
+                json!({"stream": "stdout", "data": "hello ", "offset": 0})
+            )
+            .await),
+        1
+    );
+    assert_eq!(
+        seq(admin
+            .post(
+                &out,
+                json!({"stream": "stderr", "data": "wörld\n", "offset": 6})
+            )
+            .await),
+        2
+    );
     // An exact retry is answered with the stored seq and not stored again.
-    assert_eq!(seq(admin.post(&out, json!({"stream": "stderr", "data": "wörld\n", "offset": 6})).await), 2);
+    assert_eq!(
+        seq(admin
+            .post(
+                &out,
+                json!({"stream": "stderr", "data": "wörld\n", "offset": 6})
+            )
+            .await),
+        2
+    );
     // A gap or overlap is refused with the server's offset.
-    let r = admin.post(&out, json!({"stream": "stdout", "data": "x", "offset": 99})).await;
+    let r = admin
+        .post(&out, json!({"stream": "stdout", "data": "x", "offset": 99}))
+        .await;
     r.expect_error(409, "OUTPUT_OFFSET_MISMATCH");
     assert_eq!(r.json["error"]["details"]["offset"], 13);
-    admin.post(&out, json!({"stream": "stdout", "data": "llo"})).await; // no offset: appended
-    let bad = admin.post(&out, json!({"stream": "video", "data": ""})).await;
+    admin
+        .post(&out, json!({"stream": "stdout", "data": "llo"}))
+        .await; // no offset: appended
+    let bad = admin
+        .post(&out, json!({"stream": "video", "data": ""}))
+        .await;
     bad.expect_error(400, "VALIDATION_ERROR");
     assert_eq!(bad.issue_paths(), ["stream", "data"]);
     let big = "a".repeat(256 * 1024 + 1);
-    admin.post(&out, json!({"stream": "stdout", "data": big})).await.expect_error(400, "VALIDATION_ERROR");
+    admin
+        .post(&out, json!({"stream": "stdout", "data": big}))
+        .await
+        .expect_error(400, "VALIDATION_ERROR");
 
     let r = admin.get(&out).await;
     let items = r.data()["items"].as_array().unwrap().clone();
     let got: Vec<(u64, &str, &str)> = items
         .iter()
-        .map(|c| (c["seq"].as_u64().unwrap(), c["stream"].as_str().unwrap(), c["data"].as_str().unwrap()))
+        .map(|c| {
+            (
+                c["seq"].as_u64().unwrap(),
+                c["stream"].as_str().unwrap(),
+                c["data"].as_str().unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(got, [(1, "stdout", "hello "), (2, "stderr", "wörld\n"), (3, "stdout", "llo")]);
+    assert_eq!(
+        got,
+        [
+            (1, "stdout", "hello "),
+            (2, "stderr", "wörld\n"),
+            (3, "stdout", "llo")
+        ]
+    );
     assert_eq!(r.data()["nextSeq"], 3);
     let after = admin.get(&format!("{out}?afterSeq=3")).await;
     assert_eq!(after.data()["items"], json!([]));
@@ -473,13 +775,32 @@ async fn usage_replaces_given_fields() {
     let admin = s.admin();
     let id = sid(&admin.create_session("acme").await);
     let u = format!("/api/v1/sessions/{id}/usage");
-    let r = admin.post(&u, json!({"tokensIn": 100, "tokensOut": 20, "apiCalls": 3, "computeSeconds": 1.5})).await;
-    assert_eq!(r.data()["usage"], json!({"tokensIn": 100, "tokensOut": 20, "apiCalls": 3, "computeSeconds": 1.5}));
+    let r = admin
+        .post(
+            &u,
+            json!({"tokensIn": 100, "tokensOut": 20, "apiCalls": 3, "computeSeconds": 1.5}),
+        )
+        .await;
+    assert_eq!(
+        r.data()["usage"],
+        json!({"tokensIn": 100, "tokensOut": 20, "apiCalls": 3, "computeSeconds": 1.5})
+    );
     let r = admin.post(&u, json!({"tokensIn": 250})).await;
-    assert_eq!(r.data()["usage"], json!({"tokensIn": 250, "tokensOut": 20, "apiCalls": 3, "computeSeconds": 1.5}));
-    let bad = admin.post(&u, json!({"tokensIn": -1, "apiCalls": "3", "computeSeconds": -2})).await;
+    assert_eq!(
+        r.data()["usage"],
+        json!({"tokensIn": 250, "tokensOut": 20, "apiCalls": 3, "computeSeconds": 1.5})
+    );
+    let bad = admin
+        .post(
+            &u,
+            json!({"tokensIn": -1, "apiCalls": "3", "computeSeconds": -2}),
+        )
+        .await;
     bad.expect_error(400, "VALIDATION_ERROR");
-    assert_eq!(bad.issue_paths(), ["tokensIn", "apiCalls", "computeSeconds"]);
+    assert_eq!(
+        bad.issue_paths(),
+        ["tokensIn", "apiCalls", "computeSeconds"]
+    );
     assert_eq!(admin.session(&id).await["usage"]["tokensIn"], 250);
     s.stop().await;
 }
@@ -500,7 +821,9 @@ async fn timeout_counts_from_first_running() {
     assert_eq!(admin.session(&short).await["state"], "QUEUED");
     admin.start_session(&short).await;
     admin.start_session(&default).await;
-    admin.post_empty(&format!("/api/v1/sessions/{default}/pause")).await;
+    admin
+        .post_empty(&format!("/api/v1/sessions/{default}/pause"))
+        .await;
     s.advance(2 * 60_000);
     let d = eventually(5, || async {
         let d = admin.session(&short).await;
@@ -510,7 +833,10 @@ async fn timeout_counts_from_first_running() {
     assert!(d["endReason"].as_str().unwrap().starts_with("timeout"));
     assert_eq!(admin.session(&default).await["state"], "PAUSED_BY_HUMAN");
     s.advance(28 * 60_000);
-    eventually(5, || async { (admin.session(&default).await["state"] == "TIMED_OUT").then_some(()) }).await;
+    eventually(5, || async {
+        (admin.session(&default).await["state"] == "TIMED_OUT").then_some(())
+    })
+    .await;
     s.stop().await;
 }
 
@@ -521,8 +847,15 @@ async fn finished_sessions_are_purged_after_the_ttl() {
     let done = sid(&admin.create_session("acme").await);
     let live = sid(&admin.create_session("acme").await);
     admin.start_session(&done).await;
-    admin.post(&format!("/api/v1/sessions/{done}/output"), json!({"stream": "stdout", "data": "bye"})).await;
-    admin.post_empty(&format!("/api/v1/sessions/{done}/stop")).await;
+    admin
+        .post(
+            &format!("/api/v1/sessions/{done}/output"),
+            json!({"stream": "stdout", "data": "bye"}),
+        )
+        .await;
+    admin
+        .post_empty(&format!("/api/v1/sessions/{done}/stop"))
+        .await;
     s.advance(59 * 60_000);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(admin.session(&done).await["state"], "COMPLETED");
@@ -531,8 +864,15 @@ async fn finished_sessions_are_purged_after_the_ttl() {
         (admin.get(&format!("/api/v1/sessions/{done}")).await.status == 404).then_some(())
     })
     .await;
-    admin.get(&format!("/api/v1/sessions/{done}/output")).await.expect_error(404, "SESSION_NOT_FOUND");
-    assert_eq!(admin.session(&live).await["state"], "QUEUED", "an active session is never purged");
+    admin
+        .get(&format!("/api/v1/sessions/{done}/output"))
+        .await
+        .expect_error(404, "SESSION_NOT_FOUND");
+    assert_eq!(
+        admin.session(&live).await["state"],
+        "QUEUED",
+        "an active session is never purged"
+    );
     assert_eq!(count_sessions(&admin, "acme").await, 1);
     s.stop().await;
 }

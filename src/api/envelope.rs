@@ -9,23 +9,24 @@ use warp::reply::Response;
 use super::error::ApiError;
 use crate::clock::{Millis, format_ms};
 
-/// A handler's successful answer.
+/// A handler's successful answer: data for the envelope, or a response of its own (a
+/// WebSocket upgrade).
 #[derive(Debug)]
-pub struct Success {
-    pub status: StatusCode,
-    pub data: Value,
+pub enum Success {
+    Data { status: StatusCode, data: Value },
+    Raw(Response),
 }
 
 impl Success {
     pub fn ok(data: Value) -> Self {
-        Self {
+        Self::Data {
             status: StatusCode::OK,
             data,
         }
     }
 
     pub fn created(data: Value) -> Self {
-        Self {
+        Self::Data {
             status: StatusCode::CREATED,
             data,
         }
@@ -63,10 +64,11 @@ pub fn respond(ctx: &RequestCtx, now: Millis, result: ApiResult) -> Response {
     });
     let mut body = Map::new();
     let status = match result {
-        Ok(success) => {
+        Ok(Success::Raw(response)) => return response,
+        Ok(Success::Data { status, data }) => {
             body.insert("success".into(), Value::Bool(true));
-            body.insert("data".into(), success.data);
-            success.status
+            body.insert("data".into(), data);
+            status
         }
         Err(e) => {
             let mut error = Map::new();

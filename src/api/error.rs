@@ -82,7 +82,13 @@ impl From<DomainError> for ApiError {
                     .collect();
                 let summary = issues
                     .iter()
-                    .map(|i| format!("{}: {}", if i.path.is_empty() { "body" } else { &i.path }, i.message))
+                    .map(|i| {
+                        format!(
+                            "{}: {}",
+                            if i.path.is_empty() { "body" } else { &i.path },
+                            i.message
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join("; ");
                 ApiError {
@@ -95,7 +101,9 @@ impl From<DomainError> for ApiError {
             DomainError::InvalidProvider(p) => ApiError::new(
                 S::BAD_REQUEST,
                 "INVALID_PROVIDER",
-                format!("Unknown provider `{p}`; expected codex, claude_code, gemini_cli or omnara"),
+                format!(
+                    "Unknown provider `{p}`; expected codex, claude_code, gemini_cli or omnara"
+                ),
             ),
             DomainError::Unauthorized => ApiError::unauthorized(),
             DomainError::Forbidden(m) => ApiError::new(S::FORBIDDEN, "FORBIDDEN", m),
@@ -104,6 +112,7 @@ impl From<DomainError> for ApiError {
                     Entity::Session => ("SESSION_NOT_FOUND", "Session"),
                     Entity::Approval => ("APPROVAL_NOT_FOUND", "Approval"),
                     Entity::Token => ("TOKEN_NOT_FOUND", "Token"),
+                    Entity::Runner => ("RUNNER_NOT_FOUND", "Runner"),
                 };
                 ApiError::new(S::NOT_FOUND, code, format!("{what} not found"))
             }
@@ -117,6 +126,8 @@ impl From<DomainError> for ApiError {
                     Conflict::SessionAlreadyStopped => "SESSION_ALREADY_STOPPED",
                     Conflict::ApprovalAlreadyResolved => "APPROVAL_ALREADY_RESOLVED",
                     Conflict::OutputOffsetMismatch => "OUTPUT_OFFSET_MISMATCH",
+                    Conflict::RunnerHasActiveSessions => "RUNNER_HAS_ACTIVE_SESSIONS",
+                    Conflict::StaleAssignment => "STALE_ASSIGNMENT",
                 };
                 ApiError {
                     status: S::CONFLICT,
@@ -128,6 +139,7 @@ impl From<DomainError> for ApiError {
             DomainError::LimitExceeded { kind, message } => {
                 let code = match kind {
                     Limit::Sessions => "SESSION_LIMIT_EXCEEDED",
+                    Limit::Runners => "RUNNER_LIMIT_EXCEEDED",
                 };
                 ApiError::new(S::TOO_MANY_REQUESTS, code, message)
             }
@@ -180,5 +192,9 @@ pub fn from_rejection(r: &Rejection) -> ApiError {
         return ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "No such route");
     }
     tracing::warn!(rejection = ?r, "unhandled rejection");
-    ApiError::new(StatusCode::BAD_REQUEST, "INVALID_REQUEST", "The request could not be handled")
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "INVALID_REQUEST",
+        "The request could not be handled",
+    )
 }

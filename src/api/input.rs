@@ -160,6 +160,19 @@ impl Reader {
         }
     }
 
+    /// A UUID in a string.
+    pub fn uuid(&mut self, o: &Obj<'_>, key: &str, required: bool) -> Option<uuid::Uuid> {
+        let raw = self.string(o, key, required)?;
+        match uuid::Uuid::parse_str(raw) {
+            Ok(id) => Some(id),
+            Err(_) => {
+                let p = self.path(o, key);
+                self.issue(p, "must be a UUID");
+                None
+            }
+        }
+    }
+
     /// Any JSON value, kept as it is.
     pub fn any<'v>(&mut self, o: &Obj<'v>, key: &str) -> Option<&'v Value> {
         self.field(o, key)
@@ -220,7 +233,9 @@ impl Reader {
         self.invalid_provider = Some(value.to_owned());
         self.issue(
             path,
-            format!("unknown provider `{value}`; expected codex, claude_code, gemini_cli or omnara"),
+            format!(
+                "unknown provider `{value}`; expected codex, claude_code, gemini_cli or omnara"
+            ),
         );
     }
 

@@ -6,6 +6,8 @@ pub mod error;
 mod health;
 mod input;
 mod openapi;
+mod runner_channel;
+mod runners;
 mod sessions;
 mod tokens;
 
@@ -24,6 +26,8 @@ use warp::{Filter, Rejection, Reply};
 use crate::auth::{AuthService, Principal};
 use crate::clock::SharedClock;
 use crate::config::Config;
+use crate::events::EventBus;
+use crate::runners::RunnerService;
 use crate::sessions::SessionService;
 use crate::store::Store;
 pub use envelope::{ApiResult, RequestCtx, Success};
@@ -41,6 +45,10 @@ pub struct AppState {
     pub store: Store,
     pub auth: AuthService,
     pub sessions: SessionService,
+    pub runners: RunnerService,
+    pub bus: EventBus,
+    /// Turns true when the server is stopping: long-lived sockets close with 1001.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Every route the server answers.
@@ -52,7 +60,9 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
         }))
         .map({
             let clock = state.clock.clone();
-            move |ctx: RequestCtx, result: ApiResult| envelope::respond(&ctx, clock.now_ms(), result)
+            move |ctx: RequestCtx, result: ApiResult| {
+                envelope::respond(&ctx, clock.now_ms(), result)
+            }
         });
     health::routes(state)
         .or(openapi::route())
@@ -75,12 +85,16 @@ fn api_v1(state: &AppState) -> BoxedFilter<(ApiResult,)> {
         .and(
             sessions::routes(state)
                 .or(tokens::routes(state))
+                .unify()
+                .or(runners::routes(state))
                 .unify(),
         )
         .boxed()
 }
 
-fn request_ctx(state: &AppState) -> impl Filter<Extract = (RequestCtx,), Error = Infallible> + Clone + use<> {
+fn request_ctx(
+    state: &AppState,
+) -> impl Filter<Extract = (RequestCtx,), Error = Infallible> + Clone + use<> {
     let _ = state;
     warp::header::headers_cloned().map(|headers: HeaderMap| RequestCtx {
         request_id: envelope::request_id_from(headers.get("x-request-id"), || {
@@ -91,7 +105,9 @@ fn request_ctx(state: &AppState) -> impl Filter<Extract = (RequestCtx,), Error =
 }
 
 /// The caller, from `Authorization: Bearer <token>`; everyone is admin when auth is off.
-pub fn principal(state: &AppState) -> impl Filter<Extract = (Principal,), Error = Rejection> + Clone + use<> {
+pub fn principal(
+    state: &AppState,
+) -> impl Filter<Extract = (Principal,), Error = Rejection> + Clone + use<> {
     let auth = state.auth.clone();
     let required = state.config.websocket.auth_required;
     warp::header::headers_cloned().and_then(move |headers: HeaderMap| {
@@ -110,7 +126,9 @@ pub fn principal(state: &AppState) -> impl Filter<Extract = (Principal,), Error 
     })
 }
 
-pub fn with_state(state: &AppState) -> impl Filter<Extract = (AppState,), Error = Infallible> + Clone + use<> {
+pub fn with_state(
+    state: &AppState,
+) -> impl Filter<Extract = (AppState,), Error = Infallible> + Clone + use<> {
     let state = state.clone();
     warp::any().map(move || state.clone())
 }
@@ -143,7 +161,8 @@ where
     let mut stream = std::pin::pin!(stream);
     let mut buf = BytesMut::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|_| reject(ApiError::invalid_json("The body could not be read")))?;
+        let chunk =
+            chunk.map_err(|_| reject(ApiError::invalid_json("The body could not be read")))?;
         if buf.len() + chunk.remaining() > MAX_BODY_BYTES {
             return Err(reject(ApiError::payload_too_large()));
         }
@@ -155,14 +174,24 @@ where
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
         .is_some_and(|v| v == "application/json" || v.ends_with("+json"));
     if !is_json {
         return Err(reject(ApiError::unsupported_media_type()));
     }
     serde_json::from_slice(&buf)
         .map(|v| Body(Some(v)))
-        .map_err(|e| reject(ApiError::invalid_json(format!("Body is not valid JSON: {e}"))))
+        .map_err(|e| {
+            reject(ApiError::invalid_json(format!(
+                "Body is not valid JSON: {e}"
+            )))
+        })
 }
 
 /// Converts a reply that is not enveloped (assets, documents) into a response.

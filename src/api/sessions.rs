@@ -21,13 +21,18 @@ use crate::sessions::{
 
 pub fn routes(s: &AppState) -> BoxedFilter<(ApiResult,)> {
     let p = || principal(s).and(with_state(s));
-    let sessions = path!("sessions")
-        .and(warp::post().and(p()).and(json_body()).then(create).or(warp::get()
+    let sessions = path!("sessions").and(
+        warp::post()
             .and(p())
-            .and(query())
-            .then(list))
-        .unify());
-    let one = path!("sessions" / String).and(warp::get()).and(p()).then(get);
+            .and(json_body())
+            .then(create)
+            .or(warp::get().and(p()).and(query()).then(list))
+            .unify(),
+    );
+    let one = path!("sessions" / String)
+        .and(warp::get())
+        .and(p())
+        .then(get);
     let stop = path!("sessions" / String / "stop")
         .and(warp::post())
         .and(p())
@@ -141,12 +146,17 @@ fn parse_new_session(body: &Body) -> Result<NewSession, DomainError> {
         if let Some(u) = &url
             && !is_repository_url(u)
         {
-            r.issue("repo.url", "must be an http(s)://, ssh://, git@host:path or file:// repository URL");
+            r.issue(
+                "repo.url",
+                "must be an http(s)://, ssh://, git@host:path or file:// repository URL",
+            );
         }
         branch = r.string(repo, "branch", false).map(str::to_owned);
         commit = r.string(repo, "commit", false).map(str::to_owned);
         for (key, v) in [("branch", &branch), ("commit", &commit)] {
-            if v.as_deref().is_some_and(|s| s.trim().is_empty() || s.len() > 255) {
+            if v.as_deref()
+                .is_some_and(|s| s.trim().is_empty() || s.len() > 255)
+            {
                 r.issue(format!("repo.{key}"), "must be 1 to 255 characters");
             }
         }
@@ -167,7 +177,10 @@ fn parse_new_session(body: &Body) -> Result<NewSession, DomainError> {
             if env.len() > MAX_ENV_ENTRIES {
                 r.issue("options.env", "must have at most 64 entries");
             }
-            if env.keys().any(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
+            if env
+                .keys()
+                .any(|k| k.is_empty() || k.contains('=') || k.contains('\0'))
+            {
                 r.issue("options.env", "keys must be non-empty and contain no `=`");
             }
             options.env = env;
@@ -247,7 +260,9 @@ async fn list(p: Principal, st: AppState, q: HashMap<String, String>) -> ApiResu
     };
     let now = st.sessions.now();
     let page = st.sessions.list(&p, filter, page).await?;
-    Ok(Success::ok(page_json(page.map(|s| session_summary(&s, now)))))
+    Ok(Success::ok(page_json(
+        page.map(|s| session_summary(&s, now)),
+    )))
 }
 
 async fn get(id: String, p: Principal, st: AppState) -> ApiResult {
@@ -279,7 +294,8 @@ async fn resume(id: String, p: Principal, st: AppState, _body: Body) -> ApiResul
 
 async fn list_approvals(id: String, p: Principal, st: AppState) -> ApiResult {
     let all = st.sessions.approvals(&p, session_id(&id)?).await?;
-    let (mut resolved, pending): (Vec<_>, Vec<_>) = all.iter().partition(|a| a.resolution.is_some());
+    let (mut resolved, pending): (Vec<_>, Vec<_>) =
+        all.iter().partition(|a| a.resolution.is_some());
     resolved.sort_by_key(|a| (a.resolution.as_ref().map(|r| r.resolved_at), a.seq));
     Ok(Success::ok(json!({
         "pending": pending.iter().map(|a| approval_request(a)).collect::<Vec<_>>(),
@@ -287,9 +303,13 @@ async fn list_approvals(id: String, p: Principal, st: AppState) -> ApiResult {
     })))
 }
 
-async fn request_approval(id: String, p: Principal, st: AppState, body: Body) -> ApiResult {
+/// `{assignmentId?, action, description, context?}` — REST body or channel frame.
+pub fn parse_approval_request(
+    body: &Body,
+) -> Result<(Option<uuid::Uuid>, NewApproval), DomainError> {
     let mut r = Reader::new();
-    let root = r.root(&body);
+    let root = r.root(body);
+    let assignment = r.uuid(&root, "assignmentId", false);
     let action = r.string(&root, "action", true).and_then(|a| {
         ApprovalAction::parse(a).or_else(|| {
             r.issue("action", "must be one of merge, deps_add, secrets, deploy");
@@ -305,25 +325,35 @@ async fn request_approval(id: String, p: Principal, st: AppState, body: Body) ->
     }
     let context = r.any(&root, "context").cloned();
     r.finish()?;
-    let (Some(action), Some(description)) = (action, description) else {
-        return Err(DomainError::invalid("", "request is incomplete").into());
-    };
-    let approval = st
-        .sessions
-        .request_approval(
-            &p,
-            session_id(&id)?,
+    match (action, description) {
+        (Some(action), Some(description)) => Ok((
+            assignment,
             NewApproval {
                 action,
                 description,
                 context,
             },
-        )
+        )),
+        _ => Err(DomainError::invalid("", "request is incomplete")),
+    }
+}
+
+async fn request_approval(id: String, p: Principal, st: AppState, body: Body) -> ApiResult {
+    let (assignment, ask) = parse_approval_request(&body)?;
+    let approval = st
+        .sessions
+        .request_approval(&p, session_id(&id)?, assignment, ask)
         .await?;
     Ok(Success::created(approval_request(&approval)))
 }
 
-async fn resolve_approval(id: String, approval: String, p: Principal, st: AppState, body: Body) -> ApiResult {
+async fn resolve_approval(
+    id: String,
+    approval: String,
+    p: Principal,
+    st: AppState,
+    body: Body,
+) -> ApiResult {
     let mut r = Reader::new();
     let root = r.root(&body);
     let decision = r.string(&root, "decision", true).and_then(|d| {
@@ -358,7 +388,10 @@ fn seq_window(q: &HashMap<String, String>) -> Result<(u64, u64), DomainError> {
 
 async fn events(id: String, p: Principal, st: AppState, q: HashMap<String, String>) -> ApiResult {
     let (after, limit) = seq_window(&q)?;
-    let items = st.sessions.events(&p, session_id(&id)?, after, limit).await?;
+    let items = st
+        .sessions
+        .events(&p, session_id(&id)?, after, limit)
+        .await?;
     let next = items.last().map_or(after, |e| e.seq);
     Ok(Success::ok(json!({
         "items": items.iter().map(event_json).collect::<Vec<_>>(),
@@ -368,7 +401,10 @@ async fn events(id: String, p: Principal, st: AppState, q: HashMap<String, Strin
 
 async fn output(id: String, p: Principal, st: AppState, q: HashMap<String, String>) -> ApiResult {
     let (after, limit) = seq_window(&q)?;
-    let items = st.sessions.output(&p, session_id(&id)?, after, limit).await?;
+    let items = st
+        .sessions
+        .output(&p, session_id(&id)?, after, limit)
+        .await?;
     let next = items.last().map_or(after, |c| c.seq);
     Ok(Success::ok(json!({
         "items": items.iter().map(output_json).collect::<Vec<_>>(),
@@ -376,9 +412,18 @@ async fn output(id: String, p: Principal, st: AppState, q: HashMap<String, Strin
     })))
 }
 
-async fn append_output(id: String, p: Principal, st: AppState, body: Body) -> ApiResult {
+/// A chunk of terminal output as a runner reports it.
+pub struct OutputReport {
+    pub assignment: Option<uuid::Uuid>,
+    pub stream: OutputStream,
+    pub data: String,
+    pub offset: Option<u64>,
+}
+
+pub fn parse_output(body: &Body) -> Result<OutputReport, DomainError> {
     let mut r = Reader::new();
-    let root = r.root(&body);
+    let root = r.root(body);
+    let assignment = r.uuid(&root, "assignmentId", false);
     let stream = r.string(&root, "stream", true).and_then(|s| {
         OutputStream::parse(s).or_else(|| {
             r.issue("stream", "must be stdout or stderr");
@@ -393,40 +438,68 @@ async fn append_output(id: String, p: Principal, st: AppState, body: Body) -> Ap
     }
     let offset = r.count(&root, "offset");
     r.finish()?;
-    let (Some(stream), Some(data)) = (stream, data) else {
-        return Err(DomainError::invalid("", "request is incomplete").into());
-    };
+    match (stream, data) {
+        (Some(stream), Some(data)) => Ok(OutputReport {
+            assignment,
+            stream,
+            data,
+            offset,
+        }),
+        _ => Err(DomainError::invalid("", "request is incomplete")),
+    }
+}
+
+async fn append_output(id: String, p: Principal, st: AppState, body: Body) -> ApiResult {
+    let o = parse_output(&body)?;
     let seq = st
         .sessions
-        .append_output(&p, session_id(&id)?, stream, data, offset)
+        .append_output(
+            &p,
+            session_id(&id)?,
+            o.assignment,
+            o.stream,
+            o.data,
+            o.offset,
+        )
         .await?;
     Ok(Success::ok(json!({ "seq": seq })))
 }
 
-async fn report_state(id: String, p: Principal, st: AppState, body: Body) -> ApiResult {
+/// `{assignmentId?, state, error?}`.
+pub fn parse_state_report(
+    body: &Body,
+) -> Result<(Option<uuid::Uuid>, SessionState, Option<String>), DomainError> {
     let mut r = Reader::new();
-    let root = r.root(&body);
+    let root = r.root(body);
+    let assignment = r.uuid(&root, "assignmentId", false);
     let state = r.string(&root, "state", true).and_then(|s| {
         SessionState::parse(s).or_else(|| {
             r.issue("state", format!("unknown state `{s}`"));
             None
         })
     });
-    let error = r.string(&root, "error", false).map(|e| e.chars().take(4000).collect::<String>());
+    let error = r
+        .string(&root, "error", false)
+        .map(|e| e.chars().take(4000).collect::<String>());
     r.finish()?;
-    let Some(state) = state else {
-        return Err(DomainError::invalid("state", "is required").into());
-    };
+    let state = state.ok_or_else(|| DomainError::invalid("state", "is required"))?;
+    Ok((assignment, state, error))
+}
+
+async fn report_state(id: String, p: Principal, st: AppState, body: Body) -> ApiResult {
+    let (assignment, state, error) = parse_state_report(&body)?;
     let view = st
         .sessions
-        .report_state(&p, session_id(&id)?, state, error)
+        .report_state(&p, session_id(&id)?, assignment, state, error)
         .await?;
     Ok(Success::ok(session_detail(&view, st.sessions.now())))
 }
 
-async fn usage(id: String, p: Principal, st: AppState, body: Body) -> ApiResult {
+/// `{assignmentId?, tokensIn?, tokensOut?, apiCalls?, computeSeconds?}`.
+pub fn parse_usage(body: &Body) -> Result<(Option<uuid::Uuid>, UsageUpdate), DomainError> {
     let mut r = Reader::new();
-    let root = r.root(&body);
+    let root = r.root(body);
+    let assignment = r.uuid(&root, "assignmentId", false);
     let update = UsageUpdate {
         tokens_in: r.count(&root, "tokensIn"),
         tokens_out: r.count(&root, "tokensOut"),
@@ -434,7 +507,15 @@ async fn usage(id: String, p: Principal, st: AppState, body: Body) -> ApiResult 
         compute_seconds: r.number_in(&root, "computeSeconds", 0.0, 1.0e12),
     };
     r.finish()?;
-    let view = st.sessions.update_usage(&p, session_id(&id)?, update).await?;
+    Ok((assignment, update))
+}
+
+async fn usage(id: String, p: Principal, st: AppState, body: Body) -> ApiResult {
+    let (assignment, update) = parse_usage(&body)?;
+    let view = st
+        .sessions
+        .update_usage(&p, session_id(&id)?, assignment, update)
+        .await?;
     Ok(Success::ok(session_detail(&view, st.sessions.now())))
 }
 
@@ -464,7 +545,11 @@ fn summary_map(s: &Session, now: Millis) -> Map<String, Value> {
     m.insert("providerId".into(), json!(s.provider.as_str()));
     m.insert("repoUrl".into(), json!(s.repo.url));
     m.insert("startedAt".into(), json!(timestamp(s.created_at)));
-    put_opt(&mut m, "completedAt", s.completed_at.map(|t| json!(timestamp(t))));
+    put_opt(
+        &mut m,
+        "completedAt",
+        s.completed_at.map(|t| json!(timestamp(t))),
+    );
     m.insert("durationSeconds".into(), json!(s.duration_seconds(now)));
     put_opt(&mut m, "taskSummary", s.task_summary().map(Value::from));
     m
@@ -484,7 +569,11 @@ pub fn session_detail(v: &SessionView, now: Millis) -> Value {
     put_opt(&mut m, "task", s.task.clone().map(Value::from));
     let mut workspace = Map::new();
     workspace.insert("path".into(), json!(s.workspace_path()));
-    put_opt(&mut workspace, "sizeBytes", s.workspace_size_bytes.map(Value::from));
+    put_opt(
+        &mut workspace,
+        "sizeBytes",
+        s.workspace_size_bytes.map(Value::from),
+    );
     m.insert("workspace".into(), Value::Object(workspace));
     m.insert(
         "usage".into(),
@@ -500,7 +589,9 @@ pub fn session_detail(v: &SessionView, now: Millis) -> Value {
         Value::Array(
             v.recent_events
                 .iter()
-                .map(|e| json!({"type": e.kind, "timestamp": timestamp(e.at), "summary": e.summary}))
+                .map(
+                    |e| json!({"type": e.kind, "timestamp": timestamp(e.at), "summary": e.summary}),
+                )
                 .collect(),
         ),
     );
@@ -522,6 +613,13 @@ pub fn session_detail(v: &SessionView, now: Millis) -> Value {
     );
     m.insert("updatedAt".into(), json!(timestamp(s.updated_at)));
     Value::Object(m)
+}
+
+/// The detail a runner receives with its assignment: like `session_detail`, with env values.
+pub fn session_detail_for_runner(v: &SessionView, now: Millis) -> Value {
+    let mut detail = session_detail(v, now);
+    detail["options"]["env"] = json!(v.session.options.env);
+    detail
 }
 
 fn context_value(a: &Approval) -> Option<Value> {
@@ -565,7 +663,9 @@ fn event_json(e: &SessionEvent) -> Value {
     put_opt(
         &mut m,
         "data",
-        e.data_json.as_deref().and_then(|d| serde_json::from_str(d).ok()),
+        e.data_json
+            .as_deref()
+            .and_then(|d| serde_json::from_str(d).ok()),
     );
     Value::Object(m)
 }

@@ -73,7 +73,9 @@ async fn list(p: Principal, st: AppState, q: HashMap<String, String>) -> ApiResu
     let page = Query { params: &q }.page(&mut r);
     r.finish()?;
     let page = st.auth.list(&p, page).await?;
-    Ok(Success::ok(page_json(page.map(|t| Value::Object(token_json(&t))))))
+    Ok(Success::ok(page_json(
+        page.map(|t| Value::Object(token_json(&t))),
+    )))
 }
 
 async fn revoke(id: String, p: Principal, st: AppState) -> ApiResult {

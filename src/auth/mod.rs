@@ -100,7 +100,9 @@ impl Principal {
     pub fn require_org_or_admin(&self) -> DomainResult<()> {
         match self.kind {
             TokenKind::Admin | TokenKind::Org => Ok(()),
-            _ => Err(DomainError::forbidden("this call needs an org or admin token")),
+            _ => Err(DomainError::forbidden(
+                "this call needs an org or admin token",
+            )),
         }
     }
 
@@ -121,7 +123,10 @@ impl Principal {
                 .clone()
                 .ok_or_else(|| DomainError::forbidden("org token without an org")),
             (_, Some(org)) => Ok(org.to_owned()),
-            (_, None) => Err(DomainError::Validation(vec![Issue::new(path, "is required")])),
+            (_, None) => Err(DomainError::Validation(vec![Issue::new(
+                path,
+                "is required",
+            )])),
         }
     }
 
@@ -192,6 +197,33 @@ impl AuthService {
         active.get(&hash).cloned()
     }
 
+    /// A runner token for a registration (its runner id is filled in by the caller).
+    pub fn mint_runner_token(&self, hostname: &str, org_id: Option<String>) -> IssuedToken {
+        self.mint(
+            NewToken {
+                kind: TokenKind::Runner,
+                name: format!("runner {hostname}"),
+                org_id,
+            },
+            None,
+        )
+    }
+
+    /// Makes a token committed elsewhere usable, and a replaced one unusable.
+    pub fn remember_issued(&self, issued: &TokenRecord, replaced: Option<&TokenRecord>) {
+        let mut active = self.active.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = replaced {
+            active.remove(&old.hash);
+        }
+        active.insert(issued.hash, Principal::from_record(issued));
+    }
+
+    /// Drops a token (revoked in the store by the caller) from the in-memory set.
+    pub async fn forget(&self, token_id: Uuid) {
+        let mut active = self.active.write().unwrap_or_else(|p| p.into_inner());
+        active.retain(|_, p| p.token_id != token_id);
+    }
+
     fn mint(&self, new: NewToken, runner_id: Option<Uuid>) -> IssuedToken {
         let secret = format!("vlg_{}", hex(&self.ids.secret_bytes()));
         let record = TokenRecord {
@@ -249,7 +281,9 @@ impl AuthService {
             issues.push(Issue::new("name", "must be 1 to 200 characters"));
         }
         match (new.kind, &new.org_id) {
-            (TokenKind::Org, None) => issues.push(Issue::new("orgId", "is required for org tokens")),
+            (TokenKind::Org, None) => {
+                issues.push(Issue::new("orgId", "is required for org tokens"))
+            }
             (TokenKind::Admin, Some(_)) => {
                 issues.push(Issue::new("orgId", "an admin token is not bound to an org"))
             }
@@ -262,7 +296,10 @@ impl AuthService {
         if let Some(org) = &new.org_id
             && !is_org_slug(org)
         {
-            issues.push(Issue::new("orgId", "must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"));
+            issues.push(Issue::new(
+                "orgId",
+                "must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+            ));
         }
         if !issues.is_empty() {
             return Err(DomainError::Validation(issues));
@@ -277,7 +314,11 @@ impl AuthService {
     }
 
     /// `GET /tokens` (admin): every token, revoked ones too, without secrets.
-    pub async fn list(&self, caller: &Principal, page: PageRequest) -> DomainResult<Page<TokenRecord>> {
+    pub async fn list(
+        &self,
+        caller: &Principal,
+        page: PageRequest,
+    ) -> DomainResult<Page<TokenRecord>> {
         caller.require_admin()?;
         let mut all = self.store.read(|r| r.all_tokens()).await?;
         all.sort_by_key(|t| (t.created_at, t.id));
@@ -292,7 +333,9 @@ impl AuthService {
         let revoked = self
             .store
             .write(move |w| {
-                let mut token = w.get_token(id)?.ok_or(DomainError::NotFound(Entity::Token))?;
+                let mut token = w
+                    .get_token(id)?
+                    .ok_or(DomainError::NotFound(Entity::Token))?;
                 if token.revoked_at.is_some() {
                     return Ok(token);
                 }
@@ -355,7 +398,10 @@ mod tests {
             runner_id: None,
         };
         assert_eq!(p.resolve_org(None, "orgId").ok(), Some("acme".to_string()));
-        assert!(matches!(p.resolve_org(Some("other"), "orgId"), Err(DomainError::Forbidden(_))));
+        assert!(matches!(
+            p.resolve_org(Some("other"), "orgId"),
+            Err(DomainError::Forbidden(_))
+        ));
         assert!(p.sees_org("acme"));
         assert!(!p.sees_org("other"));
     }

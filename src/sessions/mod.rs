@@ -17,6 +17,7 @@ use crate::config::SessionsConfig;
 use crate::error::{Conflict, DomainError, DomainResult, Entity, Limit};
 use crate::events::BusEvent;
 use crate::paging::{Page, PageRequest};
+use crate::runners::model::RunnerCommand;
 use crate::store::{Reads, Store, Timer, TimerKind, WriteCtx};
 use model::*;
 
@@ -74,17 +75,20 @@ enum Access {
     Read,
     /// Manage it (stop, pause, resolve…): its org or admin.
     Manage,
-    /// Report as its runner: the assigned runner or admin.
-    Runner,
+    /// Report as its runner, naming the assignment it holds: the assigned runner or admin.
+    Runner(Option<Uuid>),
 }
 
 /// Checks the caller's kind, then whether the session is visible to it. A session of another
 /// org, or one a runner never held, is "not found": nothing about it leaks.
 fn authorize(p: &Principal, session: &Session, access: Access) -> DomainResult<()> {
+    if let Access::Runner(assignment) = access {
+        return authorize_runner(p, session, assignment);
+    }
     let kind_allowed = match p.kind {
         TokenKind::Admin => return Ok(()),
-        TokenKind::Org => access != Access::Runner,
-        TokenKind::Runner => access != Access::Manage,
+        TokenKind::Org => true,
+        TokenKind::Runner => access == Access::Read,
         TokenKind::RunnerJoin => false,
     };
     if !kind_allowed {
@@ -101,6 +105,41 @@ fn authorize(p: &Principal, session: &Session, access: Access) -> DomainResult<(
         Ok(())
     } else {
         Err(DomainError::NotFound(Entity::Session))
+    }
+}
+
+/// A runner report must come from the session's runner under its current assignment. A runner
+/// that held the session before is told its assignment is stale; one that never held it gets
+/// not-found. Admin may act as any runner, and is fenced too when it names an assignment.
+fn authorize_runner(p: &Principal, s: &Session, assignment: Option<Uuid>) -> DomainResult<()> {
+    let stale = || {
+        DomainError::conflict(
+            Conflict::StaleAssignment,
+            "this assignment is no longer the session's current one",
+        )
+    };
+    match p.kind {
+        TokenKind::Admin => match assignment {
+            Some(a) if s.assignment_id != Some(a) => Err(stale()),
+            _ => Ok(()),
+        },
+        TokenKind::Runner => {
+            let me = p.runner_id;
+            if me.is_some() && s.runner_id == me {
+                match assignment {
+                    None => Err(DomainError::invalid("assignmentId", "is required")),
+                    Some(a) if s.assignment_id == Some(a) => Ok(()),
+                    Some(_) => Err(stale()),
+                }
+            } else if me.is_some_and(|r| s.runner_history.contains(&r)) {
+                Err(stale())
+            } else {
+                Err(DomainError::NotFound(Entity::Session))
+            }
+        }
+        _ => Err(DomainError::forbidden(
+            "only the session's runner may report for it",
+        )),
     }
 }
 
@@ -205,6 +244,8 @@ impl SessionService {
                     error: None,
                     runner_id: None,
                     assignment_id: None,
+                    assigned_at: None,
+                    runner_history: Vec::new(),
                     usage: Usage::default(),
                     timeout_ms,
                     output_bytes: 0,
@@ -219,7 +260,14 @@ impl SessionService {
                     now,
                     json!({"providerId": session.provider.as_str(), "repoUrl": session.repo.url}),
                 )?;
-                change_state(w, &mut session, SessionState::Queued, Cause::Server, now, rules)?;
+                change_state(
+                    w,
+                    &mut session,
+                    SessionState::Queued,
+                    Cause::Server,
+                    now,
+                    rules,
+                )?;
                 w.put_session(&session)?;
                 view(w, session)
             })
@@ -232,6 +280,16 @@ impl SessionService {
             .read(move |r| {
                 let session = load(r, &p, id, Access::Read)?;
                 view(r, session)
+            })
+            .await
+    }
+
+    /// A session as its runner is handed it (no access check: the caller already decided).
+    pub async fn view_for_runner(&self, id: Uuid) -> DomainResult<Option<SessionView>> {
+        self.store
+            .read(move |r| match r.get_session(id)? {
+                Some(s) => view(r, s).map(Some),
+                None => Ok(None),
             })
             .await
     }
@@ -258,9 +316,17 @@ impl SessionService {
     }
 
     /// Runs `f` on a session the caller may act on, then stores the session and returns its view.
-    async fn update<F>(&self, p: &Principal, id: Uuid, access: Access, f: F) -> DomainResult<SessionView>
+    async fn update<F>(
+        &self,
+        p: &Principal,
+        id: Uuid,
+        access: Access,
+        f: F,
+    ) -> DomainResult<SessionView>
     where
-        F: FnOnce(&mut WriteCtx<'_>, &mut Session, Millis, Rules) -> DomainResult<()> + Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_>, &mut Session, Millis, Rules) -> DomainResult<()>
+            + Send
+            + 'static,
     {
         let p = p.clone();
         let now = self.now();
@@ -276,7 +342,12 @@ impl SessionService {
             .await
     }
 
-    pub async fn stop(&self, p: &Principal, id: Uuid, reason: Option<String>) -> DomainResult<SessionView> {
+    pub async fn stop(
+        &self,
+        p: &Principal,
+        id: Uuid,
+        reason: Option<String>,
+    ) -> DomainResult<SessionView> {
         self.update(p, id, Access::Manage, move |w, s, now, rules| {
             if s.state.is_terminal() {
                 return Err(DomainError::conflict(
@@ -318,24 +389,36 @@ impl SessionService {
         &self,
         p: &Principal,
         id: Uuid,
+        assignment: Option<Uuid>,
         state: SessionState,
         error: Option<String>,
     ) -> DomainResult<SessionView> {
-        self.update(p, id, Access::Runner, move |w, s, now, rules| {
-            if state == SessionState::Failed {
-                s.error = error.clone();
-                s.end_reason = Some(match &error {
-                    Some(e) => format!("failed: {e}"),
-                    None => "failed".into(),
-                });
-            }
-            change_state(w, s, state, Cause::RunnerReport, now, rules)
-        })
+        self.update(
+            p,
+            id,
+            Access::Runner(assignment),
+            move |w, s, now, rules| {
+                if state == SessionState::Failed {
+                    s.error = error.clone();
+                    s.end_reason = Some(match &error {
+                        Some(e) => format!("failed: {e}"),
+                        None => "failed".into(),
+                    });
+                }
+                change_state(w, s, state, Cause::RunnerReport, now, rules)
+            },
+        )
         .await
     }
 
-    pub async fn update_usage(&self, p: &Principal, id: Uuid, u: UsageUpdate) -> DomainResult<SessionView> {
-        self.update(p, id, Access::Runner, move |_, s, _, _| {
+    pub async fn update_usage(
+        &self,
+        p: &Principal,
+        id: Uuid,
+        assignment: Option<Uuid>,
+        u: UsageUpdate,
+    ) -> DomainResult<SessionView> {
+        self.update(p, id, Access::Runner(assignment), move |_, s, _, _| {
             if let Some(v) = u.tokens_in {
                 s.usage.tokens_in = v;
             }
@@ -357,6 +440,7 @@ impl SessionService {
         &self,
         p: &Principal,
         id: Uuid,
+        assignment: Option<Uuid>,
         req: NewApproval,
     ) -> DomainResult<Approval> {
         let p = p.clone();
@@ -365,7 +449,7 @@ impl SessionService {
         let approval_id = self.ids.uuid();
         self.store
             .write(move |w| {
-                let mut s = load(w, &p, id, Access::Runner)?;
+                let mut s = load(w, &p, id, Access::Runner(assignment))?;
                 if !matches!(
                     s.state,
                     SessionState::Running | SessionState::WaitingForApproval
@@ -445,7 +529,13 @@ impl SessionService {
         .await
     }
 
-    pub async fn events(&self, p: &Principal, id: Uuid, after: u64, limit: u64) -> DomainResult<Vec<SessionEvent>> {
+    pub async fn events(
+        &self,
+        p: &Principal,
+        id: Uuid,
+        after: u64,
+        limit: u64,
+    ) -> DomainResult<Vec<SessionEvent>> {
         let p = p.clone();
         self.store
             .read(move |r| {
@@ -455,7 +545,13 @@ impl SessionService {
             .await
     }
 
-    pub async fn output(&self, p: &Principal, id: Uuid, after: u64, limit: u64) -> DomainResult<Vec<OutputChunk>> {
+    pub async fn output(
+        &self,
+        p: &Principal,
+        id: Uuid,
+        after: u64,
+        limit: u64,
+    ) -> DomainResult<Vec<OutputChunk>> {
         let p = p.clone();
         self.store
             .read(move |r| {
@@ -472,6 +568,7 @@ impl SessionService {
         &self,
         p: &Principal,
         id: Uuid,
+        assignment: Option<Uuid>,
         stream: OutputStream,
         data: String,
         offset: Option<u64>,
@@ -480,7 +577,7 @@ impl SessionService {
         let now = self.now();
         self.store
             .write(move |w| {
-                let mut s = load(w, &p, id, Access::Runner)?;
+                let mut s = load(w, &p, id, Access::Runner(assignment))?;
                 if !s.state.is_started() {
                     return Err(DomainError::invalid_state(format!(
                         "output is accepted while the session runs; it is {}",
@@ -495,7 +592,9 @@ impl SessionService {
                     Some(o) if o < held && o + len <= held => {
                         let repeat = w.find_output_back(id, |c| c.offset <= o)?;
                         return match repeat {
-                            Some(c) if c.offset == o && c.data == data && c.stream == stream => Ok(c.seq),
+                            Some(c) if c.offset == o && c.data == data && c.stream == stream => {
+                                Ok(c.seq)
+                            }
                             _ => Err(offset_mismatch(held)),
                         };
                     }
@@ -607,10 +706,52 @@ fn change_state(
         now,
         json!({"from": from.as_str(), "to": to.as_str()}),
     )?;
+    if from == SessionState::Queued
+        && to == SessionState::Running
+        && let (Some(at), Some(a)) = (s.assigned_at, s.assignment_id)
+    {
+        w.clear_timer(lapse_timer(s.id, at, a))?;
+    }
     if to == SessionState::Running && s.started_running_at.is_none() {
         s.started_running_at = Some(now);
         w.set_timer(timeout_timer(s))?;
-        record(w, s, "session_started", "Session started".into(), now, json!({}))?;
+        record(
+            w,
+            s,
+            "session_started",
+            "Session started".into(),
+            now,
+            json!({}),
+        )?;
+    }
+    if let Some(runner) = s.runner_id {
+        let command = match (cause, to) {
+            (Cause::Human, SessionState::PausedByHuman) => {
+                Some(RunnerCommand::PauseSession { session_id: s.id })
+            }
+            (Cause::Human, SessionState::Running) => {
+                Some(RunnerCommand::ResumeSession { session_id: s.id })
+            }
+            (Cause::Human, SessionState::Completed) | (Cause::Server, SessionState::TimedOut) => {
+                Some(RunnerCommand::StopSession {
+                    session_id: s.id,
+                    reason: s
+                        .end_reason
+                        .clone()
+                        .unwrap_or_else(|| to.as_str().to_lowercase()),
+                })
+            }
+            _ => None,
+        };
+        if let Some(command) = command {
+            if from == SessionState::Queued {
+                // Never started there: withdraw the assignment instead of stopping it.
+                w.remove_commands(runner, |e| {
+                    matches!(e.command, RunnerCommand::AssignSession { session_id, .. } if session_id == s.id)
+                })?;
+            }
+            w.enqueue_command(runner, command, now)?;
+        }
     }
     if to.is_terminal() {
         s.completed_at = Some(now);
@@ -619,7 +760,15 @@ fn change_state(
         }
         for approval in w.approvals(s.id)? {
             if approval.resolution.is_none() {
-                close_approval(w, s, approval, Decision::Deny, Some("session ended".into()), "system".into(), now)?;
+                close_approval(
+                    w,
+                    s,
+                    approval,
+                    Decision::Deny,
+                    Some("session ended".into()),
+                    "system".into(),
+                    now,
+                )?;
             }
         }
         w.set_timer(Timer {
@@ -680,11 +829,27 @@ fn close_approval(
         resolved_by: by.clone(),
     });
     w.put_approval(&approval)?;
+    if let (Some(runner), false) = (s.runner_id, s.state.is_terminal()) {
+        w.enqueue_command(
+            runner,
+            RunnerCommand::ApprovalResolved {
+                session_id: s.id,
+                approval_id: approval.id,
+                decision,
+                reason: reason.clone(),
+            },
+            now,
+        )?;
+    }
     record(
         w,
         s,
         "approval_resolved",
-        format!("Approval {}: {}", approval.action.as_str(), decision.as_str()),
+        format!(
+            "Approval {}: {}",
+            approval.action.as_str(),
+            decision.as_str()
+        ),
         now,
         json!({"approvalId": approval.id, "decision": decision.as_str(), "reason": reason, "resolvedBy": by}),
     )
@@ -722,7 +887,10 @@ fn fire(w: &mut WriteCtx<'_>, timer: Timer, now: Millis, rules: Rules) -> Domain
     match timer.kind {
         TimerKind::SessionTimeout => {
             if s.state.is_started() {
-                s.end_reason = Some(format!("timeout after {} minutes", s.timeout_ms as f64 / 60_000.0));
+                s.end_reason = Some(format!(
+                    "timeout after {} minutes",
+                    s.timeout_ms as f64 / 60_000.0
+                ));
                 change_state(w, &mut s, SessionState::TimedOut, Cause::Server, now, rules)?;
                 s.updated_at = now;
                 w.put_session(&s)?;
@@ -732,8 +900,23 @@ fn fire(w: &mut WriteCtx<'_>, timer: Timer, now: Millis, rules: Rules) -> Domain
             if let Some(approval) = w.get_approval(s.id, timer.other_id)?
                 && approval.resolution.is_none()
             {
-                resolve(w, &mut s, approval, Decision::Deny, Some("expired".into()), "system".into(), now, rules)?;
+                resolve(
+                    w,
+                    &mut s,
+                    approval,
+                    Decision::Deny,
+                    Some("expired".into()),
+                    "system".into(),
+                    now,
+                    rules,
+                )?;
                 s.updated_at = now;
+                w.put_session(&s)?;
+            }
+        }
+        TimerKind::AssignmentLapse => {
+            if s.state == SessionState::Queued && s.assignment_id == Some(timer.other_id) {
+                unassign(w, &mut s, "assignment not confirmed in time", now)?;
                 w.put_session(&s)?;
             }
         }
@@ -742,6 +925,136 @@ fn fire(w: &mut WriteCtx<'_>, timer: Timer, now: Millis, rules: Rules) -> Domain
                 w.delete_session(&s)?;
             }
         }
+    }
+    Ok(())
+}
+
+/// How long a runner has to confirm an assignment (`session_state RUNNING` or `FAILED`).
+pub const ASSIGNMENT_CONFIRM_MS: i64 = 30_000;
+
+fn lapse_timer(session: Uuid, assigned_at: Millis, assignment: Uuid) -> Timer {
+    Timer {
+        due: assigned_at + ASSIGNMENT_CONFIRM_MS,
+        kind: TimerKind::AssignmentLapse,
+        session_id: session,
+        other_id: assignment,
+    }
+}
+
+/// Gives a QUEUED session to a runner under a new assignment (the scheduler's decision).
+pub fn assign(
+    w: &mut WriteCtx<'_>,
+    s: &mut Session,
+    runner: Uuid,
+    assignment: Uuid,
+    now: Millis,
+) -> DomainResult<()> {
+    if !s.is_unassigned_queued() {
+        return Err(DomainError::invalid_state(
+            "only a queued, unassigned session can be assigned",
+        ));
+    }
+    s.runner_id = Some(runner);
+    s.assignment_id = Some(assignment);
+    s.assigned_at = Some(now);
+    if !s.runner_history.contains(&runner) {
+        s.runner_history.push(runner);
+    }
+    s.updated_at = now;
+    w.set_timer(lapse_timer(s.id, now, assignment))?;
+    w.enqueue_command(
+        runner,
+        RunnerCommand::AssignSession {
+            session_id: s.id,
+            assignment_id: assignment,
+        },
+        now,
+    )?;
+    record(
+        w,
+        s,
+        "session_assigned",
+        format!("Assigned to runner {runner}"),
+        now,
+        json!({"runnerId": runner, "assignmentId": assignment}),
+    )?;
+    w.put_session(s)?;
+    Ok(())
+}
+
+/// Takes a QUEUED session back from its runner; it waits for the next one.
+fn unassign(w: &mut WriteCtx<'_>, s: &mut Session, why: &str, now: Millis) -> DomainResult<()> {
+    let Some(runner) = s.runner_id else {
+        return Ok(());
+    };
+    if let (Some(at), Some(a)) = (s.assigned_at, s.assignment_id) {
+        w.clear_timer(lapse_timer(s.id, at, a))?;
+    }
+    w.remove_commands(runner, |e| {
+        matches!(e.command, RunnerCommand::AssignSession { session_id, .. } if session_id == s.id)
+    })?;
+    s.runner_id = None;
+    s.assignment_id = None;
+    s.assigned_at = None;
+    s.updated_at = now;
+    record(
+        w,
+        s,
+        "session_requeued",
+        format!("Back in the queue: {why}"),
+        now,
+        json!({"runnerId": runner, "reason": why}),
+    )
+}
+
+/// Why a runner's sessions are given up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// Silent past `runners.lostAfterMs`.
+    Lost,
+    /// Deregistered with `?force=true`.
+    Deregistered,
+}
+
+impl SessionService {
+    /// Sessions of a runner that is gone: those not started go back to the queue, started ones
+    /// fail. Runs inside the caller's write job.
+    pub fn release_runner_sessions(
+        &self,
+        w: &mut WriteCtx<'_>,
+        runner: Uuid,
+        why: Release,
+        now: Millis,
+    ) -> DomainResult<()> {
+        release_runner_sessions(w, runner, why, now, self.rules)
+    }
+}
+
+fn release_runner_sessions(
+    w: &mut WriteCtx<'_>,
+    runner: Uuid,
+    why: Release,
+    now: Millis,
+    rules: Rules,
+) -> DomainResult<()> {
+    let (reason, label) = match why {
+        Release::Lost => ("runner_lost", "runner lost"),
+        Release::Deregistered => ("runner_deregistered", "runner deregistered"),
+    };
+    for id in w.runner_sessions(runner)? {
+        let Some(mut s) = w.get_session(id)? else {
+            continue;
+        };
+        if s.state == SessionState::Queued {
+            unassign(w, &mut s, label, now)?;
+        } else if s.state.is_started() {
+            s.end_reason = Some(reason.into());
+            s.updated_at = now;
+            change_state(w, &mut s, SessionState::Failed, Cause::Server, now, rules)?;
+        } else {
+            continue;
+        }
+        w.put_session(&s)?;
     }
     Ok(())
 }

@@ -81,9 +81,11 @@ pub fn transition_allowed(from: SessionState, to: SessionState, cause: Cause) ->
         (Cause::Server, Created, Queued) => true,
         (Cause::RunnerReport, Queued, Running) => true,
         (Cause::RunnerReport, Running, Completed) => true,
-        (Cause::RunnerReport | Cause::Server, Running | WaitingForApproval | PausedByHuman, Failed) => {
-            true
-        }
+        (
+            Cause::RunnerReport | Cause::Server,
+            Running | WaitingForApproval | PausedByHuman,
+            Failed,
+        ) => true,
         (Cause::Server, Running | WaitingForApproval | PausedByHuman, TimedOut) => true,
         (Cause::Approval, Running, WaitingForApproval) => true,
         (Cause::Approval, WaitingForApproval, Running) => true,
@@ -103,12 +105,7 @@ pub enum Provider {
 }
 
 impl Provider {
-    pub const ALL: [Provider; 4] = [
-        Self::Codex,
-        Self::ClaudeCode,
-        Self::GeminiCli,
-        Self::Omnara,
-    ];
+    pub const ALL: [Provider; 4] = [Self::Codex, Self::ClaudeCode, Self::GeminiCli, Self::Omnara];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -164,8 +161,13 @@ pub struct Session {
     pub completed_at: Option<Millis>,
     pub end_reason: Option<String>,
     pub error: Option<String>,
+    /// The runner it is assigned to (set while QUEUED-and-assigned and once started).
     pub runner_id: Option<Uuid>,
+    /// Fencing token of the current assignment.
     pub assignment_id: Option<Uuid>,
+    pub assigned_at: Option<Millis>,
+    /// Every runner that ever held it: their late reports are stale, not unknown.
+    pub runner_history: Vec<Uuid>,
     pub usage: Usage,
     /// Effective timeout in milliseconds (option or configured default).
     pub timeout_ms: i64,
@@ -176,6 +178,20 @@ pub struct Session {
 }
 
 impl Session {
+    /// Waiting in the queue for a runner.
+    pub fn is_unassigned_queued(&self) -> bool {
+        self.state == SessionState::Queued && self.runner_id.is_none()
+    }
+
+    /// Holding a slot on its runner.
+    pub fn occupies_runner(&self) -> Option<Uuid> {
+        if self.state.is_terminal() {
+            None
+        } else {
+            self.runner_id
+        }
+    }
+
     pub fn workspace_path(&self) -> String {
         format!("workspaces/{}", self.id)
     }
@@ -320,12 +336,25 @@ mod tests {
         assert!(!transition_allowed(Queued, PausedByHuman, Cause::Human));
         assert!(transition_allowed(Queued, Completed, Cause::Human));
         assert!(!transition_allowed(Failed, Completed, Cause::Human));
-        assert!(transition_allowed(PausedByHuman, Failed, Cause::RunnerReport));
-        assert!(transition_allowed(WaitingForApproval, TimedOut, Cause::Server));
+        assert!(transition_allowed(
+            PausedByHuman,
+            Failed,
+            Cause::RunnerReport
+        ));
+        assert!(transition_allowed(
+            WaitingForApproval,
+            TimedOut,
+            Cause::Server
+        ));
         for s in SessionState::ALL {
             if s.is_terminal() {
                 for t in SessionState::ALL {
-                    for c in [Cause::RunnerReport, Cause::Human, Cause::Approval, Cause::Server] {
+                    for c in [
+                        Cause::RunnerReport,
+                        Cause::Human,
+                        Cause::Approval,
+                        Cause::Server,
+                    ] {
                         assert!(!transition_allowed(s, t, c), "{s:?} -> {t:?} by {c:?}");
                     }
                 }

@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 
 use super::StoreError;
 use crate::auth::TokenRecord;
+use crate::runners::model::{Liveness, OutboxEntry, RunnerRecord};
 use crate::sessions::model::{Approval, OutputChunk, Session, SessionEvent};
 
 /// A type stored as a value, with the version of its current encoding.
@@ -37,6 +38,19 @@ impl Record for TokenRecord {
     const VERSION: u8 = 1;
 }
 
+impl Record for RunnerRecord {
+    const NAME: &'static str = "runner";
+    const VERSION: u8 = 1;
+}
+impl Record for Liveness {
+    const NAME: &'static str = "runner liveness";
+    const VERSION: u8 = 1;
+}
+impl Record for OutboxEntry {
+    const NAME: &'static str = "runner command";
+    const VERSION: u8 = 1;
+}
+
 fn config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
@@ -56,8 +70,8 @@ pub fn decode<T: Record>(bytes: &[u8]) -> Result<T, StoreError> {
     if version != T::VERSION {
         return Err(corrupt(format!("unknown version {version}")));
     }
-    let (value, used) = bincode::serde::decode_from_slice(body, config())
-        .map_err(|e| corrupt(e.to_string()))?;
+    let (value, used) =
+        bincode::serde::decode_from_slice(body, config()).map_err(|e| corrupt(e.to_string()))?;
     if used != body.len() {
         return Err(corrupt("trailing bytes".into()));
     }
@@ -86,21 +100,38 @@ mod tests {
         let bytes = encode(&chunk()).unwrap_or_default();
         assert_eq!(
             bytes,
-            vec![1, 3, 1, 3, b'h', b'i', b'\n', 252, 246, 253, 82, 187, 139, 1, 0, 0, 10]
+            vec![
+                1, 3, 1, 3, b'h', b'i', b'\n', 252, 246, 253, 82, 187, 139, 1, 0, 0, 10
+            ]
         );
         assert_eq!(decode::<OutputChunk>(&bytes).ok(), Some(chunk()));
     }
 
     #[test]
     fn bad_bytes_are_errors_not_panics() {
-        assert!(matches!(decode::<OutputChunk>(&[]), Err(StoreError::Corrupt(_))));
-        assert!(matches!(decode::<OutputChunk>(&[9, 1, 2]), Err(StoreError::Corrupt(_))));
-        assert!(matches!(decode::<OutputChunk>(&[1, 255, 255]), Err(StoreError::Corrupt(_))));
+        assert!(matches!(
+            decode::<OutputChunk>(&[]),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(matches!(
+            decode::<OutputChunk>(&[9, 1, 2]),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(matches!(
+            decode::<OutputChunk>(&[1, 255, 255]),
+            Err(StoreError::Corrupt(_))
+        ));
         let mut long = encode(&chunk()).unwrap_or_default();
         long.push(0);
-        assert!(matches!(decode::<OutputChunk>(&long), Err(StoreError::Corrupt(_))));
+        assert!(matches!(
+            decode::<OutputChunk>(&long),
+            Err(StoreError::Corrupt(_))
+        ));
         let mut short = encode(&chunk()).unwrap_or_default();
         short.truncate(5);
-        assert!(matches!(decode::<OutputChunk>(&short), Err(StoreError::Corrupt(_))));
+        assert!(matches!(
+            decode::<OutputChunk>(&short),
+            Err(StoreError::Corrupt(_))
+        ));
     }
 }

@@ -4,14 +4,13 @@
 
 use redb::{Database, ReadableDatabase, WriteTransaction};
 
-
 use super::StoreError;
 use super::tables::*;
 
 type Migration = fn(&WriteTransaction) -> Result<(), StoreError>;
 
 /// Index `i` brings the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[Migration] = &[m001_initial_tables];
+const MIGRATIONS: &[Migration] = &[m001_initial_tables, m002_runner_tables];
 
 pub const SCHEMA_VERSION: u64 = MIGRATIONS.len() as u64;
 
@@ -25,6 +24,17 @@ fn m001_initial_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(SESSION_OUTPUT)?;
     txn.open_table(APPROVALS)?;
     txn.open_table(TIMERS)?;
+    Ok(())
+}
+
+fn m002_runner_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
+    txn.open_table(RUNNERS)?;
+    txn.open_table(RUNNERS_BY_HOSTNAME)?;
+    txn.open_table(RUNNER_LIVENESS)?;
+    txn.open_table(SESSIONS_BY_RUNNER)?;
+    txn.open_table(RUNNER_ACTIVE_SESSIONS)?;
+    txn.open_table(SESSION_QUEUE)?;
+    txn.open_table(RUNNER_OUTBOX)?;
     Ok(())
 }
 
@@ -59,4 +69,38 @@ pub fn migrate(db: &Database) -> Result<(), StoreError> {
         tracing::info!(version, "database schema migrated");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_db() -> (tempfile::TempDir, Database) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let db = Database::create(dir.path().join("t.redb")).unwrap_or_else(|e| panic!("{e}"));
+        (dir, db)
+    }
+
+    #[test]
+    fn migrates_to_the_latest_version_once() {
+        let (_d, db) = temp_db();
+        assert_eq!(current_version(&db).ok(), Some(0));
+        migrate(&db).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(current_version(&db).ok(), Some(SCHEMA_VERSION));
+        migrate(&db).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(current_version(&db).ok(), Some(SCHEMA_VERSION));
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let (_d, db) = temp_db();
+        let txn = db.begin_write().unwrap_or_else(|e| panic!("{e}"));
+        {
+            let mut meta = txn.open_table(META).unwrap_or_else(|e| panic!("{e}"));
+            meta.insert("schema_version", SCHEMA_VERSION + 1)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        txn.commit().unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(migrate(&db), Err(StoreError::NewerSchema { .. })));
+    }
 }

@@ -30,6 +30,7 @@ use uuid::Uuid;
 use crate::auth::TokenRecord;
 use crate::clock::Millis;
 use crate::events::{BusEvent, EventBus};
+use crate::runners::model::{Liveness, OutboxEntry, RunnerCommand, RunnerRecord};
 use crate::sessions::model::{Approval, OutputChunk, Session, SessionEvent};
 use codec::{decode, encode};
 use tables::*;
@@ -94,6 +95,8 @@ pub enum TimerKind {
     SessionTimeout = 1,
     ApprovalExpiry = 2,
     SessionPurge = 3,
+    /// An assignment the runner did not confirm in time goes back to the queue.
+    AssignmentLapse = 4,
 }
 
 impl TimerKind {
@@ -102,6 +105,7 @@ impl TimerKind {
             1 => Some(Self::SessionTimeout),
             2 => Some(Self::ApprovalExpiry),
             3 => Some(Self::SessionPurge),
+            4 => Some(Self::AssignmentLapse),
             _ => None,
         }
     }
@@ -162,10 +166,11 @@ impl Store {
     {
         let (tx, rx) = oneshot::channel::<Result<R, E>>();
         let job: Job = Box::new(move |ctx: &mut WriteCtx<'_>| {
-            let mark = ctx.events.len();
+            let marks = (ctx.events.len(), ctx.commands.len());
             let outcome = f(ctx);
             if outcome.is_err() {
-                ctx.events.truncate(mark);
+                ctx.events.truncate(marks.0);
+                ctx.commands.truncate(marks.1);
             }
             Box::new(move |commit: StoreResult<()>| {
                 let reply = match (outcome, commit) {
@@ -176,7 +181,9 @@ impl Store {
                 let _ = tx.send(reply);
             }) as Finish
         });
-        self.jobs.send(job).map_err(|_| E::from(StoreError::Closed))?;
+        self.jobs
+            .send(job)
+            .map_err(|_| E::from(StoreError::Closed))?;
         rx.await.map_err(|_| E::from(StoreError::Closed))?
     }
 
@@ -218,10 +225,13 @@ fn writer_loop(db: &Database, rx: &mpsc::Receiver<Job>, bus: &EventBus, stats: &
             }
         }
         let count = batch.len() as u64;
-        let (finishes, result, events) = run_batch(db, batch);
+        let (finishes, result, committed) = run_batch(db, batch);
         match &result {
             Ok(()) => {
-                for event in events {
+                for command in committed.commands {
+                    bus.publish_command(command);
+                }
+                for event in committed.events {
                     bus.publish(event);
                 }
             }
@@ -238,22 +248,17 @@ fn writer_loop(db: &Database, rx: &mpsc::Receiver<Job>, bus: &EventBus, stats: &
     }
 }
 
-fn run_batch(db: &Database, batch: Vec<Job>) -> (Vec<Finish>, StoreResult<()>, Vec<BusEvent>) {
+fn run_batch(db: &Database, batch: Vec<Job>) -> (Vec<Finish>, StoreResult<()>, Committed) {
     let mut finishes = Vec::with_capacity(batch.len());
     let txn = match db.begin_write() {
         Ok(t) => t,
-        Err(e) => {
-            // Each job still needs its answer: run none, fail all.
-            let mut pending = batch.into_iter();
-            let err: StoreError = e.into();
-            let _ = &mut pending;
-            drop(pending);
-            return (finishes, Err(err), Vec::new());
-        }
+        // No job ran; dropping them tells each caller the store failed.
+        Err(e) => return (finishes, Err(e.into()), Committed::default()),
     };
     let mut ctx = WriteCtx {
         txn: &txn,
         events: Vec::new(),
+        commands: Vec::new(),
     };
     let mut panicked = false;
     for job in batch {
@@ -270,16 +275,26 @@ fn run_batch(db: &Database, batch: Vec<Job>) -> (Vec<Finish>, StoreResult<()>, V
             }
         }
     }
-    let events = std::mem::take(&mut ctx.events);
+    let committed = Committed {
+        events: std::mem::take(&mut ctx.events),
+        commands: std::mem::take(&mut ctx.commands),
+    };
     drop(ctx);
     if panicked {
         let _ = txn.abort();
-        return (finishes, Err(StoreError::Panicked), Vec::new());
+        return (finishes, Err(StoreError::Panicked), Committed::default());
     }
     match txn.commit() {
-        Ok(()) => (finishes, Ok(()), events),
-        Err(e) => (finishes, Err(e.into()), Vec::new()),
+        Ok(()) => (finishes, Ok(()), committed),
+        Err(e) => (finishes, Err(e.into()), Committed::default()),
     }
+}
+
+/// What a batch makes known once it is durable.
+#[derive(Default)]
+struct Committed {
+    events: Vec<BusEvent>,
+    commands: Vec<OutboxEntry>,
 }
 
 /// Reading methods shared by read snapshots and write transactions.
@@ -300,7 +315,10 @@ pub trait Reads {
         let index = self.table(SESSIONS_BY_ORG)?;
         let sessions = self.table(SESSIONS)?;
         let mut out = Vec::new();
-        for entry in index.range((org_id, 0u64, 0u128)..=(org_id, u64::MAX, u128::MAX))?.rev() {
+        for entry in index
+            .range((org_id, 0u64, 0u128)..=(org_id, u64::MAX, u128::MAX))?
+            .rev()
+        {
             let (key, _) = entry?;
             let (_, _, id) = key.value();
             if let Some(v) = sessions.get(id)? {
@@ -318,7 +336,12 @@ pub trait Reads {
             .unwrap_or(0))
     }
 
-    fn events_after(&self, session: Uuid, after: u64, limit: usize) -> StoreResult<Vec<SessionEvent>> {
+    fn events_after(
+        &self,
+        session: Uuid,
+        after: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<SessionEvent>> {
         seq_range(&self.table(SESSION_EVENTS)?, session, after, limit)
     }
 
@@ -338,7 +361,12 @@ pub trait Reads {
         last_seq(&self.table(SESSION_EVENTS)?, session)
     }
 
-    fn output_after(&self, session: Uuid, after: u64, limit: usize) -> StoreResult<Vec<OutputChunk>> {
+    fn output_after(
+        &self,
+        session: Uuid,
+        after: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<OutputChunk>> {
         seq_range(&self.table(SESSION_OUTPUT)?, session, after, limit)
     }
 
@@ -398,6 +426,99 @@ pub trait Reads {
 
     fn any_token(&self) -> StoreResult<bool> {
         Ok(!self.table(TOKENS)?.is_empty()?)
+    }
+
+    fn get_runner(&self, id: Uuid) -> StoreResult<Option<RunnerRecord>> {
+        let t = self.table(RUNNERS)?;
+        let v = t.get(id.as_u128())?;
+        v.map(|v| decode(v.value())).transpose()
+    }
+
+    fn runner_by_hostname(&self, hostname: &str) -> StoreResult<Option<Uuid>> {
+        Ok(self
+            .table(RUNNERS_BY_HOSTNAME)?
+            .get(hostname)?
+            .map(|v| Uuid::from_u128(v.value())))
+    }
+
+    fn all_runners(&self) -> StoreResult<Vec<RunnerRecord>> {
+        let t = self.table(RUNNERS)?;
+        let mut out = Vec::new();
+        for entry in t.iter()? {
+            out.push(decode(entry?.1.value())?);
+        }
+        Ok(out)
+    }
+
+    fn all_liveness(&self) -> StoreResult<Vec<(Uuid, Liveness)>> {
+        let t = self.table(RUNNER_LIVENESS)?;
+        let mut out = Vec::new();
+        for entry in t.iter()? {
+            let (k, v) = entry?;
+            out.push((Uuid::from_u128(k.value()), decode(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// The non-terminal sessions assigned to a runner.
+    fn runner_sessions(&self, runner: Uuid) -> StoreResult<Vec<Uuid>> {
+        let t = self.table(SESSIONS_BY_RUNNER)?;
+        let r = runner.as_u128();
+        let mut out = Vec::new();
+        for entry in t.range((r, 0u128)..=(r, u128::MAX))? {
+            out.push(Uuid::from_u128(entry?.0.value().1));
+        }
+        Ok(out)
+    }
+
+    /// How many non-terminal sessions each runner holds (runners with none are absent).
+    fn runner_loads(&self) -> StoreResult<std::collections::HashMap<Uuid, u64>> {
+        let t = self.table(RUNNER_ACTIVE_SESSIONS)?;
+        let mut out = std::collections::HashMap::new();
+        for entry in t.iter()? {
+            let (k, v) = entry?;
+            out.insert(Uuid::from_u128(k.value()), v.value());
+        }
+        Ok(out)
+    }
+
+    fn runner_load(&self, runner: Uuid) -> StoreResult<u64> {
+        Ok(self
+            .table(RUNNER_ACTIVE_SESSIONS)?
+            .get(runner.as_u128())?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    }
+
+    /// Sessions waiting for a runner, oldest first.
+    fn queued_sessions(&self, limit: usize) -> StoreResult<Vec<Uuid>> {
+        let t = self.table(SESSION_QUEUE)?;
+        let mut out = Vec::new();
+        for entry in t.iter()?.take(limit) {
+            out.push(Uuid::from_u128(entry?.0.value().1));
+        }
+        Ok(out)
+    }
+
+    /// A runner's unacknowledged commands, in order.
+    fn outbox(&self, runner: Uuid) -> StoreResult<Vec<OutboxEntry>> {
+        let t = self.table(RUNNER_OUTBOX)?;
+        let r = runner.as_u128();
+        let mut out = Vec::new();
+        for entry in t.range((r, 0u64)..=(r, u64::MAX))? {
+            out.push(decode(entry?.1.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Every session (for whole-fleet summaries).
+    fn all_sessions(&self) -> StoreResult<Vec<Session>> {
+        let t = self.table(SESSIONS)?;
+        let mut out = Vec::new();
+        for entry in t.iter()? {
+            out.push(decode(entry?.1.value())?);
+        }
+        Ok(out)
     }
 
     /// Timers due at or before `now`, earliest first.
@@ -468,6 +589,7 @@ impl Reads for ReadCtx {
 pub struct WriteCtx<'a> {
     txn: &'a WriteTransaction,
     events: Vec<BusEvent>,
+    commands: Vec<OutboxEntry>,
 }
 
 impl Reads for WriteCtx<'_> {
@@ -522,6 +644,46 @@ impl WriteCtx<'_> {
         if was_active != is_active {
             self.adjust_active(&session.org_id, is_active)?;
         }
+        let created = session.created_at.max(0) as u64;
+        let id = session.id.as_u128();
+        let was_queued = old.as_ref().is_some_and(Session::is_unassigned_queued);
+        if was_queued != session.is_unassigned_queued() {
+            let mut queue = self.txn.open_table(SESSION_QUEUE)?;
+            if was_queued {
+                queue.remove((created, id))?;
+            } else {
+                queue.insert((created, id), ())?;
+            }
+        }
+        let old_runner = old.as_ref().and_then(Session::occupies_runner);
+        let new_runner = session.occupies_runner();
+        if old_runner != new_runner {
+            if let Some(r) = old_runner {
+                self.txn
+                    .open_table(SESSIONS_BY_RUNNER)?
+                    .remove((r.as_u128(), id))?;
+                self.adjust_runner_load(r, false)?;
+            }
+            if let Some(r) = new_runner {
+                self.txn
+                    .open_table(SESSIONS_BY_RUNNER)?
+                    .insert((r.as_u128(), id), ())?;
+                self.adjust_runner_load(r, true)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn adjust_runner_load(&mut self, runner: Uuid, up: bool) -> StoreResult<()> {
+        let mut t = self.txn.open_table(RUNNER_ACTIVE_SESSIONS)?;
+        let key = runner.as_u128();
+        let n = t.get(key)?.map(|v| v.value()).unwrap_or(0);
+        let n = if up { n + 1 } else { n.saturating_sub(1) };
+        if n == 0 {
+            t.remove(key)?;
+        } else {
+            t.insert(key, n)?;
+        }
         Ok(())
     }
 
@@ -549,6 +711,17 @@ impl WriteCtx<'_> {
         if !session.state.is_terminal() {
             self.adjust_active(&session.org_id, false)?;
         }
+        if session.is_unassigned_queued() {
+            self.txn
+                .open_table(SESSION_QUEUE)?
+                .remove((session.created_at.max(0) as u64, id))?;
+        }
+        if let Some(r) = session.occupies_runner() {
+            self.txn
+                .open_table(SESSIONS_BY_RUNNER)?
+                .remove((r.as_u128(), id))?;
+            self.adjust_runner_load(r, false)?;
+        }
         self.txn
             .open_table(SESSION_EVENTS)?
             .retain_in((id, 0u64)..=(id, u64::MAX), |_, _| false)?;
@@ -558,7 +731,9 @@ impl WriteCtx<'_> {
         self.txn
             .open_table(APPROVALS)?
             .retain_in((id, 0u128)..=(id, u128::MAX), |_, _| false)?;
-        self.txn.open_table(TIMERS)?.retain(|(_, _, s, _), _| s != id)?;
+        self.txn
+            .open_table(TIMERS)?
+            .retain(|(_, _, s, _), _| s != id)?;
         Ok(())
     }
 
@@ -603,10 +778,92 @@ impl WriteCtx<'_> {
         Ok(())
     }
 
-    pub fn set_timer(&mut self, timer: Timer) -> StoreResult<()> {
+    /// Writes a runner and its hostname index.
+    pub fn put_runner(&mut self, runner: &RunnerRecord) -> StoreResult<()> {
+        let bytes = encode(runner)?;
         self.txn
-            .open_table(TIMERS)?
-            .insert(timer_key(&timer), ())?;
+            .open_table(RUNNERS)?
+            .insert(runner.id.as_u128(), bytes.as_slice())?;
+        self.txn
+            .open_table(RUNNERS_BY_HOSTNAME)?
+            .insert(runner.hostname.as_str(), runner.id.as_u128())?;
+        Ok(())
+    }
+
+    /// Removes a runner with its liveness and outbox.
+    pub fn delete_runner(&mut self, runner: &RunnerRecord) -> StoreResult<()> {
+        let id = runner.id.as_u128();
+        self.txn.open_table(RUNNERS)?.remove(id)?;
+        self.txn
+            .open_table(RUNNERS_BY_HOSTNAME)?
+            .remove(runner.hostname.as_str())?;
+        self.txn.open_table(RUNNER_LIVENESS)?.remove(id)?;
+        self.txn
+            .open_table(RUNNER_OUTBOX)?
+            .retain_in((id, 0u64)..=(id, u64::MAX), |_, _| false)?;
+        Ok(())
+    }
+
+    pub fn put_liveness(&mut self, runner: Uuid, live: &Liveness) -> StoreResult<()> {
+        let bytes = encode(live)?;
+        self.txn
+            .open_table(RUNNER_LIVENESS)?
+            .insert(runner.as_u128(), bytes.as_slice())?;
+        Ok(())
+    }
+
+    /// Puts a command in a runner's outbox and tells the live channel, once committed.
+    pub fn enqueue_command(
+        &mut self,
+        runner_id: Uuid,
+        command: RunnerCommand,
+        now: Millis,
+    ) -> StoreResult<OutboxEntry> {
+        // The id only has to be unique; nothing depends on its value.
+        let message_id = Uuid::new_v4();
+        let mut meta = self.txn.open_table(META)?;
+        let seq = meta
+            .get("next_command_seq")?
+            .map(|v| v.value())
+            .unwrap_or(1);
+        meta.insert("next_command_seq", seq + 1)?;
+        drop(meta);
+        let entry = OutboxEntry {
+            seq,
+            message_id,
+            runner_id,
+            command,
+            created_at: now,
+        };
+        let bytes = encode(&entry)?;
+        self.txn
+            .open_table(RUNNER_OUTBOX)?
+            .insert((runner_id.as_u128(), seq), bytes.as_slice())?;
+        self.commands.push(entry.clone());
+        Ok(entry)
+    }
+
+    /// Drops outbox entries of a runner that `remove` picks. Returns how many.
+    pub fn remove_commands(
+        &mut self,
+        runner_id: Uuid,
+        mut remove: impl FnMut(&OutboxEntry) -> bool,
+    ) -> StoreResult<usize> {
+        let doomed: Vec<u64> = self
+            .outbox(runner_id)?
+            .into_iter()
+            .filter(|e| remove(e))
+            .map(|e| e.seq)
+            .collect();
+        let mut t = self.txn.open_table(RUNNER_OUTBOX)?;
+        for seq in &doomed {
+            t.remove((runner_id.as_u128(), *seq))?;
+        }
+        Ok(doomed.len())
+    }
+
+    pub fn set_timer(&mut self, timer: Timer) -> StoreResult<()> {
+        self.txn.open_table(TIMERS)?.insert(timer_key(&timer), ())?;
         Ok(())
     }
 

@@ -34,3 +34,24 @@ pub const APPROVALS: TableDefinition<(u128, u128), &[u8]> = TableDefinition::new
 /// (due ms, timer kind, session id, other id) → (). What the sweeper must do and when:
 /// session timeout, approval expiry, purge of a finished session.
 pub const TIMERS: TableDefinition<(u64, u8, u128, u128), ()> = TableDefinition::new("timers-1");
+
+// ---- runners (schema version 2) -------------------------------------------------------------
+
+/// runner id → `RunnerRecord`.
+pub const RUNNERS: TableDefinition<u128, &[u8]> = TableDefinition::new("runners-1");
+/// hostname → runner id. Registration is idempotent by hostname.
+pub const RUNNERS_BY_HOSTNAME: TableDefinition<&str, u128> =
+    TableDefinition::new("runners_by_hostname-1");
+/// runner id → `Liveness` (last heartbeat, load, versions). Written in batches, not per beat.
+pub const RUNNER_LIVENESS: TableDefinition<u128, &[u8]> = TableDefinition::new("runner_liveness-1");
+/// (runner id, session id) → (). The non-terminal sessions assigned to a runner.
+pub const SESSIONS_BY_RUNNER: TableDefinition<(u128, u128), ()> =
+    TableDefinition::new("sessions_by_runner-1");
+/// runner id → number of its non-terminal sessions (scheduling reads this for utilisation).
+pub const RUNNER_ACTIVE_SESSIONS: TableDefinition<u128, u64> =
+    TableDefinition::new("runner_active_sessions-1");
+/// (created ms, session id) → (). QUEUED sessions without a runner, oldest first.
+pub const SESSION_QUEUE: TableDefinition<(u64, u128), ()> = TableDefinition::new("session_queue-1");
+/// (runner id, command seq) → `OutboxEntry`. Commands not yet acknowledged by the runner.
+pub const RUNNER_OUTBOX: TableDefinition<(u128, u64), &[u8]> =
+    TableDefinition::new("runner_outbox-1");

@@ -18,6 +18,8 @@ use village::app::App;
 use village::clock::{Clock, ManualClock, RandomIds, SharedClock, SystemClock};
 use village::config::Config;
 
+pub mod runner;
+
 pub const START_MS: i64 = 1_795_000_000_000;
 
 /// An HTTP answer, its body parsed as JSON when it is JSON.
@@ -32,7 +34,12 @@ pub struct Resp {
 impl Resp {
     /// `data` of a success envelope; panics with the body otherwise.
     pub fn data(&self) -> &Value {
-        assert_eq!(self.json["success"], json!(true), "not a success: {}", self.text);
+        assert_eq!(
+            self.json["success"],
+            json!(true),
+            "not a success: {}",
+            self.text
+        );
         &self.json["data"]
     }
 
@@ -52,7 +59,11 @@ impl Resp {
     pub fn issue_paths(&self) -> Vec<String> {
         self.json["error"]["details"]["issues"]
             .as_array()
-            .map(|a| a.iter().map(|i| i["path"].as_str().unwrap_or("").to_string()).collect())
+            .map(|a| {
+                a.iter()
+                    .map(|i| i["path"].as_str().unwrap_or("").to_string())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -174,7 +185,10 @@ impl Client {
     /// Moves a QUEUED session to RUNNING acting as its runner (admin).
     pub async fn start_session(&self, id: &str) -> Value {
         let r = self
-            .post(&format!("/api/v1/sessions/{id}/state"), json!({"state": "RUNNING"}))
+            .post(
+                &format!("/api/v1/sessions/{id}/state"),
+                json!({"state": "RUNNING"}),
+            )
             .await;
         assert_eq!(r.status, 200, "{}", r.text);
         r.data().clone()
@@ -213,7 +227,9 @@ impl TestServer {
             Some(m) => m.clone(),
             None => Arc::new(SystemClock),
         };
-        let app = App::start(config, clock, Arc::new(RandomIds)).await.unwrap();
+        let app = App::start(config, clock, Arc::new(RandomIds))
+            .await
+            .unwrap();
         let admin_token = app.bootstrap_token.clone().unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -268,7 +284,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "condition not met in {secs}s");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met in {secs}s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -321,11 +340,16 @@ impl BinaryServer {
             loop {
                 match stdout.read(&mut buf) {
                     Ok(0) | Err(_) => break,
-                    Ok(n) => sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n])),
+                    Ok(n) => sink
+                        .lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n])),
                 }
             }
         });
-        let addr = rx.recv_timeout(Duration::from_secs(30)).expect("server did not start");
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("server did not start");
         let admin_token = std::fs::read_to_string(data_dir.join("admin-token"))
             .unwrap()
             .trim()

@@ -1,0 +1,331 @@
+//! `GET /api/v1/runners/{id}/channel`: the runner's WebSocket (contract §6).
+//!
+//! Down: every command in the runner's outbox, oldest first, then new ones as they commit;
+//! each stays in the outbox until the runner acks its `messageId`, so a reconnect replays what
+//! was not acknowledged. Up: state, output, usage, approval requests and heartbeats, each
+//! handled by the same domain calls as the REST endpoints.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+use warp::Reply;
+use warp::ws::{Message, WebSocket, Ws};
+
+use super::AppState;
+use super::envelope::{ApiResult, Success};
+use super::error::ApiError;
+use super::input::Body;
+use super::runners::{heartbeat_reply_json, parse_heartbeat, runner_id};
+use super::sessions::{
+    approval_request, parse_approval_request, parse_output, parse_state_report, parse_usage,
+    session_detail_for_runner,
+};
+use crate::auth::Principal;
+use crate::clock::format_ms;
+use crate::error::{Conflict, DomainError};
+use crate::runners::model::{OutboxEntry, RunnerCommand};
+
+/// Frames above this are refused.
+pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
+
+static CONNECTIONS: AtomicU64 = AtomicU64::new(1);
+
+pub async fn open(id: String, p: Principal, st: AppState, ws: Ws) -> ApiResult {
+    let id = runner_id(&id)?;
+    st.runners.check_channel(&p, id)?;
+    let reply = ws
+        .max_message_size(MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| serve(st, p, id, socket));
+    Ok(Success::Raw(reply.into_response()))
+}
+
+async fn serve(st: AppState, p: Principal, runner: Uuid, socket: WebSocket) {
+    let (mut sink, mut stream) = socket.split();
+    let connection = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+    let (tx, mut commands) = mpsc::unbounded_channel();
+    // Attach before reading the outbox: a command committed in between arrives both ways and
+    // is sent once (by seq).
+    st.bus.attach_runner(runner, connection, tx);
+    let mut sent_upto = 0u64;
+    let mut shutdown = st.shutdown.clone();
+    let interval = st.config.websocket.heartbeat_interval;
+    let mut ping = tokio::time::interval(interval);
+    ping.tick().await;
+    let mut last_pong = tokio::time::Instant::now();
+
+    let backlog = st.runners.outbox(runner).await.unwrap_or_default();
+    let mut alive = true;
+    for entry in backlog {
+        sent_upto = entry.seq;
+        if let Some(frame) = render(&st, &entry).await
+            && sink.send(Message::text(frame.to_string())).await.is_err()
+        {
+            alive = false;
+            break;
+        }
+    }
+    tracing::info!(%runner, connection, "runner channel connected");
+    st.bus.kick_scheduler();
+
+    while alive {
+        tokio::select! {
+            incoming = stream.next() => {
+                let Some(Ok(msg)) = incoming else { break };
+                if msg.is_close() {
+                    break;
+                }
+                if msg.is_pong() {
+                    last_pong = tokio::time::Instant::now();
+                    continue;
+                }
+                let replies = if msg.is_text() {
+                    handle(&st, &p, runner, msg.to_str().unwrap_or("")).await
+                } else if msg.is_ping() {
+                    Vec::new()
+                } else {
+                    vec![error_frame("INVALID_MESSAGE", "frames must be JSON text", None)]
+                };
+                for reply in replies {
+                    if sink.send(Message::text(reply.to_string())).await.is_err() {
+                        alive = false;
+                        break;
+                    }
+                }
+            }
+            Some(entry) = commands.recv() => {
+                if entry.seq <= sent_upto {
+                    continue;
+                }
+                sent_upto = entry.seq;
+                if let Some(frame) = render(&st, &entry).await
+                    && sink.send(Message::text(frame.to_string())).await.is_err()
+                {
+                    break;
+                }
+            }
+            _ = ping.tick() => {
+                if last_pong.elapsed() > interval * 2 {
+                    tracing::warn!(%runner, "runner channel missed its pongs; closing");
+                    let _ = sink.send(Message::close_with(1001u16, "ping timeout")).await;
+                    break;
+                }
+                if sink.send(Message::ping(Vec::new())).await.is_err() {
+                    break;
+                }
+            }
+            _ = shutdown.changed() => {
+                let _ = sink.send(Message::close_with(1001u16, "server shutting down")).await;
+                break;
+            }
+        }
+    }
+    st.bus.detach_runner(runner, connection);
+    tracing::info!(%runner, connection, "runner channel closed");
+}
+
+/// The frame for an outbox entry. An assignment whose session moved on is dropped.
+async fn render(st: &AppState, entry: &OutboxEntry) -> Option<Value> {
+    let mut frame = match &entry.command {
+        RunnerCommand::AssignSession {
+            session_id,
+            assignment_id,
+        } => {
+            let view = st
+                .sessions
+                .view_for_runner(*session_id)
+                .await
+                .ok()
+                .flatten();
+            match view {
+                Some(v) if v.session.assignment_id == Some(*assignment_id) => json!({
+                    "type": "assign_session",
+                    "assignmentId": assignment_id,
+                    "session": session_detail_for_runner(&v, st.clock.now_ms()),
+                }),
+                _ => {
+                    let _ = st
+                        .runners
+                        .acknowledge(entry.runner_id, entry.message_id)
+                        .await;
+                    return None;
+                }
+            }
+        }
+        RunnerCommand::StopSession { session_id, reason } => {
+            json!({"type": "stop_session", "sessionId": session_id, "reason": reason})
+        }
+        RunnerCommand::PauseSession { session_id } => {
+            json!({"type": "pause_session", "sessionId": session_id})
+        }
+        RunnerCommand::ResumeSession { session_id } => {
+            json!({"type": "resume_session", "sessionId": session_id})
+        }
+        RunnerCommand::TerminalInput { session_id, data } => {
+            json!({"type": "terminal_input", "sessionId": session_id, "data": data})
+        }
+        RunnerCommand::ApprovalResolved {
+            session_id,
+            approval_id,
+            decision,
+            reason,
+        } => json!({
+            "type": "approval_resolved",
+            "sessionId": session_id,
+            "approvalId": approval_id,
+            "decision": decision.as_str(),
+            "reason": reason,
+        }),
+        RunnerCommand::Drain => json!({"type": "drain"}),
+    };
+    frame["messageId"] = json!(entry.message_id);
+    frame["timestamp"] = json!(format_ms(st.clock.now_ms()));
+    Some(frame)
+}
+
+fn error_frame(code: &str, message: &str, message_id: Option<&Value>) -> Value {
+    let mut f = json!({"type": "error", "code": code, "message": message});
+    if let Some(id) = message_id {
+        f["messageId"] = id.clone();
+    }
+    f
+}
+
+fn ack(message_id: Option<&Value>, data: Option<Value>) -> Vec<Value> {
+    let Some(id) = message_id else {
+        return Vec::new();
+    };
+    let mut f = json!({"type": "ack", "messageId": id});
+    if let Some(d) = data {
+        f["data"] = d;
+    }
+    vec![f]
+}
+
+/// One frame from the runner; returns the frames to answer with.
+async fn handle(st: &AppState, p: &Principal, runner: Uuid, text: &str) -> Vec<Value> {
+    let Ok(frame) = serde_json::from_str::<Value>(text) else {
+        return vec![error_frame(
+            "INVALID_MESSAGE",
+            "frame is not valid JSON",
+            None,
+        )];
+    };
+    let message_id = frame.get("messageId").filter(|v| !v.is_null()).cloned();
+    let mid = message_id.as_ref();
+    let kind = frame
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let session = frame
+        .get("sessionId")
+        .and_then(Value::as_str)
+        .and_then(|s| Uuid::parse_str(s).ok());
+    const KNOWN: &[&str] = &[
+        "ack",
+        "heartbeat",
+        "session_state",
+        "terminal_output",
+        "usage",
+        "approval_request",
+    ];
+    if !KNOWN.contains(&kind.as_str()) {
+        return vec![error_frame(
+            "UNKNOWN_MESSAGE_TYPE",
+            &format!("unknown message type `{kind}`"),
+            mid,
+        )];
+    }
+    let body = Body(Some(frame));
+    let outcome: Result<Vec<Value>, DomainError> = async {
+        let session =
+            || session.ok_or_else(|| DomainError::invalid("sessionId", "must be a session id"));
+        match kind.as_str() {
+            "ack" => {
+                let id = mid
+                    .and_then(Value::as_str)
+                    .and_then(|s| Uuid::parse_str(s).ok())
+                    .ok_or_else(|| {
+                        DomainError::invalid("messageId", "must be the id of a command")
+                    })?;
+                st.runners.acknowledge(runner, id).await?;
+                Ok(Vec::new())
+            }
+            "heartbeat" => {
+                let hb = parse_heartbeat(&body)?;
+                let reply = st.runners.heartbeat(p, runner, hb)?;
+                let mut f = heartbeat_reply_json(&reply);
+                f["type"] = json!("heartbeat_ack");
+                if let Some(id) = mid {
+                    f["messageId"] = id.clone();
+                }
+                Ok(vec![f])
+            }
+            "session_state" => {
+                let (assignment, state, error) = parse_state_report(&body)?;
+                st.sessions
+                    .report_state(p, session()?, assignment, state, error)
+                    .await?;
+                Ok(ack(mid, None))
+            }
+            "terminal_output" => {
+                let o = parse_output(&body)?;
+                let Some(offset) = o.offset else {
+                    return Err(DomainError::invalid("offset", "is required on the channel"));
+                };
+                let sid = session()?;
+                match st
+                    .sessions
+                    .append_output(p, sid, o.assignment, o.stream, o.data, Some(offset))
+                    .await
+                {
+                    Ok(seq) => Ok(ack(mid, Some(json!({"seq": seq})))),
+                    Err(DomainError::Conflict {
+                        kind: Conflict::OutputOffsetMismatch,
+                        details,
+                        ..
+                    }) => {
+                        let held = details
+                            .and_then(|d| d.get("offset").cloned())
+                            .unwrap_or(json!(0));
+                        Ok(vec![
+                            json!({"type": "resync", "sessionId": sid, "offset": held}),
+                        ])
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            "usage" => {
+                let (assignment, update) = parse_usage(&body)?;
+                st.sessions
+                    .update_usage(p, session()?, assignment, update)
+                    .await?;
+                Ok(ack(mid, None))
+            }
+            "approval_request" => {
+                let (assignment, ask) = parse_approval_request(&body)?;
+                let approval = st
+                    .sessions
+                    .request_approval(p, session()?, assignment, ask)
+                    .await?;
+                Ok(ack(mid, Some(approval_request(&approval))))
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+    .await;
+    match outcome {
+        Ok(frames) => frames,
+        Err(e) => {
+            let e = ApiError::from(e);
+            let mut f = error_frame(e.code, &e.message, mid);
+            if let Some(d) = e.details {
+                f["details"] = d;
+            }
+            vec![f]
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! `/api/v1/runners/...` and `/api/v1/fleet` (contract §4).
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::{Map, Value, json};
+use warp::filters::BoxedFilter;
+use warp::{Filter, path};
+
+use super::envelope::{ApiResult, Success};
+use super::input::{Body, Query, Reader, path_id};
+use super::sessions::page_json;
+use super::{AppState, json_body, principal, query, with_state};
+use crate::auth::Principal;
+use crate::clock::parse_rfc3339;
+use crate::error::{DomainError, Entity};
+use crate::runners::model::{Capabilities, Load, RunnerStatus};
+use crate::runners::{Heartbeat, Registration, RunnerFilter, RunnerView};
+use crate::sessions::model::Provider;
+use crate::sessions::timestamp;
+
+pub fn routes(s: &AppState) -> BoxedFilter<(ApiResult,)> {
+    let p = || principal(s).and(with_state(s));
+    let register = path!("runners" / "register")
+        .and(warp::post())
+        .and(p())
+        .and(json_body())
+        .then(register);
+    let heartbeat = path!("runners" / String / "heartbeat")
+        .and(warp::post())
+        .and(p())
+        .and(json_body())
+        .then(heartbeat);
+    let channel = path!("runners" / String / "channel")
+        .and(warp::get())
+        .and(p())
+        .and(warp::ws())
+        .then(super::runner_channel::open);
+    let list = path!("runners")
+        .and(warp::get())
+        .and(p())
+        .and(query())
+        .then(list);
+    let one = path!("runners" / String)
+        .and(warp::get())
+        .and(p())
+        .then(get);
+    let deregister = path!("runners" / String)
+        .and(warp::delete())
+        .and(p())
+        .and(query())
+        .then(deregister);
+    let drain = path!("runners" / String / "drain")
+        .and(warp::post())
+        .and(p())
+        .and(json_body())
+        .then(|id, p, st, _body: Body| set_draining(id, p, st, true));
+    let undrain = path!("runners" / String / "undrain")
+        .and(warp::post())
+        .and(p())
+        .and(json_body())
+        .then(|id, p, st, _body: Body| set_draining(id, p, st, false));
+    let fleet = path!("fleet").and(warp::get()).and(p()).then(fleet);
+    register
+        .or(heartbeat)
+        .unify()
+        .or(channel)
+        .unify()
+        .or(list)
+        .unify()
+        .or(one)
+        .unify()
+        .or(deregister)
+        .unify()
+        .or(drain)
+        .unify()
+        .or(undrain)
+        .unify()
+        .or(fleet)
+        .unify()
+        .boxed()
+}
+
+pub fn runner_id(raw: &str) -> Result<uuid::Uuid, super::error::ApiError> {
+    path_id(raw, DomainError::NotFound(Entity::Runner))
+}
+
+/// Provider ids from a JSON list, each one known.
+fn providers(r: &mut Reader, list: Option<Vec<String>>, path: &str) -> Vec<Provider> {
+    let mut out = Vec::new();
+    for (i, name) in list.unwrap_or_default().iter().enumerate() {
+        match Provider::parse(name) {
+            Some(p) => out.push(p),
+            None => r.invalid_provider(&format!("{path}[{i}]"), name),
+        }
+    }
+    out
+}
+
+fn parse_registration(body: &Body) -> Result<Registration, DomainError> {
+    let mut r = Reader::new();
+    let root = r.root(body);
+    let hostname = r.string(&root, "hostname", true).map(str::to_owned);
+    if hostname
+        .as_ref()
+        .is_some_and(|h| h.trim().is_empty() || h.len() > 253)
+    {
+        r.issue("hostname", "must be 1 to 253 characters");
+    }
+    let caps = r.object(&root, "capabilities", true);
+    let (mut provider_list, mut max, mut features) = (Vec::new(), None, Vec::new());
+    if let Some(caps) = &caps {
+        let names = r.string_list(caps, "providers");
+        if names.as_ref().is_none_or(Vec::is_empty) && r.any(caps, "providers").is_none() {
+            r.issue("capabilities.providers", "is required");
+        } else if names.as_ref().is_some_and(Vec::is_empty) {
+            r.issue("capabilities.providers", "must name at least one provider");
+        }
+        provider_list = providers(&mut r, names, "capabilities.providers");
+        max = r
+            .number_in(caps, "maxConcurrentSessions", 1.0, 1000.0)
+            .map(|n| n as u64);
+        if r.any(caps, "maxConcurrentSessions")
+            .and_then(Value::as_f64)
+            .is_some_and(|n| n.fract() != 0.0)
+        {
+            r.issue(
+                "capabilities.maxConcurrentSessions",
+                "must be a whole number",
+            );
+        }
+        features = r.string_list(caps, "features").unwrap_or_default();
+    }
+    let metadata = match r.any(&root, "metadata") {
+        Some(Value::Object(m)) => Some(Value::Object(m.clone())),
+        Some(_) => {
+            r.issue("metadata", "must be an object");
+            None
+        }
+        None => None,
+    };
+    r.finish()?;
+    let hostname = hostname.ok_or_else(|| DomainError::invalid("hostname", "is required"))?;
+    Ok(Registration {
+        hostname,
+        capabilities: Capabilities {
+            providers: provider_list,
+            max_concurrent_sessions: max.unwrap_or(0),
+            features,
+        },
+        max_concurrent_sessions: max,
+        metadata,
+    })
+}
+
+async fn register(p: Principal, st: AppState, body: Body) -> ApiResult {
+    let reg = parse_registration(&body)?;
+    let (view, token, created) = st.runners.register(&p, reg).await?;
+    let data = json!({
+        "runner": runner_json(&view),
+        "runnerToken": token,
+        "heartbeatIntervalMs": st.runners.heartbeat_interval_ms(),
+    });
+    Ok(if created {
+        Success::created(data)
+    } else {
+        Success::ok(data)
+    })
+}
+
+/// The RunnerHeartbeat body (REST) or `heartbeat` frame (channel).
+pub fn parse_heartbeat(body: &Body) -> Result<Heartbeat, DomainError> {
+    let mut r = Reader::new();
+    let root = r.root(body);
+    let runner = r.uuid(&root, "runnerId", true);
+    let ts = r.string(&root, "timestamp", true).and_then(|t| {
+        parse_rfc3339(t).or_else(|| {
+            r.issue("timestamp", "must be an RFC 3339 timestamp");
+            None
+        })
+    });
+    let mut active = Vec::new();
+    match r.any(&root, "activeSessions") {
+        None => {}
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                match item.as_str().and_then(|s| uuid::Uuid::parse_str(s).ok()) {
+                    Some(id) => active.push(id),
+                    None => r.issue(format!("activeSessions[{i}]"), "must be a session id"),
+                }
+            }
+        }
+        Some(_) => r.issue("activeSessions", "must be an array of session ids"),
+    }
+    let mut load = Load::default();
+    if let Some(l) = r.object(&root, "load", true) {
+        for (key, slot) in [
+            ("cpuPercent", &mut load.cpu_percent),
+            ("memoryPercent", &mut load.memory_percent),
+            ("diskPercent", &mut load.disk_percent),
+        ] {
+            if let Some(v) = r.number_in(&l, key, 0.0, 100.0) {
+                *slot = v;
+            }
+        }
+    }
+    let versions: BTreeMap<String, String> =
+        r.string_map(&root, "runtimeVersions").unwrap_or_default();
+    for name in versions.keys() {
+        if Provider::parse(name).is_none() {
+            r.invalid_provider(&format!("runtimeVersions.{name}"), name);
+        }
+    }
+    let build_id = r.string(&root, "buildId", false).map(str::to_owned);
+    r.finish()?;
+    match (runner, ts) {
+        (Some(runner_id), Some(timestamp)) => Ok(Heartbeat {
+            runner_id,
+            timestamp,
+            active_sessions: active,
+            load,
+            runtime_versions: versions,
+            build_id,
+        }),
+        _ => Err(DomainError::invalid("", "request is incomplete")),
+    }
+}
+
+pub fn heartbeat_reply_json(reply: &crate::runners::HeartbeatReply) -> Value {
+    json!({
+        "status": reply.status.as_str(),
+        "drain": reply.drain,
+        "desiredBuild": Value::Null,
+        "heartbeatIntervalMs": reply.heartbeat_interval_ms,
+    })
+}
+
+async fn heartbeat(id: String, p: Principal, st: AppState, body: Body) -> ApiResult {
+    let id = runner_id(&id)?;
+    let hb = parse_heartbeat(&body)?;
+    let reply = st.runners.heartbeat(&p, id, hb)?;
+    Ok(Success::ok(heartbeat_reply_json(&reply)))
+}
+
+async fn list(p: Principal, st: AppState, q: HashMap<String, String>) -> ApiResult {
+    let q = Query { params: &q };
+    let mut r = Reader::new();
+    let page = q.page(&mut r);
+    let status = q.get("status").and_then(|s| {
+        RunnerStatus::parse(s).or_else(|| {
+            r.issue("status", "must be online, offline or draining");
+            None
+        })
+    });
+    let provider = q.get("providerId").and_then(|s| {
+        Provider::parse(s).or_else(|| {
+            r.invalid_provider("providerId", s);
+            None
+        })
+    });
+    r.finish()?;
+    let page = st
+        .runners
+        .list(&p, RunnerFilter { status, provider }, page)
+        .await?;
+    Ok(Success::ok(page_json(page.map(|v| runner_json(&v)))))
+}
+
+async fn get(id: String, p: Principal, st: AppState) -> ApiResult {
+    let view = st.runners.get(&p, runner_id(&id)?).await?;
+    Ok(Success::ok(runner_json(&view)))
+}
+
+async fn set_draining(id: String, p: Principal, st: AppState, draining: bool) -> ApiResult {
+    let view = st
+        .runners
+        .set_draining(&p, runner_id(&id)?, draining)
+        .await?;
+    Ok(Success::ok(runner_json(&view)))
+}
+
+async fn deregister(
+    id: String,
+    p: Principal,
+    st: AppState,
+    q: HashMap<String, String>,
+) -> ApiResult {
+    let force = match q.get("force").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(DomainError::invalid("force", "must be true or false").into()),
+    };
+    let record = st.runners.deregister(&p, runner_id(&id)?, force).await?;
+    Ok(Success::ok(
+        json!({"runnerId": record.id, "hostname": record.hostname, "deregistered": true}),
+    ))
+}
+
+async fn fleet(p: Principal, st: AppState) -> ApiResult {
+    let s = st.runners.summary(&p).await?;
+    Ok(Success::ok(json!({
+        "online": s.online,
+        "offline": s.offline,
+        "draining": s.draining,
+        "capacity": {"total": s.capacity_total, "used": s.capacity_used, "available": s.capacity_available},
+        "sessionsByState": s.sessions_by_state,
+    })))
+}
+
+pub fn runner_json(v: &RunnerView) -> Value {
+    let r = &v.record;
+    let mut m = Map::new();
+    m.insert("runnerId".into(), json!(r.id));
+    m.insert("hostname".into(), json!(r.hostname));
+    if let Some(org) = &r.org_id {
+        m.insert("orgId".into(), json!(org));
+    }
+    m.insert("status".into(), json!(v.status.as_str()));
+    m.insert(
+        "lastHeartbeat".into(),
+        json!(timestamp(v.live.last_heartbeat)),
+    );
+    m.insert(
+        "capabilities".into(),
+        json!({
+            "providers": r.capabilities.providers.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+            "maxConcurrentSessions": r.capabilities.max_concurrent_sessions,
+            "features": r.capabilities.features,
+        }),
+    );
+    m.insert(
+        "load".into(),
+        json!({
+            "activeSessions": v.sessions,
+            "cpuPercent": v.live.load.cpu_percent,
+            "memoryPercent": v.live.load.memory_percent,
+            "diskPercent": v.live.load.disk_percent,
+        }),
+    );
+    m.insert("runtimeVersions".into(), json!(v.live.runtime_versions));
+    if let Some(b) = &v.live.build_id {
+        m.insert("buildId".into(), json!(b));
+    }
+    m.insert("registeredAt".into(), json!(timestamp(r.registered_at)));
+    m.insert("draining".into(), json!(r.draining));
+    if let Some(at) = r.drained_at {
+        m.insert("drainedAt".into(), json!(timestamp(at)));
+    }
+    let metadata = r
+        .metadata_json
+        .as_deref()
+        .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_else(|| json!({}));
+    m.insert("metadata".into(), metadata);
+    Value::Object(m)
+}

@@ -1,0 +1,802 @@
+//! The runner fleet (contract §4): registration, heartbeats, liveness, drain, deregistration,
+//! the fleet summary, and scheduling of queued sessions onto runners.
+//!
+//! Registrations are durable records. Liveness (last heartbeat, load, versions) lives in memory
+//! and reaches disk in batches, so a heartbeat never waits for a disk write. Status is derived
+//! from timestamps; one sweeper applies its side effects (events, giving up a lost runner's
+//! sessions, drain completion).
+
+pub mod model;
+pub mod scheduler;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::auth::{AuthService, Principal, TokenKind};
+use crate::clock::{Millis, SharedClock, SharedIds};
+use crate::config::RunnersConfig;
+use crate::error::{Conflict, DomainError, DomainResult, Entity, Issue, Limit};
+use crate::events::{BusEvent, EventBus};
+use crate::paging::{Page, PageRequest};
+use crate::sessions::model::{Provider, SessionState};
+use crate::sessions::{Release, SessionService};
+use crate::store::{Reads, Store};
+use model::*;
+
+/// A runner as the API shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunnerView {
+    pub record: RunnerRecord,
+    pub live: Liveness,
+    pub status: RunnerStatus,
+    /// Sessions it holds (assigned or running).
+    pub sessions: u64,
+}
+
+pub struct Registration {
+    pub hostname: String,
+    pub capabilities: Capabilities,
+    /// `None`: use `runners.defaultCapacity`.
+    pub max_concurrent_sessions: Option<u64>,
+    pub metadata: Option<Value>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    pub runner_id: Uuid,
+    pub timestamp: Millis,
+    pub active_sessions: Vec<Uuid>,
+    pub load: Load,
+    pub runtime_versions: BTreeMap<String, String>,
+    pub build_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeartbeatReply {
+    pub status: RunnerStatus,
+    pub drain: bool,
+    pub heartbeat_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunnerFilter {
+    pub status: Option<RunnerStatus>,
+    pub provider: Option<Provider>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetSummary {
+    pub online: u64,
+    pub offline: u64,
+    pub draining: u64,
+    pub capacity_total: u64,
+    pub capacity_used: u64,
+    pub capacity_available: u64,
+    pub sessions_by_state: BTreeMap<&'static str, u64>,
+}
+
+struct Entry {
+    record: RunnerRecord,
+    live: Liveness,
+    /// Liveness changed since it was last written to disk.
+    dirty: bool,
+    /// The status the sweeper last announced (events fire on a change).
+    announced: RunnerStatus,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    heartbeat_timeout_ms: i64,
+    lost_after_ms: i64,
+    restart_grace_ms: i64,
+    /// When this server process started: no runner is offline before `booted + grace`.
+    booted_at: Millis,
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+impl Timing {
+    /// Silence counted from the last heartbeat, but never from before the restart grace.
+    fn silence(&self, live: &Liveness, limit: i64, now: Millis) -> bool {
+        let grace_floor = self.booted_at + self.restart_grace_ms - limit;
+        now - live.last_heartbeat.max(grace_floor) > limit
+    }
+
+    fn is_offline(&self, live: &Liveness, now: Millis) -> bool {
+        self.silence(live, self.heartbeat_timeout_ms, now)
+    }
+
+    fn is_lost(&self, live: &Liveness, now: Millis) -> bool {
+        self.silence(live, self.lost_after_ms, now)
+    }
+
+    fn status(&self, e: &Entry, now: Millis) -> RunnerStatus {
+        if self.is_offline(&e.live, now) {
+            RunnerStatus::Offline
+        } else if e.record.draining {
+            RunnerStatus::Draining
+        } else {
+            RunnerStatus::Online
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RunnerService {
+    store: Store,
+    bus: EventBus,
+    auth: AuthService,
+    sessions: SessionService,
+    clock: SharedClock,
+    ids: SharedIds,
+    timing: Timing,
+    default_capacity: u64,
+    max_runners_per_org: u64,
+    fleet: Arc<Mutex<HashMap<Uuid, Entry>>>,
+}
+
+impl RunnerService {
+    /// Loads every registered runner and its last known liveness.
+    pub async fn load(
+        store: Store,
+        bus: EventBus,
+        auth: AuthService,
+        sessions: SessionService,
+        clock: SharedClock,
+        ids: SharedIds,
+        cfg: &RunnersConfig,
+    ) -> DomainResult<Self> {
+        let (records, lives) = store
+            .read(|r| Ok::<_, DomainError>((r.all_runners()?, r.all_liveness()?)))
+            .await?;
+        let mut lives: HashMap<Uuid, Liveness> = lives.into_iter().collect();
+        let booted_at = clock.now_ms();
+        let timing = Timing {
+            heartbeat_timeout_ms: ms(cfg.heartbeat_timeout),
+            lost_after_ms: ms(cfg.lost_after),
+            restart_grace_ms: ms(cfg.restart_grace),
+            booted_at,
+        };
+        let fleet = records
+            .into_iter()
+            .map(|record| {
+                let live = lives
+                    .remove(&record.id)
+                    .unwrap_or_else(|| fresh_liveness(record.registered_at));
+                let mut entry = Entry {
+                    record,
+                    live,
+                    dirty: false,
+                    announced: RunnerStatus::Online,
+                };
+                entry.announced = timing.status(&entry, booted_at);
+                (entry.record.id, entry)
+            })
+            .collect();
+        Ok(Self {
+            store,
+            bus,
+            auth,
+            sessions,
+            clock,
+            ids,
+            timing,
+            default_capacity: cfg.default_capacity,
+            max_runners_per_org: cfg.max_runners_per_org,
+            fleet: Arc::new(Mutex::new(fleet)),
+        })
+    }
+
+    pub fn now(&self) -> Millis {
+        self.clock.now_ms()
+    }
+
+    fn fleet(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Entry>> {
+        self.fleet.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How often runners should beat: a third of the offline timeout.
+    pub fn heartbeat_interval_ms(&self) -> u64 {
+        (self.timing.heartbeat_timeout_ms / 3).max(100) as u64
+    }
+
+    fn publish(&self, name: &'static str, record: &RunnerRecord, extra: Value) {
+        let mut data = json!({"runnerId": record.id, "hostname": record.hostname});
+        if let (Value::Object(d), Value::Object(x)) = (&mut data, extra) {
+            d.extend(x);
+        }
+        self.bus.publish(BusEvent {
+            name,
+            at: self.now(),
+            org_id: record.org_id.clone(),
+            session_id: None,
+            data,
+        });
+    }
+
+    /// `POST /runners/register`: idempotent by hostname; each call issues a fresh runner token
+    /// and revokes the previous one.
+    pub async fn register(
+        &self,
+        p: &Principal,
+        reg: Registration,
+    ) -> DomainResult<(RunnerView, String, bool)> {
+        let org_id = match p.kind {
+            TokenKind::Admin => None,
+            TokenKind::RunnerJoin => p.org_id.clone(),
+            _ => {
+                return Err(DomainError::forbidden(
+                    "registering a runner needs a runner_join or admin token",
+                ));
+            }
+        };
+        let now = self.now();
+        let new_id = self.ids.uuid();
+        let max_per_org = self.max_runners_per_org;
+        let capacity = reg.max_concurrent_sessions.unwrap_or(self.default_capacity);
+        let issued = self.auth.mint_runner_token(&reg.hostname, org_id.clone());
+        let token = issued.record.clone();
+        let hostname = reg.hostname.clone();
+        let metadata_json = reg.metadata.map(|m| m.to_string());
+        let mut capabilities = reg.capabilities;
+        capabilities.max_concurrent_sessions = capacity;
+        let (record, previous_token, created) = self
+            .store
+            .write(move |w| {
+                let existing = match w.runner_by_hostname(&hostname)? {
+                    Some(id) => w.get_runner(id)?,
+                    None => None,
+                };
+                let moves_org = existing.as_ref().is_none_or(|r| r.org_id != org_id);
+                if let (Some(org), true) = (&org_id, moves_org) {
+                    let in_org = w
+                        .all_runners()?
+                        .iter()
+                        .filter(|r| r.org_id.as_ref() == Some(org))
+                        .count() as u64;
+                    if in_org >= max_per_org {
+                        return Err(DomainError::LimitExceeded {
+                            kind: Limit::Runners,
+                            message: format!(
+                                "org {org} already has {in_org} runners (limit {max_per_org})"
+                            ),
+                        });
+                    }
+                }
+                let id = existing.as_ref().map_or(new_id, |r| r.id);
+                let mut token = token;
+                token.runner_id = Some(id);
+                let record = RunnerRecord {
+                    id,
+                    hostname,
+                    org_id,
+                    capabilities,
+                    metadata_json,
+                    registered_at: existing.as_ref().map_or(now, |r| r.registered_at),
+                    token_id: token.id,
+                    draining: existing.as_ref().is_some_and(|r| r.draining),
+                    drained_at: existing.as_ref().and_then(|r| r.drained_at),
+                };
+                let previous = match &existing {
+                    Some(r) => w.get_token(r.token_id)?,
+                    None => None,
+                };
+                if let Some(mut old) = previous.clone() {
+                    old.revoked_at = Some(now);
+                    w.put_token(&old)?;
+                }
+                w.put_token(&token)?;
+                w.put_runner(&record)?;
+                Ok((record, previous, existing.is_none()))
+            })
+            .await?;
+        let mut issued = issued;
+        issued.record.runner_id = Some(record.id);
+        self.auth
+            .remember_issued(&issued.record, previous_token.as_ref());
+        let view = {
+            let mut fleet = self.fleet();
+            let entry = fleet.entry(record.id).or_insert_with(|| Entry {
+                record: record.clone(),
+                live: fresh_liveness(now),
+                dirty: true,
+                announced: RunnerStatus::Online,
+            });
+            entry.record = record.clone();
+            // Registering is a sign of life.
+            entry.live.last_heartbeat = now;
+            entry.dirty = true;
+            self.view_of(entry, now, 0)
+        };
+        if created {
+            self.publish("runner_registered", &record, json!({}));
+        } else {
+            self.bus.kick_scheduler();
+        }
+        let sessions = self
+            .store
+            .read(move |r| r.runner_load(record.id))
+            .await
+            .map_err(DomainError::from)?;
+        Ok((RunnerView { sessions, ..view }, issued.secret, created))
+    }
+
+    fn view_of(&self, e: &Entry, now: Millis, sessions: u64) -> RunnerView {
+        RunnerView {
+            record: e.record.clone(),
+            live: e.live.clone(),
+            status: self.timing.status(e, now),
+            sessions,
+        }
+    }
+
+    /// Only the runner itself (or admin) may act for a runner id; an unknown id is 404.
+    fn check_self(&self, p: &Principal, id: Uuid) -> DomainResult<()> {
+        if !self.fleet().contains_key(&id) {
+            return Err(DomainError::NotFound(Entity::Runner));
+        }
+        match p.kind {
+            TokenKind::Admin => Ok(()),
+            TokenKind::Runner if p.runner_id == Some(id) => Ok(()),
+            _ => Err(DomainError::forbidden(
+                "this token may not act for that runner",
+            )),
+        }
+    }
+
+    /// Who may open a runner's channel: the runner itself (admin too, for debugging).
+    pub fn check_channel(&self, p: &Principal, id: Uuid) -> DomainResult<()> {
+        self.check_self(p, id)
+    }
+
+    /// `POST /runners/{id}/heartbeat` (and the channel's `heartbeat` frame). Memory only.
+    pub fn heartbeat(
+        &self,
+        p: &Principal,
+        id: Uuid,
+        hb: Heartbeat,
+    ) -> DomainResult<HeartbeatReply> {
+        self.check_self(p, id)?;
+        if hb.runner_id != id {
+            return Err(DomainError::invalid(
+                "runnerId",
+                "must be the runner id of the path",
+            ));
+        }
+        let now = self.now();
+        let (came_back, record, reply) = {
+            let mut fleet = self.fleet();
+            let entry = fleet
+                .get_mut(&id)
+                .ok_or(DomainError::NotFound(Entity::Runner))?;
+            let was = entry.announced;
+            entry.live = Liveness {
+                last_heartbeat: now,
+                load: hb.load,
+                runtime_versions: hb.runtime_versions,
+                build_id: hb.build_id,
+                active_sessions: hb.active_sessions,
+            };
+            entry.dirty = true;
+            let status = self.timing.status(entry, now);
+            entry.announced = status;
+            let reply = HeartbeatReply {
+                status,
+                drain: entry.record.draining,
+                heartbeat_interval_ms: self.heartbeat_interval_ms(),
+            };
+            (was == RunnerStatus::Offline, entry.record.clone(), reply)
+        };
+        if came_back {
+            self.publish("runner_online", &record, json!({}));
+        }
+        Ok(reply)
+    }
+
+    pub async fn get(&self, p: &Principal, id: Uuid) -> DomainResult<RunnerView> {
+        let now = self.now();
+        let view = {
+            let fleet = self.fleet();
+            let e = fleet
+                .get(&id)
+                .ok_or(DomainError::NotFound(Entity::Runner))?;
+            self.visible(p, &e.record)?;
+            self.view_of(e, now, 0)
+        };
+        let sessions = self
+            .store
+            .read(move |r| r.runner_load(id))
+            .await
+            .map_err(DomainError::from)?;
+        Ok(RunnerView { sessions, ..view })
+    }
+
+    /// Admin sees every runner; an org token its own org's (others are not found).
+    fn visible(&self, p: &Principal, r: &RunnerRecord) -> DomainResult<()> {
+        match p.kind {
+            TokenKind::Admin => Ok(()),
+            TokenKind::Org if r.org_id.is_some() && r.org_id == p.org_id => Ok(()),
+            TokenKind::Org => Err(DomainError::NotFound(Entity::Runner)),
+            TokenKind::Runner if p.runner_id == Some(r.id) => Ok(()),
+            _ => Err(DomainError::forbidden("this token may not read the fleet")),
+        }
+    }
+
+    fn views(&self, p: &Principal, loads: &HashMap<Uuid, u64>) -> DomainResult<Vec<RunnerView>> {
+        match p.kind {
+            TokenKind::Admin | TokenKind::Org => {}
+            _ => return Err(DomainError::forbidden("this token may not read the fleet")),
+        }
+        let now = self.now();
+        let fleet = self.fleet();
+        Ok(fleet
+            .values()
+            .filter(|e| self.visible(p, &e.record).is_ok())
+            .map(|e| self.view_of(e, now, loads.get(&e.record.id).copied().unwrap_or(0)))
+            .collect())
+    }
+
+    pub async fn list(
+        &self,
+        p: &Principal,
+        filter: RunnerFilter,
+        page: PageRequest,
+    ) -> DomainResult<Page<RunnerView>> {
+        let loads = self
+            .store
+            .read(|r| r.runner_loads())
+            .await
+            .map_err(DomainError::from)?;
+        let mut views: Vec<RunnerView> = self
+            .views(p, &loads)?
+            .into_iter()
+            .filter(|v| filter.status.is_none_or(|s| v.status == s))
+            .filter(|v| {
+                filter
+                    .provider
+                    .is_none_or(|pr| v.record.capabilities.providers.contains(&pr))
+            })
+            .collect();
+        views.sort_by(|a, b| {
+            (&a.record.hostname, a.record.id).cmp(&(&b.record.hostname, b.record.id))
+        });
+        Ok(page.slice(views))
+    }
+
+    /// `GET /fleet`.
+    pub async fn summary(&self, p: &Principal) -> DomainResult<FleetSummary> {
+        let org = match p.kind {
+            TokenKind::Admin => None,
+            TokenKind::Org => p.org_id.clone(),
+            _ => return Err(DomainError::forbidden("this token may not read the fleet")),
+        };
+        let (loads, sessions) = self
+            .store
+            .read(move |r| {
+                let sessions = match &org {
+                    Some(org) => r.org_sessions(org)?,
+                    None => r.all_sessions()?,
+                };
+                Ok::<_, DomainError>((r.runner_loads()?, sessions))
+            })
+            .await?;
+        let views = self.views(p, &loads)?;
+        let mut s = FleetSummary {
+            online: 0,
+            offline: 0,
+            draining: 0,
+            capacity_total: 0,
+            capacity_used: 0,
+            capacity_available: 0,
+            sessions_by_state: SessionState::ALL
+                .iter()
+                .map(|st| (st.as_str(), 0))
+                .collect(),
+        };
+        for v in &views {
+            let cap = v.record.capabilities.max_concurrent_sessions;
+            match v.status {
+                RunnerStatus::Online => {
+                    s.online += 1;
+                    s.capacity_available += cap.saturating_sub(v.sessions);
+                }
+                RunnerStatus::Offline => s.offline += 1,
+                RunnerStatus::Draining => s.draining += 1,
+            }
+            if v.status != RunnerStatus::Offline {
+                s.capacity_total += cap;
+                s.capacity_used += v.sessions;
+            }
+        }
+        for session in sessions {
+            *s.sessions_by_state
+                .entry(session.state.as_str())
+                .or_default() += 1;
+        }
+        Ok(s)
+    }
+
+    /// `POST /runners/{id}/drain` and `/undrain` (admin).
+    pub async fn set_draining(
+        &self,
+        p: &Principal,
+        id: Uuid,
+        draining: bool,
+    ) -> DomainResult<RunnerView> {
+        p.require_admin()?;
+        let now = self.now();
+        let record = self
+            .store
+            .write(move |w| {
+                let mut r = w
+                    .get_runner(id)?
+                    .ok_or(DomainError::NotFound(Entity::Runner))?;
+                if r.draining != draining {
+                    r.draining = draining;
+                    r.drained_at = None;
+                    w.put_runner(&r)?;
+                    if draining {
+                        w.enqueue_command(id, RunnerCommand::Drain, now)?;
+                    }
+                }
+                Ok::<_, DomainError>(r)
+            })
+            .await?;
+        let changed = {
+            let mut fleet = self.fleet();
+            let entry = fleet
+                .get_mut(&id)
+                .ok_or(DomainError::NotFound(Entity::Runner))?;
+            let changed = entry.record.draining != draining;
+            entry.record = record.clone();
+            changed
+        };
+        if changed {
+            let name = if draining {
+                "runner_draining"
+            } else {
+                "runner_undrained"
+            };
+            self.publish(name, &record, json!({}));
+        }
+        self.get(p, id).await
+    }
+
+    /// `DELETE /runners/{id}` (admin). Active sessions need `force`, which re-queues those not
+    /// started and fails the started ones with `runner_deregistered`.
+    pub async fn deregister(
+        &self,
+        p: &Principal,
+        id: Uuid,
+        force: bool,
+    ) -> DomainResult<RunnerRecord> {
+        p.require_admin()?;
+        let now = self.now();
+        let sessions = self.sessions.clone();
+        let record = self
+            .store
+            .write(move |w| {
+                let r = w
+                    .get_runner(id)?
+                    .ok_or(DomainError::NotFound(Entity::Runner))?;
+                let active = w.runner_sessions(id)?;
+                if !active.is_empty() && !force {
+                    return Err(DomainError::Conflict {
+                        kind: Conflict::RunnerHasActiveSessions,
+                        message: format!(
+                            "runner has {} active sessions; use ?force=true",
+                            active.len()
+                        ),
+                        details: Some(json!({"activeSessions": active})),
+                    });
+                }
+                sessions.release_runner_sessions(w, id, Release::Deregistered, now)?;
+                if let Some(mut token) = w.get_token(r.token_id)? {
+                    token.revoked_at = Some(now);
+                    w.put_token(&token)?;
+                }
+                w.delete_runner(&r)?;
+                Ok::<_, DomainError>(r)
+            })
+            .await?;
+        self.auth.forget(record.token_id).await;
+        self.fleet().remove(&id);
+        self.publish("runner_deregistered", &record, json!({}));
+        Ok(record)
+    }
+
+    /// Whether a runner may be given work now (scheduling reads this).
+    pub fn schedulable(&self) -> Vec<(RunnerRecord, f64)> {
+        let now = self.now();
+        let fleet = self.fleet();
+        fleet
+            .values()
+            .filter(|e| self.timing.status(e, now) == RunnerStatus::Online)
+            .filter(|e| self.bus.is_attached(e.record.id))
+            .map(|e| (e.record.clone(), e.live.load.cpu_percent))
+            .collect()
+    }
+
+    /// Applies what the passage of time implies: offline/online events, giving up a lost
+    /// runner's sessions, and completing drains.
+    pub async fn sweep(&self) -> DomainResult<()> {
+        let now = self.now();
+        let mut announce = Vec::new();
+        let mut lost = Vec::new();
+        let mut draining = Vec::new();
+        {
+            let mut fleet = self.fleet();
+            for e in fleet.values_mut() {
+                let status = self.timing.status(e, now);
+                if status != e.announced {
+                    if status == RunnerStatus::Offline {
+                        announce.push(("runner_offline", e.record.clone()));
+                    } else if e.announced == RunnerStatus::Offline {
+                        announce.push(("runner_online", e.record.clone()));
+                    }
+                    e.announced = status;
+                }
+                if self.timing.is_lost(&e.live, now) {
+                    lost.push(e.record.id);
+                }
+                if e.record.draining && e.record.drained_at.is_none() {
+                    draining.push(e.record.id);
+                }
+            }
+        }
+        for (name, record) in announce {
+            self.publish(name, &record, json!({}));
+        }
+        if lost.is_empty() && draining.is_empty() {
+            return Ok(());
+        }
+        let loads = self
+            .store
+            .read(|r| r.runner_loads())
+            .await
+            .map_err(DomainError::from)?;
+        let lost: Vec<Uuid> = lost
+            .into_iter()
+            .filter(|id| loads.contains_key(id))
+            .collect();
+        let drained: Vec<Uuid> = draining
+            .into_iter()
+            .filter(|id| !loads.contains_key(id))
+            .collect();
+        if !lost.is_empty() {
+            let sessions = self.sessions.clone();
+            self.store
+                .write(move |w| {
+                    for runner in &lost {
+                        sessions.release_runner_sessions(w, *runner, Release::Lost, now)?;
+                    }
+                    Ok::<_, DomainError>(())
+                })
+                .await?;
+        }
+        for id in drained {
+            let record = self
+                .store
+                .write(move |w| {
+                    let Some(mut r) = w.get_runner(id)? else {
+                        return Ok(None);
+                    };
+                    if !r.draining || r.drained_at.is_some() || w.runner_load(id)? > 0 {
+                        return Ok::<_, DomainError>(None);
+                    }
+                    r.drained_at = Some(now);
+                    w.put_runner(&r)?;
+                    Ok(Some(r))
+                })
+                .await?;
+            if let Some(record) = record {
+                if let Some(e) = self.fleet().get_mut(&id) {
+                    e.record = record.clone();
+                }
+                self.publish("runner_drained", &record, json!({}));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes changed liveness in one batch. A crash loses at most what changed since.
+    pub async fn flush_liveness(&self) -> DomainResult<usize> {
+        let dirty: Vec<(Uuid, Liveness)> = {
+            let mut fleet = self.fleet();
+            fleet
+                .values_mut()
+                .filter(|e| e.dirty)
+                .map(|e| {
+                    e.dirty = false;
+                    (e.record.id, e.live.clone())
+                })
+                .collect()
+        };
+        if dirty.is_empty() {
+            return Ok(0);
+        }
+        let n = dirty.len();
+        self.store
+            .write(move |w| {
+                for (id, live) in &dirty {
+                    if w.get_runner(*id)?.is_some() {
+                        w.put_liveness(*id, live)?;
+                    }
+                }
+                Ok::<_, DomainError>(())
+            })
+            .await?;
+        Ok(n)
+    }
+
+    /// Removes an acknowledged command from the runner's outbox.
+    pub async fn acknowledge(&self, runner: Uuid, message_id: Uuid) -> DomainResult<bool> {
+        let removed = self
+            .store
+            .write(move |w| {
+                w.remove_commands(runner, |e| e.message_id == message_id)
+                    .map_err(DomainError::from)
+            })
+            .await?;
+        Ok(removed > 0)
+    }
+
+    pub async fn outbox(&self, runner: Uuid) -> DomainResult<Vec<OutboxEntry>> {
+        Ok(self.store.read(move |r| r.outbox(runner)).await?)
+    }
+
+    /// Validates a registration's fields that need no store (see the API for shape).
+    pub fn check_registration(hostname: &str, issues: &mut Vec<Issue>) {
+        if hostname.trim().is_empty() || hostname.len() > 253 {
+            issues.push(Issue::new("hostname", "must be 1 to 253 characters"));
+        }
+    }
+}
+
+fn fresh_liveness(at: Millis) -> Liveness {
+    Liveness {
+        last_heartbeat: at,
+        load: Load::default(),
+        runtime_versions: BTreeMap::new(),
+        build_id: None,
+        active_sessions: Vec::new(),
+    }
+}
+
+/// The sweeper and the liveness flusher, until shutdown.
+pub async fn background(service: RunnerService, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_flush = tokio::time::Instant::now();
+    loop {
+        let jumped = async {
+            match service.clock.jumped() {
+                Some(n) => n.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = jumped => false,
+            _ = shutdown.changed() => true,
+        };
+        if let Err(e) = service.sweep().await {
+            tracing::error!(error = %e, "runner sweep failed");
+        }
+        if stopping || last_flush.elapsed() >= Duration::from_secs(2) {
+            last_flush = tokio::time::Instant::now();
+            if let Err(e) = service.flush_liveness().await {
+                tracing::error!(error = %e, "writing runner liveness failed");
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}

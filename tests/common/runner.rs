@@ -1,0 +1,200 @@
+//! A simulated runner: registers over REST, heartbeats, and speaks the runner channel over a
+//! real WebSocket (tokio-tungstenite).
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use super::{Client, Resp};
+
+pub struct SimRunner {
+    pub id: String,
+    pub token: String,
+    pub hostname: String,
+    pub client: Client,
+}
+
+/// `providers`, `maxConcurrentSessions` (None: server default) and `features`.
+pub async fn register(
+    by: &Client,
+    hostname: &str,
+    providers: &[&str],
+    capacity: Option<u64>,
+    features: &[&str],
+) -> (SimRunner, Resp) {
+    let mut caps = json!({"providers": providers, "features": features});
+    if let Some(c) = capacity {
+        caps["maxConcurrentSessions"] = json!(c);
+    }
+    let r = by
+        .post(
+            "/api/v1/runners/register",
+            json!({"hostname": hostname, "capabilities": caps, "metadata": {"os": "linux"}}),
+        )
+        .await;
+    assert!(r.status == 201 || r.status == 200, "{}", r.text);
+    let d = r.data();
+    let runner = SimRunner {
+        id: d["runner"]["runnerId"].as_str().unwrap().to_string(),
+        token: d["runnerToken"].as_str().unwrap().to_string(),
+        hostname: hostname.to_string(),
+        client: by.with_token(d["runnerToken"].as_str().unwrap()),
+    };
+    (runner, r)
+}
+
+impl SimRunner {
+    pub fn heartbeat_body(&self, active: &[&str]) -> Value {
+        json!({
+            "runnerId": self.id,
+            "timestamp": "2026-11-25T10:00:00.000Z",
+            "activeSessions": active,
+            "load": {"cpuPercent": 12.5, "memoryPercent": 40, "diskPercent": 70},
+            "runtimeVersions": {"codex": "0.9.1", "claude_code": "2.1.0"},
+            "buildId": "build-1"
+        })
+    }
+
+    pub async fn heartbeat(&self) -> Resp {
+        let r = self
+            .client
+            .post(
+                &format!("/api/v1/runners/{}/heartbeat", self.id),
+                self.heartbeat_body(&[]),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        r
+    }
+
+    pub async fn connect(&self) -> Channel {
+        Channel::open(
+            &self.client,
+            &format!("/api/v1/runners/{}/channel", self.id),
+        )
+        .await
+    }
+
+    pub async fn info(&self, admin: &Client) -> Value {
+        admin
+            .get(&format!("/api/v1/runners/{}", self.id))
+            .await
+            .data()
+            .clone()
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub struct Channel {
+    pub ws: Ws,
+}
+
+/// How a WebSocket upgrade attempt ended.
+pub enum Upgrade {
+    Open(Box<Channel>),
+    Refused(u16),
+}
+
+impl Channel {
+    pub async fn try_open(client: &Client, path: &str) -> Upgrade {
+        let mut req = format!("ws://{}{}", client.addr, path)
+            .into_client_request()
+            .unwrap();
+        if let Some(t) = &client.token {
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        match tokio_tungstenite::connect_async(req).await {
+            Ok((ws, _)) => Upgrade::Open(Box::new(Channel { ws })),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                Upgrade::Refused(resp.status().as_u16())
+            }
+            Err(e) => panic!("websocket connect failed: {e}"),
+        }
+    }
+
+    pub async fn open(client: &Client, path: &str) -> Channel {
+        match Self::try_open(client, path).await {
+            Upgrade::Open(c) => *c,
+            Upgrade::Refused(s) => panic!("channel refused with {s}"),
+        }
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.ws.send(Message::text(v.to_string())).await.unwrap();
+    }
+
+    /// The next JSON frame within `ms`, or None. Pings are answered by tungstenite.
+    pub async fn recv_within(&mut self, ms: u64) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let msg = tokio::time::timeout(left, self.ws.next()).await.ok()??;
+            match msg.ok()? {
+                Message::Text(t) => return Some(serde_json::from_str(t.as_str()).unwrap()),
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next frame of this type, skipping others; panics after 5 s.
+    pub async fn expect(&mut self, kind: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let f = self
+                .recv_within(left.as_millis() as u64)
+                .await
+                .unwrap_or_else(|| panic!("no `{kind}` frame"));
+            if f["type"] == kind {
+                return f;
+            }
+        }
+    }
+
+    /// Asserts nothing of this type arrives within `ms`.
+    pub async fn expect_none(&mut self, kind: &str, ms: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.recv_within(left.as_millis() as u64).await {
+                None => return,
+                Some(f) => assert_ne!(f["type"], kind, "unexpected frame {f}"),
+            }
+        }
+    }
+
+    pub async fn ack(&mut self, frame: &Value) {
+        let id = frame["messageId"].clone();
+        self.send(json!({"type": "ack", "messageId": id})).await;
+    }
+
+    /// Sends a frame with a messageId and waits for the reply naming it.
+    pub async fn request(&mut self, mut frame: Value) -> Value {
+        let id = uuid::Uuid::new_v4().to_string();
+        frame["messageId"] = json!(id);
+        self.send(frame).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let f = self
+                .recv_within(left.as_millis() as u64)
+                .await
+                .expect("no reply");
+            if f["messageId"] == json!(id) || f["type"] == "resync" {
+                return f;
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}

@@ -1,0 +1,182 @@
+//! The OpenAPI document served at `GET /api/v1/openapi.json` stays in step with the router:
+//! it is public and bare, every operation it documents is answered by a real route, and every
+//! route the server implements is documented.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use serde_json::{Value, json};
+
+/// Every route the server implements (contract §2, §3, §8). Removing one from the document, or
+/// documenting it under another path or method, fails the test.
+const IMPLEMENTED: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/api/v1/openapi.json"),
+    ("POST", "/api/v1/tokens"),
+    ("GET", "/api/v1/tokens"),
+    ("DELETE", "/api/v1/tokens/{tokenId}"),
+    ("POST", "/api/v1/sessions"),
+    ("GET", "/api/v1/sessions"),
+    ("GET", "/api/v1/sessions/{sessionId}"),
+    ("POST", "/api/v1/sessions/{sessionId}/stop"),
+    ("POST", "/api/v1/sessions/{sessionId}/pause"),
+    ("POST", "/api/v1/sessions/{sessionId}/resume"),
+    ("GET", "/api/v1/sessions/{sessionId}/approvals"),
+    ("POST", "/api/v1/sessions/{sessionId}/approvals"),
+    (
+        "POST",
+        "/api/v1/sessions/{sessionId}/approvals/{approvalId}/resolve",
+    ),
+    ("GET", "/api/v1/sessions/{sessionId}/events"),
+    ("GET", "/api/v1/sessions/{sessionId}/output"),
+    ("POST", "/api/v1/sessions/{sessionId}/output"),
+    ("POST", "/api/v1/sessions/{sessionId}/state"),
+    ("POST", "/api/v1/sessions/{sessionId}/usage"),
+];
+
+const METHODS: &[&str] = &[
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
+
+/// The path with every `{param}` segment replaced by a fresh random UUID.
+fn concrete(path: &str) -> String {
+    path.split('/')
+        .map(|seg| {
+            if seg.starts_with('{') && seg.ends_with('}') {
+                uuid::Uuid::new_v4().to_string()
+            } else {
+                seg.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[tokio::test]
+async fn openapi_document_describes_the_implemented_routes() {
+    let server = common::TestServer::start("").await;
+
+    // (a) Public, bare (not enveloped), parsable.
+    let resp = server.anonymous().get("/api/v1/openapi.json").await;
+    assert_eq!(resp.status, 200, "{}", resp.text);
+    let content_type = resp
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    assert!(
+        content_type.starts_with("application/json"),
+        "content-type {content_type}"
+    );
+    let doc: Value = serde_json::from_str(&resp.text).expect("the document is JSON");
+    assert_eq!(doc["openapi"], json!("3.0.3"));
+    assert!(
+        doc.get("success").is_none(),
+        "the document must not be enveloped"
+    );
+    assert!(doc["info"]["title"].is_string());
+    assert!(doc["components"]["securitySchemes"]["bearerAuth"].is_object());
+    assert_eq!(doc["security"], json!([{"bearerAuth": []}]));
+
+    // (b) Every documented operation is answered by a route.
+    let admin = server.admin();
+    let anonymous = server.anonymous();
+    let paths = doc["paths"].as_object().expect("paths is an object");
+    let mut documented = BTreeSet::new();
+    let mut operation_ids = BTreeSet::new();
+    for (path, item) in paths {
+        let item = item.as_object().expect("a path item is an object");
+        for (method, op) in item {
+            if !METHODS.contains(&method.as_str()) {
+                continue;
+            }
+            let method_uc = method.to_ascii_uppercase();
+            documented.insert((method_uc.clone(), path.clone()));
+            let id = op["operationId"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{method_uc} {path}: no operationId"));
+            assert!(
+                operation_ids.insert(id.to_string()),
+                "duplicate operationId {id}"
+            );
+
+            let url = concrete(path);
+            let resp = match method.as_str() {
+                "get" => admin.get(&url).await,
+                "post" => admin.post(&url, json!({})).await,
+                "delete" => admin.delete(&url).await,
+                "put" => admin.put(&url, json!({})).await,
+                other => {
+                    admin
+                        .raw(&other.to_ascii_uppercase(), &url, &[], Vec::new())
+                        .await
+                }
+            };
+            let body: String = resp.text.chars().take(300).collect();
+            let what = format!(
+                "{method_uc} {url} (documented as {path}) -> {} {body}",
+                resp.status
+            );
+            assert!(
+                !(resp.status == 404 && resp.code() == "NOT_FOUND"),
+                "no route for a documented operation: {what}"
+            );
+            assert_ne!(resp.status, 405, "documented method not allowed: {what}");
+            if path == "/api/v1/openapi.json" {
+                // Public and bare: checked in (a).
+            } else if path.starts_with("/api/v1/") {
+                // Enveloped, with the request id.
+                assert!(
+                    resp.json["meta"]["requestId"].is_string(),
+                    "not enveloped: {what}"
+                );
+                assert!(resp.headers.get("x-request-id").is_some(), "{what}");
+            } else {
+                // Non-API paths fall back to the dashboard; a real operation answers plain text.
+                let ct = resp
+                    .headers
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                assert!(
+                    !ct.starts_with("text/html"),
+                    "served by the dashboard fallback: {what}"
+                );
+            }
+            let responses = op["responses"]
+                .as_object()
+                .unwrap_or_else(|| panic!("{what}: no responses"));
+            assert!(
+                responses.contains_key(&resp.status.to_string())
+                    || responses.contains_key("default"),
+                "status not documented: {what}"
+            );
+
+            // Operations documented as public answer without a token.
+            if op.get("security") == Some(&json!([])) {
+                let r = anonymous.raw(&method_uc, &url, &[], Vec::new()).await;
+                assert_ne!(
+                    r.status, 401,
+                    "documented as public but needs a token: {method_uc} {url}"
+                );
+            }
+        }
+    }
+
+    // (c) Every implemented route is documented.
+    let missing: Vec<String> = IMPLEMENTED
+        .iter()
+        .filter(|(m, p)| !documented.contains(&(m.to_string(), p.to_string())))
+        .map(|(m, p)| format!("{m} {p}"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "routes missing from the OpenAPI document: {missing:?}"
+    );
+
+    server.stop().await;
+}

@@ -1,0 +1,785 @@
+//! The runner fleet over real HTTP and WebSocket, with simulated runners (contract §4, §6).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::runner::{Channel, SimRunner, Upgrade, register};
+use common::{Client, TestServer, eventually};
+use serde_json::{Value, json};
+
+const FAST: &str = "[runners]\nrestartGraceMs = 1\n";
+
+async fn create(c: &Client, org: &str, provider: &str, features: &[&str]) -> String {
+    let r = c
+        .post(
+            "/api/v1/sessions",
+            json!({"orgId": org, "providerId": provider, "repo": {"url": "https://x.org/a"},
+                   "options": {"requiredFeatures": features, "env": {"TOKEN": "s3cr3t"}}}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    r.data()["sessionId"].as_str().unwrap().to_string()
+}
+
+async fn state_of(c: &Client, id: &str) -> Value {
+    c.session(id).await
+}
+
+/// Waits for the assignment of `session` on `ch` and confirms it as RUNNING.
+async fn start(ch: &mut Channel, session: &str) -> String {
+    let f = ch.expect("assign_session").await;
+    assert_eq!(f["session"]["sessionId"], session);
+    ch.ack(&f).await;
+    let assignment = f["assignmentId"].as_str().unwrap().to_string();
+    let r = ch
+        .request(json!({"type": "session_state", "sessionId": session, "assignmentId": assignment, "state": "RUNNING"}))
+        .await;
+    assert_eq!(r["type"], "ack", "{r}");
+    assignment
+}
+
+#[tokio::test]
+async fn registration_org_shared_idempotent_and_limited() {
+    let s = TestServer::start("[runners]\nmaxRunnersPerOrg = 2\ndefaultCapacity = 3\n").await;
+    let admin = s.admin();
+    let acme_join = admin.with_token(&admin.create_token("runner_join", Some("acme")).await);
+    let shared_join = admin.with_token(&admin.create_token("runner_join", None).await);
+
+    let (a1, r) = register(&acme_join, "a1", &["codex"], None, &[]).await;
+    assert_eq!(r.status, 201);
+    let info = &r.data()["runner"];
+    assert_eq!(info["orgId"], "acme");
+    assert_eq!(info["status"], "online");
+    assert_eq!(
+        info["capabilities"]["maxConcurrentSessions"], 3,
+        "defaultCapacity applies"
+    );
+    assert_eq!(info["metadata"], json!({"os": "linux"}));
+    assert!(r.data()["heartbeatIntervalMs"].as_u64().unwrap() > 0);
+
+    let (shared, r) = register(&shared_join, "s1", &["omnara"], Some(7), &["gpu"]).await;
+    assert!(r.data()["runner"].get("orgId").is_none());
+    assert_eq!(
+        r.data()["runner"]["capabilities"]["maxConcurrentSessions"],
+        7
+    );
+
+    // Same hostname again: same id, 200, a fresh token; the old token stops working.
+    let (again, r) = register(&acme_join, "a1", &["codex", "omnara"], None, &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(again.id, a1.id);
+    assert_ne!(again.token, a1.token);
+    a1.client
+        .post(
+            &format!("/api/v1/runners/{}/heartbeat", a1.id),
+            a1.heartbeat_body(&[]),
+        )
+        .await
+        .expect_error(401, "UNAUTHORIZED");
+    again.heartbeat().await;
+
+    register(&acme_join, "a2", &["codex"], None, &[]).await;
+    let r = acme_join
+        .post(
+            "/api/v1/runners/register",
+            json!({"hostname": "a3", "capabilities": {"providers": ["codex"]}}),
+        )
+        .await;
+    r.expect_error(429, "RUNNER_LIMIT_EXCEEDED");
+    // Shared runners do not count against an org.
+    register(&shared_join, "s2", &["codex"], None, &[]).await;
+
+    let bad = acme_join
+        .post(
+            "/api/v1/runners/register",
+            json!({"hostname": " ", "capabilities": {"providers": ["vim"], "maxConcurrentSessions": 0}}),
+        )
+        .await;
+    bad.expect_error(400, "VALIDATION_ERROR");
+    let mut paths = bad.issue_paths();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "capabilities.maxConcurrentSessions",
+            "capabilities.providers[0]",
+            "hostname"
+        ]
+    );
+    // Org tokens cannot register runners.
+    let org = admin.with_token(&admin.create_token("org", Some("acme")).await);
+    org.post(
+        "/api/v1/runners/register",
+        json!({"hostname": "x", "capabilities": {"providers": ["codex"]}}),
+    )
+    .await
+    .expect_error(403, "FORBIDDEN");
+    let list = admin.get("/api/v1/runners").await;
+    assert_eq!(list.data()["total"], 4);
+    let names: Vec<&str> = list.data()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["hostname"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a1", "a2", "s1", "s2"]);
+    assert_eq!(
+        org.get("/api/v1/runners").await.data()["total"],
+        2,
+        "an org sees its own runners"
+    );
+    org.get(&format!("/api/v1/runners/{}", shared.id))
+        .await
+        .expect_error(404, "RUNNER_NOT_FOUND");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn heartbeats_are_validated_authorised_and_kept_off_the_disk() {
+    let s = TestServer::start(FAST).await;
+    let admin = s.admin();
+    let (a, _) = register(&admin, "a", &["codex"], None, &[]).await;
+    let (b, _) = register(&admin, "b", &["codex"], None, &[]).await;
+    let r = a.heartbeat().await;
+    assert_eq!(r.data()["status"], "online");
+    assert_eq!(r.data()["drain"], false);
+    assert_eq!(r.data()["desiredBuild"], Value::Null);
+    let info = a.info(&admin).await;
+    assert_eq!(info["load"]["cpuPercent"], 12.5);
+    assert_eq!(info["runtimeVersions"]["codex"], "0.9.1");
+    assert_eq!(info["buildId"], "build-1");
+
+    // Another runner's id is 403; an unknown one 404.
+    b.client
+        .post(
+            &format!("/api/v1/runners/{}/heartbeat", a.id),
+            a.heartbeat_body(&[]),
+        )
+        .await
+        .expect_error(403, "FORBIDDEN");
+    let ghost = "6f1c1a7e-1d7e-4a5e-9a51-3f3b0c3c7c11";
+    let mut body = a.heartbeat_body(&[]);
+    body["runnerId"] = json!(ghost);
+    a.client
+        .post(&format!("/api/v1/runners/{ghost}/heartbeat"), body)
+        .await
+        .expect_error(404, "RUNNER_NOT_FOUND");
+
+    let mut bad = a.heartbeat_body(&["not-an-id"]);
+    bad["load"]["cpuPercent"] = json!(150);
+    bad["timestamp"] = json!("yesterday");
+    bad["runtimeVersions"] = json!({"vim": "9"});
+    let r = a
+        .client
+        .post(&format!("/api/v1/runners/{}/heartbeat", a.id), bad)
+        .await;
+    r.expect_error(400, "VALIDATION_ERROR");
+    let mut paths = r.issue_paths();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "activeSessions[0]",
+            "load.cpuPercent",
+            "runtimeVersions.vim",
+            "timestamp"
+        ]
+    );
+    let mut other = a.heartbeat_body(&[]);
+    other["runnerId"] = json!(b.id);
+    a.client
+        .post(&format!("/api/v1/runners/{}/heartbeat", a.id), other)
+        .await
+        .expect_error(400, "VALIDATION_ERROR");
+
+    // Heartbeats do not each commit to disk.
+    let commits = |t: String| {
+        t.lines()
+            .find(|l| l.starts_with("village_store_commits_total"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap()
+    };
+    let before = commits(s.anonymous().get("/metrics").await.text);
+    for _ in 0..50 {
+        a.heartbeat().await;
+    }
+    let after = commits(s.anonymous().get("/metrics").await.text);
+    assert!(
+        after - before < 10,
+        "50 heartbeats caused {} commits",
+        after - before
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn offline_after_the_timeout_and_back_online_on_a_heartbeat() {
+    let s = TestServer::start("[runners]\nrestartGraceMs = 1\nheartbeatTimeoutMs = 30000\n").await;
+    let admin = s.admin();
+    let (a, _) = register(&admin, "a", &["codex"], None, &[]).await;
+    s.advance(29_000);
+    assert_eq!(a.info(&admin).await["status"], "online");
+    s.advance(2_000);
+    assert_eq!(a.info(&admin).await["status"], "offline");
+    assert_eq!(
+        admin.get("/api/v1/runners?status=offline").await.data()["total"],
+        1
+    );
+    let r = a.heartbeat().await;
+    assert_eq!(r.data()["status"], "online");
+    let fleet = admin.get("/api/v1/fleet").await;
+    assert_eq!(fleet.data()["online"], 1);
+    assert_eq!(fleet.data()["offline"], 0);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn scheduling_follows_provider_features_capacity_utilisation_and_org() {
+    let s = TestServer::start(FAST).await;
+    let admin = s.admin();
+    let acme_join = admin.with_token(&admin.create_token("runner_join", Some("acme")).await);
+    let (gpu, _) = register(&admin, "gpu", &["codex"], Some(1), &["gpu"]).await;
+    let (big, _) = register(&admin, "big", &["codex", "claude_code"], Some(4), &[]).await;
+    let (acme, _) = register(&acme_join, "acme-only", &["omnara"], Some(2), &[]).await;
+    let mut gpu_ch = gpu.connect().await;
+    let mut big_ch = big.connect().await;
+    let mut acme_ch = acme.connect().await;
+
+    // Features: only the gpu runner qualifies.
+    let g = create(&admin, "globex", "codex", &["gpu"]).await;
+    let f = gpu_ch.expect("assign_session").await;
+    assert_eq!(f["session"]["sessionId"], g);
+    assert_eq!(
+        f["session"]["options"]["env"]["TOKEN"], "s3cr3t",
+        "the runner gets env values"
+    );
+    gpu_ch.ack(&f).await;
+    // Capacity: the gpu runner is full, so a second gpu session waits.
+    let g2 = create(&admin, "globex", "codex", &["gpu"]).await;
+    gpu_ch.expect_none("assign_session", 300).await;
+    assert!(state_of(&admin, &g2).await.get("runnerId").is_none());
+    // Org isolation: globex's omnara session never goes to acme's runner.
+    let o = create(&admin, "globex", "omnara", &[]).await;
+    acme_ch.expect_none("assign_session", 300).await;
+    assert!(state_of(&admin, &o).await.get("runnerId").is_none());
+    // Acme's omnara session goes to acme's runner.
+    let a = create(&admin, "acme", "omnara", &[]).await;
+    assert_eq!(
+        acme_ch.expect("assign_session").await["session"]["sessionId"],
+        a
+    );
+    // Provider + lowest utilisation: claude_code only on big.
+    let c = create(&admin, "globex", "claude_code", &[]).await;
+    let f = big_ch.expect("assign_session").await;
+    assert_eq!(f["session"]["sessionId"], c);
+    let detail = state_of(&admin, &c).await;
+    assert_eq!(detail["state"], "QUEUED", "assigned but not yet confirmed");
+    assert_eq!(detail["runnerId"], json!(big.id));
+    // The queue is oldest first: finishing the gpu session lets g2 in.
+    let assignment = f["assignmentId"].clone();
+    assert!(assignment.is_string());
+    admin
+        .post_empty(&format!("/api/v1/sessions/{g}/stop"))
+        .await;
+    let f = gpu_ch.expect("assign_session").await;
+    assert_eq!(f["session"]["sessionId"], g2);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn lowest_utilisation_wins_and_only_connected_runners_get_work() {
+    let s = TestServer::start(FAST).await;
+    let admin = s.admin();
+    let (small, _) = register(&admin, "small", &["codex"], Some(2), &[]).await;
+    let (large, _) = register(&admin, "large", &["codex"], Some(10), &[]).await;
+    let (_idle, _) = register(&admin, "not-connected", &["codex"], Some(100), &[]).await;
+    let mut small_ch = small.connect().await;
+    let mut large_ch = large.connect().await;
+    let mut on_small = 0;
+    let mut on_large = 0;
+    for _ in 0..6 {
+        let id = create(&admin, "acme-util", "codex", &[]).await;
+        let runner = eventually(5, || async {
+            state_of(&admin, &id)
+                .await
+                .get("runnerId")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .await;
+        if runner == small.id {
+            on_small += 1;
+        } else {
+            assert_eq!(runner, large.id, "a runner without a channel got work");
+            on_large += 1;
+        }
+    }
+    // Utilisation 1/2 = 0.5 > 5/10: small takes one, large the rest.
+    assert_eq!((on_small, on_large), (1, 5));
+    small_ch.expect("assign_session").await;
+    large_ch.expect("assign_session").await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_session_driven_by_a_runner() {
+    let s = TestServer::start(FAST).await;
+    let admin = s.admin();
+    let org = admin.with_token(&admin.create_token("org", Some("acme")).await);
+    let (r, _) = register(&admin, "worker", &["claude_code"], None, &[]).await;
+    let mut ch = r.connect().await;
+    let id = create(&org, "acme", "claude_code", &[]).await;
+    let assignment = start(&mut ch, &id).await;
+    assert_eq!(org.session(&id).await["state"], "RUNNING");
+
+    // The runner can read its session; a report without the assignment is refused.
+    assert_eq!(
+        r.client.get(&format!("/api/v1/sessions/{id}")).await.status,
+        200
+    );
+    let bare = ch
+        .request(json!({"type": "usage", "sessionId": id, "tokensIn": 1}))
+        .await;
+    assert_eq!(bare["type"], "error");
+    assert_eq!(bare["code"], "VALIDATION_ERROR");
+
+    // Approval round trip.
+    let ask = ch
+        .request(
+            json!({"type": "approval_request", "sessionId": id, "assignmentId": assignment,
+                        "action": "merge", "description": "Merge PR #7"}),
+        )
+        .await;
+    assert_eq!(ask["type"], "ack", "{ask}");
+    let approval = ask["data"]["approvalId"].as_str().unwrap().to_string();
+    assert_eq!(org.session(&id).await["state"], "WAITING_FOR_APPROVAL");
+    let resolved = org
+        .post(
+            &format!("/api/v1/sessions/{id}/approvals/{approval}/resolve"),
+            json!({"decision": "allow", "reason": "ok"}),
+        )
+        .await;
+    assert_eq!(resolved.data()["state"], "RUNNING");
+    let decision = ch.expect("approval_resolved").await;
+    assert_eq!(decision["approvalId"], approval.as_str());
+    assert_eq!(decision["decision"], "allow");
+    ch.ack(&decision).await;
+
+    // Output and usage.
+    for (i, (offset, text)) in [(0, "compiling\n"), (10, "tests ok\n")]
+        .into_iter()
+        .enumerate()
+    {
+        let r = ch
+            .request(
+                json!({"type": "terminal_output", "sessionId": id, "assignmentId": assignment,
+                            "stream": "stdout", "data": text, "offset": offset}),
+            )
+            .await;
+        assert_eq!(r["data"]["seq"], i + 1, "{r}");
+    }
+    let u = ch
+        .request(json!({"type": "usage", "sessionId": id, "assignmentId": assignment, "tokensIn": 1200, "apiCalls": 4}))
+        .await;
+    assert_eq!(u["type"], "ack");
+    // Pause and resume reach the runner.
+    org.post_empty(&format!("/api/v1/sessions/{id}/pause"))
+        .await;
+    let p = ch.expect("pause_session").await;
+    ch.ack(&p).await;
+    org.post_empty(&format!("/api/v1/sessions/{id}/resume"))
+        .await;
+    let p = ch.expect("resume_session").await;
+    ch.ack(&p).await;
+    let done = ch
+        .request(json!({"type": "session_state", "sessionId": id, "assignmentId": assignment, "state": "COMPLETED"}))
+        .await;
+    assert_eq!(done["type"], "ack");
+    let d = org.session(&id).await;
+    assert_eq!(d["state"], "COMPLETED");
+    assert_eq!(d["usage"]["tokensIn"], 1200);
+    let out = org.get(&format!("/api/v1/sessions/{id}/output")).await;
+    assert_eq!(out.data()["items"].as_array().unwrap().len(), 2);
+    assert_eq!(r.info(&admin).await["load"]["activeSessions"], 0);
+    // Unknown frames and bad JSON are answered, and the channel stays open.
+    ch.send(json!({"type": "dance", "messageId": "m1"})).await;
+    let e = ch.expect("error").await;
+    assert_eq!(
+        (e["code"].as_str(), e["messageId"].as_str()),
+        (Some("UNKNOWN_MESSAGE_TYPE"), Some("m1"))
+    );
+    ch.ws
+        .send(tokio_tungstenite::tungstenite::Message::text("{oops"))
+        .await
+        .unwrap();
+    assert_eq!(ch.expect("error").await["code"], "INVALID_MESSAGE");
+    let hb = ch
+        .request(
+            json!({"type": "heartbeat", "runnerId": r.id, "timestamp": "2026-11-25T10:00:00Z",
+                               "load": {"cpuPercent": 1, "memoryPercent": 2, "diskPercent": 3}}),
+        )
+        .await;
+    assert_eq!(hb["type"], "heartbeat_ack");
+    assert_eq!(hb["status"], "online");
+    s.stop().await;
+}
+
+use futures_util::SinkExt;
+
+#[tokio::test]
+async fn stop_reaches_the_runner() {
+    let s = TestServer::start(FAST).await;
+    let admin = s.admin();
+    let (r, _) = register(&admin, "worker", &["codex"], None, &[]).await;
+    let mut ch = r.connect().await;
+    let id = create(&admin, "acme", "codex", &[]).await;
+    start(&mut ch, &id).await;
+    admin
+        .post(
+            &format!("/api/v1/sessions/{id}/stop"),
+            json!({"reason": "enough"}),
+        )
+        .await;
+    let f = ch.expect("stop_session").await;
+    assert_eq!(f["sessionId"], id.as_str());
+    assert_eq!(f["reason"], "stopped: enough");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn unacknowledged_commands_are_sent_again_after_a_reconnect() {
+    let s = TestServer::start(FAST).await;
+    let admin = s.admin();
+    let (r, _) = register(&admin, "flaky", &["codex"], None, &[]).await;
+    let mut ch = r.connect().await;
+    let id = create(&admin, "acme", "codex", &[]).await;
+    let first = ch.expect("assign_session").await;
+    ch.close().await; // dropped before acking
+    let mut ch = r.connect().await;
+    let again = ch.expect("assign_session").await;
+    assert_eq!(again["messageId"], first["messageId"]);
+    assert_eq!(again["assignmentId"], first["assignmentId"]);
+    ch.ack(&again).await;
+    let assignment = again["assignmentId"].as_str().unwrap();
+    ch.request(json!({"type": "session_state", "sessionId": id, "assignmentId": assignment, "state": "RUNNING"}))
+        .await;
+    // Acknowledged commands are not sent again.
+    ch.close().await;
+    let mut ch = r.connect().await;
+    ch.expect_none("assign_session", 300).await;
+    // An approval decision made while the runner is away arrives when it is back.
+    let a = admin
+        .post(
+            &format!("/api/v1/sessions/{id}/approvals"),
+            json!({"action": "deploy", "description": "ship", "assignmentId": assignment}),
+        )
+        .await;
+    ch.close().await;
+    let approval = a.data()["approvalId"].as_str().unwrap();
+    admin
+        .post(
+            &format!("/api/v1/sessions/{id}/approvals/{approval}/resolve"),
+            json!({"decision": "deny"}),
+        )
+        .await;
+    let mut ch = r.connect().await;
+    let d = ch.expect("approval_resolved").await;
+    assert_eq!(d["decision"], "deny");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn an_unconfirmed_assignment_lapses_and_stale_reports_are_refused() {
+    let s = TestServer::start(FAST).await;
+    let admin = s.admin();
+    let (slow, _) = register(&admin, "slow", &["codex"], None, &[]).await;
+    let mut slow_ch = slow.connect().await;
+    let id = create(&admin, "acme", "codex", &[]).await;
+    let f = slow_ch.expect("assign_session").await;
+    let stale = f["assignmentId"].as_str().unwrap().to_string();
+    slow_ch.close().await;
+    s.advance(29_000);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(state_of(&admin, &id).await["runnerId"], json!(slow.id));
+    s.advance(2_000);
+    eventually(5, || async {
+        state_of(&admin, &id)
+            .await
+            .get("runnerId")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let events = admin.get(&format!("/api/v1/sessions/{id}/events")).await;
+    assert!(events.text.contains("session_requeued"));
+
+    // Another runner takes it; the first one's late report is stale.
+    let (fast, _) = register(&admin, "fast", &["codex"], None, &[]).await;
+    let mut fast_ch = fast.connect().await;
+    let fresh = start(&mut fast_ch, &id).await;
+    assert_ne!(fresh, stale);
+    let r = slow
+        .client
+        .post(
+            &format!("/api/v1/sessions/{id}/state"),
+            json!({"state": "FAILED", "assignmentId": stale}),
+        )
+        .await;
+    r.expect_error(409, "STALE_ASSIGNMENT");
+    let r = slow
+        .client
+        .post(
+            &format!("/api/v1/sessions/{id}/output"),
+            json!({"stream": "stdout", "data": "x", "assignmentId": stale}),
+        )
+        .await;
+    r.expect_error(409, "STALE_ASSIGNMENT");
+    // A runner that never held it gets not-found.
+    let (other, _) = register(&admin, "other", &["codex"], None, &[]).await;
+    other
+        .client
+        .post(
+            &format!("/api/v1/sessions/{id}/state"),
+            json!({"state": "FAILED", "assignmentId": stale}),
+        )
+        .await
+        .expect_error(404, "SESSION_NOT_FOUND");
+    assert_eq!(state_of(&admin, &id).await["state"], "RUNNING");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn output_resent_after_a_dropped_socket_is_stored_once() {
+    let s = TestServer::start(FAST).await;
+    let admin = s.admin();
+    let (r, _) = register(&admin, "w", &["codex"], None, &[]).await;
+    let mut ch = r.connect().await;
+    let id = create(&admin, "acme", "codex", &[]).await;
+    let a = start(&mut ch, &id).await;
+    let chunk = |offset: u64, data: &str| json!({"type": "terminal_output", "sessionId": id, "assignmentId": a, "stream": "stdout", "data": data, "offset": offset});
+    ch.send(chunk(0, "aaaa")).await;
+    ch.send(chunk(4, "bbbb")).await;
+    ch.close().await;
+    // The runner does not know what arrived: it resends both, then a chunk past a gap.
+    let mut ch = r.connect().await;
+    assert_eq!(ch.request(chunk(0, "aaaa")).await["data"]["seq"], 1);
+    assert_eq!(ch.request(chunk(4, "bbbb")).await["data"]["seq"], 2);
+    let resync = ch.request(chunk(12, "dddd")).await;
+    assert_eq!(resync["type"], "resync");
+    assert_eq!(resync["offset"], 8);
+    assert_eq!(ch.request(chunk(8, "cccc")).await["data"]["seq"], 3);
+    assert_eq!(ch.request(chunk(12, "dddd")).await["data"]["seq"], 4);
+    let out = admin.get(&format!("/api/v1/sessions/{id}/output")).await;
+    let text: String = out.data()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["data"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, "aaaabbbbccccdddd");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn offline_runners_keep_their_sessions_and_lost_ones_give_them_up() {
+    // lostAfterMs below the 30 s assignment lapse, so the loss itself re-queues the waiting one.
+    let s = TestServer::start(
+        "[runners]\nrestartGraceMs = 1\nheartbeatTimeoutMs = 10000\nlostAfterMs = 15000\n",
+    )
+    .await;
+    let admin = s.admin();
+    let (r, _) = register(&admin, "w", &["codex"], Some(5), &[]).await;
+    let mut ch = r.connect().await;
+    let running = create(&admin, "acme", "codex", &[]).await;
+    start(&mut ch, &running).await;
+    let waiting = create(&admin, "acme", "codex", &[]).await;
+    ch.expect("assign_session").await; // assigned, never confirmed
+    r.heartbeat().await;
+    // A blip: offline, nothing is given up, and a heartbeat brings it back.
+    s.advance(11_000);
+    assert_eq!(r.info(&admin).await["status"], "offline");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(state_of(&admin, &running).await["state"], "RUNNING");
+    r.heartbeat().await;
+    assert_eq!(r.info(&admin).await["status"], "online");
+    // Silent past lostAfterMs: started sessions fail, unstarted ones go back to the queue.
+    s.advance(16_000);
+    let d = eventually(5, || async {
+        let d = state_of(&admin, &running).await;
+        (d["state"] == "FAILED").then_some(d)
+    })
+    .await;
+    assert_eq!(d["endReason"], "runner_lost");
+    let w = state_of(&admin, &waiting).await;
+    assert_eq!(w["state"], "QUEUED");
+    assert!(
+        w.get("runnerId").is_none(),
+        "a session stayed with a lost runner"
+    );
+    let events = admin
+        .get(&format!("/api/v1/sessions/{waiting}/events"))
+        .await;
+    assert!(events.text.contains("runner lost"), "{}", events.text);
+    assert_eq!(r.info(&admin).await["load"]["activeSessions"], 0);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn drain_stops_new_work_and_completes_when_the_last_session_ends() {
+    let s = TestServer::start(FAST).await;
+    let admin = s.admin();
+    let (a, _) = register(&admin, "a", &["codex"], None, &[]).await;
+    let mut ch = a.connect().await;
+    let id = create(&admin, "acme", "codex", &[]).await;
+    let assignment = start(&mut ch, &id).await;
+    let r = admin
+        .post_empty(&format!("/api/v1/runners/{}/drain", a.id))
+        .await;
+    assert_eq!(r.data()["status"], "draining");
+    assert!(r.data().get("drainedAt").is_none());
+    let f = ch.expect("drain").await;
+    ch.ack(&f).await;
+    assert_eq!(a.heartbeat().await.data()["drain"], true);
+    a.client
+        .post_empty(&format!("/api/v1/runners/{}/drain", a.id))
+        .await
+        .expect_error(403, "FORBIDDEN");
+    // No new work while draining.
+    let queued = create(&admin, "acme", "codex", &[]).await;
+    ch.expect_none("assign_session", 300).await;
+    assert!(state_of(&admin, &queued).await.get("runnerId").is_none());
+    // The drain completes when its last session ends, not before.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(a.info(&admin).await.get("drainedAt").is_none());
+    ch.request(json!({"type": "session_state", "sessionId": id, "assignmentId": assignment, "state": "COMPLETED"})).await;
+    eventually(5, || async {
+        a.info(&admin).await.get("drainedAt").map(|_| ())
+    })
+    .await;
+    // Undrain: back to online, and the queued session is assigned.
+    let r = admin
+        .post_empty(&format!("/api/v1/runners/{}/undrain", a.id))
+        .await;
+    assert_eq!(r.data()["status"], "online");
+    assert_eq!(
+        ch.expect("assign_session").await["session"]["sessionId"],
+        queued
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn deregistration_needs_force_while_sessions_are_active() {
+    let s = TestServer::start(FAST).await;
+    let admin = s.admin();
+    let (a, _) = register(&admin, "a", &["codex"], None, &[]).await;
+    let mut ch = a.connect().await;
+    let id = create(&admin, "acme", "codex", &[]).await;
+    start(&mut ch, &id).await;
+    admin
+        .delete(&format!("/api/v1/runners/{}", a.id))
+        .await
+        .expect_error(409, "RUNNER_HAS_ACTIVE_SESSIONS");
+    admin
+        .delete(&format!("/api/v1/runners/{}?force=maybe", a.id))
+        .await
+        .expect_error(400, "VALIDATION_ERROR");
+    let r = admin
+        .delete(&format!("/api/v1/runners/{}?force=true", a.id))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let d = state_of(&admin, &id).await;
+    assert_eq!(d["state"], "FAILED");
+    assert_eq!(d["endReason"], "runner_deregistered");
+    admin
+        .get(&format!("/api/v1/runners/{}", a.id))
+        .await
+        .expect_error(404, "RUNNER_NOT_FOUND");
+    a.heartbeat_fails().await;
+    // An idle runner goes without force.
+    let (b, _) = register(&admin, "b", &["codex"], None, &[]).await;
+    assert_eq!(
+        admin
+            .delete(&format!("/api/v1/runners/{}", b.id))
+            .await
+            .status,
+        200
+    );
+    s.stop().await;
+}
+
+trait Gone {
+    async fn heartbeat_fails(&self);
+}
+
+impl Gone for SimRunner {
+    async fn heartbeat_fails(&self) {
+        self.client
+            .post(
+                &format!("/api/v1/runners/{}/heartbeat", self.id),
+                self.heartbeat_body(&[]),
+            )
+            .await
+            .expect_error(401, "UNAUTHORIZED");
+    }
+}
+
+#[tokio::test]
+async fn channel_authorisation() {
+    let s = TestServer::start(FAST).await;
+    let admin = s.admin();
+    let (a, _) = register(&admin, "a", &["codex"], None, &[]).await;
+    let (b, _) = register(&admin, "b", &["codex"], None, &[]).await;
+    let path = format!("/api/v1/runners/{}/channel", a.id);
+    assert!(matches!(
+        Channel::try_open(&b.client, &path).await,
+        Upgrade::Refused(403)
+    ));
+    assert!(matches!(
+        Channel::try_open(&s.anonymous(), &path).await,
+        Upgrade::Refused(401)
+    ));
+    let ghost = "/api/v1/runners/6f1c1a7e-1d7e-4a5e-9a51-3f3b0c3c7c11/channel";
+    assert!(matches!(
+        Channel::try_open(&a.client, ghost).await,
+        Upgrade::Refused(404)
+    ));
+    assert!(matches!(
+        Channel::try_open(&a.client, &path).await,
+        Upgrade::Open(_)
+    ));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn fleet_summary_counts_capacity_and_sessions() {
+    let s = TestServer::start(FAST).await;
+    let admin = s.admin();
+    let (a, _) = register(&admin, "a", &["codex"], Some(3), &[]).await;
+    let (b, _) = register(&admin, "b", &["codex"], Some(2), &[]).await;
+    let mut ch = a.connect().await;
+    let id = create(&admin, "acme", "codex", &[]).await;
+    start(&mut ch, &id).await;
+    create(&admin, "acme", "omnara", &[]).await;
+    admin
+        .post_empty(&format!("/api/v1/runners/{}/drain", b.id))
+        .await;
+    let f = admin.get("/api/v1/fleet").await;
+    let d = f.data();
+    assert_eq!(
+        (
+            d["online"].as_u64(),
+            d["draining"].as_u64(),
+            d["offline"].as_u64()
+        ),
+        (Some(1), Some(1), Some(0))
+    );
+    assert_eq!(
+        d["capacity"],
+        json!({"total": 5, "used": 1, "available": 2})
+    );
+    assert_eq!(d["sessionsByState"]["RUNNING"], 1);
+    assert_eq!(d["sessionsByState"]["QUEUED"], 1);
+    s.stop().await;
+}
