@@ -94,9 +94,7 @@ async fn sessions_scenario() -> ExitCode {
     let server = BenchServer::start(&parent).await;
     let mut levels = Vec::with_capacity(LEVELS.len());
     for clients in LEVELS {
-        let level = run_level(&server, clients).await;
-        level.print_row();
-        levels.push(level);
+        levels.push(run_level(&server, clients).await);
     }
     server.stop().await;
 
@@ -261,13 +259,15 @@ impl BenchServer {
         }
     }
 
-    /// (durable commits, write jobs) of the store's writer so far.
-    fn writer_counts(&self) -> (u64, u64) {
+    /// The store writer's counters so far.
+    fn writer_counts(&self) -> WriterCounts {
         let stats = &self.store.stats;
-        (
-            stats.commits.load(Ordering::Relaxed),
-            stats.jobs.load(Ordering::Relaxed),
-        )
+        WriterCounts {
+            commits: stats.commits.load(Ordering::Relaxed),
+            jobs: stats.jobs.load(Ordering::Relaxed),
+            job_micros: stats.job_micros.load(Ordering::Relaxed),
+            commit_micros: stats.commit_micros.load(Ordering::Relaxed),
+        }
     }
 
     /// Stops serving, then removes the data directory.
@@ -282,13 +282,36 @@ impl BenchServer {
     }
 }
 
+#[derive(Clone, Copy)]
+struct WriterCounts {
+    commits: u64,
+    jobs: u64,
+    job_micros: u64,
+    commit_micros: u64,
+}
+
+impl WriterCounts {
+    /// Prints where the writer thread's time went between `before` and `self`.
+    fn report_since(&self, before: &WriterCounts, elapsed: Duration) {
+        let commits = (self.commits - before.commits).max(1) as f64;
+        let jobs_us = (self.job_micros - before.job_micros) as f64;
+        let commit_us = (self.commit_micros - before.commit_micros) as f64;
+        println!(
+            "    writer: {:.0} µs running jobs + {:.0} µs in commit per batch; busy {:.0}% of the time",
+            jobs_us / commits,
+            commit_us / commits,
+            100.0 * (jobs_us + commit_us) / elapsed.as_micros() as f64
+        );
+    }
+}
+
 /// `clients` connections creating sessions for `LEVEL_DURATION`.
 async fn run_level(server: &BenchServer, clients: usize) -> Measurement {
     let mut connections = Vec::with_capacity(clients);
     for index in 0..clients {
         connections.push(SessionClient::connect(server, index).await);
     }
-    let (commits_before, jobs_before) = server.writer_counts();
+    let before = server.writer_counts();
     let start = Instant::now();
     let deadline = start + LEVEL_DURATION;
     let tasks: Vec<JoinHandle<Vec<Duration>>> = connections
@@ -300,17 +323,20 @@ async fn run_level(server: &BenchServer, clients: usize) -> Measurement {
         latencies.extend(task.await.unwrap());
     }
     let elapsed = start.elapsed();
-    let (commits_after, jobs_after) = server.writer_counts();
+    let after = server.writer_counts();
     let jobs_per_commit =
-        (jobs_after - jobs_before) as f64 / (commits_after - commits_before).max(1) as f64;
+        (after.jobs - before.jobs) as f64 / (after.commits - before.commits).max(1) as f64;
     let label = format!(
         "village, {clients} client{}",
         if clients == 1 { "" } else { "s" }
     );
-    Measurement::new(label, clients, latencies, elapsed, jobs_per_commit)
+    let measurement = Measurement::new(label, clients, latencies, elapsed, jobs_per_commit);
+    measurement.print_row();
+    after.report_since(&before, elapsed);
+    measurement
 }
 
-/// One keep-alive HTTP/1.1 connection creating sessions for org `bench-<index>`.
+/// One keep-alive HTTP/1.1 connection creating sessions for org `bench` (one org's CI).
 struct SessionClient {
     index: usize,
     sender: SendRequest<Full<Bytes>>,
@@ -328,7 +354,7 @@ impl SessionClient {
             .unwrap();
         tokio::spawn(conn);
         let body = serde_json::json!({
-            "orgId": format!("bench-{index}"),
+            "orgId": "bench",
             "providerId": "codex",
             "repo": {"url": "https://github.com/acme/app.git"},
             "task": "benchmark",

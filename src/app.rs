@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, Services};
 use crate::auth::AuthService;
 use crate::clock::{SharedClock, SharedIds};
 use crate::config::Config;
@@ -84,7 +84,7 @@ impl App {
         )
         .await?;
         let (stop, stop_rx) = watch::channel(false);
-        let state = AppState {
+        let state = Arc::new(Services {
             config: Arc::new(config),
             clock: clock.clone(),
             store: store.clone(),
@@ -93,7 +93,7 @@ impl App {
             runners: runners.clone(),
             bus: bus.clone(),
             shutdown: stop_rx.clone(),
-        };
+        });
         let tasks = vec![
             tokio::spawn(sweeper::run(sessions, clock, stop_rx.clone())),
             tokio::spawn(runners::background(runners.clone(), stop_rx.clone())),

@@ -61,8 +61,24 @@ pub type SharedClock = Arc<dyn Clock>;
 /// Source of ids and secrets.
 pub trait IdSource: Send + Sync + 'static {
     fn uuid(&self) -> uuid::Uuid;
+
+    /// An id for a record that is written once and then mostly appended to (sessions,
+    /// approvals): still a version-4 UUID on the wire, but its first 48 bits are the creation
+    /// time in milliseconds, like UUIDv7, so that new records land at the end of the storage
+    /// B-trees instead of on random pages. The remaining 74 bits stay random.
+    fn ordered_uuid(&self, now: Millis) -> uuid::Uuid {
+        time_prefixed(self.uuid(), now)
+    }
     /// `N` bytes of cryptographically strong randomness, for secrets.
     fn secret_bytes(&self) -> [u8; 32];
+}
+
+/// Puts `now` (ms) in the top 48 bits of a random version-4 UUID, keeping its version and
+/// variant bits.
+pub fn time_prefixed(random: uuid::Uuid, now: Millis) -> uuid::Uuid {
+    let bits = random.as_u128() & ((1u128 << 80) - 1);
+    let ms = (now.max(0) as u128) & ((1u128 << 48) - 1);
+    uuid::Uuid::from_u128((ms << 80) | bits)
 }
 
 pub struct RandomIds;
@@ -99,4 +115,29 @@ pub fn parse_rfc3339(s: &str) -> Option<Millis> {
     DateTime::parse_from_rfc3339(s)
         .ok()
         .map(|d| d.with_timezone(&Utc).timestamp_millis())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ordered_ids_are_version_4_and_sort_by_time() {
+        let a = RandomIds.ordered_uuid(1_795_000_000_000);
+        let b = RandomIds.ordered_uuid(1_795_000_000_001);
+        assert_eq!(a.get_version_num(), 4);
+        assert_eq!(a.get_variant(), uuid::Variant::RFC4122);
+        assert!(a < b);
+        assert_ne!(RandomIds.ordered_uuid(5), RandomIds.ordered_uuid(5));
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_with_millis() {
+        assert_eq!(format_ms(1_795_000_000_000), "2026-11-18T11:06:40.000Z");
+        assert_eq!(
+            parse_rfc3339("2026-11-18T11:06:40.000Z"),
+            Some(1_795_000_000_000)
+        );
+        assert_eq!(parse_rfc3339("yesterday"), None);
+    }
 }

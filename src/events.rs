@@ -7,6 +7,7 @@
 //! queued session run wake the scheduler.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use serde_json::Value;
@@ -45,6 +46,8 @@ pub struct EventBus {
     tx: broadcast::Sender<Arc<BusEvent>>,
     channels: Arc<RwLock<HashMap<Uuid, (u64, CommandSender)>>>,
     scheduler: Arc<Notify>,
+    /// A wake-up is already pending: a burst of events wakes the scheduler once.
+    scheduler_pending: Arc<AtomicBool>,
 }
 
 impl EventBus {
@@ -54,11 +57,14 @@ impl EventBus {
             tx,
             channels: Arc::default(),
             scheduler: Arc::new(Notify::new()),
+            scheduler_pending: Arc::new(AtomicBool::new(false)),
         }
     }
 
     pub fn publish(&self, event: BusEvent) {
-        if SCHEDULING_EVENTS.contains(&event.name) {
+        // Work only goes to runners with a connected channel: with none there is nothing to
+        // schedule (a channel that connects kicks the scheduler itself).
+        if SCHEDULING_EVENTS.contains(&event.name) && self.any_runner_attached() {
             self.kick_scheduler();
         }
         // No subscriber is not an error: events are also kept per session in the store.
@@ -70,11 +76,22 @@ impl EventBus {
     }
 
     pub fn kick_scheduler(&self) {
-        self.scheduler.notify_one();
+        if !self.scheduler_pending.swap(true, Ordering::AcqRel) {
+            self.scheduler.notify_one();
+        }
     }
 
-    pub fn scheduler_wakeup(&self) -> Arc<Notify> {
-        self.scheduler.clone()
+    /// Waits for a kick and clears it, so kicks during the pass that follows wake it again.
+    /// Yields once first, so that a burst of events from one commit costs one wake-up.
+    pub async fn scheduler_kicked(&self) {
+        self.scheduler.notified().await;
+        tokio::task::yield_now().await;
+        self.scheduler_pending.store(false, Ordering::Release);
+    }
+
+    fn any_runner_attached(&self) -> bool {
+        let channels = self.channels.read().unwrap_or_else(|p| p.into_inner());
+        !channels.is_empty()
     }
 
     /// Hands a committed command to its runner's live channel, if one is connected. The command

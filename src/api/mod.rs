@@ -37,9 +37,10 @@ pub use input::Body;
 /// Request bodies above this are refused with 413.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// What every handler can reach. Cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
+/// What every handler can reach; shared, so a request clones one pointer.
+pub type AppState = Arc<Services>;
+
+pub struct Services {
     pub config: Arc<Config>,
     pub clock: SharedClock,
     pub store: Store,

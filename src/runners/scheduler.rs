@@ -81,10 +81,10 @@ pub async fn run(
     runners: RunnerService,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let wake = runners.bus.scheduler_wakeup();
+    let bus = runners.bus.clone();
     loop {
         tokio::select! {
-            _ = wake.notified() => {}
+            _ = bus.scheduler_kicked() => {}
             _ = shutdown.changed() => return,
         }
         loop {

@@ -210,7 +210,7 @@ impl SessionService {
         p.require_org_or_admin()?;
         let org_id = p.resolve_org(new.org_id.as_deref(), "orgId")?;
         let now = self.now();
-        let id = self.ids.uuid();
+        let id = self.ids.ordered_uuid(now);
         let rules = self.rules;
         self.store
             .write(move |w| {
@@ -269,7 +269,12 @@ impl SessionService {
                     rules,
                 )?;
                 w.put_session(&session)?;
-                view(w, session)
+                // A new session has no approvals yet: only its first events to read back.
+                Ok(SessionView {
+                    recent_events: w.recent_events(session.id, RECENT_EVENTS)?,
+                    session,
+                    pending_approvals: Vec::new(),
+                })
             })
             .await
     }
@@ -446,7 +451,7 @@ impl SessionService {
         let p = p.clone();
         let now = self.now();
         let rules = self.rules;
-        let approval_id = self.ids.uuid();
+        let approval_id = self.ids.ordered_uuid(now);
         self.store
             .write(move |w| {
                 let mut s = load(w, &p, id, Access::Runner(assignment))?;
@@ -662,13 +667,10 @@ fn record(
     kind: &'static str,
     summary: String,
     now: Millis,
-    mut data: Value,
+    data: Value,
 ) -> DomainResult<()> {
     w.append_event(s.id, kind, summary, now, Some(&data))?;
-    if let Value::Object(map) = &mut data {
-        map.insert("sessionId".into(), json!(s.id));
-        map.insert("orgId".into(), json!(s.org_id));
-    }
+    // The session and org travel in the event's own fields, not in `data`.
     w.emit(BusEvent {
         name: kind,
         at: now,

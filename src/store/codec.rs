@@ -101,7 +101,7 @@ mod tests {
         assert_eq!(
             bytes,
             vec![
-                1, 3, 1, 3, b'h', b'i', b'\n', 252, 246, 253, 82, 187, 139, 1, 0, 0, 10
+                1, 3, 1, 3, b'h', b'i', b'\n', 253, 246, 208, 202, 159, 23, 3, 0, 0, 10
             ]
         );
         assert_eq!(decode::<OutputChunk>(&bytes).ok(), Some(chunk()));

@@ -127,6 +127,9 @@ type Job = Box<dyn FnOnce(&mut WriteCtx<'_>) -> Finish + Send>;
 pub struct WriterStats {
     pub commits: AtomicU64,
     pub jobs: AtomicU64,
+    /// Time spent running jobs, and in `commit()` (page writes + fsync), in microseconds.
+    pub job_micros: AtomicU64,
+    pub commit_micros: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -225,7 +228,14 @@ fn writer_loop(db: &Database, rx: &mpsc::Receiver<Job>, bus: &EventBus, stats: &
             }
         }
         let count = batch.len() as u64;
-        let (finishes, result, committed) = run_batch(db, batch);
+        let (finishes, result, committed) = run_batch(db, batch, stats);
+        // Callers first (they are waiting), then the runners' channels and the bus.
+        for finish in finishes {
+            finish(match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(e.duplicate()),
+            });
+        }
         match &result {
             Ok(()) => {
                 for command in committed.commands {
@@ -237,18 +247,17 @@ fn writer_loop(db: &Database, rx: &mpsc::Receiver<Job>, bus: &EventBus, stats: &
             }
             Err(e) => tracing::error!(error = %e, jobs = count, "write batch failed"),
         }
-        for finish in finishes {
-            finish(match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(e.duplicate()),
-            });
-        }
         stats.commits.fetch_add(1, Ordering::Relaxed);
         stats.jobs.fetch_add(count, Ordering::Relaxed);
     }
 }
 
-fn run_batch(db: &Database, batch: Vec<Job>) -> (Vec<Finish>, StoreResult<()>, Committed) {
+fn run_batch(
+    db: &Database,
+    batch: Vec<Job>,
+    stats: &WriterStats,
+) -> (Vec<Finish>, StoreResult<()>, Committed) {
+    let started = std::time::Instant::now();
     let mut finishes = Vec::with_capacity(batch.len());
     let txn = match db.begin_write() {
         Ok(t) => t,
@@ -284,7 +293,15 @@ fn run_batch(db: &Database, batch: Vec<Job>) -> (Vec<Finish>, StoreResult<()>, C
         let _ = txn.abort();
         return (finishes, Err(StoreError::Panicked), Committed::default());
     }
-    match txn.commit() {
+    let jobs_done = std::time::Instant::now();
+    let outcome = txn.commit();
+    stats
+        .job_micros
+        .fetch_add((jobs_done - started).as_micros() as u64, Ordering::Relaxed);
+    stats
+        .commit_micros
+        .fetch_add(jobs_done.elapsed().as_micros() as u64, Ordering::Relaxed);
+    match outcome {
         Ok(()) => (finishes, Ok(()), committed),
         Err(e) => (finishes, Err(e.into()), Committed::default()),
     }
@@ -624,11 +641,13 @@ impl WriteCtx<'_> {
 
     /// Writes a session and keeps its indexes (org listing, active count) in step.
     pub fn put_session(&mut self, session: &Session) -> StoreResult<()> {
-        let old = self.get_session(session.id)?;
         let bytes = encode(session)?;
-        self.txn
-            .open_table(SESSIONS)?
-            .insert(session.id.as_u128(), bytes.as_slice())?;
+        // One open for read-old and write-new: this is the hottest write path.
+        let old: Option<Session> = {
+            let mut table = self.txn.open_table(SESSIONS)?;
+            let previous = table.insert(session.id.as_u128(), bytes.as_slice())?;
+            previous.map(|v| decode(v.value())).transpose()?
+        };
         let was_active = old.as_ref().is_some_and(|s| !s.state.is_terminal());
         let is_active = !session.state.is_terminal();
         if old.is_none() {
@@ -746,17 +765,16 @@ impl WriteCtx<'_> {
         at: Millis,
         data: Option<&serde_json::Value>,
     ) -> StoreResult<SessionEvent> {
+        let mut table = self.txn.open_table(SESSION_EVENTS)?;
         let event = SessionEvent {
-            seq: self.last_event_seq(session)? + 1,
+            seq: last_seq(&table, session)? + 1,
             kind: kind.to_owned(),
             summary,
             at,
-            data_json: data.map(|d| d.to_string()),
+            data_json: data.and_then(|d| serde_json::to_string(d).ok()),
         };
         let bytes = encode(&event)?;
-        self.txn
-            .open_table(SESSION_EVENTS)?
-            .insert((session.as_u128(), event.seq), bytes.as_slice())?;
+        table.insert((session.as_u128(), event.seq), bytes.as_slice())?;
         Ok(event)
     }
 
