@@ -19,11 +19,11 @@ use std::time::Instant;
 use bytes::{Buf, BytesMut};
 use futures_util::StreamExt;
 use warp::filters::BoxedFilter;
-use warp::http::{HeaderMap, header};
+use warp::http::HeaderValue;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use crate::auth::{AuthService, Principal};
+use crate::auth::{AuthService, Caller, Principal};
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::events::EventBus;
@@ -55,7 +55,7 @@ pub struct Services {
 /// Every route the server answers.
 pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
     let api = warp::path("api")
-        .and(request_ctx(state))
+        .and(request_ctx())
         .and(api_v1(state).or_else(|r: Rejection| async move {
             Ok::<_, Infallible>((Err::<Success, _>(error::from_rejection(&r)),))
         }))
@@ -93,13 +93,17 @@ fn api_v1(state: &AppState) -> BoxedFilter<(ApiResult,)> {
         .boxed()
 }
 
-fn request_ctx(
-    state: &AppState,
-) -> impl Filter<Extract = (RequestCtx,), Error = Infallible> + Clone + use<> {
-    let _ = state;
-    warp::header::headers_cloned().map(|headers: HeaderMap| RequestCtx {
-        request_id: envelope::request_id_from(headers.get("x-request-id"), || {
-            uuid::Uuid::new_v4().to_string()
+/// One header's raw value, if present (never rejects; no copy of the whole header map).
+fn header_value(
+    name: &'static str,
+) -> impl Filter<Extract = (Option<HeaderValue>,), Error = Infallible> + Clone {
+    warp::header::optional::<HeaderValue>(name).or_else(|_| async { Ok::<_, Infallible>((None,)) })
+}
+
+fn request_ctx() -> impl Filter<Extract = (RequestCtx,), Error = Infallible> + Clone {
+    header_value("x-request-id").map(|id: Option<HeaderValue>| RequestCtx {
+        request_id: envelope::request_id_from(id.as_ref(), || {
+            crate::clock::random_uuid().to_string()
         }),
         started: Instant::now(),
     })
@@ -108,17 +112,17 @@ fn request_ctx(
 /// The caller, from `Authorization: Bearer <token>`; everyone is admin when auth is off.
 pub fn principal(
     state: &AppState,
-) -> impl Filter<Extract = (Principal,), Error = Rejection> + Clone + use<> {
+) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone + use<> {
     let auth = state.auth.clone();
     let required = state.config.websocket.auth_required;
-    warp::header::headers_cloned().and_then(move |headers: HeaderMap| {
+    header_value("authorization").and_then(move |authorization: Option<HeaderValue>| {
         let auth = auth.clone();
         async move {
             if !required {
-                return Ok(Principal::anonymous_admin());
+                return Ok(Arc::new(Principal::anonymous_admin()));
             }
-            headers
-                .get(header::AUTHORIZATION)
+            authorization
+                .as_ref()
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .and_then(|token| auth.authenticate(token.trim()))
@@ -142,18 +146,23 @@ pub fn query() -> impl Filter<Extract = (HashMap<String, String>,), Error = Reje
 /// The JSON body: at most 1 MiB (413), `application/json` when not empty (415), parsable (400
 /// `INVALID_JSON`). An empty body is allowed without a Content-Type.
 pub fn json_body() -> impl Filter<Extract = (Body,), Error = Rejection> + Clone {
-    warp::header::headers_cloned()
+    header_value("content-length")
+        .and(header_value("content-type"))
         .and(warp::body::stream())
         .and_then(read_json_body)
 }
 
-async fn read_json_body<S, B>(headers: HeaderMap, stream: S) -> Result<Body, Rejection>
+async fn read_json_body<S, B>(
+    content_length: Option<HeaderValue>,
+    content_type: Option<HeaderValue>,
+    stream: S,
+) -> Result<Body, Rejection>
 where
     S: futures_util::Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
+    let declared = content_length
+        .as_ref()
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
@@ -172,8 +181,8 @@ where
     if buf.is_empty() {
         return Ok(Body(None));
     }
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
+    let is_json = content_type
+        .as_ref()
         .and_then(|v| v.to_str().ok())
         .map(|v| {
             v.split(';')

@@ -23,7 +23,7 @@ use super::sessions::{
     approval_request, parse_approval_request, parse_output, parse_state_report, parse_usage,
     session_detail_for_runner,
 };
-use crate::auth::Principal;
+use crate::auth::{Caller, Principal};
 use crate::clock::format_ms;
 use crate::error::{Conflict, DomainError};
 use crate::runners::model::{OutboxEntry, RunnerCommand};
@@ -33,7 +33,7 @@ pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
 
 static CONNECTIONS: AtomicU64 = AtomicU64::new(1);
 
-pub async fn open(id: String, p: Principal, st: AppState, ws: Ws) -> ApiResult {
+pub async fn open(id: String, p: Caller, st: AppState, ws: Ws) -> ApiResult {
     let id = runner_id(&id)?;
     st.runners.check_channel(&p, id)?;
     let reply = ws
@@ -42,7 +42,7 @@ pub async fn open(id: String, p: Principal, st: AppState, ws: Ws) -> ApiResult {
     Ok(Success::Raw(reply.into_response()))
 }
 
-async fn serve(st: AppState, p: Principal, runner: Uuid, socket: WebSocket) {
+async fn serve(st: AppState, p: Caller, runner: Uuid, socket: WebSocket) {
     let (mut sink, mut stream) = socket.split();
     let connection = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
     let (tx, mut commands) = mpsc::unbounded_channel();

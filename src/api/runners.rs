@@ -10,7 +10,7 @@ use super::envelope::{ApiResult, Success};
 use super::input::{Body, Query, Reader, path_id};
 use super::sessions::page_json;
 use super::{AppState, json_body, principal, query, with_state};
-use crate::auth::Principal;
+use crate::auth::Caller;
 use crate::clock::parse_rfc3339;
 use crate::error::{DomainError, Entity};
 use crate::runners::model::{Capabilities, Load, RunnerStatus};
@@ -152,7 +152,7 @@ fn parse_registration(body: &Body) -> Result<Registration, DomainError> {
     })
 }
 
-async fn register(p: Principal, st: AppState, body: Body) -> ApiResult {
+async fn register(p: Caller, st: AppState, body: Body) -> ApiResult {
     let reg = parse_registration(&body)?;
     let (view, token, created) = st.runners.register(&p, reg).await?;
     let data = json!({
@@ -234,14 +234,14 @@ pub fn heartbeat_reply_json(reply: &crate::runners::HeartbeatReply) -> Value {
     })
 }
 
-async fn heartbeat(id: String, p: Principal, st: AppState, body: Body) -> ApiResult {
+async fn heartbeat(id: String, p: Caller, st: AppState, body: Body) -> ApiResult {
     let id = runner_id(&id)?;
     let hb = parse_heartbeat(&body)?;
     let reply = st.runners.heartbeat(&p, id, hb)?;
     Ok(Success::ok(heartbeat_reply_json(&reply)))
 }
 
-async fn list(p: Principal, st: AppState, q: HashMap<String, String>) -> ApiResult {
+async fn list(p: Caller, st: AppState, q: HashMap<String, String>) -> ApiResult {
     let q = Query { params: &q };
     let mut r = Reader::new();
     let page = q.page(&mut r);
@@ -265,12 +265,12 @@ async fn list(p: Principal, st: AppState, q: HashMap<String, String>) -> ApiResu
     Ok(Success::ok(page_json(page.map(|v| runner_json(&v)))))
 }
 
-async fn get(id: String, p: Principal, st: AppState) -> ApiResult {
+async fn get(id: String, p: Caller, st: AppState) -> ApiResult {
     let view = st.runners.get(&p, runner_id(&id)?).await?;
     Ok(Success::ok(runner_json(&view)))
 }
 
-async fn set_draining(id: String, p: Principal, st: AppState, draining: bool) -> ApiResult {
+async fn set_draining(id: String, p: Caller, st: AppState, draining: bool) -> ApiResult {
     let view = st
         .runners
         .set_draining(&p, runner_id(&id)?, draining)
@@ -278,12 +278,7 @@ async fn set_draining(id: String, p: Principal, st: AppState, draining: bool) ->
     Ok(Success::ok(runner_json(&view)))
 }
 
-async fn deregister(
-    id: String,
-    p: Principal,
-    st: AppState,
-    q: HashMap<String, String>,
-) -> ApiResult {
+async fn deregister(id: String, p: Caller, st: AppState, q: HashMap<String, String>) -> ApiResult {
     let force = match q.get("force").map(String::as_str) {
         None | Some("false") => false,
         Some("true") => true,
@@ -295,7 +290,7 @@ async fn deregister(
     ))
 }
 
-async fn fleet(p: Principal, st: AppState) -> ApiResult {
+async fn fleet(p: Caller, st: AppState) -> ApiResult {
     let s = st.runners.summary(&p).await?;
     Ok(Success::ok(json!({
         "online": s.online,

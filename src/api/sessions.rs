@@ -9,7 +9,7 @@ use warp::{Filter, path};
 use super::envelope::{ApiResult, Success};
 use super::input::{Body, Query, Reader, path_id};
 use super::{AppState, json_body, principal, query, with_state};
-use crate::auth::Principal;
+use crate::auth::Caller;
 use crate::clock::Millis;
 use crate::error::{DomainError, Entity};
 use crate::paging::Page;
@@ -117,7 +117,7 @@ fn session_id(raw: &str) -> Result<uuid::Uuid, super::error::ApiError> {
     path_id(raw, DomainError::NotFound(Entity::Session))
 }
 
-async fn create(p: Principal, st: AppState, body: Body) -> ApiResult {
+async fn create(p: Caller, st: AppState, body: Body) -> ApiResult {
     let new = parse_new_session(&body)?;
     let view = st.sessions.create(&p, new).await?;
     Ok(Success::created(session_detail(&view, st.sessions.now())))
@@ -235,7 +235,7 @@ pub fn is_repository_url(u: &str) -> bool {
     }
 }
 
-async fn list(p: Principal, st: AppState, q: HashMap<String, String>) -> ApiResult {
+async fn list(p: Caller, st: AppState, q: HashMap<String, String>) -> ApiResult {
     let q = Query { params: &q };
     let mut r = Reader::new();
     let page = q.page(&mut r);
@@ -265,12 +265,12 @@ async fn list(p: Principal, st: AppState, q: HashMap<String, String>) -> ApiResu
     )))
 }
 
-async fn get(id: String, p: Principal, st: AppState) -> ApiResult {
+async fn get(id: String, p: Caller, st: AppState) -> ApiResult {
     let view = st.sessions.get(&p, session_id(&id)?).await?;
     Ok(Success::ok(session_detail(&view, st.sessions.now())))
 }
 
-async fn stop(id: String, p: Principal, st: AppState, body: Body) -> ApiResult {
+async fn stop(id: String, p: Caller, st: AppState, body: Body) -> ApiResult {
     let mut r = Reader::new();
     let root = r.root(&body);
     let reason = r.string(&root, "reason", false).map(str::to_owned);
@@ -282,17 +282,17 @@ async fn stop(id: String, p: Principal, st: AppState, body: Body) -> ApiResult {
     Ok(Success::ok(session_detail(&view, st.sessions.now())))
 }
 
-async fn pause(id: String, p: Principal, st: AppState, _body: Body) -> ApiResult {
+async fn pause(id: String, p: Caller, st: AppState, _body: Body) -> ApiResult {
     let view = st.sessions.pause(&p, session_id(&id)?).await?;
     Ok(Success::ok(session_detail(&view, st.sessions.now())))
 }
 
-async fn resume(id: String, p: Principal, st: AppState, _body: Body) -> ApiResult {
+async fn resume(id: String, p: Caller, st: AppState, _body: Body) -> ApiResult {
     let view = st.sessions.resume(&p, session_id(&id)?).await?;
     Ok(Success::ok(session_detail(&view, st.sessions.now())))
 }
 
-async fn list_approvals(id: String, p: Principal, st: AppState) -> ApiResult {
+async fn list_approvals(id: String, p: Caller, st: AppState) -> ApiResult {
     let all = st.sessions.approvals(&p, session_id(&id)?).await?;
     let (mut resolved, pending): (Vec<_>, Vec<_>) =
         all.iter().partition(|a| a.resolution.is_some());
@@ -338,7 +338,7 @@ pub fn parse_approval_request(
     }
 }
 
-async fn request_approval(id: String, p: Principal, st: AppState, body: Body) -> ApiResult {
+async fn request_approval(id: String, p: Caller, st: AppState, body: Body) -> ApiResult {
     let (assignment, ask) = parse_approval_request(&body)?;
     let approval = st
         .sessions
@@ -350,7 +350,7 @@ async fn request_approval(id: String, p: Principal, st: AppState, body: Body) ->
 async fn resolve_approval(
     id: String,
     approval: String,
-    p: Principal,
+    p: Caller,
     st: AppState,
     body: Body,
 ) -> ApiResult {
@@ -386,7 +386,7 @@ fn seq_window(q: &HashMap<String, String>) -> Result<(u64, u64), DomainError> {
     Ok((after, limit))
 }
 
-async fn events(id: String, p: Principal, st: AppState, q: HashMap<String, String>) -> ApiResult {
+async fn events(id: String, p: Caller, st: AppState, q: HashMap<String, String>) -> ApiResult {
     let (after, limit) = seq_window(&q)?;
     let items = st
         .sessions
@@ -399,7 +399,7 @@ async fn events(id: String, p: Principal, st: AppState, q: HashMap<String, Strin
     })))
 }
 
-async fn output(id: String, p: Principal, st: AppState, q: HashMap<String, String>) -> ApiResult {
+async fn output(id: String, p: Caller, st: AppState, q: HashMap<String, String>) -> ApiResult {
     let (after, limit) = seq_window(&q)?;
     let items = st
         .sessions
@@ -449,7 +449,7 @@ pub fn parse_output(body: &Body) -> Result<OutputReport, DomainError> {
     }
 }
 
-async fn append_output(id: String, p: Principal, st: AppState, body: Body) -> ApiResult {
+async fn append_output(id: String, p: Caller, st: AppState, body: Body) -> ApiResult {
     let o = parse_output(&body)?;
     let seq = st
         .sessions
@@ -486,7 +486,7 @@ pub fn parse_state_report(
     Ok((assignment, state, error))
 }
 
-async fn report_state(id: String, p: Principal, st: AppState, body: Body) -> ApiResult {
+async fn report_state(id: String, p: Caller, st: AppState, body: Body) -> ApiResult {
     let (assignment, state, error) = parse_state_report(&body)?;
     let view = st
         .sessions
@@ -510,7 +510,7 @@ pub fn parse_usage(body: &Body) -> Result<(Option<uuid::Uuid>, UsageUpdate), Dom
     Ok((assignment, update))
 }
 
-async fn usage(id: String, p: Principal, st: AppState, body: Body) -> ApiResult {
+async fn usage(id: String, p: Caller, st: AppState, body: Body) -> ApiResult {
     let (assignment, update) = parse_usage(&body)?;
     let view = st
         .sessions

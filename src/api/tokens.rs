@@ -10,7 +10,7 @@ use super::envelope::{ApiResult, Success};
 use super::input::{Body, Query, Reader, path_id};
 use super::sessions::page_json;
 use super::{AppState, json_body, principal, query, with_state};
-use crate::auth::{NewToken, Principal, TokenKind, TokenRecord};
+use crate::auth::{Caller, NewToken, TokenKind, TokenRecord};
 use crate::error::{DomainError, Entity};
 use crate::sessions::timestamp;
 
@@ -47,7 +47,7 @@ fn token_json(t: &TokenRecord) -> Map<String, Value> {
     m
 }
 
-async fn create(p: Principal, st: AppState, body: Body) -> ApiResult {
+async fn create(p: Caller, st: AppState, body: Body) -> ApiResult {
     let mut r = Reader::new();
     let root = r.root(&body);
     let kind = r.string(&root, "kind", true).and_then(|k| {
@@ -68,7 +68,7 @@ async fn create(p: Principal, st: AppState, body: Body) -> ApiResult {
     Ok(Success::created(Value::Object(m)))
 }
 
-async fn list(p: Principal, st: AppState, q: HashMap<String, String>) -> ApiResult {
+async fn list(p: Caller, st: AppState, q: HashMap<String, String>) -> ApiResult {
     let mut r = Reader::new();
     let page = Query { params: &q }.page(&mut r);
     r.finish()?;
@@ -78,7 +78,7 @@ async fn list(p: Principal, st: AppState, q: HashMap<String, String>) -> ApiResu
     )))
 }
 
-async fn revoke(id: String, p: Principal, st: AppState) -> ApiResult {
+async fn revoke(id: String, p: Caller, st: AppState) -> ApiResult {
     let id = path_id(&id, DomainError::NotFound(Entity::Token))?;
     let token = st.auth.revoke(&p, id).await?;
     Ok(Success::ok(Value::Object(token_json(&token))))

@@ -52,6 +52,9 @@ pub struct TokenRecord {
     pub revoked_at: Option<Millis>,
 }
 
+/// The caller as handlers receive it: shared, so passing it around copies a pointer.
+pub type Caller = Arc<Principal>;
+
 /// The caller of a request, after authentication.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Principal {
@@ -171,7 +174,7 @@ pub struct AuthService {
     store: Store,
     clock: SharedClock,
     ids: SharedIds,
-    active: Arc<RwLock<HashMap<[u8; 32], Principal>>>,
+    active: Arc<RwLock<HashMap<[u8; 32], Caller>>>,
 }
 
 impl AuthService {
@@ -181,7 +184,7 @@ impl AuthService {
         let active = tokens
             .iter()
             .filter(|t| t.revoked_at.is_none())
-            .map(|t| (t.hash, Principal::from_record(t)))
+            .map(|t| (t.hash, Arc::new(Principal::from_record(t))))
             .collect();
         Ok(Self {
             store,
@@ -191,7 +194,7 @@ impl AuthService {
         })
     }
 
-    pub fn authenticate(&self, secret: &str) -> Option<Principal> {
+    pub fn authenticate(&self, secret: &str) -> Option<Caller> {
         let hash = hash_secret(secret);
         let active = self.active.read().unwrap_or_else(|p| p.into_inner());
         active.get(&hash).cloned()
@@ -215,7 +218,7 @@ impl AuthService {
         if let Some(old) = replaced {
             active.remove(&old.hash);
         }
-        active.insert(issued.hash, Principal::from_record(issued));
+        active.insert(issued.hash, Arc::new(Principal::from_record(issued)));
     }
 
     /// Drops a token (revoked in the store by the caller) from the in-memory set.
@@ -241,7 +244,7 @@ impl AuthService {
 
     fn remember(&self, record: &TokenRecord) {
         let mut active = self.active.write().unwrap_or_else(|p| p.into_inner());
-        active.insert(record.hash, Principal::from_record(record));
+        active.insert(record.hash, Arc::new(Principal::from_record(record)));
     }
 
     /// Creates the first admin token when the database has none. Returns its secret.

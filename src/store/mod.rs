@@ -140,6 +140,9 @@ pub struct Store {
 }
 
 const MAX_BATCH: usize = 4096;
+/// Batches at least this large wait up to `LINGER` for more jobs before committing.
+const LINGER_MIN_BATCH: usize = 4;
+const LINGER: std::time::Duration = std::time::Duration::from_micros(150);
 
 impl Store {
     /// Opens (or creates) the database file, migrates it and starts the writer thread.
@@ -225,6 +228,19 @@ fn writer_loop(db: &Database, rx: &mpsc::Receiver<Job>, bus: &EventBus, stats: &
             match rx.try_recv() {
                 Ok(job) => batch.push(job),
                 Err(_) => break,
+            }
+        }
+        // Under concurrency, linger a moment for more writers: one more job in this batch
+        // costs far less than a commit of its own (commit_delay, as databases call it).
+        // A lone writer never waits.
+        if batch.len() >= LINGER_MIN_BATCH {
+            let deadline = std::time::Instant::now() + LINGER;
+            while batch.len() < MAX_BATCH {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
             }
         }
         let count = batch.len() as u64;
@@ -838,7 +854,7 @@ impl WriteCtx<'_> {
         now: Millis,
     ) -> StoreResult<OutboxEntry> {
         // The id only has to be unique; nothing depends on its value.
-        let message_id = Uuid::new_v4();
+        let message_id = crate::clock::random_uuid();
         let mut meta = self.txn.open_table(META)?;
         let seq = meta
             .get("next_command_seq")?

@@ -178,7 +178,7 @@ impl Channel {
 
     /// Sends a frame with a messageId and waits for the reply naming it.
     pub async fn request(&mut self, mut frame: Value) -> Value {
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = village::clock::random_uuid().to_string();
         frame["messageId"] = json!(id);
         self.send(frame).await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
