@@ -92,6 +92,7 @@ impl App {
             sessions: sessions.clone(),
             runners: runners.clone(),
             bus: bus.clone(),
+            realtime: Default::default(),
             shutdown: stop_rx.clone(),
         });
         let tasks = vec![

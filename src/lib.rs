@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod paging;
+pub mod realtime;
 pub mod runners;
 pub mod sessions;
 pub mod store;

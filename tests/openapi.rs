@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 
-/// Every route the server implements (contract §2, §3, §8). Removing one from the document, or
-/// documenting it under another path or method, fails the test.
+/// Every route the server implements (contract §2, §3, §4, §8). Removing one from the document,
+/// or documenting it under another path or method, fails the test.
 const IMPLEMENTED: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/readyz"),
@@ -36,6 +36,27 @@ const IMPLEMENTED: &[(&str, &str)] = &[
     ("POST", "/api/v1/sessions/{sessionId}/output"),
     ("POST", "/api/v1/sessions/{sessionId}/state"),
     ("POST", "/api/v1/sessions/{sessionId}/usage"),
+    ("POST", "/api/v1/runners/register"),
+    ("GET", "/api/v1/runners"),
+    ("GET", "/api/v1/runners/{runnerId}"),
+    ("DELETE", "/api/v1/runners/{runnerId}"),
+    ("POST", "/api/v1/runners/{runnerId}/heartbeat"),
+    ("GET", "/api/v1/runners/{runnerId}/channel"),
+    ("POST", "/api/v1/runners/{runnerId}/drain"),
+    ("POST", "/api/v1/runners/{runnerId}/undrain"),
+    ("GET", "/api/v1/fleet"),
+];
+
+/// The WebSocket routes among them: documented with `x-websocket: true`, and probed with the
+/// upgrade headers a client sends.
+const WEBSOCKETS: &[&str] = &["/api/v1/runners/{runnerId}/channel"];
+
+/// The headers of a WebSocket upgrade request (RFC 6455 §4.1).
+const UPGRADE: &[(&str, &str)] = &[
+    ("connection", "Upgrade"),
+    ("upgrade", "websocket"),
+    ("sec-websocket-version", "13"),
+    ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
 ];
 
 const METHODS: &[&str] = &[
@@ -47,7 +68,7 @@ fn concrete(path: &str) -> String {
     path.split('/')
         .map(|seg| {
             if seg.starts_with('{') && seg.ends_with('}') {
-                uuid::Uuid::new_v4().to_string()
+                village::clock::random_uuid().to_string()
             } else {
                 seg.to_string()
             }
@@ -87,6 +108,7 @@ async fn openapi_document_describes_the_implemented_routes() {
     let anonymous = server.anonymous();
     let paths = doc["paths"].as_object().expect("paths is an object");
     let mut documented = BTreeSet::new();
+    let mut websockets = BTreeSet::new();
     let mut operation_ids = BTreeSet::new();
     for (path, item) in paths {
         let item = item.as_object().expect("a path item is an object");
@@ -105,7 +127,14 @@ async fn openapi_document_describes_the_implemented_routes() {
             );
 
             let url = concrete(path);
+            let websocket = op.get("x-websocket") == Some(&json!(true));
+            if websocket {
+                websockets.insert(path.clone());
+            }
             let resp = match method.as_str() {
+                // A WebSocket route answers an upgrade request; with a random id it refuses it
+                // in the envelope (e.g. 404 RUNNER_NOT_FOUND) instead of switching protocols.
+                "get" if websocket => admin.raw("GET", &url, UPGRADE, Vec::new()).await,
                 "get" => admin.get(&url).await,
                 "post" => admin.post(&url, json!({})).await,
                 "delete" => admin.delete(&url).await,
@@ -126,6 +155,25 @@ async fn openapi_document_describes_the_implemented_routes() {
                 "no route for a documented operation: {what}"
             );
             assert_ne!(resp.status, 405, "documented method not allowed: {what}");
+            if websocket {
+                assert_ne!(
+                    resp.code(),
+                    "INVALID_REQUEST",
+                    "the upgrade request was not taken as one: {what}"
+                );
+                // Without the upgrade headers the route still answers, with a documented 400.
+                let plain = admin.get(&url).await;
+                assert_eq!(
+                    (plain.status, plain.code()),
+                    (400, "INVALID_REQUEST"),
+                    "plain GET of a WebSocket route: {url} -> {}",
+                    plain.text
+                );
+                assert!(
+                    op["responses"].get("400").is_some(),
+                    "400 not documented: {what}"
+                );
+            }
             if path == "/api/v1/openapi.json" {
                 // Public and bare: checked in (a).
             } else if path.starts_with("/api/v1/") {
@@ -177,6 +225,12 @@ async fn openapi_document_describes_the_implemented_routes() {
         missing.is_empty(),
         "routes missing from the OpenAPI document: {missing:?}"
     );
+    for path in WEBSOCKETS {
+        assert!(
+            websockets.contains(*path),
+            "{path} is not documented as a WebSocket (`x-websocket: true`)"
+        );
+    }
 
     server.stop().await;
 }

@@ -10,6 +10,7 @@ mod runner_channel;
 mod runners;
 mod sessions;
 mod tokens;
+mod ws;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -27,6 +28,7 @@ use crate::auth::{AuthService, Caller, Principal};
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::events::EventBus;
+use crate::realtime::ConnectionLimiter;
 use crate::runners::RunnerService;
 use crate::sessions::SessionService;
 use crate::store::Store;
@@ -48,6 +50,8 @@ pub struct Services {
     pub sessions: SessionService,
     pub runners: RunnerService,
     pub bus: EventBus,
+    /// Open dashboard connections per token.
+    pub realtime: ConnectionLimiter,
     /// Turns true when the server is stopping: long-lived sockets close with 1001.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -81,15 +85,17 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
 
 /// `/api/v1/...`: authentication first (401 before routing), then the domain routes.
 fn api_v1(state: &AppState) -> BoxedFilter<(ApiResult,)> {
+    // The dashboard stream authenticates by header, `?token=` or its first frame, so it is
+    // matched before the bearer-token gate.
+    let gated = principal(state).map(|_| ()).untuple_one().and(
+        sessions::routes(state)
+            .or(tokens::routes(state))
+            .unify()
+            .or(runners::routes(state))
+            .unify(),
+    );
     warp::path("v1")
-        .and(principal(state).map(|_| ()).untuple_one())
-        .and(
-            sessions::routes(state)
-                .or(tokens::routes(state))
-                .unify()
-                .or(runners::routes(state))
-                .unify(),
-        )
+        .and(ws::route(state).or(gated).unify())
         .boxed()
 }
 

@@ -488,7 +488,14 @@ impl SessionService {
                     "approval_requested",
                     format!("Approval requested: {} — {}", approval.action.as_str(), approval.description),
                     now,
-                    json!({"approvalId": approval.id, "action": approval.action.as_str()}),
+                    json!({
+                        "approvalId": approval.id,
+                        "action": approval.action.as_str(),
+                        "description": approval.description,
+                        "context": approval.context_json.as_deref().and_then(|c| serde_json::from_str::<Value>(c).ok()),
+                        "requestedAt": format_ms(approval.requested_at),
+                        "expiresAt": format_ms(approval.expires_at),
+                    }),
                 )?;
                 if s.state == SessionState::Running {
                     change_state(w, &mut s, SessionState::WaitingForApproval, Cause::Approval, now, rules)?;
@@ -562,6 +569,32 @@ impl SessionService {
             .read(move |r| {
                 load(r, &p, id, Access::Manage)?;
                 Ok(r.output_after(id, after, limit as usize)?)
+            })
+            .await
+    }
+
+    /// Keystrokes from a person watching the session, for its runner (dashboard stream).
+    pub async fn terminal_input(&self, p: &Principal, id: Uuid, data: String) -> DomainResult<()> {
+        let p = p.clone();
+        let now = self.now();
+        self.store
+            .write(move |w| {
+                let s = load(w, &p, id, Access::Manage)?;
+                let Some(runner) = s.runner_id.filter(|_| s.state.is_started()) else {
+                    return Err(DomainError::invalid_state(format!(
+                        "input reaches a running session's runner; the session is {}",
+                        s.state.as_str()
+                    )));
+                };
+                w.enqueue_command(
+                    runner,
+                    RunnerCommand::TerminalInput {
+                        session_id: id,
+                        data,
+                    },
+                    now,
+                )?;
+                Ok(())
             })
             .await
     }

@@ -119,6 +119,26 @@ impl Channel {
         }
     }
 
+    /// A client with a tiny socket receive buffer, like one on a slow link: what it does not
+    /// read backs up into the server quickly.
+    pub async fn open_small_buffer(client: &Client, path: &str) -> Channel {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(16 * 1024).unwrap();
+        let stream = socket.connect(client.addr).await.unwrap();
+        let mut req = format!("ws://{}{}", client.addr, path)
+            .into_client_request()
+            .unwrap();
+        if let Some(t) = &client.token {
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        let (ws, _) =
+            tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+                .await
+                .unwrap();
+        Channel { ws }
+    }
+
     pub async fn open(client: &Client, path: &str) -> Channel {
         match Self::try_open(client, path).await {
             Upgrade::Open(c) => *c,
@@ -196,5 +216,21 @@ impl Channel {
 
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
+    }
+}
+
+impl Channel {
+    /// Reads until the server closes; returns the close code (None for a bare EOF).
+    pub async fn close_code_within(&mut self, ms: u64) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.ws.next()).await {
+                Err(_) => panic!("the server did not close the connection in {ms} ms"),
+                Ok(None) | Ok(Some(Err(_))) => return None,
+                Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
     }
 }

@@ -1,0 +1,478 @@
+//! `GET /api/v1/ws`: the dashboard stream (contract §6).
+//!
+//! Each connection subscribes to the bus when it opens, before it replays anything from the
+//! store, so output written during a `subscribe_session` is either in the replay or still in
+//! the bus buffer; the per-session "sent up to seq" mark drops whatever both contain. A client
+//! that falls so far behind that the bus buffer overtakes it, or whose socket stops taking
+//! frames, is disconnected (1013) instead of slowing anyone else.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
+use uuid::Uuid;
+use warp::ws::{Message, WebSocket, Ws};
+use warp::{Filter, Reply};
+
+use super::AppState;
+use super::envelope::{ApiResult, Success};
+use super::error::{ApiError, reject};
+use crate::auth::{Caller, Principal};
+use crate::clock::format_ms;
+use crate::error::{DomainError, Entity};
+use crate::events::BusEvent;
+use crate::realtime::{Route, Slot, Subscriptions};
+
+/// Client frames above this are refused with `MESSAGE_TOO_LARGE` (the connection stays open).
+pub const MAX_CLIENT_FRAME: usize = 1024 * 1024;
+/// Frames beyond this are a protocol error that closes the connection.
+const HARD_FRAME_LIMIT: usize = 16 * 1024 * 1024;
+/// Output buffered for one client beyond what its socket took; past this it is too slow.
+const MAX_BUFFERED_BYTES: usize = 8 * 1024 * 1024;
+/// A client whose socket takes no frame for this long is too slow.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Output replayed per store read during `subscribe_session`.
+const REPLAY_PAGE: u64 = 1000;
+
+pub fn route(state: &AppState) -> warp::filters::BoxedFilter<(ApiResult,)> {
+    let st = state.clone();
+    warp::path!("ws")
+        .and(warp::get())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::query::<HashMap<String, String>>())
+        .and(warp::ws())
+        .and_then(
+            move |auth: Option<String>, query: HashMap<String, String>, ws: Ws| {
+                let st = st.clone();
+                async move {
+                    let token = auth
+                        .as_deref()
+                        .and_then(|h| h.strip_prefix("Bearer "))
+                        .or(query.get("token").map(String::as_str))
+                        .map(|t| t.trim().to_owned());
+                    let caller = if !st.config.websocket.auth_required {
+                        Some(std::sync::Arc::new(Principal::anonymous_admin()))
+                    } else {
+                        match token {
+                            // A token that was given must be valid; none at all may authenticate later.
+                            Some(t) => Some(
+                                st.auth
+                                    .authenticate(&t)
+                                    .ok_or_else(|| reject(ApiError::unauthorized()))?,
+                            ),
+                            None => None,
+                        }
+                    };
+                    let reply = ws
+                        .max_message_size(HARD_FRAME_LIMIT)
+                        .max_frame_size(HARD_FRAME_LIMIT)
+                        .max_write_buffer_size(MAX_BUFFERED_BYTES)
+                        .on_upgrade(move |socket| Connection::run(st, socket, caller));
+                    Ok::<ApiResult, warp::Rejection>(Ok(Success::Raw(reply.into_response())))
+                }
+            },
+        )
+        .boxed()
+}
+
+fn now_stamp(st: &AppState) -> String {
+    format_ms(st.clock.now_ms())
+}
+
+/// Why a connection ends.
+enum Close {
+    /// The peer went away or the socket failed.
+    Gone,
+    /// We close with this code and reason.
+    With(u16, &'static str),
+}
+
+struct Connection {
+    st: AppState,
+    sink: SplitSink<WebSocket, Message>,
+    caller: Option<(Caller, Slot)>,
+    subs: Subscriptions,
+}
+
+impl Connection {
+    async fn run(st: AppState, socket: WebSocket, caller: Option<Caller>) {
+        let (sink, mut stream) = socket.split();
+        // Subscribe before anything is read from the store: nothing committed from now on can
+        // be missed.
+        let mut bus = st.bus.subscribe();
+        let mut shutdown = st.shutdown.clone();
+        let interval = st.config.websocket.heartbeat_interval;
+        let mut conn = Connection {
+            st,
+            sink,
+            caller: None,
+            subs: Subscriptions::default(),
+        };
+        let client_id = crate::clock::random_uuid();
+        let welcome =
+            json!({"type": "event", "event": "connected", "data": {"clientId": client_id}});
+        let mut outcome = conn.send(welcome).await;
+        if outcome.is_ok()
+            && let Some(caller) = caller
+        {
+            outcome = conn.sign_in(caller, None).await;
+        }
+        let mut ping = tokio::time::interval(interval);
+        ping.tick().await;
+        let mut last_pong = tokio::time::Instant::now();
+        while outcome.is_ok() {
+            outcome = tokio::select! {
+                incoming = stream.next() => match incoming {
+                    Some(Ok(msg)) if msg.is_close() => Err(Close::Gone),
+                    Some(Ok(msg)) if msg.is_pong() => {
+                        last_pong = tokio::time::Instant::now();
+                        Ok(())
+                    }
+                    Some(Ok(msg)) if msg.is_ping() => Ok(()),
+                    Some(Ok(msg)) => conn.on_frame(&msg).await,
+                    _ => Err(Close::Gone),
+                },
+                event = bus.recv() => match event {
+                    Ok(event) => conn.on_event(&event).await,
+                    Err(RecvError::Lagged(_)) => Err(Close::With(1013, "too slow: fell behind the stream")),
+                    Err(RecvError::Closed) => Err(Close::With(1001, "server shutting down")),
+                },
+                _ = ping.tick() => {
+                    if last_pong.elapsed() > interval * 2 {
+                        Err(Close::With(1001, "ping timeout"))
+                    } else {
+                        conn.deliver(Message::ping(Vec::new())).await
+                    }
+                }
+                _ = shutdown.changed() => Err(Close::With(1001, "server shutting down")),
+            };
+        }
+        if let Err(Close::With(code, reason)) = &outcome {
+            tracing::info!(code, reason, "closing a dashboard connection");
+        }
+        // Send our Close and read until the peer's (so the socket is not reset under it). A
+        // peer that stopped reading may never take it: try briefly, then drop the socket.
+        let goodbye = async {
+            if let Err(Close::With(code, reason)) = outcome {
+                let _ = conn.sink.send(Message::close_with(code, reason)).await;
+            }
+            while let Some(Ok(msg)) = stream.next().await {
+                if msg.is_close() {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), goodbye).await;
+    }
+
+    async fn deliver(&mut self, msg: Message) -> Result<(), Close> {
+        match tokio::time::timeout(SEND_TIMEOUT, self.sink.send(msg)).await {
+            Ok(Ok(())) => Ok(()),
+            // The write buffer is full (or the socket failed): a Close frame would not fit
+            // either, so the connection is dropped.
+            Ok(Err(_)) => Err(Close::Gone),
+            Err(_) => Err(Close::With(1008, "too slow: socket not draining")),
+        }
+    }
+
+    async fn send(&mut self, mut frame: Value) -> Result<(), Close> {
+        frame["timestamp"] = json!(now_stamp(&self.st));
+        self.deliver(Message::text(frame.to_string())).await
+    }
+
+    async fn error(
+        &mut self,
+        code: &str,
+        message: &str,
+        message_id: Option<&Value>,
+    ) -> Result<(), Close> {
+        let mut f = json!({"type": "error", "code": code, "message": message});
+        if let Some(id) = message_id {
+            f["messageId"] = id.clone();
+        }
+        self.send(f).await
+    }
+
+    async fn reply(&mut self, mut frame: Value, message_id: Option<&Value>) -> Result<(), Close> {
+        if let Some(id) = message_id {
+            frame["messageId"] = id.clone();
+        }
+        self.send(frame).await
+    }
+
+    /// Takes a connection slot for the caller; over the limit, the connection closes.
+    async fn sign_in(&mut self, caller: Caller, message_id: Option<&Value>) -> Result<(), Close> {
+        let Some(slot) = self.st.realtime.acquire(caller.token_id) else {
+            self.error(
+                "CONNECTION_LIMIT",
+                "Too many connections for this token",
+                message_id,
+            )
+            .await?;
+            return Err(Close::With(1008, "connection limit"));
+        };
+        let data = json!({"kind": caller.kind.as_str(), "orgId": caller.org_id});
+        self.caller = Some((caller, slot));
+        self.reply(
+            json!({"type": "event", "event": "authenticated", "data": data}),
+            message_id,
+        )
+        .await
+    }
+
+    async fn on_frame(&mut self, msg: &Message) -> Result<(), Close> {
+        if msg.as_bytes().len() > MAX_CLIENT_FRAME {
+            return self
+                .error("MESSAGE_TOO_LARGE", "Frames are limited to 1 MiB", None)
+                .await;
+        }
+        let Some(frame) = msg
+            .to_str()
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(t).ok())
+        else {
+            return self
+                .error("INVALID_MESSAGE", "Frames must be JSON objects", None)
+                .await;
+        };
+        let mid = frame.get("messageId").filter(|v| !v.is_null()).cloned();
+        let mid = mid.as_ref();
+        let kind = frame.get("type").and_then(Value::as_str).unwrap_or("");
+        match kind {
+            "ping" => return self.reply(json!({"type": "pong"}), mid).await,
+            "authenticate" => return self.authenticate(&frame, mid).await,
+            "subscribe_session" | "unsubscribe_session" | "subscribe_org" | "terminal_input" => {}
+            _ => {
+                return self
+                    .error(
+                        "UNKNOWN_MESSAGE_TYPE",
+                        &format!("Unknown message type `{kind}`"),
+                        mid,
+                    )
+                    .await;
+            }
+        }
+        let Some((caller, _)) = &self.caller else {
+            return self
+                .error("UNAUTHORIZED", "Authentication required", mid)
+                .await;
+        };
+        let caller = caller.clone();
+        let result = match kind {
+            "subscribe_session" => self.subscribe_session(&caller, &frame, mid).await,
+            "unsubscribe_session" => self.unsubscribe_session(&frame, mid).await,
+            "subscribe_org" => self.subscribe_org(&caller, &frame, mid).await,
+            _ => self.terminal_input(&caller, &frame, mid).await,
+        };
+        match result {
+            Ok(sent) => sent,
+            Err(e) => {
+                let e = ApiError::from(e);
+                self.error(e.code, &e.message, mid).await
+            }
+        }
+    }
+
+    async fn authenticate(&mut self, frame: &Value, mid: Option<&Value>) -> Result<(), Close> {
+        if self.caller.is_some() {
+            return self
+                .reply(json!({"type": "event", "event": "authenticated"}), mid)
+                .await;
+        }
+        let caller = frame
+            .get("token")
+            .and_then(Value::as_str)
+            .and_then(|t| self.st.auth.authenticate(t.trim()));
+        match caller {
+            Some(caller) => self.sign_in(caller, mid).await,
+            None => self.error("UNAUTHORIZED", "Invalid token", mid).await,
+        }
+    }
+
+    /// Subscribes, replays stored output after `afterSeq`, then lets live output follow.
+    async fn subscribe_session(
+        &mut self,
+        caller: &Caller,
+        frame: &Value,
+        mid: Option<&Value>,
+    ) -> Result<Result<(), Close>, DomainError> {
+        let id = session_id(frame)?;
+        let after = match frame.get("afterSeq") {
+            None | Some(Value::Null) => 0,
+            Some(v) => v
+                .as_u64()
+                .ok_or_else(|| DomainError::invalid("afterSeq", "must be a whole number ≥ 0"))?,
+        };
+        // Checks access (another org's session is not found).
+        self.st.sessions.get(caller, id).await?;
+        self.subs.sessions.insert(id, after);
+        if let Err(c) = self
+            .reply(json!({"type": "event", "event": "subscribed", "data": {"sessionId": id, "afterSeq": after}}), mid)
+            .await
+        {
+            return Ok(Err(c));
+        }
+        let mut sent = after;
+        loop {
+            let chunks = self
+                .st
+                .sessions
+                .output(caller, id, sent, REPLAY_PAGE)
+                .await?;
+            let Some(last) = chunks.last().map(|c| c.seq) else {
+                break;
+            };
+            for c in &chunks {
+                let frame = json!({"type": "terminal", "sessionId": id, "action": "output",
+                                   "seq": c.seq, "stream": c.stream.as_str(), "data": c.data});
+                if let Err(close) = self.send(frame).await {
+                    return Ok(Err(close));
+                }
+            }
+            sent = last;
+            self.subs.sessions.insert(id, sent);
+        }
+        Ok(Ok(()))
+    }
+
+    async fn unsubscribe_session(
+        &mut self,
+        frame: &Value,
+        mid: Option<&Value>,
+    ) -> Result<Result<(), Close>, DomainError> {
+        let id = session_id(frame)?;
+        if self.subs.sessions.remove(&id).is_none() {
+            return Ok(self
+                .error("NOT_SUBSCRIBED", "This session is not subscribed", mid)
+                .await);
+        }
+        Ok(self
+            .reply(
+                json!({"type": "event", "event": "unsubscribed", "data": {"sessionId": id}}),
+                mid,
+            )
+            .await)
+    }
+
+    async fn subscribe_org(
+        &mut self,
+        caller: &Caller,
+        frame: &Value,
+        mid: Option<&Value>,
+    ) -> Result<Result<(), Close>, DomainError> {
+        let org = frame
+            .get("orgId")
+            .and_then(Value::as_str)
+            .filter(|o| crate::auth::is_org_slug(o))
+            .ok_or_else(|| DomainError::invalid("orgId", "must be an org id"))?;
+        if !caller.sees_org(org) {
+            return Err(DomainError::forbidden("this token may not watch that org"));
+        }
+        self.subs.orgs.insert(org.to_owned());
+        Ok(self
+            .reply(
+                json!({"type": "event", "event": "subscribed", "data": {"orgId": org}}),
+                mid,
+            )
+            .await)
+    }
+
+    async fn terminal_input(
+        &mut self,
+        caller: &Caller,
+        frame: &Value,
+        mid: Option<&Value>,
+    ) -> Result<Result<(), Close>, DomainError> {
+        let id = session_id(frame)?;
+        let data = frame
+            .get("data")
+            .and_then(Value::as_str)
+            .filter(|d| !d.is_empty())
+            .ok_or_else(|| DomainError::invalid("data", "must be a non-empty string"))?;
+        if !self.subs.sessions.contains_key(&id) {
+            return Ok(self
+                .error(
+                    "NOT_SUBSCRIBED",
+                    "Subscribe to the session before typing into it",
+                    mid,
+                )
+                .await);
+        }
+        self.st
+            .sessions
+            .terminal_input(caller, id, data.to_owned())
+            .await?;
+        Ok(self
+            .reply(
+                json!({"type": "event", "event": "input_sent", "data": {"sessionId": id}}),
+                mid,
+            )
+            .await)
+    }
+
+    async fn on_event(&mut self, event: &BusEvent) -> Result<(), Close> {
+        let Some((caller, _)) = &self.caller else {
+            return Ok(());
+        };
+        match self.subs.route(event, caller) {
+            Route::Drop => Ok(()),
+            Route::Terminal => {
+                let (Some(id), Some(seq)) = (
+                    event.session_id,
+                    event.data.get("seq").and_then(Value::as_u64),
+                ) else {
+                    return Ok(());
+                };
+                self.subs.sessions.insert(id, seq);
+                let mut frame =
+                    json!({"type": "terminal", "sessionId": id, "action": "output", "seq": seq});
+                frame["stream"] = event.data.get("stream").cloned().unwrap_or(Value::Null);
+                frame["data"] = event.data.get("data").cloned().unwrap_or(Value::Null);
+                self.send(frame).await
+            }
+            Route::Session => self.send(session_frame(event)).await,
+            Route::Fleet => {
+                self.send(json!({"type": "event", "event": event.name, "data": event.data}))
+                    .await
+            }
+        }
+    }
+}
+
+fn session_id(frame: &Value) -> Result<Uuid, DomainError> {
+    let raw = frame
+        .get("sessionId")
+        .and_then(Value::as_str)
+        .ok_or_else(|| DomainError::invalid("sessionId", "is required"))?;
+    Uuid::parse_str(raw).map_err(|_| DomainError::NotFound(Entity::Session))
+}
+
+/// The frame for a session-scoped bus event.
+fn session_frame(event: &BusEvent) -> Value {
+    let id = event.session_id;
+    match event.name {
+        "state_changed" => json!({"type": "session", "sessionId": id, "action": "state_change",
+                                  "data": {"from": event.data["from"], "to": event.data["to"]}}),
+        "session_completed" | "session_failed" => {
+            json!({"type": "session", "sessionId": id, "action": "completed", "data": event.data})
+        }
+        "approval_requested" => {
+            let mut approval = event.data.clone();
+            approval["sessionId"] = json!(id);
+            if approval.get("context").is_some_and(Value::is_null)
+                && let Some(map) = approval.as_object_mut()
+            {
+                map.remove("context");
+            }
+            json!({"type": "approval_required", "sessionId": id, "approval": approval})
+        }
+        name => {
+            let mut data = event.data.clone();
+            data["sessionId"] = json!(id);
+            json!({"type": "event", "event": name, "data": data})
+        }
+    }
+}
