@@ -218,3 +218,64 @@ async fn metrics_are_open_on_loopback() {
     assert!(r.text.contains("village_store_commits_total"), "{}", r.text);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn state_changing_calls_are_audited() {
+    let s = TestServer::start("").await;
+    let admin = s.admin();
+    let org_secret = admin.create_token("org", Some("acme")).await;
+    let org = admin.with_token(&org_secret);
+    let id = org.create_session("acme").await["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    admin.start_session(&id).await;
+    org.post_empty(&format!("/api/v1/sessions/{id}/pause"))
+        .await;
+    org.post(
+        &format!("/api/v1/sessions/{id}/stop"),
+        json!({"reason": "done"}),
+    )
+    .await;
+    // Refused calls change nothing, so they are not in the log.
+    org.post_empty(&format!("/api/v1/sessions/{id}/pause"))
+        .await
+        .expect_error(409, "INVALID_STATE");
+
+    let r = admin.get("/api/v1/audit").await;
+    let items = r.data()["items"].as_array().unwrap().clone();
+    let actions: Vec<&str> = items
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "token.create",
+            "session.create",
+            "session.state",
+            "session.pause",
+            "session.stop"
+        ]
+    );
+    let seqs: Vec<u64> = items.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    let create = &items[1];
+    assert_eq!(create["target"], id.as_str());
+    assert_eq!(create["orgId"], "acme");
+    assert_eq!(create["actor"]["kind"], "org");
+    assert!(create["actor"]["tokenId"].is_string());
+    assert_eq!(items[2]["actor"]["kind"], "admin");
+    assert!(!r.text.contains(&org_secret));
+    let page = admin.get("/api/v1/audit?afterSeq=3&limit=1").await;
+    assert_eq!(page.data()["items"][0]["action"], "session.pause");
+    assert_eq!(page.data()["nextSeq"], 4);
+    admin
+        .get("/api/v1/audit?limit=0")
+        .await
+        .expect_error(400, "VALIDATION_ERROR");
+    org.get("/api/v1/audit")
+        .await
+        .expect_error(403, "FORBIDDEN");
+    s.stop().await;
+}

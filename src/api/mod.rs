@@ -1,6 +1,7 @@
 //! HTTP edge: thin warp filters that parse a request, call the domain and wrap the answer in
 //! the envelope. The only code that knows warp or the JSON wire shapes.
 
+mod audit;
 mod envelope;
 pub mod error;
 mod health;
@@ -92,6 +93,8 @@ fn api_v1(state: &AppState) -> BoxedFilter<(ApiResult,)> {
             .or(tokens::routes(state))
             .unify()
             .or(runners::routes(state))
+            .unify()
+            .or(audit::routes(state))
             .unify(),
     );
     warp::path("v1")

@@ -309,8 +309,19 @@ impl AuthService {
         }
         let issued = self.mint(new, None);
         let record = issued.record.clone();
+        let who = caller.clone();
         self.store
-            .write(move |w| w.put_token(&record).map_err(DomainError::from))
+            .write(move |w| {
+                w.put_token(&record)?;
+                crate::audit::record(
+                    w,
+                    &who,
+                    "token.create",
+                    record.id,
+                    record.org_id.as_deref(),
+                    record.created_at,
+                )
+            })
             .await?;
         self.remember(&issued.record);
         Ok(issued)
@@ -333,6 +344,7 @@ impl AuthService {
     pub async fn revoke(&self, caller: &Principal, id: Uuid) -> DomainResult<TokenRecord> {
         caller.require_admin()?;
         let now = self.clock.now_ms();
+        let who = caller.clone();
         let revoked = self
             .store
             .write(move |w| {
@@ -357,6 +369,14 @@ impl AuthService {
                 }
                 token.revoked_at = Some(now);
                 w.put_token(&token)?;
+                crate::audit::record(
+                    w,
+                    &who,
+                    "token.revoke",
+                    token.id,
+                    token.org_id.as_deref(),
+                    now,
+                )?;
                 Ok(token)
             })
             .await?;

@@ -246,6 +246,7 @@ impl RunnerService {
         let metadata_json = reg.metadata.map(|m| m.to_string());
         let mut capabilities = reg.capabilities;
         capabilities.max_concurrent_sessions = capacity;
+        let who = p.clone();
         let (record, previous_token, created) = self
             .store
             .write(move |w| {
@@ -293,6 +294,14 @@ impl RunnerService {
                 }
                 w.put_token(&token)?;
                 w.put_runner(&record)?;
+                crate::audit::record(
+                    w,
+                    &who,
+                    "runner.register",
+                    record.id,
+                    record.org_id.as_deref(),
+                    now,
+                )?;
                 Ok((record, previous, existing.is_none()))
             })
             .await?;
@@ -530,6 +539,7 @@ impl RunnerService {
         draining: bool,
     ) -> DomainResult<RunnerView> {
         p.require_admin()?;
+        let who = p.clone();
         let now = self.now();
         let record = self
             .store
@@ -544,6 +554,12 @@ impl RunnerService {
                     if draining {
                         w.enqueue_command(id, RunnerCommand::Drain, now)?;
                     }
+                    let action = if draining {
+                        "runner.drain"
+                    } else {
+                        "runner.undrain"
+                    };
+                    crate::audit::record(w, &who, action, id, r.org_id.as_deref(), now)?;
                 }
                 Ok::<_, DomainError>(r)
             })
@@ -579,6 +595,7 @@ impl RunnerService {
         p.require_admin()?;
         let now = self.now();
         let sessions = self.sessions.clone();
+        let who = p.clone();
         let record = self
             .store
             .write(move |w| {
@@ -602,6 +619,7 @@ impl RunnerService {
                     w.put_token(&token)?;
                 }
                 w.delete_runner(&r)?;
+                crate::audit::record(w, &who, "runner.deregister", id, r.org_id.as_deref(), now)?;
                 Ok::<_, DomainError>(r)
             })
             .await?;

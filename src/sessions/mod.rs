@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::audit;
 use crate::auth::{Principal, TokenKind};
 use crate::clock::{Millis, SharedClock, SharedIds, format_ms};
 use crate::config::SessionsConfig;
@@ -212,6 +213,7 @@ impl SessionService {
         let now = self.now();
         let id = self.ids.ordered_uuid(now);
         let rules = self.rules;
+        let p = p.clone();
         self.store
             .write(move |w| {
                 let active = w.org_active_sessions(&org_id)?;
@@ -269,6 +271,14 @@ impl SessionService {
                     rules,
                 )?;
                 w.put_session(&session)?;
+                audit::record(
+                    w,
+                    &p,
+                    "session.create",
+                    session.id,
+                    Some(&session.org_id),
+                    now,
+                )?;
                 // A new session has no approvals yet: only its first events to read back.
                 Ok(SessionView {
                     recent_events: w.recent_events(session.id, RECENT_EVENTS)?,
@@ -326,6 +336,7 @@ impl SessionService {
         p: &Principal,
         id: Uuid,
         access: Access,
+        action: Option<&'static str>,
         f: F,
     ) -> DomainResult<SessionView>
     where
@@ -342,6 +353,9 @@ impl SessionService {
                 f(w, &mut session, now, rules)?;
                 session.updated_at = now;
                 w.put_session(&session)?;
+                if let Some(action) = action {
+                    audit::record(w, &p, action, session.id, Some(&session.org_id), now)?;
+                }
                 view(w, session)
             })
             .await
@@ -353,39 +367,57 @@ impl SessionService {
         id: Uuid,
         reason: Option<String>,
     ) -> DomainResult<SessionView> {
-        self.update(p, id, Access::Manage, move |w, s, now, rules| {
-            if s.state.is_terminal() {
-                return Err(DomainError::conflict(
-                    Conflict::SessionAlreadyStopped,
-                    format!("session is already {}", s.state.as_str()),
+        self.update(
+            p,
+            id,
+            Access::Manage,
+            Some("session.stop"),
+            move |w, s, now, rules| {
+                if s.state.is_terminal() {
+                    return Err(DomainError::conflict(
+                        Conflict::SessionAlreadyStopped,
+                        format!("session is already {}", s.state.as_str()),
+                    ));
+                }
+                s.end_reason = Some(format!(
+                    "stopped: {}",
+                    reason.as_deref().unwrap_or("requested")
                 ));
-            }
-            s.end_reason = Some(format!(
-                "stopped: {}",
-                reason.as_deref().unwrap_or("requested")
-            ));
-            change_state(w, s, SessionState::Completed, Cause::Human, now, rules)
-        })
+                change_state(w, s, SessionState::Completed, Cause::Human, now, rules)
+            },
+        )
         .await
     }
 
     pub async fn pause(&self, p: &Principal, id: Uuid) -> DomainResult<SessionView> {
-        self.update(p, id, Access::Manage, |w, s, now, rules| {
-            change_state(w, s, SessionState::PausedByHuman, Cause::Human, now, rules)
-        })
+        self.update(
+            p,
+            id,
+            Access::Manage,
+            Some("session.pause"),
+            |w, s, now, rules| {
+                change_state(w, s, SessionState::PausedByHuman, Cause::Human, now, rules)
+            },
+        )
         .await
     }
 
     pub async fn resume(&self, p: &Principal, id: Uuid) -> DomainResult<SessionView> {
-        self.update(p, id, Access::Manage, |w, s, now, rules| {
-            if s.state != SessionState::PausedByHuman {
-                return Err(DomainError::invalid_state(format!(
-                    "only a PAUSED_BY_HUMAN session can be resumed; this one is {}",
-                    s.state.as_str()
-                )));
-            }
-            change_state(w, s, SessionState::Running, Cause::Human, now, rules)
-        })
+        self.update(
+            p,
+            id,
+            Access::Manage,
+            Some("session.resume"),
+            |w, s, now, rules| {
+                if s.state != SessionState::PausedByHuman {
+                    return Err(DomainError::invalid_state(format!(
+                        "only a PAUSED_BY_HUMAN session can be resumed; this one is {}",
+                        s.state.as_str()
+                    )));
+                }
+                change_state(w, s, SessionState::Running, Cause::Human, now, rules)
+            },
+        )
         .await
     }
 
@@ -402,6 +434,7 @@ impl SessionService {
             p,
             id,
             Access::Runner(assignment),
+            Some("session.state"),
             move |w, s, now, rules| {
                 if state == SessionState::Failed {
                     s.error = error.clone();
@@ -423,21 +456,27 @@ impl SessionService {
         assignment: Option<Uuid>,
         u: UsageUpdate,
     ) -> DomainResult<SessionView> {
-        self.update(p, id, Access::Runner(assignment), move |_, s, _, _| {
-            if let Some(v) = u.tokens_in {
-                s.usage.tokens_in = v;
-            }
-            if let Some(v) = u.tokens_out {
-                s.usage.tokens_out = v;
-            }
-            if let Some(v) = u.api_calls {
-                s.usage.api_calls = v;
-            }
-            if let Some(v) = u.compute_seconds {
-                s.usage.compute_seconds = v;
-            }
-            Ok(())
-        })
+        self.update(
+            p,
+            id,
+            Access::Runner(assignment),
+            None,
+            move |_, s, _, _| {
+                if let Some(v) = u.tokens_in {
+                    s.usage.tokens_in = v;
+                }
+                if let Some(v) = u.tokens_out {
+                    s.usage.tokens_out = v;
+                }
+                if let Some(v) = u.api_calls {
+                    s.usage.api_calls = v;
+                }
+                if let Some(v) = u.compute_seconds {
+                    s.usage.compute_seconds = v;
+                }
+                Ok(())
+            },
+        )
         .await
     }
 
@@ -502,6 +541,7 @@ impl SessionService {
                 }
                 s.updated_at = now;
                 w.put_session(&s)?;
+                audit::record(w, &p, "approval.request", approval.id, Some(&s.org_id), now)?;
                 Ok(approval)
             })
             .await
@@ -526,18 +566,24 @@ impl SessionService {
         reason: Option<String>,
     ) -> DomainResult<SessionView> {
         let by = p.actor();
-        self.update(p, id, Access::Manage, move |w, s, now, rules| {
-            let approval = w
-                .get_approval(s.id, approval_id)?
-                .ok_or(DomainError::NotFound(Entity::Approval))?;
-            if approval.resolution.is_some() {
-                return Err(DomainError::conflict(
-                    Conflict::ApprovalAlreadyResolved,
-                    "this approval was already resolved",
-                ));
-            }
-            resolve(w, s, approval, decision, reason, by, now, rules)
-        })
+        self.update(
+            p,
+            id,
+            Access::Manage,
+            Some("approval.resolve"),
+            move |w, s, now, rules| {
+                let approval = w
+                    .get_approval(s.id, approval_id)?
+                    .ok_or(DomainError::NotFound(Entity::Approval))?;
+                if approval.resolution.is_some() {
+                    return Err(DomainError::conflict(
+                        Conflict::ApprovalAlreadyResolved,
+                        "this approval was already resolved",
+                    ));
+                }
+                resolve(w, s, approval, decision, reason, by, now, rules)
+            },
+        )
         .await
     }
 
@@ -594,6 +640,8 @@ impl SessionService {
                     },
                     now,
                 )?;
+                // Who typed, not what: keystrokes may hold secrets.
+                audit::record(w, &p, "session.terminal_input", id, Some(&s.org_id), now)?;
                 Ok(())
             })
             .await

@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::StoreError;
+use crate::audit::AuditEntry;
 use crate::auth::TokenRecord;
 use crate::runners::model::{Liveness, OutboxEntry, RunnerRecord};
 use crate::sessions::model::{Approval, OutputChunk, Session, SessionEvent};
@@ -48,6 +49,11 @@ impl Record for Liveness {
 }
 impl Record for OutboxEntry {
     const NAME: &'static str = "runner command";
+    const VERSION: u8 = 1;
+}
+
+impl Record for AuditEntry {
+    const NAME: &'static str = "audit entry";
     const VERSION: u8 = 1;
 }
 

@@ -10,7 +10,7 @@ use super::tables::*;
 type Migration = fn(&WriteTransaction) -> Result<(), StoreError>;
 
 /// Index `i` brings the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[Migration] = &[m001_initial_tables, m002_runner_tables];
+const MIGRATIONS: &[Migration] = &[m001_initial_tables, m002_runner_tables, m003_audit];
 
 pub const SCHEMA_VERSION: u64 = MIGRATIONS.len() as u64;
 
@@ -35,6 +35,11 @@ fn m002_runner_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(RUNNER_ACTIVE_SESSIONS)?;
     txn.open_table(SESSION_QUEUE)?;
     txn.open_table(RUNNER_OUTBOX)?;
+    Ok(())
+}
+
+fn m003_audit(txn: &WriteTransaction) -> Result<(), StoreError> {
+    txn.open_table(AUDIT)?;
     Ok(())
 }
 

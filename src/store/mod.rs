@@ -27,6 +27,7 @@ use redb::{
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use crate::audit::AuditEntry;
 use crate::auth::TokenRecord;
 use crate::clock::Millis;
 use crate::events::{BusEvent, EventBus};
@@ -554,6 +555,19 @@ pub trait Reads {
         Ok(out)
     }
 
+    /// Audit entries after `after`, oldest first.
+    fn audit_after(&self, after: u64, limit: usize) -> StoreResult<Vec<AuditEntry>> {
+        let t = self.table(AUDIT)?;
+        let mut out = Vec::new();
+        if after == u64::MAX {
+            return Ok(out);
+        }
+        for entry in t.range(after + 1..)?.take(limit) {
+            out.push(decode(entry?.1.value())?);
+        }
+        Ok(out)
+    }
+
     /// Timers due at or before `now`, earliest first.
     fn due_timers(&self, now: Millis, limit: usize) -> StoreResult<Vec<Timer>> {
         let t = self.table(TIMERS)?;
@@ -801,6 +815,15 @@ impl WriteCtx<'_> {
             .open_table(SESSION_OUTPUT)?
             .insert((session.as_u128(), chunk.seq), bytes.as_slice())?;
         Ok(())
+    }
+
+    /// Appends an audit entry with the next sequence number.
+    pub fn append_audit(&mut self, mut entry: AuditEntry) -> StoreResult<u64> {
+        let mut t = self.txn.open_table(AUDIT)?;
+        entry.seq = t.last()?.map(|(k, _)| k.value()).unwrap_or(0) + 1;
+        let bytes = encode(&entry)?;
+        t.insert(entry.seq, bytes.as_slice())?;
+        Ok(entry.seq)
     }
 
     pub fn put_approval(&mut self, approval: &Approval) -> StoreResult<()> {

@@ -55,3 +55,8 @@ pub const SESSION_QUEUE: TableDefinition<(u64, u128), ()> = TableDefinition::new
 /// (runner id, command seq) → `OutboxEntry`. Commands not yet acknowledged by the runner.
 pub const RUNNER_OUTBOX: TableDefinition<(u128, u64), &[u8]> =
     TableDefinition::new("runner_outbox-1");
+
+// ---- audit (schema version 3) -----------------------------------------------------------------
+
+/// seq → `AuditEntry`. Seq starts at 1, no gaps.
+pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit-1");

@@ -1,0 +1,60 @@
+//! The audit log: every state-changing call, with who did it, to what, and when (contract §7).
+//! Entries are written in the same transaction as the change they describe, so the log and the
+//! state never disagree. High-volume data streams (terminal output, heartbeats, usage figures)
+//! are data, not decisions, and are not audited.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::auth::Principal;
+use crate::clock::Millis;
+use crate::error::DomainResult;
+use crate::store::{Reads, Store, WriteCtx};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub seq: u64,
+    pub at: Millis,
+    /// `None` when authentication is off (every caller is an anonymous admin) or for the system.
+    pub token_id: Option<Uuid>,
+    pub kind: String,
+    pub name: String,
+    pub action: String,
+    pub target: String,
+    pub org_id: Option<String>,
+}
+
+/// Appends an entry for `who` doing `action` to `target`, inside the caller's write job.
+pub fn record(
+    w: &mut WriteCtx<'_>,
+    who: &Principal,
+    action: &str,
+    target: impl ToString,
+    org_id: Option<&str>,
+    at: Millis,
+) -> DomainResult<()> {
+    w.append_audit(AuditEntry {
+        seq: 0,
+        at,
+        token_id: (!who.token_id.is_nil()).then_some(who.token_id),
+        kind: who.kind.as_str().to_owned(),
+        name: who.name.clone(),
+        action: action.to_owned(),
+        target: target.to_string(),
+        org_id: org_id.map(str::to_owned),
+    })?;
+    Ok(())
+}
+
+/// `GET /audit` (admin): entries after `after`, oldest first.
+pub async fn list(
+    store: &Store,
+    who: &Principal,
+    after: u64,
+    limit: u64,
+) -> DomainResult<Vec<AuditEntry>> {
+    who.require_admin()?;
+    Ok(store
+        .read(move |r| r.audit_after(after, limit as usize))
+        .await?)
+}
