@@ -19,6 +19,7 @@ use crate::events::EventBus;
 use crate::runners::{self, RunnerService, scheduler};
 use crate::sessions::{SessionService, sweeper};
 use crate::store::{Store, StoreError};
+use crate::webhooks::{WebhookService, dispatcher};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -79,10 +80,11 @@ impl App {
             auth.clone(),
             sessions.clone(),
             clock.clone(),
-            ids,
+            ids.clone(),
             &config.runners,
         )
         .await?;
+        let webhooks = WebhookService::load(store.clone(), clock.clone(), ids.clone()).await?;
         let (stop, stop_rx) = watch::channel(false);
         let state = Arc::new(Services {
             config: Arc::new(config),
@@ -93,12 +95,19 @@ impl App {
             runners: runners.clone(),
             bus: bus.clone(),
             realtime: Default::default(),
+            webhooks: webhooks.clone(),
             shutdown: stop_rx.clone(),
         });
         let tasks = vec![
             tokio::spawn(sweeper::run(sessions, clock, stop_rx.clone())),
             tokio::spawn(runners::background(runners.clone(), stop_rx.clone())),
-            tokio::spawn(scheduler::run(store, runners, stop_rx)),
+            tokio::spawn(scheduler::run(store, runners, stop_rx.clone())),
+            tokio::spawn(dispatcher::intake(
+                webhooks.clone(),
+                bus.subscribe(),
+                stop_rx.clone(),
+            )),
+            tokio::spawn(dispatcher::run(webhooks, stop_rx)),
         ];
         // Sessions queued before a restart are scheduled as soon as runners reconnect; kick
         // once in case capacity is already there.

@@ -26,6 +26,7 @@ pub enum Entity {
     Approval,
     Token,
     Runner,
+    Webhook,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

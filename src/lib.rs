@@ -15,3 +15,4 @@ pub mod runners;
 pub mod sessions;
 pub mod store;
 pub mod ui;
+pub mod webhooks;

@@ -113,6 +113,7 @@ impl From<DomainError> for ApiError {
                     Entity::Approval => ("APPROVAL_NOT_FOUND", "Approval"),
                     Entity::Token => ("TOKEN_NOT_FOUND", "Token"),
                     Entity::Runner => ("RUNNER_NOT_FOUND", "Runner"),
+                    Entity::Webhook => ("WEBHOOK_NOT_FOUND", "Webhook"),
                 };
                 ApiError::new(S::NOT_FOUND, code, format!("{what} not found"))
             }

@@ -11,6 +11,7 @@ mod runner_channel;
 mod runners;
 mod sessions;
 mod tokens;
+mod webhooks;
 mod ws;
 
 use std::collections::HashMap;
@@ -33,6 +34,7 @@ use crate::realtime::ConnectionLimiter;
 use crate::runners::RunnerService;
 use crate::sessions::SessionService;
 use crate::store::Store;
+use crate::webhooks::WebhookService;
 pub use envelope::{ApiResult, RequestCtx, Success};
 use error::{ApiError, reject};
 pub use input::Body;
@@ -51,6 +53,7 @@ pub struct Services {
     pub sessions: SessionService,
     pub runners: RunnerService,
     pub bus: EventBus,
+    pub webhooks: WebhookService,
     /// Open dashboard connections per token.
     pub realtime: ConnectionLimiter,
     /// Turns true when the server is stopping: long-lived sockets close with 1001.
@@ -95,6 +98,8 @@ fn api_v1(state: &AppState) -> BoxedFilter<(ApiResult,)> {
             .or(runners::routes(state))
             .unify()
             .or(audit::routes(state))
+            .unify()
+            .or(webhooks::routes(state))
             .unify(),
     );
     warp::path("v1")

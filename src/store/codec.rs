@@ -11,6 +11,7 @@ use crate::audit::AuditEntry;
 use crate::auth::TokenRecord;
 use crate::runners::model::{Liveness, OutboxEntry, RunnerRecord};
 use crate::sessions::model::{Approval, OutputChunk, Session, SessionEvent};
+use crate::webhooks::{Delivery, Webhook};
 
 /// A type stored as a value, with the version of its current encoding.
 pub trait Record: Serialize + DeserializeOwned {
@@ -54,6 +55,15 @@ impl Record for OutboxEntry {
 
 impl Record for AuditEntry {
     const NAME: &'static str = "audit entry";
+    const VERSION: u8 = 1;
+}
+
+impl Record for Webhook {
+    const NAME: &'static str = "webhook";
+    const VERSION: u8 = 1;
+}
+impl Record for Delivery {
+    const NAME: &'static str = "webhook delivery";
     const VERSION: u8 = 1;
 }
 

@@ -10,7 +10,12 @@ use super::tables::*;
 type Migration = fn(&WriteTransaction) -> Result<(), StoreError>;
 
 /// Index `i` brings the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[Migration] = &[m001_initial_tables, m002_runner_tables, m003_audit];
+const MIGRATIONS: &[Migration] = &[
+    m001_initial_tables,
+    m002_runner_tables,
+    m003_audit,
+    m004_webhooks,
+];
 
 pub const SCHEMA_VERSION: u64 = MIGRATIONS.len() as u64;
 
@@ -40,6 +45,13 @@ fn m002_runner_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
 
 fn m003_audit(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(AUDIT)?;
+    Ok(())
+}
+
+fn m004_webhooks(txn: &WriteTransaction) -> Result<(), StoreError> {
+    txn.open_table(WEBHOOKS)?;
+    txn.open_table(WEBHOOK_DELIVERIES)?;
+    txn.open_table(DELIVERY_QUEUE)?;
     Ok(())
 }
 

@@ -33,6 +33,7 @@ use crate::clock::Millis;
 use crate::events::{BusEvent, EventBus};
 use crate::runners::model::{Liveness, OutboxEntry, RunnerCommand, RunnerRecord};
 use crate::sessions::model::{Approval, OutputChunk, Session, SessionEvent};
+use crate::webhooks::{Delivery, DeliveryStatus, Webhook};
 use codec::{decode, encode};
 use tables::*;
 
@@ -555,6 +556,53 @@ pub trait Reads {
         Ok(out)
     }
 
+    fn all_webhooks(&self) -> StoreResult<Vec<Webhook>> {
+        let t = self.table(WEBHOOKS)?;
+        let mut out = Vec::new();
+        for entry in t.iter()? {
+            out.push(decode(entry?.1.value())?);
+        }
+        Ok(out)
+    }
+
+    fn get_delivery(&self, webhook: Uuid, id: Uuid) -> StoreResult<Option<Delivery>> {
+        let t = self.table(WEBHOOK_DELIVERIES)?;
+        let v = t.get((webhook.as_u128(), id.as_u128()))?;
+        v.map(|v| decode(v.value())).transpose()
+    }
+
+    /// A webhook's deliveries, newest first.
+    fn webhook_deliveries(&self, webhook: Uuid, limit: usize) -> StoreResult<Vec<Delivery>> {
+        let t = self.table(WEBHOOK_DELIVERIES)?;
+        let w = webhook.as_u128();
+        let mut out = Vec::new();
+        for entry in t.range((w, 0u128)..=(w, u128::MAX))?.rev().take(limit) {
+            out.push(decode(entry?.1.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Pending deliveries due by `now`, earliest first.
+    fn due_deliveries(&self, now: Millis, limit: usize) -> StoreResult<Vec<Delivery>> {
+        let queue = self.table(DELIVERY_QUEUE)?;
+        let end = now.max(0) as u64;
+        let mut keys = Vec::new();
+        for entry in queue
+            .range((0u64, 0u128, 0u128)..=(end, u128::MAX, u128::MAX))?
+            .take(limit)
+        {
+            let (_, w, d) = entry?.0.value();
+            keys.push((w, d));
+        }
+        let mut out = Vec::new();
+        for (w, d) in keys {
+            if let Some(delivery) = self.get_delivery(Uuid::from_u128(w), Uuid::from_u128(d))? {
+                out.push(delivery);
+            }
+        }
+        Ok(out)
+    }
+
     /// Audit entries after `after`, oldest first.
     fn audit_after(&self, after: u64, limit: usize) -> StoreResult<Vec<AuditEntry>> {
         let t = self.table(AUDIT)?;
@@ -814,6 +862,72 @@ impl WriteCtx<'_> {
         self.txn
             .open_table(SESSION_OUTPUT)?
             .insert((session.as_u128(), chunk.seq), bytes.as_slice())?;
+        Ok(())
+    }
+
+    pub fn put_webhook(&mut self, hook: &Webhook) -> StoreResult<()> {
+        let bytes = encode(hook)?;
+        self.txn
+            .open_table(WEBHOOKS)?
+            .insert(hook.id.as_u128(), bytes.as_slice())?;
+        Ok(())
+    }
+
+    /// Removes a webhook, its delivery log and its pending deliveries.
+    pub fn delete_webhook(&mut self, id: Uuid) -> StoreResult<()> {
+        let w = id.as_u128();
+        self.txn.open_table(WEBHOOKS)?.remove(w)?;
+        self.txn
+            .open_table(WEBHOOK_DELIVERIES)?
+            .retain_in((w, 0u128)..=(w, u128::MAX), |_, _| false)?;
+        self.txn
+            .open_table(DELIVERY_QUEUE)?
+            .retain(|(_, hook, _), _| hook != w)?;
+        Ok(())
+    }
+
+    /// Writes a delivery and keeps the due-queue in step. `previous_due` is the due time its
+    /// queue entry was stored under, if it had one. A new delivery trims the webhook's log.
+    pub fn put_delivery(&mut self, d: &Delivery, previous_due: Option<Millis>) -> StoreResult<()> {
+        let (w, id) = (d.webhook_id.as_u128(), d.id.as_u128());
+        let bytes = encode(d)?;
+        self.txn
+            .open_table(WEBHOOK_DELIVERIES)?
+            .insert((w, id), bytes.as_slice())?;
+        let mut queue = self.txn.open_table(DELIVERY_QUEUE)?;
+        if let Some(due) = previous_due {
+            queue.remove((due.max(0) as u64, w, id))?;
+        }
+        if d.status == DeliveryStatus::Pending {
+            queue.insert((d.next_attempt_at.max(0) as u64, w, id), ())?;
+        }
+        drop(queue);
+        if previous_due.is_none() {
+            self.trim_deliveries(d.webhook_id)?;
+        }
+        Ok(())
+    }
+
+    /// Keeps a webhook's finished deliveries to twice the log size (pending ones always stay).
+    fn trim_deliveries(&mut self, webhook: Uuid) -> StoreResult<()> {
+        let keep = crate::webhooks::LOG_SIZE * 2;
+        let w = webhook.as_u128();
+        let mut t = self.txn.open_table(WEBHOOK_DELIVERIES)?;
+        let total = t.range((w, 0u128)..=(w, u128::MAX))?.count();
+        if total <= keep {
+            return Ok(());
+        }
+        let mut doomed = Vec::new();
+        for entry in t.range((w, 0u128)..=(w, u128::MAX))?.take(total - keep) {
+            let (k, v) = entry?;
+            let d: Delivery = decode(v.value())?;
+            if d.status != DeliveryStatus::Pending {
+                doomed.push(k.value());
+            }
+        }
+        for k in doomed {
+            t.remove(k)?;
+        }
         Ok(())
     }
 

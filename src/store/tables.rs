@@ -60,3 +60,14 @@ pub const RUNNER_OUTBOX: TableDefinition<(u128, u64), &[u8]> =
 
 /// seq → `AuditEntry`. Seq starts at 1, no gaps.
 pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit-1");
+
+// ---- webhooks (schema version 4) --------------------------------------------------------------
+
+/// webhook id → `Webhook`.
+pub const WEBHOOKS: TableDefinition<u128, &[u8]> = TableDefinition::new("webhooks-1");
+/// (webhook id, delivery id) → `Delivery`. Delivery ids are time-ordered: oldest first.
+pub const WEBHOOK_DELIVERIES: TableDefinition<(u128, u128), &[u8]> =
+    TableDefinition::new("webhook_deliveries-1");
+/// (next attempt ms, webhook id, delivery id) → (). Pending deliveries by due time.
+pub const DELIVERY_QUEUE: TableDefinition<(u64, u128, u128), ()> =
+    TableDefinition::new("delivery_queue-1");

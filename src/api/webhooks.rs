@@ -1,0 +1,126 @@
+//! `/api/v1/webhooks` (contract §7).
+
+use serde_json::{Value, json};
+use warp::filters::BoxedFilter;
+use warp::{Filter, path};
+
+use super::envelope::{ApiResult, Success};
+use super::input::{Body, Reader, path_id};
+use super::{AppState, json_body, principal, with_state};
+use crate::auth::Caller;
+use crate::error::{DomainError, Entity};
+use crate::sessions::timestamp;
+use crate::webhooks::{Delivery, NewWebhook, Webhook};
+
+pub fn routes(s: &AppState) -> BoxedFilter<(ApiResult,)> {
+    let p = || principal(s).and(with_state(s));
+    let create = path!("webhooks")
+        .and(warp::post())
+        .and(p())
+        .and(json_body())
+        .then(create);
+    let list = path!("webhooks").and(warp::get()).and(p()).then(list);
+    let delete = path!("webhooks" / String)
+        .and(warp::delete())
+        .and(p())
+        .then(delete);
+    let deliveries = path!("webhooks" / String / "deliveries")
+        .and(warp::get())
+        .and(p())
+        .then(deliveries);
+    create
+        .or(list)
+        .unify()
+        .or(delete)
+        .unify()
+        .or(deliveries)
+        .unify()
+        .boxed()
+}
+
+fn webhook_json(h: &Webhook) -> Value {
+    let mut v = json!({
+        "webhookId": h.id,
+        "url": h.url,
+        "events": h.events,
+        "createdAt": timestamp(h.created_at),
+        "hasSecret": h.secret.is_some(),
+    });
+    if let Some(org) = &h.org_id {
+        v["orgId"] = json!(org);
+    }
+    v
+}
+
+fn delivery_json(d: &Delivery) -> Value {
+    let mut v = json!({
+        "deliveryId": d.id,
+        "event": d.event,
+        "status": d.status.as_str(),
+        "attempts": d.attempts,
+        "createdAt": timestamp(d.created_at),
+    });
+    if let Some(code) = d.last_status_code {
+        v["lastStatusCode"] = json!(code);
+    }
+    if let Some(at) = d.last_attempt_at {
+        v["lastAttemptAt"] = json!(timestamp(at));
+    }
+    v
+}
+
+async fn create(p: Caller, st: AppState, body: Body) -> ApiResult {
+    let mut r = Reader::new();
+    let root = r.root(&body);
+    let url = r.string(&root, "url", true).map(str::to_owned);
+    let events = r.string_list(&root, "events");
+    if r.any(&root, "events").is_none() {
+        r.issue("events", "is required");
+    }
+    let secret = r.string(&root, "secret", false).map(str::to_owned);
+    if secret
+        .as_ref()
+        .is_some_and(|s| s.is_empty() || s.len() > 1024)
+    {
+        r.issue("secret", "must be 1 to 1024 characters");
+    }
+    let org_id = r.string(&root, "orgId", false).map(str::to_owned);
+    r.finish()?;
+    let (Some(url), Some(events)) = (url, events) else {
+        return Err(DomainError::invalid("", "request is incomplete").into());
+    };
+    let hook = st
+        .webhooks
+        .create(
+            &p,
+            NewWebhook {
+                url,
+                events,
+                org_id,
+                secret,
+            },
+        )
+        .await?;
+    Ok(Success::created(webhook_json(&hook)))
+}
+
+async fn list(p: Caller, st: AppState) -> ApiResult {
+    let hooks = st.webhooks.list(&p)?;
+    Ok(Success::ok(
+        json!({"items": hooks.iter().map(webhook_json).collect::<Vec<_>>()}),
+    ))
+}
+
+async fn delete(id: String, p: Caller, st: AppState) -> ApiResult {
+    let id = path_id(&id, DomainError::NotFound(Entity::Webhook))?;
+    let hook = st.webhooks.delete(&p, id).await?;
+    Ok(Success::ok(json!({"webhookId": hook.id, "deleted": true})))
+}
+
+async fn deliveries(id: String, p: Caller, st: AppState) -> ApiResult {
+    let id = path_id(&id, DomainError::NotFound(Entity::Webhook))?;
+    let items = st.webhooks.deliveries(&p, id).await?;
+    Ok(Success::ok(
+        json!({"items": items.iter().map(delivery_json).collect::<Vec<_>>()}),
+    ))
+}

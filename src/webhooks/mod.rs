@@ -1,0 +1,380 @@
+//! Webhooks (contract §7): external systems get events as signed HTTP POSTs without holding a
+//! socket. Each matching event becomes a delivery record in redb; a dispatcher posts it and
+//! retries with exponential backoff up to `MAX_ATTEMPTS`, so pending deliveries survive a
+//! restart. Only `http://` targets are supported (no TLS stack is built in).
+
+pub mod client;
+pub mod dispatcher;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::auth::{Principal, TokenKind};
+use crate::clock::{Millis, SharedClock, SharedIds, format_ms};
+use crate::error::{DomainError, DomainResult, Entity, Issue};
+use crate::events::BusEvent;
+use crate::store::{Reads, Store};
+
+/// Attempts before a delivery is marked failed.
+pub const MAX_ATTEMPTS: u32 = 8;
+/// The first retry waits this long; each later one twice the one before.
+pub const FIRST_RETRY_MS: i64 = 1_000;
+/// Deliveries kept per webhook for its log.
+pub const LOG_SIZE: usize = 100;
+
+/// The events a webhook can subscribe to (contract §6 and §7).
+pub const EVENT_NAMES: &[&str] = &[
+    "session_created",
+    "session_started",
+    "session_completed",
+    "session_failed",
+    "state_changed",
+    "approval_requested",
+    "approval_resolved",
+    "runner_registered",
+    "runner_deregistered",
+    "runner_online",
+    "runner_offline",
+    "runner_draining",
+    "runner_drained",
+    "rollout_started",
+    "rollout_advanced",
+    "rollout_completed",
+    "rollout_cancelled",
+    "version_discovered",
+    "build_registered",
+];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Webhook {
+    pub id: Uuid,
+    pub url: String,
+    /// Event names, or `*` for all.
+    pub events: Vec<String>,
+    /// `None`: every org's events (admin webhooks only).
+    pub org_id: Option<String>,
+    /// Kept to sign deliveries; never returned.
+    pub secret: Option<String>,
+    pub created_at: Millis,
+}
+
+impl Webhook {
+    fn wants(&self, event: &BusEvent) -> bool {
+        let named = self.events.iter().any(|e| e == "*" || e == event.name);
+        let in_scope = match &self.org_id {
+            None => true,
+            Some(org) => event.org_id.as_deref() == Some(org.as_str()),
+        };
+        named && in_scope && EVENT_NAMES.contains(&event.name)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeliveryStatus {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub id: Uuid,
+    pub webhook_id: Uuid,
+    pub event: String,
+    /// The exact body posted on every attempt (so the signature and `id` never change).
+    pub body: String,
+    pub status: DeliveryStatus,
+    pub attempts: u32,
+    pub last_status_code: Option<u16>,
+    pub last_attempt_at: Option<Millis>,
+    pub next_attempt_at: Millis,
+    pub created_at: Millis,
+}
+
+/// Backoff before attempt `attempts + 1`.
+pub fn retry_delay_ms(attempts: u32) -> i64 {
+    FIRST_RETRY_MS.saturating_mul(1i64 << attempts.saturating_sub(1).min(20))
+}
+
+/// `sha256=<hex HMAC-SHA256 of body>`, the `X-Village-Signature` header.
+pub fn signature(secret: &str, body: &[u8]) -> String {
+    const BLOCK: usize = 64;
+    let mut key = [0u8; BLOCK];
+    if secret.len() > BLOCK {
+        key[..32].copy_from_slice(&Sha256::digest(secret.as_bytes()));
+    } else {
+        key[..secret.len()].copy_from_slice(secret.as_bytes());
+    }
+    let pad = |byte: u8| key.iter().map(|k| k ^ byte).collect::<Vec<u8>>();
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(body)
+        .finalize();
+    let outer = Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize();
+    let hex: String = outer.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
+pub struct NewWebhook {
+    pub url: String,
+    pub events: Vec<String>,
+    pub org_id: Option<String>,
+    pub secret: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct WebhookService {
+    store: Store,
+    clock: SharedClock,
+    ids: SharedIds,
+    /// Registered webhooks, mirrored for matching events without a read per event.
+    hooks: Arc<RwLock<HashMap<Uuid, Webhook>>>,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl WebhookService {
+    pub async fn load(store: Store, clock: SharedClock, ids: SharedIds) -> DomainResult<Self> {
+        let hooks = store.read(|r| r.all_webhooks()).await?;
+        Ok(Self {
+            store,
+            clock,
+            ids,
+            hooks: Arc::new(RwLock::new(hooks.into_iter().map(|h| (h.id, h)).collect())),
+            wake: Arc::new(tokio::sync::Notify::new()),
+        })
+    }
+
+    fn scope(&self, p: &Principal) -> DomainResult<Option<String>> {
+        match p.kind {
+            TokenKind::Admin => Ok(None),
+            TokenKind::Org => Ok(p.org_id.clone()),
+            _ => Err(DomainError::forbidden(
+                "webhooks need an admin or org token",
+            )),
+        }
+    }
+
+    fn visible(&self, p: &Principal, hook: &Webhook) -> bool {
+        p.is_admin()
+            || (p.kind == TokenKind::Org && hook.org_id == p.org_id && hook.org_id.is_some())
+    }
+
+    /// `POST /webhooks`.
+    pub async fn create(&self, p: &Principal, new: NewWebhook) -> DomainResult<Webhook> {
+        let scope = self.scope(p)?;
+        let org_id = match (scope, new.org_id) {
+            (Some(own), Some(named)) if own != named => {
+                return Err(DomainError::forbidden(
+                    "an org token may add webhooks for its own org only",
+                ));
+            }
+            (Some(own), _) => Some(own),
+            (None, named) => named,
+        };
+        let mut issues = Vec::new();
+        if client::Target::parse(&new.url).is_none() {
+            issues.push(Issue::new("url", "must be an http:// URL with a host"));
+        }
+        if new.events.is_empty() {
+            issues.push(Issue::new(
+                "events",
+                "must name at least one event, or \"*\"",
+            ));
+        }
+        for (i, e) in new.events.iter().enumerate() {
+            if e != "*" && !EVENT_NAMES.contains(&e.as_str()) {
+                issues.push(Issue::new(
+                    format!("events[{i}]"),
+                    format!("unknown event `{e}`"),
+                ));
+            }
+        }
+        if !issues.is_empty() {
+            return Err(DomainError::Validation(issues));
+        }
+        let now = self.clock.now_ms();
+        let hook = Webhook {
+            id: self.ids.uuid(),
+            url: new.url,
+            events: new.events,
+            org_id,
+            secret: new.secret,
+            created_at: now,
+        };
+        let record = hook.clone();
+        let who = p.clone();
+        self.store
+            .write(move |w| {
+                w.put_webhook(&record)?;
+                crate::audit::record(
+                    w,
+                    &who,
+                    "webhook.create",
+                    record.id,
+                    record.org_id.as_deref(),
+                    now,
+                )
+            })
+            .await?;
+        self.hooks_mut().insert(hook.id, hook.clone());
+        Ok(hook)
+    }
+
+    fn hooks_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Uuid, Webhook>> {
+        self.hooks.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn hooks(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Uuid, Webhook>> {
+        self.hooks.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn list(&self, p: &Principal) -> DomainResult<Vec<Webhook>> {
+        self.scope(p)?;
+        let mut out: Vec<Webhook> = self
+            .hooks()
+            .values()
+            .filter(|h| self.visible(p, h))
+            .cloned()
+            .collect();
+        out.sort_by_key(|h| (h.created_at, h.id));
+        Ok(out)
+    }
+
+    fn get_visible(&self, p: &Principal, id: Uuid) -> DomainResult<Webhook> {
+        self.scope(p)?;
+        self.hooks()
+            .get(&id)
+            .filter(|h| self.visible(p, h))
+            .cloned()
+            .ok_or(DomainError::NotFound(Entity::Webhook))
+    }
+
+    /// `DELETE /webhooks/{id}`: stops its pending deliveries too.
+    pub async fn delete(&self, p: &Principal, id: Uuid) -> DomainResult<Webhook> {
+        let hook = self.get_visible(p, id)?;
+        let who = p.clone();
+        let now = self.clock.now_ms();
+        let org = hook.org_id.clone();
+        self.store
+            .write(move |w| {
+                w.delete_webhook(id)?;
+                crate::audit::record(w, &who, "webhook.delete", id, org.as_deref(), now)
+            })
+            .await?;
+        self.hooks_mut().remove(&id);
+        Ok(hook)
+    }
+
+    /// `GET /webhooks/{id}/deliveries`: the newest first.
+    pub async fn deliveries(&self, p: &Principal, id: Uuid) -> DomainResult<Vec<Delivery>> {
+        self.get_visible(p, id)?;
+        Ok(self
+            .store
+            .read(move |r| r.webhook_deliveries(id, LOG_SIZE))
+            .await?)
+    }
+
+    /// Turns bus events into pending deliveries for every webhook that wants them.
+    pub async fn enqueue(&self, events: &[Arc<BusEvent>]) -> DomainResult<usize> {
+        let now = self.clock.now_ms();
+        let mut deliveries = Vec::new();
+        {
+            let hooks = self.hooks();
+            for event in events {
+                for hook in hooks.values().filter(|h| h.wants(event)) {
+                    let id = self.ids.ordered_uuid(now);
+                    let mut data = event.data.clone();
+                    if let (Some(s), Value::Object(map)) = (event.session_id, &mut data) {
+                        map.entry("sessionId").or_insert(json!(s));
+                    }
+                    let mut body = json!({"id": id, "event": event.name, "timestamp": format_ms(event.at), "data": data});
+                    if let Some(org) = &event.org_id {
+                        body["orgId"] = json!(org);
+                    }
+                    deliveries.push(Delivery {
+                        id,
+                        webhook_id: hook.id,
+                        event: event.name.to_owned(),
+                        body: body.to_string(),
+                        status: DeliveryStatus::Pending,
+                        attempts: 0,
+                        last_status_code: None,
+                        last_attempt_at: None,
+                        next_attempt_at: now,
+                        created_at: now,
+                    });
+                }
+            }
+        }
+        let n = deliveries.len();
+        if n == 0 {
+            return Ok(0);
+        }
+        self.store
+            .write(move |w| {
+                for d in &deliveries {
+                    w.put_delivery(d, None)?;
+                }
+                Ok::<_, DomainError>(())
+            })
+            .await?;
+        self.wake.notify_one();
+        Ok(n)
+    }
+
+    pub fn webhook(&self, id: Uuid) -> Option<Webhook> {
+        self.hooks().get(&id).cloned()
+    }
+
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn wakeup(&self) -> Arc<tokio::sync::Notify> {
+        self.wake.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_matches_rfc_4231_case_2() {
+        // Key "Jefe", data "what do ya want for nothing?".
+        assert_eq!(
+            signature("Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn backoff_doubles() {
+        assert_eq!(
+            (1..=7).map(retry_delay_ms).collect::<Vec<_>>(),
+            [1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000]
+        );
+    }
+}

@@ -1,0 +1,234 @@
+//! Webhooks against a small HTTP receiver on loopback (contract §7).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use common::{BinaryServer, Client, TestServer, eventually, tmp_dir};
+use serde_json::{Value, json};
+use warp::Filter;
+
+/// Records every POST; answers 500 to the first `fail_first` of them.
+#[derive(Clone)]
+struct Receiver {
+    addr: SocketAddr,
+    hits: Arc<Mutex<Vec<(warp::http::HeaderMap, String)>>>,
+}
+
+impl Receiver {
+    async fn start(fail_first: usize) -> Receiver {
+        let hits: Arc<Mutex<Vec<(warp::http::HeaderMap, String)>>> = Arc::default();
+        let failures_left = Arc::new(AtomicUsize::new(fail_first));
+        let sink = hits.clone();
+        let route = warp::post()
+            .and(warp::header::headers_cloned())
+            .and(warp::body::bytes())
+            .map(move |headers, body: bytes::Bytes| {
+                sink.lock()
+                    .unwrap()
+                    .push((headers, String::from_utf8_lossy(&body).to_string()));
+                let failing = failures_left
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                let status = if failing { 500 } else { 200 };
+                warp::reply::with_status("ok", warp::http::StatusCode::from_u16(status).unwrap())
+            });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(warp::serve(route).incoming(listener).run());
+        Receiver { addr, hits }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/hooks/village", self.addr)
+    }
+
+    fn count(&self) -> usize {
+        self.hits.lock().unwrap().len()
+    }
+
+    fn bodies(&self) -> Vec<Value> {
+        self.hits
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, b)| serde_json::from_str(b).unwrap())
+            .collect()
+    }
+}
+
+async fn add_hook(c: &Client, body: Value) -> Value {
+    let r = c.post("/api/v1/webhooks", body).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    r.data().clone()
+}
+
+#[tokio::test]
+async fn signed_deliveries_are_retried_until_they_land_once() {
+    let s = TestServer::start("").await;
+    let admin = s.admin();
+    let acme = admin.with_token(&admin.create_token("org", Some("acme")).await);
+    let receiver = Receiver::start(3).await;
+    let hook = add_hook(
+        &acme,
+        json!({"url": receiver.url(), "events": ["session_created"], "secret": "s3cr3t"}),
+    )
+    .await;
+    assert_eq!(hook["orgId"], "acme");
+    assert!(hook.get("secret").is_none(), "the secret is never returned");
+    let id = admin.create_session("acme").await["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    admin.create_session("globex").await; // another org: not for this hook
+
+    // Attempt 1 fails at once; the retries wait 1 s, 2 s, 4 s.
+    eventually(5, || async { (receiver.count() == 1).then_some(()) }).await;
+    for (wait, attempts) in [(1_000, 2), (2_000, 3), (4_000, 4)] {
+        s.advance(wait - 1);
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        assert_eq!(receiver.count(), attempts - 1, "retried too early");
+        s.advance(1);
+        eventually(5, || async { (receiver.count() == attempts).then_some(()) }).await;
+    }
+    s.advance(60_000);
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(receiver.count(), 4, "delivered again after a 2xx");
+
+    let hits = receiver.hits.lock().unwrap().clone();
+    let first: Value = serde_json::from_str(&hits[0].1).unwrap();
+    assert_eq!(first["event"], "session_created");
+    assert_eq!(first["orgId"], "acme");
+    assert_eq!(first["data"]["sessionId"], id.as_str());
+    assert!(first["id"].is_string());
+    for (headers, body) in &hits {
+        assert_eq!(
+            body, &hits[0].1,
+            "every attempt carries the same body and id"
+        );
+        assert_eq!(headers["x-village-event"], "session_created");
+        let sig = headers["x-village-signature"].to_str().unwrap();
+        assert_eq!(sig, village::webhooks::signature("s3cr3t", body.as_bytes()));
+        assert!(sig.starts_with("sha256=") && sig.len() == 7 + 64);
+    }
+    assert!(receiver.bodies().iter().all(|b| b["orgId"] == "acme"));
+
+    let log = acme
+        .get(&format!(
+            "/api/v1/webhooks/{}/deliveries",
+            hook["webhookId"].as_str().unwrap()
+        ))
+        .await;
+    let d = &log.data()["items"][0];
+    assert_eq!(d["status"], "delivered");
+    assert_eq!(d["attempts"], 4);
+    assert_eq!(d["lastStatusCode"], 200);
+    assert_eq!(d["deliveryId"], first["id"]);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn registration_is_validated_and_scoped() {
+    let s = TestServer::start("").await;
+    let admin = s.admin();
+    let acme = admin.with_token(&admin.create_token("org", Some("acme")).await);
+    let globex = admin.with_token(&admin.create_token("org", Some("globex")).await);
+    let r = admin
+        .post(
+            "/api/v1/webhooks",
+            json!({"url": "https://ci.example/x", "events": ["nope"]}),
+        )
+        .await;
+    r.expect_error(400, "VALIDATION_ERROR");
+    assert_eq!(r.issue_paths(), ["url", "events[0]"]);
+    let r = admin
+        .post("/api/v1/webhooks", json!({"url": "http://127.0.0.1:9/x"}))
+        .await;
+    assert_eq!(r.issue_paths(), ["events"]);
+    acme.post(
+        "/api/v1/webhooks",
+        json!({"url": "http://127.0.0.1:9/x", "events": ["*"], "orgId": "globex"}),
+    )
+    .await
+    .expect_error(403, "FORBIDDEN");
+    let hook = add_hook(
+        &acme,
+        json!({"url": "http://127.0.0.1:9/x", "events": ["*"]}),
+    )
+    .await;
+    let all = add_hook(
+        &admin,
+        json!({"url": "http://127.0.0.1:9/y", "events": ["runner_offline"]}),
+    )
+    .await;
+    assert!(all.get("orgId").is_none());
+    let id = hook["webhookId"].as_str().unwrap();
+    assert_eq!(
+        acme.get("/api/v1/webhooks").await.data()["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        admin.get("/api/v1/webhooks").await.data()["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        globex.get("/api/v1/webhooks").await.data()["items"],
+        json!([])
+    );
+    globex
+        .get(&format!("/api/v1/webhooks/{id}/deliveries"))
+        .await
+        .expect_error(404, "WEBHOOK_NOT_FOUND");
+    globex
+        .delete(&format!("/api/v1/webhooks/{id}"))
+        .await
+        .expect_error(404, "WEBHOOK_NOT_FOUND");
+    assert_eq!(
+        acme.delete(&format!("/api/v1/webhooks/{id}")).await.status,
+        200
+    );
+    acme.get(&format!("/api/v1/webhooks/{id}/deliveries"))
+        .await
+        .expect_error(404, "WEBHOOK_NOT_FOUND");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_between_attempts_still_delivers() {
+    let receiver = Receiver::start(1).await;
+    let (_keep, dir) = tmp_dir();
+    let mut server = BinaryServer::spawn(&dir, &[]);
+    let admin = server.admin();
+    add_hook(
+        &admin,
+        json!({"url": receiver.url(), "events": ["session_created"]}),
+    )
+    .await;
+    admin.create_session("acme").await;
+    eventually(10, || async { (receiver.count() == 1).then_some(()) }).await;
+    // The first attempt failed; the retry is due in 1 s. Stop hard before it.
+    server.kill9();
+    let again = BinaryServer::spawn(&dir, &[]);
+    eventually(15, || async { (receiver.count() >= 2).then_some(()) }).await;
+    let bodies = receiver.bodies();
+    assert_eq!(
+        bodies[0]["id"], bodies[1]["id"],
+        "the retry is the same delivery"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(
+        receiver.count(),
+        2,
+        "delivered more than once after success"
+    );
+    drop(again);
+}
