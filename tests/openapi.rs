@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 
-/// Every route the server implements (contract §2, §3, §4, §8). Removing one from the document,
-/// or documenting it under another path or method, fails the test.
+/// Every route the server implements (contract §2, §3, §4, §6, §7, §8). Removing one from the
+/// document, or documenting it under another path or method, fails the test.
 const IMPLEMENTED: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/readyz"),
@@ -45,11 +45,17 @@ const IMPLEMENTED: &[(&str, &str)] = &[
     ("POST", "/api/v1/runners/{runnerId}/drain"),
     ("POST", "/api/v1/runners/{runnerId}/undrain"),
     ("GET", "/api/v1/fleet"),
+    ("GET", "/api/v1/ws"),
+    ("POST", "/api/v1/webhooks"),
+    ("GET", "/api/v1/webhooks"),
+    ("DELETE", "/api/v1/webhooks/{webhookId}"),
+    ("GET", "/api/v1/webhooks/{webhookId}/deliveries"),
+    ("GET", "/api/v1/audit"),
 ];
 
 /// The WebSocket routes among them: documented with `x-websocket: true`, and probed with the
 /// upgrade headers a client sends.
-const WEBSOCKETS: &[&str] = &["/api/v1/runners/{runnerId}/channel"];
+const WEBSOCKETS: &[&str] = &["/api/v1/runners/{runnerId}/channel", "/api/v1/ws"];
 
 /// The headers of a WebSocket upgrade request (RFC 6455 §4.1).
 const UPGRADE: &[(&str, &str)] = &[
@@ -132,8 +138,8 @@ async fn openapi_document_describes_the_implemented_routes() {
                 websockets.insert(path.clone());
             }
             let resp = match method.as_str() {
-                // A WebSocket route answers an upgrade request; with a random id it refuses it
-                // in the envelope (e.g. 404 RUNNER_NOT_FOUND) instead of switching protocols.
+                // A WebSocket route answers an upgrade request: it switches protocols (101), or,
+                // with a random id, refuses it in the envelope (e.g. 404 RUNNER_NOT_FOUND).
                 "get" if websocket => admin.raw("GET", &url, UPGRADE, Vec::new()).await,
                 "get" => admin.get(&url).await,
                 "post" => admin.post(&url, json!({})).await,
@@ -176,6 +182,21 @@ async fn openapi_document_describes_the_implemented_routes() {
             }
             if path == "/api/v1/openapi.json" {
                 // Public and bare: checked in (a).
+            } else if resp.status == 101 {
+                // A switched connection has no envelope; it must really be a WebSocket.
+                assert!(
+                    websocket,
+                    "101 from an operation not marked x-websocket: {what}"
+                );
+                let upgrade = resp
+                    .headers
+                    .get("upgrade")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                assert!(
+                    upgrade.eq_ignore_ascii_case("websocket"),
+                    "101 without `Upgrade: websocket`: {what}"
+                );
             } else if path.starts_with("/api/v1/") {
                 // Enveloped, with the request id.
                 assert!(
@@ -204,9 +225,15 @@ async fn openapi_document_describes_the_implemented_routes() {
                 "status not documented: {what}"
             );
 
-            // Operations documented as public answer without a token.
-            if op.get("security") == Some(&json!([])) {
-                let r = anonymous.raw(&method_uc, &url, &[], Vec::new()).await;
+            // Operations documented as public (no security requirement, or an empty one among
+            // the alternatives) answer without a token; a WebSocket is probed with the upgrade
+            // headers (without them it falls through to the bearer-token gate).
+            let public = op["security"]
+                .as_array()
+                .is_some_and(|alts| alts.is_empty() || alts.contains(&json!({})));
+            if public {
+                let headers = if websocket { UPGRADE } else { &[] };
+                let r = anonymous.raw(&method_uc, &url, headers, Vec::new()).await;
                 assert_ne!(
                     r.status, 401,
                     "documented as public but needs a token: {method_uc} {url}"

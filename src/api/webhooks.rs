@@ -85,6 +85,16 @@ async fn create(p: Caller, st: AppState, body: Body) -> ApiResult {
         r.issue("secret", "must be 1 to 1024 characters");
     }
     let org_id = r.string(&root, "orgId", false).map(str::to_owned);
+    let mut issues = Vec::new();
+    crate::webhooks::check(
+        url.as_deref().unwrap_or("http://placeholder"),
+        events.as_deref().unwrap_or(&["*".to_owned()]),
+        org_id.as_deref(),
+        &mut issues,
+    );
+    for i in issues {
+        r.issue(i.path, i.message);
+    }
     r.finish()?;
     let (Some(url), Some(events)) = (url, events) else {
         return Err(DomainError::invalid("", "request is incomplete").into());

@@ -39,6 +39,7 @@ const SESSION_EVENTS: &[&str] = &[
     "approval_requested",
     "approval_resolved",
     "session_created",
+    "session_started",
     "session_completed",
     "session_failed",
 ];

@@ -42,6 +42,7 @@ pub const EVENT_NAMES: &[&str] = &[
     "runner_offline",
     "runner_draining",
     "runner_drained",
+    "runner_undrained",
     "rollout_started",
     "rollout_advanced",
     "rollout_completed",
@@ -131,6 +132,33 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
         .finalize();
     let hex: String = outer.iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256={hex}")
+}
+
+/// The rules of a webhook's fields, for the API to report with any other bad field.
+pub fn check(url: &str, events: &[String], org_id: Option<&str>, issues: &mut Vec<Issue>) {
+    if client::Target::parse(url).is_none() {
+        issues.push(Issue::new("url", "must be an http:// URL with a host"));
+    }
+    if events.is_empty() {
+        issues.push(Issue::new(
+            "events",
+            "must name at least one event, or \"*\"",
+        ));
+    }
+    for (i, e) in events.iter().enumerate() {
+        if e != "*" && !EVENT_NAMES.contains(&e.as_str()) {
+            issues.push(Issue::new(
+                format!("events[{i}]"),
+                format!("unknown event `{e}`"),
+            ));
+        }
+    }
+    if org_id.is_some_and(|o| !crate::auth::is_org_slug(o)) {
+        issues.push(Issue::new(
+            "orgId",
+            "must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        ));
+    }
 }
 
 pub struct NewWebhook {
