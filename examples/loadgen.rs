@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example loadgen -- sessions
+//! cargo run --release --example loadgen -- fleet
 //! ```
 //!
 //! `sessions` measures durable session creation. First a plain redb loop (one insert per
@@ -10,32 +11,56 @@
 //! keep-alive HTTP/1.1 connection, create sessions as fast as they are answered. Group commit
 //! should let 64 clients go at least `TARGET_RATIO` times as fast as the plain loop.
 //!
-//! Both databases live in fresh directories under `std::env::temp_dir()` (so on the same disk),
+//! `fleet` measures the runner side in three phases:
+//! 1. `FLEET_RUNNERS` runners register; then `LOAD_CONNECTIONS` keep-alive connections send
+//!    heartbeats for them (each connection cycling through its share of the runners) for
+//!    `LOAD_DURATION`. The server is stopped afterwards.
+//! 2. A trivial warp JSON echo route, served in this process on its own listener, gets the same
+//!    bodies from the same client code, connection count and duration: the baseline for what
+//!    warp + hyper + serde can do on this machine. Heartbeats should reach `TARGET_ECHO_SHARE`
+//!    of its throughput with a p99 under `TARGET_HEARTBEAT_P99`.
+//! 3. A fresh server gets `SCHEDULING_RUNNERS` runners, each with its WebSocket channel
+//!    connected and one heartbeat sent. Sessions are then created one at a time; the latency
+//!    from just before the create request to the arrival of its `assign_session` frame at the
+//!    runner must stay under `TARGET_SCHEDULING_P99` at p99. Each simulated runner acks and
+//!    reports `RUNNING`, as a real one would.
+//!
+//! Each fleet phase also prints the CPU this process and everything else used meanwhile; a run
+//! where others took more than `DISTURBANCE_LIMIT` % is flagged as not counting.
+//!
+//! The databases live in fresh directories under `std::env::temp_dir()` (so on the same disk),
 //! removed at the end.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use redb::TableDefinition;
+use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use village::api::AppState;
 use village::app::App;
 use village::clock::{RandomIds, SystemClock};
 use village::config::Config;
-use village::store::Store;
+use warp::Filter;
 
 /// How long the plain redb loop runs.
 const BASELINE_DURATION: Duration = Duration::from_secs(3);
@@ -45,12 +70,43 @@ const LEVEL_DURATION: Duration = Duration::from_secs(4);
 const LEVELS: [usize; 3] = [1, 8, 64];
 /// A single request slower than this stops the run.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the server may take to stop.
+/// How long a server may take to stop.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Required speed-up of 64 clients over the plain loop.
 const TARGET_RATIO: f64 = 5.0;
 /// About the size of an encoded session record.
 const VALUE_BYTES: usize = 600;
+
+/// Runners sending heartbeats in the `fleet` scenario.
+const FLEET_RUNNERS: usize = 10_000;
+/// Connections for setup work (registration, first heartbeats, channel connects).
+const SETUP_CONNECTIONS: usize = 64;
+/// Connections sending heartbeats, and then echo requests.
+const LOAD_CONNECTIONS: usize = 64;
+/// How long heartbeats, and then echo requests, are sent.
+const LOAD_DURATION: Duration = Duration::from_secs(5);
+/// Required heartbeat throughput as a share of the echo route's.
+const TARGET_ECHO_SHARE: f64 = 0.60;
+/// Required heartbeat p99.
+const TARGET_HEARTBEAT_P99: Duration = Duration::from_millis(20);
+/// Runners online and connected while sessions are scheduled.
+const SCHEDULING_RUNNERS: usize = 1_000;
+/// Sessions created, one at a time, in the scheduling phase.
+const SCHEDULED_SESSIONS: usize = 1_000;
+/// Sessions at each end of the scheduling phase compared for a trend.
+const TREND_WINDOW: usize = 100;
+/// The scheduling phase stops creating sessions after this long.
+const SCHEDULING_BUDGET: Duration = Duration::from_secs(60);
+/// A session whose assignment takes longer than this counts as unassigned.
+const ASSIGN_TIMEOUT: Duration = Duration::from_secs(2);
+/// Required p99 from create request to `assign_session` at the runner.
+const TARGET_SCHEDULING_P99: Duration = Duration::from_millis(10);
+/// Above this share of the CPU (%) taken by others during a phase, a run does not count. Kernel
+/// threads flushing this process's own writes (jbd2, kworker) count as others: 3–5 % while
+/// sessions are scheduled.
+const DISTURBANCE_LIMIT: f64 = 10.0;
+/// How long the server may take to attach every runner channel.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
 
 const PLAIN_TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("plain");
 
@@ -62,10 +118,23 @@ async fn main() -> ExitCode {
         .init();
     match std::env::args().nth(1).as_deref() {
         Some("sessions") => sessions_scenario().await,
+        Some("fleet") => fleet_scenario().await,
         _ => {
-            eprintln!("usage: loadgen sessions");
+            eprintln!("usage: loadgen sessions|fleet");
             ExitCode::from(2)
         }
+    }
+}
+
+fn verdict(pass: bool) -> &'static str {
+    if pass { "PASS" } else { "FAIL" }
+}
+
+fn exit_code(pass: bool) -> ExitCode {
+    if pass {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -107,16 +176,12 @@ async fn sessions_scenario() -> ExitCode {
         top.per_sec(),
         top.clients,
         baseline.per_sec(),
-        if pass { "PASS" } else { "FAIL" }
+        verdict(pass)
     );
-    if pass {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    exit_code(pass)
 }
 
-/// What one run (the plain loop or one concurrency level) achieved.
+/// What one run (the plain loop, one concurrency level, one fleet phase) achieved.
 struct Measurement {
     label: String,
     /// Concurrent clients (1 for the plain loop).
@@ -126,8 +191,11 @@ struct Measurement {
     p50: Duration,
     p99: Duration,
     max: Duration,
-    /// Write jobs per durable commit.
-    jobs_per_commit: f64,
+    /// Write jobs per durable commit, where that is what the run is about.
+    jobs_per_commit: Option<f64>,
+    /// Share of the machine's CPU (%) that other processes and the hypervisor took while the
+    /// run went on, where it was measured.
+    disturbance: f64,
 }
 
 impl Measurement {
@@ -136,7 +204,7 @@ impl Measurement {
         clients: usize,
         mut latencies: Vec<Duration>,
         elapsed: Duration,
-        jobs_per_commit: f64,
+        jobs_per_commit: Option<f64>,
     ) -> Self {
         latencies.sort_unstable();
         Self {
@@ -148,6 +216,7 @@ impl Measurement {
             p99: percentile(&latencies, 99.0),
             max: latencies.last().copied().unwrap_or_default(),
             jobs_per_commit,
+            disturbance: 0.0,
         }
     }
 
@@ -157,21 +226,24 @@ impl Measurement {
 
     fn print_header() {
         println!(
-            "{:<22} {:>7} {:>9} {:>8} {:>8} {:>8} {:>11}",
+            "{:<26} {:>7} {:>9} {:>8} {:>8} {:>8} {:>11}",
             "run", "ops", "ops/s", "p50 ms", "p99 ms", "max ms", "jobs/commit"
         );
     }
 
     fn print_row(&self) {
+        let jobs = self
+            .jobs_per_commit
+            .map_or_else(|| "-".to_owned(), |j| format!("{j:.2}"));
         println!(
-            "{:<22} {:>7} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>11.2}",
+            "{:<26} {:>7} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>11}",
             self.label,
             self.ops,
             self.per_sec(),
             millis(self.p50),
             millis(self.p99),
             millis(self.max),
-            self.jobs_per_commit
+            jobs
         );
     }
 }
@@ -219,16 +291,48 @@ fn plain_redb_loop(parent: &Path, duration: Duration) -> Measurement {
         latencies.push(began.elapsed());
     }
     let elapsed = start.elapsed();
-    Measurement::new("plain redb loop".into(), 1, latencies, elapsed, 1.0)
+    Measurement::new("plain redb loop".into(), 1, latencies, elapsed, Some(1.0))
+}
+
+/// A warp server task in this process and the way to stop it.
+struct Serving {
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Serving {
+    /// Spawns `serve`, handing it the receiver that fires when `stop` is called.
+    fn spawn<F>(serve: impl FnOnce(oneshot::Receiver<()>) -> F) -> Self
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        Self {
+            shutdown,
+            task: tokio::spawn(serve(stopped)),
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.shutdown.send(());
+        tokio::time::timeout(SHUTDOWN_TIMEOUT, self.task)
+            .await
+            .expect("the server did not stop in time")
+            .unwrap();
+    }
+}
+
+/// Resolves when `Serving::stop` is called (or the `Serving` is dropped).
+async fn until_stopped(stopped: oneshot::Receiver<()>) {
+    let _ = stopped.await;
 }
 
 /// The real server, in this process.
 struct BenchServer {
     addr: SocketAddr,
     admin_token: String,
-    store: Store,
-    shutdown: oneshot::Sender<()>,
-    serving: JoinHandle<()>,
+    state: AppState,
+    serving: Serving,
     data_dir: TempDir,
 }
 
@@ -242,18 +346,14 @@ impl BenchServer {
             .await
             .unwrap();
         let admin_token = app.bootstrap_token.clone().unwrap();
-        let store = app.state.store.clone();
+        let state = app.state.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (shutdown, stopped) = oneshot::channel::<()>();
-        let serving = tokio::spawn(app.serve(listener, async {
-            let _ = stopped.await;
-        }));
+        let serving = Serving::spawn(|stopped| app.serve(listener, until_stopped(stopped)));
         Self {
             addr,
             admin_token,
-            store,
-            shutdown,
+            state,
             serving,
             data_dir,
         }
@@ -261,7 +361,7 @@ impl BenchServer {
 
     /// The store writer's counters so far.
     fn writer_counts(&self) -> WriterCounts {
-        let stats = &self.store.stats;
+        let stats = &self.state.store.stats;
         WriterCounts {
             commits: stats.commits.load(Ordering::Relaxed),
             jobs: stats.jobs.load(Ordering::Relaxed),
@@ -272,12 +372,8 @@ impl BenchServer {
 
     /// Stops serving, then removes the data directory.
     async fn stop(self) {
-        let _ = self.shutdown.send(());
-        tokio::time::timeout(SHUTDOWN_TIMEOUT, self.serving)
-            .await
-            .expect("the server did not stop in time")
-            .unwrap();
-        drop(self.store);
+        self.serving.stop().await;
+        drop(self.state);
         drop(self.data_dir);
     }
 }
@@ -291,13 +387,19 @@ struct WriterCounts {
 }
 
 impl WriterCounts {
+    fn jobs_per_commit_since(&self, before: &WriterCounts) -> f64 {
+        (self.jobs - before.jobs) as f64 / (self.commits - before.commits).max(1) as f64
+    }
+
     /// Prints where the writer thread's time went between `before` and `self`.
     fn report_since(&self, before: &WriterCounts, elapsed: Duration) {
         let commits = (self.commits - before.commits).max(1) as f64;
         let jobs_us = (self.job_micros - before.job_micros) as f64;
         let commit_us = (self.commit_micros - before.commit_micros) as f64;
         println!(
-            "    writer: {:.0} µs running jobs + {:.0} µs in commit per batch; busy {:.0}% of the time",
+            "    writer: {} commits, {:.0} µs running jobs + {:.0} µs in commit per batch; \
+             busy {:.0}% of the time",
+            self.commits - before.commits,
             jobs_us / commits,
             commit_us / commits,
             100.0 * (jobs_us + commit_us) / elapsed.as_micros() as f64
@@ -305,103 +407,687 @@ impl WriterCounts {
     }
 }
 
+/// The body of a session create for org `bench` (one org's CI).
+fn session_create(server: &BenchServer) -> Call {
+    let body = json!({
+        "orgId": "bench",
+        "providerId": "codex",
+        "repo": {"url": "https://github.com/acme/app.git"},
+        "task": "benchmark",
+    });
+    Call::new("/api/v1/sessions", &server.admin_token, &body)
+}
+
 /// `clients` connections creating sessions for `LEVEL_DURATION`.
 async fn run_level(server: &BenchServer, clients: usize) -> Measurement {
-    let mut connections = Vec::with_capacity(clients);
-    for index in 0..clients {
-        connections.push(SessionClient::connect(server, index).await);
-    }
     let before = server.writer_counts();
-    let start = Instant::now();
-    let deadline = start + LEVEL_DURATION;
-    let tasks: Vec<JoinHandle<Vec<Duration>>> = connections
-        .into_iter()
-        .map(|client| tokio::spawn(client.run_until(deadline)))
-        .collect();
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await.unwrap());
-    }
-    let elapsed = start.elapsed();
+    let (latencies, elapsed) = send_for(
+        server.addr,
+        vec![session_create(server); clients],
+        clients,
+        LEVEL_DURATION,
+        StatusCode::CREATED,
+    )
+    .await;
     let after = server.writer_counts();
-    let jobs_per_commit =
-        (after.jobs - before.jobs) as f64 / (after.commits - before.commits).max(1) as f64;
     let label = format!(
         "village, {clients} client{}",
         if clients == 1 { "" } else { "s" }
     );
-    let measurement = Measurement::new(label, clients, latencies, elapsed, jobs_per_commit);
+    let jobs_per_commit = after.jobs_per_commit_since(&before);
+    let measurement = Measurement::new(label, clients, latencies, elapsed, Some(jobs_per_commit));
     measurement.print_row();
     after.report_since(&before, elapsed);
     measurement
 }
 
-/// One keep-alive HTTP/1.1 connection creating sessions for org `bench` (one org's CI).
-struct SessionClient {
-    index: usize,
-    sender: SendRequest<Full<Bytes>>,
-    host: String,
+/// A POST ready to be sent over and over: path, `Authorization` value and JSON body.
+#[derive(Clone)]
+struct Call {
+    path: String,
     authorization: String,
     body: Bytes,
 }
 
-impl SessionClient {
-    async fn connect(server: &BenchServer, index: usize) -> Self {
-        let stream = TcpStream::connect(server.addr).await.unwrap();
+impl Call {
+    fn new(path: impl Into<String>, token: &str, body: &Value) -> Self {
+        Self {
+            path: path.into(),
+            authorization: format!("Bearer {token}"),
+            body: Bytes::from(body.to_string()),
+        }
+    }
+
+    /// The same request to another path.
+    fn to(&self, path: &str) -> Self {
+        Self {
+            path: path.to_owned(),
+            ..self.clone()
+        }
+    }
+}
+
+/// One keep-alive HTTP/1.1 connection.
+struct Client {
+    index: usize,
+    sender: SendRequest<Full<Bytes>>,
+    host: String,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr, index: usize) -> Self {
+        let stream = TcpStream::connect(addr).await.unwrap();
         stream.set_nodelay(true).unwrap();
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .unwrap();
         tokio::spawn(conn);
-        let body = serde_json::json!({
-            "orgId": "bench",
-            "providerId": "codex",
-            "repo": {"url": "https://github.com/acme/app.git"},
-            "task": "benchmark",
-        });
         Self {
             index,
             sender,
-            host: server.addr.to_string(),
-            authorization: format!("Bearer {}", server.admin_token),
-            body: Bytes::from(body.to_string()),
+            host: addr.to_string(),
         }
     }
 
-    /// Sends creates back to back until `deadline`; returns each one's latency.
-    async fn run_until(mut self, deadline: Instant) -> Vec<Duration> {
+    /// One POST, its body read to the end so the connection can be reused. No answer within
+    /// `REQUEST_TIMEOUT` stops the run.
+    async fn post(&mut self, call: &Call) -> (StatusCode, Bytes) {
+        let exchange = async {
+            let request = Request::post(call.path.as_str())
+                .header(HOST, &self.host)
+                .header(AUTHORIZATION, &call.authorization)
+                .header(CONTENT_TYPE, "application/json")
+                .body(Full::new(call.body.clone()))
+                .unwrap();
+            self.sender.ready().await.unwrap();
+            let response = self.sender.send_request(request).await.unwrap();
+            let status = response.status();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (status, body)
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "client {}: POST {} got no answer in {REQUEST_TIMEOUT:?}",
+                    self.index, call.path
+                )
+            })
+    }
+
+    /// `post`, and the answer must have status `expect`.
+    async fn post_expecting(&mut self, call: &Call, expect: StatusCode) -> Bytes {
+        let (status, body) = self.post(call).await;
+        assert_eq!(
+            status,
+            expect,
+            "client {}: POST {} answered {}",
+            self.index,
+            call.path,
+            String::from_utf8_lossy(&body)
+        );
+        body
+    }
+
+    /// Sends `calls` back to back, in a cycle, until `deadline`; returns each one's latency.
+    async fn cycle_until(
+        mut self,
+        calls: Vec<Call>,
+        deadline: Instant,
+        expect: StatusCode,
+    ) -> Vec<Duration> {
         let mut latencies = Vec::new();
-        while Instant::now() < deadline {
+        for call in calls.iter().cycle() {
+            if Instant::now() >= deadline {
+                break;
+            }
             let began = Instant::now();
-            let (status, body) = tokio::time::timeout(REQUEST_TIMEOUT, self.create_session())
-                .await
-                .unwrap_or_else(|_| {
-                    panic!("client {}: no answer in {REQUEST_TIMEOUT:?}", self.index)
-                });
+            self.post_expecting(call, expect).await;
             latencies.push(began.elapsed());
-            assert_eq!(
-                status,
-                StatusCode::CREATED,
-                "client {}: POST /api/v1/sessions answered {}",
-                self.index,
-                String::from_utf8_lossy(&body)
-            );
         }
         latencies
     }
+}
 
-    /// One `POST /api/v1/sessions`, its body read to the end so the connection can be reused.
-    async fn create_session(&mut self) -> (StatusCode, Bytes) {
-        let request = Request::post("/api/v1/sessions")
-            .header(HOST, &self.host)
-            .header(AUTHORIZATION, &self.authorization)
-            .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(self.body.clone()))
-            .unwrap();
-        self.sender.ready().await.unwrap();
-        let response = self.sender.send_request(request).await.unwrap();
-        let status = response.status();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        (status, body)
+/// `items` dealt round-robin into at most `hands` non-empty hands (item i to hand i % hands).
+fn deal<T>(items: Vec<T>, hands: usize) -> Vec<Vec<T>> {
+    let hands = hands.min(items.len());
+    let mut dealt: Vec<Vec<T>> = (0..hands).map(|_| Vec::new()).collect();
+    for (i, item) in items.into_iter().enumerate() {
+        dealt[i % hands].push(item);
     }
+    dealt
+}
+
+/// `connections` connections, each cycling through its share of `calls`, for `duration`. Every
+/// answer must have status `expect`. Returns all latencies and the time the load ran.
+async fn send_for(
+    addr: SocketAddr,
+    calls: Vec<Call>,
+    connections: usize,
+    duration: Duration,
+    expect: StatusCode,
+) -> (Vec<Duration>, Duration) {
+    let hands = deal(calls, connections);
+    let mut clients = Vec::with_capacity(hands.len());
+    for index in 0..hands.len() {
+        clients.push(Client::connect(addr, index).await);
+    }
+    let start = Instant::now();
+    let deadline = start + duration;
+    let tasks: Vec<JoinHandle<Vec<Duration>>> = clients
+        .into_iter()
+        .zip(hands)
+        .map(|(client, calls)| tokio::spawn(client.cycle_until(calls, deadline, expect)))
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.unwrap());
+    }
+    (latencies, start.elapsed())
+}
+
+/// Sends each of `calls` once over `connections` connections; every answer must have status
+/// `expect`. Returns the answers' bodies in the order of `calls`.
+async fn send_each(
+    addr: SocketAddr,
+    calls: Vec<Call>,
+    connections: usize,
+    expect: StatusCode,
+) -> Vec<Bytes> {
+    let count = calls.len();
+    let tasks: Vec<JoinHandle<Vec<(usize, Bytes)>>> =
+        deal(calls.into_iter().enumerate().collect(), connections)
+            .into_iter()
+            .enumerate()
+            .map(|(index, hand)| {
+                tokio::spawn(async move {
+                    let mut client = Client::connect(addr, index).await;
+                    let mut answers = Vec::with_capacity(hand.len());
+                    for (position, call) in hand {
+                        answers.push((position, client.post_expecting(&call, expect).await));
+                    }
+                    answers
+                })
+            })
+            .collect();
+    let mut answers = vec![Bytes::new(); count];
+    for task in tasks {
+        for (position, body) in task.await.unwrap() {
+            answers[position] = body;
+        }
+    }
+    answers
+}
+
+async fn fleet_scenario() -> ExitCode {
+    let parent = std::env::temp_dir();
+    let needed = 2 * (SCHEDULING_RUNNERS + SETUP_CONNECTIONS + LOAD_CONNECTIONS) + 256;
+    if let Some(limit) = open_file_limit().filter(|&limit| limit < needed as u64) {
+        eprintln!(
+            "the open-file limit is {limit}; this scenario needs about {needed}: \
+             run it after `ulimit -n 65536`"
+        );
+        return ExitCode::from(2);
+    }
+    println!("databases under {}", parent.display());
+    println!(
+        "{FLEET_RUNNERS} runners: heartbeats for {} s over {LOAD_CONNECTIONS} connections, \
+         then an echo route the same way; then {SCHEDULING_RUNNERS} connected runners and \
+         {SCHEDULED_SESSIONS} sessions created one at a time\n",
+        LOAD_DURATION.as_secs()
+    );
+    Measurement::print_header();
+    let (heartbeats, calls) = heartbeat_phase(&parent).await;
+    let echo = echo_phase(&calls).await;
+    let scheduling = scheduling_phase(&parent).await;
+
+    let share = heartbeats.per_sec() / echo.per_sec();
+    let share_pass = share >= TARGET_ECHO_SHARE;
+    let p99_pass = heartbeats.p99 < TARGET_HEARTBEAT_P99;
+    let scheduling_pass =
+        scheduling.p99 < TARGET_SCHEDULING_P99 && scheduling.ops == SCHEDULED_SESSIONS;
+    println!(
+        "\nheartbeats / echo: {:.0} / {:.0} per s = {:.1} % (target >= {:.0} %): {}",
+        heartbeats.per_sec(),
+        echo.per_sec(),
+        100.0 * share,
+        100.0 * TARGET_ECHO_SHARE,
+        verdict(share_pass)
+    );
+    println!(
+        "heartbeat p99: {:.2} ms (target < {} ms): {}",
+        millis(heartbeats.p99),
+        TARGET_HEARTBEAT_P99.as_millis(),
+        verdict(p99_pass)
+    );
+    println!(
+        "scheduling p99: {:.2} ms over {} of {SCHEDULED_SESSIONS} sessions assigned \
+         (target < {} ms, all assigned): {}",
+        millis(scheduling.p99),
+        scheduling.ops,
+        TARGET_SCHEDULING_P99.as_millis(),
+        verdict(scheduling_pass)
+    );
+    let disturbance = [&heartbeats, &echo, &scheduling]
+        .iter()
+        .map(|m| m.disturbance)
+        .fold(0.0, f64::max);
+    if disturbance > DISTURBANCE_LIMIT {
+        println!(
+            "\nWARNING: other processes or the hypervisor took up to {disturbance:.0} % of the \
+             CPU during a phase: these figures do not count; rerun on an idle machine"
+        );
+    }
+    exit_code(share_pass && p99_pass && scheduling_pass)
+}
+
+/// The soft limit on open files (Linux), or None when unknown or unlimited.
+fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// This process's resident memory in MiB (Linux), NaN when unknown.
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+/// CPU time used so far, in clock ticks: by the whole machine and by this process.
+#[derive(Clone, Copy)]
+struct CpuSample {
+    machine_busy: u64,
+    /// Time the hypervisor gave to other guests while this one wanted to run.
+    machine_steal: u64,
+    machine_total: u64,
+    own: u64,
+}
+
+impl CpuSample {
+    /// From `/proc/stat` and `/proc/self/stat` (Linux); zeros elsewhere.
+    fn now() -> Self {
+        let ticks = |text: &str, skip: usize, take: usize| -> Vec<u64> {
+            text.split_whitespace()
+                .skip(skip)
+                .take(take)
+                .map(|t| t.parse().unwrap_or(0))
+                .collect()
+        };
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        // cpu user nice system idle iowait irq softirq steal
+        let m = ticks(stat.lines().next().unwrap_or(""), 1, 8);
+        let m = |i: usize| m.get(i).copied().unwrap_or(0);
+        let own_stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        // After the command name: state ppid … utime stime (the 12th and 13th fields).
+        let after_name = own_stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        Self {
+            machine_busy: m(0) + m(1) + m(2) + m(5) + m(6),
+            machine_steal: m(7),
+            machine_total: (0..8).map(m).sum(),
+            own: ticks(after_name, 11, 2).iter().sum(),
+        }
+    }
+
+    /// Prints how busy the machine was since `before` and how much of that was this process;
+    /// returns the share (%) others took: other processes, or the hypervisor (steal).
+    fn report_since(&self, before: &CpuSample) -> f64 {
+        let total = (self.machine_total - before.machine_total).max(1) as f64;
+        let share = |ticks: u64| 100.0 * ticks as f64 / total;
+        let own = self.own - before.own;
+        let busy = self.machine_busy - before.machine_busy;
+        println!(
+            "    cpu: this process {:.0} % of the machine, other processes {:.0} %, steal {:.0} %",
+            share(own),
+            share(busy.saturating_sub(own)),
+            share(self.machine_steal - before.machine_steal)
+        );
+        share((busy + self.machine_steal - before.machine_steal).saturating_sub(own))
+    }
+}
+
+/// A registered runner, as the benchmark plays it.
+#[derive(Clone)]
+struct BenchRunner {
+    id: String,
+    token: String,
+}
+
+type RunnerSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+impl BenchRunner {
+    /// Its `POST /runners/{id}/heartbeat`.
+    fn heartbeat(&self) -> Call {
+        let body = json!({
+            "runnerId": self.id,
+            "timestamp": "2026-11-25T10:00:00.000Z",
+            "activeSessions": [],
+            "load": {"cpuPercent": 12.5, "memoryPercent": 40, "diskPercent": 70},
+            "runtimeVersions": {"codex": "0.9.1"},
+            "buildId": "build-1",
+        });
+        Call::new(
+            format!("/api/v1/runners/{}/heartbeat", self.id),
+            &self.token,
+            &body,
+        )
+    }
+
+    /// Opens its channel (`GET /runners/{id}/channel`), with Nagle off as on the HTTP clients.
+    async fn open_channel(&self, addr: SocketAddr) -> RunnerSocket {
+        let mut request = format!("ws://{addr}/api/v1/runners/{}/channel", self.id)
+            .into_client_request()
+            .unwrap();
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", self.token).parse().unwrap(),
+        );
+        let (socket, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
+            .await
+            .unwrap_or_else(|e| panic!("runner {}: channel refused: {e}", self.id));
+        socket
+    }
+}
+
+impl BenchServer {
+    /// Registers `count` runners `bench-runner-<i>` with the admin token, `SETUP_CONNECTIONS`
+    /// at a time.
+    async fn register_runners(&self, count: usize) -> Vec<BenchRunner> {
+        let calls = (0..count)
+            .map(|i| {
+                let body = json!({
+                    "hostname": format!("bench-runner-{i}"),
+                    "capabilities": {"providers": ["codex"]},
+                });
+                Call::new("/api/v1/runners/register", &self.admin_token, &body)
+            })
+            .collect();
+        send_each(self.addr, calls, SETUP_CONNECTIONS, StatusCode::CREATED)
+            .await
+            .iter()
+            .map(|body| {
+                let reply: Value = serde_json::from_slice(body).unwrap();
+                let data = &reply["data"];
+                BenchRunner {
+                    id: data["runner"]["runnerId"].as_str().unwrap().to_owned(),
+                    token: data["runnerToken"].as_str().unwrap().to_owned(),
+                }
+            })
+            .collect()
+    }
+
+    /// Waits until the scheduler sees every runner as online and connected.
+    async fn wait_schedulable(&self, runners: usize) {
+        let deadline = Instant::now() + ATTACH_TIMEOUT;
+        loop {
+            let ready = self.state.runners.schedulable().len();
+            if ready >= runners {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {ready} of {runners} runners schedulable after {ATTACH_TIMEOUT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Times one sweep of the fleet and one flush of the liveness changed since the last one,
+    /// as the background task runs them (every 100 ms and every 2 s).
+    async fn report_upkeep(&self) {
+        let runners = &self.state.runners;
+        let began = Instant::now();
+        runners.sweep().await.unwrap();
+        let sweep = began.elapsed();
+        let began = Instant::now();
+        let flushed = runners.flush_liveness().await.unwrap();
+        let flush = began.elapsed();
+        println!(
+            "    upkeep: one sweep {:.2} ms (10 per s); one flush of {flushed} liveness records \
+             {:.1} ms (every 2 s); RSS now {:.0} MiB",
+            millis(sweep),
+            millis(flush),
+            rss_mib()
+        );
+    }
+}
+
+/// Phase 1: `FLEET_RUNNERS` runners register, then heartbeats for `LOAD_DURATION`. Returns
+/// the measurement and the heartbeat requests (the echo phase sends the same bodies).
+async fn heartbeat_phase(parent: &Path) -> (Measurement, Vec<Call>) {
+    let rss_before = rss_mib();
+    let server = BenchServer::start(parent).await;
+    let began = Instant::now();
+    let runners = server.register_runners(FLEET_RUNNERS).await;
+    println!(
+        "    setup: {FLEET_RUNNERS} runners registered in {:.1} s, {SETUP_CONNECTIONS} at a \
+         time; RSS {rss_before:.0} -> {:.0} MiB",
+        began.elapsed().as_secs_f64(),
+        rss_mib()
+    );
+    let calls: Vec<Call> = runners.iter().map(BenchRunner::heartbeat).collect();
+    let before = server.writer_counts();
+    let cpu = CpuSample::now();
+    let (latencies, elapsed) = send_for(
+        server.addr,
+        calls.clone(),
+        LOAD_CONNECTIONS,
+        LOAD_DURATION,
+        StatusCode::OK,
+    )
+    .await;
+    let after = server.writer_counts();
+    let label = format!("heartbeats, {LOAD_CONNECTIONS} conns");
+    let mut measurement = Measurement::new(label, LOAD_CONNECTIONS, latencies, elapsed, None);
+    measurement.print_row();
+    measurement.disturbance = CpuSample::now().report_since(&cpu);
+    after.report_since(&before, elapsed);
+    server.report_upkeep().await;
+    server.stop().await;
+    (measurement, calls)
+}
+
+/// Phase 2: the same requests, sent to a bare warp JSON echo route on its own listener.
+async fn echo_phase(calls: &[Call]) -> Measurement {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let echo = warp::path!("echo")
+        .and(warp::post())
+        .and(warp::body::json())
+        .map(|v: Value| warp::reply::json(&v));
+    let serving = Serving::spawn(|stopped| {
+        warp::serve(echo)
+            .incoming(listener)
+            .graceful(until_stopped(stopped))
+            .run()
+    });
+    let calls = calls.iter().map(|call| call.to("/echo")).collect();
+    let cpu = CpuSample::now();
+    let (latencies, elapsed) =
+        send_for(addr, calls, LOAD_CONNECTIONS, LOAD_DURATION, StatusCode::OK).await;
+    serving.stop().await;
+    let label = format!("echo, {LOAD_CONNECTIONS} conns");
+    let mut measurement = Measurement::new(label, LOAD_CONNECTIONS, latencies, elapsed, None);
+    measurement.print_row();
+    measurement.disturbance = CpuSample::now().report_since(&cpu);
+    measurement
+}
+
+/// What the simulated runners tell the scheduling phase.
+#[derive(Clone)]
+struct RunnerReports {
+    /// Each `assign_session`'s session id and the moment its frame arrived.
+    arrivals: mpsc::UnboundedSender<(String, Instant)>,
+    /// `error` frames the server sent to any runner.
+    errors: Arc<AtomicUsize>,
+}
+
+/// Plays a runner that starts every session it is given at once: notes when each
+/// `assign_session` arrived, acks it and reports `RUNNING`. Ends when the channel closes.
+async fn play_runner(mut socket: RunnerSocket, reports: RunnerReports) {
+    while let Some(Ok(message)) = socket.next().await {
+        let Message::Text(text) = message else {
+            continue;
+        };
+        let arrived = Instant::now();
+        let frame: Value = serde_json::from_str(text.as_str()).unwrap();
+        match frame["type"].as_str() {
+            Some("assign_session") => {
+                let session = &frame["session"]["sessionId"];
+                let _ = reports
+                    .arrivals
+                    .send((session.as_str().unwrap().to_owned(), arrived));
+                let replies = [
+                    json!({"type": "ack", "messageId": frame["messageId"]}),
+                    json!({
+                        "type": "session_state",
+                        "sessionId": session,
+                        "assignmentId": frame["assignmentId"],
+                        "state": "RUNNING",
+                    }),
+                ];
+                for reply in replies {
+                    if socket.send(Message::text(reply.to_string())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Some("error") => {
+                // Print the first few; the count is reported at the end.
+                let earlier = reports.errors.fetch_add(1, Ordering::Relaxed);
+                if earlier < 5 {
+                    eprintln!("runner channel error frame: {frame}");
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Opens every runner's channel, `SETUP_CONNECTIONS` at a time, and plays each runner on it.
+async fn connect_runners(
+    addr: SocketAddr,
+    runners: &[BenchRunner],
+    reports: &RunnerReports,
+) -> Vec<JoinHandle<()>> {
+    let openers: Vec<JoinHandle<Vec<JoinHandle<()>>>> = deal(runners.to_vec(), SETUP_CONNECTIONS)
+        .into_iter()
+        .map(|hand| {
+            let reports = reports.clone();
+            tokio::spawn(async move {
+                let mut players = Vec::with_capacity(hand.len());
+                for runner in hand {
+                    let socket = runner.open_channel(addr).await;
+                    players.push(tokio::spawn(play_runner(socket, reports.clone())));
+                }
+                players
+            })
+        })
+        .collect();
+    let mut players = Vec::with_capacity(runners.len());
+    for opener in openers {
+        players.extend(opener.await.unwrap());
+    }
+    players
+}
+
+/// When the `assign_session` frame for `session` reached its runner, or None after
+/// `ASSIGN_TIMEOUT`. Arrivals for other sessions are kept in `seen`.
+async fn await_assignment(
+    arrivals: &mut mpsc::UnboundedReceiver<(String, Instant)>,
+    seen: &mut HashMap<String, Instant>,
+    session: &str,
+) -> Option<Instant> {
+    let deadline = tokio::time::Instant::now() + ASSIGN_TIMEOUT;
+    loop {
+        if let Some(at) = seen.remove(session) {
+            return Some(at);
+        }
+        let (id, at) = tokio::time::timeout_at(deadline, arrivals.recv())
+            .await
+            .ok()??;
+        seen.insert(id, at);
+    }
+}
+
+/// Phase 3: a fresh server, `SCHEDULING_RUNNERS` runners online with their channels open;
+/// sessions created one at a time, each timed from just before its create request to the
+/// arrival of its `assign_session` at a runner. Sessions never assigned are left out of the
+/// latencies (so `ops` falls short of `SCHEDULED_SESSIONS`).
+async fn scheduling_phase(parent: &Path) -> Measurement {
+    let server = BenchServer::start(parent).await;
+    let runners = server.register_runners(SCHEDULING_RUNNERS).await;
+    let (arrivals, mut arrived) = mpsc::unbounded_channel();
+    let reports = RunnerReports {
+        arrivals,
+        errors: Arc::new(AtomicUsize::new(0)),
+    };
+    let players = connect_runners(server.addr, &runners, &reports).await;
+    let heartbeats = runners.iter().map(BenchRunner::heartbeat).collect();
+    send_each(server.addr, heartbeats, SETUP_CONNECTIONS, StatusCode::OK).await;
+    server.wait_schedulable(runners.len()).await;
+
+    let create = session_create(&server);
+    let mut client = Client::connect(server.addr, 0).await;
+    let mut seen = HashMap::new();
+    let mut latencies = Vec::with_capacity(SCHEDULED_SESSIONS);
+    let mut created = 0;
+    let cpu = CpuSample::now();
+    let start = Instant::now();
+    while created < SCHEDULED_SESSIONS && start.elapsed() < SCHEDULING_BUDGET {
+        let began = Instant::now();
+        let body = client.post_expecting(&create, StatusCode::CREATED).await;
+        created += 1;
+        let reply: Value = serde_json::from_slice(&body).unwrap();
+        let session = reply["data"]["sessionId"].as_str().unwrap();
+        if let Some(at) = await_assignment(&mut arrived, &mut seen, session).await {
+            latencies.push(at - began);
+        }
+    }
+    let elapsed = start.elapsed();
+    let label = format!("scheduling, {SCHEDULING_RUNNERS} runners");
+    let mut measurement = Measurement::new(label, 1, latencies.clone(), elapsed, None);
+    measurement.print_row();
+    measurement.disturbance = CpuSample::now().report_since(&cpu);
+    print_trend(&latencies);
+    let errors = reports.errors.load(Ordering::Relaxed);
+    println!(
+        "    {created} created, {} assigned; {} assignments for sessions not waited for; \
+         {errors} error frames at runners",
+        measurement.ops,
+        seen.len()
+    );
+    drop(reports);
+    server.stop().await;
+    for player in players {
+        if tokio::time::timeout(SHUTDOWN_TIMEOUT, player)
+            .await
+            .is_err()
+        {
+            eprintln!("a runner channel stayed open after the server stopped");
+        }
+    }
+    measurement
+}
+
+/// Prints the median latency of the first and of the last `TREND_WINDOW` of `latencies`
+/// (in the order measured): does scheduling slow down as sessions pile up?
+fn print_trend(latencies: &[Duration]) {
+    let median = |window: &[Duration]| {
+        let mut sorted = window.to_vec();
+        sorted.sort_unstable();
+        millis(percentile(&sorted, 50.0))
+    };
+    let window = TREND_WINDOW.min(latencies.len());
+    println!(
+        "    p50 of the first {window} sessions {:.2} ms, of the last {window} {:.2} ms",
+        median(&latencies[..window]),
+        median(&latencies[latencies.len() - window..])
+    );
 }

@@ -188,8 +188,8 @@ impl Config {
         if self.runners.default_capacity == 0 {
             return Err(bad("runners.defaultCapacity", "must be at least 1"));
         }
-        if self.websocket.heartbeat_interval.is_zero() {
-            return Err(bad("websocket.heartbeatIntervalMs", "must be above 0"));
+        if self.websocket.heartbeat_interval < Duration::from_millis(1) {
+            return Err(bad("websocket.heartbeatIntervalMs", "must be at least 1"));
         }
         Ok(())
     }

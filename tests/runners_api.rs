@@ -783,3 +783,62 @@ async fn fleet_summary_counts_capacity_and_sessions() {
     assert_eq!(d["sessionsByState"]["QUEUED"], 1);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_hostname_cannot_be_taken_over_from_another_org() {
+    let s = TestServer::start(FAST).await;
+    let admin = s.admin();
+    let acme = admin.with_token(&admin.create_token("runner_join", Some("acme")).await);
+    let globex = admin.with_token(&admin.create_token("runner_join", Some("globex")).await);
+    let shared = admin.with_token(&admin.create_token("runner_join", None).await);
+    let (mine, _) = register(&acme, "build-1", &["codex"], None, &[]).await;
+    for other in [&globex, &shared] {
+        other
+            .post(
+                "/api/v1/runners/register",
+                json!({"hostname": "build-1", "capabilities": {"providers": ["codex"]}}),
+            )
+            .await
+            .expect_error(403, "FORBIDDEN");
+    }
+    // The rightful runner keeps working; an admin re-registration keeps its org.
+    mine.heartbeat().await;
+    let (again, r) = register(&admin, "build-1", &["codex"], None, &[]).await;
+    assert_eq!(again.id, mine.id);
+    assert_eq!(r.data()["runner"]["orgId"], "acme");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_runner_may_fail_an_assignment_it_cannot_start() {
+    let s = TestServer::start(FAST).await;
+    let admin = s.admin();
+    let (r, _) = register(&admin, "w", &["codex"], None, &[]).await;
+    let mut ch = r.connect().await;
+    let id = create(&admin, "acme", "codex", &[]).await;
+    let f = ch.expect("assign_session").await;
+    ch.ack(&f).await;
+    let reply = ch
+        .request(
+            json!({"type": "session_state", "sessionId": id, "assignmentId": f["assignmentId"],
+                        "state": "FAILED", "error": "clone failed"}),
+        )
+        .await;
+    assert_eq!(reply["type"], "ack", "{reply}");
+    let d = state_of(&admin, &id).await;
+    assert_eq!(d["state"], "FAILED");
+    assert_eq!(d["endReason"], "failed: clone failed");
+    // Without an assignment nobody may fail a queued session by report.
+    let queued = admin.create_session("other").await["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    admin
+        .post(
+            &format!("/api/v1/sessions/{queued}/state"),
+            json!({"state": "FAILED"}),
+        )
+        .await
+        .expect_error(409, "INVALID_STATE");
+    s.stop().await;
+}

@@ -131,11 +131,15 @@ async fn validation_lists_every_bad_field_and_changes_nothing() {
     let r = admin
         .post(
             "/api/v1/sessions",
-            json!({"providerId": "codex", "repo": {"url": "https://x.org/a"}}),
+            json!({"providerId": "codex", "repo": {"url": "nope"}}),
         )
         .await;
     r.expect_error(400, "VALIDATION_ERROR");
-    assert_eq!(r.issue_paths(), ["orgId"]);
+    assert_eq!(
+        r.issue_paths(),
+        ["orgId", "repo.url"],
+        "every bad field at once"
+    );
     let r = admin
         .post(
             "/api/v1/sessions",

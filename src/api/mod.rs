@@ -127,21 +127,21 @@ fn request_ctx() -> impl Filter<Extract = (RequestCtx,), Error = Infallible> + C
 pub fn principal(
     state: &AppState,
 ) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone + use<> {
-    let auth = state.auth.clone();
-    let required = state.config.websocket.auth_required;
+    let state = state.clone();
+    // Authentication is a memory lookup: decide here and hand back a ready future, so a
+    // request clones nothing but the caller.
     header_value("authorization").and_then(move |authorization: Option<HeaderValue>| {
-        let auth = auth.clone();
-        async move {
-            if !required {
-                return Ok(Arc::new(Principal::anonymous_admin()));
-            }
+        let caller = if state.config.websocket.auth_required {
             authorization
                 .as_ref()
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "))
-                .and_then(|token| auth.authenticate(token.trim()))
+                .and_then(|token| state.auth.authenticate(token.trim()))
                 .ok_or_else(|| reject(ApiError::unauthorized()))
-        }
+        } else {
+            Ok(Arc::new(Principal::anonymous_admin()))
+        };
+        std::future::ready(caller)
     })
 }
 

@@ -118,15 +118,16 @@ fn session_id(raw: &str) -> Result<uuid::Uuid, super::error::ApiError> {
 }
 
 async fn create(p: Caller, st: AppState, body: Body) -> ApiResult {
-    let new = parse_new_session(&body)?;
+    // An admin must name the org; an org token acts on its own.
+    let new = parse_new_session(&body, p.kind == crate::auth::TokenKind::Admin)?;
     let view = st.sessions.create(&p, new).await?;
     Ok(Success::created(session_detail(&view, st.sessions.now())))
 }
 
-fn parse_new_session(body: &Body) -> Result<NewSession, DomainError> {
+fn parse_new_session(body: &Body, org_required: bool) -> Result<NewSession, DomainError> {
     let mut r = Reader::new();
     let root = r.root(body);
-    let org_id = r.string(&root, "orgId", false).map(str::to_owned);
+    let org_id = r.string(&root, "orgId", org_required).map(str::to_owned);
     if let Some(org) = &org_id
         && !crate::auth::is_org_slug(org)
     {

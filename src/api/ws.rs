@@ -35,7 +35,7 @@ const MAX_BUFFERED_BYTES: usize = 8 * 1024 * 1024;
 /// A client whose socket takes no frame for this long is too slow.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Output replayed per store read during `subscribe_session`.
-const REPLAY_PAGE: u64 = 1000;
+const REPLAY_PAGE: u64 = 64;
 
 pub fn route(state: &AppState) -> warp::filters::BoxedFilter<(ApiResult,)> {
     let st = state.clone();
@@ -251,6 +251,11 @@ impl Connection {
         match kind {
             "ping" => return self.reply(json!({"type": "pong"}), mid).await,
             "authenticate" => return self.authenticate(&frame, mid).await,
+            _ if self.caller.is_none() => {
+                return self
+                    .error("UNAUTHORIZED", "Authentication required", mid)
+                    .await;
+            }
             "subscribe_session" | "unsubscribe_session" | "subscribe_org" | "terminal_input" => {}
             _ => {
                 return self

@@ -254,6 +254,18 @@ impl RunnerService {
                     Some(id) => w.get_runner(id)?,
                     None => None,
                 };
+                // A hostname belongs to one org (or the shared pool): a join token of another
+                // scope may not take over its runner, its sessions or its commands. Admin
+                // re-registration keeps the runner where it is.
+                let org_id = match (&existing, who.kind) {
+                    (Some(r), TokenKind::Admin) => r.org_id.clone(),
+                    (Some(r), _) if r.org_id != org_id => {
+                        return Err(DomainError::forbidden(
+                            "this hostname is registered to another org's runner",
+                        ));
+                    }
+                    _ => org_id,
+                };
                 let moves_org = existing.as_ref().is_none_or(|r| r.org_id != org_id);
                 if let (Some(org), true) = (&org_id, moves_org) {
                     let in_org = w
@@ -740,16 +752,21 @@ impl RunnerService {
             return Ok(0);
         }
         let n = dirty.len();
-        self.store
-            .write(move |w| {
-                for (id, live) in &dirty {
-                    if w.get_runner(*id)?.is_some() {
-                        w.put_liveness(*id, live)?;
+        // In slices, so a large fleet's flush never holds up other writers for long.
+        let mut rest = dirty;
+        while !rest.is_empty() {
+            let slice: Vec<(Uuid, Liveness)> = rest.drain(..rest.len().min(256)).collect();
+            self.store
+                .write(move |w| {
+                    for (id, live) in &slice {
+                        if w.get_runner(*id)?.is_some() {
+                            w.put_liveness(*id, live)?;
+                        }
                     }
-                }
-                Ok::<_, DomainError>(())
-            })
-            .await?;
+                    Ok::<_, DomainError>(())
+                })
+                .await?;
+        }
         Ok(n)
     }
 

@@ -14,8 +14,10 @@ use crate::error::DomainError;
 use crate::sessions::{self, model::Session};
 use crate::store::{Reads, Store};
 
-/// How many queued sessions one pass looks at.
+/// How many sessions one pass assigns at most (the next pass follows at once).
 const PASS_SIZE: usize = 256;
+/// How far down the queue one pass looks.
+const MAX_QUEUE_SCAN: usize = 100_000;
 
 /// Picks the runner for a session, or none. `loads` is sessions held per runner.
 pub fn choose<'r>(
@@ -57,8 +59,25 @@ pub async fn pass(store: &Store, runners: &RunnerService) -> Result<usize, Domai
     store
         .write(move |w| {
             let mut loads = w.runner_loads()?;
+            // The snapshot was taken outside this transaction: drop runners that were drained
+            // or deregistered since.
+            let mut fresh = Vec::with_capacity(candidates.len());
+            for r in candidates {
+                if w.get_runner(r.id)?.is_some_and(|now| !now.draining) {
+                    fresh.push(r);
+                }
+            }
+            let candidates = fresh;
             let mut assigned = 0;
-            for id in w.queued_sessions(PASS_SIZE)? {
+            // The whole queue, oldest first: sessions no runner can take must not hide the
+            // ones behind them.
+            for id in w.queued_sessions(MAX_QUEUE_SCAN)? {
+                let any_room = candidates.iter().any(|r| {
+                    loads.get(&r.id).copied().unwrap_or(0) < r.capabilities.max_concurrent_sessions
+                });
+                if !any_room || assigned >= PASS_SIZE {
+                    break;
+                }
                 let Some(mut s) = w.get_session(id)? else {
                     continue;
                 };

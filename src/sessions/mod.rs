@@ -436,6 +436,14 @@ impl SessionService {
             Access::Runner(assignment),
             Some("session.state"),
             move |w, s, now, rules| {
+                if state == SessionState::Failed
+                    && s.state == SessionState::Queued
+                    && s.runner_id.is_none()
+                {
+                    return Err(DomainError::invalid_state(
+                        "a queued session can be failed only by the runner it was assigned to",
+                    ));
+                }
                 if state == SessionState::Failed {
                     s.error = error.clone();
                     s.end_reason = Some(match &error {
@@ -663,14 +671,16 @@ impl SessionService {
         let now = self.now();
         self.store
             .write(move |w| {
-                let mut s = load(w, &p, id, Access::Runner(assignment))?;
+                let s = load(w, &p, id, Access::Runner(assignment))?;
                 if !s.state.is_started() {
                     return Err(DomainError::invalid_state(format!(
                         "output is accepted while the session runs; it is {}",
                         s.state.as_str()
                     )));
                 }
-                let held = s.output_bytes;
+                // What is stored ends where the last chunk ends: no session rewrite per chunk.
+                let last = w.find_output_back(id, |_| true)?;
+                let held = last.as_ref().map_or(0, |c| c.offset + c.data.len() as u64);
                 let len = data.len() as u64;
                 match offset {
                     Some(o) if o == held => {}
@@ -687,15 +697,13 @@ impl SessionService {
                     Some(_) => return Err(offset_mismatch(held)),
                 }
                 let chunk = OutputChunk {
-                    seq: w.last_output_seq(id)? + 1,
+                    seq: last.as_ref().map_or(0, |c| c.seq) + 1,
                     stream,
                     data,
                     at: now,
                     offset: held,
                 };
                 w.put_output(id, &chunk)?;
-                s.output_bytes = held + len;
-                w.put_session(&s)?;
                 w.emit(BusEvent {
                     name: "terminal_output",
                     at: now,
@@ -719,11 +727,10 @@ impl SessionService {
         self.store
             .write(move |w| {
                 for timer in &due {
-                    match fire(w, *timer, now, rules) {
-                        Ok(()) => {}
-                        Err(e @ DomainError::Store(_)) => return Err(e),
-                        // A rule refusing (a state that moved on) must not keep the timer alive.
-                        Err(e) => tracing::warn!(error = %e, ?timer, "timer had nothing to do"),
+                    // One timer that cannot fire (a state that moved on, a record that no
+                    // longer decodes) must not keep every other timer from firing.
+                    if let Err(e) = fire(w, *timer, now, rules) {
+                        tracing::warn!(error = %e, ?timer, "timer dropped");
                     }
                     w.clear_timer(*timer)?;
                 }
@@ -790,7 +797,6 @@ fn change_state(
         json!({"from": from.as_str(), "to": to.as_str()}),
     )?;
     if from == SessionState::Queued
-        && to == SessionState::Running
         && let (Some(at), Some(a)) = (s.assigned_at, s.assignment_id)
     {
         w.clear_timer(lapse_timer(s.id, at, a))?;

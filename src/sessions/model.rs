@@ -80,6 +80,9 @@ pub fn transition_allowed(from: SessionState, to: SessionState, cause: Cause) ->
     match (cause, from, to) {
         (Cause::Server, Created, Queued) => true,
         (Cause::RunnerReport, Queued, Running) => true,
+        // A runner that cannot start an assigned session says so instead of confirming it
+        // (contract §6: an assignment is acknowledged by RUNNING or FAILED).
+        (Cause::RunnerReport, Queued, Failed) => true,
         (Cause::RunnerReport, Running, Completed) => true,
         (
             Cause::RunnerReport | Cause::Server,
@@ -331,6 +334,7 @@ mod tests {
     fn only_contract_transitions_are_allowed() {
         assert!(transition_allowed(Queued, Running, Cause::RunnerReport));
         assert!(!transition_allowed(Queued, Completed, Cause::RunnerReport));
+        assert!(transition_allowed(Queued, Failed, Cause::RunnerReport));
         assert!(!transition_allowed(Running, Running, Cause::RunnerReport));
         assert!(!transition_allowed(Running, TimedOut, Cause::RunnerReport));
         assert!(!transition_allowed(Queued, PausedByHuman, Cause::Human));

@@ -51,6 +51,8 @@ pub enum StoreError {
     Closed,
     #[error("a write job panicked")]
     Panicked,
+    #[error("the write batch was abandoned: a job failed after writing")]
+    Abandoned,
 }
 
 macro_rules! from_redb {
@@ -83,6 +85,7 @@ impl StoreError {
             },
             StoreError::Closed => StoreError::Closed,
             StoreError::Panicked => StoreError::Panicked,
+            StoreError::Abandoned => StoreError::Abandoned,
             StoreError::Db(e) => StoreError::Corrupt(format!("write failed: {e}")),
         }
     }
@@ -174,11 +177,16 @@ impl Store {
     {
         let (tx, rx) = oneshot::channel::<Result<R, E>>();
         let job: Job = Box::new(move |ctx: &mut WriteCtx<'_>| {
-            let marks = (ctx.events.len(), ctx.commands.len());
+            let marks = (ctx.events.len(), ctx.commands.len(), ctx.writes);
             let outcome = f(ctx);
             if outcome.is_err() {
                 ctx.events.truncate(marks.0);
                 ctx.commands.truncate(marks.1);
+                // Jobs check before they write; one that failed after writing (a storage
+                // error, a bug) may have left half a change: the batch is abandoned.
+                if ctx.writes != marks.2 {
+                    ctx.poisoned = true;
+                }
             }
             Box::new(move |commit: StoreResult<()>| {
                 let reply = match (outcome, commit) {
@@ -215,7 +223,7 @@ impl Store {
     pub async fn check_ready(&self, now: Millis) -> StoreResult<()> {
         self.read(|r| r.table(META).map(|_| ())).await?;
         self.write(move |w| {
-            let mut meta = w.txn.open_table(META)?;
+            let mut meta = w.open_mut(META)?;
             meta.insert("last_ready_check_ms", now.max(0) as u64)?;
             Ok::<_, StoreError>(())
         })
@@ -286,6 +294,8 @@ fn run_batch(
         txn: &txn,
         events: Vec::new(),
         commands: Vec::new(),
+        writes: 0,
+        poisoned: false,
     };
     let mut panicked = false;
     for job in batch {
@@ -306,7 +316,13 @@ fn run_batch(
         events: std::mem::take(&mut ctx.events),
         commands: std::mem::take(&mut ctx.commands),
     };
+    let poisoned = ctx.poisoned;
     drop(ctx);
+    if poisoned && !panicked {
+        tracing::error!("a write job failed after writing; its batch is abandoned");
+        let _ = txn.abort();
+        return (finishes, Err(StoreError::Abandoned), Committed::default());
+    }
     if panicked {
         let _ = txn.abort();
         return (finishes, Err(StoreError::Panicked), Committed::default());
@@ -685,6 +701,10 @@ pub struct WriteCtx<'a> {
     txn: &'a WriteTransaction,
     events: Vec<BusEvent>,
     commands: Vec<OutboxEntry>,
+    /// Tables opened for writing so far in this batch.
+    writes: u64,
+    /// A job failed after writing: the batch must not commit.
+    poisoned: bool,
 }
 
 impl Reads for WriteCtx<'_> {
@@ -697,7 +717,16 @@ impl Reads for WriteCtx<'_> {
     }
 }
 
-impl WriteCtx<'_> {
+impl<'a> WriteCtx<'a> {
+    /// Opens a table for writing, noting that this job has written.
+    fn open_mut<K: Key + 'static, V: Value + 'static>(
+        &mut self,
+        def: TableDefinition<K, V>,
+    ) -> StoreResult<Table<'a, K, V>> {
+        self.writes += 1;
+        Ok(self.txn.open_table(def)?)
+    }
+
     /// Publishes `event` once this transaction is durable (and never if the job fails).
     pub fn emit(&mut self, event: BusEvent) {
         self.events.push(event);
@@ -705,10 +734,9 @@ impl WriteCtx<'_> {
 
     pub fn put_token(&mut self, token: &TokenRecord) -> StoreResult<()> {
         let bytes = encode(token)?;
-        self.txn
-            .open_table(TOKENS)?
+        self.open_mut(TOKENS)?
             .insert(token.id.as_u128(), bytes.as_slice())?;
-        let mut hashes = self.txn.open_table(TOKEN_HASHES)?;
+        let mut hashes = self.open_mut(TOKEN_HASHES)?;
         if token.revoked_at.is_none() {
             hashes.insert(token.hash.as_slice(), token.id.as_u128())?;
         } else {
@@ -722,14 +750,14 @@ impl WriteCtx<'_> {
         let bytes = encode(session)?;
         // One open for read-old and write-new: this is the hottest write path.
         let old: Option<Session> = {
-            let mut table = self.txn.open_table(SESSIONS)?;
+            let mut table = self.open_mut(SESSIONS)?;
             let previous = table.insert(session.id.as_u128(), bytes.as_slice())?;
             previous.map(|v| decode(v.value())).transpose()?
         };
         let was_active = old.as_ref().is_some_and(|s| !s.state.is_terminal());
         let is_active = !session.state.is_terminal();
         if old.is_none() {
-            self.txn.open_table(SESSIONS_BY_ORG)?.insert(
+            self.open_mut(SESSIONS_BY_ORG)?.insert(
                 (
                     session.org_id.as_str(),
                     session.created_at.max(0) as u64,
@@ -745,7 +773,7 @@ impl WriteCtx<'_> {
         let id = session.id.as_u128();
         let was_queued = old.as_ref().is_some_and(Session::is_unassigned_queued);
         if was_queued != session.is_unassigned_queued() {
-            let mut queue = self.txn.open_table(SESSION_QUEUE)?;
+            let mut queue = self.open_mut(SESSION_QUEUE)?;
             if was_queued {
                 queue.remove((created, id))?;
             } else {
@@ -756,14 +784,12 @@ impl WriteCtx<'_> {
         let new_runner = session.occupies_runner();
         if old_runner != new_runner {
             if let Some(r) = old_runner {
-                self.txn
-                    .open_table(SESSIONS_BY_RUNNER)?
+                self.open_mut(SESSIONS_BY_RUNNER)?
                     .remove((r.as_u128(), id))?;
                 self.adjust_runner_load(r, false)?;
             }
             if let Some(r) = new_runner {
-                self.txn
-                    .open_table(SESSIONS_BY_RUNNER)?
+                self.open_mut(SESSIONS_BY_RUNNER)?
                     .insert((r.as_u128(), id), ())?;
                 self.adjust_runner_load(r, true)?;
             }
@@ -772,7 +798,7 @@ impl WriteCtx<'_> {
     }
 
     fn adjust_runner_load(&mut self, runner: Uuid, up: bool) -> StoreResult<()> {
-        let mut t = self.txn.open_table(RUNNER_ACTIVE_SESSIONS)?;
+        let mut t = self.open_mut(RUNNER_ACTIVE_SESSIONS)?;
         let key = runner.as_u128();
         let n = t.get(key)?.map(|v| v.value()).unwrap_or(0);
         let n = if up { n + 1 } else { n.saturating_sub(1) };
@@ -785,7 +811,7 @@ impl WriteCtx<'_> {
     }
 
     fn adjust_active(&mut self, org_id: &str, up: bool) -> StoreResult<()> {
-        let mut t = self.txn.open_table(ORG_ACTIVE_SESSIONS)?;
+        let mut t = self.open_mut(ORG_ACTIVE_SESSIONS)?;
         let n = t.get(org_id)?.map(|v| v.value()).unwrap_or(0);
         let n = if up { n + 1 } else { n.saturating_sub(1) };
         if n == 0 {
@@ -799,8 +825,8 @@ impl WriteCtx<'_> {
     /// Removes a session with its events, output, approvals and timers.
     pub fn delete_session(&mut self, session: &Session) -> StoreResult<()> {
         let id = session.id.as_u128();
-        self.txn.open_table(SESSIONS)?.remove(id)?;
-        self.txn.open_table(SESSIONS_BY_ORG)?.remove((
+        self.open_mut(SESSIONS)?.remove(id)?;
+        self.open_mut(SESSIONS_BY_ORG)?.remove((
             session.org_id.as_str(),
             session.created_at.max(0) as u64,
             id,
@@ -809,28 +835,22 @@ impl WriteCtx<'_> {
             self.adjust_active(&session.org_id, false)?;
         }
         if session.is_unassigned_queued() {
-            self.txn
-                .open_table(SESSION_QUEUE)?
+            self.open_mut(SESSION_QUEUE)?
                 .remove((session.created_at.max(0) as u64, id))?;
         }
         if let Some(r) = session.occupies_runner() {
-            self.txn
-                .open_table(SESSIONS_BY_RUNNER)?
+            self.open_mut(SESSIONS_BY_RUNNER)?
                 .remove((r.as_u128(), id))?;
             self.adjust_runner_load(r, false)?;
         }
-        self.txn
-            .open_table(SESSION_EVENTS)?
+        self.open_mut(SESSION_EVENTS)?
             .retain_in((id, 0u64)..=(id, u64::MAX), |_, _| false)?;
-        self.txn
-            .open_table(SESSION_OUTPUT)?
+        self.open_mut(SESSION_OUTPUT)?
             .retain_in((id, 0u64)..=(id, u64::MAX), |_, _| false)?;
-        self.txn
-            .open_table(APPROVALS)?
+        self.open_mut(APPROVALS)?
             .retain_in((id, 0u128)..=(id, u128::MAX), |_, _| false)?;
-        self.txn
-            .open_table(TIMERS)?
-            .retain(|(_, _, s, _), _| s != id)?;
+        // A finished session's only timer left is its purge timer, which the sweep clears;
+        // scanning the whole timer table here would stall every writer.
         Ok(())
     }
 
@@ -843,7 +863,7 @@ impl WriteCtx<'_> {
         at: Millis,
         data: Option<&serde_json::Value>,
     ) -> StoreResult<SessionEvent> {
-        let mut table = self.txn.open_table(SESSION_EVENTS)?;
+        let mut table = self.open_mut(SESSION_EVENTS)?;
         let event = SessionEvent {
             seq: last_seq(&table, session)? + 1,
             kind: kind.to_owned(),
@@ -859,16 +879,14 @@ impl WriteCtx<'_> {
     /// Appends an output chunk; its `seq` must be the next one (the caller read it).
     pub fn put_output(&mut self, session: Uuid, chunk: &OutputChunk) -> StoreResult<()> {
         let bytes = encode(chunk)?;
-        self.txn
-            .open_table(SESSION_OUTPUT)?
+        self.open_mut(SESSION_OUTPUT)?
             .insert((session.as_u128(), chunk.seq), bytes.as_slice())?;
         Ok(())
     }
 
     pub fn put_webhook(&mut self, hook: &Webhook) -> StoreResult<()> {
         let bytes = encode(hook)?;
-        self.txn
-            .open_table(WEBHOOKS)?
+        self.open_mut(WEBHOOKS)?
             .insert(hook.id.as_u128(), bytes.as_slice())?;
         Ok(())
     }
@@ -876,12 +894,10 @@ impl WriteCtx<'_> {
     /// Removes a webhook, its delivery log and its pending deliveries.
     pub fn delete_webhook(&mut self, id: Uuid) -> StoreResult<()> {
         let w = id.as_u128();
-        self.txn.open_table(WEBHOOKS)?.remove(w)?;
-        self.txn
-            .open_table(WEBHOOK_DELIVERIES)?
+        self.open_mut(WEBHOOKS)?.remove(w)?;
+        self.open_mut(WEBHOOK_DELIVERIES)?
             .retain_in((w, 0u128)..=(w, u128::MAX), |_, _| false)?;
-        self.txn
-            .open_table(DELIVERY_QUEUE)?
+        self.open_mut(DELIVERY_QUEUE)?
             .retain(|(_, hook, _), _| hook != w)?;
         Ok(())
     }
@@ -891,10 +907,9 @@ impl WriteCtx<'_> {
     pub fn put_delivery(&mut self, d: &Delivery, previous_due: Option<Millis>) -> StoreResult<()> {
         let (w, id) = (d.webhook_id.as_u128(), d.id.as_u128());
         let bytes = encode(d)?;
-        self.txn
-            .open_table(WEBHOOK_DELIVERIES)?
+        self.open_mut(WEBHOOK_DELIVERIES)?
             .insert((w, id), bytes.as_slice())?;
-        let mut queue = self.txn.open_table(DELIVERY_QUEUE)?;
+        let mut queue = self.open_mut(DELIVERY_QUEUE)?;
         if let Some(due) = previous_due {
             queue.remove((due.max(0) as u64, w, id))?;
         }
@@ -908,11 +923,20 @@ impl WriteCtx<'_> {
         Ok(())
     }
 
+    /// Removes one delivery and its queue entry, whatever its due time.
+    pub fn forget_delivery(&mut self, webhook: Uuid, id: Uuid) -> StoreResult<()> {
+        let (w, d) = (webhook.as_u128(), id.as_u128());
+        self.open_mut(WEBHOOK_DELIVERIES)?.remove((w, d))?;
+        self.open_mut(DELIVERY_QUEUE)?
+            .retain(|(_, hook, delivery), _| hook != w || delivery != d)?;
+        Ok(())
+    }
+
     /// Keeps a webhook's finished deliveries to twice the log size (pending ones always stay).
     fn trim_deliveries(&mut self, webhook: Uuid) -> StoreResult<()> {
         let keep = crate::webhooks::LOG_SIZE * 2;
         let w = webhook.as_u128();
-        let mut t = self.txn.open_table(WEBHOOK_DELIVERIES)?;
+        let mut t = self.open_mut(WEBHOOK_DELIVERIES)?;
         let total = t.range((w, 0u128)..=(w, u128::MAX))?.count();
         if total <= keep {
             return Ok(());
@@ -933,7 +957,7 @@ impl WriteCtx<'_> {
 
     /// Appends an audit entry with the next sequence number.
     pub fn append_audit(&mut self, mut entry: AuditEntry) -> StoreResult<u64> {
-        let mut t = self.txn.open_table(AUDIT)?;
+        let mut t = self.open_mut(AUDIT)?;
         entry.seq = t.last()?.map(|(k, _)| k.value()).unwrap_or(0) + 1;
         let bytes = encode(&entry)?;
         t.insert(entry.seq, bytes.as_slice())?;
@@ -942,7 +966,7 @@ impl WriteCtx<'_> {
 
     pub fn put_approval(&mut self, approval: &Approval) -> StoreResult<()> {
         let bytes = encode(approval)?;
-        self.txn.open_table(APPROVALS)?.insert(
+        self.open_mut(APPROVALS)?.insert(
             (approval.session_id.as_u128(), approval.id.as_u128()),
             bytes.as_slice(),
         )?;
@@ -952,11 +976,9 @@ impl WriteCtx<'_> {
     /// Writes a runner and its hostname index.
     pub fn put_runner(&mut self, runner: &RunnerRecord) -> StoreResult<()> {
         let bytes = encode(runner)?;
-        self.txn
-            .open_table(RUNNERS)?
+        self.open_mut(RUNNERS)?
             .insert(runner.id.as_u128(), bytes.as_slice())?;
-        self.txn
-            .open_table(RUNNERS_BY_HOSTNAME)?
+        self.open_mut(RUNNERS_BY_HOSTNAME)?
             .insert(runner.hostname.as_str(), runner.id.as_u128())?;
         Ok(())
     }
@@ -964,21 +986,18 @@ impl WriteCtx<'_> {
     /// Removes a runner with its liveness and outbox.
     pub fn delete_runner(&mut self, runner: &RunnerRecord) -> StoreResult<()> {
         let id = runner.id.as_u128();
-        self.txn.open_table(RUNNERS)?.remove(id)?;
-        self.txn
-            .open_table(RUNNERS_BY_HOSTNAME)?
+        self.open_mut(RUNNERS)?.remove(id)?;
+        self.open_mut(RUNNERS_BY_HOSTNAME)?
             .remove(runner.hostname.as_str())?;
-        self.txn.open_table(RUNNER_LIVENESS)?.remove(id)?;
-        self.txn
-            .open_table(RUNNER_OUTBOX)?
+        self.open_mut(RUNNER_LIVENESS)?.remove(id)?;
+        self.open_mut(RUNNER_OUTBOX)?
             .retain_in((id, 0u64)..=(id, u64::MAX), |_, _| false)?;
         Ok(())
     }
 
     pub fn put_liveness(&mut self, runner: Uuid, live: &Liveness) -> StoreResult<()> {
         let bytes = encode(live)?;
-        self.txn
-            .open_table(RUNNER_LIVENESS)?
+        self.open_mut(RUNNER_LIVENESS)?
             .insert(runner.as_u128(), bytes.as_slice())?;
         Ok(())
     }
@@ -992,7 +1011,7 @@ impl WriteCtx<'_> {
     ) -> StoreResult<OutboxEntry> {
         // The id only has to be unique; nothing depends on its value.
         let message_id = crate::clock::random_uuid();
-        let mut meta = self.txn.open_table(META)?;
+        let mut meta = self.open_mut(META)?;
         let seq = meta
             .get("next_command_seq")?
             .map(|v| v.value())
@@ -1007,8 +1026,7 @@ impl WriteCtx<'_> {
             created_at: now,
         };
         let bytes = encode(&entry)?;
-        self.txn
-            .open_table(RUNNER_OUTBOX)?
+        self.open_mut(RUNNER_OUTBOX)?
             .insert((runner_id.as_u128(), seq), bytes.as_slice())?;
         self.commands.push(entry.clone());
         Ok(entry)
@@ -1026,7 +1044,7 @@ impl WriteCtx<'_> {
             .filter(|e| remove(e))
             .map(|e| e.seq)
             .collect();
-        let mut t = self.txn.open_table(RUNNER_OUTBOX)?;
+        let mut t = self.open_mut(RUNNER_OUTBOX)?;
         for seq in &doomed {
             t.remove((runner_id.as_u128(), *seq))?;
         }
@@ -1034,12 +1052,12 @@ impl WriteCtx<'_> {
     }
 
     pub fn set_timer(&mut self, timer: Timer) -> StoreResult<()> {
-        self.txn.open_table(TIMERS)?.insert(timer_key(&timer), ())?;
+        self.open_mut(TIMERS)?.insert(timer_key(&timer), ())?;
         Ok(())
     }
 
     pub fn clear_timer(&mut self, timer: Timer) -> StoreResult<()> {
-        self.txn.open_table(TIMERS)?.remove(timer_key(&timer))?;
+        self.open_mut(TIMERS)?.remove(timer_key(&timer))?;
         Ok(())
     }
 }

@@ -103,6 +103,12 @@ async fn claim(service: &WebhookService, d: &Delivery) -> Result<(), DomainError
 
 async fn attempt(service: &WebhookService, mut d: Delivery) {
     let Some(hook) = service.webhook(d.webhook_id) else {
+        // Deleted while this delivery was due: drop it instead of retrying forever.
+        let (webhook, id) = (d.webhook_id, d.id);
+        let _ = service
+            .store()
+            .write(move |w| w.forget_delivery(webhook, id).map_err(DomainError::from))
+            .await;
         return;
     };
     let outcome = match client::Target::parse(&hook.url) {
