@@ -119,8 +119,10 @@ async fn main() -> ExitCode {
     match std::env::args().nth(1).as_deref() {
         Some("sessions") => sessions_scenario().await,
         Some("fleet") => fleet_scenario().await,
+        Some("stream") => stream_scenario().await,
+        Some("stream-clients") => stream_clients().await,
         _ => {
-            eprintln!("usage: loadgen sessions|fleet");
+            eprintln!("usage: loadgen sessions|fleet|stream");
             ExitCode::from(2)
         }
     }
@@ -1090,4 +1092,343 @@ fn print_trend(latencies: &[Duration]) {
         median(&latencies[..window]),
         median(&latencies[latencies.len() - window..])
     );
+}
+
+// ---- stream: the dashboard WebSocket under load (issue 4) ---------------------------------
+
+/// Subscribers of the one busy session.
+const STREAM_SUBSCRIBERS: usize = 500;
+/// Idle connections for the memory figure.
+const IDLE_CLIENTS: usize = 1_000;
+/// Output chunk size and rate: 4 KiB chunks at 1 MiB/s.
+const CHUNK_BYTES: usize = 4 * 1024;
+const CHUNKS_PER_SEC: u64 = 256;
+const STREAM_DURATION: Duration = Duration::from_secs(10);
+const TARGET_STREAM_P99: Duration = Duration::from_millis(100);
+const TARGET_IDLE_MIB: f64 = 50.0;
+
+fn epoch_micros() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros())
+}
+
+/// The server and the producer run here; the WebSocket clients run in a child process
+/// (`loadgen stream-clients …`) so that this process's CPU and memory are the server's.
+async fn stream_scenario() -> ExitCode {
+    let parent = std::env::temp_dir();
+    let server = BenchServer::start(&parent).await;
+    let admin = server.admin_token.clone();
+    let mut client = Client::connect(server.addr, 0).await;
+    let create = Call::new(
+        "/api/v1/sessions",
+        &admin,
+        &json!({"orgId": "bench", "providerId": "codex", "repo": {"url": "https://github.com/acme/app.git"}}),
+    );
+    let created: Value =
+        serde_json::from_slice(&client.post_expecting(&create, StatusCode::CREATED).await).unwrap();
+    let session = created["data"]["sessionId"].as_str().unwrap().to_string();
+    let start = create.to(&format!("/api/v1/sessions/{session}/state"));
+    let start = Call {
+        body: Bytes::from(json!({"state": "RUNNING"}).to_string()),
+        ..start
+    };
+    client.post_expecting(&start, StatusCode::OK).await;
+
+    println!(
+        "one session producing {} KiB chunks at {} KiB/s for {:?} to {STREAM_SUBSCRIBERS} subscribed dashboard clients (clients in a child process)",
+        CHUNK_BYTES / 1024,
+        CHUNK_BYTES as u64 * CHUNKS_PER_SEC / 1024,
+        STREAM_DURATION
+    );
+    let clients = spawn_clients(&server, &session, "subscribe", STREAM_SUBSCRIBERS).await;
+    let before = CpuSample::now();
+    let wall = Instant::now();
+    let sent = produce(&mut client, &server, &session).await;
+    let cpu_secs = (CpuSample::now().own - before.own) as f64 / clock_ticks_per_sec();
+    let elapsed = wall.elapsed();
+    let summary = clients.finish(sent).await;
+    let p99 = Duration::from_micros(summary["p99_us"].as_u64().unwrap_or(u64::MAX));
+    println!(
+        "    produced {sent} chunks ({:.2} MiB/s); delivered {} frames, missing {}, duplicated {}",
+        (sent as usize * CHUNK_BYTES) as f64 / 1048576.0 / elapsed.as_secs_f64(),
+        summary["frames"],
+        summary["missing"],
+        summary["duplicates"]
+    );
+    println!(
+        "    delivery latency: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        summary["p50_us"].as_f64().unwrap_or(0.0) / 1000.0,
+        summary["p99_us"].as_f64().unwrap_or(0.0) / 1000.0,
+        summary["max_us"].as_f64().unwrap_or(0.0) / 1000.0
+    );
+    println!(
+        "    server process CPU (server + the one producer connection): {:.2} cores ({:.1} s over {:.1} s)",
+        cpu_secs / elapsed.as_secs_f64(),
+        cpu_secs,
+        elapsed.as_secs_f64()
+    );
+    let complete = summary["missing"] == 0 && summary["duplicates"] == 0;
+
+    // Memory of idle connections.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_before = rss_mib();
+    let idle = spawn_clients(&server, &session, "idle", IDLE_CLIENTS).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_after = rss_mib();
+    let idle_delta = idle_after - idle_before;
+    println!(
+        "{IDLE_CLIENTS} idle authenticated clients: server RSS {idle_before:.1} -> {idle_after:.1} MiB (+{idle_delta:.1} MiB, {:.1} KiB per connection)",
+        idle_delta * 1024.0 / IDLE_CLIENTS as f64
+    );
+    idle.kill().await;
+    drop(client);
+    server.stop().await;
+
+    let latency_ok = complete && p99 < TARGET_STREAM_P99;
+    let memory_ok = idle_delta < TARGET_IDLE_MIB;
+    println!();
+    println!(
+        "delivery p99 {:.2} ms, every frame once (target < {} ms): {}",
+        p99.as_secs_f64() * 1000.0,
+        TARGET_STREAM_P99.as_millis(),
+        verdict(latency_ok)
+    );
+    println!(
+        "idle memory +{idle_delta:.1} MiB for {IDLE_CLIENTS} clients (target < {TARGET_IDLE_MIB} MiB): {}",
+        verdict(memory_ok)
+    );
+    exit_code(latency_ok && memory_ok)
+}
+
+fn clock_ticks_per_sec() -> f64 {
+    // Linux's USER_HZ is 100 on every architecture Rust targets here.
+    100.0
+}
+
+/// Posts timestamped chunks at the target rate; returns how many were stored.
+async fn produce(client: &mut Client, server: &BenchServer, session: &str) -> u64 {
+    let call = Call::new(
+        format!("/api/v1/sessions/{session}/output"),
+        &server.admin_token,
+        &json!({}),
+    );
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / CHUNKS_PER_SEC));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let deadline = Instant::now() + STREAM_DURATION;
+    let mut sent = 0;
+    while Instant::now() < deadline {
+        tick.tick().await;
+        let stamp = format!("{:020}|", epoch_micros());
+        let data = format!("{stamp}{}", "x".repeat(CHUNK_BYTES - stamp.len()));
+        let call = Call {
+            body: Bytes::from(json!({"stream": "stdout", "data": data}).to_string()),
+            ..call.to(&call.path)
+        };
+        client.post_expecting(&call, StatusCode::OK).await;
+        sent += 1;
+    }
+    sent
+}
+
+/// The child process running the WebSocket clients.
+struct ClientProcess {
+    child: tokio::process::Child,
+    stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+/// Org tokens for `count` dashboard users (a token may hold 10 connections).
+async fn dashboard_tokens(server: &BenchServer, count: usize) -> Vec<String> {
+    let mut client = Client::connect(server.addr, 0).await;
+    let mut tokens = Vec::new();
+    for i in 0..count.div_ceil(village::realtime::MAX_CONNECTIONS_PER_TOKEN) {
+        let call = Call::new(
+            "/api/v1/tokens",
+            &server.admin_token,
+            &json!({"kind": "org", "name": format!("dashboard user {i}"), "orgId": "bench"}),
+        );
+        let body: Value =
+            serde_json::from_slice(&client.post_expecting(&call, StatusCode::CREATED).await)
+                .unwrap();
+        tokens.push(body["data"]["token"].as_str().unwrap().to_string());
+    }
+    tokens
+}
+
+async fn spawn_clients(
+    server: &BenchServer,
+    session: &str,
+    mode: &str,
+    count: usize,
+) -> ClientProcess {
+    use tokio::io::AsyncBufReadExt;
+    let tokens = dashboard_tokens(server, count).await.join(",");
+    let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "stream-clients",
+            &server.addr.to_string(),
+            &tokens,
+            session,
+            mode,
+            &count.to_string(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(60), stdout.next_line())
+            .await
+            .expect("clients did not connect in 60 s")
+            .unwrap()
+            .expect("the client process ended early");
+        if line == "READY" {
+            break;
+        }
+    }
+    ClientProcess { child, stdout }
+}
+
+impl ClientProcess {
+    /// Tells the clients the last seq and reads their summary.
+    async fn finish(mut self, last_seq: u64) -> Value {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = self.child.stdin.take().unwrap();
+        stdin
+            .write_all(format!("{last_seq}\n").as_bytes())
+            .await
+            .unwrap();
+        let line = tokio::time::timeout(Duration::from_secs(60), self.stdout.next_line())
+            .await
+            .expect("no summary from the clients")
+            .unwrap()
+            .unwrap();
+        let _ = self.child.wait().await;
+        serde_json::from_str(&line).unwrap()
+    }
+
+    async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// The digits that follow `marker` in `text` (at most `max` of them).
+fn field_after<'t>(text: &'t str, marker: &str, max: usize) -> Option<&'t str> {
+    let start = text.find(marker)? + marker.len();
+    let rest = &text[start..];
+    let end = rest
+        .char_indices()
+        .take(max)
+        .take_while(|(_, c)| c.is_ascii_digit())
+        .last()
+        .map(|(i, c)| i + c.len_utf8())?;
+    Some(&rest[..end])
+}
+
+/// `loadgen stream-clients ADDR TOKENS SESSION subscribe|idle N`
+async fn stream_clients() -> ExitCode {
+    use tokio::io::AsyncBufReadExt;
+    let args: Vec<String> = std::env::args().collect();
+    let (addr, session, mode) = (&args[2], &args[4], &args[5]);
+    let tokens: Vec<&str> = args[3].split(',').collect();
+    let count: usize = args[6].parse().unwrap();
+    let subscribe = mode == "subscribe";
+    let mut ready = Vec::with_capacity(count);
+    let (frames_tx, mut frames_rx) = mpsc::unbounded_channel::<(u64, u64)>();
+    for i in 0..count {
+        let token = tokens[i % tokens.len()];
+        let mut request = format!("ws://{addr}/api/v1/ws")
+            .into_client_request()
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+        if subscribe {
+            let sub = json!({"type": "subscribe_session", "sessionId": session, "messageId": "s"});
+            ws.send(Message::text(sub.to_string())).await.unwrap();
+        }
+        let tx = frames_tx.clone();
+        let (ok_tx, ok_rx) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let mut ok_tx = Some(ok_tx);
+            while let Some(Ok(msg)) = ws.next().await {
+                let Message::Text(text) = msg else { continue };
+                let text = text.as_str();
+                if text.contains("\"subscribed\"")
+                    || (!subscribe && text.contains("\"authenticated\""))
+                {
+                    if let Some(t) = ok_tx.take() {
+                        let _ = t.send(());
+                    }
+                    continue;
+                }
+                if !text.contains("\"terminal\"") {
+                    continue;
+                }
+                let now = epoch_micros();
+                // 500 clients × 256 frames/s: read the two fields directly instead of parsing
+                // 4 KiB of JSON each time, so the clients leave the CPU to the server.
+                let seq = field_after(text, "\"seq\":", 20)
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(0);
+                let sent: u128 = field_after(text, "\"data\":\"", 20)
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(now);
+                let _ = tx.send((seq, now.saturating_sub(sent) as u64));
+            }
+        });
+        ready.push(ok_rx);
+    }
+    drop(frames_tx);
+    for r in ready {
+        let _ = r.await;
+    }
+    println!("READY");
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    if !subscribe {
+        // Idle until the parent is done measuring (it kills this process).
+        let _ = stdin.next_line().await;
+        return ExitCode::SUCCESS;
+    }
+    // Collect frames until the parent says which seq was last and every client has it.
+    let mut latencies: Vec<u64> = Vec::new();
+    let mut seen: HashMap<u64, usize> = HashMap::new();
+    let mut last: Option<u64> = None;
+    let mut last_line = Box::pin(stdin.next_line());
+    loop {
+        tokio::select! {
+            frame = frames_rx.recv() => {
+                let Some((seq, micros)) = frame else { break };
+                latencies.push(micros);
+                *seen.entry(seq).or_default() += 1;
+            }
+            line = &mut last_line, if last.is_none() => {
+                last = line.ok().flatten().and_then(|l| l.trim().parse().ok());
+            }
+            _ = tokio::time::sleep(Duration::from_secs(10)), if last.is_some() => break,
+        }
+        if let Some(l) = last
+            && (1..=l).all(|s| seen.get(&s).copied().unwrap_or(0) >= count)
+        {
+            break;
+        }
+    }
+    let last = last.unwrap_or(0);
+    let missing: usize = (1..=last)
+        .map(|s| count.saturating_sub(seen.get(&s).copied().unwrap_or(0)))
+        .sum();
+    let duplicates: usize = seen.values().map(|n| n.saturating_sub(count)).sum();
+    let mut latencies: Vec<Duration> = latencies.into_iter().map(Duration::from_micros).collect();
+    latencies.sort_unstable();
+    let us = |d: Duration| d.as_micros() as u64;
+    println!(
+        "{}",
+        json!({"frames": latencies.len(), "missing": missing, "duplicates": duplicates,
+               "p50_us": us(percentile(&latencies, 50.0)), "p99_us": us(percentile(&latencies, 99.0)),
+               "max_us": us(latencies.last().copied().unwrap_or_default())})
+    );
+    ExitCode::SUCCESS
 }

@@ -104,7 +104,7 @@ impl App {
             tokio::spawn(scheduler::run(store, runners, stop_rx.clone())),
             tokio::spawn(dispatcher::intake(
                 webhooks.clone(),
-                bus.subscribe(),
+                bus.clone(),
                 stop_rx.clone(),
             )),
             tokio::spawn(dispatcher::run(webhooks, stop_rx)),

@@ -18,13 +18,16 @@ use crate::clock::Millis;
 use crate::runners::model::OutboxEntry;
 
 /// One thing that happened. `name` is the contract's event name (`session_created`, …).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct BusEvent {
     pub name: &'static str,
     pub at: Millis,
     pub org_id: Option<String>,
     pub session_id: Option<Uuid>,
     pub data: Value,
+    /// The event as a dashboard frame, rendered by the first connection that sends it and
+    /// shared by all the others (terminal output goes to many watchers).
+    pub rendered: std::sync::OnceLock<Arc<str>>,
 }
 
 /// Events after which a queued session may find a runner.

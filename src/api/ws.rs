@@ -11,11 +11,18 @@ use std::time::Duration;
 
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use uuid::Uuid;
-use warp::ws::{Message, WebSocket, Ws};
-use warp::{Filter, Reply};
+use warp::Filter;
+use warp::http::{HeaderMap, HeaderValue, StatusCode, header};
+use warp::reply::Response;
 
 use super::AppState;
 use super::envelope::{ApiResult, Success};
@@ -37,45 +44,109 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Output replayed per store read during `subscribe_session`.
 const REPLAY_PAGE: u64 = 64;
 
+/// A connection's socket after the upgrade.
+type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Buffers sized for many mostly idle connections: tungstenite's defaults (128 KiB read
+/// buffer, zero-filled on every read) would cost each idle dashboard 128 KiB.
+fn socket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_BUFFERED_BYTES)
+        .max_message_size(Some(HARD_FRAME_LIMIT))
+        .max_frame_size(Some(HARD_FRAME_LIMIT))
+}
+
 pub fn route(state: &AppState) -> warp::filters::BoxedFilter<(ApiResult,)> {
     let st = state.clone();
     warp::path!("ws")
         .and(warp::get())
-        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::header::headers_cloned())
         .and(warp::query::<HashMap<String, String>>())
-        .and(warp::ws())
+        .and(warp::ext::optional::<hyper::upgrade::OnUpgrade>())
         .and_then(
-            move |auth: Option<String>, query: HashMap<String, String>, ws: Ws| {
+            move |headers: HeaderMap, query: HashMap<String, String>, upgrade| {
                 let st = st.clone();
-                async move {
-                    let token = auth
-                        .as_deref()
-                        .and_then(|h| h.strip_prefix("Bearer "))
-                        .or(query.get("token").map(String::as_str))
-                        .map(|t| t.trim().to_owned());
-                    let caller = if !st.config.websocket.auth_required {
-                        Some(std::sync::Arc::new(Principal::anonymous_admin()))
-                    } else {
-                        match token {
-                            // A token that was given must be valid; none at all may authenticate later.
-                            Some(t) => Some(
-                                st.auth
-                                    .authenticate(&t)
-                                    .ok_or_else(|| reject(ApiError::unauthorized()))?,
-                            ),
-                            None => None,
-                        }
-                    };
-                    let reply = ws
-                        .max_message_size(HARD_FRAME_LIMIT)
-                        .max_frame_size(HARD_FRAME_LIMIT)
-                        .max_write_buffer_size(MAX_BUFFERED_BYTES)
-                        .on_upgrade(move |socket| Connection::run(st, socket, caller));
-                    Ok::<ApiResult, warp::Rejection>(Ok(Success::Raw(reply.into_response())))
-                }
+                async move { upgrade_request(st, &headers, &query, upgrade) }
             },
         )
         .boxed()
+}
+
+fn header_is(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| v.trim().eq_ignore_ascii_case(token))
+}
+
+/// Checks the WebSocket handshake and the token, answers 101 and serves the socket once the
+/// connection is upgraded.
+fn upgrade_request(
+    st: AppState,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Result<ApiResult, warp::Rejection> {
+    let key = headers.get(header::SEC_WEBSOCKET_KEY);
+    let handshake_ok = header_is(headers, header::CONNECTION, "upgrade")
+        && header_is(headers, header::UPGRADE, "websocket")
+        && headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .is_some_and(|v| v == "13");
+    let (Some(key), true, Some(upgrade)) = (key, handshake_ok, upgrade) else {
+        return Err(reject(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+            "This is a WebSocket endpoint: send a WebSocket upgrade request",
+        )));
+    };
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .or(query.get("token").map(String::as_str))
+        .map(|t| t.trim().to_owned());
+    let caller = if !st.config.websocket.auth_required {
+        Some(std::sync::Arc::new(Principal::anonymous_admin()))
+    } else {
+        match token {
+            // A token that was given must be valid; none at all may authenticate later.
+            Some(t) => Some(
+                st.auth
+                    .authenticate(&t)
+                    .ok_or_else(|| reject(ApiError::unauthorized()))?,
+            ),
+            None => None,
+        }
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                let socket = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(socket_config()),
+                )
+                .await;
+                Connection::run(st, socket, caller).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "dashboard upgrade failed"),
+        }
+    });
+    let mut response = Response::new(warp::hyper::body::Bytes::new().into());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    Ok(Ok(Success::Raw(response)))
 }
 
 fn now_stamp(st: &AppState) -> String {
@@ -92,13 +163,13 @@ enum Close {
 
 struct Connection {
     st: AppState,
-    sink: SplitSink<WebSocket, Message>,
+    sink: SplitSink<Socket, Message>,
     caller: Option<(Caller, Slot)>,
     subs: Subscriptions,
 }
 
 impl Connection {
-    async fn run(st: AppState, socket: WebSocket, caller: Option<Caller>) {
+    async fn run(st: AppState, socket: Socket, caller: Option<Caller>) {
         let (sink, mut stream) = socket.split();
         // Subscribe before anything is read from the store: nothing committed from now on can
         // be missed.
@@ -144,7 +215,7 @@ impl Connection {
                     if last_pong.elapsed() > interval * 2 {
                         Err(Close::With(1001, "ping timeout"))
                     } else {
-                        conn.deliver(Message::ping(Vec::new())).await
+                        conn.deliver(Message::Ping(Default::default())).await
                     }
                 }
                 _ = shutdown.changed() => Err(Close::With(1001, "server shutting down")),
@@ -157,7 +228,11 @@ impl Connection {
         // peer that stopped reading may never take it: try briefly, then drop the socket.
         let goodbye = async {
             if let Err(Close::With(code, reason)) = outcome {
-                let _ = conn.sink.send(Message::close_with(code, reason)).await;
+                let close = CloseFrame {
+                    code: code.into(),
+                    reason: reason.into(),
+                };
+                let _ = conn.sink.send(Message::Close(Some(close))).await;
             }
             while let Some(Ok(msg)) = stream.next().await {
                 if msg.is_close() {
@@ -231,13 +306,13 @@ impl Connection {
     }
 
     async fn on_frame(&mut self, msg: &Message) -> Result<(), Close> {
-        if msg.as_bytes().len() > MAX_CLIENT_FRAME {
+        if msg.len() > MAX_CLIENT_FRAME {
             return self
                 .error("MESSAGE_TOO_LARGE", "Frames are limited to 1 MiB", None)
                 .await;
         }
         let Some(frame) = msg
-            .to_str()
+            .to_text()
             .ok()
             .and_then(|t| serde_json::from_str::<Value>(t).ok())
         else {
@@ -440,11 +515,14 @@ impl Connection {
                     return Ok(());
                 };
                 self.subs.sessions.insert(id, seq);
-                let mut frame =
-                    json!({"type": "terminal", "sessionId": id, "action": "output", "seq": seq});
-                frame["stream"] = event.data.get("stream").cloned().unwrap_or(Value::Null);
-                frame["data"] = event.data.get("data").cloned().unwrap_or(Value::Null);
-                self.send(frame).await
+                let text = event.rendered.get_or_init(|| {
+                    json!({"type": "terminal", "sessionId": id, "action": "output", "seq": seq,
+                           "stream": event.data.get("stream"), "data": event.data.get("data"),
+                           "timestamp": format_ms(event.at)})
+                    .to_string()
+                    .into()
+                });
+                self.deliver(Message::text(text.to_string())).await
             }
             Route::Session => self.send(session_frame(event)).await,
             Route::Fleet => {

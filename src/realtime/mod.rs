@@ -157,6 +157,7 @@ mod tests {
             org_id: org.map(str::to_owned),
             session_id: session,
             data: json!({"seq": seq}),
+            rendered: Default::default(),
         }
     }
 

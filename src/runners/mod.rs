@@ -217,6 +217,7 @@ impl RunnerService {
             org_id: record.org_id.clone(),
             session_id: None,
             data,
+            rendered: Default::default(),
         });
     }
 

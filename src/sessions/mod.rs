@@ -710,6 +710,7 @@ impl SessionService {
                     org_id: Some(s.org_id.clone()),
                     session_id: Some(id),
                     data: json!({"seq": chunk.seq, "stream": stream.as_str(), "data": chunk.data}),
+                    rendered: Default::default(),
                 });
                 Ok(chunk.seq)
             })
@@ -765,6 +766,7 @@ fn record(
         org_id: Some(s.org_id.clone()),
         session_id: Some(s.id),
         data,
+        rendered: Default::default(),
     });
     Ok(())
 }

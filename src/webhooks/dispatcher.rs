@@ -10,37 +10,44 @@ use super::{
     Delivery, DeliveryStatus, MAX_ATTEMPTS, WebhookService, client, retry_delay_ms, signature,
 };
 use crate::error::DomainError;
-use crate::events::BusEvent;
+use crate::events::EventBus;
 use crate::store::Reads;
 
 /// Attempts in flight at once.
 const CONCURRENCY: usize = 16;
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Feeds bus events into the delivery table.
-pub async fn intake(
-    service: WebhookService,
-    mut events: broadcast::Receiver<Arc<BusEvent>>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// Feeds bus events into the delivery table. With no webhook registered it does not listen
+/// to the bus at all (nothing could match), so an install without webhooks pays nothing.
+pub async fn intake(service: WebhookService, bus: EventBus, mut shutdown: watch::Receiver<bool>) {
+    let registered = service.registered();
     loop {
-        let first = tokio::select! {
-            e = events.recv() => e,
-            _ = shutdown.changed() => return,
-        };
-        let mut batch = match first {
-            Ok(e) => vec![e],
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                tracing::error!(missed = n, "webhook intake fell behind the event bus");
-                continue;
+        if !service.has_hooks() {
+            tokio::select! {
+                _ = registered.notified() => continue,
+                _ = shutdown.changed() => return,
             }
-            Err(broadcast::error::RecvError::Closed) => return,
-        };
-        while let Ok(e) = events.try_recv() {
-            batch.push(e);
         }
-        if let Err(e) = service.enqueue(&batch).await {
-            tracing::error!(error = %e, "recording webhook deliveries failed");
+        let mut events = bus.subscribe();
+        while service.has_hooks() {
+            let first = tokio::select! {
+                e = events.recv() => e,
+                _ = shutdown.changed() => return,
+            };
+            let mut batch = match first {
+                Ok(e) => vec![e],
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::error!(missed = n, "webhook intake fell behind the event bus");
+                    continue;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            while let Ok(e) = events.try_recv() {
+                batch.push(e);
+            }
+            if let Err(e) = service.enqueue(&batch).await {
+                tracing::error!(error = %e, "recording webhook deliveries failed");
+            }
         }
     }
 }

@@ -176,6 +176,8 @@ pub struct WebhookService {
     /// Registered webhooks, mirrored for matching events without a read per event.
     hooks: Arc<RwLock<HashMap<Uuid, Webhook>>>,
     wake: Arc<tokio::sync::Notify>,
+    /// Signalled when a webhook is registered (the intake starts listening).
+    registered: Arc<tokio::sync::Notify>,
 }
 
 impl WebhookService {
@@ -187,6 +189,7 @@ impl WebhookService {
             ids,
             hooks: Arc::new(RwLock::new(hooks.into_iter().map(|h| (h.id, h)).collect())),
             wake: Arc::new(tokio::sync::Notify::new()),
+            registered: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -263,6 +266,7 @@ impl WebhookService {
             })
             .await?;
         self.hooks_mut().insert(hook.id, hook.clone());
+        self.registered.notify_one();
         Ok(hook)
     }
 
@@ -378,6 +382,14 @@ impl WebhookService {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub fn has_hooks(&self) -> bool {
+        !self.hooks().is_empty()
+    }
+
+    pub fn registered(&self) -> Arc<tokio::sync::Notify> {
+        self.registered.clone()
     }
 
     pub fn wakeup(&self) -> Arc<tokio::sync::Notify> {
