@@ -414,6 +414,9 @@ async fn a_full_session_driven_by_a_runner() {
         .await
         .unwrap();
     assert_eq!(ch.expect("error").await["code"], "INVALID_MESSAGE");
+    ch.send(json!({"type": "usage", "pad": "x".repeat(1024 * 1024 + 1)}))
+        .await;
+    assert_eq!(ch.expect("error").await["code"], "MESSAGE_TOO_LARGE");
     let hb = ch
         .request(
             json!({"type": "heartbeat", "runnerId": r.id, "timestamp": "2026-11-25T10:00:00Z",

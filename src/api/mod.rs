@@ -11,6 +11,7 @@ mod runner_channel;
 mod runners;
 mod sessions;
 mod tokens;
+mod upgrade;
 mod webhooks;
 mod ws;
 

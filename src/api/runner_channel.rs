@@ -10,9 +10,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use uuid::Uuid;
-use warp::Reply;
-use warp::ws::{Message, WebSocket, Ws};
+use warp::http::HeaderMap;
+
+use super::upgrade::{Handshake, Socket};
 
 use super::AppState;
 use super::envelope::{ApiResult, Success};
@@ -33,16 +36,29 @@ pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
 
 static CONNECTIONS: AtomicU64 = AtomicU64::new(1);
 
-pub async fn open(id: String, p: Caller, st: AppState, ws: Ws) -> ApiResult {
-    let id = runner_id(&id)?;
-    st.runners.check_channel(&p, id)?;
-    let reply = ws
-        .max_message_size(MAX_FRAME_BYTES)
-        .on_upgrade(move |socket| serve(st, p, id, socket));
-    Ok(Success::Raw(reply.into_response()))
+pub async fn open(
+    id: String,
+    p: Caller,
+    st: AppState,
+    headers: HeaderMap,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Result<ApiResult, warp::Rejection> {
+    let handshake = Handshake::check(&headers, upgrade)?;
+    let checked = runner_id(&id).and_then(|id| {
+        st.runners.check_channel(&p, id)?;
+        Ok(id)
+    });
+    Ok(checked.map(|id| Success::Raw(handshake.accept(move |socket| serve(st, p, id, socket)))))
 }
 
-async fn serve(st: AppState, p: Caller, runner: Uuid, socket: WebSocket) {
+fn close(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: code.into(),
+        reason: reason.into(),
+    }))
+}
+
+async fn serve(st: AppState, p: Caller, runner: Uuid, socket: Socket) {
     let (mut sink, mut stream) = socket.split();
     let connection = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
     let (tx, mut commands) = mpsc::unbounded_channel();
@@ -81,8 +97,10 @@ async fn serve(st: AppState, p: Caller, runner: Uuid, socket: WebSocket) {
                     last_pong = tokio::time::Instant::now();
                     continue;
                 }
-                let replies = if msg.is_text() {
-                    handle(&st, &p, runner, msg.to_str().unwrap_or("")).await
+                let replies = if msg.len() > MAX_FRAME_BYTES {
+                    vec![error_frame("MESSAGE_TOO_LARGE", "frames are limited to 1 MiB", None)]
+                } else if msg.is_text() {
+                    handle(&st, &p, runner, msg.to_text().unwrap_or("")).await
                 } else if msg.is_ping() {
                     Vec::new()
                 } else {
@@ -109,15 +127,15 @@ async fn serve(st: AppState, p: Caller, runner: Uuid, socket: WebSocket) {
             _ = ping.tick() => {
                 if last_pong.elapsed() > interval * 2 {
                     tracing::warn!(%runner, "runner channel missed its pongs; closing");
-                    let _ = sink.send(Message::close_with(1001u16, "ping timeout")).await;
+                    let _ = sink.send(close(1001, "ping timeout")).await;
                     break;
                 }
-                if sink.send(Message::ping(Vec::new())).await.is_err() {
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
                     break;
                 }
             }
             _ = shutdown.changed() => {
-                let _ = sink.send(Message::close_with(1001u16, "server shutting down")).await;
+                let _ = sink.send(close(1001, "server shutting down")).await;
                 break;
             }
         }

@@ -33,8 +33,9 @@ pub fn routes(s: &AppState) -> BoxedFilter<(ApiResult,)> {
     let channel = path!("runners" / String / "channel")
         .and(warp::get())
         .and(p())
-        .and(warp::ws())
-        .then(super::runner_channel::open);
+        .and(warp::header::headers_cloned())
+        .and(warp::ext::optional::<hyper::upgrade::OnUpgrade>())
+        .and_then(super::runner_channel::open);
     let list = path!("runners")
         .and(warp::get())
         .and(p())

@@ -11,18 +11,15 @@ use std::time::Duration;
 
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use uuid::Uuid;
 use warp::Filter;
-use warp::http::{HeaderMap, HeaderValue, StatusCode, header};
-use warp::reply::Response;
+use warp::http::{HeaderMap, header};
+
+use super::upgrade::{Handshake, Socket};
 
 use super::AppState;
 use super::envelope::{ApiResult, Success};
@@ -35,28 +32,10 @@ use crate::realtime::{Route, Slot, Subscriptions};
 
 /// Client frames above this are refused with `MESSAGE_TOO_LARGE` (the connection stays open).
 pub const MAX_CLIENT_FRAME: usize = 1024 * 1024;
-/// Frames beyond this are a protocol error that closes the connection.
-const HARD_FRAME_LIMIT: usize = 16 * 1024 * 1024;
-/// Output buffered for one client beyond what its socket took; past this it is too slow.
-const MAX_BUFFERED_BYTES: usize = 8 * 1024 * 1024;
 /// A client whose socket takes no frame for this long is too slow.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Output replayed per store read during `subscribe_session`.
 const REPLAY_PAGE: u64 = 64;
-
-/// A connection's socket after the upgrade.
-type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
-
-/// Buffers sized for many mostly idle connections: tungstenite's defaults (128 KiB read
-/// buffer, zero-filled on every read) would cost each idle dashboard 128 KiB.
-fn socket_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
-        .max_write_buffer_size(MAX_BUFFERED_BYTES)
-        .max_message_size(Some(HARD_FRAME_LIMIT))
-        .max_frame_size(Some(HARD_FRAME_LIMIT))
-}
 
 pub fn route(state: &AppState) -> warp::filters::BoxedFilter<(ApiResult,)> {
     let st = state.clone();
@@ -74,15 +53,6 @@ pub fn route(state: &AppState) -> warp::filters::BoxedFilter<(ApiResult,)> {
         .boxed()
 }
 
-fn header_is(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|v| v.trim().eq_ignore_ascii_case(token))
-}
-
 /// Checks the WebSocket handshake and the token, answers 101 and serves the socket once the
 /// connection is upgraded.
 fn upgrade_request(
@@ -91,19 +61,7 @@ fn upgrade_request(
     query: &HashMap<String, String>,
     upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Result<ApiResult, warp::Rejection> {
-    let key = headers.get(header::SEC_WEBSOCKET_KEY);
-    let handshake_ok = header_is(headers, header::CONNECTION, "upgrade")
-        && header_is(headers, header::UPGRADE, "websocket")
-        && headers
-            .get(header::SEC_WEBSOCKET_VERSION)
-            .is_some_and(|v| v == "13");
-    let (Some(key), true, Some(upgrade)) = (key, handshake_ok, upgrade) else {
-        return Err(reject(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "INVALID_REQUEST",
-            "This is a WebSocket endpoint: send a WebSocket upgrade request",
-        )));
-    };
+    let handshake = Handshake::check(headers, upgrade)?;
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -123,30 +81,9 @@ fn upgrade_request(
             None => None,
         }
     };
-    let accept = derive_accept_key(key.as_bytes());
-    tokio::spawn(async move {
-        match upgrade.await {
-            Ok(upgraded) => {
-                let socket = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(socket_config()),
-                )
-                .await;
-                Connection::run(st, socket, caller).await;
-            }
-            Err(e) => tracing::debug!(error = %e, "dashboard upgrade failed"),
-        }
-    });
-    let mut response = Response::new(warp::hyper::body::Bytes::new().into());
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = response.headers_mut();
-    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    if let Ok(v) = HeaderValue::from_str(&accept) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-    }
-    Ok(Ok(Success::Raw(response)))
+    Ok(Ok(Success::Raw(handshake.accept(move |socket| {
+        Connection::run(st, socket, caller)
+    }))))
 }
 
 fn now_stamp(st: &AppState) -> String {
