@@ -215,6 +215,20 @@ impl Connection {
         self.send(frame).await
     }
 
+    /// Answers with `{type: event, event, data}`.
+    async fn announce(
+        &mut self,
+        event: &str,
+        data: Value,
+        message_id: Option<&Value>,
+    ) -> Result<(), Close> {
+        self.reply(
+            json!({"type": "event", "event": event, "data": data}),
+            message_id,
+        )
+        .await
+    }
+
     /// Takes a connection slot for the caller; over the limit, the connection closes.
     async fn sign_in(&mut self, caller: Caller, message_id: Option<&Value>) -> Result<(), Close> {
         // With authentication off every caller is the same anonymous admin: limit per
@@ -235,11 +249,7 @@ impl Connection {
         };
         let data = json!({"kind": caller.kind.as_str(), "orgId": caller.org_id});
         self.caller = Some((caller, slot));
-        self.reply(
-            json!({"type": "event", "event": "authenticated", "data": data}),
-            message_id,
-        )
-        .await
+        self.announce("authenticated", data, message_id).await
     }
 
     async fn on_frame(&mut self, msg: &Message) -> Result<(), Close> {
@@ -335,7 +345,11 @@ impl Connection {
         self.st.sessions.output(caller, id, after, 1).await?;
         self.subs.sessions.insert(id, after);
         if let Err(c) = self
-            .reply(json!({"type": "event", "event": "subscribed", "data": {"sessionId": id, "afterSeq": after}}), mid)
+            .announce(
+                "subscribed",
+                json!({"sessionId": id, "afterSeq": after}),
+                mid,
+            )
             .await
         {
             return Ok(Err(c));
@@ -375,10 +389,7 @@ impl Connection {
                 .await);
         }
         Ok(self
-            .reply(
-                json!({"type": "event", "event": "unsubscribed", "data": {"sessionId": id}}),
-                mid,
-            )
+            .announce("unsubscribed", json!({"sessionId": id}), mid)
             .await)
     }
 
@@ -398,10 +409,7 @@ impl Connection {
         }
         self.subs.orgs.insert(org.to_owned());
         Ok(self
-            .reply(
-                json!({"type": "event", "event": "subscribed", "data": {"orgId": org}}),
-                mid,
-            )
+            .announce("subscribed", json!({"orgId": org}), mid)
             .await)
     }
 
@@ -431,10 +439,7 @@ impl Connection {
             .terminal_input(caller, id, data.to_owned())
             .await?;
         Ok(self
-            .reply(
-                json!({"type": "event", "event": "input_sent", "data": {"sessionId": id}}),
-                mid,
-            )
+            .announce("input_sent", json!({"sessionId": id}), mid)
             .await)
     }
 
