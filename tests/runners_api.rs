@@ -845,3 +845,37 @@ async fn a_runner_may_fail_an_assignment_it_cannot_start() {
         .expect_error(409, "INVALID_STATE");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn sockets_of_a_revoked_token_are_closed() {
+    let s = TestServer::start(FAST).await;
+    let admin = s.admin();
+    let (old, _) = register(&admin, "w", &["codex"], None, &[]).await;
+    let mut ch = old.connect().await;
+    // Registering the hostname again revokes the old runner token.
+    register(&admin, "w", &["codex"], None, &[]).await;
+    ch.send(
+        json!({"type": "heartbeat", "runnerId": old.id, "timestamp": "2026-11-25T10:00:00Z",
+                   "load": {"cpuPercent": 1, "memoryPercent": 1, "diskPercent": 1}}),
+    )
+    .await;
+    assert_eq!(ch.close_code_within(3000).await, Some(1008));
+    // The same for a dashboard stream of a revoked org token.
+    let secret = admin.create_token("org", Some("acme")).await;
+    let mut dash = Channel::open(&admin.with_token(&secret), "/api/v1/ws").await;
+    dash.expect("event").await;
+    let tokens = admin.get("/api/v1/tokens").await;
+    let id = tokens.data()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["kind"] == "org")
+        .unwrap()["tokenId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    admin.delete(&format!("/api/v1/tokens/{id}")).await;
+    dash.send(json!({"type": "ping"})).await;
+    assert_eq!(dash.close_code_within(3000).await, Some(1008));
+    s.stop().await;
+}

@@ -93,6 +93,10 @@ async fn serve(st: AppState, p: Caller, runner: Uuid, socket: Socket) {
                 if msg.is_close() {
                     break;
                 }
+                if p.is_revoked() {
+                    let _ = sink.send(close(1008, "token revoked")).await;
+                    break;
+                }
                 if msg.is_pong() {
                     last_pong = tokio::time::Instant::now();
                     continue;
@@ -125,6 +129,10 @@ async fn serve(st: AppState, p: Caller, runner: Uuid, socket: Socket) {
                 }
             }
             _ = ping.tick() => {
+                if p.is_revoked() {
+                    let _ = sink.send(close(1008, "token revoked")).await;
+                    break;
+                }
                 if last_pong.elapsed() > interval * 2 {
                     tracing::warn!(%runner, "runner channel missed its pongs; closing");
                     let _ = sink.send(close(1001, "ping timeout")).await;

@@ -140,6 +140,7 @@ impl Connection {
                         Ok(())
                     }
                     Some(Ok(msg)) if msg.is_ping() => Ok(()),
+                    Some(Ok(_)) if conn.revoked() => Err(Close::With(1008, "token revoked")),
                     Some(Ok(msg)) => conn.on_frame(&msg).await,
                     _ => Err(Close::Gone),
                 },
@@ -149,7 +150,9 @@ impl Connection {
                     Err(RecvError::Closed) => Err(Close::With(1001, "server shutting down")),
                 },
                 _ = ping.tick() => {
-                    if last_pong.elapsed() > interval * 2 {
+                    if conn.revoked() {
+                        Err(Close::With(1008, "token revoked"))
+                    } else if last_pong.elapsed() > interval * 2 {
                         Err(Close::With(1001, "ping timeout"))
                     } else {
                         conn.deliver(Message::Ping(Default::default())).await
@@ -213,6 +216,10 @@ impl Connection {
             frame["messageId"] = id.clone();
         }
         self.send(frame).await
+    }
+
+    fn revoked(&self) -> bool {
+        self.caller.as_ref().is_some_and(|(c, _)| c.is_revoked())
     }
 
     /// Answers with `{type: event, event, data}`.

@@ -56,13 +56,15 @@ pub struct TokenRecord {
 pub type Caller = Arc<Principal>;
 
 /// The caller of a request, after authentication.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Principal {
     pub token_id: Uuid,
     pub kind: TokenKind,
     pub name: String,
     pub org_id: Option<String>,
     pub runner_id: Option<Uuid>,
+    /// Set when the token is revoked, so sockets opened with it can hang up.
+    revoked: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Principal {
@@ -73,7 +75,18 @@ impl Principal {
             name: r.name.clone(),
             org_id: r.org_id.clone(),
             runner_id: r.runner_id,
+            revoked: Arc::default(),
         }
+    }
+
+    /// Whether the token this caller authenticated with has been revoked since.
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn mark_revoked(&self) {
+        self.revoked
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Everyone is admin when `authRequired = false`.
@@ -84,6 +97,7 @@ impl Principal {
             name: "anonymous".into(),
             org_id: None,
             runner_id: None,
+            revoked: Arc::default(),
         }
     }
 
@@ -216,7 +230,9 @@ impl AuthService {
     pub fn remember_issued(&self, issued: &TokenRecord, replaced: Option<&TokenRecord>) {
         let mut active = self.active.write().unwrap_or_else(|p| p.into_inner());
         if let Some(old) = replaced {
-            active.remove(&old.hash);
+            if let Some(p) = active.remove(&old.hash) {
+                p.mark_revoked();
+            }
         }
         active.insert(issued.hash, Arc::new(Principal::from_record(issued)));
     }
@@ -224,7 +240,13 @@ impl AuthService {
     /// Drops a token (revoked in the store by the caller) from the in-memory set.
     pub async fn forget(&self, token_id: Uuid) {
         let mut active = self.active.write().unwrap_or_else(|p| p.into_inner());
-        active.retain(|_, p| p.token_id != token_id);
+        active.retain(|_, p| {
+            let keep = p.token_id != token_id;
+            if !keep {
+                p.mark_revoked();
+            }
+            keep
+        });
     }
 
     fn mint(&self, new: NewToken, runner_id: Option<Uuid>) -> IssuedToken {
@@ -381,7 +403,9 @@ impl AuthService {
             })
             .await?;
         let mut active = self.active.write().unwrap_or_else(|p| p.into_inner());
-        active.remove(&revoked.hash);
+        if let Some(p) = active.remove(&revoked.hash) {
+            p.mark_revoked();
+        }
         Ok(revoked)
     }
 }
@@ -413,13 +437,9 @@ mod tests {
 
     #[test]
     fn org_tokens_act_only_on_their_org() {
-        let p = Principal {
-            token_id: Uuid::nil(),
-            kind: TokenKind::Org,
-            name: "t".into(),
-            org_id: Some("acme".into()),
-            runner_id: None,
-        };
+        let mut p = Principal::anonymous_admin();
+        p.kind = TokenKind::Org;
+        p.org_id = Some("acme".into());
         assert_eq!(p.resolve_org(None, "orgId").ok(), Some("acme".to_string()));
         assert!(matches!(
             p.resolve_org(Some("other"), "orgId"),
