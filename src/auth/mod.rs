@@ -229,10 +229,8 @@ impl AuthService {
     /// Makes a token committed elsewhere usable, and a replaced one unusable.
     pub fn remember_issued(&self, issued: &TokenRecord, replaced: Option<&TokenRecord>) {
         let mut active = self.active.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(old) = replaced {
-            if let Some(p) = active.remove(&old.hash) {
-                p.mark_revoked();
-            }
+        if let Some(p) = replaced.and_then(|old| active.remove(&old.hash)) {
+            p.mark_revoked();
         }
         active.insert(issued.hash, Arc::new(Principal::from_record(issued)));
     }
