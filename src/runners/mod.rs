@@ -88,6 +88,16 @@ struct Entry {
     announced: RunnerStatus,
 }
 
+impl Entry {
+    /// Takes a record written to disk, unless memory already holds a newer one (two writes
+    /// may finish in one order and reach memory in the other).
+    fn adopt(&mut self, record: RunnerRecord) {
+        if record.revision >= self.record.revision {
+            self.record = record;
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Timing {
     heartbeat_timeout_ms: i64,
@@ -286,7 +296,7 @@ impl RunnerService {
                 let id = existing.as_ref().map_or(new_id, |r| r.id);
                 let mut token = token;
                 token.runner_id = Some(id);
-                let record = RunnerRecord {
+                let mut record = RunnerRecord {
                     id,
                     hostname,
                     org_id,
@@ -296,6 +306,7 @@ impl RunnerService {
                     token_id: token.id,
                     draining: existing.as_ref().is_some_and(|r| r.draining),
                     drained_at: existing.as_ref().and_then(|r| r.drained_at),
+                    revision: 0,
                 };
                 let previous = match &existing {
                     Some(r) => w.get_token(r.token_id)?,
@@ -306,7 +317,7 @@ impl RunnerService {
                     w.put_token(&old)?;
                 }
                 w.put_token(&token)?;
-                w.put_runner(&record)?;
+                w.put_runner(&mut record)?;
                 crate::audit::record(
                     w,
                     &who,
@@ -330,7 +341,7 @@ impl RunnerService {
                 dirty: true,
                 announced: RunnerStatus::Online,
             });
-            entry.record = record.clone();
+            entry.adopt(record.clone());
             // Registering is a sign of life.
             entry.live.last_heartbeat = now;
             entry.dirty = true;
@@ -563,7 +574,7 @@ impl RunnerService {
                 if r.draining != draining {
                     r.draining = draining;
                     r.drained_at = None;
-                    w.put_runner(&r)?;
+                    w.put_runner(&mut r)?;
                     if draining {
                         w.enqueue_command(id, RunnerCommand::Drain, now)?;
                     }
@@ -583,7 +594,7 @@ impl RunnerService {
                 .get_mut(&id)
                 .ok_or(DomainError::NotFound(Entity::Runner))?;
             let changed = entry.record.draining != draining;
-            entry.record = record.clone();
+            entry.adopt(record.clone());
             changed
         };
         if changed {
@@ -722,13 +733,13 @@ impl RunnerService {
                         return Ok::<_, DomainError>(None);
                     }
                     r.drained_at = Some(now);
-                    w.put_runner(&r)?;
+                    w.put_runner(&mut r)?;
                     Ok(Some(r))
                 })
                 .await?;
             if let Some(record) = record {
                 if let Some(e) = self.fleet().get_mut(&id) {
-                    e.record = record.clone();
+                    e.adopt(record.clone());
                 }
                 self.publish("runner_drained", &record, json!({}));
             }

@@ -31,6 +31,8 @@ pub struct RunnerRecord {
     pub draining: bool,
     /// Set once the drain completed (its last session ended).
     pub drained_at: Option<Millis>,
+    /// Bumped by the store on every write: the in-memory fleet only takes newer copies.
+    pub revision: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]

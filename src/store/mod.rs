@@ -974,8 +974,9 @@ impl<'a> WriteCtx<'a> {
     }
 
     /// Writes a runner and its hostname index.
-    pub fn put_runner(&mut self, runner: &RunnerRecord) -> StoreResult<()> {
-        let bytes = encode(runner)?;
+    pub fn put_runner(&mut self, runner: &mut RunnerRecord) -> StoreResult<()> {
+        runner.revision = self.get_runner(runner.id)?.map_or(0, |r| r.revision) + 1;
+        let bytes = encode(&*runner)?;
         self.open_mut(RUNNERS)?
             .insert(runner.id.as_u128(), bytes.as_slice())?;
         self.open_mut(RUNNERS_BY_HOSTNAME)?
