@@ -625,6 +625,15 @@ async fn offline_runners_keep_their_sessions_and_lost_ones_give_them_up() {
         .await;
     assert!(events.text.contains("runner lost"), "{}", events.text);
     assert_eq!(r.info(&admin).await["load"]["activeSessions"], 0);
+    // The runner comes back still running the failed session: it is told to stop it.
+    let body = r.heartbeat_body(&[&running]);
+    let hb = r
+        .client
+        .post(&format!("/api/v1/runners/{}/heartbeat", r.id), body)
+        .await;
+    assert_eq!(hb.data()["status"], "online");
+    let stop = ch.expect("stop_session").await;
+    assert_eq!(stop["sessionId"], running.as_str());
     s.stop().await;
 }
 

@@ -403,6 +403,7 @@ impl RunnerService {
             ));
         }
         let now = self.now();
+        let reported = hb.active_sessions.clone();
         let (came_back, record, reply) = {
             let mut fleet = self.fleet();
             let entry = fleet
@@ -428,8 +429,51 @@ impl RunnerService {
         };
         if came_back {
             self.publish("runner_online", &record, json!({}));
+            // While it was away its sessions may have been failed or given to another
+            // runner: whatever it still runs that is no longer its own is told to stop.
+            if !reported.is_empty() {
+                let service = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = service.stop_foreign_sessions(id, reported).await {
+                        tracing::error!(error = %e, runner = %id, "reconciling a returning runner failed");
+                    }
+                });
+            }
         }
         Ok(reply)
+    }
+
+    /// Sends `stop_session` for each session the runner reports that is not assigned to it
+    /// (or has ended), unless one is already waiting in its outbox.
+    async fn stop_foreign_sessions(&self, runner: Uuid, reported: Vec<Uuid>) -> DomainResult<()> {
+        let now = self.now();
+        self.store
+            .write(move |w| {
+                let pending: Vec<Uuid> = w
+                    .outbox(runner)?
+                    .into_iter()
+                    .filter(|e| matches!(e.command, RunnerCommand::StopSession { .. }))
+                    .filter_map(|e| e.command.session_id())
+                    .collect();
+                for id in reported {
+                    let owned = w
+                        .get_session(id)?
+                        .is_some_and(|s| s.runner_id == Some(runner) && !s.state.is_terminal());
+                    if !owned && !pending.contains(&id) {
+                        let reason = "this runner no longer holds the session".to_owned();
+                        w.enqueue_command(
+                            runner,
+                            RunnerCommand::StopSession {
+                                session_id: id,
+                                reason,
+                            },
+                            now,
+                        )?;
+                    }
+                }
+                Ok::<_, DomainError>(())
+            })
+            .await
     }
 
     pub async fn get(&self, p: &Principal, id: Uuid) -> DomainResult<RunnerView> {
