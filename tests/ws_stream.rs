@@ -358,3 +358,40 @@ async fn shutdown_sends_close_1001() {
     assert_eq!(ch.close_code_within(5000).await, Some(1001));
     stopping.await.unwrap();
 }
+
+/// Skips frames until the event `name` arrives.
+async fn expect_event(ch: &mut Channel, name: &str) -> serde_json::Value {
+    loop {
+        let f = ch.expect("event").await;
+        if f["event"] == name {
+            return f;
+        }
+    }
+}
+
+#[tokio::test]
+async fn org_streams_carry_runner_events() {
+    let s = TestServer::start("[runners]\nrestartGraceMs = 1\nheartbeatTimeoutMs = 10000\n").await;
+    let admin = s.admin();
+    let join = admin.with_token(&admin.create_token("runner_join", Some("acme")).await);
+    let acme = admin.with_token(&admin.create_token("org", Some("acme")).await);
+    let mut ch = signed_in(&acme).await;
+    ch.request(json!({"type": "subscribe_org", "orgId": "acme"}))
+        .await;
+    let (runner, _) = register(&join, "acme-1", &["codex"], None, &[]).await;
+    let f = expect_event(&mut ch, "runner_registered").await;
+    assert_eq!(f["data"]["runnerId"], runner.id.as_str());
+    admin
+        .post_empty(&format!("/api/v1/runners/{}/drain", runner.id))
+        .await;
+    expect_event(&mut ch, "runner_draining").await;
+    expect_event(&mut ch, "runner_drained").await;
+    s.advance(11_000);
+    expect_event(&mut ch, "runner_offline").await;
+    runner.heartbeat().await;
+    expect_event(&mut ch, "runner_online").await;
+    // A shared runner's events are not an org's business.
+    register(&admin, "shared-1", &["codex"], None, &[]).await;
+    ch.expect_none("event", 300).await;
+    s.stop().await;
+}
