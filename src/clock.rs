@@ -105,6 +105,11 @@ impl IdSource for RandomIds {
 
 pub type SharedIds = Arc<dyn IdSource>;
 
+/// A configured duration as milliseconds (saturating far beyond any sane value).
+pub fn ms(d: std::time::Duration) -> Millis {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
 /// RFC 3339 UTC with milliseconds, as the contract writes every timestamp.
 pub fn format_ms(ms: Millis) -> String {
     to_datetime(ms).to_rfc3339_opts(SecondsFormat::Millis, true)

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::auth::{AuthService, Principal, TokenKind};
-use crate::clock::{Millis, SharedClock, SharedIds};
+use crate::clock::{Millis, SharedClock, SharedIds, ms};
 use crate::config::RunnersConfig;
 use crate::error::{Conflict, DomainError, DomainResult, Entity, Issue, Limit};
 use crate::events::{BusEvent, EventBus};
@@ -105,10 +105,6 @@ struct Timing {
     restart_grace_ms: i64,
     /// When this server process started: no runner is offline before `booted + grace`.
     booted_at: Millis,
-}
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }
 
 impl Timing {

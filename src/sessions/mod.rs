@@ -6,14 +6,13 @@ pub mod model;
 pub mod sweeper;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::audit;
 use crate::auth::{Principal, TokenKind};
-use crate::clock::{Millis, SharedClock, SharedIds, format_ms};
+use crate::clock::{Millis, SharedClock, SharedIds, format_ms, ms};
 use crate::config::SessionsConfig;
 use crate::error::{Conflict, DomainError, DomainResult, Entity, Limit};
 use crate::events::BusEvent;
@@ -182,10 +181,6 @@ struct Rules {
     default_timeout_ms: i64,
     ttl_ms: i64,
     approval_timeout_ms: i64,
-}
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }
 
 impl SessionService {
