@@ -51,6 +51,21 @@ pub async fn open(
     Ok(checked.map(|id| Success::Raw(handshake.accept(move |socket| serve(st, p, id, socket)))))
 }
 
+/// A runner whose socket takes no frame for this long is treated as gone.
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Sends one frame; a socket that stays full past `SEND_TIMEOUT` counts as a failed send, so a
+/// runner that stopped reading cannot stall its channel (and its ping check) forever.
+async fn send(
+    sink: &mut futures_util::stream::SplitSink<Socket, Message>,
+    msg: Message,
+) -> Result<(), ()> {
+    match tokio::time::timeout(SEND_TIMEOUT, sink.send(msg)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
 fn close(code: u16, reason: &'static str) -> Message {
     Message::Close(Some(CloseFrame {
         code: code.into(),
@@ -77,7 +92,9 @@ async fn serve(st: AppState, p: Caller, runner: Uuid, socket: Socket) {
     for entry in backlog {
         sent_upto = entry.seq;
         if let Some(frame) = render(&st, &entry).await
-            && sink.send(Message::text(frame.to_string())).await.is_err()
+            && send(&mut sink, Message::text(frame.to_string()))
+                .await
+                .is_err()
         {
             alive = false;
             break;
@@ -94,7 +111,7 @@ async fn serve(st: AppState, p: Caller, runner: Uuid, socket: Socket) {
                     break;
                 }
                 if p.is_revoked() {
-                    let _ = sink.send(close(1008, "token revoked")).await;
+                    let _ = send(&mut sink, close(1008, "token revoked")).await;
                     break;
                 }
                 if msg.is_pong() {
@@ -111,7 +128,7 @@ async fn serve(st: AppState, p: Caller, runner: Uuid, socket: Socket) {
                     vec![error_frame("INVALID_MESSAGE", "frames must be JSON text", None)]
                 };
                 for reply in replies {
-                    if sink.send(Message::text(reply.to_string())).await.is_err() {
+                    if send(&mut sink, Message::text(reply.to_string())).await.is_err() {
                         alive = false;
                         break;
                     }
@@ -123,27 +140,27 @@ async fn serve(st: AppState, p: Caller, runner: Uuid, socket: Socket) {
                 }
                 sent_upto = entry.seq;
                 if let Some(frame) = render(&st, &entry).await
-                    && sink.send(Message::text(frame.to_string())).await.is_err()
+                    && send(&mut sink, Message::text(frame.to_string())).await.is_err()
                 {
                     break;
                 }
             }
             _ = ping.tick() => {
                 if p.is_revoked() {
-                    let _ = sink.send(close(1008, "token revoked")).await;
+                    let _ = send(&mut sink, close(1008, "token revoked")).await;
                     break;
                 }
                 if last_pong.elapsed() > interval * 2 {
                     tracing::warn!(%runner, "runner channel missed its pongs; closing");
-                    let _ = sink.send(close(1001, "ping timeout")).await;
+                    let _ = send(&mut sink, close(1001, "ping timeout")).await;
                     break;
                 }
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                if send(&mut sink, Message::Ping(Default::default())).await.is_err() {
                     break;
                 }
             }
             _ = shutdown.changed() => {
-                let _ = sink.send(close(1001, "server shutting down")).await;
+                let _ = send(&mut sink, close(1001, "server shutting down")).await;
                 break;
             }
         }
