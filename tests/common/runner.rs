@@ -101,15 +101,24 @@ pub enum Upgrade {
     Refused(u16),
 }
 
+/// The upgrade request for `path`, with the client's token.
+fn upgrade_request(
+    client: &Client,
+    path: &str,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    let mut req = format!("ws://{}{}", client.addr, path)
+        .into_client_request()
+        .unwrap();
+    if let Some(t) = &client.token {
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    req
+}
+
 impl Channel {
     pub async fn try_open(client: &Client, path: &str) -> Upgrade {
-        let mut req = format!("ws://{}{}", client.addr, path)
-            .into_client_request()
-            .unwrap();
-        if let Some(t) = &client.token {
-            req.headers_mut()
-                .insert("authorization", format!("Bearer {t}").parse().unwrap());
-        }
+        let req = upgrade_request(client, path);
         match tokio_tungstenite::connect_async(req).await {
             Ok((ws, _)) => Upgrade::Open(Box::new(Channel { ws })),
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
@@ -125,13 +134,7 @@ impl Channel {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(16 * 1024).unwrap();
         let stream = socket.connect(client.addr).await.unwrap();
-        let mut req = format!("ws://{}{}", client.addr, path)
-            .into_client_request()
-            .unwrap();
-        if let Some(t) = &client.token {
-            req.headers_mut()
-                .insert("authorization", format!("Bearer {t}").parse().unwrap());
-        }
+        let req = upgrade_request(client, path);
         let (ws, _) =
             tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(stream))
                 .await
