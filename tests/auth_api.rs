@@ -279,3 +279,34 @@ async fn state_changing_calls_are_audited() {
         .expect_error(403, "FORBIDDEN");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn me_tells_a_token_who_it_is() {
+    let s = TestServer::start("").await;
+    let admin = s.admin();
+    let me = admin.get("/api/v1/me").await;
+    assert_eq!(me.data()["kind"], "admin");
+    assert_eq!(me.data()["orgId"], json!(null));
+    assert!(me.data()["tokenId"].is_string());
+
+    let org = admin.with_token(&admin.create_token("org", Some("acme")).await);
+    let me = org.get("/api/v1/me").await;
+    assert_eq!(
+        (me.data()["kind"].as_str(), me.data()["orgId"].as_str()),
+        (Some("org"), Some("acme"))
+    );
+    assert_eq!(me.data()["name"], "org token");
+    let join = admin.with_token(&admin.create_token("runner_join", None).await);
+    assert_eq!(join.get("/api/v1/me").await.data()["kind"], "runner_join");
+
+    s.anonymous()
+        .get("/api/v1/me")
+        .await
+        .expect_error(401, "UNAUTHORIZED");
+    admin
+        .with_token("not-a-token")
+        .get("/api/v1/me")
+        .await
+        .expect_error(401, "UNAUTHORIZED");
+    s.stop().await;
+}

@@ -19,6 +19,7 @@ const IMPLEMENTED: &[(&str, &str)] = &[
     ("POST", "/api/v1/tokens"),
     ("GET", "/api/v1/tokens"),
     ("DELETE", "/api/v1/tokens/{tokenId}"),
+    ("GET", "/api/v1/me"),
     ("POST", "/api/v1/sessions"),
     ("GET", "/api/v1/sessions"),
     ("GET", "/api/v1/sessions/{sessionId}"),

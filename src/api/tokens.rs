@@ -1,4 +1,5 @@
-//! `/api/v1/tokens` (contract §2).
+//! `/api/v1/tokens` (contract §2) and `/api/v1/me`, which tells any valid token who it is (the
+//! dashboard asks it at sign-in to learn the token's kind and org).
 
 use std::collections::HashMap;
 
@@ -28,7 +29,8 @@ pub fn routes(s: &AppState) -> BoxedFilter<(ApiResult,)> {
         .and(warp::delete())
         .and(p())
         .then(revoke);
-    collection.or(one).unify().boxed()
+    let me = path!("me").and(warp::get()).and(principal(s)).then(me);
+    collection.or(one).unify().or(me).unify().boxed()
 }
 
 fn token_json(t: &TokenRecord) -> Map<String, Value> {
@@ -45,6 +47,18 @@ fn token_json(t: &TokenRecord) -> Map<String, Value> {
         m.insert("revokedAt".into(), json!(timestamp(at)));
     }
     m
+}
+
+async fn me(p: Caller) -> ApiResult {
+    let mut m = Map::new();
+    m.insert("tokenId".into(), json!(p.token_id));
+    m.insert("kind".into(), json!(p.kind.as_str()));
+    m.insert("name".into(), json!(p.name));
+    m.insert("orgId".into(), json!(p.org_id));
+    if let Some(runner) = p.runner_id {
+        m.insert("runnerId".into(), json!(runner));
+    }
+    Ok(Success::ok(Value::Object(m)))
 }
 
 async fn create(p: Caller, st: AppState, body: Body) -> ApiResult {
