@@ -1,0 +1,259 @@
+// One session: its live terminal (xterm.js; scrollback replayed from the stream, typing sent
+// to the runner), state and controls, approvals, the event timeline and usage.
+import { Terminal } from '../../vendor/xterm/xterm.mjs';
+import { FitAddon } from '../../vendor/addon-fit/addon-fit.mjs';
+import { age, badge, confirmDialog, dateTime, debounce, duration, empty, errorBox, fill, h, humanize, loading, number, time, toast } from '../dom.js';
+import { TERMINAL_STATES, approvalList, providerLabel } from './parts.js';
+
+export async function mount(main, ctx) {
+  const { api, stream } = ctx;
+  const [id] = ctx.params;
+  let session;
+  try {
+    session = await api.get(`/sessions/${id}`);
+  } catch (e) {
+    fill(main, backLink(), e.code === 'SESSION_NOT_FOUND'
+      ? empty('This session does not exist.', 'It may have been purged after its retention time, or it belongs to another org.')
+      : errorBox(e, 'The session could not be loaded'));
+    return;
+  }
+
+  const stateBadge = h('span', { id: 'session-state' });
+  const controls = h('div', { class: 'row', id: 'session-controls' });
+  const termHint = h('span', { class: 'small muted', id: 'terminal-hint' });
+  const termBox = h('div', { class: 'terminal', id: 'terminal', role: 'region', 'aria-label': 'Terminal' });
+  const pendingBox = h('div', { class: 'approval-list', id: 'session-approvals' });
+  const approvalsBody = h('div', null, loading());
+  const resolvedBox = h('div');
+  const detailsBox = h('div');
+  const usageBox = h('div');
+  const timeline = h('ol', { class: 'timeline', id: 'timeline', 'aria-live': 'polite' });
+  const timelineBody = h('div', null, loading());
+
+  fill(main,
+    backLink(),
+    h('div', { class: 'page-head' },
+      h('div', null,
+        h('h1', null, 'Session ', h('span', { class: 'mono', title: id }, id.slice(0, 8)), ' ', stateBadge),
+        h('p', { class: 'muted' }, providerLabel(session.providerId), ' on ', h('span', { class: 'mono' }, session.repo?.url || session.repoUrl))),
+      h('span', { class: 'spacer' }),
+      controls),
+    h('div', { class: 'session-layout' },
+      h('div', { class: 'stack' },
+        h('section', { class: 'card terminal-card', 'aria-labelledby': 'terminal-title' },
+          h('div', { class: 'card-head' }, h('h2', { id: 'terminal-title' }, 'Terminal'), h('span', { class: 'spacer' }), termHint),
+          termBox),
+        h('section', { class: 'card', 'aria-labelledby': 'timeline-title' },
+          h('div', { class: 'card-head' }, h('h2', { id: 'timeline-title' }, 'Timeline')),
+          timelineBody)),
+      h('div', { class: 'stack' },
+        h('section', { class: 'card', 'aria-labelledby': 'session-approvals-title' },
+          h('div', { class: 'card-head' }, h('h2', { id: 'session-approvals-title' }, 'Approvals')),
+          approvalsBody, resolvedBox),
+        h('section', { class: 'card', 'aria-labelledby': 'usage-title' },
+          h('div', { class: 'card-head' }, h('h2', { id: 'usage-title' }, 'Usage')), usageBox),
+        h('section', { class: 'card', 'aria-labelledby': 'details-title' },
+          h('div', { class: 'card-head' }, h('h2', { id: 'details-title' }, 'Details')), detailsBox))));
+
+  // ---- terminal ------------------------------------------------------------------------------
+  const term = new Terminal({
+    convertEol: true,
+    cursorBlink: true,
+    scrollback: 10000,
+    fontSize: 13,
+    fontFamily: 'ui-monospace, SFMono-Regular, "DejaVu Sans Mono", Menlo, Consolas, monospace',
+    theme: { background: '#0d1117', foreground: '#e6edf3', cursor: '#e6edf3' },
+  });
+  const fit = new FitAddon();
+  term.loadAddon(fit);
+  term.open(termBox);
+  const refit = () => {
+    try {
+      fit.fit();
+    } catch {
+      // Not laid out yet (hidden or zero-sized): the next resize fits it.
+    }
+  };
+  refit();
+  const resize = new ResizeObserver(() => refit());
+  resize.observe(termBox);
+  ctx.cleanup(() => {
+    resize.disconnect();
+    term.dispose();
+  });
+  let sawOutput = false;
+  const unsubscribe = stream.subscribeSession(id, (frame) => {
+    if (!sawOutput) {
+      sawOutput = true;
+      termBox.dataset.hasOutput = 'true';
+    }
+    term.write(frame.data);
+  });
+  ctx.cleanup(unsubscribe);
+  term.onData((data) => {
+    if (TERMINAL_STATES.has(session.state)) return;
+    if (!stream.input(id, data)) toast('Not connected: what you type is not sent. Reconnecting…', 'bad');
+  });
+
+  // ---- state and controls ----------------------------------------------------------------------
+  function act(label, path, body, confirmText) {
+    return h('button', {
+      class: ['btn', label === 'Stop' ? 'danger' : null],
+      type: 'button',
+      id: `session-${label.toLowerCase()}`,
+      onclick: async (e) => {
+        let payload = body;
+        if (confirmText) {
+          const reason = await confirmDialog({ title: 'Stop this session?', text: confirmText, confirm: 'Stop session', danger: true, reason: 'Reason (optional)' });
+          if (reason === null) return;
+          payload = reason ? { reason } : undefined;
+        }
+        e.target.disabled = true;
+        try {
+          session = await api.post(`/sessions/${id}/${path}`, payload);
+          render();
+          loadEvents();
+        } catch (err) {
+          toast(err.message, 'bad');
+          e.target.disabled = false;
+        }
+      },
+    }, label);
+  }
+
+  function render() {
+    fill(stateBadge, badge(session.state));
+    stateBadge.dataset.state = session.state;
+    const ended = TERMINAL_STATES.has(session.state);
+    fill(controls,
+      session.state === 'RUNNING' ? act('Pause', 'pause') : null,
+      session.state === 'PAUSED_BY_HUMAN' ? act('Resume', 'resume') : null,
+      !ended ? act('Stop', 'stop', undefined, 'The agent is told to stop and the session ends as completed. This cannot be undone.') : null);
+    termHint.textContent = ended ? 'Session ended: read only' : session.state === 'RUNNING' || session.state === 'WAITING_FOR_APPROVAL' || session.state === 'PAUSED_BY_HUMAN'
+      ? 'Click the terminal and type: keys go to the runner'
+      : 'Waiting for a runner';
+    term.options.disableStdin = ended;
+    const u = session.usage || {};
+    fill(usageBox, h('div', { class: 'usage' },
+      stat('Tokens in', number(u.tokensIn ?? 0)), stat('Tokens out', number(u.tokensOut ?? 0)),
+      stat('API calls', number(u.apiCalls ?? 0)), stat('Compute', duration(u.computeSeconds ?? 0))));
+    const env = Object.keys(session.options?.env || {});
+    fill(detailsBox, h('dl', { class: 'kv' },
+      kv('Org', session.orgId),
+      kv('Agent', providerLabel(session.providerId)),
+      kv('Repository', h('span', { class: 'mono' }, session.repo?.url)),
+      kv('Branch', h('span', { class: 'mono' }, session.repo?.branch)),
+      kv('Commit', h('span', { class: 'mono' }, session.repo?.commit)),
+      kv('Runner', session.runnerId ? h('span', { class: 'mono', title: session.runnerId }, session.runnerId.slice(0, 8)) : 'not assigned'),
+      kv('Started', h('span', { title: dateTime(session.startedAt) }, age(session.startedAt))),
+      session.completedAt ? kv('Ended', h('span', { title: dateTime(session.completedAt) }, age(session.completedAt))) : null,
+      kv('Duration', duration(session.durationSeconds || 0)),
+      kv('Timeout', `${number(session.options?.timeoutMinutes)} min`),
+      session.endReason ? kv('End reason', session.endReason) : null,
+      session.error ? kv('Error', session.error) : null,
+      env.length ? kv('Environment', env.join(', ')) : null,
+      session.options?.requiredFeatures?.length ? kv('Features', session.options.requiredFeatures.join(', ')) : null,
+      session.workspace?.path ? kv('Workspace', h('span', { class: 'mono' }, session.workspace.path)) : null,
+      session.task ? kv('Task', h('span', { class: 'task' }, session.task)) : null));
+  }
+
+  // ---- approvals -----------------------------------------------------------------------------
+  const pending = new Map();
+  const renderPending = approvalList(pendingBox, {
+    showSession: false,
+    onResolved: (approvalId) => {
+      pending.delete(approvalId);
+      showPending();
+      reloadAll();
+    },
+  });
+  function showPending() {
+    renderPending([...pending.values()]);
+    if (pending.size) {
+      if (pendingBox.parentNode !== approvalsBody) fill(approvalsBody, pendingBox);
+    } else {
+      fill(approvalsBody, h('p', { class: 'muted small' }, 'Nothing waiting for a decision.'));
+    }
+  }
+  async function loadApprovals() {
+    try {
+      const a = await api.get(`/sessions/${id}/approvals`);
+      pending.clear();
+      for (const p of a.pending) pending.set(p.approvalId, { ...p, sessionId: id });
+      showPending();
+      fill(resolvedBox, a.resolved.length
+        ? [h('h3', null, 'Answered'), h('ul', { class: 'issue-list' }, a.resolved.slice().reverse().map((r) => h('li', null,
+          h('span', null, badge(r.decision), ' ', humanize(r.action), r.reason ? h('span', { class: 'muted small' }, ` — ${r.reason}`) : null),
+          h('span', { class: 'muted small' }, `by ${r.resolvedBy} `, age(r.resolvedAt)))))]
+        : null);
+    } catch (e) {
+      fill(approvalsBody, errorBox(e));
+    }
+  }
+
+  // ---- timeline ------------------------------------------------------------------------------
+  let eventsAfter = 0;
+  let loadingEvents = null;
+  function loadEvents() {
+    loadingEvents = (loadingEvents || Promise.resolve()).then(async () => {
+      try {
+        for (;;) {
+          const page = await api.get(`/sessions/${id}/events`, { afterSeq: eventsAfter, limit: 1000 });
+          for (const ev of page.items) {
+            timeline.prepend(h('li', { 'data-seq': ev.seq, 'data-type': ev.type },
+              h('time', { dateTime: ev.timestamp, title: dateTime(ev.timestamp) }, time(ev.timestamp)),
+              h('span', null, ev.summary)));
+          }
+          eventsAfter = page.nextSeq;
+          if (page.items.length < 1000) break;
+        }
+        if (timeline.parentNode !== timelineBody) fill(timelineBody, timeline.children.length ? timeline : h('p', { class: 'muted small' }, 'No events yet.'));
+      } catch (e) {
+        fill(timelineBody, errorBox(e));
+      }
+    });
+    return loadingEvents;
+  }
+
+  async function reloadDetail() {
+    try {
+      session = await api.get(`/sessions/${id}`);
+      render();
+    } catch (e) {
+      if (e.code === 'SESSION_NOT_FOUND') toast('This session was removed.', 'bad');
+    }
+  }
+  const reloadAll = debounce(() => { reloadDetail(); loadEvents(); loadApprovals(); }, 150);
+  ctx.cleanup(reloadAll.cancel);
+
+  ctx.onFrame((f) => {
+    if (f.sessionId !== id && f.data?.sessionId !== id) return;
+    if (f.type === 'approval_required') {
+      pending.set(f.approval.approvalId, { ...f.approval, sessionId: id });
+      showPending();
+      loadEvents();
+    } else if (f.type === 'session' || f.type === 'event') {
+      if (f.type === 'session' && f.data?.to) {
+        session = { ...session, state: f.data.to };
+        render();
+      }
+      reloadAll();
+    }
+  });
+  ctx.onResync(reloadAll);
+
+  render();
+  await Promise.all([loadApprovals(), loadEvents()]);
+}
+
+function backLink() {
+  return h('p', { class: 'small' }, h('a', { href: '/sessions' }, '← Sessions'));
+}
+
+function stat(label, value) {
+  return h('div', { class: 'stat' }, h('span', { class: 'label' }, label), h('span', { class: 'value small-value' }, value));
+}
+
+function kv(label, value) {
+  return [h('dt', null, label), h('dd', null, value ?? '—')];
+}
