@@ -303,8 +303,13 @@ pub struct BinaryServer {
 
 impl BinaryServer {
     pub fn spawn(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+        Self::spawn_at(data_dir, "127.0.0.1:0", env)
+    }
+
+    /// Like `spawn`, on a chosen address (a restart on the same port keeps clients' URLs).
+    pub fn spawn_at(data_dir: &Path, listen: &str, env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_village"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        cmd.args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .env("VILLAGE_LOG", "info")
             .env("NO_COLOR", "1")

@@ -108,6 +108,7 @@ function context(params) {
 async function route() {
   if (!me) return;
   const seq = ++renderSeq;
+  if (shell) delete shell.main.dataset.ready;
   runCleanups();
   const path = location.pathname.replace(/\/+$/, '') || '/';
   const found = ROUTES.map((r) => ({ r, m: path.match(r.pattern) })).find((x) => x.m);
@@ -137,7 +138,6 @@ async function route() {
   fill(main);
   const ctx = context(found.m.slice(1));
   ctx.every(1000, () => tickAges(main));
-  delete main.dataset.ready;
   try {
     await view.mount(main, ctx);
     if (seq !== renderSeq) return;

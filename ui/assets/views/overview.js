@@ -29,7 +29,7 @@ export async function mount(main, ctx) {
         h('div', { class: 'card-head' }, h('h2', { id: 'attention-title' }, 'Needs attention')),
         h('h3', null, 'Failed sessions'), failedBox,
         h('h3', { class: 'section-gap' }, 'Offline runners'), offlineBox)),
-    h('div', { class: 'grid cols-3 section' },
+    h('div', { class: 'grid overview-stats section' },
       h('section', { class: 'card', 'aria-labelledby': 'states-title' },
         h('div', { class: 'card-head' }, h('h2', { id: 'states-title' }, 'Sessions by state'), h('span', { class: 'spacer' }), h('a', { href: '/sessions', class: 'small' }, 'All sessions')),
         statesBox),
@@ -123,7 +123,7 @@ export async function mount(main, ctx) {
           h('span', { class: 'sub' }, 'session slots in use')),
         meter(cap.total ? (cap.used / cap.total) * 100 : 0, 'Capacity used', { big: true }),
         h('p', { class: 'small muted' }, `${number(cap.available)} slots free on online runners.`));
-      fill(runnersBox, h('div', { class: 'grid cols-3' },
+      fill(runnersBox, h('div', { class: 'grid cols-3 runner-stats' },
         [['online', f.online], ['offline', f.offline], ['draining', f.draining]].map(([k, n]) => h('div', { class: 'stat', 'data-runners': k },
           h('span', { class: 'label' }, humanize(k)), h('span', { class: 'value' }, number(n))))));
     } catch (e) {

@@ -21,7 +21,7 @@ export async function mount(main, ctx) {
   const stateBadge = h('span', { id: 'session-state' });
   const controls = h('div', { class: 'row', id: 'session-controls' });
   const termHint = h('span', { class: 'small muted', id: 'terminal-hint' });
-  const termBox = h('div', { class: 'terminal', id: 'terminal', role: 'region', 'aria-label': 'Terminal' });
+  const termBox = h('div', { class: 'term-box', id: 'terminal', role: 'region', 'aria-label': 'Terminal' });
   const pendingBox = h('div', { class: 'approval-list', id: 'session-approvals' });
   const approvalsBody = h('div', null, loading());
   const resolvedBox = h('div');
