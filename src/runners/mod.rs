@@ -58,8 +58,19 @@ pub struct Heartbeat {
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeartbeatReply {
     pub status: RunnerStatus,
+    /// The runner's org (`None`: shared); its desired build depends on it.
+    pub org_id: Option<String>,
     pub drain: bool,
     pub heartbeat_interval_ms: u64,
+}
+
+/// One runner as the update pipeline sees it.
+#[derive(Debug, Clone)]
+pub struct RunnerBuild {
+    pub runner_id: Uuid,
+    pub org_id: Option<String>,
+    pub build_id: Option<String>,
+    pub offline: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -418,6 +429,7 @@ impl RunnerService {
             entry.announced = status;
             let reply = HeartbeatReply {
                 status,
+                org_id: entry.record.org_id.clone(),
                 drain: entry.record.draining,
                 heartbeat_interval_ms: self.heartbeat_interval_ms(),
             };
@@ -691,6 +703,41 @@ impl RunnerService {
         self.fleet().remove(&id);
         self.publish("runner_deregistered", &record, json!({}));
         Ok(record)
+    }
+
+    /// Every registered runner's org, reported build and whether it is offline (the update
+    /// pipeline's view of the fleet).
+    pub fn build_report(&self) -> Vec<RunnerBuild> {
+        let now = self.now();
+        self.fleet()
+            .values()
+            .map(|e| RunnerBuild {
+                runner_id: e.record.id,
+                org_id: e.record.org_id.clone(),
+                build_id: e.live.build_id.clone(),
+                offline: self.timing.is_offline(&e.live, now),
+            })
+            .collect()
+    }
+
+    /// How many online runners report each (provider, version).
+    pub fn version_counts(&self) -> HashMap<(String, String), u64> {
+        let now = self.now();
+        let mut out = HashMap::new();
+        for e in self.fleet().values() {
+            if self.timing.is_offline(&e.live, now) {
+                continue;
+            }
+            for (p, v) in &e.live.runtime_versions {
+                *out.entry((p.clone(), v.clone())).or_insert(0) += 1;
+            }
+        }
+        out
+    }
+
+    /// The build a runner last reported.
+    pub fn reported_build(&self, id: Uuid) -> Option<String> {
+        self.fleet().get(&id).and_then(|e| e.live.build_id.clone())
     }
 
     /// Whether a runner may be given work now (scheduling reads this).
