@@ -1048,3 +1048,52 @@ async fn a_rollout_survives_kill_9_and_restart_exactly() {
         "{got:?}"
     );
 }
+
+#[tokio::test]
+async fn a_healthy_canary_passes_and_waits_for_a_human_without_automation() {
+    let s = TestServer::start(
+        "[runners]\nrestartGraceMs = 1\n[pipeline]\ncanaryDurationMinutes = 1\nminSessionsForVerdict = 2\n",
+    )
+    .await;
+    let admin = s.admin();
+    add_build(&admin, "c1", "1").await;
+    add_build(&admin, "c2", "2").await;
+    rollout(&admin, "c1", "stable", json!({"stages": [100]})).await;
+    let r = rollout(&admin, "c2", "stable", json!({})).await;
+    let id = r["rolloutId"].as_str().unwrap().to_string();
+    let (runner, _) = register(&admin, "canary", &["codex"], Some(4), &[]).await;
+    let (old, _) = register(&admin, "old", &["codex"], Some(4), &[]).await;
+    desired(&runner, Some("c2")).await;
+    desired(&old, Some("c1")).await;
+    let mut ch = runner.connect().await;
+    run_sessions(&admin, &mut ch, "acme", 2, "COMPLETED").await;
+    // Healthy, but not held long enough yet.
+    let d = rollout_until(&admin, &id, |d| d["health"]["outcome"] == "healthy").await;
+    assert_eq!(d["state"], "canary_testing");
+    pass_time(&s, &runner, "c2", 30_000).await;
+    desired(&old, Some("c1")).await;
+    pass_time(&s, &runner, "c2", 31_000).await;
+    let d = rollout_until(&admin, &id, |d| d["state"] == "canary_passed").await;
+    assert_eq!(
+        d["currentPercentage"], 1,
+        "a verdict does not move the percentage"
+    );
+    // Without automation it stays there until someone advances it.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(
+        admin.get(&format!("/api/v1/rollouts/{id}")).await.data()["state"],
+        "canary_passed"
+    );
+    let d = verb_ok(&admin, &id, "pause").await;
+    assert_eq!(d["pausedFrom"], "canary_passed");
+    assert_eq!(
+        verb_ok(&admin, &id, "resume").await["state"],
+        "canary_passed"
+    );
+    let d = verb_ok(&admin, &id, "advance").await;
+    assert_eq!(
+        (d["state"].as_str(), d["currentPercentage"].as_u64()),
+        (Some("rolling_out"), Some(10))
+    );
+    s.stop().await;
+}
