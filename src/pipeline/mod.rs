@@ -67,6 +67,12 @@ pub struct RolloutFilter {
     pub channel: Option<Channel>,
 }
 
+/// A runner's desired build (borrowed from the snapshot) and the one it reports.
+struct FleetBuild<'s> {
+    desired: Option<&'s str>,
+    reported: Option<String>,
+}
+
 /// Who an audit entry names.
 enum Actor {
     Caller(Caller),
@@ -484,7 +490,8 @@ impl PipelineService {
             .get(&id)
             .ok_or(DomainError::NotFound(Entity::Rollout))?;
         let fleet = self.runners.build_report();
-        Ok(self.view(&state, rollout, &fleet))
+        let builds = self.fleet_builds(&state, &fleet);
+        Ok(self.view(&state, rollout, &fleet, &builds))
     }
 
     /// Rollouts, newest first.
@@ -496,6 +503,7 @@ impl PipelineService {
         p.require_org_or_admin()?;
         let state = self.snapshot();
         let fleet = self.runners.build_report();
+        let builds = self.fleet_builds(&state, &fleet);
         let mut matching: Vec<&Rollout> = state
             .rollouts
             .values()
@@ -505,27 +513,45 @@ impl PipelineService {
         matching.sort_by_key(|r| std::cmp::Reverse(r.number));
         Ok(matching
             .into_iter()
-            .map(|r| self.view(&state, r, &fleet))
+            .map(|r| self.view(&state, r, &fleet, &builds))
             .collect())
     }
 
-    fn view(&self, state: &PipelineState, r: &Rollout, fleet: &[RunnerBuild]) -> RolloutView {
-        let mut targeted = 0;
-        let mut converged = 0;
-        for runner in fleet {
-            let desired = state.desired_build(
-                runner.org_id.as_deref(),
-                runner.runner_id,
-                runner.build_id.as_deref(),
-                self.default_channel,
-            );
-            if desired.is_some_and(|b| b.build_id == r.target_build_id) {
-                targeted += 1;
-                if runner.build_id.as_deref() == Some(r.target_build_id.as_str()) {
-                    converged += 1;
-                }
-            }
-        }
+    /// Each runner's desired and reported build, worked out once for all the rollouts shown.
+    fn fleet_builds<'s>(
+        &self,
+        state: &'s PipelineState,
+        fleet: &[RunnerBuild],
+    ) -> Vec<FleetBuild<'s>> {
+        fleet
+            .iter()
+            .map(|runner| FleetBuild {
+                desired: state
+                    .desired_build(
+                        runner.org_id.as_deref(),
+                        runner.runner_id,
+                        runner.build_id.as_deref(),
+                        self.default_channel,
+                    )
+                    .map(|b| b.build_id.as_str()),
+                reported: runner.build_id.clone(),
+            })
+            .collect()
+    }
+
+    fn view(
+        &self,
+        state: &PipelineState,
+        r: &Rollout,
+        fleet: &[RunnerBuild],
+        builds: &[FleetBuild<'_>],
+    ) -> RolloutView {
+        let target = r.target_build_id.as_str();
+        let targeted = builds.iter().filter(|b| b.desired == Some(target));
+        let runners_targeted = targeted.clone().count() as u64;
+        let runners_converged = targeted
+            .filter(|b| b.reported.as_deref() == Some(target))
+            .count() as u64;
         let mut orgs: HashSet<&str> = state.org_configs.keys().map(String::as_str).collect();
         orgs.extend(fleet.iter().filter_map(|f| f.org_id.as_deref()));
         let affected_orgs = orgs
@@ -536,8 +562,8 @@ impl PipelineService {
         RolloutView {
             rollout: r.clone(),
             affected_orgs,
-            runners_targeted: targeted,
-            runners_converged: converged,
+            runners_targeted,
+            runners_converged,
         }
     }
 
@@ -617,14 +643,12 @@ impl PipelineService {
         if !judging {
             return Ok(());
         }
-        let mut per_build: HashMap<String, BuildFleet> = HashMap::new();
-        for runner in self.runners.build_report() {
-            if let Some(b) = runner.build_id {
-                let f = per_build.entry(b).or_default();
-                f.runners += 1;
-                f.offline += u64::from(runner.offline);
-            }
-        }
+        let per_build: HashMap<String, BuildFleet> = self
+            .runners
+            .runners_per_build()
+            .into_iter()
+            .map(|(b, (runners, offline))| (b, BuildFleet { runners, offline }))
+            .collect();
         let rules = self.rules;
         self.change(Vec::new(), move |s, c, now| {
             let before: HashMap<Uuid, RolloutState> =

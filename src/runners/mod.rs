@@ -70,7 +70,6 @@ pub struct RunnerBuild {
     pub runner_id: Uuid,
     pub org_id: Option<String>,
     pub build_id: Option<String>,
-    pub offline: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -705,19 +704,31 @@ impl RunnerService {
         Ok(record)
     }
 
-    /// Every registered runner's org, reported build and whether it is offline (the update
-    /// pipeline's view of the fleet).
+    /// Every registered runner's org and reported build (the update pipeline's view of the
+    /// fleet).
     pub fn build_report(&self) -> Vec<RunnerBuild> {
-        let now = self.now();
         self.fleet()
             .values()
             .map(|e| RunnerBuild {
                 runner_id: e.record.id,
                 org_id: e.record.org_id.clone(),
                 build_id: e.live.build_id.clone(),
-                offline: self.timing.is_offline(&e.live, now),
             })
             .collect()
+    }
+
+    /// For each build runners report: how many do, and how many of those are offline.
+    pub fn runners_per_build(&self) -> HashMap<String, (u64, u64)> {
+        let now = self.now();
+        let mut out: HashMap<String, (u64, u64)> = HashMap::new();
+        for e in self.fleet().values() {
+            if let Some(b) = &e.live.build_id {
+                let slot = out.entry(b.clone()).or_default();
+                slot.0 += 1;
+                slot.1 += u64::from(self.timing.is_offline(&e.live, now));
+            }
+        }
+        out
     }
 
     /// How many online runners report each (provider, version).
