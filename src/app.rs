@@ -16,6 +16,7 @@ use crate::clock::{SharedClock, SharedIds};
 use crate::config::Config;
 use crate::error::DomainError;
 use crate::events::EventBus;
+use crate::pipeline::{self, PipelineService};
 use crate::runners::{self, RunnerService, scheduler};
 use crate::sessions::{SessionService, sweeper};
 use crate::store::{Store, StoreError};
@@ -84,6 +85,15 @@ impl App {
             &config.runners,
         )
         .await?;
+        let pipeline = PipelineService::load(
+            store.clone(),
+            bus.clone(),
+            runners.clone(),
+            clock.clone(),
+            ids.clone(),
+            &config.pipeline,
+        )
+        .await?;
         let webhooks = WebhookService::load(store.clone(), clock.clone(), ids.clone()).await?;
         let (stop, stop_rx) = watch::channel(false);
         let state = Arc::new(Services {
@@ -93,6 +103,7 @@ impl App {
             auth,
             sessions: sessions.clone(),
             runners: runners.clone(),
+            pipeline: pipeline.clone(),
             bus: bus.clone(),
             realtime: Default::default(),
             webhooks: webhooks.clone(),
@@ -100,6 +111,7 @@ impl App {
         });
         let tasks = vec![
             tokio::spawn(sweeper::run(sessions, clock, stop_rx.clone())),
+            tokio::spawn(pipeline::run(pipeline, stop_rx.clone())),
             tokio::spawn(runners::background(runners.clone(), stop_rx.clone())),
             tokio::spawn(scheduler::run(store, runners, stop_rx.clone())),
             tokio::spawn(dispatcher::intake(

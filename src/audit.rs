@@ -46,6 +46,26 @@ pub fn record(
     Ok(())
 }
 
+/// Appends an entry for something the server decided by itself (automation, health verdicts).
+pub fn record_system(
+    w: &mut WriteCtx<'_>,
+    action: &str,
+    target: impl ToString,
+    at: Millis,
+) -> DomainResult<()> {
+    w.append_audit(AuditEntry {
+        seq: 0,
+        at,
+        token_id: None,
+        kind: "system".to_owned(),
+        name: "system".to_owned(),
+        action: action.to_owned(),
+        target: target.to_string(),
+        org_id: None,
+    })?;
+    Ok(())
+}
+
 /// `GET /audit` (admin): entries after `after`, oldest first.
 pub async fn list(
     store: &Store,

@@ -27,6 +27,9 @@ pub enum Entity {
     Token,
     Runner,
     Webhook,
+    Version,
+    Build,
+    Rollout,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +40,10 @@ pub enum Conflict {
     OutputOffsetMismatch,
     RunnerHasActiveSessions,
     StaleAssignment,
+    InvalidRolloutState,
+    RolloutAlreadyActive,
+    BuildAlreadyExists,
+    BuildNotEligible,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod paging;
+pub mod pipeline;
 pub mod realtime;
 pub mod runners;
 pub mod sessions;

@@ -16,6 +16,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// A path that names no route.
+    pub fn no_route() -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "No such route")
+    }
+
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
@@ -114,6 +119,9 @@ impl From<DomainError> for ApiError {
                     Entity::Token => ("TOKEN_NOT_FOUND", "Token"),
                     Entity::Runner => ("RUNNER_NOT_FOUND", "Runner"),
                     Entity::Webhook => ("WEBHOOK_NOT_FOUND", "Webhook"),
+                    Entity::Version => ("VERSION_NOT_FOUND", "Version"),
+                    Entity::Build => ("BUILD_NOT_FOUND", "Build"),
+                    Entity::Rollout => ("ROLLOUT_NOT_FOUND", "Rollout"),
                 };
                 ApiError::new(S::NOT_FOUND, code, format!("{what} not found"))
             }
@@ -129,6 +137,10 @@ impl From<DomainError> for ApiError {
                     Conflict::OutputOffsetMismatch => "OUTPUT_OFFSET_MISMATCH",
                     Conflict::RunnerHasActiveSessions => "RUNNER_HAS_ACTIVE_SESSIONS",
                     Conflict::StaleAssignment => "STALE_ASSIGNMENT",
+                    Conflict::InvalidRolloutState => "INVALID_ROLLOUT_STATE",
+                    Conflict::RolloutAlreadyActive => "ROLLOUT_ALREADY_ACTIVE",
+                    Conflict::BuildAlreadyExists => "BUILD_ALREADY_EXISTS",
+                    Conflict::BuildNotEligible => "BUILD_NOT_ELIGIBLE",
                 };
                 ApiError {
                     status: S::CONFLICT,
@@ -190,7 +202,7 @@ pub fn from_rejection(r: &Rejection) -> ApiError {
         );
     }
     if r.is_not_found() {
-        return ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "No such route");
+        return ApiError::no_route();
     }
     tracing::warn!(rejection = ?r, "unhandled rejection");
     ApiError::new(

@@ -7,6 +7,7 @@ pub mod error;
 mod health;
 mod input;
 mod openapi;
+mod pipeline;
 mod runner_channel;
 mod runners;
 mod sessions;
@@ -31,6 +32,7 @@ use crate::auth::{AuthService, Caller, Principal};
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::events::EventBus;
+use crate::pipeline::PipelineService;
 use crate::realtime::ConnectionLimiter;
 use crate::runners::RunnerService;
 use crate::sessions::SessionService;
@@ -53,6 +55,7 @@ pub struct Services {
     pub auth: AuthService,
     pub sessions: SessionService,
     pub runners: RunnerService,
+    pub pipeline: PipelineService,
     pub bus: EventBus,
     pub webhooks: WebhookService,
     /// Open dashboard connections per token.
@@ -101,6 +104,8 @@ fn api_v1(state: &AppState) -> BoxedFilter<(ApiResult,)> {
             .or(audit::routes(state))
             .unify()
             .or(webhooks::routes(state))
+            .unify()
+            .or(pipeline::routes(state))
             .unify(),
     );
     warp::path("v1")

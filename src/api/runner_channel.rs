@@ -21,7 +21,7 @@ use super::AppState;
 use super::envelope::{ApiResult, Success};
 use super::error::ApiError;
 use super::input::Body;
-use super::runners::{heartbeat_reply_json, parse_heartbeat, runner_id};
+use super::runners::{beat, parse_heartbeat, runner_id};
 use super::sessions::{
     approval_request, parse_approval_request, parse_output, parse_state_report, parse_usage,
     session_detail_for_runner,
@@ -299,8 +299,7 @@ async fn handle(st: &AppState, p: &Principal, runner: Uuid, text: &str) -> Vec<V
             }
             "heartbeat" => {
                 let hb = parse_heartbeat(&body)?;
-                let reply = st.runners.heartbeat(p, runner, hb)?;
-                let mut f = heartbeat_reply_json(&reply);
+                let mut f = beat(st, p, runner, hb)?;
                 f["type"] = json!("heartbeat_ack");
                 if let Some(id) = mid {
                     f["messageId"] = id.clone();

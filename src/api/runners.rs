@@ -10,7 +10,7 @@ use super::envelope::{ApiResult, Success};
 use super::input::{Body, Query, Reader, path_id};
 use super::sessions::page_json;
 use super::{AppState, json_body, principal, query, with_state};
-use crate::auth::Caller;
+use crate::auth::{Caller, Principal};
 use crate::clock::parse_rfc3339;
 use crate::error::{DomainError, Entity};
 use crate::runners::model::{Capabilities, Load, RunnerStatus};
@@ -226,20 +226,31 @@ pub fn parse_heartbeat(body: &Body) -> Result<Heartbeat, DomainError> {
     }
 }
 
-pub fn heartbeat_reply_json(reply: &crate::runners::HeartbeatReply) -> Value {
-    json!({
+/// A heartbeat (REST or channel frame) and its reply, with the build the runner should run.
+pub fn beat(
+    st: &AppState,
+    p: &Principal,
+    id: uuid::Uuid,
+    hb: Heartbeat,
+) -> Result<Value, DomainError> {
+    let versions = hb.runtime_versions.clone();
+    let build = hb.build_id.clone();
+    let reply = st.runners.heartbeat(p, id, hb)?;
+    let desired =
+        st.pipeline
+            .on_heartbeat(id, reply.org_id.as_deref(), &versions, build.as_deref());
+    Ok(json!({
         "status": reply.status.as_str(),
         "drain": reply.drain,
-        "desiredBuild": Value::Null,
+        "desiredBuild": super::pipeline::desired_json(desired.as_ref()),
         "heartbeatIntervalMs": reply.heartbeat_interval_ms,
-    })
+    }))
 }
 
 async fn heartbeat(id: String, p: Caller, st: AppState, body: Body) -> ApiResult {
     let id = runner_id(&id)?;
     let hb = parse_heartbeat(&body)?;
-    let reply = st.runners.heartbeat(&p, id, hb)?;
-    Ok(Success::ok(heartbeat_reply_json(&reply)))
+    Ok(Success::ok(beat(&st, &p, id, hb)?))
 }
 
 async fn list(p: Caller, st: AppState, q: HashMap<String, String>) -> ApiResult {

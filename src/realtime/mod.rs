@@ -56,6 +56,10 @@ const FLEET_EVENTS: &[&str] = &[
     "rollout_advanced",
     "rollout_completed",
     "rollout_cancelled",
+    "rollout_paused",
+    "rollout_resumed",
+    "version_discovered",
+    "build_registered",
 ];
 
 impl Subscriptions {

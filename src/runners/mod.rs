@@ -58,8 +58,18 @@ pub struct Heartbeat {
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeartbeatReply {
     pub status: RunnerStatus,
+    /// The runner's org (`None`: shared); its desired build depends on it.
+    pub org_id: Option<String>,
     pub drain: bool,
     pub heartbeat_interval_ms: u64,
+}
+
+/// One runner as the update pipeline sees it.
+#[derive(Debug, Clone)]
+pub struct RunnerBuild {
+    pub runner_id: Uuid,
+    pub org_id: Option<String>,
+    pub build_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -418,6 +428,7 @@ impl RunnerService {
             entry.announced = status;
             let reply = HeartbeatReply {
                 status,
+                org_id: entry.record.org_id.clone(),
                 drain: entry.record.draining,
                 heartbeat_interval_ms: self.heartbeat_interval_ms(),
             };
@@ -691,6 +702,53 @@ impl RunnerService {
         self.fleet().remove(&id);
         self.publish("runner_deregistered", &record, json!({}));
         Ok(record)
+    }
+
+    /// Every registered runner's org and reported build (the update pipeline's view of the
+    /// fleet).
+    pub fn build_report(&self) -> Vec<RunnerBuild> {
+        self.fleet()
+            .values()
+            .map(|e| RunnerBuild {
+                runner_id: e.record.id,
+                org_id: e.record.org_id.clone(),
+                build_id: e.live.build_id.clone(),
+            })
+            .collect()
+    }
+
+    /// For each build runners report: how many do, and how many of those are offline.
+    pub fn runners_per_build(&self) -> HashMap<String, (u64, u64)> {
+        let now = self.now();
+        let mut out: HashMap<String, (u64, u64)> = HashMap::new();
+        for e in self.fleet().values() {
+            if let Some(b) = &e.live.build_id {
+                let slot = out.entry(b.clone()).or_default();
+                slot.0 += 1;
+                slot.1 += u64::from(self.timing.is_offline(&e.live, now));
+            }
+        }
+        out
+    }
+
+    /// How many online runners report each (provider, version).
+    pub fn version_counts(&self) -> HashMap<(String, String), u64> {
+        let now = self.now();
+        let mut out = HashMap::new();
+        for e in self.fleet().values() {
+            if self.timing.is_offline(&e.live, now) {
+                continue;
+            }
+            for (p, v) in &e.live.runtime_versions {
+                *out.entry((p.clone(), v.clone())).or_insert(0) += 1;
+            }
+        }
+        out
+    }
+
+    /// The build a runner last reported.
+    pub fn reported_build(&self, id: Uuid) -> Option<String> {
+        self.fleet().get(&id).and_then(|e| e.live.build_id.clone())
     }
 
     /// Whether a runner may be given work now (scheduling reads this).

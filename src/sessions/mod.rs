@@ -874,7 +874,8 @@ fn change_state(
             kind,
             summary,
             now,
-            json!({"state": to.as_str(), "endReason": s.end_reason, "error": s.error}),
+            // The runner it ended on: the update pipeline judges builds by it.
+            json!({"state": to.as_str(), "endReason": s.end_reason, "error": s.error, "runnerId": s.runner_id}),
         )?;
     }
     Ok(())

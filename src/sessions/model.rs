@@ -99,7 +99,7 @@ pub fn transition_allowed(from: SessionState, to: SessionState, cause: Cause) ->
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Provider {
     Codex,
     ClaudeCode,

@@ -9,6 +9,9 @@ use serde::de::DeserializeOwned;
 use super::StoreError;
 use crate::audit::AuditEntry;
 use crate::auth::TokenRecord;
+use crate::pipeline::model::{
+    BuildRecord, ChannelRecord, OrgRuntimeConfig, Rollout, VersionRecord,
+};
 use crate::runners::model::{Liveness, OutboxEntry, RunnerRecord};
 use crate::sessions::model::{Approval, OutputChunk, Session, SessionEvent};
 use crate::webhooks::{Delivery, Webhook};
@@ -64,6 +67,27 @@ impl Record for Webhook {
 }
 impl Record for Delivery {
     const NAME: &'static str = "webhook delivery";
+    const VERSION: u8 = 1;
+}
+
+impl Record for VersionRecord {
+    const NAME: &'static str = "provider version";
+    const VERSION: u8 = 1;
+}
+impl Record for BuildRecord {
+    const NAME: &'static str = "build";
+    const VERSION: u8 = 1;
+}
+impl Record for Rollout {
+    const NAME: &'static str = "rollout";
+    const VERSION: u8 = 1;
+}
+impl Record for ChannelRecord {
+    const NAME: &'static str = "channel";
+    const VERSION: u8 = 1;
+}
+impl Record for OrgRuntimeConfig {
+    const NAME: &'static str = "org runtime config";
     const VERSION: u8 = 1;
 }
 

@@ -15,6 +15,7 @@ const MIGRATIONS: &[Migration] = &[
     m002_runner_tables,
     m003_audit,
     m004_webhooks,
+    m005_pipeline,
 ];
 
 pub const SCHEMA_VERSION: u64 = MIGRATIONS.len() as u64;
@@ -52,6 +53,15 @@ fn m004_webhooks(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(WEBHOOKS)?;
     txn.open_table(WEBHOOK_DELIVERIES)?;
     txn.open_table(DELIVERY_QUEUE)?;
+    Ok(())
+}
+
+fn m005_pipeline(txn: &WriteTransaction) -> Result<(), StoreError> {
+    txn.open_table(VERSIONS)?;
+    txn.open_table(BUILDS)?;
+    txn.open_table(ROLLOUTS)?;
+    txn.open_table(CHANNELS)?;
+    txn.open_table(ORG_RUNTIME_CONFIGS)?;
     Ok(())
 }
 

@@ -13,6 +13,7 @@
 
 pub mod codec;
 pub mod migrations;
+mod pipeline;
 pub mod tables;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -35,6 +36,7 @@ use crate::runners::model::{Liveness, OutboxEntry, RunnerCommand, RunnerRecord};
 use crate::sessions::model::{Approval, OutputChunk, Session, SessionEvent};
 use crate::webhooks::{Delivery, DeliveryStatus, Webhook};
 use codec::{decode, encode};
+pub use pipeline::load_pipeline;
 use tables::*;
 
 #[derive(Debug, thiserror::Error)]

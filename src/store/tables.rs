@@ -71,3 +71,17 @@ pub const WEBHOOK_DELIVERIES: TableDefinition<(u128, u128), &[u8]> =
 /// (next attempt ms, webhook id, delivery id) → (). Pending deliveries by due time.
 pub const DELIVERY_QUEUE: TableDefinition<(u64, u128, u128), ()> =
     TableDefinition::new("delivery_queue-1");
+
+// ---- update pipeline (schema version 5) -------------------------------------------------------
+
+/// (provider id, version) → `VersionRecord`.
+pub const VERSIONS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("versions-1");
+/// build id → `BuildRecord`.
+pub const BUILDS: TableDefinition<&str, &[u8]> = TableDefinition::new("builds-1");
+/// rollout id → `Rollout` (all of them, finished ones too: they are the pipeline's history).
+pub const ROLLOUTS: TableDefinition<u128, &[u8]> = TableDefinition::new("rollouts-1");
+/// channel name → `ChannelRecord` (its build history and active rollout).
+pub const CHANNELS: TableDefinition<&str, &[u8]> = TableDefinition::new("channels-1");
+/// org id → `OrgRuntimeConfig`. Orgs without one follow `pipeline.defaultChannel`.
+pub const ORG_RUNTIME_CONFIGS: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("org_runtime_configs-1");

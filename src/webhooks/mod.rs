@@ -47,6 +47,8 @@ pub const EVENT_NAMES: &[&str] = &[
     "rollout_advanced",
     "rollout_completed",
     "rollout_cancelled",
+    "rollout_paused",
+    "rollout_resumed",
     "version_discovered",
     "build_registered",
 ];

@@ -1,0 +1,630 @@
+//! `/api/v1/providers/…/versions`, `/builds`, `/rollouts`, `/orgs/{orgId}/runtime-config`
+//! (contract §5).
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::{Map, Value, json};
+use warp::filters::BoxedFilter;
+use warp::{Filter, path};
+
+use super::envelope::{ApiResult, Success};
+use super::input::{Body, Query, Reader, path_id};
+use super::sessions::page_json;
+use super::{AppState, json_body, principal, query, with_state};
+use crate::auth::{Caller, is_org_slug};
+use crate::clock::parse_rfc3339;
+use crate::error::{DomainError, Entity};
+use crate::pipeline::model::{
+    BuildRecord, BuildStatus, Channel, NewBuild, OrgRuntimeConfig, Recommendation, RolloutState,
+    RolloutVerb, Verdict,
+};
+use crate::pipeline::{BuildFilter, DesiredBuild, RolloutFilter, RolloutView, VersionView};
+use crate::sessions::model::Provider;
+use crate::sessions::timestamp;
+
+pub fn routes(s: &AppState) -> BoxedFilter<(ApiResult,)> {
+    let p = || principal(s).and(with_state(s));
+    let versions = path!("providers" / String / "versions")
+        .and(warp::get())
+        .and(p())
+        .and(query())
+        .then(list_versions);
+    let add_version = path!("providers" / String / "versions")
+        .and(warp::post())
+        .and(p())
+        .and(json_body())
+        .then(register_version);
+    let canary = path!("providers" / String / "versions" / String / "canary")
+        .and(warp::post())
+        .and(p())
+        .and(json_body())
+        .then(set_canary);
+    let add_build = path!("builds")
+        .and(warp::post())
+        .and(p())
+        .and(json_body())
+        .then(register_build);
+    let builds = path!("builds")
+        .and(warp::get())
+        .and(p())
+        .and(query())
+        .then(list_builds);
+    let build = path!("builds" / String)
+        .and(warp::get())
+        .and(p())
+        .then(get_build);
+    let build_status = path!("builds" / String / "status")
+        .and(warp::post())
+        .and(p())
+        .and(json_body())
+        .then(set_build_status);
+    let add_rollout = path!("rollouts")
+        .and(warp::post())
+        .and(p())
+        .and(json_body())
+        .then(create_rollout);
+    let rollouts = path!("rollouts")
+        .and(warp::get())
+        .and(p())
+        .and(query())
+        .then(list_rollouts);
+    let rollout = path!("rollouts" / String)
+        .and(warp::get())
+        .and(p())
+        .then(get_rollout);
+    let verb = path!("rollouts" / String / String)
+        .and(warp::post())
+        .and(p())
+        .and(json_body())
+        .then(rollout_verb);
+    let get_config = path!("orgs" / String / "runtime-config")
+        .and(warp::get())
+        .and(p())
+        .then(get_org_config);
+    let put_config = path!("orgs" / String / "runtime-config")
+        .and(warp::put())
+        .and(p())
+        .and(json_body())
+        .then(put_org_config);
+    versions
+        .or(add_version)
+        .unify()
+        .or(canary)
+        .unify()
+        .or(add_build)
+        .unify()
+        .or(builds)
+        .unify()
+        .or(build)
+        .unify()
+        .or(build_status)
+        .unify()
+        .or(add_rollout)
+        .unify()
+        .or(rollouts)
+        .unify()
+        .or(rollout)
+        .unify()
+        .or(verb)
+        .unify()
+        .or(get_config)
+        .unify()
+        .or(put_config)
+        .unify()
+        .boxed()
+}
+
+fn provider(raw: &str) -> Result<Provider, DomainError> {
+    Provider::parse(raw).ok_or_else(|| DomainError::InvalidProvider(raw.to_owned()))
+}
+
+/// Build ids and versions: 1–128 printable characters without spaces or slashes.
+fn is_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._+-:~".contains(c))
+}
+
+fn label(r: &mut Reader, value: Option<&str>, path: &str) -> Option<String> {
+    let v = value?;
+    if is_label(v) {
+        Some(v.to_owned())
+    } else {
+        r.issue(
+            path,
+            "must be 1 to 128 characters of letters, digits and . _ + - : ~",
+        );
+        None
+    }
+}
+
+fn time(r: &mut Reader, value: Option<&str>, path: &str) -> Option<i64> {
+    let v = value?;
+    parse_rfc3339(v).or_else(|| {
+        r.issue(path, "must be an RFC 3339 timestamp");
+        None
+    })
+}
+
+// ---- versions -------------------------------------------------------------------------------
+
+async fn list_versions(
+    provider_id: String,
+    p: Caller,
+    st: AppState,
+    q: HashMap<String, String>,
+) -> ApiResult {
+    let provider = provider(&provider_id)?;
+    let q = Query { params: &q };
+    let mut r = Reader::new();
+    let channel = q.get("channel").and_then(|c| {
+        Channel::parse(c).or_else(|| {
+            r.issue("channel", "must be stable, beta or pinned");
+            None
+        })
+    });
+    let limit = q.whole(&mut r, "limit", 1, 1000, 100);
+    r.finish()?;
+    let items = st
+        .pipeline
+        .versions(&p, provider, channel, limit as usize)?;
+    Ok(Success::ok(Value::Array(
+        items.iter().map(version_json).collect(),
+    )))
+}
+
+async fn register_version(provider_id: String, p: Caller, st: AppState, body: Body) -> ApiResult {
+    let provider = provider(&provider_id)?;
+    let mut r = Reader::new();
+    let root = r.root(&body);
+    let raw = r.string(&root, "version", true);
+    let version = label(&mut r, raw, "version");
+    let raw = r.string(&root, "releasedAt", false);
+    let released_at = time(&mut r, raw, "releasedAt");
+    let source_url = r.string(&root, "sourceUrl", false).map(str::to_owned);
+    if source_url
+        .as_deref()
+        .is_some_and(|u| !(u.starts_with("https://") || u.starts_with("http://")) || u.len() > 2048)
+    {
+        r.issue(
+            "sourceUrl",
+            "must be an http(s) URL of at most 2048 characters",
+        );
+    }
+    r.finish()?;
+    let version = version.ok_or_else(|| DomainError::invalid("version", "is required"))?;
+    let (view, created) = st
+        .pipeline
+        .register_version(&p, provider, version, released_at, source_url)
+        .await?;
+    let data = version_json(&view);
+    Ok(if created {
+        Success::created(data)
+    } else {
+        Success::ok(data)
+    })
+}
+
+async fn set_canary(
+    provider_id: String,
+    version: String,
+    p: Caller,
+    st: AppState,
+    body: Body,
+) -> ApiResult {
+    let provider = provider(&provider_id)?;
+    let mut r = Reader::new();
+    let root = r.root(&body);
+    let passed = r.boolean(&root, "passed");
+    if passed.is_none() && r.any(&root, "passed").is_none() {
+        r.issue("passed", "is required");
+    }
+    r.finish()?;
+    let passed = passed.ok_or_else(|| DomainError::invalid("passed", "is required"))?;
+    let view = st
+        .pipeline
+        .set_canary(&p, provider, version, passed)
+        .await?;
+    Ok(Success::ok(version_json(&view)))
+}
+
+fn version_json(v: &VersionView) -> Value {
+    let r = &v.record;
+    let mut m = Map::new();
+    m.insert("providerId".into(), json!(r.provider.as_str()));
+    m.insert("version".into(), json!(r.version));
+    m.insert("releasedAt".into(), json!(timestamp(r.released_at)));
+    m.insert("canaryPassed".into(), json!(r.canary_passed));
+    if let Some(at) = r.canary_passed_at {
+        m.insert("canaryPassedAt".into(), json!(timestamp(at)));
+    }
+    if let Some(u) = &r.source_url {
+        m.insert("sourceUrl".into(), json!(u));
+    }
+    m.insert("firstSeenAt".into(), json!(timestamp(r.first_seen_at)));
+    m.insert("runnerCount".into(), json!(v.runner_count));
+    Value::Object(m)
+}
+
+// ---- builds ---------------------------------------------------------------------------------
+
+fn parse_build(body: &Body) -> Result<NewBuild, DomainError> {
+    let mut r = Reader::new();
+    let root = r.root(body);
+    let raw = r.string(&root, "buildId", true);
+    let build_id = label(&mut r, raw, "buildId");
+    let raw = r.string(&root, "runnerVersion", true);
+    let runner_version = label(&mut r, raw, "runnerVersion");
+    let raw = r.string(&root, "builtAt", true);
+    let built_at = time(&mut r, raw, "builtAt");
+    let versions = r.string_map(&root, "runtimeVersions");
+    if versions.is_none() && r.any(&root, "runtimeVersions").is_none() {
+        r.issue("runtimeVersions", "is required");
+    }
+    let versions: BTreeMap<String, String> = versions.unwrap_or_default();
+    for (name, version) in &versions {
+        if Provider::parse(name).is_none() {
+            r.invalid_provider(&format!("runtimeVersions.{name}"), name);
+        } else if !is_label(version) {
+            r.issue(
+                format!("runtimeVersions.{name}"),
+                "must be a version of 1 to 128 characters",
+            );
+        }
+    }
+    let metadata = match r.any(&root, "metadata") {
+        Some(Value::Object(m)) => Some(Value::Object(m.clone()).to_string()),
+        Some(Value::Null) | None => None,
+        Some(_) => {
+            r.issue("metadata", "must be an object");
+            None
+        }
+    };
+    r.finish()?;
+    match (build_id, runner_version, built_at) {
+        (Some(build_id), Some(runner_version), Some(built_at)) => Ok(NewBuild {
+            build_id,
+            runner_version,
+            built_at,
+            runtime_versions: versions,
+            metadata_json: metadata,
+        }),
+        _ => Err(DomainError::invalid("", "request is incomplete")),
+    }
+}
+
+async fn register_build(p: Caller, st: AppState, body: Body) -> ApiResult {
+    let build = parse_build(&body)?;
+    let record = st.pipeline.register_build(&p, build).await?;
+    Ok(Success::created(build_json(&record)))
+}
+
+async fn list_builds(p: Caller, st: AppState, q: HashMap<String, String>) -> ApiResult {
+    let q = Query { params: &q };
+    let mut r = Reader::new();
+    let page = q.page(&mut r);
+    let status = q.get("status").and_then(|s| {
+        BuildStatus::parse(s).or_else(|| {
+            r.issue(
+                "status",
+                "must be testing, known_good, known_bad or deprecated",
+            );
+            None
+        })
+    });
+    let provider = q.get("providerId").and_then(|s| {
+        Provider::parse(s).or_else(|| {
+            r.invalid_provider("providerId", s);
+            None
+        })
+    });
+    r.finish()?;
+    let page = st
+        .pipeline
+        .builds(&p, &BuildFilter { status, provider }, page)?;
+    Ok(Success::ok(page_json(page.map(|b| build_json(&b)))))
+}
+
+async fn get_build(id: String, p: Caller, st: AppState) -> ApiResult {
+    Ok(Success::ok(build_json(&st.pipeline.build(&p, &id)?)))
+}
+
+async fn set_build_status(id: String, p: Caller, st: AppState, body: Body) -> ApiResult {
+    let mut r = Reader::new();
+    let root = r.root(&body);
+    let status = r.string(&root, "status", true).and_then(|s| {
+        BuildStatus::parse(s).or_else(|| {
+            r.issue(
+                "status",
+                "must be testing, known_good, known_bad or deprecated",
+            );
+            None
+        })
+    });
+    let recommendation = r.string(&root, "recommendation", false).and_then(|s| {
+        Recommendation::parse(s).or_else(|| {
+            r.issue(
+                "recommendation",
+                "must be recommended, acceptable, not_recommended or blocked",
+            );
+            None
+        })
+    });
+    r.finish()?;
+    let status = status.ok_or_else(|| DomainError::invalid("status", "is required"))?;
+    let record = st
+        .pipeline
+        .set_build_status(&p, id, status, recommendation)
+        .await?;
+    Ok(Success::ok(build_json(&record)))
+}
+
+pub fn build_json(b: &BuildRecord) -> Value {
+    let mut m = Map::new();
+    m.insert("buildId".into(), json!(b.build_id));
+    m.insert("runnerVersion".into(), json!(b.runner_version));
+    m.insert("builtAt".into(), json!(timestamp(b.built_at)));
+    m.insert("status".into(), json!(b.status.as_str()));
+    m.insert("recommendation".into(), json!(b.recommendation.as_str()));
+    m.insert("runtimeVersions".into(), json!(b.runtime_versions));
+    if let Some(meta) = b
+        .metadata_json
+        .as_deref()
+        .and_then(|j| serde_json::from_str::<Value>(j).ok())
+    {
+        m.insert("metadata".into(), meta);
+    }
+    m.insert("registeredAt".into(), json!(timestamp(b.registered_at)));
+    Value::Object(m)
+}
+
+// ---- rollouts -------------------------------------------------------------------------------
+
+fn rollout_id(raw: &str) -> Result<uuid::Uuid, super::error::ApiError> {
+    path_id(raw, DomainError::NotFound(Entity::Rollout))
+}
+
+async fn create_rollout(p: Caller, st: AppState, body: Body) -> ApiResult {
+    let mut r = Reader::new();
+    let root = r.root(&body);
+    let build_id = r.string(&root, "buildId", true).map(str::to_owned);
+    let channel = r.string(&root, "channel", true).and_then(|c| {
+        Channel::parse(c).or_else(|| {
+            r.issue("channel", "must be stable or beta");
+            None
+        })
+    });
+    if channel == Some(Channel::Pinned) {
+        r.issue(
+            "channel",
+            "pinned orgs move only when their config changes: roll out on stable or beta",
+        );
+    }
+    let stages = match r.any(&root, "stages") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(items)) => {
+            let mut out = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                match item.as_u64().filter(|n| (1..=100).contains(n)) {
+                    Some(n) => out.push(n as u8),
+                    None => r.issue(
+                        format!("stages[{i}]"),
+                        "must be a whole percentage 1 to 100",
+                    ),
+                }
+            }
+            if out.len() == items.len()
+                && let Some(problem) = crate::pipeline::model::stage_problem(&out)
+            {
+                r.issue("stages", problem);
+            }
+            Some(out)
+        }
+        Some(_) => {
+            r.issue("stages", "must be an array of percentages");
+            None
+        }
+    };
+    let start = r.boolean(&root, "start").unwrap_or(true);
+    r.finish()?;
+    let (Some(build_id), Some(channel)) = (build_id, channel) else {
+        return Err(DomainError::invalid("", "request is incomplete").into());
+    };
+    let view = st
+        .pipeline
+        .create_rollout(&p, build_id, channel, stages, start)
+        .await?;
+    Ok(Success::created(rollout_json(&view)))
+}
+
+async fn list_rollouts(p: Caller, st: AppState, q: HashMap<String, String>) -> ApiResult {
+    let q = Query { params: &q };
+    let mut r = Reader::new();
+    let state = q.get("state").and_then(|s| {
+        RolloutState::parse(s).or_else(|| {
+            r.issue("state", "is not a rollout state");
+            None
+        })
+    });
+    let channel = q.get("channel").and_then(|c| {
+        Channel::parse(c).or_else(|| {
+            r.issue("channel", "must be stable, beta or pinned");
+            None
+        })
+    });
+    r.finish()?;
+    let items = st
+        .pipeline
+        .rollouts(&p, &RolloutFilter { state, channel })?;
+    Ok(Success::ok(Value::Array(
+        items.iter().map(rollout_json).collect(),
+    )))
+}
+
+async fn get_rollout(id: String, p: Caller, st: AppState) -> ApiResult {
+    let view = st.pipeline.rollout(&p, rollout_id(&id)?)?;
+    Ok(Success::ok(rollout_json(&view)))
+}
+
+async fn rollout_verb(id: String, verb: String, p: Caller, st: AppState, body: Body) -> ApiResult {
+    let verb = match verb.as_str() {
+        "advance" => RolloutVerb::Advance,
+        "pause" => RolloutVerb::Pause,
+        "resume" => RolloutVerb::Resume,
+        "cancel" => RolloutVerb::Cancel,
+        _ => return Err(super::error::ApiError::no_route()),
+    };
+    let id = rollout_id(&id)?;
+    let mut r = Reader::new();
+    let root = r.root(&body);
+    let reason = if verb == RolloutVerb::Cancel {
+        let reason = r.string(&root, "reason", true).map(str::to_owned);
+        if reason
+            .as_deref()
+            .is_some_and(|s| s.trim().is_empty() || s.len() > 1000)
+        {
+            r.issue("reason", "must be 1 to 1000 characters");
+        }
+        reason
+    } else {
+        None
+    };
+    r.finish()?;
+    let view = st.pipeline.rollout_verb(&p, id, verb, reason).await?;
+    Ok(Success::ok(rollout_json(&view)))
+}
+
+fn verdict_json(v: &Verdict) -> Value {
+    let rate = |part: u64, whole: u64| {
+        if whole == 0 {
+            Value::Null
+        } else {
+            json!(part as f64 / whole as f64)
+        }
+    };
+    json!({
+        "at": timestamp(v.at),
+        "outcome": v.outcome.as_str(),
+        "reason": v.reason,
+        "stagePercentage": v.stage_percentage,
+        "newBuild": {
+            "sessions": v.counts.new_ended,
+            "failed": v.counts.new_failed,
+            "failureRate": rate(v.counts.new_failed, v.counts.new_ended),
+            "runners": v.new_runners,
+            "runnersOffline": v.new_runners_offline,
+            "offlineRate": rate(v.new_runners_offline, v.new_runners),
+        },
+        "previousBuild": {
+            "sessions": v.counts.previous_ended,
+            "failed": v.counts.previous_failed,
+            "failureRate": rate(v.counts.previous_failed, v.counts.previous_ended),
+        },
+    })
+}
+
+pub fn rollout_json(v: &RolloutView) -> Value {
+    let r = &v.rollout;
+    let mut m = Map::new();
+    m.insert("rolloutId".into(), json!(r.id));
+    m.insert("targetBuildId".into(), json!(r.target_build_id));
+    if let Some(prev) = &r.previous_build_id {
+        m.insert("previousBuildId".into(), json!(prev));
+    }
+    m.insert("channel".into(), json!(r.channel.as_str()));
+    m.insert("state".into(), json!(r.state.as_str()));
+    if let Some(from) = r.paused_from {
+        m.insert("pausedFrom".into(), json!(from.as_str()));
+    }
+    m.insert("stages".into(), json!(r.stages));
+    m.insert("currentStage".into(), json!(r.stage_number()));
+    m.insert("currentPercentage".into(), json!(r.current_percentage));
+    m.insert("startedAt".into(), json!(timestamp(r.started_at)));
+    m.insert("lastUpdatedAt".into(), json!(timestamp(r.last_updated_at)));
+    m.insert(
+        "stageStartedAt".into(),
+        json!(timestamp(r.stage_started_at)),
+    );
+    m.insert("affectedOrgsCount".into(), json!(v.affected_orgs));
+    m.insert("runnersTargeted".into(), json!(v.runners_targeted));
+    m.insert("runnersConverged".into(), json!(v.runners_converged));
+    if let Some(e) = &r.error {
+        m.insert("error".into(), json!(e));
+    }
+    if let Some(verdict) = &r.verdict {
+        m.insert("health".into(), verdict_json(verdict));
+    }
+    m.insert("createdBy".into(), json!(r.created_by));
+    Value::Object(m)
+}
+
+// ---- org runtime config ---------------------------------------------------------------------
+
+fn org_path(raw: &str) -> Result<String, DomainError> {
+    if is_org_slug(raw) {
+        Ok(raw.to_owned())
+    } else {
+        Err(DomainError::invalid("orgId", "must be an org slug"))
+    }
+}
+
+async fn get_org_config(org: String, p: Caller, st: AppState) -> ApiResult {
+    let org = org_path(&org)?;
+    Ok(Success::ok(config_json(&st.pipeline.org_config(&p, &org)?)))
+}
+
+async fn put_org_config(org: String, p: Caller, st: AppState, body: Body) -> ApiResult {
+    let org = org_path(&org)?;
+    let mut r = Reader::new();
+    let root = r.root(&body);
+    let channel = r.string(&root, "channel", true).and_then(|c| {
+        Channel::parse(c).or_else(|| {
+            r.issue("channel", "must be stable, beta or pinned");
+            None
+        })
+    });
+    let beta_opt_in = r.boolean(&root, "betaOptIn").unwrap_or(false);
+    let auto_upgrade = r.boolean(&root, "autoUpgrade").unwrap_or(true);
+    let pinned = r.string(&root, "pinnedBuildId", false).map(str::to_owned);
+    if channel == Some(Channel::Pinned) && pinned.is_none() {
+        r.issue("pinnedBuildId", "is required for channel pinned");
+    }
+    r.finish()?;
+    let channel = channel.ok_or_else(|| DomainError::invalid("channel", "is required"))?;
+    let config = OrgRuntimeConfig {
+        org_id: org,
+        channel,
+        beta_opt_in,
+        auto_upgrade,
+        pinned_build_id: pinned,
+        updated_at: None,
+    };
+    let saved = st.pipeline.put_org_config(&p, config).await?;
+    Ok(Success::ok(config_json(&saved)))
+}
+
+fn config_json(c: &OrgRuntimeConfig) -> Value {
+    let mut m = Map::new();
+    m.insert("orgId".into(), json!(c.org_id));
+    m.insert("channel".into(), json!(c.channel.as_str()));
+    m.insert("betaOptIn".into(), json!(c.beta_opt_in));
+    m.insert("autoUpgrade".into(), json!(c.auto_upgrade));
+    m.insert("pinnedBuildId".into(), json!(c.pinned_build_id));
+    if let Some(at) = c.updated_at {
+        m.insert("updatedAt".into(), json!(timestamp(at)));
+    }
+    Value::Object(m)
+}
+
+/// The heartbeat reply's `desiredBuild`.
+pub fn desired_json(d: Option<&DesiredBuild>) -> Value {
+    match d {
+        None => Value::Null,
+        Some(d) => json!({
+            "buildId": d.build_id,
+            "runnerVersion": d.runner_version,
+            "runtimeVersions": d.runtime_versions,
+        }),
+    }
+}
