@@ -212,6 +212,7 @@ function onStatus(e) {
   if (!shell) return;
   shell.conn.dataset.state = e.detail.state;
   shell.conn.textContent = connectionLabel(e.detail.state);
+  shell.conn.title = e.detail.reason || '';
 }
 
 function signOut(_e, message) {

@@ -18,6 +18,8 @@ export class Stream extends EventTarget {
     this.timer = null;
     this.stopped = false;
     this.nextId = 1;
+    /** messageId of the pending `authenticate` frame. */
+    this.authId = null;
     this.everConnected = false;
     /** sessionId → {lastSeq, listeners:Set} */
     this.sessions = new Map();
@@ -77,7 +79,10 @@ export class Stream extends EventTarget {
       return;
     }
     this.ws = ws;
-    ws.onopen = () => this.send({ type: 'authenticate', token: this.token });
+    ws.onopen = () => {
+      this.authId = String(this.nextId);
+      this.send({ type: 'authenticate', token: this.token });
+    };
     ws.onmessage = (m) => {
       let frame;
       try {
@@ -112,8 +117,11 @@ export class Stream extends EventTarget {
     this.dispatchEvent(new CustomEvent('unauthorized', { detail: { message } }));
   }
 
+  /** Sends a frame; until the socket is authenticated only `authenticate` goes out (the rest
+   *  is sent again from our own state once it is). */
   send(frame) {
     if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return false;
+    if (frame.type !== 'authenticate' && this.state !== 'live') return false;
     this.ws.send(JSON.stringify({ ...frame, messageId: String(this.nextId++) }));
     return true;
   }
@@ -124,9 +132,12 @@ export class Stream extends EventTarget {
         if (frame.event === 'authenticated') return this.onAuthenticated();
         break;
       case 'error':
-        if (frame.code === 'UNAUTHORIZED' && this.state !== 'live') {
+        if (frame.code === 'UNAUTHORIZED' && frame.messageId === this.authId) {
           this.refused('This token is no longer accepted: it was revoked or is not valid. Sign in again.');
           return;
+        }
+        if (frame.code === 'CONNECTION_LIMIT') {
+          this.setState('reconnecting', { reason: 'Too many dashboards are open with this token; retrying.' });
         }
         break;
       case 'terminal': {
@@ -146,11 +157,11 @@ export class Stream extends EventTarget {
     const reconnected = this.everConnected;
     this.everConnected = true;
     this.attempt = 0;
+    this.setState('live');
     if (this.org) this.send({ type: 'subscribe_org', orgId: this.org });
     for (const [sessionId, sub] of this.sessions) {
       this.send({ type: 'subscribe_session', sessionId, afterSeq: sub.lastSeq });
     }
-    this.setState('live');
     if (reconnected) this.dispatchEvent(new CustomEvent('resync'));
   }
 

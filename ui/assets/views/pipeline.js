@@ -156,7 +156,7 @@ export async function mount(main, ctx) {
         return;
       }
       const columns = [
-        { label: 'Build', cell: (b) => h('strong', { class: 'mono' }, b.buildId) },
+        { label: 'Build', cell: (b) => h('strong', { class: 'mono nowrap' }, b.buildId) },
         { label: 'Runner version', cell: (b) => h('span', { class: 'mono' }, b.runnerVersion) },
         { label: 'Built', cell: (b) => h('span', { title: dateTime(b.builtAt) }, age(b.builtAt)) },
         { label: 'Status', cell: (b) => badge(b.status) },
