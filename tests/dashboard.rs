@@ -11,7 +11,7 @@ mod common;
 mod webdriver;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::runner::register;
@@ -26,7 +26,8 @@ const WIDE: (u32, u32) = (1280, 900);
 const PHONE: (u32, u32) = (390, 844);
 const ORG: &str = "acme";
 
-static ONE_BROWSER_AT_A_TIME: Mutex<()> = Mutex::new(());
+/// Tests take turns with the browser (an async lock: it is held across awaits).
+static ONE_BROWSER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A server, an admin client and a browser, for one test.
 struct Env {
@@ -37,14 +38,12 @@ struct Env {
     browser: Browser,
     /// API answers this test provokes on purpose (see `assert_no_console_errors`).
     expected_errors: Vec<(&'static str, u16)>,
-    _turn: MutexGuard<'static, ()>,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
 impl Env {
     async fn start() -> Env {
-        let turn = ONE_BROWSER_AT_A_TIME
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let turn = ONE_BROWSER_AT_A_TIME.lock().await;
         let data = tempfile::tempdir().unwrap();
         let server = BinaryServer::spawn(data.path(), SERVER_ENV);
         Self::with(server, data, turn).await
@@ -53,7 +52,7 @@ impl Env {
     async fn with(
         server: BinaryServer,
         data: tempfile::TempDir,
-        turn: MutexGuard<'static, ()>,
+        turn: tokio::sync::MutexGuard<'static, ()>,
     ) -> Env {
         let admin = server.admin();
         let base = format!("http://{}", server.addr);
@@ -377,9 +376,7 @@ async fn terminal_shows(b: &Browser, needle: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_terminal_replays_streams_reconnects_and_sends_typing_to_the_runner() {
-    let turn = ONE_BROWSER_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let turn = ONE_BROWSER_AT_A_TIME.lock().await;
     let data = tempfile::tempdir().unwrap();
     // A fixed port, so the server can restart under the open page.
     let listen = format!(
@@ -698,9 +695,7 @@ async fn every_view_renders_at_desktop_and_phone_widths() {
 /// warm cache. Reported in BENCHMARKS.md.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_load_time_is_reported() {
-    let turn = ONE_BROWSER_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let turn = ONE_BROWSER_AT_A_TIME.lock().await;
     let data = tempfile::tempdir().unwrap();
     let server = BinaryServer::spawn(data.path(), SERVER_ENV);
     let base = format!("http://{}", server.addr);
