@@ -189,7 +189,7 @@ function renderShell(active) {
     const links = NAV.filter((n) => !n.adminOnly || isAdmin()).map((n) => h('a', { href: n.href, 'data-nav': n.id }, h('span', null, n.label)));
     const main = h('main', { id: 'main', tabindex: -1 });
     const el = h('div', { class: 'shell' },
-      h('a', { class: 'brand', href: '/' }, h('img', { src: document.querySelector('link[rel="icon"]').getAttribute('href'), alt: '' }), 'Village'),
+      h('a', { class: 'brand', href: '/', 'aria-label': 'Village overview' }, h('img', { src: document.querySelector('link[rel="icon"]').getAttribute('href'), alt: '' }), h('span', { class: 'brand-name' }, 'Village')),
       h('header', { class: 'topbar' },
         orgPicker(),
         h('span', { class: 'spacer' }),
