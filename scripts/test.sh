@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit and integration tests (real server, real HTTP
-# and WebSocket clients).
+# and WebSocket clients, and the dashboard in headless Chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The dashboard's browser tests (tests/dashboard.rs) drive Debian's Chromium through its WebDriver.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+fi
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 log=$(mktemp)

@@ -223,7 +223,7 @@ function signOut(_e, message) {
   shell = null;
   forgetToken();
   history.replaceState(null, '', '/');
-  showSignIn(message || 'You are signed out.', 'info');
+  showSignIn(message || 'You are signed out.', message ? 'bad' : 'info');
 }
 
 function showSignIn(message, tone) {

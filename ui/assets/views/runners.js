@@ -76,14 +76,14 @@ export async function mount(main, ctx) {
         return;
       }
       const columns = [
-        { label: 'Runner', cell: (r) => h('div', null, h('strong', null, r.hostname), h('div', { class: 'small muted' }, r.orgId ? `org ${r.orgId}` : 'shared')) },
+        { label: 'Runner', cell: (r) => h('div', null, h('strong', { class: 'nowrap' }, r.hostname), h('div', { class: 'small muted' }, r.orgId ? `org ${r.orgId}` : 'shared')) },
         { label: 'Status', cell: (r) => badge(r.status) },
         { label: 'Load', cell: (r) => h('div', { class: 'load-cell' },
           h('div', { class: 'load-row' }, h('span', { class: 'lbl' }, 'CPU'), meter(r.load?.cpuPercent, `CPU of ${r.hostname}`)),
           h('div', { class: 'load-row' }, h('span', { class: 'lbl' }, 'Mem'), meter(r.load?.memoryPercent, `Memory of ${r.hostname}`))) },
         { label: 'Sessions', class: 'num', cell: (r) => `${number(r.load?.activeSessions ?? 0)} / ${number(r.capabilities?.maxConcurrentSessions)}` },
         { label: 'Providers', cell: (r) => h('div', { class: 'versions' }, (r.capabilities?.providers || []).map((p) => h('code', null, r.runtimeVersions?.[p] ? `${p} ${r.runtimeVersions[p]}` : p))) },
-        { label: 'Build', cell: (r) => h('span', { class: 'mono small' }, r.buildId || '—') },
+        { label: 'Build', cell: (r) => h('span', { class: 'mono small nowrap' }, r.buildId || '—') },
         { label: 'Heartbeat', cell: (r) => age(r.lastHeartbeat) },
       ];
       if (isAdmin) {
