@@ -417,6 +417,19 @@ async fn the_terminal_replays_streams_reconnects_and_sends_typing_to_the_runner(
     }
     b.screenshot("session").await;
 
+    // Pause and resume reach the runner.
+    b.click("#session-pause").await;
+    b.wait_for("#session-state[data-state=PAUSED_BY_HUMAN]", 5)
+        .await;
+    runner
+        .expect("pause_session", 5, |f| f["sessionId"] == session.as_str())
+        .await;
+    b.click("#session-resume").await;
+    b.wait_for("#session-state[data-state=RUNNING]", 5).await;
+    runner
+        .expect("resume_session", 5, |f| f["sessionId"] == session.as_str())
+        .await;
+
     // The server restarts under the page: the stream reconnects and resumes after the last
     // sequence it showed, so nothing is lost and nothing is shown twice.
     env.server.terminate();
@@ -443,6 +456,16 @@ async fn the_terminal_replays_streams_reconnects_and_sends_typing_to_the_runner(
     let text = text.as_str().unwrap();
     assert_eq!(text.matches("building village").count(), 1, "{text}");
     assert_eq!(text.matches("42 passed").count(), 1, "{text}");
+
+    // Stop asks first, then ends the session; the terminal becomes read only.
+    b.click("#session-stop").await;
+    b.fill("dialog[open] input[name=reason]", "done for today")
+        .await;
+    b.click("dialog[open] [data-confirm]").await;
+    b.wait_for("#session-state[data-state=COMPLETED]", 5).await;
+    b.wait_for_text("#terminal-hint", "read only", 5).await;
+    let stopped = env.admin.session(&session).await;
+    assert_eq!(stopped["endReason"], "stopped: done for today");
     // While the server was down Chromium logged the failed reconnection attempts: those are
     // expected here, nothing else is.
     let logs = env.browser.logs().await;
@@ -603,6 +626,41 @@ async fn a_rollout_is_started_and_advanced_from_the_pipeline_page() {
     assert_eq!(first["state"], "rolling_out");
     assert_eq!(first["currentPercentage"], 10);
     b.wait_for_text(rollout, "At 10%", 5).await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_creates_a_token_sees_its_secret_once_and_revokes_it() {
+    let env = Env::start().await;
+    env.sign_in(&env.server.admin_token, Some(ORG)).await;
+    env.open("/admin/tokens", "admin").await;
+    let b = &env.browser;
+    b.fill("#token-name", "acme CI").await;
+    b.click("#create-token").await;
+    let secret = b.text("#token-secret").await;
+    assert!(secret.starts_with("vlg_"), "{secret}");
+    b.click("#copy-token").await;
+    b.wait_until(
+        "the copy button answers",
+        "return document.getElementById('copy-token').textContent !== 'Copy'",
+        json!([]),
+        5,
+    )
+    .await;
+    let org_client = env.admin.with_token(&secret);
+    let me = org_client.get("/api/v1/me").await;
+    assert_eq!(me.data()["orgId"], ORG);
+    let token_id = me.data()["tokenId"].as_str().unwrap().to_string();
+    // The list never shows the secret.
+    let row = format!("tr[data-token-id='{token_id}']");
+    b.wait_for(&row, 5).await;
+    assert!(!b.text("#main table").await.contains(&secret));
+    b.screenshot("admin-token-created").await;
+
+    b.click(&format!("{row} [data-action=revoke]")).await;
+    b.click("dialog[open] [data-confirm]").await;
+    b.wait_for_text(&row, "Revoked", 5).await;
+    assert_eq!(org_client.get("/api/v1/me").await.status, 401);
     env.finish().await;
 }
 

@@ -8,7 +8,9 @@ export function h(tag, props, ...children) {
   const el = document.createElement(tag);
   if (props) {
     for (const [key, value] of Object.entries(props)) {
-      if (value === undefined || value === null || value === false) continue;
+      if (value === undefined || value === null) continue;
+      // `false` clears a property (spellcheck, disabled…); as an attribute it means "leave out".
+      if (value === false && !(key in el && !key.startsWith('on'))) continue;
       if (key === 'class') el.className = Array.isArray(value) ? value.filter(Boolean).join(' ') : value;
       else if (key === 'style') for (const [p, v] of Object.entries(value)) el.style.setProperty(p, v);
       else if (key === 'dataset') Object.assign(el.dataset, value);
