@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 
-/// Every route the server implements (contract §2, §3, §4, §6, §7, §8). Removing one from the
+/// Every route the server implements (contract §2, §3, §4, §5, §6, §7, §8). Removing one from the
 /// document, or documenting it under another path or method, fails the test.
 const IMPLEMENTED: &[(&str, &str)] = &[
     ("GET", "/healthz"),
@@ -46,6 +46,25 @@ const IMPLEMENTED: &[(&str, &str)] = &[
     ("POST", "/api/v1/runners/{runnerId}/drain"),
     ("POST", "/api/v1/runners/{runnerId}/undrain"),
     ("GET", "/api/v1/fleet"),
+    ("GET", "/api/v1/providers/{providerId}/versions"),
+    ("POST", "/api/v1/providers/{providerId}/versions"),
+    (
+        "POST",
+        "/api/v1/providers/{providerId}/versions/{version}/canary",
+    ),
+    ("POST", "/api/v1/builds"),
+    ("GET", "/api/v1/builds"),
+    ("GET", "/api/v1/builds/{buildId}"),
+    ("POST", "/api/v1/builds/{buildId}/status"),
+    ("POST", "/api/v1/rollouts"),
+    ("GET", "/api/v1/rollouts"),
+    ("GET", "/api/v1/rollouts/{rolloutId}"),
+    ("POST", "/api/v1/rollouts/{rolloutId}/advance"),
+    ("POST", "/api/v1/rollouts/{rolloutId}/pause"),
+    ("POST", "/api/v1/rollouts/{rolloutId}/resume"),
+    ("POST", "/api/v1/rollouts/{rolloutId}/cancel"),
+    ("GET", "/api/v1/orgs/{orgId}/runtime-config"),
+    ("PUT", "/api/v1/orgs/{orgId}/runtime-config"),
     ("GET", "/api/v1/ws"),
     ("POST", "/api/v1/webhooks"),
     ("GET", "/api/v1/webhooks"),

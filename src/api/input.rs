@@ -287,3 +287,36 @@ impl Query<'_> {
 pub fn path_id(raw: &str, not_found: DomainError) -> Result<uuid::Uuid, ApiError> {
     uuid::Uuid::parse_str(raw).map_err(|_| ApiError::from(not_found))
 }
+
+/// A path segment with its `%XX` escapes decoded (warp hands segments over as sent), or `None`
+/// when the escapes are malformed or not UTF-8.
+pub fn path_text(raw: &str) -> Option<String> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = raw.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_text;
+
+    #[test]
+    fn path_segments_are_percent_decoded() {
+        assert_eq!(path_text("1.0%2Bx~1").as_deref(), Some("1.0+x~1"));
+        assert_eq!(path_text("plain").as_deref(), Some("plain"));
+        assert_eq!(path_text("bad%2"), None);
+        assert_eq!(path_text("bad%zz"), None);
+        assert_eq!(path_text("%ff"), None);
+    }
+}

@@ -8,7 +8,7 @@ use warp::filters::BoxedFilter;
 use warp::{Filter, path};
 
 use super::envelope::{ApiResult, Success};
-use super::input::{Body, Query, Reader, path_id};
+use super::input::{Body, Query, Reader, path_id, path_text};
 use super::sessions::page_json;
 use super::{AppState, json_body, principal, query, with_state};
 use crate::auth::{Caller, is_org_slug};
@@ -16,7 +16,7 @@ use crate::clock::parse_rfc3339;
 use crate::error::{DomainError, Entity};
 use crate::pipeline::model::{
     BuildRecord, BuildStatus, Channel, NewBuild, OrgRuntimeConfig, Recommendation, RolloutState,
-    RolloutVerb, Verdict,
+    RolloutVerb, Verdict, is_label,
 };
 use crate::pipeline::{BuildFilter, DesiredBuild, RolloutFilter, RolloutView, VersionView};
 use crate::sessions::model::Provider;
@@ -118,14 +118,6 @@ fn provider(raw: &str) -> Result<Provider, DomainError> {
     Provider::parse(raw).ok_or_else(|| DomainError::InvalidProvider(raw.to_owned()))
 }
 
-/// Build ids and versions: 1–128 printable characters without spaces or slashes.
-fn is_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._+-:~".contains(c))
-}
-
 fn label(r: &mut Reader, value: Option<&str>, path: &str) -> Option<String> {
     let v = value?;
     if is_label(v) {
@@ -222,6 +214,7 @@ async fn set_canary(
     }
     r.finish()?;
     let passed = passed.ok_or_else(|| DomainError::invalid("passed", "is required"))?;
+    let version = path_text(&version).ok_or(DomainError::NotFound(Entity::Version))?;
     let view = st
         .pipeline
         .set_canary(&p, provider, version, passed)
@@ -326,11 +319,17 @@ async fn list_builds(p: Caller, st: AppState, q: HashMap<String, String>) -> Api
     Ok(Success::ok(page_json(page.map(|b| build_json(&b)))))
 }
 
+fn build_path(raw: &str) -> Result<String, DomainError> {
+    path_text(raw).ok_or(DomainError::NotFound(Entity::Build))
+}
+
 async fn get_build(id: String, p: Caller, st: AppState) -> ApiResult {
+    let id = build_path(&id)?;
     Ok(Success::ok(build_json(&st.pipeline.build(&p, &id)?)))
 }
 
 async fn set_build_status(id: String, p: Caller, st: AppState, body: Body) -> ApiResult {
+    let id = build_path(&id)?;
     let mut r = Reader::new();
     let root = r.root(&body);
     let status = r.string(&root, "status", true).and_then(|s| {

@@ -73,13 +73,8 @@ struct FleetBuild<'s> {
     reported: Option<String>,
 }
 
-/// Who an audit entry names.
-enum Actor {
-    Caller(Caller),
-    System,
-}
-
-type AuditNote = (Actor, &'static str, String);
+/// An API caller's audit entry: who, action, target.
+type AuditNote = (Caller, &'static str, String);
 
 #[derive(Clone)]
 pub struct PipelineService {
@@ -177,11 +172,8 @@ impl PipelineService {
                 for (action, target) in &system_audit {
                     audit::record_system(w, action, target, now)?;
                 }
-                for (actor, action, target) in &audit {
-                    match actor {
-                        Actor::Caller(p) => audit::record(w, p, action, target, None, now)?,
-                        Actor::System => audit::record_system(w, action, target, now)?,
-                    }
+                for (who, action, target) in &audit {
+                    audit::record(w, who, action, target, None, now)?;
                 }
                 for e in events {
                     w.emit(e);
@@ -209,7 +201,7 @@ impl PipelineService {
             let Some(p) = Provider::parse(provider) else {
                 continue;
             };
-            if !state.versions.contains_key(&(p, version.clone())) {
+            if is_label(version) && !state.versions.contains_key(&(p, version.clone())) {
                 self.discover(p, version.clone(), runner_id);
             }
         }
@@ -333,7 +325,7 @@ impl PipelineService {
         let v = version.clone();
         let created = self
             .change(
-                vec![(Actor::Caller(p.clone()), "version.register", target)],
+                vec![(p.clone(), "version.register", target)],
                 move |s, c, now| {
                     Ok(s.register_version(provider, &v, released_at, source_url, now, c))
                 },
@@ -353,7 +345,7 @@ impl PipelineService {
         let target = format!("{}@{version}", provider.as_str());
         let v = version.clone();
         self.change(
-            vec![(Actor::Caller(p.clone()), "version.canary", target)],
+            vec![(p.clone(), "version.canary", target)],
             move |s, c, now| s.set_canary(provider, &v, passed, now, c),
         )
         .await?;
@@ -366,7 +358,7 @@ impl PipelineService {
         p.require_admin()?;
         let id = b.build_id.clone();
         self.change(
-            vec![(Actor::Caller(p.clone()), "build.register", id.clone())],
+            vec![(p.clone(), "build.register", id.clone())],
             move |s, c, now| s.register_build(b, now, c),
         )
         .await?;
@@ -414,20 +406,17 @@ impl PipelineService {
         let auto = self.rules.auto_advance;
         let channel = self.default_channel;
         let rollout_id = self.ids.ordered_uuid(self.now());
-        let mut notes = vec![(
-            Actor::Caller(p.clone()),
+        let notes = vec![(
+            p.clone(),
             "build.status",
             format!("{id}:{}", status.as_str()),
         )];
-        if auto && status == BuildStatus::KnownGood {
-            notes.push((Actor::System, "rollout.auto_start", rollout_id.to_string()));
-        }
         let build = id.clone();
         self.change(notes, move |s, c, now| {
             let became_good = s.set_build_status(&build, status, recommendation, now, c)?;
             if auto && became_good && s.channel_build(channel) != Some(build.as_str()) {
                 match s.create_rollout(rollout_id, &build, channel, None, true, "system", now, c) {
-                    Ok(_) => {}
+                    Ok(_) => c.audit.push(("rollout.auto_start", rollout_id.to_string())),
                     Err(e) => tracing::info!(build = %build, reason = %e, "no automatic rollout"),
                 }
             }
@@ -451,7 +440,7 @@ impl PipelineService {
         let id = self.ids.ordered_uuid(self.now());
         let actor = p.actor();
         self.change(
-            vec![(Actor::Caller(p.clone()), "rollout.create", id.to_string())],
+            vec![(p.clone(), "rollout.create", id.to_string())],
             move |s, c, now| {
                 s.create_rollout(id, &build_id, channel, stages, start, &actor, now, c)
             },
@@ -475,7 +464,7 @@ impl PipelineService {
             RolloutVerb::Cancel => "rollout.cancel",
         };
         self.change(
-            vec![(Actor::Caller(p.clone()), action, id.to_string())],
+            vec![(p.clone(), action, id.to_string())],
             move |s, c, now| s.apply_verb(id, verb, reason.as_deref(), now, c),
         )
         .await?;
@@ -592,7 +581,7 @@ impl PipelineService {
         Self::check_org(p, &config.org_id)?;
         let org = config.org_id.clone();
         self.change(
-            vec![(Actor::Caller(p.clone()), "org.runtime_config", org.clone())],
+            vec![(p.clone(), "org.runtime_config", org.clone())],
             move |s, c, now| s.put_org_config(config, now, c),
         )
         .await?;

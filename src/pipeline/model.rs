@@ -400,6 +400,15 @@ pub struct BuildFleet {
     pub offline: u64,
 }
 
+/// Build ids and versions: 1–128 characters of letters, digits and `. _ + - : ~` (they appear
+/// in URLs and logs).
+pub fn is_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._+-:~".contains(c))
+}
+
 /// A runner's place in 0..100, stable for its id: it enters a rollout when this is below the
 /// rollout's percentage. Since percentages only grow, a runner never flips back and forth.
 pub fn runner_bucket(runner_id: Uuid) -> u8 {
