@@ -554,6 +554,10 @@ pub fn rollout_json(v: &RolloutView) -> Value {
     if let Some(verdict) = &r.verdict {
         m.insert("health".into(), verdict_json(verdict));
     }
+    m.insert(
+        "healthHistory".into(),
+        Value::Array(r.past_verdicts.iter().map(verdict_json).collect()),
+    );
     m.insert("createdBy".into(), json!(r.created_by));
     Value::Object(m)
 }

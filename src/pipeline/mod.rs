@@ -593,15 +593,21 @@ impl PipelineService {
     /// Counts a session that ended on `runner` against the rollouts whose new or previous build
     /// that runner runs.
     fn count_session_end(&self, runner: Uuid, failed: bool) {
-        let Some(build) = self.runners.reported_build(runner) else {
+        let Some((org, Some(build))) = self.runners.org_and_build(runner) else {
             return;
         };
         let state = self.snapshot();
+        let channel = state.effective_channel(org.as_deref(), self.default_channel);
         let mut pending = self
             .pending_counts
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        for r in state.rollouts.values().filter(|r| r.is_active()) {
+        // Only runners that follow the rollout's channel say something about it.
+        for r in state
+            .rollouts
+            .values()
+            .filter(|r| r.is_active() && r.channel == channel)
+        {
             let Some(stage) = r.stage_index else {
                 continue;
             };
@@ -632,18 +638,23 @@ impl PipelineService {
         if !judging {
             return Ok(());
         }
-        let per_build: HashMap<String, BuildFleet> = self
-            .runners
-            .runners_per_build()
-            .into_iter()
-            .map(|(b, (runners, offline))| (b, BuildFleet { runners, offline }))
-            .collect();
+        let liveness = self.runners.build_liveness();
+        // Runners of a build heard from since the stage began, and those of them now offline.
+        let fleet = move |build: &str, since: Millis| {
+            let mut f = BuildFleet::default();
+            for (b, last, offline) in &liveness {
+                if b == build && *last >= since {
+                    f.runners += 1;
+                    f.offline += u64::from(*offline);
+                }
+            }
+            f
+        };
         let rules = self.rules;
         self.change(Vec::new(), move |s, c, now| {
             let before: HashMap<Uuid, RolloutState> =
                 s.rollouts.values().map(|r| (r.id, r.state)).collect();
             s.add_counts(&counts, c);
-            let fleet = |b: &str| per_build.get(b).copied().unwrap_or_default();
             s.evaluate(&rules, &fleet, now, c);
             // Audit what the verdicts decided (state changes, not refreshed figures).
             for r in s.rollouts.values() {

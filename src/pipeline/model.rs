@@ -276,6 +276,8 @@ pub struct Rollout {
     pub error: Option<String>,
     pub counts: StageCounts,
     pub verdict: Option<Verdict>,
+    /// The last verdict of each earlier stage, oldest first: what justified moving on.
+    pub past_verdicts: Vec<Verdict>,
     pub created_by: String,
 }
 
@@ -668,6 +670,37 @@ impl PipelineState {
         })
     }
 
+    /// What runners of a channel run outside any rollout: its own current build, or for beta
+    /// while it has none, stable's.
+    pub fn current_build(&self, channel: Channel) -> Option<&str> {
+        self.channel_build(channel).or_else(|| {
+            (channel == Channel::Beta)
+                .then(|| self.channel_build(Channel::Stable))
+                .flatten()
+        })
+    }
+
+    /// A build some rollout was rolled back from and that no channel has completed: runners
+    /// must leave it even when their org holds its builds.
+    fn withdrawn(&self, build: &str) -> bool {
+        let rolled_back = self.rollouts.values().any(|r| {
+            r.target_build_id == build
+                && matches!(
+                    r.state,
+                    RolloutState::RolledBack | RolloutState::CanaryFailed
+                )
+        });
+        rolled_back
+            && !self
+                .channels
+                .values()
+                .any(|c| c.history.iter().any(|b| b == build))
+            && !self
+                .rollouts
+                .values()
+                .any(|r| r.is_active() && r.target_build_id == build)
+    }
+
     /// `POST /rollouts`.
     #[allow(clippy::too_many_arguments)]
     pub fn create_rollout(
@@ -710,7 +743,7 @@ impl PipelineState {
             id,
             number,
             target_build_id: build_id.to_owned(),
-            previous_build_id: self.channel_build(channel).map(str::to_owned),
+            previous_build_id: self.current_build(channel).map(str::to_owned),
             channel,
             state: RolloutState::Pending,
             paused_from: None,
@@ -723,6 +756,7 @@ impl PipelineState {
             error: None,
             counts: StageCounts::default(),
             verdict: None,
+            past_verdicts: Vec::new(),
             created_by: actor.to_owned(),
         };
         if start {
@@ -833,7 +867,7 @@ impl PipelineState {
         now: Millis,
         changes: &mut Changes,
     ) {
-        let Some(r) = self.rollouts.get_mut(&id) else {
+        let Some(r) = self.rollouts.get_mut(&id).filter(|r| r.is_active()) else {
             return;
         };
         let started = r.stage_index.is_some();
@@ -887,7 +921,7 @@ impl PipelineState {
     pub fn evaluate(
         &mut self,
         rules: &HealthRules,
-        fleet: &dyn Fn(&str) -> BuildFleet,
+        fleet: &dyn Fn(&str, Millis) -> BuildFleet,
         now: Millis,
         changes: &mut Changes,
     ) {
@@ -898,10 +932,11 @@ impl PipelineState {
             .map(|r| r.id)
             .collect();
         for id in active {
-            let Some(r) = self.rollouts.get(&id) else {
+            // An earlier verdict in this pass may have ended it (same build on two channels).
+            let Some(r) = self.rollouts.get(&id).filter(|r| r.is_active()) else {
                 continue;
             };
-            let build_fleet = fleet(&r.target_build_id);
+            let build_fleet = fleet(&r.target_build_id, r.stage_started_at);
             let verdict = judge(r, rules, build_fleet, now);
             let outcome = verdict.outcome;
             let reason = verdict.reason.clone();
@@ -1061,11 +1096,14 @@ impl PipelineState {
                 .and_then(usable);
         }
         if config.is_some_and(|c| !c.auto_upgrade) {
-            // Held: stay on what it runs, unless that is bad.
-            if let Some(b) = reported_build.and_then(usable) {
+            // Held: stay on what it runs, unless that is bad or was rolled back.
+            if let Some(b) = reported_build
+                .filter(|b| !self.withdrawn(b))
+                .and_then(usable)
+            {
                 return Some(b);
             }
-            return self.channel_build(channel).and_then(usable);
+            return self.current_build(channel).and_then(usable);
         }
         self.channel_build_for(channel, runner_id).and_then(usable)
     }
@@ -1083,7 +1121,9 @@ fn enter_stage(r: &mut Rollout, index: usize, now: Millis) {
     r.last_updated_at = now;
     r.stage_started_at = now;
     r.counts = StageCounts::default();
-    r.verdict = None;
+    if let Some(v) = r.verdict.take() {
+        r.past_verdicts.push(v);
+    }
 }
 
 /// Stages must rise strictly from 1 % to 100 %.
@@ -1115,63 +1155,77 @@ fn percent(x: f64) -> String {
     format!("{:.1}%", x * 100.0)
 }
 
+/// Fewer runners of a build than this say nothing about it by going offline (one host being
+/// replaced is not a trend).
+pub const MIN_RUNNERS_FOR_OFFLINE_VERDICT: u64 = 3;
+
 /// The health of a rollout's current stage.
 pub fn judge(r: &Rollout, rules: &HealthRules, fleet: BuildFleet, now: Millis) -> Verdict {
     let c = r.counts;
     let new_rate = rate(c.new_failed, c.new_ended);
+    let previous_rate = rate(c.previous_failed, c.previous_ended);
     let previous = if c.previous_ended > 0 {
         format!(
             "; previous build {} of {} sessions",
-            percent(rate(c.previous_failed, c.previous_ended)),
+            percent(previous_rate),
             c.previous_ended
         )
     } else {
         String::new()
     };
     let offline_rate = rate(fleet.offline, fleet.runners);
-    let (outcome, reason) =
-        if c.new_ended >= rules.min_sessions && new_rate > rules.max_failure_rate {
-            (
-                Outcome::Unhealthy,
-                format!(
-                    "failure rate {} of {} sessions on build {} exceeds {}{previous}",
-                    percent(new_rate),
-                    c.new_ended,
-                    r.target_build_id,
-                    percent(rules.max_failure_rate)
-                ),
-            )
-        } else if fleet.runners > 0 && offline_rate > rules.max_offline_rate {
-            (
-                Outcome::Unhealthy,
-                format!(
-                    "{} of {} runners on build {} are offline ({}), above {}",
-                    fleet.offline,
-                    fleet.runners,
-                    r.target_build_id,
-                    percent(offline_rate),
-                    percent(rules.max_offline_rate)
-                ),
-            )
-        } else if c.new_ended < rules.min_sessions {
-            (
-                Outcome::Insufficient,
-                format!(
-                    "{} of the {} sessions needed for a verdict have ended on build {}",
-                    c.new_ended, rules.min_sessions, r.target_build_id
-                ),
-            )
-        } else {
-            (
-                Outcome::Healthy,
-                format!(
-                    "failure rate {} of {} sessions on build {}{previous}",
-                    percent(new_rate),
-                    c.new_ended,
-                    r.target_build_id
-                ),
-            )
-        };
+    let failing = c.new_ended >= rules.min_sessions && new_rate > rules.max_failure_rate;
+    // Failures the previous build shows just as much are not the new build's doing (a
+    // provider outage, say): they hold the stage instead of condemning the build.
+    let previous_as_bad =
+        c.previous_ended >= rules.min_sessions.max(1) && previous_rate >= new_rate;
+    let failure = format!(
+        "failure rate {} of {} sessions on build {} exceeds {}{previous}",
+        percent(new_rate),
+        c.new_ended,
+        r.target_build_id,
+        percent(rules.max_failure_rate)
+    );
+    let (outcome, reason) = if failing && !previous_as_bad {
+        (Outcome::Unhealthy, failure)
+    } else if fleet.runners >= MIN_RUNNERS_FOR_OFFLINE_VERDICT
+        && offline_rate > rules.max_offline_rate
+    {
+        (
+            Outcome::Unhealthy,
+            format!(
+                "{} of {} runners on build {} are offline ({}), above {}",
+                fleet.offline,
+                fleet.runners,
+                r.target_build_id,
+                percent(offline_rate),
+                percent(rules.max_offline_rate)
+            ),
+        )
+    } else if failing {
+        (
+            Outcome::Insufficient,
+            format!("{failure}, but the previous build fails as often: holding"),
+        )
+    } else if c.new_ended < rules.min_sessions {
+        (
+            Outcome::Insufficient,
+            format!(
+                "{} of the {} sessions needed for a verdict have ended on build {}",
+                c.new_ended, rules.min_sessions, r.target_build_id
+            ),
+        )
+    } else {
+        (
+            Outcome::Healthy,
+            format!(
+                "failure rate {} of {} sessions on build {}{previous}",
+                percent(new_rate),
+                c.new_ended,
+                r.target_build_id
+            ),
+        )
+    };
     Verdict {
         at: now,
         outcome,
@@ -1255,11 +1309,12 @@ mod tests {
             ),
             (0..8usize, verb.clone()).prop_map(|(r, v)| Op::Verb(r, v)),
             (0..8usize, verb).prop_map(|(r, v)| Op::Verb(r, v)),
+            // Mostly healthy stages, so automation's advance path runs too.
             (
                 0..30u64,
-                0..30u64,
+                prop_oneof![3 => Just(0u64), 1 => 0..30u64],
                 0..5u64,
-                0..5u64,
+                prop_oneof![3 => Just(0u64), 1 => 0..5u64],
                 0..120_000i64,
                 any::<bool>()
             )
@@ -1371,7 +1426,7 @@ mod tests {
                     hold_ms: 60_000,
                     auto_advance: *auto,
                 };
-                let fleet = |_: &str| BuildFleet {
+                let fleet = |_: &str, _: Millis| BuildFleet {
                     runners: *runners,
                     offline: *offline,
                 };
@@ -1411,8 +1466,51 @@ mod tests {
             let mut seq = 0u128;
             let runners: Vec<Uuid> = (0..64u128).map(|i| Uuid::from_u128(i * 7919 + 1)).collect();
             let mut percentages: BTreeMap<Uuid, u8> = BTreeMap::new();
+            // Shared runners following each channel that hold a rollout's target, per rollout.
+            let mut exposure: BTreeMap<Uuid, BTreeSet<Uuid>> = BTreeMap::new();
             for op in &ops {
+                let was_active: BTreeSet<Uuid> =
+                    s.rollouts.values().filter(|r| r.is_active()).map(|r| r.id).collect();
                 apply(&mut s, op, &mut now, &mut seq);
+
+                // 4. While a rollout is active, the runners on its target only grow (nobody
+                //    flips back); once cancelled or failed, every runner has left it.
+                for r in s.rollouts.values() {
+                    let on_target: BTreeSet<Uuid> = runners
+                        .iter()
+                        .filter(|id| {
+                            s.desired_build(None, **id, None, r.channel)
+                                .is_some_and(|b| b.build_id == r.target_build_id)
+                        })
+                        .copied()
+                        .collect();
+                    if r.is_active() {
+                        // Those this rollout put there (beta runners may also follow stable's).
+                        let mine: BTreeSet<Uuid> = on_target
+                            .iter()
+                            .filter(|id| runner_bucket(**id) < r.current_percentage)
+                            .copied()
+                            .collect();
+                        let before = exposure.insert(r.id, mine.clone()).unwrap_or_default();
+                        let on_target = mine;
+                        prop_assert!(before.is_subset(&on_target), "runners left active rollout {} after {op:?}", r.id);
+                    } else if was_active.contains(&r.id)
+                        && matches!(r.state, RolloutState::RolledBack | RolloutState::CanaryFailed)
+                        // (unless another channel is still rolling the same build out)
+                        && !s.rollouts.values().any(|o| o.is_active() && o.target_build_id == r.target_build_id)
+                        // (or the channel already ran that build before: then it stays)
+                        && s.current_build(r.channel) != Some(r.target_build_id.as_str())
+                    {
+                        prop_assert!(on_target.is_empty(), "{} runners still on cancelled {} after {op:?}", on_target.len(), r.target_build_id);
+                        // Stable runners are all back on the channel's build (beta ones may
+                        // follow a stable rollout while beta has nothing of its own).
+                        let back = s.current_build(r.channel).filter(|b| !s.is_known_bad(b));
+                        for id in runners.iter().filter(|_| r.channel == Channel::Stable) {
+                            let got = s.desired_build(None, *id, None, r.channel).map(|b| b.build_id.as_str());
+                            prop_assert_eq!(got, back, "not back on the previous build after {:?}", op);
+                        }
+                    }
+                }
 
                 // 1. At most one active rollout per channel, and the channel points at it.
                 for channel in [Channel::Stable, Channel::Beta, Channel::Pinned] {
@@ -1535,7 +1633,7 @@ mod tests {
             hold_ms: 60_000,
             auto_advance: false,
         };
-        s.evaluate(&rules, &|_| BuildFleet::default(), 10, &mut c);
+        s.evaluate(&rules, &|_, _| BuildFleet::default(), 10, &mut c);
         let r = &s.rollouts[&id];
         assert_eq!(r.state, RolloutState::CanaryFailed);
         assert!(

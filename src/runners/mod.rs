@@ -717,18 +717,21 @@ impl RunnerService {
             .collect()
     }
 
-    /// For each build runners report: how many do, and how many of those are offline.
-    pub fn runners_per_build(&self) -> HashMap<String, (u64, u64)> {
+    /// Each runner that reports a build: that build, its last heartbeat and whether it is
+    /// offline now (the health verdicts' view of the fleet).
+    pub fn build_liveness(&self) -> Vec<(String, Millis, bool)> {
         let now = self.now();
-        let mut out: HashMap<String, (u64, u64)> = HashMap::new();
-        for e in self.fleet().values() {
-            if let Some(b) = &e.live.build_id {
-                let slot = out.entry(b.clone()).or_default();
-                slot.0 += 1;
-                slot.1 += u64::from(self.timing.is_offline(&e.live, now));
-            }
-        }
-        out
+        self.fleet()
+            .values()
+            .filter_map(|e| {
+                let build = e.live.build_id.clone()?;
+                Some((
+                    build,
+                    e.live.last_heartbeat,
+                    self.timing.is_offline(&e.live, now),
+                ))
+            })
+            .collect()
     }
 
     /// How many online runners report each (provider, version).
@@ -746,9 +749,11 @@ impl RunnerService {
         out
     }
 
-    /// The build a runner last reported.
-    pub fn reported_build(&self, id: Uuid) -> Option<String> {
-        self.fleet().get(&id).and_then(|e| e.live.build_id.clone())
+    /// A runner's org and the build it last reported.
+    pub fn org_and_build(&self, id: Uuid) -> Option<(Option<String>, Option<String>)> {
+        self.fleet()
+            .get(&id)
+            .map(|e| (e.record.org_id.clone(), e.live.build_id.clone()))
     }
 
     /// Whether a runner may be given work now (scheduling reads this).
