@@ -211,7 +211,7 @@ impl SessionService {
         let p = p.clone();
         self.store
             .write(move |w| {
-                let active = w.org_active_sessions(&org_id)?;
+                let active = w.active_sessions_of(&org_id)?;
                 if active >= rules.max_sessions_per_org {
                     return Err(DomainError::LimitExceeded {
                         kind: Limit::Sessions,
@@ -276,7 +276,7 @@ impl SessionService {
                 )?;
                 // A new session has no approvals yet: only its first events to read back.
                 Ok(SessionView {
-                    recent_events: w.recent_events(session.id, RECENT_EVENTS)?,
+                    recent_events: w.recent_events_of(session.id, RECENT_EVENTS)?,
                     session,
                     pending_approvals: Vec::new(),
                 })

@@ -15,6 +15,7 @@ pub mod codec;
 pub mod migrations;
 pub mod tables;
 
+use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +23,7 @@ use std::sync::{Arc, mpsc};
 
 use redb::{
     Database, Key, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
-    ReadableTableMetadata, Table, TableDefinition, Value, WriteTransaction,
+    ReadableTableMetadata, Table, TableDefinition, TableHandle, Value, WriteTransaction,
 };
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -145,7 +146,8 @@ pub struct Store {
 }
 
 const MAX_BATCH: usize = 4096;
-/// Batches at least this large wait up to `LINGER` for more jobs before committing.
+/// Batches at least this large, but smaller than the one before, wait up to `LINGER` for more
+/// jobs before committing.
 const LINGER_MIN_BATCH: usize = 4;
 const LINGER: std::time::Duration = std::time::Duration::from_micros(150);
 
@@ -232,6 +234,7 @@ impl Store {
 }
 
 fn writer_loop(db: &Database, rx: &mpsc::Receiver<Job>, bus: &EventBus, stats: &WriterStats) {
+    let mut last_batch = 0;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -242,10 +245,12 @@ fn writer_loop(db: &Database, rx: &mpsc::Receiver<Job>, bus: &EventBus, stats: &
         }
         // Under concurrency, linger a moment for more writers: one more job in this batch
         // costs far less than a commit of its own (commit_delay, as databases call it).
-        // A lone writer never waits.
-        if batch.len() >= LINGER_MIN_BATCH {
+        // A lone writer never waits, and neither does a batch that is already as large as the
+        // last one: when writers queue up behind the commits anyway, waiting only adds a pause
+        // to every cycle.
+        if batch.len() >= LINGER_MIN_BATCH && batch.len() < last_batch {
             let deadline = std::time::Instant::now() + LINGER;
-            while batch.len() < MAX_BATCH {
+            while batch.len() < last_batch.min(MAX_BATCH) {
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
                 match rx.recv_timeout(left) {
                     Ok(job) => batch.push(job),
@@ -253,6 +258,7 @@ fn writer_loop(db: &Database, rx: &mpsc::Receiver<Job>, bus: &EventBus, stats: &
                 }
             }
         }
+        last_batch = batch.len();
         let count = batch.len() as u64;
         let (finishes, result, committed) = run_batch(db, batch, stats);
         // Callers first (they are waiting), then the runners' channels and the bus.
@@ -292,6 +298,7 @@ fn run_batch(
     };
     let mut ctx = WriteCtx {
         txn: &txn,
+        hot: HotTables::default(),
         events: Vec::new(),
         commands: Vec::new(),
         writes: 0,
@@ -398,14 +405,7 @@ pub trait Reads {
 
     /// The last `n` events, oldest first.
     fn recent_events(&self, session: Uuid, n: usize) -> StoreResult<Vec<SessionEvent>> {
-        let t = self.table(SESSION_EVENTS)?;
-        let id = session.as_u128();
-        let mut out = Vec::with_capacity(n);
-        for entry in t.range((id, 0u64)..=(id, u64::MAX))?.rev().take(n) {
-            out.push(decode(entry?.1.value())?);
-        }
-        out.reverse();
-        Ok(out)
+        recent(&self.table(SESSION_EVENTS)?, session, n)
     }
 
     fn last_event_seq(&self, session: Uuid) -> StoreResult<u64> {
@@ -672,6 +672,21 @@ fn seq_range<T: codec::Record>(
     Ok(out)
 }
 
+/// The last `n` records of a session, oldest first.
+fn recent<T: codec::Record>(
+    t: &impl ReadableTable<(u128, u64), &'static [u8]>,
+    session: Uuid,
+    n: usize,
+) -> StoreResult<Vec<T>> {
+    let id = session.as_u128();
+    let mut out = Vec::with_capacity(n);
+    for entry in t.range((id, 0u64)..=(id, u64::MAX))?.rev().take(n) {
+        out.push(decode(entry?.1.value())?);
+    }
+    out.reverse();
+    Ok(out)
+}
+
 fn last_seq(t: &impl ReadableTable<(u128, u64), &'static [u8]>, session: Uuid) -> StoreResult<u64> {
     let id = session.as_u128();
     let last = t.range((id, 0u64)..=(id, u64::MAX))?.next_back();
@@ -699,12 +714,63 @@ impl Reads for ReadCtx {
 /// The write transaction a job runs in.
 pub struct WriteCtx<'a> {
     txn: &'a WriteTransaction,
+    /// Tables of the hot write paths, opened once per batch (see `hot_tables!`).
+    hot: HotTables<'a>,
     events: Vec<BusEvent>,
     commands: Vec<OutboxEntry>,
-    /// Tables opened for writing so far in this batch.
+    /// Writes made so far in this batch (table opens for writing, hot-table mutations).
     writes: u64,
     /// A job failed after writing: the batch must not commit.
     poisoned: bool,
+}
+
+/// The tables every session create (and most session updates) writes, kept open for the whole
+/// batch: opening a redb table looks it up in the table tree and closing it stages its new
+/// root, which cost as much as the inserts themselves when each job opened each table anew.
+///
+/// redb refuses to open a table twice, so the generic ways in (`Reads::table`, `open_mut`)
+/// first close the cached handle of the same table. `Cell` makes that possible from `&self`
+/// without any runtime borrow check: a cached handle is only ever reached through `&mut self`.
+macro_rules! hot_tables {
+    ($($field:ident: $def:ident, $k:ty, $v:ty;)*) => {
+        #[derive(Default)]
+        struct HotTables<'a> {
+            $($field: Cell<Option<Table<'a, $k, $v>>>,)*
+        }
+
+        impl HotTables<'_> {
+            /// Closes the cached handle of table `name`, if it is a hot one and open.
+            fn evict(&self, name: &str) {
+                $(if name == $def.name() {
+                    drop(self.$field.take());
+                    return;
+                })*
+            }
+        }
+
+        impl<'a> WriteCtx<'a> {
+            $(
+                /// The batch's open handle of this table, opened on first use.
+                fn $field(&mut self) -> StoreResult<&mut Table<'a, $k, $v>> {
+                    let slot = self.hot.$field.get_mut();
+                    let table = match slot.take() {
+                        Some(t) => t,
+                        None => self.txn.open_table($def)?,
+                    };
+                    Ok(slot.insert(table))
+                }
+            )*
+        }
+    };
+}
+
+hot_tables! {
+    hot_sessions: SESSIONS, u128, &'static [u8];
+    hot_sessions_by_org: SESSIONS_BY_ORG, (&'static str, u64, u128), ();
+    hot_org_active: ORG_ACTIVE_SESSIONS, &'static str, u64;
+    hot_queue: SESSION_QUEUE, (u64, u128), ();
+    hot_events: SESSION_EVENTS, (u128, u64), &'static [u8];
+    hot_audit: AUDIT, u64, &'static [u8];
 }
 
 impl Reads for WriteCtx<'_> {
@@ -712,6 +778,7 @@ impl Reads for WriteCtx<'_> {
         &self,
         def: TableDefinition<K, V>,
     ) -> StoreResult<impl ReadableTable<K, V> + '_> {
+        self.hot.evict(def.name());
         let t: Table<'_, K, V> = self.txn.open_table(def)?;
         Ok(t)
     }
@@ -724,7 +791,24 @@ impl<'a> WriteCtx<'a> {
         def: TableDefinition<K, V>,
     ) -> StoreResult<Table<'a, K, V>> {
         self.writes += 1;
+        self.hot.evict(def.name());
         Ok(self.txn.open_table(def)?)
+    }
+
+    /// How many non-terminal sessions `org_id` has (`Reads::org_active_sessions`, through the
+    /// batch's open table).
+    pub fn active_sessions_of(&mut self, org_id: &str) -> StoreResult<u64> {
+        Ok(self
+            .hot_org_active()?
+            .get(org_id)?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    }
+
+    /// The last `n` events of a session, oldest first (`Reads::recent_events`, through the
+    /// batch's open table).
+    pub fn recent_events_of(&mut self, session: Uuid, n: usize) -> StoreResult<Vec<SessionEvent>> {
+        recent(self.hot_events()?, session, n)
     }
 
     /// Publishes `event` once this transaction is durable (and never if the job fails).
@@ -748,16 +832,18 @@ impl<'a> WriteCtx<'a> {
     /// Writes a session and keeps its indexes (org listing, active count) in step.
     pub fn put_session(&mut self, session: &Session) -> StoreResult<()> {
         let bytes = encode(session)?;
-        // One open for read-old and write-new: this is the hottest write path.
+        self.writes += 1;
+        // One lookup for read-old and write-new: this is the hottest write path.
         let old: Option<Session> = {
-            let mut table = self.open_mut(SESSIONS)?;
-            let previous = table.insert(session.id.as_u128(), bytes.as_slice())?;
+            let previous = self
+                .hot_sessions()?
+                .insert(session.id.as_u128(), bytes.as_slice())?;
             previous.map(|v| decode(v.value())).transpose()?
         };
         let was_active = old.as_ref().is_some_and(|s| !s.state.is_terminal());
         let is_active = !session.state.is_terminal();
         if old.is_none() {
-            self.open_mut(SESSIONS_BY_ORG)?.insert(
+            self.hot_sessions_by_org()?.insert(
                 (
                     session.org_id.as_str(),
                     session.created_at.max(0) as u64,
@@ -773,7 +859,7 @@ impl<'a> WriteCtx<'a> {
         let id = session.id.as_u128();
         let was_queued = old.as_ref().is_some_and(Session::is_unassigned_queued);
         if was_queued != session.is_unassigned_queued() {
-            let mut queue = self.open_mut(SESSION_QUEUE)?;
+            let queue = self.hot_queue()?;
             if was_queued {
                 queue.remove((created, id))?;
             } else {
@@ -811,7 +897,8 @@ impl<'a> WriteCtx<'a> {
     }
 
     fn adjust_active(&mut self, org_id: &str, up: bool) -> StoreResult<()> {
-        let mut t = self.open_mut(ORG_ACTIVE_SESSIONS)?;
+        self.writes += 1;
+        let t = self.hot_org_active()?;
         let n = t.get(org_id)?.map(|v| v.value()).unwrap_or(0);
         let n = if up { n + 1 } else { n.saturating_sub(1) };
         if n == 0 {
@@ -825,8 +912,9 @@ impl<'a> WriteCtx<'a> {
     /// Removes a session with its events, output, approvals and timers.
     pub fn delete_session(&mut self, session: &Session) -> StoreResult<()> {
         let id = session.id.as_u128();
-        self.open_mut(SESSIONS)?.remove(id)?;
-        self.open_mut(SESSIONS_BY_ORG)?.remove((
+        self.writes += 1;
+        self.hot_sessions()?.remove(id)?;
+        self.hot_sessions_by_org()?.remove((
             session.org_id.as_str(),
             session.created_at.max(0) as u64,
             id,
@@ -835,7 +923,7 @@ impl<'a> WriteCtx<'a> {
             self.adjust_active(&session.org_id, false)?;
         }
         if session.is_unassigned_queued() {
-            self.open_mut(SESSION_QUEUE)?
+            self.hot_queue()?
                 .remove((session.created_at.max(0) as u64, id))?;
         }
         if let Some(r) = session.occupies_runner() {
@@ -843,7 +931,7 @@ impl<'a> WriteCtx<'a> {
                 .remove((r.as_u128(), id))?;
             self.adjust_runner_load(r, false)?;
         }
-        self.open_mut(SESSION_EVENTS)?
+        self.hot_events()?
             .retain_in((id, 0u64)..=(id, u64::MAX), |_, _| false)?;
         self.open_mut(SESSION_OUTPUT)?
             .retain_in((id, 0u64)..=(id, u64::MAX), |_, _| false)?;
@@ -863,9 +951,10 @@ impl<'a> WriteCtx<'a> {
         at: Millis,
         data: Option<&serde_json::Value>,
     ) -> StoreResult<SessionEvent> {
-        let mut table = self.open_mut(SESSION_EVENTS)?;
+        self.writes += 1;
+        let table = self.hot_events()?;
         let event = SessionEvent {
-            seq: last_seq(&table, session)? + 1,
+            seq: last_seq(table, session)? + 1,
             kind: kind.to_owned(),
             summary,
             at,
@@ -957,7 +1046,8 @@ impl<'a> WriteCtx<'a> {
 
     /// Appends an audit entry with the next sequence number.
     pub fn append_audit(&mut self, mut entry: AuditEntry) -> StoreResult<u64> {
-        let mut t = self.open_mut(AUDIT)?;
+        self.writes += 1;
+        let t = self.hot_audit()?;
         entry.seq = t.last()?.map(|(k, _)| k.value()).unwrap_or(0) + 1;
         let bytes = encode(&entry)?;
         t.insert(entry.seq, bytes.as_slice())?;
