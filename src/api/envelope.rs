@@ -2,7 +2,8 @@
 
 use std::time::Instant;
 
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Map, Value};
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::Response;
 
@@ -13,7 +14,16 @@ use crate::clock::{Millis, format_ms};
 /// WebSocket upgrade).
 #[derive(Debug)]
 pub enum Success {
-    Data { status: StatusCode, data: Value },
+    Data {
+        status: StatusCode,
+        data: Value,
+    },
+    /// Data already written as JSON from a typed wire shape: hot paths skip building a
+    /// `Value` tree only to serialise it.
+    Json {
+        status: StatusCode,
+        json: Vec<u8>,
+    },
     Raw(Response),
 }
 
@@ -31,6 +41,24 @@ impl Success {
             data,
         }
     }
+
+    /// `data` as JSON, written straight from its `Serialize` implementation.
+    pub fn typed(status: StatusCode, data: &impl Serialize) -> Result<Self, ApiError> {
+        let json = serde_json::to_vec(data).map_err(|e| {
+            tracing::error!(error = %e, "a response could not be serialised");
+            ApiError::internal()
+        })?;
+        Ok(Self::Json { status, json })
+    }
+}
+
+/// The envelope's `meta`. Keys in the order a `serde_json::Map` writes them.
+#[derive(Serialize)]
+struct Meta<'a> {
+    duration: f64,
+    #[serde(rename = "requestId")]
+    request_id: &'a str,
+    timestamp: String,
 }
 
 pub type ApiResult = Result<Success, ApiError>;
@@ -57,18 +85,21 @@ pub fn request_id_from(header: Option<&HeaderValue>, fresh: impl FnOnce() -> Str
 
 pub fn respond(ctx: &RequestCtx, now: Millis, result: ApiResult) -> Response {
     let duration = ctx.started.elapsed().as_secs_f64() * 1000.0;
-    let meta = json!({
-        "requestId": ctx.request_id,
-        "timestamp": format_ms(now),
-        "duration": (duration * 1000.0).round() / 1000.0,
-    });
-    let mut body = Map::new();
-    let status = match result {
+    let meta = Meta {
+        request_id: &ctx.request_id,
+        timestamp: format_ms(now),
+        duration: (duration * 1000.0).round() / 1000.0,
+    };
+    let (status, body) = match result {
         Ok(Success::Raw(response)) => return response,
         Ok(Success::Data { status, data }) => {
-            body.insert("success".into(), Value::Bool(true));
-            body.insert("data".into(), data);
-            status
+            // Cannot fail: every key of a `Value` is a string.
+            let write = |out: &mut Vec<u8>| drop(serde_json::to_writer(out, &data));
+            (status, envelope(256, write, &meta))
+        }
+        Ok(Success::Json { status, json }) => {
+            let write = |out: &mut Vec<u8>| out.extend_from_slice(&json);
+            (status, envelope(json.len(), write, &meta))
         }
         Err(e) => {
             let mut error = Map::new();
@@ -77,13 +108,21 @@ pub fn respond(ctx: &RequestCtx, now: Millis, result: ApiResult) -> Response {
             if let Some(details) = e.details {
                 error.insert("details".into(), details);
             }
-            body.insert("success".into(), Value::Bool(false));
-            body.insert("error".into(), Value::Object(error));
-            e.status
+            #[derive(Serialize)]
+            struct Failure<'a> {
+                error: Map<String, Value>,
+                meta: &'a Meta<'a>,
+                success: bool,
+            }
+            let failure = Failure {
+                error,
+                meta: &meta,
+                success: false,
+            };
+            (e.status, serde_json::to_vec(&failure).unwrap_or_default())
         }
     };
-    body.insert("meta".into(), meta);
-    let mut response = Response::new(Value::Object(body).to_string().into());
+    let mut response = Response::new(body.into());
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(
@@ -95,4 +134,17 @@ pub fn respond(ctx: &RequestCtx, now: Millis, result: ApiResult) -> Response {
         headers.insert("x-request-id", v);
     }
     response
+}
+
+/// A successful envelope: `{"data":…,"meta":…,"success":true}`, the key order of the `Map`
+/// it was once built as. `data` writes the data's JSON.
+fn envelope(data_len: usize, data: impl FnOnce(&mut Vec<u8>), meta: &Meta<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data_len + 128);
+    out.extend_from_slice(b"{\"data\":");
+    data(&mut out);
+    out.extend_from_slice(b",\"meta\":");
+    // Cannot fail: a struct of strings and a number.
+    let _ = serde_json::to_writer(&mut out, meta);
+    out.extend_from_slice(b",\"success\":true}");
+    out
 }

@@ -249,6 +249,7 @@ impl SessionService {
                     workspace_size_bytes: None,
                     updated_at: now,
                 };
+                w.follow_events(session.id);
                 record(
                     w,
                     &session,
@@ -274,9 +275,11 @@ impl SessionService {
                     Some(&session.org_id),
                     now,
                 )?;
-                // A new session has no approvals yet: only its first events to read back.
+                // A new session has no approvals yet, and no events but those just recorded.
+                let mut recent_events = w.followed_events();
+                recent_events.drain(..recent_events.len().saturating_sub(RECENT_EVENTS));
                 Ok(SessionView {
-                    recent_events: w.recent_events_of(session.id, RECENT_EVENTS)?,
+                    recent_events,
                     session,
                     pending_approvals: Vec::new(),
                 })

@@ -16,6 +16,7 @@ pub mod migrations;
 pub mod tables;
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -181,6 +182,7 @@ impl Store {
         let job: Job = Box::new(move |ctx: &mut WriteCtx<'_>| {
             let marks = (ctx.events.len(), ctx.commands.len(), ctx.writes);
             let outcome = f(ctx);
+            ctx.followed = None;
             if outcome.is_err() {
                 ctx.events.truncate(marks.0);
                 ctx.commands.truncate(marks.1);
@@ -301,6 +303,8 @@ fn run_batch(
         hot: HotTables::default(),
         events: Vec::new(),
         commands: Vec::new(),
+        event_seqs: HashMap::new(),
+        followed: None,
         writes: 0,
         poisoned: false,
     };
@@ -405,7 +409,14 @@ pub trait Reads {
 
     /// The last `n` events, oldest first.
     fn recent_events(&self, session: Uuid, n: usize) -> StoreResult<Vec<SessionEvent>> {
-        recent(&self.table(SESSION_EVENTS)?, session, n)
+        let t = self.table(SESSION_EVENTS)?;
+        let id = session.as_u128();
+        let mut out = Vec::with_capacity(n);
+        for entry in t.range((id, 0u64)..=(id, u64::MAX))?.rev().take(n) {
+            out.push(decode(entry?.1.value())?);
+        }
+        out.reverse();
+        Ok(out)
     }
 
     fn last_event_seq(&self, session: Uuid) -> StoreResult<u64> {
@@ -672,21 +683,6 @@ fn seq_range<T: codec::Record>(
     Ok(out)
 }
 
-/// The last `n` records of a session, oldest first.
-fn recent<T: codec::Record>(
-    t: &impl ReadableTable<(u128, u64), &'static [u8]>,
-    session: Uuid,
-    n: usize,
-) -> StoreResult<Vec<T>> {
-    let id = session.as_u128();
-    let mut out = Vec::with_capacity(n);
-    for entry in t.range((id, 0u64)..=(id, u64::MAX))?.rev().take(n) {
-        out.push(decode(entry?.1.value())?);
-    }
-    out.reverse();
-    Ok(out)
-}
-
 fn last_seq(t: &impl ReadableTable<(u128, u64), &'static [u8]>, session: Uuid) -> StoreResult<u64> {
     let id = session.as_u128();
     let last = t.range((id, 0u64)..=(id, u64::MAX))?.next_back();
@@ -718,6 +714,11 @@ pub struct WriteCtx<'a> {
     hot: HotTables<'a>,
     events: Vec<BusEvent>,
     commands: Vec<OutboxEntry>,
+    /// The last event seq of each session that got an event in this batch, so that a second
+    /// event needs no look-up.
+    event_seqs: HashMap<u128, u64>,
+    /// A session whose events appended by the current job are kept (see `follow_events`).
+    followed: Option<(Uuid, Vec<SessionEvent>)>,
     /// Writes made so far in this batch (table opens for writing, hot-table mutations).
     writes: u64,
     /// A job failed after writing: the batch must not commit.
@@ -805,10 +806,16 @@ impl<'a> WriteCtx<'a> {
             .unwrap_or(0))
     }
 
-    /// The last `n` events of a session, oldest first (`Reads::recent_events`, through the
-    /// batch's open table).
-    pub fn recent_events_of(&mut self, session: Uuid, n: usize) -> StoreResult<Vec<SessionEvent>> {
-        recent(self.hot_events()?, session, n)
+    /// From now until the job ends, keeps a copy of every event appended for `session`. A job
+    /// that creates a session builds its view from them (`followed_events`) instead of reading
+    /// its events back.
+    pub fn follow_events(&mut self, session: Uuid) {
+        self.followed = Some((session, Vec::new()));
+    }
+
+    /// The events appended for the followed session since `follow_events`, oldest first.
+    pub fn followed_events(&mut self) -> Vec<SessionEvent> {
+        self.followed.take().map(|(_, e)| e).unwrap_or_default()
     }
 
     /// Publishes `event` once this transaction is durable (and never if the job fails).
@@ -933,6 +940,7 @@ impl<'a> WriteCtx<'a> {
         }
         self.hot_events()?
             .retain_in((id, 0u64)..=(id, u64::MAX), |_, _| false)?;
+        self.event_seqs.remove(&id);
         self.open_mut(SESSION_OUTPUT)?
             .retain_in((id, 0u64)..=(id, u64::MAX), |_, _| false)?;
         self.open_mut(APPROVALS)?
@@ -952,16 +960,27 @@ impl<'a> WriteCtx<'a> {
         data: Option<&serde_json::Value>,
     ) -> StoreResult<SessionEvent> {
         self.writes += 1;
-        let table = self.hot_events()?;
+        let id = session.as_u128();
+        let last = match self.event_seqs.get(&id) {
+            Some(&seq) => seq,
+            None => last_seq(self.hot_events()?, session)?,
+        };
         let event = SessionEvent {
-            seq: last_seq(table, session)? + 1,
+            seq: last + 1,
             kind: kind.to_owned(),
             summary,
             at,
             data_json: data.and_then(|d| serde_json::to_string(d).ok()),
         };
         let bytes = encode(&event)?;
-        table.insert((session.as_u128(), event.seq), bytes.as_slice())?;
+        self.hot_events()?
+            .insert((id, event.seq), bytes.as_slice())?;
+        self.event_seqs.insert(id, event.seq);
+        if let Some((followed, events)) = &mut self.followed
+            && *followed == session
+        {
+            events.push(event.clone());
+        }
         Ok(event)
     }
 
