@@ -249,7 +249,7 @@ impl SessionService {
                     workspace_size_bytes: None,
                     updated_at: now,
                 };
-                w.follow_events(session.id);
+                w.begin_session_events(session.id);
                 record(
                     w,
                     &session,

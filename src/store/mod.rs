@@ -162,9 +162,21 @@ impl Store {
         let stats = Arc::new(WriterStats::default());
         let writer_db = db.clone();
         let writer_stats = stats.clone();
+        // Inside a runtime, a task tells each batch's callers and the bus, so the writer goes
+        // on to the next batch after one hand-over instead of waking every caller itself.
+        let deliverer = tokio::runtime::Handle::try_current().ok().map(|runtime| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Outcome>();
+            let bus = bus.clone();
+            runtime.spawn(async move {
+                while let Some(outcome) = rx.recv().await {
+                    outcome.deliver(&bus);
+                }
+            });
+            tx
+        });
         std::thread::Builder::new()
             .name("village-store-writer".into())
-            .spawn(move || writer_loop(&writer_db, &rx, &bus, &writer_stats))
+            .spawn(move || writer_loop(&writer_db, &rx, &bus, deliverer, &writer_stats))
             .map_err(|e| StoreError::Db(Box::new(e.into())))?;
         Ok(Store { db, jobs, stats })
     }
@@ -235,7 +247,13 @@ impl Store {
     }
 }
 
-fn writer_loop(db: &Database, rx: &mpsc::Receiver<Job>, bus: &EventBus, stats: &WriterStats) {
+fn writer_loop(
+    db: &Database,
+    rx: &mpsc::Receiver<Job>,
+    bus: &EventBus,
+    deliverer: Option<tokio::sync::mpsc::UnboundedSender<Outcome>>,
+    stats: &WriterStats,
+) {
     let mut last_batch = 0;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -263,6 +281,44 @@ fn writer_loop(db: &Database, rx: &mpsc::Receiver<Job>, bus: &EventBus, stats: &
         last_batch = batch.len();
         let count = batch.len() as u64;
         let (finishes, result, committed) = run_batch(db, batch, stats);
+        stats.commits.fetch_add(1, Ordering::Relaxed);
+        stats.jobs.fetch_add(count, Ordering::Relaxed);
+        let outcome = Outcome {
+            finishes,
+            result,
+            committed,
+            jobs: count,
+        };
+        // Batches are handed over in commit order and delivered one after another, so events
+        // still reach the bus in commit order.
+        match &deliverer {
+            Some(tx) => {
+                if let Err(returned) = tx.send(outcome) {
+                    // The runtime is gone: tell whoever is left from here.
+                    returned.0.deliver(bus);
+                }
+            }
+            None => outcome.deliver(bus),
+        }
+    }
+}
+
+/// A batch's result, to be told to its callers, the runners' channels and the bus.
+struct Outcome {
+    finishes: Vec<Finish>,
+    result: StoreResult<()>,
+    committed: Committed,
+    jobs: u64,
+}
+
+impl Outcome {
+    fn deliver(self, bus: &EventBus) {
+        let Outcome {
+            finishes,
+            result,
+            committed,
+            jobs,
+        } = self;
         // Callers first (they are waiting), then the runners' channels and the bus.
         for finish in finishes {
             finish(match &result {
@@ -279,10 +335,8 @@ fn writer_loop(db: &Database, rx: &mpsc::Receiver<Job>, bus: &EventBus, stats: &
                     bus.publish(event);
                 }
             }
-            Err(e) => tracing::error!(error = %e, jobs = count, "write batch failed"),
+            Err(e) => tracing::error!(error = %e, jobs, "write batch failed"),
         }
-        stats.commits.fetch_add(1, Ordering::Relaxed);
-        stats.jobs.fetch_add(count, Ordering::Relaxed);
     }
 }
 
@@ -304,6 +358,7 @@ fn run_batch(
         events: Vec::new(),
         commands: Vec::new(),
         event_seqs: HashMap::new(),
+        audit_seq: None,
         followed: None,
         writes: 0,
         poisoned: false,
@@ -717,7 +772,10 @@ pub struct WriteCtx<'a> {
     /// The last event seq of each session that got an event in this batch, so that a second
     /// event needs no look-up.
     event_seqs: HashMap<u128, u64>,
-    /// A session whose events appended by the current job are kept (see `follow_events`).
+    /// The last audit seq, once this batch has read or written it.
+    audit_seq: Option<u64>,
+    /// A session created by the current job: the events appended for it are kept (see
+    /// `begin_session_events`).
     followed: Option<(Uuid, Vec<SessionEvent>)>,
     /// Writes made so far in this batch (table opens for writing, hot-table mutations).
     writes: u64,
@@ -806,14 +864,16 @@ impl<'a> WriteCtx<'a> {
             .unwrap_or(0))
     }
 
-    /// From now until the job ends, keeps a copy of every event appended for `session`. A job
-    /// that creates a session builds its view from them (`followed_events`) instead of reading
-    /// its events back.
-    pub fn follow_events(&mut self, session: Uuid) {
+    /// Tells the batch that the current job creates session `session`: it has no events yet,
+    /// so its first one needs no look-up, and until the job ends a copy of every event appended
+    /// for it is kept. The job builds the new session's view from them (`followed_events`)
+    /// instead of reading them back.
+    pub fn begin_session_events(&mut self, session: Uuid) {
+        self.event_seqs.insert(session.as_u128(), 0);
         self.followed = Some((session, Vec::new()));
     }
 
-    /// The events appended for the followed session since `follow_events`, oldest first.
+    /// The events appended for the new session since `begin_session_events`, oldest first.
     pub fn followed_events(&mut self) -> Vec<SessionEvent> {
         self.followed.take().map(|(_, e)| e).unwrap_or_default()
     }
@@ -1066,10 +1126,18 @@ impl<'a> WriteCtx<'a> {
     /// Appends an audit entry with the next sequence number.
     pub fn append_audit(&mut self, mut entry: AuditEntry) -> StoreResult<u64> {
         self.writes += 1;
-        let t = self.hot_audit()?;
-        entry.seq = t.last()?.map(|(k, _)| k.value()).unwrap_or(0) + 1;
+        let last = match self.audit_seq {
+            Some(seq) => seq,
+            None => self
+                .hot_audit()?
+                .last()?
+                .map(|(k, _)| k.value())
+                .unwrap_or(0),
+        };
+        entry.seq = last + 1;
         let bytes = encode(&entry)?;
-        t.insert(entry.seq, bytes.as_slice())?;
+        self.hot_audit()?.insert(entry.seq, bytes.as_slice())?;
+        self.audit_seq = Some(entry.seq);
         Ok(entry.seq)
     }
 
