@@ -462,6 +462,7 @@ impl BenchServer {
             jobs: stats.jobs.load(Ordering::Relaxed),
             job_micros: stats.job_micros.load(Ordering::Relaxed),
             commit_micros: stats.commit_micros.load(Ordering::Relaxed),
+            linger_micros: stats.linger_micros.load(Ordering::Relaxed),
         }
     }
 
@@ -479,6 +480,7 @@ struct WriterCounts {
     jobs: u64,
     job_micros: u64,
     commit_micros: u64,
+    linger_micros: u64,
 }
 
 impl WriterCounts {
@@ -491,12 +493,14 @@ impl WriterCounts {
         let commits = (self.commits - before.commits).max(1) as f64;
         let jobs_us = (self.job_micros - before.job_micros) as f64;
         let commit_us = (self.commit_micros - before.commit_micros) as f64;
+        let linger_us = (self.linger_micros - before.linger_micros) as f64;
         println!(
-            "    writer: {} commits, {:.0} µs running jobs + {:.0} µs in commit per batch; \
-             busy {:.0}% of the time",
+            "    writer: {} commits, {:.0} µs running jobs + {:.0} µs in commit per batch \
+             ({:.0} µs lingering); busy {:.0}% of the time",
             self.commits - before.commits,
             jobs_us / commits,
             commit_us / commits,
+            linger_us / commits,
             100.0 * (jobs_us + commit_us) / elapsed.as_micros() as f64
         );
     }

@@ -137,6 +137,8 @@ pub struct WriterStats {
     /// Time spent running jobs, and in `commit()` (page writes + fsync), in microseconds.
     pub job_micros: AtomicU64,
     pub commit_micros: AtomicU64,
+    /// Time batches spent waiting for more jobs (`LINGER`), in microseconds.
+    pub linger_micros: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -269,7 +271,8 @@ fn writer_loop(
         // last one: when writers queue up behind the commits anyway, waiting only adds a pause
         // to every cycle.
         if batch.len() >= LINGER_MIN_BATCH && batch.len() < last_batch {
-            let deadline = std::time::Instant::now() + LINGER;
+            let lingered = std::time::Instant::now();
+            let deadline = lingered + LINGER;
             while batch.len() < last_batch.min(MAX_BATCH) {
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
                 match rx.recv_timeout(left) {
@@ -277,6 +280,9 @@ fn writer_loop(
                     Err(_) => break,
                 }
             }
+            stats
+                .linger_micros
+                .fetch_add(lingered.elapsed().as_micros() as u64, Ordering::Relaxed);
         }
         last_batch = batch.len();
         let count = batch.len() as u64;
