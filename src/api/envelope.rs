@@ -92,15 +92,12 @@ pub fn respond(ctx: &RequestCtx, now: Millis, result: ApiResult) -> Response {
     };
     let (status, body) = match result {
         Ok(Success::Raw(response)) => return response,
-        Ok(Success::Data { status, data }) => {
-            // Cannot fail: every key of a `Value` is a string.
-            let write = |out: &mut Vec<u8>| drop(serde_json::to_writer(out, &data));
-            (status, envelope(256, write, &meta))
-        }
-        Ok(Success::Json { status, json }) => {
-            let write = |out: &mut Vec<u8>| out.extend_from_slice(&json);
-            (status, envelope(json.len(), write, &meta))
-        }
+        // Cannot fail: every key of a `Value` is a string.
+        Ok(Success::Data { status, data }) => (
+            status,
+            envelope(&serde_json::to_vec(&data).unwrap_or_default(), &meta),
+        ),
+        Ok(Success::Json { status, json }) => (status, envelope(&json, &meta)),
         Err(e) => {
             let mut error = Map::new();
             error.insert("code".into(), Value::from(e.code));
@@ -136,15 +133,42 @@ pub fn respond(ctx: &RequestCtx, now: Millis, result: ApiResult) -> Response {
     response
 }
 
-/// A successful envelope: `{"data":…,"meta":…,"success":true}`, the key order of the `Map`
-/// it was once built as. `data` writes the data's JSON.
-fn envelope(data_len: usize, data: impl FnOnce(&mut Vec<u8>), meta: &Meta<'_>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data_len + 128);
+/// A successful envelope around `data` (JSON): `{"data":…,"meta":…,"success":true}`, the key
+/// order of the `Map` it was once built as.
+fn envelope(data: &[u8], meta: &Meta<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 128);
     out.extend_from_slice(b"{\"data\":");
-    data(&mut out);
+    out.extend_from_slice(data);
     out.extend_from_slice(b",\"meta\":");
     // Cannot fail: a struct of strings and a number.
     let _ = serde_json::to_writer(&mut out, meta);
     out.extend_from_slice(b",\"success\":true}");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The envelope is byte for byte what the `Map` it replaced wrote (keys sorted).
+    #[test]
+    fn envelope_bytes() {
+        #[derive(Serialize)]
+        struct Shape {
+            a: u32,
+            b: &'static str,
+        }
+        let meta = Meta {
+            duration: 1.5,
+            request_id: "req-1",
+            timestamp: format_ms(1_700_000_000_000),
+        };
+        let data = serde_json::to_vec(&Shape { a: 1, b: "x" }).unwrap();
+        let expected = serde_json::json!({
+            "success": true,
+            "data": {"a": 1, "b": "x"},
+            "meta": {"requestId": "req-1", "timestamp": "2023-11-14T22:13:20.000Z", "duration": 1.5},
+        });
+        assert_eq!(envelope(&data, &meta), expected.to_string().into_bytes());
+    }
 }

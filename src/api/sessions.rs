@@ -692,7 +692,7 @@ impl<'a> SessionDetail<'a> {
 
 /// A session's detail as a response.
 fn detail_reply(status: StatusCode, view: &SessionView, now: Millis) -> ApiResult {
-    Ok(Success::typed(status, &SessionDetail::new(view, now))?)
+    Success::typed(status, &SessionDetail::new(view, now))
 }
 
 pub fn session_detail(v: &SessionView, now: Millis) -> Value {
@@ -765,7 +765,97 @@ fn output_json(c: &OutputChunk) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use super::is_repository_url;
+    use super::*;
+
+    /// The typed detail writes exactly what the `Value` it replaced did: same keys, same
+    /// values, keys in sorted order (a `json!` map sorts its keys).
+    #[test]
+    fn session_detail_bytes() {
+        let id = uuid::Uuid::from_u128(7);
+        let runner = uuid::Uuid::from_u128(9);
+        let session = Session {
+            id,
+            org_id: "acme".into(),
+            provider: Provider::ClaudeCode,
+            repo: Repo {
+                url: "https://example.com/a.git".into(),
+                branch: "main".into(),
+                commit: "abc".into(),
+            },
+            task: Some("fix \"it\"".into()),
+            options: SessionOptions {
+                timeout_minutes: Some(1.5),
+                env: [("TOKEN".to_string(), "secret".to_string())].into(),
+                dangerously_skip_permissions: true,
+                required_features: vec!["gpu".into()],
+            },
+            state: SessionState::Completed,
+            created_at: 1_700_000_000_000,
+            started_running_at: Some(1_700_000_001_000),
+            completed_at: Some(1_700_000_061_500),
+            end_reason: Some("done".into()),
+            error: Some("none".into()),
+            runner_id: Some(runner),
+            assignment_id: None,
+            assigned_at: None,
+            runner_history: vec![runner],
+            usage: Usage {
+                tokens_in: 1,
+                tokens_out: 2,
+                api_calls: 3,
+                compute_seconds: 4.25,
+            },
+            timeout_ms: 90_000,
+            output_bytes: 0,
+            workspace_size_bytes: Some(4096),
+            updated_at: 1_700_000_062_000,
+        };
+        let view = SessionView {
+            session,
+            recent_events: vec![SessionEvent {
+                seq: 1,
+                kind: "session_created".into(),
+                summary: "Session created".into(),
+                at: 1_700_000_000_000,
+                data_json: None,
+            }],
+            pending_approvals: Vec::new(),
+        };
+        let expected = json!({
+            "sessionId": id,
+            "orgId": "acme",
+            "state": "COMPLETED",
+            "providerId": "claude_code",
+            "repoUrl": "https://example.com/a.git",
+            "startedAt": "2023-11-14T22:13:20.000Z",
+            "completedAt": "2023-11-14T22:14:21.500Z",
+            "durationSeconds": 61,
+            "taskSummary": "fix \"it\"",
+            "repo": {"url": "https://example.com/a.git", "branch": "main", "commit": "abc"},
+            "task": "fix \"it\"",
+            "workspace": {"path": format!("workspaces/{id}"), "sizeBytes": 4096},
+            "usage": {"tokensIn": 1, "tokensOut": 2, "apiCalls": 3, "computeSeconds": 4.25},
+            "recentEvents": [{
+                "type": "session_created",
+                "timestamp": "2023-11-14T22:13:20.000Z",
+                "summary": "Session created",
+            }],
+            "pendingApprovals": [],
+            "runnerId": runner,
+            "endReason": "done",
+            "error": "none",
+            "options": {
+                "timeoutMinutes": 1.5,
+                "env": {"TOKEN": "***"},
+                "dangerouslySkipPermissions": true,
+                "requiredFeatures": ["gpu"],
+            },
+            "updatedAt": "2023-11-14T22:14:22.000Z",
+        });
+        let typed = serde_json::to_string(&SessionDetail::new(&view, 0)).unwrap();
+        assert_eq!(typed, expected.to_string());
+        assert_eq!(session_detail(&view, 0), expected);
+    }
 
     #[test]
     fn repository_urls() {
