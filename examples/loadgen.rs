@@ -9,7 +9,11 @@
 //! durable commit) sets the baseline a server without group commit could reach on this disk.
 //! Then the real server runs in-process on 127.0.0.1:0 and 1, 8 and 64 clients, each on its own
 //! keep-alive HTTP/1.1 connection, create sessions as fast as they are answered. Group commit
-//! should let 64 clients go at least `TARGET_RATIO` times as fast as the plain loop.
+//! should let 64 clients go at least `TARGET_RATIO` times as fast as the plain loop. The clients
+//! are bare HTTP/1.1 (`RawClient`) on a runtime of their own, so the CPU per create can be split
+//! between the server's threads and the load's (`ThreadCpu`); each phase also prints the CPU
+//! other processes took, and a run where they took more than `DISTURBANCE_LIMIT` % does not
+//! count. `sessions --levels 64 --seconds 10 --no-baseline` runs one level alone, for profiling.
 //!
 //! `fleet` measures the runner side in three phases:
 //! 1. `FLEET_RUNNERS` runners register; then `LOAD_CONNECTIONS` keep-alive connections send

@@ -8,6 +8,12 @@
 //! in commit order. A job that fails leaves no writes behind (jobs check before they write), so
 //! it does not disturb the others in its batch; a storage failure fails the whole batch.
 //!
+//! The writer is the one serial step every write waits for, so it does as little as it can: the
+//! tables of the session paths stay open for the whole batch (`hot_tables!`), sequence numbers
+//! already known in the batch are not looked up again, and a committed batch is handed to a
+//! runtime task that wakes its callers and publishes its events (in commit order) while the
+//! writer starts on the next batch.
+//!
 //! Reads run on the blocking pool, each in its own read transaction (a consistent snapshot).
 //! No redb call ever runs on the async reactor.
 
