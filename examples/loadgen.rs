@@ -9,7 +9,11 @@
 //! durable commit) sets the baseline a server without group commit could reach on this disk.
 //! Then the real server runs in-process on 127.0.0.1:0 and 1, 8 and 64 clients, each on its own
 //! keep-alive HTTP/1.1 connection, create sessions as fast as they are answered. Group commit
-//! should let 64 clients go at least `TARGET_RATIO` times as fast as the plain loop.
+//! should let 64 clients go at least `TARGET_RATIO` times as fast as the plain loop. The clients
+//! are bare HTTP/1.1 (`RawClient`) on a runtime of their own, so the CPU per create can be split
+//! between the server's threads and the load's (`ThreadCpu`); each phase also prints the CPU
+//! other processes took, and a run where they took more than `DISTURBANCE_LIMIT` % does not
+//! count. `sessions --levels 64 --seconds 10 --no-baseline` runs one level alone, for profiling.
 //!
 //! `fleet` measures the runner side in three phases:
 //! 1. `FLEET_RUNNERS` runners register; then `LOAD_CONNECTIONS` keep-alive connections send
@@ -68,6 +72,12 @@ const BASELINE_DURATION: Duration = Duration::from_secs(3);
 const LEVEL_DURATION: Duration = Duration::from_secs(4);
 /// Client counts, one level each.
 const LEVELS: [usize; 3] = [1, 8, 64];
+/// The `sessions` clients run on a runtime of their own, with threads of this name, so that
+/// the CPU they use can be told apart from the server's.
+const CLIENT_THREAD: &str = "loadgen-client";
+const CLIENT_THREADS: usize = 1;
+/// The store's writer thread (its name as the kernel keeps it: 15 bytes).
+const WRITER_THREAD: &str = "village-store-w";
 /// A single request slower than this stops the run.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a server may take to stop.
@@ -117,7 +127,10 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match std::env::args().nth(1).as_deref() {
-        Some("sessions") => sessions_scenario().await,
+        Some("sessions") => {
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            sessions_scenario(SessionsArgs::parse(&args)).await
+        }
         Some("fleet") => fleet_scenario().await,
         Some("stream") => stream_scenario().await,
         Some("stream-clients") => stream_clients().await,
@@ -140,45 +153,129 @@ fn exit_code(pass: bool) -> ExitCode {
     }
 }
 
-async fn sessions_scenario() -> ExitCode {
+/// Options of the `sessions` scenario, for profiling one level at a time:
+/// `--levels 64` (comma-separated client counts), `--seconds 10`, `--no-baseline`.
+struct SessionsArgs {
+    levels: Vec<usize>,
+    level_duration: Duration,
+    baseline: bool,
+}
+
+impl SessionsArgs {
+    fn parse(args: &[String]) -> Self {
+        let mut out = Self {
+            levels: LEVELS.to_vec(),
+            level_duration: LEVEL_DURATION,
+            baseline: true,
+        };
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--levels" => {
+                    out.levels = args
+                        .next()
+                        .expect("--levels needs a value")
+                        .split(',')
+                        .map(|n| n.parse().expect("--levels takes client counts"))
+                        .collect();
+                }
+                "--seconds" => {
+                    let secs: f64 = args
+                        .next()
+                        .expect("--seconds needs a value")
+                        .parse()
+                        .expect("--seconds takes a number");
+                    out.level_duration = Duration::from_secs_f64(secs);
+                }
+                "--no-baseline" => out.baseline = false,
+                other => panic!("unknown option {other}"),
+            }
+        }
+        out
+    }
+
+    /// Whether this run is the full, standard one (the only kind whose verdict counts).
+    fn standard(&self) -> bool {
+        self.levels == LEVELS && self.level_duration == LEVEL_DURATION && self.baseline
+    }
+}
+
+async fn sessions_scenario(args: SessionsArgs) -> ExitCode {
     let parent = std::env::temp_dir();
     println!(
         "databases under {} (same parent for both)",
         parent.display()
     );
     println!(
-        "plain loop {} s, then {} s per level: {:?} clients\n",
+        "plain loop {} s, then {} s per level: {:?} clients",
         BASELINE_DURATION.as_secs(),
-        LEVEL_DURATION.as_secs(),
-        LEVELS
+        args.level_duration.as_secs_f64(),
+        args.levels
+    );
+    println!(
+        "clients run on their own {CLIENT_THREADS}-thread runtime ({CLIENT_THREAD:?}); CPU per \
+         create is split by thread: server = HTTP runtime + store writer, client = the load\n"
     );
     Measurement::print_header();
 
-    let baseline = {
+    let baseline = if args.baseline {
         let parent = parent.clone();
-        tokio::task::spawn_blocking(move || plain_redb_loop(&parent, BASELINE_DURATION))
-            .await
-            .unwrap()
+        let cpu = CpuSample::now();
+        let mut baseline =
+            tokio::task::spawn_blocking(move || plain_redb_loop(&parent, BASELINE_DURATION))
+                .await
+                .unwrap();
+        baseline.print_row();
+        baseline.disturbance = CpuSample::now().report_since(&cpu);
+        Some(baseline)
+    } else {
+        None
     };
-    baseline.print_row();
 
+    let clients = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(CLIENT_THREADS)
+        .thread_name(CLIENT_THREAD)
+        .enable_all()
+        .build()
+        .unwrap();
     let server = BenchServer::start(&parent).await;
-    let mut levels = Vec::with_capacity(LEVELS.len());
-    for clients in LEVELS {
-        levels.push(run_level(&server, clients).await);
+    let mut levels = Vec::with_capacity(args.levels.len());
+    for &count in &args.levels {
+        levels.push(run_level(&server, clients.handle(), count, args.level_duration).await);
     }
     server.stop().await;
+    clients.shutdown_background();
 
-    let top = levels.last().unwrap();
+    let disturbance = baseline
+        .iter()
+        .chain(&levels)
+        .map(|m| m.disturbance)
+        .fold(0.0, f64::max);
+    let disturbed = disturbance > DISTURBANCE_LIMIT;
+    if disturbed {
+        println!(
+            "\nWARNING: other processes or the hypervisor took up to {disturbance:.0} % of the \
+             CPU during a phase: these figures do not count; rerun on an idle machine"
+        );
+    }
+    let (Some(baseline), Some(top)) = (baseline, levels.last()) else {
+        println!("\n(no ratio: a profiling run)");
+        return ExitCode::SUCCESS;
+    };
     let ratio = top.per_sec() / baseline.per_sec();
     let pass = ratio >= TARGET_RATIO;
     println!(
         "\nratio: {:.0} creates/s at {} clients / {:.0} plain commits/s = {ratio:.2}x \
-         (target >= {TARGET_RATIO}x): {}",
+         (target >= {TARGET_RATIO}x): {}{}",
         top.per_sec(),
         top.clients,
         baseline.per_sec(),
-        verdict(pass)
+        verdict(pass),
+        if disturbed || !args.standard() {
+            " (does not count)"
+        } else {
+            ""
+        }
     );
     exit_code(pass)
 }
@@ -369,6 +466,7 @@ impl BenchServer {
             jobs: stats.jobs.load(Ordering::Relaxed),
             job_micros: stats.job_micros.load(Ordering::Relaxed),
             commit_micros: stats.commit_micros.load(Ordering::Relaxed),
+            linger_micros: stats.linger_micros.load(Ordering::Relaxed),
         }
     }
 
@@ -386,6 +484,7 @@ struct WriterCounts {
     jobs: u64,
     job_micros: u64,
     commit_micros: u64,
+    linger_micros: u64,
 }
 
 impl WriterCounts {
@@ -398,12 +497,14 @@ impl WriterCounts {
         let commits = (self.commits - before.commits).max(1) as f64;
         let jobs_us = (self.job_micros - before.job_micros) as f64;
         let commit_us = (self.commit_micros - before.commit_micros) as f64;
+        let linger_us = (self.linger_micros - before.linger_micros) as f64;
         println!(
-            "    writer: {} commits, {:.0} µs running jobs + {:.0} µs in commit per batch; \
-             busy {:.0}% of the time",
+            "    writer: {} commits, {:.0} µs running jobs + {:.0} µs in commit per batch \
+             ({:.0} µs lingering); busy {:.0}% of the time",
             self.commits - before.commits,
             jobs_us / commits,
             commit_us / commits,
+            linger_us / commits,
             100.0 * (jobs_us + commit_us) / elapsed.as_micros() as f64
         );
     }
@@ -420,27 +521,95 @@ fn session_create(server: &BenchServer) -> Call {
     Call::new("/api/v1/sessions", &server.admin_token, &body)
 }
 
-/// `clients` connections creating sessions for `LEVEL_DURATION`.
-async fn run_level(server: &BenchServer, clients: usize) -> Measurement {
+/// `clients` connections, run on `runtime`, creating sessions for `duration`.
+async fn run_level(
+    server: &BenchServer,
+    runtime: &tokio::runtime::Handle,
+    clients: usize,
+    duration: Duration,
+) -> Measurement {
     let before = server.writer_counts();
-    let (latencies, elapsed) = send_for(
+    let cpu = CpuSample::now();
+    let threads = ThreadCpu::now();
+    let (latencies, elapsed) = send_raw_for(
+        runtime,
         server.addr,
-        vec![session_create(server); clients],
+        &session_create(server),
         clients,
-        LEVEL_DURATION,
+        duration,
         StatusCode::CREATED,
     )
     .await;
+    let threads = ThreadCpu::now().since(&threads);
     let after = server.writer_counts();
     let label = format!(
         "village, {clients} client{}",
         if clients == 1 { "" } else { "s" }
     );
     let jobs_per_commit = after.jobs_per_commit_since(&before);
-    let measurement = Measurement::new(label, clients, latencies, elapsed, Some(jobs_per_commit));
+    let mut measurement =
+        Measurement::new(label, clients, latencies, elapsed, Some(jobs_per_commit));
     measurement.print_row();
     after.report_since(&before, elapsed);
+    threads.report(measurement.ops);
+    measurement.disturbance = CpuSample::now().report_since(&cpu);
     measurement
+}
+
+/// CPU time (ns) used so far by this process's threads, by role, from
+/// `/proc/self/task/*/schedstat` (Linux; zeros elsewhere).
+#[derive(Clone, Copy, Default)]
+struct ThreadCpu {
+    /// The load's client runtime.
+    client: u64,
+    /// The store's writer thread.
+    writer: u64,
+    /// Everything else: the server's tokio runtime (HTTP, handlers, blocking pool).
+    http: u64,
+}
+
+impl ThreadCpu {
+    fn now() -> Self {
+        let mut out = Self::default();
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return out;
+        };
+        for task in tasks.flatten() {
+            let dir = task.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            let ns: u64 = std::fs::read_to_string(dir.join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0);
+            match comm.trim_end() {
+                CLIENT_THREAD => out.client += ns,
+                WRITER_THREAD => out.writer += ns,
+                _ => out.http += ns,
+            }
+        }
+        out
+    }
+
+    fn since(&self, before: &ThreadCpu) -> ThreadCpu {
+        ThreadCpu {
+            client: self.client.saturating_sub(before.client),
+            writer: self.writer.saturating_sub(before.writer),
+            http: self.http.saturating_sub(before.http),
+        }
+    }
+
+    /// Prints the CPU per operation: the server's (HTTP runtime + writer) and the client's.
+    fn report(&self, ops: usize) {
+        let per_op = |ns: u64| ns as f64 / 1000.0 / ops.max(1) as f64;
+        println!(
+            "    cpu per create: server {:.1} µs (HTTP runtime {:.1} + store writer {:.1}), \
+             client {:.1} µs",
+            per_op(self.http + self.writer),
+            per_op(self.http),
+            per_op(self.writer),
+            per_op(self.client)
+        );
+    }
 }
 
 /// A POST ready to be sent over and over: path, `Authorization` value and JSON body.
@@ -551,6 +720,144 @@ impl Client {
     }
 }
 
+/// A bare HTTP/1.1 keep-alive connection sending one prepared request over and over, for the
+/// `sessions` scenario. It writes the request's bytes (prepared once), reads the status line
+/// and headers, and reads the body to its `Content-Length`: a real exchange, but in one task
+/// and without building a request or header map each time, so the load generator takes less
+/// of the CPU it shares with the server than hyper's client does.
+struct RawClient {
+    index: usize,
+    stream: TcpStream,
+    request: Bytes,
+    buf: Vec<u8>,
+}
+
+impl RawClient {
+    async fn connect(addr: SocketAddr, call: &Call, index: usize) -> Self {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let head = format!(
+            "POST {} HTTP/1.1\r\nhost: {addr}\r\nauthorization: {}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            call.path,
+            call.authorization,
+            call.body.len()
+        );
+        let mut request = head.into_bytes();
+        request.extend_from_slice(&call.body);
+        Self {
+            index,
+            stream,
+            request: Bytes::from(request),
+            buf: Vec::with_capacity(8192),
+        }
+    }
+
+    /// Sends the request and reads the whole answer; returns its status and body length.
+    async fn exchange(&mut self) -> (u16, usize) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(&self.request).await.unwrap();
+        let head_end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            self.fill().await;
+        };
+        let head = std::str::from_utf8(&self.buf[..head_end]).expect("response head is not UTF-8");
+        let status: u16 = head
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|rest| rest.get(..3))
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("client {}: bad status line in {head:?}", self.index));
+        let length: usize = head
+            .split("\r\n")
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().ok())?
+            })
+            .unwrap_or_else(|| panic!("client {}: no content-length in {head:?}", self.index));
+        while self.buf.len() < head_end + length {
+            self.fill().await;
+        }
+        self.buf.drain(..head_end + length);
+        // Read-ahead would mean the server answered more than was asked.
+        assert!(
+            self.buf.is_empty(),
+            "client {}: unasked-for bytes",
+            self.index
+        );
+        (status, length)
+    }
+
+    async fn fill(&mut self) {
+        use tokio::io::AsyncReadExt;
+        let n = self.stream.read_buf(&mut self.buf).await.unwrap();
+        assert!(
+            n > 0,
+            "client {}: the server closed the connection",
+            self.index
+        );
+    }
+
+    /// Sends the request back to back until `deadline`; every answer must have status
+    /// `expect`. Returns each exchange's latency.
+    async fn cycle_until(mut self, deadline: Instant, expect: StatusCode) -> Vec<Duration> {
+        let mut latencies = Vec::with_capacity(1 << 14);
+        while Instant::now() < deadline {
+            let began = Instant::now();
+            let (status, _) = self.exchange().await;
+            latencies.push(began.elapsed());
+            assert_eq!(
+                status,
+                expect.as_u16(),
+                "client {}: unexpected status",
+                self.index
+            );
+        }
+        latencies
+    }
+}
+
+/// `connections` raw connections on `runtime`, each sending `call` back to back for
+/// `duration`. Every answer must have status `expect`; none may take `REQUEST_TIMEOUT`.
+/// Returns all latencies and the time the load ran.
+async fn send_raw_for(
+    runtime: &tokio::runtime::Handle,
+    addr: SocketAddr,
+    call: &Call,
+    connections: usize,
+    duration: Duration,
+    expect: StatusCode,
+) -> (Vec<Duration>, Duration) {
+    let mut clients = Vec::with_capacity(connections);
+    for index in 0..connections {
+        let call = call.clone();
+        let connect = async move { RawClient::connect(addr, &call, index).await };
+        clients.push(runtime.spawn(connect).await.unwrap());
+    }
+    let start = Instant::now();
+    let deadline = start + duration;
+    let tasks: Vec<JoinHandle<Vec<Duration>>> = clients
+        .into_iter()
+        .map(|client| {
+            // One timer per connection instead of one per request: a request that hangs
+            // still stops the run.
+            runtime.spawn(async move {
+                let run = client.cycle_until(deadline, expect);
+                tokio::time::timeout(duration + REQUEST_TIMEOUT, run)
+                    .await
+                    .expect("a request got no answer in time")
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.unwrap());
+    }
+    (latencies, start.elapsed())
+}
+
 /// `items` dealt round-robin into at most `hands` non-empty hands (item i to hand i % hands).
 fn deal<T>(items: Vec<T>, hands: usize) -> Vec<Vec<T>> {
     let hands = hands.min(items.len());
@@ -564,6 +871,7 @@ fn deal<T>(items: Vec<T>, hands: usize) -> Vec<Vec<T>> {
 /// `connections` connections, each cycling through its share of `calls`, for `duration`. Every
 /// answer must have status `expect`. Returns all latencies and the time the load ran.
 async fn send_for(
+    runtime: &tokio::runtime::Handle,
     addr: SocketAddr,
     calls: Vec<Call>,
     connections: usize,
@@ -573,14 +881,15 @@ async fn send_for(
     let hands = deal(calls, connections);
     let mut clients = Vec::with_capacity(hands.len());
     for index in 0..hands.len() {
-        clients.push(Client::connect(addr, index).await);
+        // Connected on `runtime`, so its socket and connection task live there.
+        clients.push(runtime.spawn(Client::connect(addr, index)).await.unwrap());
     }
     let start = Instant::now();
     let deadline = start + duration;
     let tasks: Vec<JoinHandle<Vec<Duration>>> = clients
         .into_iter()
         .zip(hands)
-        .map(|(client, calls)| tokio::spawn(client.cycle_until(calls, deadline, expect)))
+        .map(|(client, calls)| runtime.spawn(client.cycle_until(calls, deadline, expect)))
         .collect();
     let mut latencies = Vec::new();
     for task in tasks {
@@ -877,6 +1186,7 @@ async fn heartbeat_phase(parent: &Path) -> (Measurement, Vec<Call>) {
     let before = server.writer_counts();
     let cpu = CpuSample::now();
     let (latencies, elapsed) = send_for(
+        &tokio::runtime::Handle::current(),
         server.addr,
         calls.clone(),
         LOAD_CONNECTIONS,
@@ -911,8 +1221,15 @@ async fn echo_phase(calls: &[Call]) -> Measurement {
     });
     let calls = calls.iter().map(|call| call.to("/echo")).collect();
     let cpu = CpuSample::now();
-    let (latencies, elapsed) =
-        send_for(addr, calls, LOAD_CONNECTIONS, LOAD_DURATION, StatusCode::OK).await;
+    let (latencies, elapsed) = send_for(
+        &tokio::runtime::Handle::current(),
+        addr,
+        calls,
+        LOAD_CONNECTIONS,
+        LOAD_DURATION,
+        StatusCode::OK,
+    )
+    .await;
     serving.stop().await;
     let label = format!("echo, {LOAD_CONNECTIONS} conns");
     let mut measurement = Measurement::new(label, LOAD_CONNECTIONS, latencies, elapsed, None);

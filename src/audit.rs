@@ -33,7 +33,19 @@ pub fn record(
     org_id: Option<&str>,
     at: Millis,
 ) -> DomainResult<()> {
-    w.append_audit(AuditEntry {
+    w.append_audit(entry(who, action, target, org_id, at))?;
+    Ok(())
+}
+
+/// The entry `record` appends, built ahead of the write job (its seq is set when appended).
+pub fn entry(
+    who: &Principal,
+    action: &str,
+    target: impl ToString,
+    org_id: Option<&str>,
+    at: Millis,
+) -> AuditEntry {
+    AuditEntry {
         seq: 0,
         at,
         token_id: (!who.token_id.is_nil()).then_some(who.token_id),
@@ -42,8 +54,7 @@ pub fn record(
         action: action.to_owned(),
         target: target.to_string(),
         org_id: org_id.map(str::to_owned),
-    })?;
-    Ok(())
+    }
 }
 
 /// Appends an entry for something the server decided by itself (automation, health verdicts).

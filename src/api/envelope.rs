@@ -2,7 +2,8 @@
 
 use std::time::Instant;
 
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Map, Value};
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::Response;
 
@@ -13,7 +14,16 @@ use crate::clock::{Millis, format_ms};
 /// WebSocket upgrade).
 #[derive(Debug)]
 pub enum Success {
-    Data { status: StatusCode, data: Value },
+    Data {
+        status: StatusCode,
+        data: Value,
+    },
+    /// Data already written as JSON from a typed wire shape: hot paths skip building a
+    /// `Value` tree only to serialise it.
+    Json {
+        status: StatusCode,
+        json: Vec<u8>,
+    },
     Raw(Response),
 }
 
@@ -31,6 +41,24 @@ impl Success {
             data,
         }
     }
+
+    /// `data` as JSON, written straight from its `Serialize` implementation.
+    pub fn typed(status: StatusCode, data: &impl Serialize) -> Result<Self, ApiError> {
+        let json = serde_json::to_vec(data).map_err(|e| {
+            tracing::error!(error = %e, "a response could not be serialised");
+            ApiError::internal()
+        })?;
+        Ok(Self::Json { status, json })
+    }
+}
+
+/// The envelope's `meta`. Keys in the order a `serde_json::Map` writes them.
+#[derive(Serialize)]
+struct Meta<'a> {
+    duration: f64,
+    #[serde(rename = "requestId")]
+    request_id: &'a str,
+    timestamp: String,
 }
 
 pub type ApiResult = Result<Success, ApiError>;
@@ -57,19 +85,19 @@ pub fn request_id_from(header: Option<&HeaderValue>, fresh: impl FnOnce() -> Str
 
 pub fn respond(ctx: &RequestCtx, now: Millis, result: ApiResult) -> Response {
     let duration = ctx.started.elapsed().as_secs_f64() * 1000.0;
-    let meta = json!({
-        "requestId": ctx.request_id,
-        "timestamp": format_ms(now),
-        "duration": (duration * 1000.0).round() / 1000.0,
-    });
-    let mut body = Map::new();
-    let status = match result {
+    let meta = Meta {
+        request_id: &ctx.request_id,
+        timestamp: format_ms(now),
+        duration: (duration * 1000.0).round() / 1000.0,
+    };
+    let (status, body) = match result {
         Ok(Success::Raw(response)) => return response,
-        Ok(Success::Data { status, data }) => {
-            body.insert("success".into(), Value::Bool(true));
-            body.insert("data".into(), data);
-            status
-        }
+        // Cannot fail: every key of a `Value` is a string.
+        Ok(Success::Data { status, data }) => (
+            status,
+            envelope(&serde_json::to_vec(&data).unwrap_or_default(), &meta),
+        ),
+        Ok(Success::Json { status, json }) => (status, envelope(&json, &meta)),
         Err(e) => {
             let mut error = Map::new();
             error.insert("code".into(), Value::from(e.code));
@@ -77,13 +105,21 @@ pub fn respond(ctx: &RequestCtx, now: Millis, result: ApiResult) -> Response {
             if let Some(details) = e.details {
                 error.insert("details".into(), details);
             }
-            body.insert("success".into(), Value::Bool(false));
-            body.insert("error".into(), Value::Object(error));
-            e.status
+            #[derive(Serialize)]
+            struct Failure<'a> {
+                error: Map<String, Value>,
+                meta: &'a Meta<'a>,
+                success: bool,
+            }
+            let failure = Failure {
+                error,
+                meta: &meta,
+                success: false,
+            };
+            (e.status, serde_json::to_vec(&failure).unwrap_or_default())
         }
     };
-    body.insert("meta".into(), meta);
-    let mut response = Response::new(Value::Object(body).to_string().into());
+    let mut response = Response::new(body.into());
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(
@@ -95,4 +131,44 @@ pub fn respond(ctx: &RequestCtx, now: Millis, result: ApiResult) -> Response {
         headers.insert("x-request-id", v);
     }
     response
+}
+
+/// A successful envelope around `data` (JSON): `{"data":…,"meta":…,"success":true}`, the key
+/// order of the `Map` it was once built as.
+fn envelope(data: &[u8], meta: &Meta<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 128);
+    out.extend_from_slice(b"{\"data\":");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b",\"meta\":");
+    // Cannot fail: a struct of strings and a number.
+    let _ = serde_json::to_writer(&mut out, meta);
+    out.extend_from_slice(b",\"success\":true}");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The envelope is byte for byte what the `Map` it replaced wrote (keys sorted).
+    #[test]
+    fn envelope_bytes() {
+        #[derive(Serialize)]
+        struct Shape {
+            a: u32,
+            b: &'static str,
+        }
+        let meta = Meta {
+            duration: 1.5,
+            request_id: "req-1",
+            timestamp: format_ms(1_700_000_000_000),
+        };
+        let data = serde_json::to_vec(&Shape { a: 1, b: "x" }).unwrap();
+        let expected = serde_json::json!({
+            "success": true,
+            "data": {"a": 1, "b": "x"},
+            "meta": {"requestId": "req-1", "timestamp": "2023-11-14T22:13:20.000Z", "duration": 1.5},
+        });
+        assert_eq!(envelope(&data, &meta), expected.to_string().into_bytes());
+    }
 }

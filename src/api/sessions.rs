@@ -1,9 +1,11 @@
 //! `/api/v1/sessions/...` (contract §3).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
 use warp::{Filter, path};
 
 use super::envelope::{ApiResult, Success};
@@ -121,7 +123,7 @@ async fn create(p: Caller, st: AppState, body: Body) -> ApiResult {
     // An admin must name the org; an org token acts on its own.
     let new = parse_new_session(&body, p.kind == crate::auth::TokenKind::Admin)?;
     let view = st.sessions.create(&p, new).await?;
-    Ok(Success::created(session_detail(&view, st.sessions.now())))
+    detail_reply(StatusCode::CREATED, &view, st.sessions.now())
 }
 
 fn parse_new_session(body: &Body, org_required: bool) -> Result<NewSession, DomainError> {
@@ -268,7 +270,7 @@ async fn list(p: Caller, st: AppState, q: HashMap<String, String>) -> ApiResult 
 
 async fn get(id: String, p: Caller, st: AppState) -> ApiResult {
     let view = st.sessions.get(&p, session_id(&id)?).await?;
-    Ok(Success::ok(session_detail(&view, st.sessions.now())))
+    detail_reply(StatusCode::OK, &view, st.sessions.now())
 }
 
 async fn stop(id: String, p: Caller, st: AppState, body: Body) -> ApiResult {
@@ -280,17 +282,17 @@ async fn stop(id: String, p: Caller, st: AppState, body: Body) -> ApiResult {
     }
     r.finish()?;
     let view = st.sessions.stop(&p, session_id(&id)?, reason).await?;
-    Ok(Success::ok(session_detail(&view, st.sessions.now())))
+    detail_reply(StatusCode::OK, &view, st.sessions.now())
 }
 
 async fn pause(id: String, p: Caller, st: AppState, _body: Body) -> ApiResult {
     let view = st.sessions.pause(&p, session_id(&id)?).await?;
-    Ok(Success::ok(session_detail(&view, st.sessions.now())))
+    detail_reply(StatusCode::OK, &view, st.sessions.now())
 }
 
 async fn resume(id: String, p: Caller, st: AppState, _body: Body) -> ApiResult {
     let view = st.sessions.resume(&p, session_id(&id)?).await?;
-    Ok(Success::ok(session_detail(&view, st.sessions.now())))
+    detail_reply(StatusCode::OK, &view, st.sessions.now())
 }
 
 async fn list_approvals(id: String, p: Caller, st: AppState) -> ApiResult {
@@ -374,7 +376,7 @@ async fn resolve_approval(
         .sessions
         .resolve_approval(&p, session, approval, decision, reason)
         .await?;
-    Ok(Success::ok(session_detail(&view, st.sessions.now())))
+    detail_reply(StatusCode::OK, &view, st.sessions.now())
 }
 
 /// `afterSeq` and `limit` of the sequence-numbered reads.
@@ -493,7 +495,7 @@ async fn report_state(id: String, p: Caller, st: AppState, body: Body) -> ApiRes
         .sessions
         .report_state(&p, session_id(&id)?, assignment, state, error)
         .await?;
-    Ok(Success::ok(session_detail(&view, st.sessions.now())))
+    detail_reply(StatusCode::OK, &view, st.sessions.now())
 }
 
 /// `{assignmentId?, tokensIn?, tokensOut?, apiCalls?, computeSeconds?}`.
@@ -517,7 +519,7 @@ async fn usage(id: String, p: Caller, st: AppState, body: Body) -> ApiResult {
         .sessions
         .update_usage(&p, session_id(&id)?, assignment, update)
         .await?;
-    Ok(Success::ok(session_detail(&view, st.sessions.now())))
+    detail_reply(StatusCode::OK, &view, st.sessions.now())
 }
 
 // ---- wire shapes -------------------------------------------------------------------------
@@ -560,60 +562,141 @@ pub fn session_summary(s: &Session, now: Millis) -> Value {
     Value::Object(summary_map(s, now))
 }
 
-pub fn session_detail(v: &SessionView, now: Millis) -> Value {
-    let s = &v.session;
-    let mut m = summary_map(s, now);
-    m.insert(
-        "repo".into(),
-        json!({"url": s.repo.url, "branch": s.repo.branch, "commit": s.repo.commit}),
-    );
-    put_opt(&mut m, "task", s.task.clone().map(Value::from));
-    let mut workspace = Map::new();
-    workspace.insert("path".into(), json!(s.workspace_path()));
-    put_opt(
-        &mut workspace,
-        "sizeBytes",
-        s.workspace_size_bytes.map(Value::from),
-    );
-    m.insert("workspace".into(), Value::Object(workspace));
-    m.insert(
-        "usage".into(),
-        json!({
-            "tokensIn": s.usage.tokens_in,
-            "tokensOut": s.usage.tokens_out,
-            "apiCalls": s.usage.api_calls,
-            "computeSeconds": s.usage.compute_seconds,
-        }),
-    );
-    m.insert(
-        "recentEvents".into(),
-        Value::Array(
-            v.recent_events
+/// A session's detail (contract §3), written straight to JSON: the create path is hot enough
+/// that building a `Value` tree first showed in profiles. Fields are in key order, so the bytes
+/// are those a `serde_json::Map` (sorted keys) would give.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionDetail<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    completed_at: Option<String>,
+    duration_seconds: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    end_reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    options: DetailOptions<'a>,
+    org_id: &'a str,
+    pending_approvals: Vec<Value>,
+    provider_id: &'static str,
+    recent_events: Vec<RecentEvent<'a>>,
+    repo: DetailRepo<'a>,
+    repo_url: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    runner_id: Option<uuid::Uuid>,
+    session_id: uuid::Uuid,
+    started_at: String,
+    state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    task: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    task_summary: Option<String>,
+    updated_at: String,
+    usage: DetailUsage,
+    workspace: Workspace,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DetailOptions<'a> {
+    dangerously_skip_permissions: bool,
+    env: BTreeMap<String, &'static str>,
+    required_features: &'a [String],
+    timeout_minutes: f64,
+}
+
+#[derive(Serialize)]
+struct RecentEvent<'a> {
+    summary: &'a str,
+    timestamp: String,
+    #[serde(rename = "type")]
+    kind: &'a str,
+}
+
+#[derive(Serialize)]
+struct DetailRepo<'a> {
+    branch: &'a str,
+    commit: &'a str,
+    url: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DetailUsage {
+    api_calls: u64,
+    compute_seconds: f64,
+    tokens_in: u64,
+    tokens_out: u64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Workspace {
+    path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    size_bytes: Option<u64>,
+}
+
+impl<'a> SessionDetail<'a> {
+    pub fn new(v: &'a SessionView, now: Millis) -> Self {
+        let s = &v.session;
+        Self {
+            completed_at: s.completed_at.map(timestamp),
+            duration_seconds: s.duration_seconds(now),
+            end_reason: s.end_reason.as_deref(),
+            error: s.error.as_deref(),
+            options: DetailOptions {
+                dangerously_skip_permissions: s.options.dangerously_skip_permissions,
+                env: masked_env(&s.options.env),
+                required_features: &s.options.required_features,
+                timeout_minutes: s.timeout_ms as f64 / 60_000.0,
+            },
+            org_id: &s.org_id,
+            pending_approvals: v.pending_approvals.iter().map(approval_request).collect(),
+            provider_id: s.provider.as_str(),
+            recent_events: v
+                .recent_events
                 .iter()
-                .map(
-                    |e| json!({"type": e.kind, "timestamp": timestamp(e.at), "summary": e.summary}),
-                )
+                .map(|e| RecentEvent {
+                    summary: &e.summary,
+                    timestamp: timestamp(e.at),
+                    kind: &e.kind,
+                })
                 .collect(),
-        ),
-    );
-    m.insert(
-        "pendingApprovals".into(),
-        Value::Array(v.pending_approvals.iter().map(approval_request).collect()),
-    );
-    put_opt(&mut m, "runnerId", s.runner_id.map(|r| json!(r)));
-    put_opt(&mut m, "endReason", s.end_reason.clone().map(Value::from));
-    put_opt(&mut m, "error", s.error.clone().map(Value::from));
-    m.insert(
-        "options".into(),
-        json!({
-            "timeoutMinutes": s.timeout_ms as f64 / 60_000.0,
-            "env": masked_env(&s.options.env),
-            "dangerouslySkipPermissions": s.options.dangerously_skip_permissions,
-            "requiredFeatures": s.options.required_features,
-        }),
-    );
-    m.insert("updatedAt".into(), json!(timestamp(s.updated_at)));
-    Value::Object(m)
+            repo: DetailRepo {
+                branch: &s.repo.branch,
+                commit: &s.repo.commit,
+                url: &s.repo.url,
+            },
+            repo_url: &s.repo.url,
+            runner_id: s.runner_id,
+            session_id: s.id,
+            started_at: timestamp(s.created_at),
+            state: s.state.as_str(),
+            task: s.task.as_deref(),
+            task_summary: s.task_summary(),
+            updated_at: timestamp(s.updated_at),
+            usage: DetailUsage {
+                api_calls: s.usage.api_calls,
+                compute_seconds: s.usage.compute_seconds,
+                tokens_in: s.usage.tokens_in,
+                tokens_out: s.usage.tokens_out,
+            },
+            workspace: Workspace {
+                path: s.workspace_path(),
+                size_bytes: s.workspace_size_bytes,
+            },
+        }
+    }
+}
+
+/// A session's detail as a response.
+fn detail_reply(status: StatusCode, view: &SessionView, now: Millis) -> ApiResult {
+    Success::typed(status, &SessionDetail::new(view, now))
+}
+
+pub fn session_detail(v: &SessionView, now: Millis) -> Value {
+    serde_json::to_value(SessionDetail::new(v, now)).unwrap_or_default()
 }
 
 /// The detail a runner receives with its assignment: like `session_detail`, with env values.
@@ -682,7 +765,97 @@ fn output_json(c: &OutputChunk) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use super::is_repository_url;
+    use super::*;
+
+    /// The typed detail writes exactly what the `Value` it replaced did: same keys, same
+    /// values, keys in sorted order (a `json!` map sorts its keys).
+    #[test]
+    fn session_detail_bytes() {
+        let id = uuid::Uuid::from_u128(7);
+        let runner = uuid::Uuid::from_u128(9);
+        let session = Session {
+            id,
+            org_id: "acme".into(),
+            provider: Provider::ClaudeCode,
+            repo: Repo {
+                url: "https://example.com/a.git".into(),
+                branch: "main".into(),
+                commit: "abc".into(),
+            },
+            task: Some("fix \"it\"".into()),
+            options: SessionOptions {
+                timeout_minutes: Some(1.5),
+                env: [("TOKEN".to_string(), "secret".to_string())].into(),
+                dangerously_skip_permissions: true,
+                required_features: vec!["gpu".into()],
+            },
+            state: SessionState::Completed,
+            created_at: 1_700_000_000_000,
+            started_running_at: Some(1_700_000_001_000),
+            completed_at: Some(1_700_000_061_500),
+            end_reason: Some("done".into()),
+            error: Some("none".into()),
+            runner_id: Some(runner),
+            assignment_id: None,
+            assigned_at: None,
+            runner_history: vec![runner],
+            usage: Usage {
+                tokens_in: 1,
+                tokens_out: 2,
+                api_calls: 3,
+                compute_seconds: 4.25,
+            },
+            timeout_ms: 90_000,
+            output_bytes: 0,
+            workspace_size_bytes: Some(4096),
+            updated_at: 1_700_000_062_000,
+        };
+        let view = SessionView {
+            session,
+            recent_events: vec![SessionEvent {
+                seq: 1,
+                kind: "session_created".into(),
+                summary: "Session created".into(),
+                at: 1_700_000_000_000,
+                data_json: None,
+            }],
+            pending_approvals: Vec::new(),
+        };
+        let expected = json!({
+            "sessionId": id,
+            "orgId": "acme",
+            "state": "COMPLETED",
+            "providerId": "claude_code",
+            "repoUrl": "https://example.com/a.git",
+            "startedAt": "2023-11-14T22:13:20.000Z",
+            "completedAt": "2023-11-14T22:14:21.500Z",
+            "durationSeconds": 61,
+            "taskSummary": "fix \"it\"",
+            "repo": {"url": "https://example.com/a.git", "branch": "main", "commit": "abc"},
+            "task": "fix \"it\"",
+            "workspace": {"path": format!("workspaces/{id}"), "sizeBytes": 4096},
+            "usage": {"tokensIn": 1, "tokensOut": 2, "apiCalls": 3, "computeSeconds": 4.25},
+            "recentEvents": [{
+                "type": "session_created",
+                "timestamp": "2023-11-14T22:13:20.000Z",
+                "summary": "Session created",
+            }],
+            "pendingApprovals": [],
+            "runnerId": runner,
+            "endReason": "done",
+            "error": "none",
+            "options": {
+                "timeoutMinutes": 1.5,
+                "env": {"TOKEN": "***"},
+                "dangerouslySkipPermissions": true,
+                "requiredFeatures": ["gpu"],
+            },
+            "updatedAt": "2023-11-14T22:14:22.000Z",
+        });
+        let typed = serde_json::to_string(&SessionDetail::new(&view, 0)).unwrap();
+        assert_eq!(typed, expected.to_string());
+        assert_eq!(session_detail(&view, 0), expected);
+    }
 
     #[test]
     fn repository_urls() {

@@ -208,54 +208,60 @@ impl SessionService {
         let now = self.now();
         let id = self.ids.ordered_uuid(now);
         let rules = self.rules;
-        let p = p.clone();
+        let timeout_ms = new
+            .options
+            .timeout_minutes
+            .map(|m| (m * 60_000.0).round() as i64)
+            .unwrap_or(rules.default_timeout_ms);
+        let mut session = Session {
+            id,
+            org_id,
+            provider: new.provider,
+            repo: new.repo,
+            task: new.task,
+            options: new.options,
+            state: SessionState::Created,
+            created_at: now,
+            started_running_at: None,
+            completed_at: None,
+            end_reason: None,
+            error: None,
+            runner_id: None,
+            assignment_id: None,
+            assigned_at: None,
+            runner_history: Vec::new(),
+            usage: Usage::default(),
+            timeout_ms,
+            output_bytes: 0,
+            workspace_size_bytes: None,
+            updated_at: now,
+        };
+        // Everything that does not depend on the database is prepared here, not on the store's
+        // single writer thread, which every write in the server waits for.
+        let created_summary = format!("Session created for {}", session.repo.url);
+        let created_data =
+            json!({"providerId": session.provider.as_str(), "repoUrl": session.repo.url});
+        let audit_entry = audit::entry(p, "session.create", id, Some(&session.org_id), now);
         self.store
             .write(move |w| {
-                let active = w.org_active_sessions(&org_id)?;
+                let active = w.active_sessions_of(&session.org_id)?;
                 if active >= rules.max_sessions_per_org {
                     return Err(DomainError::LimitExceeded {
                         kind: Limit::Sessions,
                         message: format!(
-                            "org {org_id} already has {active} active sessions (limit {})",
-                            rules.max_sessions_per_org
+                            "org {} already has {active} active sessions (limit {})",
+                            session.org_id, rules.max_sessions_per_org
                         ),
                     });
                 }
-                let timeout_ms = new
-                    .options
-                    .timeout_minutes
-                    .map(|m| (m * 60_000.0).round() as i64)
-                    .unwrap_or(rules.default_timeout_ms);
-                let mut session = Session {
-                    id,
-                    org_id,
-                    provider: new.provider,
-                    repo: new.repo,
-                    task: new.task,
-                    options: new.options,
-                    state: SessionState::Created,
-                    created_at: now,
-                    started_running_at: None,
-                    completed_at: None,
-                    end_reason: None,
-                    error: None,
-                    runner_id: None,
-                    assignment_id: None,
-                    assigned_at: None,
-                    runner_history: Vec::new(),
-                    usage: Usage::default(),
-                    timeout_ms,
-                    output_bytes: 0,
-                    workspace_size_bytes: None,
-                    updated_at: now,
-                };
+                w.begin_session_events(session.id);
                 record(
                     w,
                     &session,
                     "session_created",
-                    format!("Session created for {}", session.repo.url),
+                    created_summary,
                     now,
-                    json!({"providerId": session.provider.as_str(), "repoUrl": session.repo.url}),
+                    created_data,
                 )?;
                 change_state(
                     w,
@@ -266,17 +272,12 @@ impl SessionService {
                     rules,
                 )?;
                 w.put_session(&session)?;
-                audit::record(
-                    w,
-                    &p,
-                    "session.create",
-                    session.id,
-                    Some(&session.org_id),
-                    now,
-                )?;
-                // A new session has no approvals yet: only its first events to read back.
+                w.append_audit(audit_entry)?;
+                // A new session has no approvals yet, and no events but those just recorded.
+                let mut recent_events = w.followed_events();
+                recent_events.drain(..recent_events.len().saturating_sub(RECENT_EVENTS));
                 Ok(SessionView {
-                    recent_events: w.recent_events(session.id, RECENT_EVENTS)?,
+                    recent_events,
                     session,
                     pending_approvals: Vec::new(),
                 })

@@ -8,6 +8,12 @@
 //! in commit order. A job that fails leaves no writes behind (jobs check before they write), so
 //! it does not disturb the others in its batch; a storage failure fails the whole batch.
 //!
+//! The writer is the one serial step every write waits for, so it does as little as it can: the
+//! tables of the session paths stay open for the whole batch (`hot_tables!`), sequence numbers
+//! already known in the batch are not looked up again, and a committed batch is handed to a
+//! runtime task that wakes its callers and publishes its events (in commit order) while the
+//! writer starts on the next batch.
+//!
 //! Reads run on the blocking pool, each in its own read transaction (a consistent snapshot).
 //! No redb call ever runs on the async reactor.
 
@@ -16,6 +22,8 @@ pub mod migrations;
 mod pipeline;
 pub mod tables;
 
+use std::cell::Cell;
+use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +31,7 @@ use std::sync::{Arc, mpsc};
 
 use redb::{
     Database, Key, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
-    ReadableTableMetadata, Table, TableDefinition, Value, WriteTransaction,
+    ReadableTableMetadata, Table, TableDefinition, TableHandle, Value, WriteTransaction,
 };
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -137,6 +145,8 @@ pub struct WriterStats {
     /// Time spent running jobs, and in `commit()` (page writes + fsync), in microseconds.
     pub job_micros: AtomicU64,
     pub commit_micros: AtomicU64,
+    /// Time batches spent waiting for more jobs (`LINGER`), in microseconds.
+    pub linger_micros: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -147,7 +157,8 @@ pub struct Store {
 }
 
 const MAX_BATCH: usize = 4096;
-/// Batches at least this large wait up to `LINGER` for more jobs before committing.
+/// Batches at least this large, but smaller than the one before, wait up to `LINGER` for more
+/// jobs before committing.
 const LINGER_MIN_BATCH: usize = 4;
 const LINGER: std::time::Duration = std::time::Duration::from_micros(150);
 
@@ -161,9 +172,21 @@ impl Store {
         let stats = Arc::new(WriterStats::default());
         let writer_db = db.clone();
         let writer_stats = stats.clone();
+        // Inside a runtime, a task tells each batch's callers and the bus, so the writer goes
+        // on to the next batch after one hand-over instead of waking every caller itself.
+        let deliverer = tokio::runtime::Handle::try_current().ok().map(|runtime| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Outcome>();
+            let bus = bus.clone();
+            runtime.spawn(async move {
+                while let Some(outcome) = rx.recv().await {
+                    outcome.deliver(&bus);
+                }
+            });
+            tx
+        });
         std::thread::Builder::new()
             .name("village-store-writer".into())
-            .spawn(move || writer_loop(&writer_db, &rx, &bus, &writer_stats))
+            .spawn(move || writer_loop(&writer_db, &rx, &bus, deliverer, &writer_stats))
             .map_err(|e| StoreError::Db(Box::new(e.into())))?;
         Ok(Store { db, jobs, stats })
     }
@@ -181,6 +204,7 @@ impl Store {
         let job: Job = Box::new(move |ctx: &mut WriteCtx<'_>| {
             let marks = (ctx.events.len(), ctx.commands.len(), ctx.writes);
             let outcome = f(ctx);
+            ctx.followed = None;
             if outcome.is_err() {
                 ctx.events.truncate(marks.0);
                 ctx.commands.truncate(marks.1);
@@ -233,7 +257,14 @@ impl Store {
     }
 }
 
-fn writer_loop(db: &Database, rx: &mpsc::Receiver<Job>, bus: &EventBus, stats: &WriterStats) {
+fn writer_loop(
+    db: &Database,
+    rx: &mpsc::Receiver<Job>,
+    bus: &EventBus,
+    deliverer: Option<tokio::sync::mpsc::UnboundedSender<Outcome>>,
+    stats: &WriterStats,
+) {
+    let mut last_batch = 0;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -244,19 +275,64 @@ fn writer_loop(db: &Database, rx: &mpsc::Receiver<Job>, bus: &EventBus, stats: &
         }
         // Under concurrency, linger a moment for more writers: one more job in this batch
         // costs far less than a commit of its own (commit_delay, as databases call it).
-        // A lone writer never waits.
-        if batch.len() >= LINGER_MIN_BATCH {
-            let deadline = std::time::Instant::now() + LINGER;
-            while batch.len() < MAX_BATCH {
+        // A lone writer never waits, and neither does a batch that is already as large as the
+        // last one: when writers queue up behind the commits anyway, waiting only adds a pause
+        // to every cycle.
+        if batch.len() >= LINGER_MIN_BATCH && batch.len() < last_batch {
+            let lingered = std::time::Instant::now();
+            let deadline = lingered + LINGER;
+            while batch.len() < last_batch.min(MAX_BATCH) {
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
                 match rx.recv_timeout(left) {
                     Ok(job) => batch.push(job),
                     Err(_) => break,
                 }
             }
+            stats
+                .linger_micros
+                .fetch_add(lingered.elapsed().as_micros() as u64, Ordering::Relaxed);
         }
+        last_batch = batch.len();
         let count = batch.len() as u64;
         let (finishes, result, committed) = run_batch(db, batch, stats);
+        stats.commits.fetch_add(1, Ordering::Relaxed);
+        stats.jobs.fetch_add(count, Ordering::Relaxed);
+        let outcome = Outcome {
+            finishes,
+            result,
+            committed,
+            jobs: count,
+        };
+        // Batches are handed over in commit order and delivered one after another, so events
+        // still reach the bus in commit order.
+        match &deliverer {
+            Some(tx) => {
+                if let Err(returned) = tx.send(outcome) {
+                    // The runtime is gone: tell whoever is left from here.
+                    returned.0.deliver(bus);
+                }
+            }
+            None => outcome.deliver(bus),
+        }
+    }
+}
+
+/// A batch's result, to be told to its callers, the runners' channels and the bus.
+struct Outcome {
+    finishes: Vec<Finish>,
+    result: StoreResult<()>,
+    committed: Committed,
+    jobs: u64,
+}
+
+impl Outcome {
+    fn deliver(self, bus: &EventBus) {
+        let Outcome {
+            finishes,
+            result,
+            committed,
+            jobs,
+        } = self;
         // Callers first (they are waiting), then the runners' channels and the bus.
         for finish in finishes {
             finish(match &result {
@@ -273,10 +349,8 @@ fn writer_loop(db: &Database, rx: &mpsc::Receiver<Job>, bus: &EventBus, stats: &
                     bus.publish(event);
                 }
             }
-            Err(e) => tracing::error!(error = %e, jobs = count, "write batch failed"),
+            Err(e) => tracing::error!(error = %e, jobs, "write batch failed"),
         }
-        stats.commits.fetch_add(1, Ordering::Relaxed);
-        stats.jobs.fetch_add(count, Ordering::Relaxed);
     }
 }
 
@@ -294,8 +368,12 @@ fn run_batch(
     };
     let mut ctx = WriteCtx {
         txn: &txn,
+        hot: HotTables::default(),
         events: Vec::new(),
         commands: Vec::new(),
+        event_seqs: HashMap::new(),
+        audit_seq: None,
+        followed: None,
         writes: 0,
         poisoned: false,
     };
@@ -701,12 +779,71 @@ impl Reads for ReadCtx {
 /// The write transaction a job runs in.
 pub struct WriteCtx<'a> {
     txn: &'a WriteTransaction,
+    /// Tables of the hot write paths, opened once per batch (see `hot_tables!`).
+    hot: HotTables<'a>,
     events: Vec<BusEvent>,
     commands: Vec<OutboxEntry>,
-    /// Tables opened for writing so far in this batch.
+    /// The last event seq of each session that got an event in this batch, so that a second
+    /// event needs no look-up.
+    event_seqs: HashMap<u128, u64>,
+    /// The last audit seq, once this batch has read or written it.
+    audit_seq: Option<u64>,
+    /// A session created by the current job: the events appended for it are kept (see
+    /// `begin_session_events`).
+    followed: Option<(Uuid, Vec<SessionEvent>)>,
+    /// Writes made so far in this batch (table opens for writing, hot-table mutations).
     writes: u64,
     /// A job failed after writing: the batch must not commit.
     poisoned: bool,
+}
+
+/// The tables every session create (and most session updates) writes, kept open for the whole
+/// batch: opening a redb table looks it up in the table tree and closing it stages its new
+/// root, which cost as much as the inserts themselves when each job opened each table anew.
+///
+/// redb refuses to open a table twice, so the generic ways in (`Reads::table`, `open_mut`)
+/// first close the cached handle of the same table. `Cell` makes that possible from `&self`
+/// without any runtime borrow check: a cached handle is only ever reached through `&mut self`.
+macro_rules! hot_tables {
+    ($($field:ident: $def:ident, $k:ty, $v:ty;)*) => {
+        #[derive(Default)]
+        struct HotTables<'a> {
+            $($field: Cell<Option<Table<'a, $k, $v>>>,)*
+        }
+
+        impl HotTables<'_> {
+            /// Closes the cached handle of table `name`, if it is a hot one and open.
+            fn evict(&self, name: &str) {
+                $(if name == $def.name() {
+                    drop(self.$field.take());
+                    return;
+                })*
+            }
+        }
+
+        impl<'a> WriteCtx<'a> {
+            $(
+                /// The batch's open handle of this table, opened on first use.
+                fn $field(&mut self) -> StoreResult<&mut Table<'a, $k, $v>> {
+                    let slot = self.hot.$field.get_mut();
+                    let table = match slot.take() {
+                        Some(t) => t,
+                        None => self.txn.open_table($def)?,
+                    };
+                    Ok(slot.insert(table))
+                }
+            )*
+        }
+    };
+}
+
+hot_tables! {
+    hot_sessions: SESSIONS, u128, &'static [u8];
+    hot_sessions_by_org: SESSIONS_BY_ORG, (&'static str, u64, u128), ();
+    hot_org_active: ORG_ACTIVE_SESSIONS, &'static str, u64;
+    hot_queue: SESSION_QUEUE, (u64, u128), ();
+    hot_events: SESSION_EVENTS, (u128, u64), &'static [u8];
+    hot_audit: AUDIT, u64, &'static [u8];
 }
 
 impl Reads for WriteCtx<'_> {
@@ -714,6 +851,7 @@ impl Reads for WriteCtx<'_> {
         &self,
         def: TableDefinition<K, V>,
     ) -> StoreResult<impl ReadableTable<K, V> + '_> {
+        self.hot.evict(def.name());
         let t: Table<'_, K, V> = self.txn.open_table(def)?;
         Ok(t)
     }
@@ -726,7 +864,32 @@ impl<'a> WriteCtx<'a> {
         def: TableDefinition<K, V>,
     ) -> StoreResult<Table<'a, K, V>> {
         self.writes += 1;
+        self.hot.evict(def.name());
         Ok(self.txn.open_table(def)?)
+    }
+
+    /// How many non-terminal sessions `org_id` has (`Reads::org_active_sessions`, through the
+    /// batch's open table).
+    pub fn active_sessions_of(&mut self, org_id: &str) -> StoreResult<u64> {
+        Ok(self
+            .hot_org_active()?
+            .get(org_id)?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    }
+
+    /// Tells the batch that the current job creates session `session`: it has no events yet,
+    /// so its first one needs no look-up, and until the job ends a copy of every event appended
+    /// for it is kept. The job builds the new session's view from them (`followed_events`)
+    /// instead of reading them back.
+    pub fn begin_session_events(&mut self, session: Uuid) {
+        self.event_seqs.insert(session.as_u128(), 0);
+        self.followed = Some((session, Vec::new()));
+    }
+
+    /// The events appended for the new session since `begin_session_events`, oldest first.
+    pub fn followed_events(&mut self) -> Vec<SessionEvent> {
+        self.followed.take().map(|(_, e)| e).unwrap_or_default()
     }
 
     /// Publishes `event` once this transaction is durable (and never if the job fails).
@@ -750,16 +913,18 @@ impl<'a> WriteCtx<'a> {
     /// Writes a session and keeps its indexes (org listing, active count) in step.
     pub fn put_session(&mut self, session: &Session) -> StoreResult<()> {
         let bytes = encode(session)?;
-        // One open for read-old and write-new: this is the hottest write path.
+        self.writes += 1;
+        // One lookup for read-old and write-new: this is the hottest write path.
         let old: Option<Session> = {
-            let mut table = self.open_mut(SESSIONS)?;
-            let previous = table.insert(session.id.as_u128(), bytes.as_slice())?;
+            let previous = self
+                .hot_sessions()?
+                .insert(session.id.as_u128(), bytes.as_slice())?;
             previous.map(|v| decode(v.value())).transpose()?
         };
         let was_active = old.as_ref().is_some_and(|s| !s.state.is_terminal());
         let is_active = !session.state.is_terminal();
         if old.is_none() {
-            self.open_mut(SESSIONS_BY_ORG)?.insert(
+            self.hot_sessions_by_org()?.insert(
                 (
                     session.org_id.as_str(),
                     session.created_at.max(0) as u64,
@@ -775,7 +940,7 @@ impl<'a> WriteCtx<'a> {
         let id = session.id.as_u128();
         let was_queued = old.as_ref().is_some_and(Session::is_unassigned_queued);
         if was_queued != session.is_unassigned_queued() {
-            let mut queue = self.open_mut(SESSION_QUEUE)?;
+            let queue = self.hot_queue()?;
             if was_queued {
                 queue.remove((created, id))?;
             } else {
@@ -813,7 +978,8 @@ impl<'a> WriteCtx<'a> {
     }
 
     fn adjust_active(&mut self, org_id: &str, up: bool) -> StoreResult<()> {
-        let mut t = self.open_mut(ORG_ACTIVE_SESSIONS)?;
+        self.writes += 1;
+        let t = self.hot_org_active()?;
         let n = t.get(org_id)?.map(|v| v.value()).unwrap_or(0);
         let n = if up { n + 1 } else { n.saturating_sub(1) };
         if n == 0 {
@@ -827,8 +993,9 @@ impl<'a> WriteCtx<'a> {
     /// Removes a session with its events, output, approvals and timers.
     pub fn delete_session(&mut self, session: &Session) -> StoreResult<()> {
         let id = session.id.as_u128();
-        self.open_mut(SESSIONS)?.remove(id)?;
-        self.open_mut(SESSIONS_BY_ORG)?.remove((
+        self.writes += 1;
+        self.hot_sessions()?.remove(id)?;
+        self.hot_sessions_by_org()?.remove((
             session.org_id.as_str(),
             session.created_at.max(0) as u64,
             id,
@@ -837,7 +1004,7 @@ impl<'a> WriteCtx<'a> {
             self.adjust_active(&session.org_id, false)?;
         }
         if session.is_unassigned_queued() {
-            self.open_mut(SESSION_QUEUE)?
+            self.hot_queue()?
                 .remove((session.created_at.max(0) as u64, id))?;
         }
         if let Some(r) = session.occupies_runner() {
@@ -845,8 +1012,9 @@ impl<'a> WriteCtx<'a> {
                 .remove((r.as_u128(), id))?;
             self.adjust_runner_load(r, false)?;
         }
-        self.open_mut(SESSION_EVENTS)?
+        self.hot_events()?
             .retain_in((id, 0u64)..=(id, u64::MAX), |_, _| false)?;
+        self.event_seqs.remove(&id);
         self.open_mut(SESSION_OUTPUT)?
             .retain_in((id, 0u64)..=(id, u64::MAX), |_, _| false)?;
         self.open_mut(APPROVALS)?
@@ -865,16 +1033,28 @@ impl<'a> WriteCtx<'a> {
         at: Millis,
         data: Option<&serde_json::Value>,
     ) -> StoreResult<SessionEvent> {
-        let mut table = self.open_mut(SESSION_EVENTS)?;
+        self.writes += 1;
+        let id = session.as_u128();
+        let last = match self.event_seqs.get(&id) {
+            Some(&seq) => seq,
+            None => last_seq(self.hot_events()?, session)?,
+        };
         let event = SessionEvent {
-            seq: last_seq(&table, session)? + 1,
+            seq: last + 1,
             kind: kind.to_owned(),
             summary,
             at,
             data_json: data.and_then(|d| serde_json::to_string(d).ok()),
         };
         let bytes = encode(&event)?;
-        table.insert((session.as_u128(), event.seq), bytes.as_slice())?;
+        self.hot_events()?
+            .insert((id, event.seq), bytes.as_slice())?;
+        self.event_seqs.insert(id, event.seq);
+        if let Some((followed, events)) = &mut self.followed
+            && *followed == session
+        {
+            events.push(event.clone());
+        }
         Ok(event)
     }
 
@@ -959,10 +1139,19 @@ impl<'a> WriteCtx<'a> {
 
     /// Appends an audit entry with the next sequence number.
     pub fn append_audit(&mut self, mut entry: AuditEntry) -> StoreResult<u64> {
-        let mut t = self.open_mut(AUDIT)?;
-        entry.seq = t.last()?.map(|(k, _)| k.value()).unwrap_or(0) + 1;
+        self.writes += 1;
+        let last = match self.audit_seq {
+            Some(seq) => seq,
+            None => self
+                .hot_audit()?
+                .last()?
+                .map(|(k, _)| k.value())
+                .unwrap_or(0),
+        };
+        entry.seq = last + 1;
         let bytes = encode(&entry)?;
-        t.insert(entry.seq, bytes.as_slice())?;
+        self.hot_audit()?.insert(entry.seq, bytes.as_slice())?;
+        self.audit_seq = Some(entry.seq);
         Ok(entry.seq)
     }
 
