@@ -275,6 +275,32 @@ impl Query<'_> {
         }
     }
 
+    /// An optional value that `parse` must accept; one it refuses is an issue saying `message`.
+    pub fn parsed<T>(
+        &self,
+        r: &mut Reader,
+        key: &str,
+        parse: impl Fn(&str) -> Option<T>,
+        message: &str,
+    ) -> Option<T> {
+        let raw = self.get(key)?;
+        let value = parse(raw);
+        if value.is_none() {
+            r.issue(key, message);
+        }
+        value
+    }
+
+    /// An optional provider id (`INVALID_PROVIDER` when it is the only problem).
+    pub fn provider(&self, r: &mut Reader, key: &str) -> Option<crate::sessions::model::Provider> {
+        let raw = self.get(key)?;
+        let value = crate::sessions::model::Provider::parse(raw);
+        if value.is_none() {
+            r.invalid_provider(key, raw);
+        }
+        value
+    }
+
     pub fn page(&self, r: &mut Reader) -> PageRequest {
         PageRequest {
             page: self.whole(r, "page", 1, u32::MAX as u64, 1),

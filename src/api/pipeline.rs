@@ -150,12 +150,12 @@ async fn list_versions(
     let provider = provider(&provider_id)?;
     let q = Query { params: &q };
     let mut r = Reader::new();
-    let channel = q.get("channel").and_then(|c| {
-        Channel::parse(c).or_else(|| {
-            r.issue("channel", "must be stable, beta or pinned");
-            None
-        })
-    });
+    let channel = q.parsed(
+        &mut r,
+        "channel",
+        Channel::parse,
+        "must be stable, beta or pinned",
+    );
     let limit = q.whole(&mut r, "limit", 1, 1000, 100);
     r.finish()?;
     let items = st
@@ -297,21 +297,13 @@ async fn list_builds(p: Caller, st: AppState, q: HashMap<String, String>) -> Api
     let q = Query { params: &q };
     let mut r = Reader::new();
     let page = q.page(&mut r);
-    let status = q.get("status").and_then(|s| {
-        BuildStatus::parse(s).or_else(|| {
-            r.issue(
-                "status",
-                "must be testing, known_good, known_bad or deprecated",
-            );
-            None
-        })
-    });
-    let provider = q.get("providerId").and_then(|s| {
-        Provider::parse(s).or_else(|| {
-            r.invalid_provider("providerId", s);
-            None
-        })
-    });
+    let status = q.parsed(
+        &mut r,
+        "status",
+        BuildStatus::parse,
+        "must be testing, known_good, known_bad or deprecated",
+    );
+    let provider = q.provider(&mut r, "providerId");
     r.finish()?;
     let page = st
         .pipeline
@@ -440,18 +432,18 @@ async fn create_rollout(p: Caller, st: AppState, body: Body) -> ApiResult {
 async fn list_rollouts(p: Caller, st: AppState, q: HashMap<String, String>) -> ApiResult {
     let q = Query { params: &q };
     let mut r = Reader::new();
-    let state = q.get("state").and_then(|s| {
-        RolloutState::parse(s).or_else(|| {
-            r.issue("state", "is not a rollout state");
-            None
-        })
-    });
-    let channel = q.get("channel").and_then(|c| {
-        Channel::parse(c).or_else(|| {
-            r.issue("channel", "must be stable, beta or pinned");
-            None
-        })
-    });
+    let state = q.parsed(
+        &mut r,
+        "state",
+        RolloutState::parse,
+        "is not a rollout state",
+    );
+    let channel = q.parsed(
+        &mut r,
+        "channel",
+        Channel::parse,
+        "must be stable, beta or pinned",
+    );
     r.finish()?;
     let items = st
         .pipeline

@@ -257,18 +257,13 @@ async fn list(p: Caller, st: AppState, q: HashMap<String, String>) -> ApiResult 
     let q = Query { params: &q };
     let mut r = Reader::new();
     let page = q.page(&mut r);
-    let status = q.get("status").and_then(|s| {
-        RunnerStatus::parse(s).or_else(|| {
-            r.issue("status", "must be online, offline or draining");
-            None
-        })
-    });
-    let provider = q.get("providerId").and_then(|s| {
-        Provider::parse(s).or_else(|| {
-            r.invalid_provider("providerId", s);
-            None
-        })
-    });
+    let status = q.parsed(
+        &mut r,
+        "status",
+        RunnerStatus::parse,
+        "must be online, offline or draining",
+    );
+    let provider = q.provider(&mut r, "providerId");
     r.finish()?;
     let page = st
         .runners

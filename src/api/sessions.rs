@@ -248,12 +248,7 @@ async fn list(p: Caller, st: AppState, q: HashMap<String, String>) -> ApiResult 
             None
         })
     });
-    let provider = q.get("providerId").and_then(|s| {
-        Provider::parse(s).or_else(|| {
-            r.invalid_provider("providerId", s);
-            None
-        })
-    });
+    let provider = q.provider(&mut r, "providerId");
     let org_id = q.get("orgId").map(str::to_owned);
     r.finish()?;
     let filter = SessionFilter {
