@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
 use crate::auth::{Principal, TokenKind};
-use crate::events::BusEvent;
+use crate::events::{BusEvent, FLEET_EVENTS, SESSION_EVENTS};
 
 /// Connections one token may hold at once.
 pub const MAX_CONNECTIONS_PER_TOKEN: usize = 10;
@@ -33,34 +33,6 @@ pub enum Route {
     /// A fleet or pipeline event for a subscriber of the org.
     Fleet,
 }
-
-const SESSION_EVENTS: &[&str] = &[
-    "state_changed",
-    "approval_requested",
-    "approval_resolved",
-    "session_created",
-    "session_started",
-    "session_completed",
-    "session_failed",
-];
-
-const FLEET_EVENTS: &[&str] = &[
-    "runner_online",
-    "runner_offline",
-    "runner_draining",
-    "runner_drained",
-    "runner_undrained",
-    "runner_registered",
-    "runner_deregistered",
-    "rollout_started",
-    "rollout_advanced",
-    "rollout_completed",
-    "rollout_cancelled",
-    "rollout_paused",
-    "rollout_resumed",
-    "version_discovered",
-    "build_registered",
-];
 
 impl Subscriptions {
     fn org_subscribed(&self, org: Option<&str>) -> bool {

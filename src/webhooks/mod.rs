@@ -27,32 +27,6 @@ pub const FIRST_RETRY_MS: i64 = 1_000;
 /// Deliveries kept per webhook for its log.
 pub const LOG_SIZE: usize = 100;
 
-/// The events a webhook can subscribe to (contract §6 and §7).
-pub const EVENT_NAMES: &[&str] = &[
-    "session_created",
-    "session_started",
-    "session_completed",
-    "session_failed",
-    "state_changed",
-    "approval_requested",
-    "approval_resolved",
-    "runner_registered",
-    "runner_deregistered",
-    "runner_online",
-    "runner_offline",
-    "runner_draining",
-    "runner_drained",
-    "runner_undrained",
-    "rollout_started",
-    "rollout_advanced",
-    "rollout_completed",
-    "rollout_cancelled",
-    "rollout_paused",
-    "rollout_resumed",
-    "version_discovered",
-    "build_registered",
-];
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Webhook {
     pub id: Uuid,
@@ -73,7 +47,7 @@ impl Webhook {
             None => true,
             Some(org) => event.org_id.as_deref() == Some(org.as_str()),
         };
-        named && in_scope && EVENT_NAMES.contains(&event.name)
+        named && in_scope && crate::events::is_public(event.name)
     }
 }
 
@@ -148,7 +122,7 @@ pub fn check(url: &str, events: &[String], org_id: Option<&str>, issues: &mut Ve
         ));
     }
     for (i, e) in events.iter().enumerate() {
-        if e != "*" && !EVENT_NAMES.contains(&e.as_str()) {
+        if e != "*" && !crate::events::is_public(e) {
             issues.push(Issue::new(
                 format!("events[{i}]"),
                 format!("unknown event `{e}`"),
@@ -233,7 +207,7 @@ impl WebhookService {
             ));
         }
         for (i, e) in new.events.iter().enumerate() {
-            if e != "*" && !EVENT_NAMES.contains(&e.as_str()) {
+            if e != "*" && !crate::events::is_public(e) {
                 issues.push(Issue::new(
                     format!("events[{i}]"),
                     format!("unknown event `{e}`"),
