@@ -466,12 +466,17 @@ async fn the_terminal_replays_streams_reconnects_and_sends_typing_to_the_runner(
     b.wait_for_text("#terminal-hint", "read only", 5).await;
     let stopped = env.admin.session(&session).await;
     assert_eq!(stopped["endReason"], "stopped: done for today");
-    // While the server was down Chromium logged the failed reconnection attempts: those are
-    // expected here, nothing else is.
+    // While the server was down Chromium logged the failed reconnection attempts, and any
+    // reload that a stream frame had just scheduled (a slow machine stretches that window)
+    // found the server gone: those are expected here, nothing else is.
     let logs = env.browser.logs().await;
     let unexpected: Vec<_> = logs
         .iter()
-        .filter(|e| e.level == "SEVERE" && !e.message.contains("/api/v1/ws"))
+        .filter(|e| {
+            e.level == "SEVERE"
+                && !e.message.contains("/api/v1/ws")
+                && !e.message.contains("net::ERR_CONNECTION_REFUSED")
+        })
         .filter(|e| {
             !env.expected_errors.iter().any(|(path, status)| {
                 e.message.contains(&format!("{path} - "))

@@ -5,6 +5,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -28,7 +29,10 @@ pub struct LogEntry {
     pub message: String,
 }
 
-/// chromedriver, running until dropped.
+/// chromedriver and every browser process it started, running until dropped. chromedriver is
+/// started as the leader of a process group of its own, which Chromium and its helpers join;
+/// dropping the guard (also while a failing test unwinds) kills the whole group, so a failed
+/// test leaves no browser behind.
 struct Driver {
     child: Child,
     port: u16,
@@ -36,9 +40,29 @@ struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// WebDriver errors that mean "the page changed under the command": finding the element again
+/// and repeating the action is the right answer.
+fn is_transient(error: &Value) -> bool {
+    matches!(
+        error["error"].as_str(),
+        Some(
+            "stale element reference"
+                | "no such element"
+                | "element click intercepted"
+                | "element not interactable"
+        )
+    )
 }
 
 fn free_port() -> u16 {
@@ -102,6 +126,7 @@ impl Browser {
         let port = free_port();
         let child = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -290,9 +315,27 @@ impl Browser {
         .unwrap_or_default()
     }
 
+    /// Finds the element matching `css` and runs one element command on it (`method`
+    /// `/element/{id}{action}`). The page re-renders under live updates, so an element found a
+    /// moment ago may be gone or covered when the command reaches it: the element is found
+    /// again and the command repeated for up to 5 s.
+    async fn act(&self, css: &str, method: &str, action: &str, body: Option<Value>) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let e = self.wait_for(css, 5).await;
+            let path = format!("/element/{}{action}", e.0);
+            match self.try_cmd(method, &path, body.clone()).await {
+                Ok(v) => return v,
+                Err(err) if is_transient(&err) && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                Err(err) => panic!("{method} {action} on `{css}`: {err}"),
+            }
+        }
+    }
+
     pub async fn text(&self, css: &str) -> String {
-        let e = self.wait_for(css, 5).await;
-        self.cmd("GET", &format!("/element/{}/text", e.0), None)
+        self.act(css, "GET", "/text", None)
             .await
             .as_str()
             .unwrap_or("")
@@ -300,20 +343,13 @@ impl Browser {
     }
 
     pub async fn click(&self, css: &str) {
-        let e = self.wait_for(css, 5).await;
-        self.cmd("POST", &format!("/element/{}/click", e.0), Some(json!({})))
-            .await;
+        self.act(css, "POST", "/click", Some(json!({}))).await;
     }
 
     /// Types into the element (WebDriver key codes allowed, e.g. `\u{E007}` for Enter).
     pub async fn type_into(&self, css: &str, text: &str) {
-        let e = self.wait_for(css, 5).await;
-        self.cmd(
-            "POST",
-            &format!("/element/{}/value", e.0),
-            Some(json!({"text": text})),
-        )
-        .await;
+        self.act(css, "POST", "/value", Some(json!({"text": text})))
+            .await;
     }
 
     /// Presses keys on whatever has the focus (WebDriver actions), e.g. in a terminal whose
@@ -338,9 +374,7 @@ impl Browser {
     }
 
     pub async fn clear(&self, css: &str) {
-        let e = self.wait_for(css, 5).await;
-        self.cmd("POST", &format!("/element/{}/clear", e.0), Some(json!({})))
-            .await;
+        self.act(css, "POST", "/clear", Some(json!({}))).await;
     }
 
     /// Replaces the value of an input.

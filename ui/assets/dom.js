@@ -14,7 +14,7 @@ export function h(tag, props, ...children) {
       if (key === 'class') el.className = Array.isArray(value) ? value.filter(Boolean).join(' ') : value;
       else if (key === 'style') for (const [p, v] of Object.entries(value)) el.style.setProperty(p, v);
       else if (key === 'dataset') Object.assign(el.dataset, value);
-      else if (key.startsWith('on') && typeof value === 'function') el.addEventListener(key.slice(2), value);
+      else if (key.startsWith('on') && typeof value === 'function') on(el, key.slice(2), value);
       else if (key.startsWith('aria-') || key.startsWith('data-') || ATTRIBUTE_ONLY.has(key)) el.setAttribute(key, value === true ? 'true' : String(value));
       else if (key in el) el[key] = value;
       else el.setAttribute(key, value === true ? '' : String(value));
@@ -32,11 +32,82 @@ function append(el, children) {
   }
 }
 
+// Handlers set through `h` go through one listener per event type that calls the element's
+// current handler, so `patch` can keep an element and swap in the handler of its new version.
+function on(el, type, fn) {
+  if (!el.__on) el.__on = {};
+  if (!(type in el.__on)) el.addEventListener(type, (e) => el.__on[type]?.(e));
+  el.__on[type] = fn;
+}
+
 /** Replaces the children of `el`. */
 export function fill(el, ...children) {
   el.replaceChildren();
   append(el, children);
   return el;
+}
+
+/**
+ * Makes the children of `el` look like `children` while keeping the elements that are still
+ * there: a control that did not change stays the same element (a click, a focus or a selection
+ * on it survives a live update). Elements are matched by key (`id`, `data-key` or a
+ * `data-…-id`), otherwise by position when tag and key agree.
+ */
+export function patch(el, ...children) {
+  const next = [];
+  append({ append: (n) => next.push(n) }, children);
+  patchChildren(el, next);
+  return el;
+}
+
+function keyOf(node) {
+  if (node.nodeType !== Node.ELEMENT_NODE) return null;
+  if (node.id) return `#${node.id}`;
+  for (const attr of node.attributes) {
+    if (attr.name === 'data-key' || /^data-[a-z]+-id$/.test(attr.name)) return `${attr.name}=${attr.value}`;
+  }
+  return null;
+}
+
+function sameKind(a, b) {
+  return a.nodeType === b.nodeType && a.nodeName === b.nodeName && keyOf(a) === keyOf(b);
+}
+
+function patchChildren(el, next) {
+  const keyed = new Map();
+  for (const child of el.childNodes) {
+    const key = keyOf(child);
+    if (key) keyed.set(key, child);
+  }
+  next.forEach((want, i) => {
+    const key = keyOf(want);
+    let have = key ? keyed.get(key) : el.childNodes[i];
+    if (key) keyed.delete(key);
+    if (have && have !== want && sameKind(have, want)) morph(have, want);
+    else have = want;
+    if (el.childNodes[i] !== have) el.insertBefore(have, el.childNodes[i] || null);
+  });
+  while (el.childNodes.length > next.length) el.lastChild.remove();
+}
+
+function morph(have, want) {
+  if (have.nodeType !== Node.ELEMENT_NODE) {
+    if (have.nodeValue !== want.nodeValue) have.nodeValue = want.nodeValue;
+    return;
+  }
+  for (const attr of [...have.attributes]) {
+    if (!want.hasAttribute(attr.name)) have.removeAttribute(attr.name);
+  }
+  for (const attr of want.attributes) {
+    if (have.getAttribute(attr.name) !== attr.value) have.setAttribute(attr.name, attr.value);
+  }
+  // Properties that attributes do not carry; what a user is typing is left alone.
+  if ('value' in want && have !== document.activeElement && have.value !== want.value) have.value = want.value;
+  if ('checked' in want && have.checked !== want.checked) have.checked = want.checked;
+  if ('disabled' in want && have.disabled !== want.disabled) have.disabled = want.disabled;
+  for (const [type, fn] of Object.entries(want.__on || {})) on(have, type, fn);
+  for (const type of Object.keys(have.__on || {})) if (!want.__on || !(type in want.__on)) have.__on[type] = undefined;
+  patchChildren(have, [...want.childNodes]);
 }
 
 export function loading(text = 'Loading…') {

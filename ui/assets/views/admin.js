@@ -1,6 +1,6 @@
 // Admin: tokens (a new secret is shown once, with a copy button; revoke), webhooks and their
 // deliveries, and the audit log.
-import { age, badge, confirmDialog, dateTime, empty, errorBox, fill, h, humanize, loading, pager, table, toast } from '../dom.js';
+import { age, badge, confirmDialog, dateTime, empty, errorBox, fill, patch, h, humanize, loading, pager, table, toast } from '../dom.js';
 
 const TABS = [
   { id: 'tokens', label: 'Tokens' },
@@ -97,7 +97,7 @@ async function tokens(root, ctx) {
   async function load() {
     try {
       const data = await api.get('/tokens', { page, pageSize: 50 });
-      fill(list, data.items.length ? [table([
+      patch(list, data.items.length ? [table([
         { label: 'Name', cell: (t) => h('strong', null, t.name) },
         { label: 'Kind', cell: (t) => humanize(t.kind) },
         { label: 'Org', cell: (t) => t.orgId || '—' },
@@ -194,7 +194,7 @@ async function webhooks(root, ctx) {
   async function load() {
     try {
       const data = await api.get('/webhooks');
-      fill(list, data.items.length
+      patch(list, data.items.length
         ? h('div', { class: 'stack' }, data.items.map((hook) => {
           const box = h('div');
           const toggle = h('button', { class: 'btn small', type: 'button', 'aria-expanded': 'false', onclick: () => showDeliveries(hook, box, toggle) }, 'Deliveries');

@@ -1,7 +1,7 @@
 // Overview: what needs a human now (pending approvals first, answerable here; failed sessions;
 // offline runners), then the state of sessions, fleet and rollouts. Everything follows the
 // stream: approvals appear from their `approval_required` frame, the rest reloads on events.
-import { age, badge, debounce, empty, errorBox, fill, h, humanize, loading, meter, number } from '../dom.js';
+import { age, badge, debounce, empty, errorBox, fill, patch, h, humanize, loading, meter, number } from '../dom.js';
 import { ACTIVE_ROLLOUT_STATES, SESSION_STATES, approvalList, rolloutProgress, sessionLink } from './parts.js';
 
 export async function mount(main, ctx) {
@@ -87,7 +87,7 @@ export async function mount(main, ctx) {
       ]);
       const items = [...failed.items, ...timedOut.items].sort((a, b) => b.startedAt.localeCompare(a.startedAt)).slice(0, 5);
       const total = failed.total + timedOut.total;
-      fill(failedBox, items.length
+      patch(failedBox, items.length
         ? [h('ul', { class: 'issue-list' }, items.map((s) => h('li', null,
           h('span', null, sessionLink(s.sessionId), ' ', h('span', { class: 'muted small' }, s.taskSummary || s.repoUrl)),
           h('span', null, badge(s.state), ' ', h('span', { class: 'small muted' }, age(s.completedAt || s.startedAt)))))),
@@ -100,7 +100,7 @@ export async function mount(main, ctx) {
   async function loadOffline() {
     try {
       const page = await api.get('/runners', { status: 'offline', pageSize: 10 });
-      fill(offlineBox, page.items.length
+      patch(offlineBox, page.items.length
         ? h('ul', { class: 'issue-list' }, page.items.map((r) => h('li', null,
           h('span', null, h('strong', null, r.hostname), ' ', h('span', { class: 'muted small' }, r.orgId || 'shared')),
           h('span', { class: 'small muted' }, 'last heartbeat ', age(r.lastHeartbeat)))))
@@ -115,17 +115,17 @@ export async function mount(main, ctx) {
     try {
       const f = await api.get('/fleet');
       const counts = f.sessionsByState || {};
-      fill(statesBox, h('div', { class: 'state-counts', id: 'state-counts' }, SESSION_STATES.map((s) => h('a', {
+      patch(statesBox, h('div', { class: 'state-counts', id: 'state-counts' }, SESSION_STATES.map((s) => h('a', {
         href: `/sessions?state=${s}`, 'data-state': s,
       }, h('span', { class: 'n' }, number(counts[s] ?? 0)), h('span', { class: 's' }, humanize(s))))));
       const cap = f.capacity || { total: 0, used: 0, available: 0 };
-      fill(capacityBox,
+      patch(capacityBox,
         h('div', { class: 'stat' },
           h('span', { class: 'value', id: 'capacity-used' }, `${number(cap.used)} / ${number(cap.total)}`),
           h('span', { class: 'sub' }, 'session slots in use')),
         meter(cap.total ? (cap.used / cap.total) * 100 : 0, 'Capacity used', { big: true }),
         h('p', { class: 'small muted' }, `${number(cap.available)} slots free on online runners.`));
-      fill(runnersBox, h('div', { class: 'grid cols-3 runner-stats' },
+      patch(runnersBox, h('div', { class: 'grid cols-3 runner-stats' },
         [['online', f.online], ['offline', f.offline], ['draining', f.draining]].map(([k, n]) => h('div', { class: 'stat', 'data-runners': k },
           h('span', { class: 'label' }, humanize(k)), h('span', { class: 'value' }, number(n))))));
     } catch (e) {
@@ -140,7 +140,7 @@ export async function mount(main, ctx) {
     try {
       const all = await api.get('/rollouts');
       const active = all.filter((r) => ACTIVE_ROLLOUT_STATES.has(r.state));
-      fill(rolloutsBox, active.length
+      patch(rolloutsBox, active.length
         ? h('div', { class: 'stack' }, active.map((r) => h('div', { 'data-rollout-id': r.rolloutId },
           h('div', { class: 'row' }, h('strong', null, r.targetBuildId), badge(r.state), h('span', { class: 'muted small' }, `${r.channel} channel · started `, age(r.startedAt))),
           rolloutProgress(r))))

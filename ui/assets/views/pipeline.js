@@ -1,7 +1,7 @@
 // Update pipeline (contract §5): rollouts with their stage progress and controls, builds and
 // their status, provider versions, and the org's runtime config. Rollout events on the stream
 // reload what they change.
-import { age, badge, confirmDialog, dateTime, debounce, empty, errorBox, fill, h, humanize, loading, number, pager, table, toast } from '../dom.js';
+import { age, badge, confirmDialog, dateTime, debounce, empty, errorBox, fill, patch, h, humanize, loading, number, pager, table, toast } from '../dom.js';
 import { ACTIVE_ROLLOUT_STATES, PROVIDERS, rolloutProgress } from './parts.js';
 
 const BUILD_STATUSES = ['testing', 'known_good', 'known_bad', 'deprecated'];
@@ -86,7 +86,7 @@ export async function mount(main, ctx) {
     try {
       const all = await api.get('/rollouts');
       all.sort((a, b) => (ACTIVE_ROLLOUT_STATES.has(b.state) - ACTIVE_ROLLOUT_STATES.has(a.state)) || String(b.startedAt).localeCompare(String(a.startedAt)));
-      fill(rolloutsBox, all.length
+      patch(rolloutsBox, all.length
         ? h('div', { class: 'stack', id: 'rollouts' }, all.slice(0, 20).map(rolloutRow))
         : empty('No rollouts yet.', isAdmin ? 'Start one below once a build is registered.' : 'Admins start rollouts.'));
     } catch (e) {
@@ -166,14 +166,12 @@ export async function mount(main, ctx) {
       if (isAdmin) {
         columns.push({
           label: 'Change status', class: 'actions', cell: (b) => {
-            const select = h('select', { 'aria-label': `Status of ${b.buildId}`, 'data-build-status': b.buildId },
+            return h('select', { 'aria-label': `Status of ${b.buildId}`, 'data-build-status': b.buildId, onchange: (e) => setStatus(b, e.target) },
               BUILD_STATUSES.map((s) => h('option', { value: s, selected: s === b.status }, humanize(s))));
-            select.addEventListener('change', () => setStatus(b, select));
-            return select;
           },
         });
       }
-      fill(buildsBox, table(columns, builds, { caption: 'Builds', rowAttrs: (b) => ({ 'data-build-id': b.buildId }) }),
+      patch(buildsBox, table(columns, builds, { caption: 'Builds', rowAttrs: (b) => ({ 'data-build-id': b.buildId }) }),
         pager(data, (p) => { buildsPage = p; loadBuilds(); }));
     } catch (e) {
       fill(buildsBox, errorBox(e, 'Builds could not be loaded'));
@@ -185,7 +183,7 @@ export async function mount(main, ctx) {
     try {
       const lists = await Promise.all(PROVIDERS.map((p) => api.get(`/providers/${p.id}/versions`, { limit: 5 }).then((v) => [p, v])));
       const rows = lists.flatMap(([p, versions]) => versions.map((v) => ({ ...v, label: p.label })));
-      fill(versionsBox, rows.length
+      patch(versionsBox, rows.length
         ? table([
           { label: 'Provider', cell: (v) => v.label },
           { label: 'Version', cell: (v) => h('span', { class: 'mono' }, v.version) },

@@ -1,6 +1,6 @@
 // Runners: status, load, sessions against capacity, provider versions and build, heartbeat
 // age (ticking locally); admins drain, undrain and deregister (with confirmation).
-import { age, badge, confirmDialog, debounce, empty, errorBox, fill, h, humanize, loading, meter, number, pager, table, toast } from '../dom.js';
+import { age, badge, confirmDialog, debounce, empty, errorBox, fill, patch, h, humanize, loading, meter, number, pager, table, toast } from '../dom.js';
 
 const PAGE_SIZE = 50;
 
@@ -71,7 +71,7 @@ export async function mount(main, ctx) {
     try {
       const data = await api.get('/runners', { status, page, pageSize: PAGE_SIZE });
       if (!data.items.length) {
-        fill(body, status ? empty(`No ${status} runners.`, 'Clear the filter to see every runner.')
+        patch(body, status ? empty(`No ${status} runners.`, 'Clear the filter to see every runner.')
           : empty('No runners yet.', 'Runners join with a runner_join token: POST /api/v1/runners/register.'));
         return;
       }
@@ -93,7 +93,7 @@ export async function mount(main, ctx) {
             h('button', { class: 'btn small danger', type: 'button', 'data-action': 'deregister', onclick: () => deregister(r) }, 'Deregister')),
         });
       }
-      fill(body, h('div', { id: 'runners-table' }, table(columns, data.items, { caption: 'Runners', rowAttrs: (r) => ({ 'data-runner-id': r.runnerId, 'data-hostname': r.hostname, 'data-status': r.status }) })),
+      patch(body, h('div', { id: 'runners-table' }, table(columns, data.items, { caption: 'Runners', rowAttrs: (r) => ({ 'data-runner-id': r.runnerId, 'data-hostname': r.hostname, 'data-status': r.status }) })),
         pager(data, (p) => go({ page: String(p) })));
     } catch (e) {
       fill(body, errorBox(e, 'Runners could not be loaded'));

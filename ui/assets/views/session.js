@@ -2,7 +2,7 @@
 // to the runner), state and controls, approvals, the event timeline and usage.
 import { Terminal } from '../../vendor/xterm/xterm.mjs';
 import { FitAddon } from '../../vendor/addon-fit/addon-fit.mjs';
-import { age, badge, confirmDialog, dateTime, debounce, duration, empty, errorBox, fill, h, humanize, loading, number, time, toast } from '../dom.js';
+import { age, badge, confirmDialog, dateTime, debounce, duration, empty, errorBox, fill, h, patch, humanize, loading, number, time, toast } from '../dom.js';
 import { TERMINAL_STATES, approvalList, providerLabel } from './parts.js';
 
 export async function mount(main, ctx) {
@@ -122,10 +122,10 @@ export async function mount(main, ctx) {
   }
 
   function render() {
-    fill(stateBadge, badge(session.state));
+    patch(stateBadge, badge(session.state));
     stateBadge.dataset.state = session.state;
     const ended = TERMINAL_STATES.has(session.state);
-    fill(controls,
+    patch(controls,
       session.state === 'RUNNING' ? act('Pause', 'pause') : null,
       session.state === 'PAUSED_BY_HUMAN' ? act('Resume', 'resume') : null,
       !ended ? act('Stop', 'stop', undefined, 'The agent is told to stop and the session ends as completed. This cannot be undone.') : null);
@@ -134,11 +134,11 @@ export async function mount(main, ctx) {
       : 'Waiting for a runner';
     term.options.disableStdin = ended;
     const u = session.usage || {};
-    fill(usageBox, h('div', { class: 'usage' },
+    patch(usageBox, h('div', { class: 'usage' },
       stat('Tokens in', number(u.tokensIn ?? 0)), stat('Tokens out', number(u.tokensOut ?? 0)),
       stat('API calls', number(u.apiCalls ?? 0)), stat('Compute', duration(u.computeSeconds ?? 0))));
     const env = Object.keys(session.options?.env || {});
-    fill(detailsBox, h('dl', { class: 'kv' },
+    patch(detailsBox, h('dl', { class: 'kv' },
       kv('Org', session.orgId),
       kv('Agent', providerLabel(session.providerId)),
       kv('Repository', h('span', { class: 'mono' }, session.repo?.url)),

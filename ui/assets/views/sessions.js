@@ -1,6 +1,6 @@
 // Sessions of the chosen org: filters by state and provider (kept in the URL), pages, and
 // live updates (a state change or a new session reloads the page shown).
-import { age, badge, debounce, duration, empty, errorBox, fill, h, humanize, loading, pager, table } from '../dom.js';
+import { age, badge, debounce, duration, empty, errorBox, fill, patch, h, humanize, loading, pager, table } from '../dom.js';
 import { PROVIDERS, SESSION_STATES, providerLabel, sessionLink } from './parts.js';
 
 const PAGE_SIZE = 20;
@@ -46,13 +46,13 @@ export async function mount(main, ctx) {
     try {
       const data = await api.get('/sessions', { orgId: org, state, providerId, page, pageSize: PAGE_SIZE });
       if (!data.items.length) {
-        fill(body, state || providerId
+        patch(body, state || providerId
           ? empty('No session matches these filters.', 'Clear the filters to see every session.')
           : empty('No sessions yet.', 'Create one to put an agent to work.'));
         if (data.total) body.append(pager(data, (p) => go({ page: String(p) })));
         return;
       }
-      fill(body,
+      patch(body,
         h('div', { id: 'sessions-table' }, tableOf(data.items)),
         pager(data, (p) => go({ page: String(p) })));
     } catch (e) {

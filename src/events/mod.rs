@@ -1,0 +1,115 @@
+//! The internal event bus. Domain code records events inside its write transaction; the store
+//! publishes them here only after the transaction is durable, in commit order. The WebSocket
+//! stream, webhooks and the dashboard consume them.
+//!
+//! Two things ride beside the broadcast because they must never be lost to a lagging reader:
+//! runner commands go straight to the connected runner's channel, and events that may let a
+//! queued session run wake the scheduler.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::{Notify, broadcast, mpsc};
+use uuid::Uuid;
+
+use crate::runners::model::OutboxEntry;
+
+pub mod model;
+pub use model::{BusEvent, FLEET_EVENTS, SESSION_EVENTS, is_public};
+
+/// Events after which a queued session may find a runner.
+const SCHEDULING_EVENTS: &[&str] = &[
+    "session_created",
+    "session_requeued",
+    "session_completed",
+    "session_failed",
+    "runner_registered",
+    "runner_online",
+    "runner_undrained",
+];
+
+/// Where a connected runner's channel receives its new commands.
+pub type CommandSender = mpsc::UnboundedSender<Arc<OutboxEntry>>;
+
+#[derive(Clone)]
+pub struct EventBus {
+    tx: broadcast::Sender<Arc<BusEvent>>,
+    channels: Arc<RwLock<HashMap<Uuid, (u64, CommandSender)>>>,
+    scheduler: Arc<Notify>,
+    /// A wake-up is already pending: a burst of events wakes the scheduler once.
+    scheduler_pending: Arc<AtomicBool>,
+}
+
+impl EventBus {
+    pub fn new(capacity: usize) -> Self {
+        let (tx, _) = broadcast::channel(capacity);
+        Self {
+            tx,
+            channels: Arc::default(),
+            scheduler: Arc::new(Notify::new()),
+            scheduler_pending: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub fn publish(&self, event: BusEvent) {
+        // Work only goes to runners with a connected channel: with none there is nothing to
+        // schedule (a channel that connects kicks the scheduler itself).
+        if SCHEDULING_EVENTS.contains(&event.name) && self.any_runner_attached() {
+            self.kick_scheduler();
+        }
+        // No subscriber is not an error: events are also kept per session in the store.
+        let _ = self.tx.send(Arc::new(event));
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<BusEvent>> {
+        self.tx.subscribe()
+    }
+
+    pub fn kick_scheduler(&self) {
+        if !self.scheduler_pending.swap(true, Ordering::AcqRel) {
+            self.scheduler.notify_one();
+        }
+    }
+
+    /// Waits for a kick and clears it, so kicks during the pass that follows wake it again.
+    /// Yields once first, so that a burst of events from one commit costs one wake-up.
+    pub async fn scheduler_kicked(&self) {
+        self.scheduler.notified().await;
+        tokio::task::yield_now().await;
+        self.scheduler_pending.store(false, Ordering::Release);
+    }
+
+    fn any_runner_attached(&self) -> bool {
+        let channels = self.channels.read().unwrap_or_else(|p| p.into_inner());
+        !channels.is_empty()
+    }
+
+    /// Hands a committed command to its runner's live channel, if one is connected. The command
+    /// is in the outbox either way, so a runner that is away gets it when it reconnects.
+    pub fn publish_command(&self, entry: OutboxEntry) {
+        let channels = self.channels.read().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, tx)) = channels.get(&entry.runner_id) {
+            let _ = tx.send(Arc::new(entry));
+        }
+    }
+
+    /// Registers a runner's live channel; a newer connection replaces an older one.
+    pub fn attach_runner(&self, runner: Uuid, connection: u64, tx: CommandSender) {
+        let mut channels = self.channels.write().unwrap_or_else(|p| p.into_inner());
+        channels.insert(runner, (connection, tx));
+    }
+
+    /// Removes the channel, unless a newer connection already took its place.
+    pub fn detach_runner(&self, runner: Uuid, connection: u64) {
+        let mut channels = self.channels.write().unwrap_or_else(|p| p.into_inner());
+        if channels.get(&runner).is_some_and(|(c, _)| *c == connection) {
+            channels.remove(&runner);
+        }
+    }
+
+    pub fn is_attached(&self, runner: Uuid) -> bool {
+        let channels = self.channels.read().unwrap_or_else(|p| p.into_inner());
+        channels.contains_key(&runner)
+    }
+}
