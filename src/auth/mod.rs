@@ -2,55 +2,20 @@
 //! only their SHA-256 is stored. Active tokens are mirrored in memory so that authenticating a
 //! request never touches the disk.
 
+pub mod model;
+
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::clock::{Millis, SharedClock, SharedIds};
+use crate::clock::{SharedClock, SharedIds};
 use crate::error::{Conflict, DomainError, DomainResult, Entity, Issue};
 use crate::paging::{Page, PageRequest};
-use crate::store::{Reads, Store};
+use crate::store::Store;
+pub use model::{TokenKind, TokenRecord};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum TokenKind {
-    Admin,
-    Org,
-    RunnerJoin,
-    Runner,
-}
-
-impl TokenKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Admin => "admin",
-            Self::Org => "org",
-            Self::RunnerJoin => "runner_join",
-            Self::Runner => "runner",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [Self::Admin, Self::Org, Self::RunnerJoin, Self::Runner]
-            .into_iter()
-            .find(|k| k.as_str() == s)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TokenRecord {
-    pub id: Uuid,
-    pub kind: TokenKind,
-    pub name: String,
-    pub org_id: Option<String>,
-    /// For `runner` tokens: the runner they belong to.
-    pub runner_id: Option<Uuid>,
-    pub hash: [u8; 32],
-    pub created_at: Millis,
-    pub revoked_at: Option<Millis>,
-}
 
 /// The caller as handlers receive it: shared, so passing it around copies a pointer.
 pub type Caller = Arc<Principal>;

@@ -113,3 +113,13 @@ impl EventBus {
         channels.contains_key(&runner)
     }
 }
+
+impl crate::store::Publisher for EventBus {
+    fn publish_command(&self, command: OutboxEntry) {
+        EventBus::publish_command(self, command);
+    }
+
+    fn publish(&self, event: BusEvent) {
+        EventBus::publish(self, event);
+    }
+}

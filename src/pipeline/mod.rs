@@ -30,7 +30,7 @@ use crate::events::{BusEvent, EventBus};
 use crate::paging::{Page, PageRequest};
 use crate::runners::{RunnerBuild, RunnerService};
 use crate::sessions::model::Provider;
-use crate::store::{Store, WriteCtx, load_pipeline};
+use crate::store::{Store, WriteTxn};
 use model::*;
 
 /// The build a runner is told to run.
@@ -104,7 +104,7 @@ impl PipelineService {
         cfg: &PipelineConfig,
     ) -> DomainResult<Self> {
         let state = store
-            .read(|r| load_pipeline(r).map_err(DomainError::from))
+            .read(|r| r.load_pipeline().map_err(DomainError::from))
             .await?;
         Ok(Self {
             store,
@@ -709,7 +709,7 @@ impl Records {
         }
     }
 
-    fn write(&self, w: &mut WriteCtx<'_>) -> DomainResult<()> {
+    fn write(&self, w: &mut dyn WriteTxn) -> DomainResult<()> {
         for v in &self.versions {
             w.put_version(v)?;
         }

@@ -24,7 +24,7 @@ use crate::events::{BusEvent, EventBus};
 use crate::paging::{Page, PageRequest};
 use crate::sessions::model::{Provider, SessionState};
 use crate::sessions::{Release, SessionService};
-use crate::store::{Reads, Store};
+use crate::store::Store;
 use model::*;
 
 /// A runner as the API shows it.
@@ -890,7 +890,7 @@ impl RunnerService {
         let removed = self
             .store
             .write(move |w| {
-                w.remove_commands(runner, |e| e.message_id == message_id)
+                w.remove_commands(runner, &mut |e| e.message_id == message_id)
                     .map_err(DomainError::from)
             })
             .await?;

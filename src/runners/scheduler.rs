@@ -12,7 +12,7 @@ use super::RunnerService;
 use super::model::RunnerRecord;
 use crate::error::DomainError;
 use crate::sessions::{self, model::Session};
-use crate::store::{Reads, Store};
+use crate::store::Store;
 
 /// How many sessions one pass assigns at most (the next pass follows at once).
 const PASS_SIZE: usize = 256;

@@ -18,7 +18,8 @@ use crate::error::{Conflict, DomainError, DomainResult, Entity, Limit};
 use crate::events::BusEvent;
 use crate::paging::{Page, PageRequest};
 use crate::runners::model::RunnerCommand;
-use crate::store::{Reads, Store, Timer, TimerKind, WriteCtx};
+use crate::store::{ReadTxn, Store, WriteTxn};
+use model::{Timer, TimerKind};
 use model::*;
 
 /// Events kept in a session detail's `recentEvents`.
@@ -143,7 +144,7 @@ fn authorize_runner(p: &Principal, s: &Session, assignment: Option<Uuid>) -> Dom
     }
 }
 
-fn load(w: &impl Reads, p: &Principal, id: Uuid, access: Access) -> DomainResult<Session> {
+fn load(w: &dyn ReadTxn, p: &Principal, id: Uuid, access: Access) -> DomainResult<Session> {
     let session = w
         .get_session(id)?
         .ok_or(DomainError::NotFound(Entity::Session))?;
@@ -151,7 +152,7 @@ fn load(w: &impl Reads, p: &Principal, id: Uuid, access: Access) -> DomainResult
     Ok(session)
 }
 
-fn view(r: &impl Reads, session: Session) -> DomainResult<SessionView> {
+fn view(r: &dyn ReadTxn, session: Session) -> DomainResult<SessionView> {
     let recent_events = r.recent_events(session.id, RECENT_EVENTS)?;
     let pending_approvals = r
         .approvals(session.id)?
@@ -336,7 +337,7 @@ impl SessionService {
         f: F,
     ) -> DomainResult<SessionView>
     where
-        F: FnOnce(&mut WriteCtx<'_>, &mut Session, Millis, Rules) -> DomainResult<()>
+        F: FnOnce(&mut dyn WriteTxn, &mut Session, Millis, Rules) -> DomainResult<()>
             + Send
             + 'static,
     {
@@ -675,14 +676,14 @@ impl SessionService {
                     )));
                 }
                 // What is stored ends where the last chunk ends: no session rewrite per chunk.
-                let last = w.find_output_back(id, |_| true)?;
+                let last = w.find_output_back(id, &mut |_| true)?;
                 let held = last.as_ref().map_or(0, |c| c.offset + c.data.len() as u64);
                 let len = data.len() as u64;
                 match offset {
                     Some(o) if o == held => {}
                     None => {}
                     Some(o) if o < held && o + len <= held => {
-                        let repeat = w.find_output_back(id, |c| c.offset <= o)?;
+                        let repeat = w.find_output_back(id, &mut |c| c.offset <= o)?;
                         return match repeat {
                             Some(c) if c.offset == o && c.data == data && c.stream == stream => {
                                 Ok(c.seq)
@@ -747,7 +748,7 @@ fn offset_mismatch(held: u64) -> DomainError {
 
 /// Records a session event in its timeline and publishes it on the bus.
 fn record(
-    w: &mut WriteCtx<'_>,
+    w: &mut dyn WriteTxn,
     s: &Session,
     kind: &'static str,
     summary: String,
@@ -770,7 +771,7 @@ fn record(
 /// The one way a session changes state: checks the transition, records it, and applies what
 /// follows from it (timeout timer, approvals closed, purge timer).
 fn change_state(
-    w: &mut WriteCtx<'_>,
+    w: &mut dyn WriteTxn,
     s: &mut Session,
     to: SessionState,
     cause: Cause,
@@ -833,7 +834,7 @@ fn change_state(
         if let Some(command) = command {
             if from == SessionState::Queued {
                 // Never started there: withdraw the assignment instead of stopping it.
-                w.remove_commands(runner, |e| {
+                w.remove_commands(runner, &mut |e| {
                     matches!(e.command, RunnerCommand::AssignSession { session_id, .. } if session_id == s.id)
                 })?;
             }
@@ -896,7 +897,7 @@ fn timeout_timer(s: &Session) -> Timer {
 
 /// Marks one approval resolved (no session state change).
 fn close_approval(
-    w: &mut WriteCtx<'_>,
+    w: &mut dyn WriteTxn,
     s: &Session,
     mut approval: Approval,
     decision: Decision,
@@ -946,7 +947,7 @@ fn close_approval(
 /// Resolves an approval; when none is left pending the session returns to RUNNING.
 #[allow(clippy::too_many_arguments)]
 fn resolve(
-    w: &mut WriteCtx<'_>,
+    w: &mut dyn WriteTxn,
     s: &mut Session,
     approval: Approval,
     decision: Decision,
@@ -968,7 +969,7 @@ fn resolve(
 }
 
 /// What a due timer does. A timer whose condition no longer holds does nothing.
-fn fire(w: &mut WriteCtx<'_>, timer: Timer, now: Millis, rules: Rules) -> DomainResult<()> {
+fn fire(w: &mut dyn WriteTxn, timer: Timer, now: Millis, rules: Rules) -> DomainResult<()> {
     let Some(mut s) = w.get_session(timer.session_id)? else {
         return Ok(());
     };
@@ -1031,7 +1032,7 @@ fn lapse_timer(session: Uuid, assigned_at: Millis, assignment: Uuid) -> Timer {
 
 /// Gives a QUEUED session to a runner under a new assignment (the scheduler's decision).
 pub fn assign(
-    w: &mut WriteCtx<'_>,
+    w: &mut dyn WriteTxn,
     s: &mut Session,
     runner: Uuid,
     assignment: Uuid,
@@ -1071,14 +1072,14 @@ pub fn assign(
 }
 
 /// Takes a QUEUED session back from its runner; it waits for the next one.
-fn unassign(w: &mut WriteCtx<'_>, s: &mut Session, why: &str, now: Millis) -> DomainResult<()> {
+fn unassign(w: &mut dyn WriteTxn, s: &mut Session, why: &str, now: Millis) -> DomainResult<()> {
     let Some(runner) = s.runner_id else {
         return Ok(());
     };
     if let (Some(at), Some(a)) = (s.assigned_at, s.assignment_id) {
         w.clear_timer(lapse_timer(s.id, at, a))?;
     }
-    w.remove_commands(runner, |e| {
+    w.remove_commands(runner, &mut |e| {
         matches!(e.command, RunnerCommand::AssignSession { session_id, .. } if session_id == s.id)
     })?;
     s.runner_id = None;
@@ -1109,7 +1110,7 @@ impl SessionService {
     /// fail. Runs inside the caller's write job.
     pub fn release_runner_sessions(
         &self,
-        w: &mut WriteCtx<'_>,
+        w: &mut dyn WriteTxn,
         runner: Uuid,
         why: Release,
         now: Millis,
@@ -1119,7 +1120,7 @@ impl SessionService {
 }
 
 fn release_runner_sessions(
-    w: &mut WriteCtx<'_>,
+    w: &mut dyn WriteTxn,
     runner: Uuid,
     why: Release,
     now: Millis,

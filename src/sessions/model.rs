@@ -325,6 +325,37 @@ pub struct OutputChunk {
     pub offset: u64,
 }
 
+/// Timers the sweeper acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum TimerKind {
+    SessionTimeout = 1,
+    ApprovalExpiry = 2,
+    SessionPurge = 3,
+    /// An assignment the runner did not confirm in time goes back to the queue.
+    AssignmentLapse = 4,
+}
+
+impl TimerKind {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::SessionTimeout),
+            2 => Some(Self::ApprovalExpiry),
+            3 => Some(Self::SessionPurge),
+            4 => Some(Self::AssignmentLapse),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timer {
+    pub due: Millis,
+    pub kind: TimerKind,
+    pub session_id: Uuid,
+    pub other_id: Uuid,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,15 +6,15 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::StoreError;
-use crate::audit::AuditEntry;
-use crate::auth::TokenRecord;
+use super::engine::StoreError;
+use crate::audit::model::AuditEntry;
+use crate::auth::model::TokenRecord;
 use crate::pipeline::model::{
     BuildRecord, ChannelRecord, OrgRuntimeConfig, Rollout, VersionRecord,
 };
 use crate::runners::model::{Liveness, OutboxEntry, RunnerRecord};
 use crate::sessions::model::{Approval, OutputChunk, Session, SessionEvent};
-use crate::webhooks::{Delivery, Webhook};
+use crate::webhooks::model::{Delivery, Webhook};
 
 /// A type stored as a value, with the version of its current encoding.
 pub trait Record: Serialize + DeserializeOwned {

@@ -4,7 +4,7 @@
 
 use redb::{Database, ReadableDatabase, WriteTransaction};
 
-use super::StoreError;
+use super::engine::StoreError;
 use super::tables::*;
 
 type Migration = fn(&WriteTransaction) -> Result<(), StoreError>;

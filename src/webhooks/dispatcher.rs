@@ -11,7 +11,6 @@ use super::{
 };
 use crate::error::DomainError;
 use crate::events::EventBus;
-use crate::store::Reads;
 
 /// Attempts in flight at once.
 const CONCURRENCY: usize = 16;

@@ -4,41 +4,23 @@
 //! restart. Only `http://` targets are supported (no TLS stack is built in).
 
 pub mod client;
+pub mod model;
 pub mod dispatcher;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::auth::{Principal, TokenKind};
-use crate::clock::{Millis, SharedClock, SharedIds, format_ms};
+use crate::clock::{SharedClock, SharedIds, format_ms};
 use crate::error::{DomainError, DomainResult, Entity, Issue};
 use crate::events::BusEvent;
-use crate::store::{Reads, Store};
+use crate::store::Store;
+pub use model::{Delivery, DeliveryStatus, FIRST_RETRY_MS, LOG_SIZE, MAX_ATTEMPTS, Webhook};
 
-/// Attempts before a delivery is marked failed.
-pub const MAX_ATTEMPTS: u32 = 8;
-/// The first retry waits this long; each later one twice the one before.
-pub const FIRST_RETRY_MS: i64 = 1_000;
-/// Deliveries kept per webhook for its log.
-pub const LOG_SIZE: usize = 100;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Webhook {
-    pub id: Uuid,
-    pub url: String,
-    /// Event names, or `*` for all.
-    pub events: Vec<String>,
-    /// `None`: every org's events (admin webhooks only).
-    pub org_id: Option<String>,
-    /// Kept to sign deliveries; never returned.
-    pub secret: Option<String>,
-    pub created_at: Millis,
-}
 
 impl Webhook {
     fn wants(&self, event: &BusEvent) -> bool {
@@ -51,37 +33,6 @@ impl Webhook {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum DeliveryStatus {
-    Pending,
-    Delivered,
-    Failed,
-}
-
-impl DeliveryStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Delivered => "delivered",
-            Self::Failed => "failed",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Delivery {
-    pub id: Uuid,
-    pub webhook_id: Uuid,
-    pub event: String,
-    /// The exact body posted on every attempt (so the signature and `id` never change).
-    pub body: String,
-    pub status: DeliveryStatus,
-    pub attempts: u32,
-    pub last_status_code: Option<u16>,
-    pub last_attempt_at: Option<Millis>,
-    pub next_attempt_at: Millis,
-    pub created_at: Millis,
-}
 
 /// Backoff before attempt `attempts + 1`.
 pub fn retry_delay_ms(attempts: u32) -> i64 {
@@ -340,6 +291,8 @@ impl WebhookService {
             .write(move |w| {
                 for d in &deliveries {
                     w.put_delivery(d, None)?;
+                    // Each webhook keeps twice its log size of finished deliveries.
+                    w.trim_deliveries(d.webhook_id, LOG_SIZE * 2)?;
                 }
                 Ok::<_, DomainError>(())
             })

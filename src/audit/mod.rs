@@ -3,30 +3,19 @@
 //! state never disagree. High-volume data streams (terminal output, heartbeats, usage figures)
 //! are data, not decisions, and are not audited.
 
-use serde::{Deserialize, Serialize};
-use uuid::Uuid;
+pub mod model;
+
 
 use crate::auth::Principal;
 use crate::clock::Millis;
 use crate::error::DomainResult;
-use crate::store::{Reads, Store, WriteCtx};
+use crate::store::{Store, WriteTxn};
+pub use model::AuditEntry;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AuditEntry {
-    pub seq: u64,
-    pub at: Millis,
-    /// `None` when authentication is off (every caller is an anonymous admin) or for the system.
-    pub token_id: Option<Uuid>,
-    pub kind: String,
-    pub name: String,
-    pub action: String,
-    pub target: String,
-    pub org_id: Option<String>,
-}
 
 /// Appends an entry for `who` doing `action` to `target`, inside the caller's write job.
 pub fn record(
-    w: &mut WriteCtx<'_>,
+    w: &mut dyn WriteTxn,
     who: &Principal,
     action: &str,
     target: impl ToString,
@@ -59,7 +48,7 @@ pub fn entry(
 
 /// Appends an entry for something the server decided by itself (automation, health verdicts).
 pub fn record_system(
-    w: &mut WriteCtx<'_>,
+    w: &mut dyn WriteTxn,
     action: &str,
     target: impl ToString,
     at: Millis,

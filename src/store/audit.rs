@@ -1,0 +1,51 @@
+//! Storage of the audit log, numbered in commit order.
+
+use redb::ReadableTable;
+
+use super::codec::{decode, encode};
+use super::engine::{StoreResult, Tables, WriteCtx};
+use super::tables::*;
+use crate::audit::model::AuditEntry;
+
+pub trait AuditReads {
+    /// Audit entries after `after`, oldest first.
+    fn audit_after(&self, after: u64, limit: usize) -> StoreResult<Vec<AuditEntry>>;
+}
+
+pub trait AuditWrites: AuditReads {
+    /// Appends an audit entry with the next sequence number.
+    fn append_audit(&mut self, entry: AuditEntry) -> StoreResult<u64>;
+}
+
+impl<T: Tables> AuditReads for T {
+    fn audit_after(&self, after: u64, limit: usize) -> StoreResult<Vec<AuditEntry>> {
+        let t = self.table(AUDIT)?;
+        let mut out = Vec::new();
+        if after == u64::MAX {
+            return Ok(out);
+        }
+        for entry in t.range(after + 1..)?.take(limit) {
+            out.push(decode(entry?.1.value())?);
+        }
+        Ok(out)
+    }
+}
+
+impl AuditWrites for WriteCtx<'_> {
+    fn append_audit(&mut self, mut entry: AuditEntry) -> StoreResult<u64> {
+        self.writes += 1;
+        let last = match self.audit_seq {
+            Some(seq) => seq,
+            None => self
+                .hot_audit()?
+                .last()?
+                .map(|(k, _)| k.value())
+                .unwrap_or(0),
+        };
+        entry.seq = last + 1;
+        let bytes = encode(&entry)?;
+        self.hot_audit()?.insert(entry.seq, bytes.as_slice())?;
+        self.audit_seq = Some(entry.seq);
+        Ok(entry.seq)
+    }
+}

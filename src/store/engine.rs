@@ -1,0 +1,572 @@
+//! The redb engine: the writer thread with group commit, read snapshots, and the transaction
+//! contexts that the per-area storage traits are implemented on.
+//!
+//! Durability policy: every write goes through one writer thread. It takes all the write jobs
+//! waiting at that moment, runs them one after another in a single write transaction and commits
+//! it with `Durability::Immediate` (fsync) before any of their callers hears back. So everything
+//! acknowledged is on disk, and concurrent writers share one fsync (group commit): throughput
+//! grows with concurrency. Events recorded by a job are published on the bus after the commit,
+//! in commit order. A job that fails leaves no writes behind (jobs check before they write), so
+//! it does not disturb the others in its batch; a storage failure fails the whole batch.
+//!
+//! The writer is the one serial step every write waits for, so it does as little as it can: the
+//! tables of the session paths stay open for the whole batch (`hot_tables!`), sequence numbers
+//! already known in the batch are not looked up again, and a committed batch is handed to a
+//! runtime task that wakes its callers and publishes its events (in commit order) while the
+//! writer starts on the next batch.
+//!
+//! Reads run on the blocking pool, each in its own read transaction (a consistent snapshot).
+//! No redb call ever runs on the async reactor.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+
+use redb::{
+    Database, Key, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, Table,
+    TableDefinition, TableHandle, Value, WriteTransaction,
+};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use super::codec::{self, decode};
+use super::migrations;
+use super::tables::*;
+use super::{ReadTxn, WriteTxn};
+use crate::clock::Millis;
+use crate::events::model::BusEvent;
+use crate::runners::model::OutboxEntry;
+use crate::sessions::model::SessionEvent;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(Box<redb::Error>),
+    #[error("stored {0} could not be decoded")]
+    Corrupt(String),
+    #[error("value could not be encoded: {0}")]
+    Encode(String),
+    #[error("database schema version {found} is newer than this binary supports ({supported})")]
+    NewerSchema { found: u64, supported: u64 },
+    #[error("the store is shut down")]
+    Closed,
+    #[error("a write job panicked")]
+    Panicked,
+    #[error("the write batch was abandoned: a job failed after writing")]
+    Abandoned,
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(Box::new(e.into()))
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+impl StoreError {
+    /// For replying to several waiters with the same failure.
+    fn duplicate(&self) -> StoreError {
+        match self {
+            StoreError::Corrupt(s) => StoreError::Corrupt(s.clone()),
+            StoreError::Encode(s) => StoreError::Encode(s.clone()),
+            StoreError::NewerSchema { found, supported } => StoreError::NewerSchema {
+                found: *found,
+                supported: *supported,
+            },
+            StoreError::Closed => StoreError::Closed,
+            StoreError::Panicked => StoreError::Panicked,
+            StoreError::Abandoned => StoreError::Abandoned,
+            StoreError::Db(e) => StoreError::Corrupt(format!("write failed: {e}")),
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+
+/// Where a committed batch's effects go: runner commands to the runners' live channels, events
+/// to their subscribers. Called in commit order, only for durable batches.
+pub trait Publisher: Send + Sync + 'static {
+    fn publish_command(&self, command: OutboxEntry);
+    fn publish(&self, event: BusEvent);
+}
+
+/// What a write job does besides writing: events published once its transaction is durable.
+pub trait Effects {
+    /// Publishes `event` once this transaction is durable (and never if the job fails).
+    fn emit(&mut self, event: BusEvent);
+}
+
+type Finish = Box<dyn FnOnce(StoreResult<()>) + Send>;
+type Job = Box<dyn FnOnce(&mut WriteCtx<'_>) -> Finish + Send>;
+
+/// Counters of the writer, for benchmarks and metrics.
+#[derive(Default)]
+pub struct WriterStats {
+    pub commits: AtomicU64,
+    pub jobs: AtomicU64,
+    /// Time spent running jobs, and in `commit()` (page writes + fsync), in microseconds.
+    pub job_micros: AtomicU64,
+    pub commit_micros: AtomicU64,
+    /// Time batches spent waiting for more jobs (`LINGER`), in microseconds.
+    pub linger_micros: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    jobs: mpsc::Sender<Job>,
+    pub stats: Arc<WriterStats>,
+}
+
+const MAX_BATCH: usize = 4096;
+/// Batches at least this large, but smaller than the one before, wait up to `LINGER` for more
+/// jobs before committing.
+const LINGER_MIN_BATCH: usize = 4;
+const LINGER: std::time::Duration = std::time::Duration::from_micros(150);
+
+impl Store {
+    /// Opens (or creates) the database file, migrates it and starts the writer thread.
+    pub fn open(path: &Path, publisher: impl Publisher) -> StoreResult<Store> {
+        let bus: Arc<dyn Publisher> = Arc::new(publisher);
+        let db = Database::create(path)?;
+        migrations::migrate(&db)?;
+        let db = Arc::new(db);
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let stats = Arc::new(WriterStats::default());
+        let writer_db = db.clone();
+        let writer_stats = stats.clone();
+        // Inside a runtime, a task tells each batch's callers and the bus, so the writer goes
+        // on to the next batch after one hand-over instead of waking every caller itself.
+        let deliverer = tokio::runtime::Handle::try_current().ok().map(|runtime| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Outcome>();
+            let bus = bus.clone();
+            runtime.spawn(async move {
+                while let Some(outcome) = rx.recv().await {
+                    outcome.deliver(&*bus);
+                }
+            });
+            tx
+        });
+        std::thread::Builder::new()
+            .name("village-store-writer".into())
+            .spawn(move || writer_loop(&writer_db, &rx, &*bus, deliverer, &writer_stats))
+            .map_err(|e| StoreError::Db(Box::new(e.into())))?;
+        Ok(Store { db, jobs, stats })
+    }
+
+    /// Runs `f` in a write transaction, committed durably before this returns `Ok`.
+    /// `f` must check everything before it writes anything: an `Err` from it is passed to the
+    /// caller and the batch goes on without its writes.
+    pub async fn write<R, E, F>(&self, f: F) -> Result<R, E>
+    where
+        F: FnOnce(&mut dyn WriteTxn) -> Result<R, E> + Send + 'static,
+        R: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        self.write_in(move |ctx: &mut WriteCtx<'_>| f(ctx)).await
+    }
+
+    /// `write` on the engine's own transaction type (for the engine's housekeeping).
+    async fn write_in<R, E, F>(&self, f: F) -> Result<R, E>
+    where
+        F: FnOnce(&mut WriteCtx<'_>) -> Result<R, E> + Send + 'static,
+        R: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<Result<R, E>>();
+        let job: Job = Box::new(move |ctx: &mut WriteCtx<'_>| {
+            let marks = (ctx.events.len(), ctx.commands.len(), ctx.writes);
+            let outcome = f(ctx);
+            ctx.followed = None;
+            if outcome.is_err() {
+                ctx.events.truncate(marks.0);
+                ctx.commands.truncate(marks.1);
+                // Jobs check before they write; one that failed after writing (a storage
+                // error, a bug) may have left half a change: the batch is abandoned.
+                if ctx.writes != marks.2 {
+                    ctx.poisoned = true;
+                }
+            }
+            Box::new(move |commit: StoreResult<()>| {
+                let reply = match (outcome, commit) {
+                    (Err(e), _) => Err(e),
+                    (Ok(v), Ok(())) => Ok(v),
+                    (Ok(_), Err(e)) => Err(E::from(e)),
+                };
+                let _ = tx.send(reply);
+            }) as Finish
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| E::from(StoreError::Closed))?;
+        rx.await.map_err(|_| E::from(StoreError::Closed))?
+    }
+
+    /// Runs `f` on a read snapshot, on the blocking pool.
+    pub async fn read<R, E, F>(&self, f: F) -> Result<R, E>
+    where
+        F: FnOnce(&dyn ReadTxn) -> Result<R, E> + Send + 'static,
+        R: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(StoreError::from)?;
+            f(&ReadCtx { txn })
+        })
+        .await
+        .map_err(|_| E::from(StoreError::Panicked))?
+    }
+
+    /// `/readyz`: the database answers a read and takes a durable write.
+    pub async fn check_ready(&self, now: Millis) -> StoreResult<()> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read()?;
+            ReadCtx { txn }.table(META).map(|_| ())
+        })
+        .await
+        .map_err(|_| StoreError::Panicked)??;
+        self.write_in(move |w| {
+            let mut meta = w.open_mut(META)?;
+            meta.insert("last_ready_check_ms", now.max(0) as u64)?;
+            Ok::<_, StoreError>(())
+        })
+        .await
+    }
+}
+
+fn writer_loop(
+    db: &Database,
+    rx: &mpsc::Receiver<Job>,
+    bus: &dyn Publisher,
+    deliverer: Option<tokio::sync::mpsc::UnboundedSender<Outcome>>,
+    stats: &WriterStats,
+) {
+    let mut last_batch = 0;
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        // Under concurrency, linger a moment for more writers: one more job in this batch
+        // costs far less than a commit of its own (commit_delay, as databases call it).
+        // A lone writer never waits, and neither does a batch that is already as large as the
+        // last one: when writers queue up behind the commits anyway, waiting only adds a pause
+        // to every cycle.
+        if batch.len() >= LINGER_MIN_BATCH && batch.len() < last_batch {
+            let lingered = std::time::Instant::now();
+            let deadline = lingered + LINGER;
+            while batch.len() < last_batch.min(MAX_BATCH) {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            stats
+                .linger_micros
+                .fetch_add(lingered.elapsed().as_micros() as u64, Ordering::Relaxed);
+        }
+        last_batch = batch.len();
+        let count = batch.len() as u64;
+        let (finishes, result, committed) = run_batch(db, batch, stats);
+        stats.commits.fetch_add(1, Ordering::Relaxed);
+        stats.jobs.fetch_add(count, Ordering::Relaxed);
+        let outcome = Outcome {
+            finishes,
+            result,
+            committed,
+            jobs: count,
+        };
+        // Batches are handed over in commit order and delivered one after another, so events
+        // still reach the bus in commit order.
+        match &deliverer {
+            Some(tx) => {
+                if let Err(returned) = tx.send(outcome) {
+                    // The runtime is gone: tell whoever is left from here.
+                    returned.0.deliver(bus);
+                }
+            }
+            None => outcome.deliver(bus),
+        }
+    }
+}
+
+/// A batch's result, to be told to its callers, the runners' channels and the bus.
+struct Outcome {
+    finishes: Vec<Finish>,
+    result: StoreResult<()>,
+    committed: Committed,
+    jobs: u64,
+}
+
+impl Outcome {
+    fn deliver(self, bus: &dyn Publisher) {
+        let Outcome {
+            finishes,
+            result,
+            committed,
+            jobs,
+        } = self;
+        // Callers first (they are waiting), then the runners' channels and the bus.
+        for finish in finishes {
+            finish(match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(e.duplicate()),
+            });
+        }
+        match &result {
+            Ok(()) => {
+                for command in committed.commands {
+                    bus.publish_command(command);
+                }
+                for event in committed.events {
+                    bus.publish(event);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, jobs, "write batch failed"),
+        }
+    }
+}
+
+fn run_batch(
+    db: &Database,
+    batch: Vec<Job>,
+    stats: &WriterStats,
+) -> (Vec<Finish>, StoreResult<()>, Committed) {
+    let started = std::time::Instant::now();
+    let mut finishes = Vec::with_capacity(batch.len());
+    let txn = match db.begin_write() {
+        Ok(t) => t,
+        // No job ran; dropping them tells each caller the store failed.
+        Err(e) => return (finishes, Err(e.into()), Committed::default()),
+    };
+    let mut ctx = WriteCtx {
+        txn: &txn,
+        hot: HotTables::default(),
+        events: Vec::new(),
+        commands: Vec::new(),
+        event_seqs: HashMap::new(),
+        audit_seq: None,
+        followed: None,
+        writes: 0,
+        poisoned: false,
+    };
+    let mut panicked = false;
+    for job in batch {
+        if panicked {
+            // The transaction may hold half a job: none of the batch is committed.
+            drop(job);
+            continue;
+        }
+        match catch_unwind(AssertUnwindSafe(|| job(&mut ctx))) {
+            Ok(finish) => finishes.push(finish),
+            Err(_) => {
+                tracing::error!("a write job panicked; its batch is abandoned");
+                panicked = true;
+            }
+        }
+    }
+    let committed = Committed {
+        events: std::mem::take(&mut ctx.events),
+        commands: std::mem::take(&mut ctx.commands),
+    };
+    let poisoned = ctx.poisoned;
+    drop(ctx);
+    if poisoned && !panicked {
+        tracing::error!("a write job failed after writing; its batch is abandoned");
+        let _ = txn.abort();
+        return (finishes, Err(StoreError::Abandoned), Committed::default());
+    }
+    if panicked {
+        let _ = txn.abort();
+        return (finishes, Err(StoreError::Panicked), Committed::default());
+    }
+    let jobs_done = std::time::Instant::now();
+    let outcome = txn.commit();
+    stats
+        .job_micros
+        .fetch_add((jobs_done - started).as_micros() as u64, Ordering::Relaxed);
+    stats
+        .commit_micros
+        .fetch_add(jobs_done.elapsed().as_micros() as u64, Ordering::Relaxed);
+    match outcome {
+        Ok(()) => (finishes, Ok(()), committed),
+        Err(e) => (finishes, Err(e.into()), Committed::default()),
+    }
+}
+
+/// What a batch makes known once it is durable.
+#[derive(Default)]
+struct Committed {
+    events: Vec<BusEvent>,
+    commands: Vec<OutboxEntry>,
+}
+
+/// The engine's generic way into a table, for the per-area storage code. Only `store/` sees it:
+/// the domain reaches storage through the area traits.
+pub(super) trait Tables {
+    fn table<K: Key + 'static, V: Value + 'static>(
+        &self,
+        def: TableDefinition<K, V>,
+    ) -> StoreResult<impl ReadableTable<K, V> + '_>;
+}
+
+pub(super) fn seq_range<T: codec::Record>(
+    t: &impl ReadableTable<(u128, u64), &'static [u8]>,
+    session: Uuid,
+    after: u64,
+    limit: usize,
+) -> StoreResult<Vec<T>> {
+    let id = session.as_u128();
+    let mut out = Vec::new();
+    if after == u64::MAX {
+        return Ok(out);
+    }
+    for entry in t.range((id, after + 1)..=(id, u64::MAX))?.take(limit) {
+        out.push(decode(entry?.1.value())?);
+    }
+    Ok(out)
+}
+
+pub(super) fn last_seq(t: &impl ReadableTable<(u128, u64), &'static [u8]>, session: Uuid) -> StoreResult<u64> {
+    let id = session.as_u128();
+    let last = t.range((id, 0u64)..=(id, u64::MAX))?.next_back();
+    match last {
+        Some(entry) => Ok(entry?.0.value().1),
+        None => Ok(0),
+    }
+}
+
+/// A read snapshot.
+pub struct ReadCtx {
+    txn: ReadTransaction,
+}
+
+impl Tables for ReadCtx {
+    fn table<K: Key + 'static, V: Value + 'static>(
+        &self,
+        def: TableDefinition<K, V>,
+    ) -> StoreResult<impl ReadableTable<K, V> + '_> {
+        let t: ReadOnlyTable<K, V> = self.txn.open_table(def)?;
+        Ok(t)
+    }
+}
+
+/// The write transaction a job runs in.
+pub struct WriteCtx<'a> {
+    pub(super) txn: &'a WriteTransaction,
+    /// Tables of the hot write paths, opened once per batch (see `hot_tables!`).
+    pub(super) hot: HotTables<'a>,
+    pub(super) events: Vec<BusEvent>,
+    pub(super) commands: Vec<OutboxEntry>,
+    /// The last event seq of each session that got an event in this batch, so that a second
+    /// event needs no look-up.
+    pub(super) event_seqs: HashMap<u128, u64>,
+    /// The last audit seq, once this batch has read or written it.
+    pub(super) audit_seq: Option<u64>,
+    /// A session created by the current job: the events appended for it are kept (see
+    /// `begin_session_events`).
+    pub(super) followed: Option<(Uuid, Vec<SessionEvent>)>,
+    /// Writes made so far in this batch (table opens for writing, hot-table mutations).
+    pub(super) writes: u64,
+    /// A job failed after writing: the batch must not commit.
+    pub(super) poisoned: bool,
+}
+
+/// The tables every session create (and most session updates) writes, kept open for the whole
+/// batch: opening a redb table looks it up in the table tree and closing it stages its new
+/// root, which cost as much as the inserts themselves when each job opened each table anew.
+///
+/// redb refuses to open a table twice, so the generic ways in (`Reads::table`, `open_mut`)
+/// first close the cached handle of the same table. `Cell` makes that possible from `&self`
+/// without any runtime borrow check: a cached handle is only ever reached through `&mut self`.
+macro_rules! hot_tables {
+    ($($field:ident: $def:ident, $k:ty, $v:ty;)*) => {
+        #[derive(Default)]
+        pub(super) struct HotTables<'a> {
+            $($field: Cell<Option<Table<'a, $k, $v>>>,)*
+        }
+
+        impl HotTables<'_> {
+            /// Closes the cached handle of table `name`, if it is a hot one and open.
+            fn evict(&self, name: &str) {
+                $(if name == $def.name() {
+                    drop(self.$field.take());
+                    return;
+                })*
+            }
+        }
+
+        impl<'a> WriteCtx<'a> {
+            $(
+                /// The batch's open handle of this table, opened on first use.
+                pub(super) fn $field(&mut self) -> StoreResult<&mut Table<'a, $k, $v>> {
+                    let slot = self.hot.$field.get_mut();
+                    let table = match slot.take() {
+                        Some(t) => t,
+                        None => self.txn.open_table($def)?,
+                    };
+                    Ok(slot.insert(table))
+                }
+            )*
+        }
+    };
+}
+
+hot_tables! {
+    hot_sessions: SESSIONS, u128, &'static [u8];
+    hot_sessions_by_org: SESSIONS_BY_ORG, (&'static str, u64, u128), ();
+    hot_org_active: ORG_ACTIVE_SESSIONS, &'static str, u64;
+    hot_queue: SESSION_QUEUE, (u64, u128), ();
+    hot_events: SESSION_EVENTS, (u128, u64), &'static [u8];
+    hot_audit: AUDIT, u64, &'static [u8];
+}
+
+impl Tables for WriteCtx<'_> {
+    fn table<K: Key + 'static, V: Value + 'static>(
+        &self,
+        def: TableDefinition<K, V>,
+    ) -> StoreResult<impl ReadableTable<K, V> + '_> {
+        self.hot.evict(def.name());
+        let t: Table<'_, K, V> = self.txn.open_table(def)?;
+        Ok(t)
+    }
+}
+
+impl<'a> WriteCtx<'a> {
+    /// Opens a table for writing, noting that this job has written.
+    pub(super) fn open_mut<K: Key + 'static, V: Value + 'static>(
+        &mut self,
+        def: TableDefinition<K, V>,
+    ) -> StoreResult<Table<'a, K, V>> {
+        self.writes += 1;
+        self.hot.evict(def.name());
+        Ok(self.txn.open_table(def)?)
+    }
+}
+
+impl Effects for WriteCtx<'_> {
+    fn emit(&mut self, event: BusEvent) {
+        self.events.push(event);
+    }
+}

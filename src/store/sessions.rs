@@ -1,0 +1,400 @@
+//! Storage of sessions: records and their indexes (org listing, active counts, queue, runner
+//! load), events, output and approvals.
+
+use redb::ReadableTable;
+use uuid::Uuid;
+
+use super::codec::{decode, encode};
+use super::engine::{StoreResult, Tables, WriteCtx, last_seq, seq_range};
+use super::tables::*;
+use crate::clock::Millis;
+use crate::sessions::model::{Approval, OutputChunk, Session, SessionEvent};
+
+/// What the domain reads of sessions, in a read snapshot or inside a write job.
+pub trait SessionReads {
+    fn get_session(&self, id: Uuid) -> StoreResult<Option<Session>>;
+
+    /// An org's sessions, newest first.
+    fn org_sessions(&self, org_id: &str) -> StoreResult<Vec<Session>>;
+
+    fn org_active_sessions(&self, org_id: &str) -> StoreResult<u64>;
+
+    fn events_after(
+        &self,
+        session: Uuid,
+        after: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<SessionEvent>>;
+
+    /// The last `n` events, oldest first.
+    fn recent_events(&self, session: Uuid, n: usize) -> StoreResult<Vec<SessionEvent>>;
+
+    fn last_event_seq(&self, session: Uuid) -> StoreResult<u64>;
+
+    fn output_after(
+        &self,
+        session: Uuid,
+        after: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<OutputChunk>>;
+
+    fn last_output_seq(&self, session: Uuid) -> StoreResult<u64>;
+
+    /// The newest chunks first, as far back as `stop` says.
+    fn find_output_back(
+        &self,
+        session: Uuid,
+        stop: &mut dyn FnMut(&OutputChunk) -> bool,
+    ) -> StoreResult<Option<OutputChunk>>;
+
+    /// Every approval of a session, in the order they were requested.
+    fn approvals(&self, session: Uuid) -> StoreResult<Vec<Approval>>;
+
+    fn get_approval(&self, session: Uuid, approval: Uuid) -> StoreResult<Option<Approval>>;
+
+    /// Sessions waiting for a runner, oldest first.
+    fn queued_sessions(&self, limit: usize) -> StoreResult<Vec<Uuid>>;
+
+    /// Every session (for whole-fleet summaries).
+    fn all_sessions(&self) -> StoreResult<Vec<Session>>;
+}
+
+/// What a write job may change of sessions. Every write keeps the indexes in step.
+pub trait SessionWrites: SessionReads {
+    /// How many non-terminal sessions `org_id` has (`Reads::org_active_sessions`, through the
+    /// batch's open table).
+    fn active_sessions_of(&mut self, org_id: &str) -> StoreResult<u64>;
+
+    /// Tells the batch that the current job creates session `session`: it has no events yet,
+    /// so its first one needs no look-up, and until the job ends a copy of every event appended
+    /// for it is kept. The job builds the new session's view from them (`followed_events`)
+    /// instead of reading them back.
+    fn begin_session_events(&mut self, session: Uuid);
+
+    /// The events appended for the new session since `begin_session_events`, oldest first.
+    fn followed_events(&mut self) -> Vec<SessionEvent>;
+
+    /// Writes a session and keeps its indexes (org listing, active count) in step.
+    fn put_session(&mut self, session: &Session) -> StoreResult<()>;
+
+    /// Removes a session with its events, output, approvals and timers.
+    fn delete_session(&mut self, session: &Session) -> StoreResult<()>;
+
+    /// Appends an event with the next sequence number.
+    fn append_event(
+        &mut self,
+        session: Uuid,
+        kind: &str,
+        summary: String,
+        at: Millis,
+        data: Option<&serde_json::Value>,
+    ) -> StoreResult<SessionEvent>;
+
+    /// Appends an output chunk; its `seq` must be the next one (the caller read it).
+    fn put_output(&mut self, session: Uuid, chunk: &OutputChunk) -> StoreResult<()>;
+
+    fn put_approval(&mut self, approval: &Approval) -> StoreResult<()>;
+}
+
+impl<T: Tables> SessionReads for T {
+    fn get_session(&self, id: Uuid) -> StoreResult<Option<Session>> {
+        let t = self.table(SESSIONS)?;
+        let v = t.get(id.as_u128())?;
+        v.map(|v| decode(v.value())).transpose()
+    }
+
+    fn org_sessions(&self, org_id: &str) -> StoreResult<Vec<Session>> {
+        let index = self.table(SESSIONS_BY_ORG)?;
+        let sessions = self.table(SESSIONS)?;
+        let mut out = Vec::new();
+        for entry in index
+            .range((org_id, 0u64, 0u128)..=(org_id, u64::MAX, u128::MAX))?
+            .rev()
+        {
+            let (key, _) = entry?;
+            let (_, _, id) = key.value();
+            if let Some(v) = sessions.get(id)? {
+                out.push(decode(v.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn org_active_sessions(&self, org_id: &str) -> StoreResult<u64> {
+        Ok(self
+            .table(ORG_ACTIVE_SESSIONS)?
+            .get(org_id)?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    }
+
+    fn events_after(
+        &self,
+        session: Uuid,
+        after: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<SessionEvent>> {
+        seq_range(&self.table(SESSION_EVENTS)?, session, after, limit)
+    }
+
+    fn recent_events(&self, session: Uuid, n: usize) -> StoreResult<Vec<SessionEvent>> {
+        let t = self.table(SESSION_EVENTS)?;
+        let id = session.as_u128();
+        let mut out = Vec::with_capacity(n);
+        for entry in t.range((id, 0u64)..=(id, u64::MAX))?.rev().take(n) {
+            out.push(decode(entry?.1.value())?);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    fn last_event_seq(&self, session: Uuid) -> StoreResult<u64> {
+        last_seq(&self.table(SESSION_EVENTS)?, session)
+    }
+
+    fn output_after(
+        &self,
+        session: Uuid,
+        after: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<OutputChunk>> {
+        seq_range(&self.table(SESSION_OUTPUT)?, session, after, limit)
+    }
+
+    fn last_output_seq(&self, session: Uuid) -> StoreResult<u64> {
+        last_seq(&self.table(SESSION_OUTPUT)?, session)
+    }
+
+    fn find_output_back(
+        &self,
+        session: Uuid,
+        stop: &mut dyn FnMut(&OutputChunk) -> bool,
+    ) -> StoreResult<Option<OutputChunk>> {
+        let t = self.table(SESSION_OUTPUT)?;
+        let id = session.as_u128();
+        for entry in t.range((id, 0u64)..=(id, u64::MAX))?.rev() {
+            let chunk: OutputChunk = decode(entry?.1.value())?;
+            if stop(&chunk) {
+                return Ok(Some(chunk));
+            }
+        }
+        Ok(None)
+    }
+
+    fn approvals(&self, session: Uuid) -> StoreResult<Vec<Approval>> {
+        let t = self.table(APPROVALS)?;
+        let id = session.as_u128();
+        let mut out: Vec<Approval> = Vec::new();
+        for entry in t.range((id, 0u128)..=(id, u128::MAX))? {
+            out.push(decode(entry?.1.value())?);
+        }
+        out.sort_by_key(|a| a.seq);
+        Ok(out)
+    }
+
+    fn get_approval(&self, session: Uuid, approval: Uuid) -> StoreResult<Option<Approval>> {
+        let t = self.table(APPROVALS)?;
+        let v = t.get((session.as_u128(), approval.as_u128()))?;
+        v.map(|v| decode(v.value())).transpose()
+    }
+
+    fn queued_sessions(&self, limit: usize) -> StoreResult<Vec<Uuid>> {
+        let t = self.table(SESSION_QUEUE)?;
+        let mut out = Vec::new();
+        for entry in t.iter()?.take(limit) {
+            out.push(Uuid::from_u128(entry?.0.value().1));
+        }
+        Ok(out)
+    }
+
+    fn all_sessions(&self) -> StoreResult<Vec<Session>> {
+        let t = self.table(SESSIONS)?;
+        let mut out = Vec::new();
+        for entry in t.iter()? {
+            out.push(decode(entry?.1.value())?);
+        }
+        Ok(out)
+    }
+}
+
+impl SessionWrites for WriteCtx<'_> {
+    fn active_sessions_of(&mut self, org_id: &str) -> StoreResult<u64> {
+        Ok(self
+            .hot_org_active()?
+            .get(org_id)?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    }
+
+    fn begin_session_events(&mut self, session: Uuid) {
+        self.event_seqs.insert(session.as_u128(), 0);
+        self.followed = Some((session, Vec::new()));
+    }
+
+    fn followed_events(&mut self) -> Vec<SessionEvent> {
+        self.followed.take().map(|(_, e)| e).unwrap_or_default()
+    }
+
+    fn put_session(&mut self, session: &Session) -> StoreResult<()> {
+        let bytes = encode(session)?;
+        self.writes += 1;
+        // One lookup for read-old and write-new: this is the hottest write path.
+        let old: Option<Session> = {
+            let previous = self
+                .hot_sessions()?
+                .insert(session.id.as_u128(), bytes.as_slice())?;
+            previous.map(|v| decode(v.value())).transpose()?
+        };
+        let was_active = old.as_ref().is_some_and(|s| !s.state.is_terminal());
+        let is_active = !session.state.is_terminal();
+        if old.is_none() {
+            self.hot_sessions_by_org()?.insert(
+                (
+                    session.org_id.as_str(),
+                    session.created_at.max(0) as u64,
+                    session.id.as_u128(),
+                ),
+                (),
+            )?;
+        }
+        if was_active != is_active {
+            self.adjust_active(&session.org_id, is_active)?;
+        }
+        let created = session.created_at.max(0) as u64;
+        let id = session.id.as_u128();
+        let was_queued = old.as_ref().is_some_and(Session::is_unassigned_queued);
+        if was_queued != session.is_unassigned_queued() {
+            let queue = self.hot_queue()?;
+            if was_queued {
+                queue.remove((created, id))?;
+            } else {
+                queue.insert((created, id), ())?;
+            }
+        }
+        let old_runner = old.as_ref().and_then(Session::occupies_runner);
+        let new_runner = session.occupies_runner();
+        if old_runner != new_runner {
+            if let Some(r) = old_runner {
+                self.open_mut(SESSIONS_BY_RUNNER)?
+                    .remove((r.as_u128(), id))?;
+                self.adjust_runner_load(r, false)?;
+            }
+            if let Some(r) = new_runner {
+                self.open_mut(SESSIONS_BY_RUNNER)?
+                    .insert((r.as_u128(), id), ())?;
+                self.adjust_runner_load(r, true)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn delete_session(&mut self, session: &Session) -> StoreResult<()> {
+        let id = session.id.as_u128();
+        self.writes += 1;
+        self.hot_sessions()?.remove(id)?;
+        self.hot_sessions_by_org()?.remove((
+            session.org_id.as_str(),
+            session.created_at.max(0) as u64,
+            id,
+        ))?;
+        if !session.state.is_terminal() {
+            self.adjust_active(&session.org_id, false)?;
+        }
+        if session.is_unassigned_queued() {
+            self.hot_queue()?
+                .remove((session.created_at.max(0) as u64, id))?;
+        }
+        if let Some(r) = session.occupies_runner() {
+            self.open_mut(SESSIONS_BY_RUNNER)?
+                .remove((r.as_u128(), id))?;
+            self.adjust_runner_load(r, false)?;
+        }
+        self.hot_events()?
+            .retain_in((id, 0u64)..=(id, u64::MAX), |_, _| false)?;
+        self.event_seqs.remove(&id);
+        self.open_mut(SESSION_OUTPUT)?
+            .retain_in((id, 0u64)..=(id, u64::MAX), |_, _| false)?;
+        self.open_mut(APPROVALS)?
+            .retain_in((id, 0u128)..=(id, u128::MAX), |_, _| false)?;
+        // A finished session's only timer left is its purge timer, which the sweep clears;
+        // scanning the whole timer table here would stall every writer.
+        Ok(())
+    }
+
+    fn append_event(
+        &mut self,
+        session: Uuid,
+        kind: &str,
+        summary: String,
+        at: Millis,
+        data: Option<&serde_json::Value>,
+    ) -> StoreResult<SessionEvent> {
+        self.writes += 1;
+        let id = session.as_u128();
+        let last = match self.event_seqs.get(&id) {
+            Some(&seq) => seq,
+            None => last_seq(self.hot_events()?, session)?,
+        };
+        let event = SessionEvent {
+            seq: last + 1,
+            kind: kind.to_owned(),
+            summary,
+            at,
+            data_json: data.and_then(|d| serde_json::to_string(d).ok()),
+        };
+        let bytes = encode(&event)?;
+        self.hot_events()?
+            .insert((id, event.seq), bytes.as_slice())?;
+        self.event_seqs.insert(id, event.seq);
+        if let Some((followed, events)) = &mut self.followed
+            && *followed == session
+        {
+            events.push(event.clone());
+        }
+        Ok(event)
+    }
+
+    fn put_output(&mut self, session: Uuid, chunk: &OutputChunk) -> StoreResult<()> {
+        let bytes = encode(chunk)?;
+        self.open_mut(SESSION_OUTPUT)?
+            .insert((session.as_u128(), chunk.seq), bytes.as_slice())?;
+        Ok(())
+    }
+
+    fn put_approval(&mut self, approval: &Approval) -> StoreResult<()> {
+        let bytes = encode(approval)?;
+        self.open_mut(APPROVALS)?.insert(
+            (approval.session_id.as_u128(), approval.id.as_u128()),
+            bytes.as_slice(),
+        )?;
+        Ok(())
+    }
+}
+
+impl WriteCtx<'_> {
+    fn adjust_runner_load(&mut self, runner: Uuid, up: bool) -> StoreResult<()> {
+        let mut t = self.open_mut(RUNNER_ACTIVE_SESSIONS)?;
+        let key = runner.as_u128();
+        let n = t.get(key)?.map(|v| v.value()).unwrap_or(0);
+        let n = if up { n + 1 } else { n.saturating_sub(1) };
+        if n == 0 {
+            t.remove(key)?;
+        } else {
+            t.insert(key, n)?;
+        }
+        Ok(())
+    }
+
+    fn adjust_active(&mut self, org_id: &str, up: bool) -> StoreResult<()> {
+        self.writes += 1;
+        let t = self.hot_org_active()?;
+        let n = t.get(org_id)?.map(|v| v.value()).unwrap_or(0);
+        let n = if up { n + 1 } else { n.saturating_sub(1) };
+        if n == 0 {
+            t.remove(org_id)?;
+        } else {
+            t.insert(org_id, n)?;
+        }
+        Ok(())
+    }
+}
