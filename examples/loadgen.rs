@@ -1411,7 +1411,7 @@ fn print_trend(latencies: &[Duration]) {
     );
 }
 
-// ---- stream: the dashboard WebSocket under load (issue 4) ---------------------------------
+// ---- stream: the dashboard WebSocket under load -------------------------------------------
 
 /// Subscribers of the one busy session.
 const STREAM_SUBSCRIBERS: usize = 500;

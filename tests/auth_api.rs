@@ -1,4 +1,4 @@
-//! Tokens and authentication (contract §2) against the real server.
+//! Tokens and authentication against the real server (docs/api.md, section 2).
 #![allow(clippy::unwrap_used)]
 
 mod common;

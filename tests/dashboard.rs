@@ -1,4 +1,4 @@
-//! The dashboard in a real browser (issue 5): headless Chromium, driven over WebDriver, against
+//! The dashboard in a real browser: headless Chromium, driven over WebDriver, against
 //! the real `village` binary with simulated runners on real runner channels. Each test also
 //! fails on any browser console error. Screenshots of every view go to `target/screenshots/`.
 //!
@@ -609,11 +609,7 @@ async fn a_rollout_is_started_and_advanced_from_the_pipeline_page() {
                    "runtimeVersions": {"claude_code": "2.1.0", "codex": "0.9.1"}}),
         )
         .await;
-    assert_eq!(
-        r.status, 201,
-        "the update pipeline (contract §5) is needed: {}",
-        r.text
-    );
+    assert_eq!(r.status, 201, "the update pipeline is needed: {}", r.text);
     env.sign_in(&env.server.admin_token, Some(ORG)).await;
     env.open("/pipeline", "pipeline").await;
     let b = &env.browser;

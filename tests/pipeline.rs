@@ -1,4 +1,4 @@
-//! The update pipeline over real HTTP with simulated runners heartbeating (contract §5):
+//! The update pipeline over real HTTP with simulated runners heartbeating (docs/api.md, section 7):
 //! versions and discovery, builds, every rollout transition, desired builds across a fleet,
 //! org channels, automation with a controlled clock, and restart in the middle of a rollout.
 #![allow(clippy::unwrap_used)]

@@ -1,4 +1,4 @@
-//! The runner fleet over real HTTP and WebSocket, with simulated runners (contract §4, §6).
+//! The runner fleet over real HTTP and WebSocket, with simulated runners (docs/api.md, 6 and 11).
 #![allow(clippy::unwrap_used)]
 
 mod common;

@@ -1,4 +1,4 @@
-//! Sessions over real HTTP against the real server (contract §1, §3).
+//! Sessions over real HTTP against the real server (docs/api.md, sections 1 and 5).
 #![allow(clippy::unwrap_used)]
 
 mod common;

@@ -1,4 +1,4 @@
-//! Webhooks against a small HTTP receiver on loopback (contract §7).
+//! Webhooks against a small HTTP receiver on loopback (docs/api.md, section 8).
 #![allow(clippy::unwrap_used)]
 
 mod common;

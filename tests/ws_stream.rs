@@ -1,4 +1,4 @@
-//! The dashboard WebSocket stream (contract §6) with real WebSocket clients.
+//! The dashboard WebSocket stream (docs/api.md, section 10) with real WebSocket clients.
 #![allow(clippy::unwrap_used)]
 
 mod common;

@@ -1,4 +1,4 @@
-// The dashboard stream (contract §6): one WebSocket per tab. It authenticates with a first
+// The dashboard stream (docs/api.md, section 10): one WebSocket per tab. It authenticates with a first
 // `authenticate` frame (a token in the URL would end up in logs), follows the chosen org, and
 // keeps per-session subscriptions. When the socket drops it reconnects with backoff, subscribes
 // again, and asks for terminal output after the last sequence number it has shown, so nothing

@@ -1,4 +1,4 @@
-// Update pipeline (contract §5): rollouts with their stage progress and controls, builds and
+// Update pipeline (docs/api.md, section 7): rollouts with their stage progress and controls, builds and
 // their status, provider versions, and the org's runtime config. Rollout events on the stream
 // reload what they change.
 import { age, badge, confirmDialog, dateTime, debounce, empty, errorBox, fill, patch, h, humanize, loading, number, pager, table, toast } from '../dom.js';
