@@ -52,6 +52,17 @@ pub enum Limit {
     Runners,
 }
 
+/// What a conflict tells the caller besides its code, for the caller to act on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConflictDetails {
+    /// The bytes of output the server holds: the runner resends from there.
+    OutputOffset { held: u64 },
+    /// The sessions that keep a runner from being deregistered.
+    ActiveSessions(Vec<uuid::Uuid>),
+    /// The rollout already active on the channel.
+    ActiveRollout(uuid::Uuid),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DomainError {
     #[error("request is not valid")]
@@ -68,7 +79,7 @@ pub enum DomainError {
     Conflict {
         kind: Conflict,
         message: String,
-        details: Option<serde_json::Value>,
+        details: Option<ConflictDetails>,
     },
     #[error("{message}")]
     LimitExceeded { kind: Limit, message: String },

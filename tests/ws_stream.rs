@@ -395,3 +395,37 @@ async fn org_streams_carry_runner_events() {
     ch.expect_none("event", 300).await;
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_chunk_replayed_later_is_the_frame_that_was_sent_live() {
+    let s = TestServer::start_with("", true).await;
+    let admin = s.admin();
+    let id = running_session(&admin, "acme").await;
+    let mut live = signed_in(&admin).await;
+    live.request(json!({"type": "subscribe_session", "sessionId": id, "afterSeq": 0}))
+        .await;
+    let r = admin
+        .post(
+            &format!("/api/v1/sessions/{id}/output"),
+            json!({"stream": "stderr", "data": "warning: unused\n"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let sent_live = live.expect("terminal").await;
+    // A minute later a second screen replays the session from the start.
+    s.advance(60_000);
+    let mut later = signed_in(&admin).await;
+    later
+        .request(json!({"type": "subscribe_session", "sessionId": id, "afterSeq": 0}))
+        .await;
+    let replayed = later.expect("terminal").await;
+    assert_eq!(replayed, sent_live, "live and replayed frames differ");
+    // The frame carries the chunk's own time, not the time it was sent.
+    let stored = admin
+        .get(&format!("/api/v1/sessions/{id}/output?afterSeq=0"))
+        .await;
+    assert_eq!(stored.status, 200, "{}", stored.text);
+    let chunk = &stored.json["data"]["items"][0];
+    assert_eq!(replayed["timestamp"], chunk["timestamp"], "{chunk}");
+    s.stop().await;
+}

@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 use warp::http::StatusCode;
 use warp::reject::{MethodNotAllowed, PayloadTooLarge, Reject, Rejection, UnsupportedMediaType};
 
-use crate::error::{Conflict, DomainError, Entity, Limit};
+use crate::error::{Conflict, ConflictDetails, DomainError, Entity, Limit};
 use crate::store::StoreError;
 
 #[derive(Debug, Clone)]
@@ -146,7 +146,7 @@ impl From<DomainError> for ApiError {
                     status: S::CONFLICT,
                     code,
                     message,
-                    details,
+                    details: details.map(|d| conflict_details(&d)),
                 }
             }
             DomainError::LimitExceeded { kind, message } => {
@@ -210,4 +210,12 @@ pub fn from_rejection(r: &Rejection) -> ApiError {
         "INVALID_REQUEST",
         "The request could not be handled",
     )
+}
+/// A conflict's details as the wire carries them.
+fn conflict_details(d: &ConflictDetails) -> Value {
+    match d {
+        ConflictDetails::OutputOffset { held } => json!({ "offset": held }),
+        ConflictDetails::ActiveSessions(ids) => json!({ "activeSessions": ids }),
+        ConflictDetails::ActiveRollout(id) => json!({ "rolloutId": id }),
+    }
 }

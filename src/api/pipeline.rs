@@ -406,7 +406,7 @@ async fn create_rollout(p: Caller, st: AppState, body: Body) -> ApiResult {
                 }
             }
             if out.len() == items.len()
-                && let Some(problem) = crate::pipeline::model::stage_problem(&out)
+                && let Some(problem) = crate::pipeline::stage_problem(&out)
             {
                 r.issue("stages", problem);
             }

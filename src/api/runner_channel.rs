@@ -28,7 +28,7 @@ use super::sessions::{
 };
 use crate::auth::{Caller, Principal};
 use crate::clock::format_ms;
-use crate::error::{Conflict, DomainError};
+use crate::error::{Conflict, ConflictDetails, DomainError};
 use crate::runners::model::{OutboxEntry, RunnerCommand};
 
 /// Frames above this are refused.
@@ -330,9 +330,10 @@ async fn handle(st: &AppState, p: &Principal, runner: Uuid, text: &str) -> Vec<V
                         details,
                         ..
                     }) => {
-                        let held = details
-                            .and_then(|d| d.get("offset").cloned())
-                            .unwrap_or(json!(0));
+                        let held = match details {
+                            Some(ConflictDetails::OutputOffset { held }) => held,
+                            _ => 0,
+                        };
                         Ok(vec![
                             json!({"type": "resync", "sessionId": sid, "offset": held}),
                         ])

@@ -27,7 +27,8 @@ use super::error::{ApiError, reject};
 use crate::auth::{Caller, Principal};
 use crate::clock::format_ms;
 use crate::error::{DomainError, Entity};
-use crate::events::BusEvent;
+use crate::events::model::{BusEvent, DomainEvent};
+use crate::events::render;
 use crate::realtime::{Route, Slot, Subscriptions};
 
 /// Client frames above this are refused with `MESSAGE_TOO_LARGE` (the connection stays open).
@@ -372,9 +373,8 @@ impl Connection {
                 break;
             };
             for c in &chunks {
-                let frame = json!({"type": "terminal", "sessionId": id, "action": "output",
-                                   "seq": c.seq, "stream": c.stream.as_str(), "data": c.data});
-                if let Err(close) = self.send(frame).await {
+                let frame = render::terminal_frame(id, c);
+                if let Err(close) = self.deliver(Message::text(frame)).await {
                     return Ok(Err(close));
                 }
             }
@@ -457,27 +457,19 @@ impl Connection {
         match self.subs.route(event, caller) {
             Route::Drop => Ok(()),
             Route::Terminal => {
-                let (Some(id), Some(seq)) = (
-                    event.session_id,
-                    event.data.get("seq").and_then(Value::as_u64),
-                ) else {
+                let (Some(id), DomainEvent::TerminalOutput(chunk)) =
+                    (event.session_id, &event.event)
+                else {
                     return Ok(());
                 };
-                self.subs.sessions.insert(id, seq);
-                let text = event.rendered.get_or_init(|| {
-                    json!({"type": "terminal", "sessionId": id, "action": "output", "seq": seq,
-                           "stream": event.data.get("stream"), "data": event.data.get("data"),
-                           "timestamp": format_ms(event.at)})
-                    .to_string()
-                    .into()
-                });
+                self.subs.sessions.insert(id, chunk.seq);
+                let text = event
+                    .rendered
+                    .get_or_init(|| render::terminal_frame(id, chunk).into());
                 self.deliver(Message::text(text.to_string())).await
             }
-            Route::Session => self.send(session_frame(event)).await,
-            Route::Fleet => {
-                self.send(json!({"type": "event", "event": event.name, "data": event.data}))
-                    .await
-            }
+            Route::Session => self.send(render::session_frame(event)).await,
+            Route::Fleet => self.send(render::fleet_frame(event)).await,
         }
     }
 }
@@ -488,31 +480,4 @@ fn session_id(frame: &Value) -> Result<Uuid, DomainError> {
         .and_then(Value::as_str)
         .ok_or_else(|| DomainError::invalid("sessionId", "is required"))?;
     Uuid::parse_str(raw).map_err(|_| DomainError::NotFound(Entity::Session))
-}
-
-/// The frame for a session-scoped bus event.
-fn session_frame(event: &BusEvent) -> Value {
-    let id = event.session_id;
-    match event.name {
-        "state_changed" => json!({"type": "session", "sessionId": id, "action": "state_change",
-                                  "data": {"from": event.data["from"], "to": event.data["to"]}}),
-        "session_completed" | "session_failed" => {
-            json!({"type": "session", "sessionId": id, "action": "completed", "data": event.data})
-        }
-        "approval_requested" => {
-            let mut approval = event.data.clone();
-            approval["sessionId"] = json!(id);
-            if approval.get("context").is_some_and(Value::is_null)
-                && let Some(map) = approval.as_object_mut()
-            {
-                map.remove("context");
-            }
-            json!({"type": "approval_required", "sessionId": id, "approval": approval})
-        }
-        name => {
-            let mut data = event.data.clone();
-            data["sessionId"] = json!(id);
-            json!({"type": "event", "event": name, "data": data})
-        }
-    }
 }

@@ -5,13 +5,11 @@
 
 pub mod model;
 
-
 use crate::auth::Principal;
 use crate::clock::Millis;
 use crate::error::DomainResult;
 use crate::store::{Store, WriteTxn};
 pub use model::AuditEntry;
-
 
 /// Appends an entry for `who` doing `action` to `target`, inside the caller's write job.
 pub fn record(
@@ -34,16 +32,15 @@ pub fn entry(
     org_id: Option<&str>,
     at: Millis,
 ) -> AuditEntry {
-    AuditEntry {
-        seq: 0,
+    AuditEntry::new(
+        who.token_id,
+        who.kind.as_str(),
+        &who.name,
+        action,
+        target,
+        org_id,
         at,
-        token_id: (!who.token_id.is_nil()).then_some(who.token_id),
-        kind: who.kind.as_str().to_owned(),
-        name: who.name.clone(),
-        action: action.to_owned(),
-        target: target.to_string(),
-        org_id: org_id.map(str::to_owned),
-    }
+    )
 }
 
 /// Appends an entry for something the server decided by itself (automation, health verdicts).

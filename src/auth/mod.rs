@@ -10,12 +10,12 @@ use std::sync::{Arc, RwLock};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::audit::model::AuditEntry;
 use crate::clock::{SharedClock, SharedIds};
 use crate::error::{Conflict, DomainError, DomainResult, Entity, Issue};
 use crate::paging::{Page, PageRequest};
 use crate::store::Store;
 pub use model::{TokenKind, TokenRecord};
-
 
 /// The caller as handlers receive it: shared, so passing it around copies a pointer.
 pub type Caller = Arc<Principal>;
@@ -298,14 +298,16 @@ impl AuthService {
         self.store
             .write(move |w| {
                 w.put_token(&record)?;
-                crate::audit::record(
-                    w,
-                    &who,
+                // Built here rather than by the audit service, which sits above tokens.
+                w.append_audit(AuditEntry::new(
+                    who.token_id,
+                    who.kind.as_str(),
+                    &who.name,
                     "token.create",
                     record.id,
                     record.org_id.as_deref(),
                     record.created_at,
-                )
+                ))
             })
             .await?;
         self.remember(&issued.record);
@@ -354,14 +356,16 @@ impl AuthService {
                 }
                 token.revoked_at = Some(now);
                 w.put_token(&token)?;
-                crate::audit::record(
-                    w,
-                    &who,
+                // Built here rather than by the audit service, which sits above tokens.
+                w.append_audit(AuditEntry::new(
+                    who.token_id,
+                    who.kind.as_str(),
+                    &who.name,
                     "token.revoke",
                     token.id,
                     token.org_id.as_deref(),
                     now,
-                )?;
+                ))?;
                 Ok(token)
             })
             .await?;

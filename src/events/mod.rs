@@ -16,7 +16,8 @@ use uuid::Uuid;
 use crate::runners::model::OutboxEntry;
 
 pub mod model;
-pub use model::{BusEvent, FLEET_EVENTS, SESSION_EVENTS, is_public};
+pub mod render;
+pub use model::{BusEvent, DomainEvent, FLEET_EVENTS, SESSION_EVENTS, is_public};
 
 /// Events after which a queued session may find a runner.
 const SCHEDULING_EVENTS: &[&str] = &[
@@ -55,7 +56,7 @@ impl EventBus {
     pub fn publish(&self, event: BusEvent) {
         // Work only goes to runners with a connected channel: with none there is nothing to
         // schedule (a channel that connects kicks the scheduler itself).
-        if SCHEDULING_EVENTS.contains(&event.name) && self.any_runner_attached() {
+        if SCHEDULING_EVENTS.contains(&event.name()) && self.any_runner_attached() {
             self.kick_scheduler();
         }
         // No subscriber is not an error: events are also kept per session in the store.

@@ -1,23 +1,28 @@
-//! The update pipeline (contract §5): provider versions, runner builds, staged rollouts per
-//! channel, org runtime configs, and the build each runner should run.
+//! The update pipeline: provider versions, runner builds, staged rollouts per channel, org
+//! runtime configs, and the build each runner should run (docs/api.md).
 //!
 //! The whole pipeline state is small and lives in memory as an immutable snapshot, so a
 //! heartbeat computes its `desiredBuild` without touching disk. Changes are serialized: each
-//! one clones the snapshot, applies the rules of [`model::PipelineState`], commits the records
+//! one clones the snapshot, applies the rules (`rules.rs`, `desired.rs`, `verdicts.rs`: methods
+//! of [`model::PipelineState`], pure and property-tested in `properties.rs`), commits the records
 //! it touched (with audit entries and events) durably, and only then swaps the snapshot in.
 //!
 //! A background task counts how sessions end on runners of each rollout's new and previous
-//! build, and judges every active stage (see [`model::judge`]): an unhealthy stage is stopped
+//! build, and judges every active stage (see [`judge`]): an unhealthy stage is stopped
 //! and its build marked `known_bad` whether or not automation is on; with
 //! `pipeline.enableAutoRollout` a healthy stage held long enough advances by itself.
 
+mod desired;
 pub mod model;
+#[cfg(test)]
+mod properties;
+mod rules;
+mod verdicts;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
@@ -31,7 +36,10 @@ use crate::paging::{Page, PageRequest};
 use crate::runners::{RunnerBuild, RunnerService};
 use crate::sessions::model::Provider;
 use crate::store::{Store, WriteTxn};
+pub use desired::*;
 use model::*;
+pub use rules::*;
+pub use verdicts::*;
 
 /// The build a runner is told to run.
 #[derive(Debug, Clone, PartialEq)]
@@ -157,14 +165,7 @@ impl PipelineService {
         let events: Vec<BusEvent> = changes
             .events
             .into_iter()
-            .map(|(name, data)| BusEvent {
-                name,
-                at: now,
-                org_id: None,
-                session_id: None,
-                data,
-                rendered: Default::default(),
-            })
+            .map(|event| BusEvent::new(now, None, None, event))
             .collect();
         self.store
             .write(move |w| {
@@ -744,17 +745,7 @@ pub async fn run(service: PipelineService, mut shutdown: tokio::sync::watch::Rec
             }
             event = events.recv() => match event {
                 Ok(e) => {
-                    let failed = match e.name {
-                        "session_completed" => false,
-                        "session_failed" => true,
-                        _ => continue,
-                    };
-                    if let Some(runner) = e
-                        .data
-                        .get("runnerId")
-                        .and_then(Value::as_str)
-                        .and_then(|s| Uuid::parse_str(s).ok())
-                    {
+                    if let Some((runner, failed)) = e.event.ended_on_runner() {
                         service.count_session_end(runner, failed);
                     }
                 }

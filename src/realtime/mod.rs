@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
 use crate::auth::{Principal, TokenKind};
-use crate::events::{BusEvent, FLEET_EVENTS, SESSION_EVENTS};
+use crate::events::model::{BusEvent, DomainEvent, FLEET_EVENTS, SESSION_EVENTS};
 
 /// Connections one token may hold at once.
 pub const MAX_CONNECTIONS_PER_TOKEN: usize = 10;
@@ -43,18 +43,14 @@ impl Subscriptions {
     /// subscription was made, so only subscribed sessions and orgs can match.
     pub fn route(&self, event: &BusEvent, who: &Principal) -> Route {
         let org = event.org_id.as_deref();
-        if event.name == "terminal_output" {
-            let seq = event
-                .data
-                .get("seq")
-                .and_then(serde_json::Value::as_u64)
-                .unwrap_or(0);
+        if let DomainEvent::TerminalOutput(chunk) = &event.event {
+            let seq = chunk.seq;
             return match event.session_id.and_then(|s| self.sessions.get(&s)) {
                 Some(&sent) if seq > sent => Route::Terminal,
                 _ => Route::Drop,
             };
         }
-        if SESSION_EVENTS.contains(&event.name) {
+        if SESSION_EVENTS.contains(&event.name()) {
             let subscribed = event
                 .session_id
                 .is_some_and(|s| self.sessions.contains_key(&s));
@@ -64,7 +60,7 @@ impl Subscriptions {
                 Route::Drop
             };
         }
-        if FLEET_EVENTS.contains(&event.name) {
+        if FLEET_EVENTS.contains(&event.name()) {
             // Shared runners and pipeline events belong to no org: admins see them on any
             // org subscription.
             let visible = match org {
@@ -120,21 +116,34 @@ impl Drop for Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn admin() -> Principal {
         Principal::anonymous_admin()
     }
 
     fn event(name: &'static str, org: Option<&str>, session: Option<Uuid>, seq: u64) -> BusEvent {
-        BusEvent {
-            name,
-            at: 0,
-            org_id: org.map(str::to_owned),
-            session_id: session,
-            data: json!({"seq": seq}),
-            rendered: Default::default(),
-        }
+        use crate::events::model::{RunnerEventKind, SessionEventData};
+        use crate::sessions::model::{OutputChunk, OutputStream, SessionState};
+        let event = match name {
+            "terminal_output" => DomainEvent::TerminalOutput(std::sync::Arc::new(OutputChunk {
+                seq,
+                stream: OutputStream::Stdout,
+                data: "x".into(),
+                at: 0,
+                offset: 0,
+            })),
+            "state_changed" => DomainEvent::Session(SessionEventData::StateChanged {
+                from: SessionState::Queued,
+                to: SessionState::Running,
+            }),
+            "runner_offline" => DomainEvent::Runner {
+                kind: RunnerEventKind::Offline,
+                runner_id: Uuid::from_u128(9),
+                hostname: "h".into(),
+            },
+            other => panic!("no sample event {other}"),
+        };
+        BusEvent::new(0, org.map(str::to_owned), session, event)
     }
 
     #[test]

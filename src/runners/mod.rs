@@ -13,14 +13,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use uuid::Uuid;
 
 use crate::auth::{AuthService, Principal, TokenKind};
 use crate::clock::{Millis, SharedClock, SharedIds, ms};
 use crate::config::RunnersConfig;
-use crate::error::{Conflict, DomainError, DomainResult, Entity, Issue, Limit};
-use crate::events::{BusEvent, EventBus};
+use crate::error::{Conflict, ConflictDetails, DomainError, DomainResult, Entity, Issue, Limit};
+use crate::events::EventBus;
+use crate::events::model::{BusEvent, DomainEvent, RunnerEventKind};
 use crate::paging::{Page, PageRequest};
 use crate::sessions::model::{Provider, SessionState};
 use crate::sessions::{Release, SessionService};
@@ -222,19 +223,20 @@ impl RunnerService {
         (self.timing.heartbeat_timeout_ms / 3).max(100) as u64
     }
 
-    fn publish(&self, name: &'static str, record: &RunnerRecord, extra: Value) {
-        let mut data = json!({"runnerId": record.id, "hostname": record.hostname});
-        if let (Value::Object(d), Value::Object(x)) = (&mut data, extra) {
-            d.extend(x);
+    /// Publishes events that follow from in-memory state (liveness) through a write job of
+    /// their own, so that they reach subscribers in commit order like every other event.
+    async fn announce(&self, events: Vec<BusEvent>) -> DomainResult<()> {
+        if events.is_empty() {
+            return Ok(());
         }
-        self.bus.publish(BusEvent {
-            name,
-            at: self.now(),
-            org_id: record.org_id.clone(),
-            session_id: None,
-            data,
-            rendered: Default::default(),
-        });
+        self.store
+            .write(move |w| {
+                for e in events {
+                    w.emit(e);
+                }
+                Ok::<_, DomainError>(())
+            })
+            .await
     }
 
     /// `POST /runners/register`: idempotent by hostname; each call issues a fresh runner token
@@ -324,6 +326,9 @@ impl RunnerService {
                 }
                 w.put_token(&token)?;
                 w.put_runner(&mut record)?;
+                if existing.is_none() {
+                    w.emit(runner_event(RunnerEventKind::Registered, &record, now));
+                }
                 crate::audit::record(
                     w,
                     &who,
@@ -353,9 +358,7 @@ impl RunnerService {
             entry.dirty = true;
             self.view_of(entry, now, 0)
         };
-        if created {
-            self.publish("runner_registered", &record, json!({}));
-        } else {
+        if !created {
             self.bus.kick_scheduler();
         }
         let sessions = self
@@ -435,7 +438,13 @@ impl RunnerService {
             (was == RunnerStatus::Offline, entry.record.clone(), reply)
         };
         if came_back {
-            self.publish("runner_online", &record, json!({}));
+            let service = self.clone();
+            let online = runner_event(RunnerEventKind::Online, &record, now);
+            tokio::spawn(async move {
+                if let Err(e) = service.announce(vec![online]).await {
+                    tracing::error!(error = %e, runner = %id, "announcing a returning runner failed");
+                }
+            });
             // While it was away its sessions may have been failed or given to another
             // runner: whatever it still runs that is no longer its own is told to stop.
             if !reported.is_empty() {
@@ -629,32 +638,23 @@ impl RunnerService {
                     if draining {
                         w.enqueue_command(id, RunnerCommand::Drain, now)?;
                     }
-                    let action = if draining {
-                        "runner.drain"
+                    let (action, kind) = if draining {
+                        ("runner.drain", RunnerEventKind::Draining)
                     } else {
-                        "runner.undrain"
+                        ("runner.undrain", RunnerEventKind::Undrained)
                     };
+                    w.emit(runner_event(kind, &r, now));
                     crate::audit::record(w, &who, action, id, r.org_id.as_deref(), now)?;
                 }
                 Ok::<_, DomainError>(r)
             })
             .await?;
-        let changed = {
+        {
             let mut fleet = self.fleet();
             let entry = fleet
                 .get_mut(&id)
                 .ok_or(DomainError::NotFound(Entity::Runner))?;
-            let changed = entry.record.draining != draining;
-            entry.adopt(record.clone());
-            changed
-        };
-        if changed {
-            let name = if draining {
-                "runner_draining"
-            } else {
-                "runner_undrained"
-            };
-            self.publish(name, &record, json!({}));
+            entry.adopt(record);
         }
         self.get(p, id).await
     }
@@ -685,7 +685,7 @@ impl RunnerService {
                             "runner has {} active sessions; use ?force=true",
                             active.len()
                         ),
-                        details: Some(json!({"activeSessions": active})),
+                        details: Some(ConflictDetails::ActiveSessions(active)),
                     });
                 }
                 sessions.release_runner_sessions(w, id, Release::Deregistered, now)?;
@@ -694,13 +694,13 @@ impl RunnerService {
                     w.put_token(&token)?;
                 }
                 w.delete_runner(&r)?;
+                w.emit(runner_event(RunnerEventKind::Deregistered, &r, now));
                 crate::audit::record(w, &who, "runner.deregister", id, r.org_id.as_deref(), now)?;
                 Ok::<_, DomainError>(r)
             })
             .await?;
         self.auth.forget(record.token_id).await;
         self.fleet().remove(&id);
-        self.publish("runner_deregistered", &record, json!({}));
         Ok(record)
     }
 
@@ -781,9 +781,9 @@ impl RunnerService {
                 let status = self.timing.status(e, now);
                 if status != e.announced {
                     if status == RunnerStatus::Offline {
-                        announce.push(("runner_offline", e.record.clone()));
+                        announce.push(runner_event(RunnerEventKind::Offline, &e.record, now));
                     } else if e.announced == RunnerStatus::Offline {
-                        announce.push(("runner_online", e.record.clone()));
+                        announce.push(runner_event(RunnerEventKind::Online, &e.record, now));
                     }
                     e.announced = status;
                 }
@@ -795,9 +795,7 @@ impl RunnerService {
                 }
             }
         }
-        for (name, record) in announce {
-            self.publish(name, &record, json!({}));
-        }
+        self.announce(announce).await?;
         if lost.is_empty() && draining.is_empty() {
             return Ok(());
         }
@@ -837,14 +835,14 @@ impl RunnerService {
                     }
                     r.drained_at = Some(now);
                     w.put_runner(&mut r)?;
+                    w.emit(runner_event(RunnerEventKind::Drained, &r, now));
                     Ok(Some(r))
                 })
                 .await?;
-            if let Some(record) = record {
-                if let Some(e) = self.fleet().get_mut(&id) {
-                    e.adopt(record.clone());
-                }
-                self.publish("runner_drained", &record, json!({}));
+            if let Some(record) = record
+                && let Some(e) = self.fleet().get_mut(&id)
+            {
+                e.adopt(record);
             }
         }
         Ok(())
@@ -949,4 +947,18 @@ pub async fn background(service: RunnerService, mut shutdown: tokio::sync::watch
             return;
         }
     }
+}
+
+/// The event of `kind` about runner `r`.
+fn runner_event(kind: RunnerEventKind, r: &RunnerRecord, at: Millis) -> BusEvent {
+    BusEvent::new(
+        at,
+        r.org_id.clone(),
+        None,
+        DomainEvent::Runner {
+            kind,
+            runner_id: r.id,
+            hostname: r.hostname.clone(),
+        },
+    )
 }

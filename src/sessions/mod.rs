@@ -6,21 +6,23 @@ pub mod model;
 pub mod sweeper;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use uuid::Uuid;
 
 use crate::audit;
 use crate::auth::{Principal, TokenKind};
 use crate::clock::{Millis, SharedClock, SharedIds, format_ms, ms};
 use crate::config::SessionsConfig;
-use crate::error::{Conflict, DomainError, DomainResult, Entity, Limit};
-use crate::events::BusEvent;
+use crate::error::{Conflict, ConflictDetails, DomainError, DomainResult, Entity, Limit};
+use crate::events::model::{BusEvent, DomainEvent, SessionEventData};
+use crate::events::render;
 use crate::paging::{Page, PageRequest};
 use crate::runners::model::RunnerCommand;
 use crate::store::{ReadTxn, Store, WriteTxn};
-use model::{Timer, TimerKind};
 use model::*;
+use model::{Timer, TimerKind};
 
 /// Events kept in a session detail's `recentEvents`.
 pub const RECENT_EVENTS: usize = 20;
@@ -240,8 +242,11 @@ impl SessionService {
         // Everything that does not depend on the database is prepared here, not on the store's
         // single writer thread, which every write in the server waits for.
         let created_summary = format!("Session created for {}", session.repo.url);
-        let created_data =
-            json!({"providerId": session.provider.as_str(), "repoUrl": session.repo.url});
+        let created = SessionEventData::Created {
+            provider: session.provider,
+            repo_url: session.repo.url.clone(),
+        };
+        let created_json = render::timeline_data_json(&created);
         let audit_entry = audit::entry(p, "session.create", id, Some(&session.org_id), now);
         self.store
             .write(move |w| {
@@ -256,14 +261,7 @@ impl SessionService {
                     });
                 }
                 w.begin_session_events(session.id);
-                record(
-                    w,
-                    &session,
-                    "session_created",
-                    created_summary,
-                    now,
-                    created_data,
-                )?;
+                record_rendered(w, &session, created, created_json, created_summary, now)?;
                 change_state(
                     w,
                     &mut session,
@@ -529,17 +527,16 @@ impl SessionService {
                 record(
                     w,
                     &s,
-                    "approval_requested",
+                    SessionEventData::ApprovalRequested {
+                        approval_id: approval.id,
+                        action: approval.action,
+                        description: approval.description.clone(),
+                        context_json: approval.context_json.clone(),
+                        requested_at: approval.requested_at,
+                        expires_at: approval.expires_at,
+                    },
                     format!("Approval requested: {} — {}", approval.action.as_str(), approval.description),
                     now,
-                    json!({
-                        "approvalId": approval.id,
-                        "action": approval.action.as_str(),
-                        "description": approval.description,
-                        "context": approval.context_json.as_deref().and_then(|c| serde_json::from_str::<Value>(c).ok()),
-                        "requestedAt": format_ms(approval.requested_at),
-                        "expiresAt": format_ms(approval.expires_at),
-                    }),
                 )?;
                 if s.state == SessionState::Running {
                     change_state(w, &mut s, SessionState::WaitingForApproval, Cause::Approval, now, rules)?;
@@ -701,15 +698,14 @@ impl SessionService {
                     offset: held,
                 };
                 w.put_output(id, &chunk)?;
-                w.emit(BusEvent {
-                    name: "terminal_output",
-                    at: now,
-                    org_id: Some(s.org_id.clone()),
-                    session_id: Some(id),
-                    data: json!({"seq": chunk.seq, "stream": stream.as_str(), "data": chunk.data}),
-                    rendered: Default::default(),
-                });
-                Ok(chunk.seq)
+                let seq = chunk.seq;
+                w.emit(BusEvent::new(
+                    now,
+                    Some(s.org_id.clone()),
+                    Some(id),
+                    DomainEvent::TerminalOutput(Arc::new(chunk)),
+                ));
+                Ok(seq)
             })
             .await
     }
@@ -742,7 +738,7 @@ fn offset_mismatch(held: u64) -> DomainError {
     DomainError::Conflict {
         kind: Conflict::OutputOffsetMismatch,
         message: format!("output offset does not match; the server holds {held} bytes"),
-        details: Some(json!({ "offset": held })),
+        details: Some(ConflictDetails::OutputOffset { held }),
     }
 }
 
@@ -750,21 +746,31 @@ fn offset_mismatch(held: u64) -> DomainError {
 fn record(
     w: &mut dyn WriteTxn,
     s: &Session,
-    kind: &'static str,
+    event: SessionEventData,
     summary: String,
     now: Millis,
-    data: Value,
 ) -> DomainResult<()> {
-    w.append_event(s.id, kind, summary, now, Some(&data))?;
-    // The session and org travel in the event's own fields, not in `data`.
-    w.emit(BusEvent {
-        name: kind,
-        at: now,
-        org_id: Some(s.org_id.clone()),
-        session_id: Some(s.id),
-        data,
-        rendered: Default::default(),
-    });
+    let data_json = render::timeline_data_json(&event);
+    record_rendered(w, s, event, data_json, summary, now)
+}
+
+/// `record` with the event's timeline data already rendered (off the writer thread).
+fn record_rendered(
+    w: &mut dyn WriteTxn,
+    s: &Session,
+    event: SessionEventData,
+    data_json: String,
+    summary: String,
+    now: Millis,
+) -> DomainResult<()> {
+    w.append_event(s.id, event.name(), summary, now, Some(data_json))?;
+    // The session and org travel in the event's own fields, not in its data.
+    w.emit(BusEvent::new(
+        now,
+        Some(s.org_id.clone()),
+        Some(s.id),
+        DomainEvent::Session(event),
+    ));
     Ok(())
 }
 
@@ -790,10 +796,9 @@ fn change_state(
     record(
         w,
         s,
-        "state_changed",
+        SessionEventData::StateChanged { from, to },
         format!("{} → {}", from.as_str(), to.as_str()),
         now,
-        json!({"from": from.as_str(), "to": to.as_str()}),
     )?;
     if from == SessionState::Queued
         && let (Some(at), Some(a)) = (s.assigned_at, s.assignment_id)
@@ -806,10 +811,9 @@ fn change_state(
         record(
             w,
             s,
-            "session_started",
+            SessionEventData::Started,
             "Session started".into(),
             now,
-            json!({}),
         )?;
     }
     if let Some(runner) = s.runner_id {
@@ -865,19 +869,22 @@ fn change_state(
             session_id: s.id,
             other_id: Uuid::nil(),
         })?;
-        let (kind, summary) = match to {
-            SessionState::Completed => ("session_completed", "Session completed".to_string()),
-            SessionState::TimedOut => ("session_failed", "Session timed out".to_string()),
-            _ => ("session_failed", "Session failed".to_string()),
+        let summary = match to {
+            SessionState::Completed => "Session completed".to_string(),
+            SessionState::TimedOut => "Session timed out".to_string(),
+            _ => "Session failed".to_string(),
         };
         record(
             w,
             s,
-            kind,
+            SessionEventData::Ended {
+                state: to,
+                end_reason: s.end_reason.clone(),
+                error: s.error.clone(),
+                runner_id: s.runner_id,
+            },
             summary,
             now,
-            // The runner it ended on: the update pipeline judges builds by it.
-            json!({"state": to.as_str(), "endReason": s.end_reason, "error": s.error, "runnerId": s.runner_id}),
         )?;
     }
     Ok(())
@@ -933,14 +940,18 @@ fn close_approval(
     record(
         w,
         s,
-        "approval_resolved",
+        SessionEventData::ApprovalResolved {
+            approval_id: approval.id,
+            decision,
+            reason,
+            resolved_by: by,
+        },
         format!(
             "Approval {}: {}",
             approval.action.as_str(),
             decision.as_str()
         ),
         now,
-        json!({"approvalId": approval.id, "decision": decision.as_str(), "reason": reason, "resolvedBy": by}),
     )
 }
 
@@ -1062,10 +1073,12 @@ pub fn assign(
     record(
         w,
         s,
-        "session_assigned",
+        SessionEventData::Assigned {
+            runner_id: runner,
+            assignment_id: assignment,
+        },
         format!("Assigned to runner {runner}"),
         now,
-        json!({"runnerId": runner, "assignmentId": assignment}),
     )?;
     w.put_session(s)?;
     Ok(())
@@ -1089,10 +1102,12 @@ fn unassign(w: &mut dyn WriteTxn, s: &mut Session, why: &str, now: Millis) -> Do
     record(
         w,
         s,
-        "session_requeued",
+        SessionEventData::Requeued {
+            runner_id: runner,
+            reason: why.to_owned(),
+        },
         format!("Back in the queue: {why}"),
         now,
-        json!({"runnerId": runner, "reason": why}),
     )
 }
 

@@ -97,7 +97,6 @@ impl StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-
 /// Where a committed batch's effects go: runner commands to the runners' live channels, events
 /// to their subscribers. Called in commit order, only for durable batches.
 pub trait Publisher: Send + Sync + 'static {
@@ -448,7 +447,10 @@ pub(super) fn seq_range<T: codec::Record>(
     Ok(out)
 }
 
-pub(super) fn last_seq(t: &impl ReadableTable<(u128, u64), &'static [u8]>, session: Uuid) -> StoreResult<u64> {
+pub(super) fn last_seq(
+    t: &impl ReadableTable<(u128, u64), &'static [u8]>,
+    session: Uuid,
+) -> StoreResult<u64> {
     let id = session.as_u128();
     let last = t.range((id, 0u64)..=(id, u64::MAX))?.next_back();
     match last {

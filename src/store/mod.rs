@@ -23,7 +23,9 @@ mod tokens;
 mod webhooks;
 
 pub use audit::{AuditReads, AuditWrites};
-pub use engine::{Effects, Publisher, ReadCtx, Store, StoreError, StoreResult, WriteCtx, WriterStats};
+pub use engine::{
+    Effects, Publisher, ReadCtx, Store, StoreError, StoreResult, WriteCtx, WriterStats,
+};
 pub use pipeline::{PipelineReads, PipelineWrites};
 pub use runners::{RunnerReads, RunnerWrites};
 pub use sessions::{SessionReads, SessionWrites};

@@ -27,30 +27,30 @@ impl<T: Tables> PipelineReads for T {
     fn load_pipeline(&self) -> StoreResult<PipelineState> {
         let r = self;
         let mut state = PipelineState::default();
-    for entry in r.table(VERSIONS)?.iter()? {
-        let v: VersionRecord = decode(entry?.1.value())?;
-        state.versions.insert((v.provider, v.version.clone()), v);
-    }
-    for entry in r.table(BUILDS)?.iter()? {
-        let b: BuildRecord = decode(entry?.1.value())?;
-        state.builds.insert(b.build_id.clone(), b);
-    }
-    for entry in r.table(ROLLOUTS)?.iter()? {
-        let ro: Rollout = decode(entry?.1.value())?;
-        state.rollouts.insert(ro.id, ro);
-    }
-    for entry in r.table(CHANNELS)?.iter()? {
-        let (k, v) = entry?;
-        if let Some(channel) = Channel::parse(k.value()) {
-            let c: ChannelRecord = decode(v.value())?;
-            state.channels.insert(channel, c);
+        for entry in r.table(VERSIONS)?.iter()? {
+            let v: VersionRecord = decode(entry?.1.value())?;
+            state.versions.insert((v.provider, v.version.clone()), v);
         }
-    }
-    for entry in r.table(ORG_RUNTIME_CONFIGS)?.iter()? {
-        let c: OrgRuntimeConfig = decode(entry?.1.value())?;
-        state.org_configs.insert(c.org_id.clone(), c);
-    }
-    Ok(state)
+        for entry in r.table(BUILDS)?.iter()? {
+            let b: BuildRecord = decode(entry?.1.value())?;
+            state.builds.insert(b.build_id.clone(), b);
+        }
+        for entry in r.table(ROLLOUTS)?.iter()? {
+            let ro: Rollout = decode(entry?.1.value())?;
+            state.rollouts.insert(ro.id, ro);
+        }
+        for entry in r.table(CHANNELS)?.iter()? {
+            let (k, v) = entry?;
+            if let Some(channel) = Channel::parse(k.value()) {
+                let c: ChannelRecord = decode(v.value())?;
+                state.channels.insert(channel, c);
+            }
+        }
+        for entry in r.table(ORG_RUNTIME_CONFIGS)?.iter()? {
+            let c: OrgRuntimeConfig = decode(entry?.1.value())?;
+            state.org_configs.insert(c.org_id.clone(), c);
+        }
+        Ok(state)
     }
 }
 

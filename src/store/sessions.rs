@@ -87,7 +87,7 @@ pub trait SessionWrites: SessionReads {
         kind: &str,
         summary: String,
         at: Millis,
-        data: Option<&serde_json::Value>,
+        data_json: Option<String>,
     ) -> StoreResult<SessionEvent>;
 
     /// Appends an output chunk; its `seq` must be the next one (the caller read it).
@@ -327,7 +327,7 @@ impl SessionWrites for WriteCtx<'_> {
         kind: &str,
         summary: String,
         at: Millis,
-        data: Option<&serde_json::Value>,
+        data_json: Option<String>,
     ) -> StoreResult<SessionEvent> {
         self.writes += 1;
         let id = session.as_u128();
@@ -340,7 +340,7 @@ impl SessionWrites for WriteCtx<'_> {
             kind: kind.to_owned(),
             summary,
             at,
-            data_json: data.and_then(|d| serde_json::to_string(d).ok()),
+            data_json,
         };
         let bytes = encode(&event)?;
         self.hot_events()?

@@ -4,35 +4,33 @@
 //! restart. Only `http://` targets are supported (no TLS stack is built in).
 
 pub mod client;
-pub mod model;
 pub mod dispatcher;
+pub mod model;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::auth::{Principal, TokenKind};
-use crate::clock::{SharedClock, SharedIds, format_ms};
+use crate::clock::{SharedClock, SharedIds};
 use crate::error::{DomainError, DomainResult, Entity, Issue};
 use crate::events::BusEvent;
+use crate::events::render;
 use crate::store::Store;
 pub use model::{Delivery, DeliveryStatus, FIRST_RETRY_MS, LOG_SIZE, MAX_ATTEMPTS, Webhook};
 
-
 impl Webhook {
     fn wants(&self, event: &BusEvent) -> bool {
-        let named = self.events.iter().any(|e| e == "*" || e == event.name);
+        let named = self.events.iter().any(|e| e == "*" || e == event.name());
         let in_scope = match &self.org_id {
             None => true,
             Some(org) => event.org_id.as_deref() == Some(org.as_str()),
         };
-        named && in_scope && crate::events::is_public(event.name)
+        named && in_scope && crate::events::is_public(event.name())
     }
 }
-
 
 /// Backoff before attempt `attempts + 1`.
 pub fn retry_delay_ms(attempts: u32) -> i64 {
@@ -260,19 +258,12 @@ impl WebhookService {
             for event in events {
                 for hook in hooks.values().filter(|h| h.wants(event)) {
                     let id = self.ids.ordered_uuid(now);
-                    let mut data = event.data.clone();
-                    if let (Some(s), Value::Object(map)) = (event.session_id, &mut data) {
-                        map.entry("sessionId").or_insert(json!(s));
-                    }
-                    let mut body = json!({"id": id, "event": event.name, "timestamp": format_ms(event.at), "data": data});
-                    if let Some(org) = &event.org_id {
-                        body["orgId"] = json!(org);
-                    }
+                    let body = render::webhook_body(id, event);
                     deliveries.push(Delivery {
                         id,
                         webhook_id: hook.id,
-                        event: event.name.to_owned(),
-                        body: body.to_string(),
+                        event: event.name().to_owned(),
+                        body,
                         status: DeliveryStatus::Pending,
                         attempts: 0,
                         last_status_code: None,

@@ -4,33 +4,36 @@
 //! runtime configs. Every method checks its rules first, then mutates the state and notes in
 //! [`Changes`] what it touched, so the service persists exactly what the rules decided.
 
-use serde_json::{Value, json};
+use crate::events::model::{DomainEvent, RolloutEventKind, RolloutSummary};
 use uuid::Uuid;
 
-use super::types::*;
-use super::verdicts::StageCounts;
+use super::model::*;
 use crate::clock::Millis;
-use crate::error::{Conflict, DomainError, DomainResult, Entity};
+use crate::error::{Conflict, ConflictDetails, DomainError, DomainResult, Entity};
 use crate::sessions::model::Provider;
 
 fn rollout_conflict(message: impl Into<String>) -> DomainError {
     DomainError::conflict(Conflict::InvalidRolloutState, message)
 }
 
-pub(super) fn rollout_event(r: &Rollout, reason: Option<&str>) -> Value {
-    let mut data = json!({
-        "rolloutId": r.id,
-        "buildId": r.target_build_id,
-        "previousBuildId": r.previous_build_id,
-        "channel": r.channel.as_str(),
-        "state": r.state.as_str(),
-        "currentStage": r.stage_number(),
-        "currentPercentage": r.current_percentage,
-    });
-    if let (Some(reason), Value::Object(m)) = (reason, &mut data) {
-        m.insert("reason".into(), json!(reason));
+pub(super) fn rollout_event(
+    kind: RolloutEventKind,
+    r: &Rollout,
+    reason: Option<&str>,
+) -> DomainEvent {
+    DomainEvent::Rollout {
+        kind,
+        rollout: RolloutSummary {
+            rollout_id: r.id,
+            build_id: r.target_build_id.clone(),
+            previous_build_id: r.previous_build_id.clone(),
+            channel: r.channel.as_str(),
+            state: r.state.as_str(),
+            current_stage: r.stage_number(),
+            current_percentage: r.current_percentage,
+            reason: reason.map(str::to_owned),
+        },
     }
-    data
 }
 
 impl PipelineState {
@@ -90,10 +93,11 @@ impl PipelineState {
             return;
         }
         self.register_version(provider, version, None, None, now, changes);
-        changes.events.push((
-            "version_discovered",
-            json!({"providerId": provider.as_str(), "version": version, "runnerId": runner_id}),
-        ));
+        changes.events.push(DomainEvent::VersionDiscovered {
+            provider,
+            version: version.to_owned(),
+            runner_id,
+        });
     }
 
     pub fn set_canary(
@@ -132,10 +136,11 @@ impl PipelineState {
             ));
         }
         changes.builds.insert(b.build_id.clone());
-        changes.events.push((
-            "build_registered",
-            json!({"buildId": b.build_id, "runnerVersion": b.runner_version, "runtimeVersions": b.runtime_versions}),
-        ));
+        changes.events.push(DomainEvent::BuildRegistered {
+            build_id: b.build_id.clone(),
+            runner_version: b.runner_version.clone(),
+            runtime_versions: b.runtime_versions.clone(),
+        });
         self.builds.insert(
             b.build_id.clone(),
             BuildRecord {
@@ -302,7 +307,7 @@ impl PipelineState {
             return Err(DomainError::Conflict {
                 kind: Conflict::RolloutAlreadyActive,
                 message: format!("channel {} already has an active rollout", channel.as_str()),
-                details: Some(json!({"rolloutId": active.id})),
+                details: Some(ConflictDetails::ActiveRollout(active.id)),
             });
         }
         let number = self.rollouts.values().map(|r| r.number).max().unwrap_or(0) + 1;
@@ -381,8 +386,9 @@ impl PipelineState {
                 r.state = RolloutState::Paused;
                 r.last_updated_at = now;
                 changes.rollouts.insert(id);
-                let data = rollout_event(r, None);
-                changes.events.push(("rollout_paused", data));
+                changes
+                    .events
+                    .push(rollout_event(RolloutEventKind::Paused, r, None));
             }
             RolloutVerb::Resume => {
                 if state != RolloutState::Paused {
@@ -393,8 +399,9 @@ impl PipelineState {
                 // The hold restarts: what happened while paused was not a normal stage.
                 r.stage_started_at = now;
                 changes.rollouts.insert(id);
-                let data = rollout_event(r, None);
-                changes.events.push(("rollout_resumed", data));
+                changes
+                    .events
+                    .push(rollout_event(RolloutEventKind::Resumed, r, None));
             }
             RolloutVerb::Cancel => {
                 let reason = reason.unwrap_or("cancelled");
@@ -414,15 +421,12 @@ impl PipelineState {
             self.finish_rollout(id, RolloutState::Completed, None, now, changes);
             return;
         }
-        let data = rollout_event(r, None);
-        changes.events.push((
-            if first {
-                "rollout_started"
-            } else {
-                "rollout_advanced"
-            },
-            data,
-        ));
+        let kind = if first {
+            RolloutEventKind::Started
+        } else {
+            RolloutEventKind::Advanced
+        };
+        changes.events.push(rollout_event(kind, r, None));
     }
 
     /// Ends a rollout: completed (the channel now runs its build), rolled back or failed.
@@ -448,7 +452,14 @@ impl PipelineState {
             r.error = reason.map(str::to_owned);
         }
         let (channel, build) = (r.channel, r.target_build_id.clone());
-        let data = rollout_event(r, reason);
+        let event = if end == RolloutState::Completed {
+            Some(RolloutEventKind::Completed)
+        } else if started || end == RolloutState::RolledBack {
+            Some(RolloutEventKind::Cancelled)
+        } else {
+            None
+        }
+        .map(|kind| rollout_event(kind, r, reason));
         changes.rollouts.insert(id);
         let record = self.channels.entry(channel).or_default();
         if record.active_rollout == Some(id) {
@@ -457,10 +468,8 @@ impl PipelineState {
         if end == RolloutState::Completed {
             record.history.retain(|b| *b != build);
             record.history.push(build);
-            changes.events.push(("rollout_completed", data));
-        } else if started || end == RolloutState::RolledBack {
-            changes.events.push(("rollout_cancelled", data));
         }
+        changes.events.extend(event);
         changes.channels.insert(channel);
     }
 
@@ -539,7 +548,7 @@ pub fn stage_problem(stages: &[u8]) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::model::tests::state_with_builds;
+    use crate::pipeline::properties::state_with_builds;
 
     #[test]
     fn a_paused_rollout_resumes_where_it_was_and_refuses_advance() {

@@ -1,16 +1,16 @@
 //! The pipeline's records and value types: channels, build statuses and recommendations,
 //! rollout states, the version, build, rollout, channel and org config records, the inputs of a
 //! change ([`NewBuild`], [`RolloutVerb`]) and the [`Changes`] it reports. Plain data and their
-//! string forms only: the rules that change them are in `rules.rs`, the health figures a
-//! rollout carries in `verdicts.rs`.
+//! string forms only (with the health figures a rollout carries): the rules that change them
+//! are in `pipeline/rules.rs`, `desired.rs` and `verdicts.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use uuid::Uuid;
 
-use super::verdicts::{StageCounts, Verdict};
+use crate::events::model::DomainEvent;
+
 use crate::clock::Millis;
 use crate::sessions::model::Provider;
 
@@ -315,7 +315,7 @@ pub struct Changes {
     pub rollouts: BTreeSet<Uuid>,
     pub channels: BTreeSet<Channel>,
     pub org_configs: BTreeSet<String>,
-    pub events: Vec<(&'static str, Value)>,
+    pub events: Vec<DomainEvent>,
     /// Decisions the server made by itself, for the audit log: (action, target).
     pub audit: Vec<(&'static str, String)>,
 }
@@ -348,4 +348,58 @@ pub struct PipelineState {
     pub rollouts: BTreeMap<Uuid, Rollout>,
     pub channels: BTreeMap<Channel, ChannelRecord>,
     pub org_configs: BTreeMap<String, OrgRuntimeConfig>,
+}
+
+/// Sessions that ended during the current stage, on runners of the new build and of the
+/// previous one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageCounts {
+    pub new_ended: u64,
+    pub new_failed: u64,
+    pub previous_ended: u64,
+    pub previous_failed: u64,
+}
+
+impl StageCounts {
+    pub fn add(&mut self, other: StageCounts) {
+        self.new_ended += other.new_ended;
+        self.new_failed += other.new_failed;
+        self.previous_ended += other.previous_ended;
+        self.previous_failed += other.previous_failed;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == StageCounts::default()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Healthy,
+    Unhealthy,
+    /// Too few sessions to judge: the stage is held.
+    Insufficient,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Healthy => "healthy",
+            Self::Unhealthy => "unhealthy",
+            Self::Insufficient => "insufficient_data",
+        }
+    }
+}
+
+/// The last health verdict on a rollout, with the figures it was based on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub at: Millis,
+    pub outcome: Outcome,
+    pub reason: String,
+    pub stage_percentage: u8,
+    pub counts: StageCounts,
+    /// Runners reporting the new build, and how many of them are offline.
+    pub new_runners: u64,
+    pub new_runners_offline: u64,
 }

@@ -1,7 +1,7 @@
-//! The property test of the whole model: random sequences of API calls and health-judge ticks
+//! The property test of the pipeline's rules: random sequences of API calls and health-judge ticks
 //! must never break the rollout invariants (one active rollout per channel, nobody told to run
 //! a `known_bad` build, percentages only grow, runners leave a cancelled rollout). Proptest
-//! replays the seeds saved in `proptest-regressions/pipeline/model/tests.txt`, a path it derives
+//! replays the seeds saved in `proptest-regressions/pipeline/properties.txt`, a path it derives
 //! from this file's.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 use uuid::Uuid;
 
+use super::model::*;
 use super::*;
 use crate::clock::Millis;
 

@@ -1,71 +1,17 @@
-//! Stage health verdicts: the session outcomes counted per stage ([`StageCounts`]), the health
-//! rules ([`HealthRules`]) and what the fleet says about a build ([`BuildFleet`]), the pure
+//! Stage health verdicts: the session outcomes counted per stage (`StageCounts`, a record), the
+//! health rules ([`HealthRules`]) and what the fleet says about a build ([`BuildFleet`]), the pure
 //! [`judge`] of one stage, and [`PipelineState::evaluate`], which acts on the verdicts: an
 //! unhealthy stage is stopped and its build marked `known_bad`, a healthy canary passes, and
 //! with automation a stage held long enough advances.
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::model::*;
 use super::rules::rollout_event;
-use super::types::*;
 use crate::clock::Millis;
-
-/// Sessions that ended during the current stage, on runners of the new build and of the
-/// previous one.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StageCounts {
-    pub new_ended: u64,
-    pub new_failed: u64,
-    pub previous_ended: u64,
-    pub previous_failed: u64,
-}
-
-impl StageCounts {
-    pub fn add(&mut self, other: StageCounts) {
-        self.new_ended += other.new_ended;
-        self.new_failed += other.new_failed;
-        self.previous_ended += other.previous_ended;
-        self.previous_failed += other.previous_failed;
-    }
-
-    pub fn is_empty(&self) -> bool {
-        *self == StageCounts::default()
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Outcome {
-    Healthy,
-    Unhealthy,
-    /// Too few sessions to judge: the stage is held.
-    Insufficient,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Healthy => "healthy",
-            Self::Unhealthy => "unhealthy",
-            Self::Insufficient => "insufficient_data",
-        }
-    }
-}
-
-/// The last health verdict on a rollout, with the figures it was based on.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Verdict {
-    pub at: Millis,
-    pub outcome: Outcome,
-    pub reason: String,
-    pub stage_percentage: u8,
-    pub counts: StageCounts,
-    /// Runners reporting the new build, and how many of them are offline.
-    pub new_runners: u64,
-    pub new_runners_offline: u64,
-}
+use crate::events::model::RolloutEventKind;
 
 /// Health rules of a stage (config `pipeline.*`).
 #[derive(Debug, Clone, Copy)]
@@ -177,8 +123,11 @@ impl PipelineState {
                         r.state = RolloutState::CanaryPassed;
                         r.last_updated_at = now;
                         changes.rollouts.insert(id);
-                        let data = rollout_event(r, Some("canary healthy"));
-                        changes.events.push(("rollout_advanced", data));
+                        changes.events.push(rollout_event(
+                            RolloutEventKind::Advanced,
+                            r,
+                            Some("canary healthy"),
+                        ));
                     }
                     if rules.auto_advance {
                         let _ = self.apply_verb(id, RolloutVerb::Advance, None, now, changes);
@@ -287,7 +236,7 @@ pub fn judge(r: &Rollout, rules: &HealthRules, fleet: BuildFleet, now: Millis) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::model::tests::state_with_builds;
+    use crate::pipeline::properties::state_with_builds;
 
     #[test]
     fn a_bad_canary_fails_and_marks_the_build_bad_even_without_automation() {

@@ -6,7 +6,7 @@
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::types::*;
+use super::model::*;
 
 /// A runner's place in 0..100, stable for its id: it enters a rollout when this is below the
 /// rollout's percentage. Since percentages only grow, a runner never flips back and forth.

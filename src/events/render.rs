@@ -1,0 +1,175 @@
+//! The one place a domain event becomes JSON: the `data` of a session's timeline entry, the
+//! frames of the dashboard stream and the body of a webhook delivery. Field names and shapes
+//! are those of docs/api.md.
+
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use super::model::{BusEvent, DomainEvent, SessionEventData};
+use crate::clock::format_ms;
+use crate::sessions::model::OutputChunk;
+
+/// The event's `data` object.
+pub fn data(event: &DomainEvent) -> Value {
+    match event {
+        DomainEvent::Session(e) => session_data(e),
+        DomainEvent::TerminalOutput(chunk) => {
+            json!({"seq": chunk.seq, "stream": chunk.stream.as_str(), "data": chunk.data})
+        }
+        DomainEvent::Runner {
+            runner_id,
+            hostname,
+            ..
+        } => json!({"runnerId": runner_id, "hostname": hostname}),
+        DomainEvent::Rollout { rollout: r, .. } => {
+            let mut data = json!({
+                "rolloutId": r.rollout_id,
+                "buildId": r.build_id,
+                "previousBuildId": r.previous_build_id,
+                "channel": r.channel,
+                "state": r.state,
+                "currentStage": r.current_stage,
+                "currentPercentage": r.current_percentage,
+            });
+            if let (Some(reason), Value::Object(m)) = (&r.reason, &mut data) {
+                m.insert("reason".into(), json!(reason));
+            }
+            data
+        }
+        DomainEvent::VersionDiscovered {
+            provider,
+            version,
+            runner_id,
+        } => json!({"providerId": provider.as_str(), "version": version, "runnerId": runner_id}),
+        DomainEvent::BuildRegistered {
+            build_id,
+            runner_version,
+            runtime_versions,
+        } => {
+            json!({"buildId": build_id, "runnerVersion": runner_version, "runtimeVersions": runtime_versions})
+        }
+    }
+}
+
+fn session_data(e: &SessionEventData) -> Value {
+    match e {
+        SessionEventData::Created { provider, repo_url } => {
+            json!({"providerId": provider.as_str(), "repoUrl": repo_url})
+        }
+        SessionEventData::StateChanged { from, to } => {
+            json!({"from": from.as_str(), "to": to.as_str()})
+        }
+        SessionEventData::Started => json!({}),
+        SessionEventData::Ended {
+            state,
+            end_reason,
+            error,
+            runner_id,
+        } => {
+            json!({"state": state.as_str(), "endReason": end_reason, "error": error, "runnerId": runner_id})
+        }
+        SessionEventData::ApprovalRequested {
+            approval_id,
+            action,
+            description,
+            context_json,
+            requested_at,
+            expires_at,
+        } => json!({
+            "approvalId": approval_id,
+            "action": action.as_str(),
+            "description": description,
+            "context": context(context_json.as_deref()),
+            "requestedAt": format_ms(*requested_at),
+            "expiresAt": format_ms(*expires_at),
+        }),
+        SessionEventData::ApprovalResolved {
+            approval_id,
+            decision,
+            reason,
+            resolved_by,
+        } => {
+            json!({"approvalId": approval_id, "decision": decision.as_str(), "reason": reason, "resolvedBy": resolved_by})
+        }
+        SessionEventData::Assigned {
+            runner_id,
+            assignment_id,
+        } => json!({"runnerId": runner_id, "assignmentId": assignment_id}),
+        SessionEventData::Requeued { runner_id, reason } => {
+            json!({"runnerId": runner_id, "reason": reason})
+        }
+    }
+}
+
+/// An approval's context as the runner sent it (stored as JSON text): an object, or null.
+pub fn context(json_text: Option<&str>) -> Value {
+    json_text
+        .and_then(|c| serde_json::from_str::<Value>(c).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// The `data` of a timeline entry as stored with it.
+pub fn timeline_data_json(event: &SessionEventData) -> String {
+    session_data(event).to_string()
+}
+
+/// A frame of terminal output for the dashboard stream. Live and replayed output use this one
+/// function, so a chunk's frame is the same whenever it is sent; it carries the chunk's time.
+pub fn terminal_frame(session_id: Uuid, chunk: &OutputChunk) -> String {
+    json!({"type": "terminal", "sessionId": session_id, "action": "output", "seq": chunk.seq,
+           "stream": chunk.stream.as_str(), "data": chunk.data, "timestamp": format_ms(chunk.at)})
+    .to_string()
+}
+
+/// The dashboard frame of a session-scoped event (without its `timestamp`, which the stream
+/// adds when it sends it).
+pub fn session_frame(event: &BusEvent) -> Value {
+    let id = event.session_id;
+    let data = data(&event.event);
+    match &event.event {
+        DomainEvent::Session(SessionEventData::StateChanged { .. }) => {
+            json!({"type": "session", "sessionId": id, "action": "state_change",
+                   "data": {"from": data["from"], "to": data["to"]}})
+        }
+        DomainEvent::Session(SessionEventData::Ended { .. }) => {
+            json!({"type": "session", "sessionId": id, "action": "completed", "data": data})
+        }
+        DomainEvent::Session(SessionEventData::ApprovalRequested { .. }) => {
+            let mut approval = data;
+            approval["sessionId"] = json!(id);
+            if approval.get("context").is_some_and(Value::is_null)
+                && let Some(map) = approval.as_object_mut()
+            {
+                map.remove("context");
+            }
+            json!({"type": "approval_required", "sessionId": id, "approval": approval})
+        }
+        other => {
+            let mut data = data;
+            data["sessionId"] = json!(id);
+            json!({"type": "event", "event": other.name(), "data": data})
+        }
+    }
+}
+
+/// The dashboard frame of a fleet event (runners, the update pipeline), without `timestamp`.
+pub fn fleet_frame(event: &BusEvent) -> Value {
+    json!({"type": "event", "event": event.name(), "data": data(&event.event)})
+}
+
+/// The body of a webhook delivery: the event with the delivery's id, signed as it is.
+pub fn webhook_body(delivery_id: Uuid, event: &BusEvent) -> String {
+    let mut data = data(&event.event);
+    if let (Some(s), Value::Object(map)) = (event.session_id, &mut data) {
+        map.entry("sessionId").or_insert(json!(s));
+    }
+    let mut body = Map::new();
+    body.insert("id".into(), json!(delivery_id));
+    body.insert("event".into(), json!(event.name()));
+    body.insert("timestamp".into(), json!(format_ms(event.at)));
+    body.insert("data".into(), data);
+    if let Some(org) = &event.org_id {
+        body.insert("orgId".into(), json!(org));
+    }
+    Value::Object(body).to_string()
+}
