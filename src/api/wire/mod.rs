@@ -9,6 +9,8 @@
 //! `serde_json::Value`, whose object keys are sorted the same way.
 
 pub mod paging;
+pub mod pipeline;
+pub mod runners;
 pub mod sessions;
 
 use serde::Serialize;
