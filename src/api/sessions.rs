@@ -516,17 +516,6 @@ async fn usage(id: String, p: Caller, st: AppState, body: Body) -> ApiResult {
     detail_reply(StatusCode::OK, &view, st.sessions.now())
 }
 
-/// A page of items already rendered as values (the areas not yet moved to `super::wire`).
-pub fn page_json(page: crate::paging::Page<Value>) -> Value {
-    json!({
-        "items": page.items,
-        "total": page.total,
-        "page": page.page,
-        "pageSize": page.page_size,
-        "hasMore": page.has_more,
-    })
-}
-
 // ---- shapes the runner channel sends ------------------------------------------------------
 
 /// An approval as the runner channel acknowledges it.

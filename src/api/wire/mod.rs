@@ -8,15 +8,18 @@
 //! written as `null`. Free-form JSON a client stored (metadata, approval context) stays a
 //! `serde_json::Value`, whose object keys are sorted the same way.
 
+pub mod audit;
 pub mod paging;
 pub mod pipeline;
 pub mod runners;
 pub mod sessions;
+pub mod tokens;
+pub mod webhooks;
 
 use serde::Serialize;
 use serde_json::Value;
 
-pub use paging::{Page, SeqPage};
+pub use paging::{Items, Page, SeqPage};
 
 /// JSON a client once sent and the store keeps as text, back as a value (`None` when absent
 /// or not JSON).

@@ -1,4 +1,4 @@
-//! The list wrappers: a numbered page, a window of a sequence.
+//! The list wrappers: a numbered page, a window of a sequence, a plain list.
 
 use serde::Serialize;
 
@@ -41,6 +41,18 @@ impl<T> SeqPage<T> {
     }
 }
 
+/// A whole list: `{items}`.
+#[derive(Debug, Serialize)]
+pub struct Items<T> {
+    items: Vec<T>,
+}
+
+impl<T> Items<T> {
+    pub fn new(items: Vec<T>) -> Self {
+        Self { items }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::check::sorted_keys;
@@ -60,5 +72,6 @@ mod tests {
             r#"{"hasMore":true,"items":[30,40],"page":2,"pageSize":2,"total":5}"#
         );
         sorted_keys(&SeqPage::new(vec!["a"], 7));
+        sorted_keys(&Items::new(vec![1]));
     }
 }
