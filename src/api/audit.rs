@@ -1,17 +1,18 @@
-//! `GET /api/v1/audit` (contract §7).
+//! `GET /api/v1/audit`.
 
 use std::collections::HashMap;
 
-use serde_json::{Value, json};
 use warp::filters::BoxedFilter;
 use warp::{Filter, path};
 
 use super::envelope::{ApiResult, Success};
 use super::input::{Query, Reader};
+use super::wire::SeqPage;
+use super::wire::audit::Entry;
 use super::{AppState, principal, query, with_state};
-use crate::audit::{self, AuditEntry};
+use crate::audit;
 use crate::auth::Caller;
-use crate::sessions::{MAX_PAGE_LIMIT, timestamp};
+use crate::sessions::MAX_PAGE_LIMIT;
 
 pub fn routes(s: &AppState) -> BoxedFilter<(ApiResult,)> {
     path!("audit")
@@ -23,20 +24,6 @@ pub fn routes(s: &AppState) -> BoxedFilter<(ApiResult,)> {
         .boxed()
 }
 
-fn entry_json(e: &AuditEntry) -> Value {
-    let mut v = json!({
-        "seq": e.seq,
-        "at": timestamp(e.at),
-        "actor": {"tokenId": e.token_id, "kind": e.kind, "name": e.name},
-        "action": e.action,
-        "target": e.target,
-    });
-    if let Some(org) = &e.org_id {
-        v["orgId"] = json!(org);
-    }
-    v
-}
-
 async fn list(p: Caller, st: AppState, q: HashMap<String, String>) -> ApiResult {
     let q = Query { params: &q };
     let mut r = Reader::new();
@@ -45,8 +32,5 @@ async fn list(p: Caller, st: AppState, q: HashMap<String, String>) -> ApiResult 
     r.finish()?;
     let items = audit::list(&st.store, &p, after, limit).await?;
     let next = items.last().map_or(after, |e| e.seq);
-    Ok(Success::ok(json!({
-        "items": items.iter().map(entry_json).collect::<Vec<_>>(),
-        "nextSeq": next,
-    })))
+    Success::json(&SeqPage::new(items.iter().map(Entry::from).collect(), next))
 }

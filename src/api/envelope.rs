@@ -42,6 +42,16 @@ impl Success {
         }
     }
 
+    /// `200 OK` with `data` written from its wire type (see `super::wire`).
+    pub fn json(data: &impl Serialize) -> Result<Self, ApiError> {
+        Self::typed(StatusCode::OK, data)
+    }
+
+    /// `201 Created` with `data` written from its wire type.
+    pub fn json_created(data: &impl Serialize) -> Result<Self, ApiError> {
+        Self::typed(StatusCode::CREATED, data)
+    }
+
     /// `data` as JSON, written straight from its `Serialize` implementation.
     pub fn typed(status: StatusCode, data: &impl Serialize) -> Result<Self, ApiError> {
         let json = serde_json::to_vec(data).map_err(|e| {

@@ -14,6 +14,7 @@ mod sessions;
 mod tokens;
 mod upgrade;
 mod webhooks;
+mod wire;
 mod ws;
 
 use std::collections::HashMap;

@@ -1,26 +1,26 @@
-//! `/api/v1/providers/…/versions`, `/builds`, `/rollouts`, `/orgs/{orgId}/runtime-config`
-//! (contract §5).
+//! `/api/v1/providers/…/versions`, `/builds`, `/rollouts`, `/orgs/{orgId}/runtime-config`.
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
 use warp::{Filter, path};
 
 use super::envelope::{ApiResult, Success};
 use super::input::{Body, Query, Reader, path_id, path_text};
-use super::sessions::page_json;
+use super::wire::Page;
+use super::wire::pipeline::{Build, OrgConfig, Rollout, Version};
 use super::{AppState, json_body, principal, query, with_state};
 use crate::auth::{Caller, is_org_slug};
 use crate::clock::parse_rfc3339;
 use crate::error::{DomainError, Entity};
 use crate::pipeline::model::{
-    BuildRecord, BuildStatus, Channel, NewBuild, OrgRuntimeConfig, Recommendation, RolloutState,
-    RolloutVerb, Verdict, is_label,
+    BuildStatus, Channel, NewBuild, OrgRuntimeConfig, Recommendation, RolloutState, RolloutVerb,
+    is_label,
 };
-use crate::pipeline::{BuildFilter, DesiredBuild, RolloutFilter, RolloutView, VersionView};
+use crate::pipeline::{BuildFilter, RolloutFilter};
 use crate::sessions::model::Provider;
-use crate::sessions::timestamp;
 
 pub fn routes(s: &AppState) -> BoxedFilter<(ApiResult,)> {
     let p = || principal(s).and(with_state(s));
@@ -161,9 +161,7 @@ async fn list_versions(
     let items = st
         .pipeline
         .versions(&p, provider, channel, limit as usize)?;
-    Ok(Success::ok(Value::Array(
-        items.iter().map(version_json).collect(),
-    )))
+    Success::json(&items.iter().map(Version::from).collect::<Vec<_>>())
 }
 
 async fn register_version(provider_id: String, p: Caller, st: AppState, body: Body) -> ApiResult {
@@ -190,12 +188,12 @@ async fn register_version(provider_id: String, p: Caller, st: AppState, body: Bo
         .pipeline
         .register_version(&p, provider, version, released_at, source_url)
         .await?;
-    let data = version_json(&view);
-    Ok(if created {
-        Success::created(data)
+    let status = if created {
+        StatusCode::CREATED
     } else {
-        Success::ok(data)
-    })
+        StatusCode::OK
+    };
+    Success::typed(status, &Version::from(&view))
 }
 
 async fn set_canary(
@@ -219,25 +217,7 @@ async fn set_canary(
         .pipeline
         .set_canary(&p, provider, version, passed)
         .await?;
-    Ok(Success::ok(version_json(&view)))
-}
-
-fn version_json(v: &VersionView) -> Value {
-    let r = &v.record;
-    let mut m = Map::new();
-    m.insert("providerId".into(), json!(r.provider.as_str()));
-    m.insert("version".into(), json!(r.version));
-    m.insert("releasedAt".into(), json!(timestamp(r.released_at)));
-    m.insert("canaryPassed".into(), json!(r.canary_passed));
-    if let Some(at) = r.canary_passed_at {
-        m.insert("canaryPassedAt".into(), json!(timestamp(at)));
-    }
-    if let Some(u) = &r.source_url {
-        m.insert("sourceUrl".into(), json!(u));
-    }
-    m.insert("firstSeenAt".into(), json!(timestamp(r.first_seen_at)));
-    m.insert("runnerCount".into(), json!(v.runner_count));
-    Value::Object(m)
+    Success::json(&Version::from(&view))
 }
 
 // ---- builds ---------------------------------------------------------------------------------
@@ -290,7 +270,7 @@ fn parse_build(body: &Body) -> Result<NewBuild, DomainError> {
 async fn register_build(p: Caller, st: AppState, body: Body) -> ApiResult {
     let build = parse_build(&body)?;
     let record = st.pipeline.register_build(&p, build).await?;
-    Ok(Success::created(build_json(&record)))
+    Success::json_created(&Build::from(&record))
 }
 
 async fn list_builds(p: Caller, st: AppState, q: HashMap<String, String>) -> ApiResult {
@@ -308,7 +288,7 @@ async fn list_builds(p: Caller, st: AppState, q: HashMap<String, String>) -> Api
     let page = st
         .pipeline
         .builds(&p, &BuildFilter { status, provider }, page)?;
-    Ok(Success::ok(page_json(page.map(|b| build_json(&b)))))
+    Success::json(&Page::of(&page, Build::from))
 }
 
 fn build_path(raw: &str) -> Result<String, DomainError> {
@@ -317,7 +297,7 @@ fn build_path(raw: &str) -> Result<String, DomainError> {
 
 async fn get_build(id: String, p: Caller, st: AppState) -> ApiResult {
     let id = build_path(&id)?;
-    Ok(Success::ok(build_json(&st.pipeline.build(&p, &id)?)))
+    Success::json(&Build::from(&st.pipeline.build(&p, &id)?))
 }
 
 async fn set_build_status(id: String, p: Caller, st: AppState, body: Body) -> ApiResult {
@@ -348,26 +328,7 @@ async fn set_build_status(id: String, p: Caller, st: AppState, body: Body) -> Ap
         .pipeline
         .set_build_status(&p, id, status, recommendation)
         .await?;
-    Ok(Success::ok(build_json(&record)))
-}
-
-pub fn build_json(b: &BuildRecord) -> Value {
-    let mut m = Map::new();
-    m.insert("buildId".into(), json!(b.build_id));
-    m.insert("runnerVersion".into(), json!(b.runner_version));
-    m.insert("builtAt".into(), json!(timestamp(b.built_at)));
-    m.insert("status".into(), json!(b.status.as_str()));
-    m.insert("recommendation".into(), json!(b.recommendation.as_str()));
-    m.insert("runtimeVersions".into(), json!(b.runtime_versions));
-    if let Some(meta) = b
-        .metadata_json
-        .as_deref()
-        .and_then(|j| serde_json::from_str::<Value>(j).ok())
-    {
-        m.insert("metadata".into(), meta);
-    }
-    m.insert("registeredAt".into(), json!(timestamp(b.registered_at)));
-    Value::Object(m)
+    Success::json(&Build::from(&record))
 }
 
 // ---- rollouts -------------------------------------------------------------------------------
@@ -426,7 +387,7 @@ async fn create_rollout(p: Caller, st: AppState, body: Body) -> ApiResult {
         .pipeline
         .create_rollout(&p, build_id, channel, stages, start)
         .await?;
-    Ok(Success::created(rollout_json(&view)))
+    Success::json_created(&Rollout::from(&view))
 }
 
 async fn list_rollouts(p: Caller, st: AppState, q: HashMap<String, String>) -> ApiResult {
@@ -448,14 +409,12 @@ async fn list_rollouts(p: Caller, st: AppState, q: HashMap<String, String>) -> A
     let items = st
         .pipeline
         .rollouts(&p, &RolloutFilter { state, channel })?;
-    Ok(Success::ok(Value::Array(
-        items.iter().map(rollout_json).collect(),
-    )))
+    Success::json(&items.iter().map(Rollout::from).collect::<Vec<_>>())
 }
 
 async fn get_rollout(id: String, p: Caller, st: AppState) -> ApiResult {
     let view = st.pipeline.rollout(&p, rollout_id(&id)?)?;
-    Ok(Success::ok(rollout_json(&view)))
+    Success::json(&Rollout::from(&view))
 }
 
 async fn rollout_verb(id: String, verb: String, p: Caller, st: AppState, body: Body) -> ApiResult {
@@ -483,75 +442,7 @@ async fn rollout_verb(id: String, verb: String, p: Caller, st: AppState, body: B
     };
     r.finish()?;
     let view = st.pipeline.rollout_verb(&p, id, verb, reason).await?;
-    Ok(Success::ok(rollout_json(&view)))
-}
-
-fn verdict_json(v: &Verdict) -> Value {
-    let rate = |part: u64, whole: u64| {
-        if whole == 0 {
-            Value::Null
-        } else {
-            json!(part as f64 / whole as f64)
-        }
-    };
-    json!({
-        "at": timestamp(v.at),
-        "outcome": v.outcome.as_str(),
-        "reason": v.reason,
-        "stagePercentage": v.stage_percentage,
-        "newBuild": {
-            "sessions": v.counts.new_ended,
-            "failed": v.counts.new_failed,
-            "failureRate": rate(v.counts.new_failed, v.counts.new_ended),
-            "runners": v.new_runners,
-            "runnersOffline": v.new_runners_offline,
-            "offlineRate": rate(v.new_runners_offline, v.new_runners),
-        },
-        "previousBuild": {
-            "sessions": v.counts.previous_ended,
-            "failed": v.counts.previous_failed,
-            "failureRate": rate(v.counts.previous_failed, v.counts.previous_ended),
-        },
-    })
-}
-
-pub fn rollout_json(v: &RolloutView) -> Value {
-    let r = &v.rollout;
-    let mut m = Map::new();
-    m.insert("rolloutId".into(), json!(r.id));
-    m.insert("targetBuildId".into(), json!(r.target_build_id));
-    if let Some(prev) = &r.previous_build_id {
-        m.insert("previousBuildId".into(), json!(prev));
-    }
-    m.insert("channel".into(), json!(r.channel.as_str()));
-    m.insert("state".into(), json!(r.state.as_str()));
-    if let Some(from) = r.paused_from {
-        m.insert("pausedFrom".into(), json!(from.as_str()));
-    }
-    m.insert("stages".into(), json!(r.stages));
-    m.insert("currentStage".into(), json!(r.stage_number()));
-    m.insert("currentPercentage".into(), json!(r.current_percentage));
-    m.insert("startedAt".into(), json!(timestamp(r.started_at)));
-    m.insert("lastUpdatedAt".into(), json!(timestamp(r.last_updated_at)));
-    m.insert(
-        "stageStartedAt".into(),
-        json!(timestamp(r.stage_started_at)),
-    );
-    m.insert("affectedOrgsCount".into(), json!(v.affected_orgs));
-    m.insert("runnersTargeted".into(), json!(v.runners_targeted));
-    m.insert("runnersConverged".into(), json!(v.runners_converged));
-    if let Some(e) = &r.error {
-        m.insert("error".into(), json!(e));
-    }
-    if let Some(verdict) = &r.verdict {
-        m.insert("health".into(), verdict_json(verdict));
-    }
-    m.insert(
-        "healthHistory".into(),
-        Value::Array(r.past_verdicts.iter().map(verdict_json).collect()),
-    );
-    m.insert("createdBy".into(), json!(r.created_by));
-    Value::Object(m)
+    Success::json(&Rollout::from(&view))
 }
 
 // ---- org runtime config ---------------------------------------------------------------------
@@ -566,7 +457,7 @@ fn org_path(raw: &str) -> Result<String, DomainError> {
 
 async fn get_org_config(org: String, p: Caller, st: AppState) -> ApiResult {
     let org = org_path(&org)?;
-    Ok(Success::ok(config_json(&st.pipeline.org_config(&p, &org)?)))
+    Success::json(&OrgConfig::from(&st.pipeline.org_config(&p, &org)?))
 }
 
 async fn put_org_config(org: String, p: Caller, st: AppState, body: Body) -> ApiResult {
@@ -596,30 +487,5 @@ async fn put_org_config(org: String, p: Caller, st: AppState, body: Body) -> Api
         updated_at: None,
     };
     let saved = st.pipeline.put_org_config(&p, config).await?;
-    Ok(Success::ok(config_json(&saved)))
-}
-
-fn config_json(c: &OrgRuntimeConfig) -> Value {
-    let mut m = Map::new();
-    m.insert("orgId".into(), json!(c.org_id));
-    m.insert("channel".into(), json!(c.channel.as_str()));
-    m.insert("betaOptIn".into(), json!(c.beta_opt_in));
-    m.insert("autoUpgrade".into(), json!(c.auto_upgrade));
-    m.insert("pinnedBuildId".into(), json!(c.pinned_build_id));
-    if let Some(at) = c.updated_at {
-        m.insert("updatedAt".into(), json!(timestamp(at)));
-    }
-    Value::Object(m)
-}
-
-/// The heartbeat reply's `desiredBuild`.
-pub fn desired_json(d: Option<&DesiredBuild>) -> Value {
-    match d {
-        None => Value::Null,
-        Some(d) => json!({
-            "buildId": d.build_id,
-            "runnerVersion": d.runner_version,
-            "runtimeVersions": d.runtime_versions,
-        }),
-    }
+    Success::json(&OrgConfig::from(&saved))
 }

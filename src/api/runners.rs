@@ -1,22 +1,23 @@
-//! `/api/v1/runners/...` and `/api/v1/fleet` (contract §4).
+//! `/api/v1/runners/...` and `/api/v1/fleet`.
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
 use warp::{Filter, path};
 
 use super::envelope::{ApiResult, Success};
 use super::input::{Body, Query, Reader, path_id};
-use super::sessions::page_json;
+use super::wire::runners::{Deregistered, Fleet, HeartbeatAck, Registered, Runner};
+use super::wire::{self, Page};
 use super::{AppState, json_body, principal, query, with_state};
 use crate::auth::{Caller, Principal};
 use crate::clock::parse_rfc3339;
 use crate::error::{DomainError, Entity};
 use crate::runners::model::{Capabilities, Load, RunnerStatus};
-use crate::runners::{Heartbeat, Registration, RunnerFilter, RunnerView};
+use crate::runners::{Heartbeat, Registration, RunnerFilter};
 use crate::sessions::model::Provider;
-use crate::sessions::timestamp;
 
 pub fn routes(s: &AppState) -> BoxedFilter<(ApiResult,)> {
     let p = || principal(s).and(with_state(s));
@@ -156,16 +157,15 @@ fn parse_registration(body: &Body) -> Result<Registration, DomainError> {
 async fn register(p: Caller, st: AppState, body: Body) -> ApiResult {
     let reg = parse_registration(&body)?;
     let (view, token, created) = st.runners.register(&p, reg).await?;
-    let data = json!({
-        "runner": runner_json(&view),
-        "runnerToken": token,
-        "heartbeatIntervalMs": st.runners.heartbeat_interval_ms(),
-    });
-    Ok(if created {
-        Success::created(data)
+    let status = if created {
+        StatusCode::CREATED
     } else {
-        Success::ok(data)
-    })
+        StatusCode::OK
+    };
+    Success::typed(
+        status,
+        &Registered::new(&view, &token, st.runners.heartbeat_interval_ms()),
+    )
 }
 
 /// The RunnerHeartbeat body (REST) or `heartbeat` frame (channel).
@@ -227,30 +227,35 @@ pub fn parse_heartbeat(body: &Body) -> Result<Heartbeat, DomainError> {
 }
 
 /// A heartbeat (REST or channel frame) and its reply, with the build the runner should run.
-pub fn beat(
+fn heartbeat_ack(
     st: &AppState,
     p: &Principal,
     id: uuid::Uuid,
     hb: Heartbeat,
-) -> Result<Value, DomainError> {
+) -> Result<HeartbeatAck, DomainError> {
     let versions = hb.runtime_versions.clone();
     let build = hb.build_id.clone();
     let reply = st.runners.heartbeat(p, id, hb)?;
     let desired =
         st.pipeline
             .on_heartbeat(id, reply.org_id.as_deref(), &versions, build.as_deref());
-    Ok(json!({
-        "status": reply.status.as_str(),
-        "drain": reply.drain,
-        "desiredBuild": super::pipeline::desired_json(desired.as_ref()),
-        "heartbeatIntervalMs": reply.heartbeat_interval_ms,
-    }))
+    Ok(HeartbeatAck::new(&reply, desired.map(Into::into)))
+}
+
+/// The heartbeat reply as the runner channel sends it (it adds the frame's type and id).
+pub fn beat(
+    st: &AppState,
+    p: &Principal,
+    id: uuid::Uuid,
+    hb: Heartbeat,
+) -> Result<Value, DomainError> {
+    heartbeat_ack(st, p, id, hb).map(|ack| wire::to_value(&ack))
 }
 
 async fn heartbeat(id: String, p: Caller, st: AppState, body: Body) -> ApiResult {
     let id = runner_id(&id)?;
     let hb = parse_heartbeat(&body)?;
-    Ok(Success::ok(beat(&st, &p, id, hb)?))
+    Success::json(&heartbeat_ack(&st, &p, id, hb)?)
 }
 
 async fn list(p: Caller, st: AppState, q: HashMap<String, String>) -> ApiResult {
@@ -269,12 +274,12 @@ async fn list(p: Caller, st: AppState, q: HashMap<String, String>) -> ApiResult 
         .runners
         .list(&p, RunnerFilter { status, provider }, page)
         .await?;
-    Ok(Success::ok(page_json(page.map(|v| runner_json(&v)))))
+    Success::json(&Page::of(&page, Runner::from))
 }
 
 async fn get(id: String, p: Caller, st: AppState) -> ApiResult {
     let view = st.runners.get(&p, runner_id(&id)?).await?;
-    Ok(Success::ok(runner_json(&view)))
+    Success::json(&Runner::from(&view))
 }
 
 async fn set_draining(id: String, p: Caller, st: AppState, draining: bool) -> ApiResult {
@@ -282,7 +287,7 @@ async fn set_draining(id: String, p: Caller, st: AppState, draining: bool) -> Ap
         .runners
         .set_draining(&p, runner_id(&id)?, draining)
         .await?;
-    Ok(Success::ok(runner_json(&view)))
+    Success::json(&Runner::from(&view))
 }
 
 async fn deregister(id: String, p: Caller, st: AppState, q: HashMap<String, String>) -> ApiResult {
@@ -292,66 +297,10 @@ async fn deregister(id: String, p: Caller, st: AppState, q: HashMap<String, Stri
         Some(_) => return Err(DomainError::invalid("force", "must be true or false").into()),
     };
     let record = st.runners.deregister(&p, runner_id(&id)?, force).await?;
-    Ok(Success::ok(
-        json!({"runnerId": record.id, "hostname": record.hostname, "deregistered": true}),
-    ))
+    Success::json(&Deregistered::from(&record))
 }
 
 async fn fleet(p: Caller, st: AppState) -> ApiResult {
     let s = st.runners.summary(&p).await?;
-    Ok(Success::ok(json!({
-        "online": s.online,
-        "offline": s.offline,
-        "draining": s.draining,
-        "capacity": {"total": s.capacity_total, "used": s.capacity_used, "available": s.capacity_available},
-        "sessionsByState": s.sessions_by_state,
-    })))
-}
-
-pub fn runner_json(v: &RunnerView) -> Value {
-    let r = &v.record;
-    let mut m = Map::new();
-    m.insert("runnerId".into(), json!(r.id));
-    m.insert("hostname".into(), json!(r.hostname));
-    if let Some(org) = &r.org_id {
-        m.insert("orgId".into(), json!(org));
-    }
-    m.insert("status".into(), json!(v.status.as_str()));
-    m.insert(
-        "lastHeartbeat".into(),
-        json!(timestamp(v.live.last_heartbeat)),
-    );
-    m.insert(
-        "capabilities".into(),
-        json!({
-            "providers": r.capabilities.providers.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
-            "maxConcurrentSessions": r.capabilities.max_concurrent_sessions,
-            "features": r.capabilities.features,
-        }),
-    );
-    m.insert(
-        "load".into(),
-        json!({
-            "activeSessions": v.sessions,
-            "cpuPercent": v.live.load.cpu_percent,
-            "memoryPercent": v.live.load.memory_percent,
-            "diskPercent": v.live.load.disk_percent,
-        }),
-    );
-    m.insert("runtimeVersions".into(), json!(v.live.runtime_versions));
-    if let Some(b) = &v.live.build_id {
-        m.insert("buildId".into(), json!(b));
-    }
-    m.insert("registeredAt".into(), json!(timestamp(r.registered_at)));
-    m.insert("draining".into(), json!(r.draining));
-    if let Some(at) = r.drained_at {
-        m.insert("drainedAt".into(), json!(timestamp(at)));
-    }
-    let metadata = r
-        .metadata_json
-        .as_deref()
-        .and_then(|j| serde_json::from_str(j).ok())
-        .unwrap_or_else(|| json!({}));
-    m.insert("metadata".into(), metadata);
-    Value::Object(m)
+    Success::json(&Fleet::from(&s))
 }

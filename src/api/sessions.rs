@@ -1,8 +1,7 @@
-//! `/api/v1/sessions/...` (contract §3).
+//! `/api/v1/sessions/...`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
-use serde::Serialize;
 use serde_json::{Map, Value, json};
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
@@ -10,15 +9,18 @@ use warp::{Filter, path};
 
 use super::envelope::{ApiResult, Success};
 use super::input::{Body, Query, Reader, path_id};
+use super::wire::sessions::{
+    ApprovalRequest, Approvals, Output, OutputAppended, SessionDetail, SessionSummary,
+};
+use super::wire::{self, Page, SeqPage};
 use super::{AppState, json_body, principal, query, with_state};
 use crate::auth::Caller;
 use crate::clock::Millis;
 use crate::error::{DomainError, Entity};
-use crate::paging::Page;
 use crate::sessions::model::*;
 use crate::sessions::{
     MAX_ENV_ENTRIES, MAX_OUTPUT_BYTES, MAX_PAGE_LIMIT, MAX_TASK_BYTES, NewApproval, NewSession,
-    SessionFilter, SessionView, UsageUpdate, masked_env, timestamp,
+    SessionFilter, SessionView, UsageUpdate, timestamp,
 };
 
 pub fn routes(s: &AppState) -> BoxedFilter<(ApiResult,)> {
@@ -119,6 +121,11 @@ fn session_id(raw: &str) -> Result<uuid::Uuid, super::error::ApiError> {
     path_id(raw, DomainError::NotFound(Entity::Session))
 }
 
+/// A session's detail as the response.
+fn detail_reply(status: StatusCode, view: &SessionView, now: Millis) -> ApiResult {
+    Success::typed(status, &SessionDetail::new(view, now))
+}
+
 async fn create(p: Caller, st: AppState, body: Body) -> ApiResult {
     // An admin must name the org; an org token acts on its own.
     let new = parse_new_session(&body, p.kind == crate::auth::TokenKind::Admin)?;
@@ -209,7 +216,7 @@ fn parse_new_session(body: &Body, org_required: bool) -> Result<NewSession, Doma
     }
 }
 
-/// Contract §1: `http(s)://…`, `ssh://…`, scp-style `git@host:path`, or `file://…`.
+/// A repository URL: `http(s)://…`, `ssh://…`, scp-style `git@host:path`, or `file://…`.
 pub fn is_repository_url(u: &str) -> bool {
     if u.len() > 2048 || u.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return false;
@@ -258,9 +265,7 @@ async fn list(p: Caller, st: AppState, q: HashMap<String, String>) -> ApiResult 
     };
     let now = st.sessions.now();
     let page = st.sessions.list(&p, filter, page).await?;
-    Ok(Success::ok(page_json(
-        page.map(|s| session_summary(&s, now)),
-    )))
+    Success::json(&Page::of(&page, |s| SessionSummary::new(s, now)))
 }
 
 async fn get(id: String, p: Caller, st: AppState) -> ApiResult {
@@ -295,10 +300,7 @@ async fn list_approvals(id: String, p: Caller, st: AppState) -> ApiResult {
     let (mut resolved, pending): (Vec<_>, Vec<_>) =
         all.iter().partition(|a| a.resolution.is_some());
     resolved.sort_by_key(|a| (a.resolution.as_ref().map(|r| r.resolved_at), a.seq));
-    Ok(Success::ok(json!({
-        "pending": pending.iter().map(|a| approval_request(a)).collect::<Vec<_>>(),
-        "resolved": resolved.iter().map(|a| approval_response(a)).collect::<Vec<_>>(),
-    })))
+    Success::json(&Approvals::new(pending, resolved))
 }
 
 /// `{assignmentId?, action, description, context?}` — REST body or channel frame.
@@ -342,7 +344,7 @@ async fn request_approval(id: String, p: Caller, st: AppState, body: Body) -> Ap
         .sessions
         .request_approval(&p, session_id(&id)?, assignment, ask)
         .await?;
-    Ok(Success::created(approval_request(&approval)))
+    Success::json_created(&ApprovalRequest::from(&approval))
 }
 
 async fn resolve_approval(
@@ -391,10 +393,7 @@ async fn events(id: String, p: Caller, st: AppState, q: HashMap<String, String>)
         .events(&p, session_id(&id)?, after, limit)
         .await?;
     let next = items.last().map_or(after, |e| e.seq);
-    Ok(Success::ok(json!({
-        "items": items.iter().map(event_json).collect::<Vec<_>>(),
-        "nextSeq": next,
-    })))
+    Success::json(&SeqPage::new(items.iter().map(event_json).collect(), next))
 }
 
 async fn output(id: String, p: Caller, st: AppState, q: HashMap<String, String>) -> ApiResult {
@@ -404,10 +403,10 @@ async fn output(id: String, p: Caller, st: AppState, q: HashMap<String, String>)
         .output(&p, session_id(&id)?, after, limit)
         .await?;
     let next = items.last().map_or(after, |c| c.seq);
-    Ok(Success::ok(json!({
-        "items": items.iter().map(output_json).collect::<Vec<_>>(),
-        "nextSeq": next,
-    })))
+    Success::json(&SeqPage::new(
+        items.iter().map(Output::from).collect(),
+        next,
+    ))
 }
 
 /// A chunk of terminal output as a runner reports it.
@@ -460,7 +459,7 @@ async fn append_output(id: String, p: Caller, st: AppState, body: Body) -> ApiRe
             o.offset,
         )
         .await?;
-    Ok(Success::ok(json!({ "seq": seq })))
+    Success::json(&OutputAppended::new(seq))
 }
 
 /// `{assignmentId?, state, error?}`.
@@ -517,340 +516,39 @@ async fn usage(id: String, p: Caller, st: AppState, body: Body) -> ApiResult {
     detail_reply(StatusCode::OK, &view, st.sessions.now())
 }
 
-// ---- wire shapes -------------------------------------------------------------------------
+// ---- shapes the runner channel sends ------------------------------------------------------
 
-fn put_opt(map: &mut Map<String, Value>, key: &str, value: Option<Value>) {
-    if let Some(v) = value {
-        map.insert(key.into(), v);
-    }
-}
-
-pub fn page_json(page: Page<Value>) -> Value {
-    json!({
-        "items": page.items,
-        "total": page.total,
-        "page": page.page,
-        "pageSize": page.page_size,
-        "hasMore": page.has_more,
-    })
-}
-
-fn summary_map(s: &Session, now: Millis) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert("sessionId".into(), json!(s.id));
-    m.insert("orgId".into(), json!(s.org_id));
-    m.insert("state".into(), json!(s.state.as_str()));
-    m.insert("providerId".into(), json!(s.provider.as_str()));
-    m.insert("repoUrl".into(), json!(s.repo.url));
-    m.insert("startedAt".into(), json!(timestamp(s.created_at)));
-    put_opt(
-        &mut m,
-        "completedAt",
-        s.completed_at.map(|t| json!(timestamp(t))),
-    );
-    m.insert("durationSeconds".into(), json!(s.duration_seconds(now)));
-    put_opt(&mut m, "taskSummary", s.task_summary().map(Value::from));
-    m
-}
-
-pub fn session_summary(s: &Session, now: Millis) -> Value {
-    Value::Object(summary_map(s, now))
-}
-
-/// A session's detail (contract §3), written straight to JSON: the create path is hot enough
-/// that building a `Value` tree first showed in profiles. Fields are in key order, so the bytes
-/// are those a `serde_json::Map` (sorted keys) would give.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SessionDetail<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    completed_at: Option<String>,
-    duration_seconds: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    end_reason: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<&'a str>,
-    options: DetailOptions<'a>,
-    org_id: &'a str,
-    pending_approvals: Vec<Value>,
-    provider_id: &'static str,
-    recent_events: Vec<RecentEvent<'a>>,
-    repo: DetailRepo<'a>,
-    repo_url: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    runner_id: Option<uuid::Uuid>,
-    session_id: uuid::Uuid,
-    started_at: String,
-    state: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    task: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    task_summary: Option<String>,
-    updated_at: String,
-    usage: DetailUsage,
-    workspace: Workspace,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct DetailOptions<'a> {
-    dangerously_skip_permissions: bool,
-    env: BTreeMap<String, &'static str>,
-    required_features: &'a [String],
-    timeout_minutes: f64,
-}
-
-#[derive(Serialize)]
-struct RecentEvent<'a> {
-    summary: &'a str,
-    timestamp: String,
-    #[serde(rename = "type")]
-    kind: &'a str,
-}
-
-#[derive(Serialize)]
-struct DetailRepo<'a> {
-    branch: &'a str,
-    commit: &'a str,
-    url: &'a str,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct DetailUsage {
-    api_calls: u64,
-    compute_seconds: f64,
-    tokens_in: u64,
-    tokens_out: u64,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Workspace {
-    path: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    size_bytes: Option<u64>,
-}
-
-impl<'a> SessionDetail<'a> {
-    pub fn new(v: &'a SessionView, now: Millis) -> Self {
-        let s = &v.session;
-        Self {
-            completed_at: s.completed_at.map(timestamp),
-            duration_seconds: s.duration_seconds(now),
-            end_reason: s.end_reason.as_deref(),
-            error: s.error.as_deref(),
-            options: DetailOptions {
-                dangerously_skip_permissions: s.options.dangerously_skip_permissions,
-                env: masked_env(&s.options.env),
-                required_features: &s.options.required_features,
-                timeout_minutes: s.timeout_ms as f64 / 60_000.0,
-            },
-            org_id: &s.org_id,
-            pending_approvals: v.pending_approvals.iter().map(approval_request).collect(),
-            provider_id: s.provider.as_str(),
-            recent_events: v
-                .recent_events
-                .iter()
-                .map(|e| RecentEvent {
-                    summary: &e.summary,
-                    timestamp: timestamp(e.at),
-                    kind: &e.kind,
-                })
-                .collect(),
-            repo: DetailRepo {
-                branch: &s.repo.branch,
-                commit: &s.repo.commit,
-                url: &s.repo.url,
-            },
-            repo_url: &s.repo.url,
-            runner_id: s.runner_id,
-            session_id: s.id,
-            started_at: timestamp(s.created_at),
-            state: s.state.as_str(),
-            task: s.task.as_deref(),
-            task_summary: s.task_summary(),
-            updated_at: timestamp(s.updated_at),
-            usage: DetailUsage {
-                api_calls: s.usage.api_calls,
-                compute_seconds: s.usage.compute_seconds,
-                tokens_in: s.usage.tokens_in,
-                tokens_out: s.usage.tokens_out,
-            },
-            workspace: Workspace {
-                path: s.workspace_path(),
-                size_bytes: s.workspace_size_bytes,
-            },
-        }
-    }
-}
-
-/// A session's detail as a response.
-fn detail_reply(status: StatusCode, view: &SessionView, now: Millis) -> ApiResult {
-    Success::typed(status, &SessionDetail::new(view, now))
-}
-
-pub fn session_detail(v: &SessionView, now: Millis) -> Value {
-    serde_json::to_value(SessionDetail::new(v, now)).unwrap_or_default()
-}
-
-/// The detail a runner receives with its assignment: like `session_detail`, with env values.
-pub fn session_detail_for_runner(v: &SessionView, now: Millis) -> Value {
-    let mut detail = session_detail(v, now);
-    detail["options"]["env"] = json!(v.session.options.env);
-    detail
-}
-
-fn context_value(a: &Approval) -> Option<Value> {
-    a.context_json
-        .as_deref()
-        .and_then(|c| serde_json::from_str(c).ok())
-}
-
+/// An approval as the runner channel acknowledges it.
 pub fn approval_request(a: &Approval) -> Value {
-    let mut m = Map::new();
-    m.insert("approvalId".into(), json!(a.id));
-    m.insert("sessionId".into(), json!(a.session_id));
-    m.insert("action".into(), json!(a.action.as_str()));
-    m.insert("description".into(), json!(a.description));
-    m.insert("requestedAt".into(), json!(timestamp(a.requested_at)));
-    m.insert("expiresAt".into(), json!(timestamp(a.expires_at)));
-    put_opt(&mut m, "context", context_value(a));
-    Value::Object(m)
+    wire::to_value(&ApprovalRequest::from(a))
 }
 
-pub fn approval_response(a: &Approval) -> Value {
-    let mut m = Map::new();
-    m.insert("approvalId".into(), json!(a.id));
-    m.insert("sessionId".into(), json!(a.session_id));
-    m.insert("action".into(), json!(a.action.as_str()));
-    if let Some(r) = &a.resolution {
-        m.insert("decision".into(), json!(r.decision.as_str()));
-        put_opt(&mut m, "reason", r.reason.clone().map(Value::from));
-        m.insert("resolvedAt".into(), json!(timestamp(r.resolved_at)));
-        m.insert("resolvedBy".into(), json!(r.resolved_by));
-    }
-    Value::Object(m)
+/// The detail a runner receives with its assignment: like the client's, with env values.
+pub fn session_detail_for_runner(v: &SessionView, now: Millis) -> Value {
+    wire::to_value(&SessionDetail::for_runner(v, now))
 }
 
+/// A stored session event. It stays a `Value` built here: its `data` is free-form JSON, and
+/// the event's shape goes with the domain event type rather than with the REST wire types.
 fn event_json(e: &SessionEvent) -> Value {
     let mut m = Map::new();
     m.insert("seq".into(), json!(e.seq));
     m.insert("type".into(), json!(e.kind));
     m.insert("summary".into(), json!(e.summary));
     m.insert("timestamp".into(), json!(timestamp(e.at)));
-    put_opt(
-        &mut m,
-        "data",
-        e.data_json
-            .as_deref()
-            .and_then(|d| serde_json::from_str(d).ok()),
-    );
+    if let Some(data) = e
+        .data_json
+        .as_deref()
+        .and_then(|d| serde_json::from_str(d).ok())
+    {
+        m.insert("data".into(), data);
+    }
     Value::Object(m)
-}
-
-fn output_json(c: &OutputChunk) -> Value {
-    json!({
-        "seq": c.seq,
-        "stream": c.stream.as_str(),
-        "data": c.data,
-        "timestamp": timestamp(c.at),
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The typed detail writes exactly what the `Value` it replaced did: same keys, same
-    /// values, keys in sorted order (a `json!` map sorts its keys).
-    #[test]
-    fn session_detail_bytes() {
-        let id = uuid::Uuid::from_u128(7);
-        let runner = uuid::Uuid::from_u128(9);
-        let session = Session {
-            id,
-            org_id: "acme".into(),
-            provider: Provider::ClaudeCode,
-            repo: Repo {
-                url: "https://example.com/a.git".into(),
-                branch: "main".into(),
-                commit: "abc".into(),
-            },
-            task: Some("fix \"it\"".into()),
-            options: SessionOptions {
-                timeout_minutes: Some(1.5),
-                env: [("TOKEN".to_string(), "secret".to_string())].into(),
-                dangerously_skip_permissions: true,
-                required_features: vec!["gpu".into()],
-            },
-            state: SessionState::Completed,
-            created_at: 1_700_000_000_000,
-            started_running_at: Some(1_700_000_001_000),
-            completed_at: Some(1_700_000_061_500),
-            end_reason: Some("done".into()),
-            error: Some("none".into()),
-            runner_id: Some(runner),
-            assignment_id: None,
-            assigned_at: None,
-            runner_history: vec![runner],
-            usage: Usage {
-                tokens_in: 1,
-                tokens_out: 2,
-                api_calls: 3,
-                compute_seconds: 4.25,
-            },
-            timeout_ms: 90_000,
-            output_bytes: 0,
-            workspace_size_bytes: Some(4096),
-            updated_at: 1_700_000_062_000,
-        };
-        let view = SessionView {
-            session,
-            recent_events: vec![SessionEvent {
-                seq: 1,
-                kind: "session_created".into(),
-                summary: "Session created".into(),
-                at: 1_700_000_000_000,
-                data_json: None,
-            }],
-            pending_approvals: Vec::new(),
-        };
-        let expected = json!({
-            "sessionId": id,
-            "orgId": "acme",
-            "state": "COMPLETED",
-            "providerId": "claude_code",
-            "repoUrl": "https://example.com/a.git",
-            "startedAt": "2023-11-14T22:13:20.000Z",
-            "completedAt": "2023-11-14T22:14:21.500Z",
-            "durationSeconds": 61,
-            "taskSummary": "fix \"it\"",
-            "repo": {"url": "https://example.com/a.git", "branch": "main", "commit": "abc"},
-            "task": "fix \"it\"",
-            "workspace": {"path": format!("workspaces/{id}"), "sizeBytes": 4096},
-            "usage": {"tokensIn": 1, "tokensOut": 2, "apiCalls": 3, "computeSeconds": 4.25},
-            "recentEvents": [{
-                "type": "session_created",
-                "timestamp": "2023-11-14T22:13:20.000Z",
-                "summary": "Session created",
-            }],
-            "pendingApprovals": [],
-            "runnerId": runner,
-            "endReason": "done",
-            "error": "none",
-            "options": {
-                "timeoutMinutes": 1.5,
-                "env": {"TOKEN": "***"},
-                "dangerouslySkipPermissions": true,
-                "requiredFeatures": ["gpu"],
-            },
-            "updatedAt": "2023-11-14T22:14:22.000Z",
-        });
-        let typed = serde_json::to_string(&SessionDetail::new(&view, 0)).unwrap();
-        assert_eq!(typed, expected.to_string());
-        assert_eq!(session_detail(&view, 0), expected);
-    }
 
     #[test]
     fn repository_urls() {

@@ -1,19 +1,18 @@
-//! `/api/v1/tokens` (contract §2) and `/api/v1/me`, which tells any valid token who it is (the
+//! `/api/v1/tokens` and `/api/v1/me`, which tells any valid token who it is (the
 //! dashboard asks it at sign-in to learn the token's kind and org).
 
 use std::collections::HashMap;
 
-use serde_json::{Map, Value, json};
 use warp::filters::BoxedFilter;
 use warp::{Filter, path};
 
 use super::envelope::{ApiResult, Success};
 use super::input::{Body, Query, Reader, path_id};
-use super::sessions::page_json;
+use super::wire::Page;
+use super::wire::tokens::{Me, Token};
 use super::{AppState, json_body, principal, query, with_state};
-use crate::auth::{Caller, NewToken, TokenKind, TokenRecord};
+use crate::auth::{Caller, NewToken, TokenKind};
 use crate::error::{DomainError, Entity};
-use crate::sessions::timestamp;
 
 pub fn routes(s: &AppState) -> BoxedFilter<(ApiResult,)> {
     let p = || principal(s).and(with_state(s));
@@ -33,32 +32,8 @@ pub fn routes(s: &AppState) -> BoxedFilter<(ApiResult,)> {
     collection.or(one).unify().or(me).unify().boxed()
 }
 
-fn token_json(t: &TokenRecord) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert("tokenId".into(), json!(t.id));
-    m.insert("kind".into(), json!(t.kind.as_str()));
-    m.insert("name".into(), json!(t.name));
-    m.insert("orgId".into(), json!(t.org_id));
-    m.insert("createdAt".into(), json!(timestamp(t.created_at)));
-    if let Some(runner) = t.runner_id {
-        m.insert("runnerId".into(), json!(runner));
-    }
-    if let Some(at) = t.revoked_at {
-        m.insert("revokedAt".into(), json!(timestamp(at)));
-    }
-    m
-}
-
 async fn me(p: Caller) -> ApiResult {
-    let mut m = Map::new();
-    m.insert("tokenId".into(), json!(p.token_id));
-    m.insert("kind".into(), json!(p.kind.as_str()));
-    m.insert("name".into(), json!(p.name));
-    m.insert("orgId".into(), json!(p.org_id));
-    if let Some(runner) = p.runner_id {
-        m.insert("runnerId".into(), json!(runner));
-    }
-    Ok(Success::ok(Value::Object(m)))
+    Success::json(&Me::from(&*p))
 }
 
 async fn create(p: Caller, st: AppState, body: Body) -> ApiResult {
@@ -77,9 +52,7 @@ async fn create(p: Caller, st: AppState, body: Body) -> ApiResult {
         return Err(DomainError::invalid("", "request is incomplete").into());
     };
     let issued = st.auth.create(&p, NewToken { kind, name, org_id }).await?;
-    let mut m = token_json(&issued.record);
-    m.insert("token".into(), json!(issued.secret));
-    Ok(Success::created(Value::Object(m)))
+    Success::json_created(&Token::from(&issued))
 }
 
 async fn list(p: Caller, st: AppState, q: HashMap<String, String>) -> ApiResult {
@@ -87,13 +60,11 @@ async fn list(p: Caller, st: AppState, q: HashMap<String, String>) -> ApiResult 
     let page = Query { params: &q }.page(&mut r);
     r.finish()?;
     let page = st.auth.list(&p, page).await?;
-    Ok(Success::ok(page_json(
-        page.map(|t| Value::Object(token_json(&t))),
-    )))
+    Success::json(&Page::of(&page, Token::from))
 }
 
 async fn revoke(id: String, p: Caller, st: AppState) -> ApiResult {
     let id = path_id(&id, DomainError::NotFound(Entity::Token))?;
     let token = st.auth.revoke(&p, id).await?;
-    Ok(Success::ok(Value::Object(token_json(&token))))
+    Success::json(&Token::from(&token))
 }

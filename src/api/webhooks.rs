@@ -1,16 +1,16 @@
-//! `/api/v1/webhooks` (contract §7).
+//! `/api/v1/webhooks`.
 
-use serde_json::{Value, json};
 use warp::filters::BoxedFilter;
 use warp::{Filter, path};
 
 use super::envelope::{ApiResult, Success};
 use super::input::{Body, Reader, path_id};
+use super::wire::Items;
+use super::wire::webhooks::{Deleted, Delivery, Webhook};
 use super::{AppState, json_body, principal, with_state};
 use crate::auth::Caller;
 use crate::error::{DomainError, Entity};
-use crate::sessions::timestamp;
-use crate::webhooks::{Delivery, NewWebhook, Webhook};
+use crate::webhooks::NewWebhook;
 
 pub fn routes(s: &AppState) -> BoxedFilter<(ApiResult,)> {
     let p = || principal(s).and(with_state(s));
@@ -36,37 +36,6 @@ pub fn routes(s: &AppState) -> BoxedFilter<(ApiResult,)> {
         .or(deliveries)
         .unify()
         .boxed()
-}
-
-fn webhook_json(h: &Webhook) -> Value {
-    let mut v = json!({
-        "webhookId": h.id,
-        "url": h.url,
-        "events": h.events,
-        "createdAt": timestamp(h.created_at),
-        "hasSecret": h.secret.is_some(),
-    });
-    if let Some(org) = &h.org_id {
-        v["orgId"] = json!(org);
-    }
-    v
-}
-
-fn delivery_json(d: &Delivery) -> Value {
-    let mut v = json!({
-        "deliveryId": d.id,
-        "event": d.event,
-        "status": d.status.as_str(),
-        "attempts": d.attempts,
-        "createdAt": timestamp(d.created_at),
-    });
-    if let Some(code) = d.last_status_code {
-        v["lastStatusCode"] = json!(code);
-    }
-    if let Some(at) = d.last_attempt_at {
-        v["lastAttemptAt"] = json!(timestamp(at));
-    }
-    v
 }
 
 async fn create(p: Caller, st: AppState, body: Body) -> ApiResult {
@@ -111,26 +80,22 @@ async fn create(p: Caller, st: AppState, body: Body) -> ApiResult {
             },
         )
         .await?;
-    Ok(Success::created(webhook_json(&hook)))
+    Success::json_created(&Webhook::from(&hook))
 }
 
 async fn list(p: Caller, st: AppState) -> ApiResult {
     let hooks = st.webhooks.list(&p)?;
-    Ok(Success::ok(
-        json!({"items": hooks.iter().map(webhook_json).collect::<Vec<_>>()}),
-    ))
+    Success::json(&Items::new(hooks.iter().map(Webhook::from).collect()))
 }
 
 async fn delete(id: String, p: Caller, st: AppState) -> ApiResult {
     let id = path_id(&id, DomainError::NotFound(Entity::Webhook))?;
     let hook = st.webhooks.delete(&p, id).await?;
-    Ok(Success::ok(json!({"webhookId": hook.id, "deleted": true})))
+    Success::json(&Deleted::from(&hook))
 }
 
 async fn deliveries(id: String, p: Caller, st: AppState) -> ApiResult {
     let id = path_id(&id, DomainError::NotFound(Entity::Webhook))?;
     let items = st.webhooks.deliveries(&p, id).await?;
-    Ok(Success::ok(
-        json!({"items": items.iter().map(delivery_json).collect::<Vec<_>>()}),
-    ))
+    Success::json(&Items::new(items.iter().map(Delivery::from).collect()))
 }
