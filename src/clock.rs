@@ -110,7 +110,7 @@ pub fn ms(d: std::time::Duration) -> Millis {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }
 
-/// RFC 3339 UTC with milliseconds, as the contract writes every timestamp.
+/// RFC 3339 UTC with milliseconds, as the API writes every timestamp.
 pub fn format_ms(ms: Millis) -> String {
     to_datetime(ms).to_rfc3339_opts(SecondsFormat::Millis, true)
 }

@@ -1,5 +1,5 @@
-//! The domain layer's error. `api::error` maps every variant to an HTTP status and a contract code
-//! in one place; nothing else decides either.
+//! The domain layer's error. `api::error` maps every variant to an HTTP status and an error
+//! code (docs/api.md) in one place; nothing else decides either.
 
 use crate::store::StoreError;
 

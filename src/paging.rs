@@ -1,4 +1,4 @@
-//! Pagination as the contract defines it: `page` ≥ 1, `pageSize` 1..100.
+//! Pagination as docs/api.md defines it: `page` ≥ 1, `pageSize` 1..100.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageRequest {

@@ -1,4 +1,4 @@
-//! The one place where errors become an HTTP status and a contract code.
+//! The one place where errors become an HTTP status and an error code (docs/api.md).
 
 use serde_json::{Value, json};
 use warp::http::StatusCode;
@@ -176,7 +176,7 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// Turns any rejection that reaches the edge into the contract's error.
+/// Turns any rejection that reaches the edge into the API's error envelope.
 pub fn from_rejection(r: &Rejection) -> ApiError {
     if let Some(ApiRejection(e)) = r.find::<ApiRejection>() {
         return e.clone();

@@ -1,4 +1,4 @@
-//! `/healthz`, `/readyz` (plain, no auth) and `/metrics` (contract §8).
+//! `/healthz`, `/readyz` (plain, no auth) and `/metrics`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;

@@ -1,5 +1,5 @@
 //! Reading request bodies and query strings into typed values, collecting every bad field at
-//! once (the contract's `VALIDATION_ERROR` lists them all).
+//! once (`VALIDATION_ERROR` lists them all).
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -1,4 +1,4 @@
-//! `GET /api/v1/openapi.json`: the contract as OpenAPI 3, public and not enveloped.
+//! `GET /api/v1/openapi.json`: the API described as OpenAPI 3, public and not enveloped.
 
 use warp::Filter;
 use warp::filters::BoxedFilter;

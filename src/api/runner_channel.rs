@@ -1,4 +1,4 @@
-//! `GET /api/v1/runners/{id}/channel`: the runner's WebSocket (contract §6).
+//! `GET /api/v1/runners/{id}/channel`: the runner's WebSocket.
 //!
 //! Down: every command in the runner's outbox, oldest first, then new ones as they commit;
 //! each stays in the outbox until the runner acks its `messageId`, so a reconnect replays what

@@ -1,4 +1,4 @@
-//! `GET /api/v1/ws`: the dashboard stream (contract §6).
+//! `GET /api/v1/ws`: the dashboard stream.
 //!
 //! Each connection subscribes to the bus when it opens, before it replays anything from the
 //! store, so output written during a `subscribe_session` is either in the replay or still in

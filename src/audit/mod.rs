@@ -1,4 +1,4 @@
-//! The audit log: every state-changing call, with who did it, to what, and when (contract §7).
+//! The audit log: every state-changing call, with who did it, to what, and when.
 //! Entries are written in the same transaction as the change they describe, so the log and the
 //! state never disagree. High-volume data streams (terminal output, heartbeats, usage figures)
 //! are data, not decisions, and are not audited.

@@ -1,4 +1,4 @@
-//! Tokens and who may do what (contract §2). Secrets are random 256-bit values shown once;
+//! Tokens and who may do what. Secrets are random 256-bit values shown once;
 //! only their SHA-256 is stored. Active tokens are mirrored in memory so that authenticating a
 //! request never touches the disk.
 

@@ -1,4 +1,4 @@
-//! Who receives what on the dashboard stream (contract §6): per-connection subscriptions,
+//! Who receives what on the dashboard stream: per-connection subscriptions,
 //! routing of bus events to them, and the per-token connection limit. The WebSocket framing
 //! lives in `api::ws`.
 

@@ -1,4 +1,4 @@
-//! The runner fleet (contract §4): registration, heartbeats, liveness, drain, deregistration,
+//! The runner fleet: registration, heartbeats, liveness, drain, deregistration,
 //! the fleet summary, and scheduling of queued sessions onto runners.
 //!
 //! Registrations are durable records. Liveness (last heartbeat, load, versions) lives in memory

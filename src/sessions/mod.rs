@@ -1,4 +1,4 @@
-//! Sessions: creation, the lifecycle of contract §3, approvals, events, terminal output, usage,
+//! Sessions: creation, the session lifecycle, approvals, events, terminal output, usage,
 //! and the timers (timeout, approval expiry, purge). Every rule runs inside one store write job,
 //! so each change is atomic and durable before it is acknowledged.
 

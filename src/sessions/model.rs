@@ -1,4 +1,4 @@
-//! Session records and the state machine of contract §3.
+//! Session records and the session state machine (docs/api.md).
 
 use std::collections::BTreeMap;
 
@@ -74,14 +74,14 @@ pub enum Cause {
     Server,
 }
 
-/// Contract §3: exactly these transitions.
+/// Exactly these transitions (docs/api.md, the session lifecycle).
 pub fn transition_allowed(from: SessionState, to: SessionState, cause: Cause) -> bool {
     use SessionState::*;
     match (cause, from, to) {
         (Cause::Server, Created, Queued) => true,
         (Cause::RunnerReport, Queued, Running) => true,
         // A runner that cannot start an assigned session says so instead of confirming it
-        // (contract §6: an assignment is acknowledged by RUNNING or FAILED).
+        // (an assignment is acknowledged by RUNNING or FAILED).
         (Cause::RunnerReport, Queued, Failed) => true,
         (Cause::RunnerReport, Running, Completed) => true,
         (
@@ -362,7 +362,7 @@ mod tests {
     use SessionState::*;
 
     #[test]
-    fn only_contract_transitions_are_allowed() {
+    fn only_documented_transitions_are_allowed() {
         assert!(transition_allowed(Queued, Running, Cause::RunnerReport));
         assert!(!transition_allowed(Queued, Completed, Cause::RunnerReport));
         assert!(transition_allowed(Queued, Failed, Cause::RunnerReport));

@@ -1,4 +1,4 @@
-//! Webhooks (contract §7): external systems get events as signed HTTP POSTs without holding a
+//! Webhooks: external systems get events as signed HTTP POSTs without holding a
 //! socket. Each matching event becomes a delivery record in redb; a dispatcher posts it and
 //! retries with exponential backoff up to `MAX_ATTEMPTS`, so pending deliveries survive a
 //! restart. Only `http://` targets are supported (no TLS stack is built in).
