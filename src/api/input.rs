@@ -46,6 +46,11 @@ impl Reader {
         self.issues.push(Issue::new(path, message));
     }
 
+    /// Runs one of the domain's checks, which adds what it finds to this request's issues.
+    pub fn check(&mut self, check: impl FnOnce(&mut Vec<Issue>)) {
+        check(&mut self.issues);
+    }
+
     /// The body as an object; a missing body reads as `{}`.
     pub fn root<'v>(&mut self, body: &'v Body) -> Obj<'v> {
         match &body.0 {

@@ -16,8 +16,8 @@ use crate::auth::{Caller, is_org_slug};
 use crate::clock::parse_rfc3339;
 use crate::error::{DomainError, Entity};
 use crate::pipeline::model::{
-    BuildStatus, Channel, NewBuild, OrgRuntimeConfig, Recommendation, RolloutState, RolloutVerb,
-    is_label,
+    BuildStatus, Channel, MAX_LABEL_CHARS, NewBuild, OrgRuntimeConfig, Recommendation,
+    RolloutState, RolloutVerb, is_label,
 };
 use crate::pipeline::{BuildFilter, RolloutFilter};
 use crate::sessions::model::Provider;
@@ -125,7 +125,7 @@ fn label(r: &mut Reader, value: Option<&str>, path: &str) -> Option<String> {
     } else {
         r.issue(
             path,
-            "must be 1 to 128 characters of letters, digits and . _ + - : ~",
+            format!("must be 1 to {MAX_LABEL_CHARS} characters of letters, digits and . _ + - : ~"),
         );
         None
     }
@@ -242,7 +242,7 @@ fn parse_build(body: &Body) -> Result<NewBuild, DomainError> {
         } else if !is_label(version) {
             r.issue(
                 format!("runtimeVersions.{name}"),
-                "must be a version of 1 to 128 characters",
+                format!("must be a version of 1 to {MAX_LABEL_CHARS} characters"),
             );
         }
     }

@@ -178,24 +178,20 @@ async fn render(st: &AppState, entry: &OutboxEntry) -> Option<Value> {
         } => {
             let view = st
                 .sessions
-                .view_for_runner(*session_id)
+                .assignment_to_send(
+                    entry.runner_id,
+                    entry.message_id,
+                    *session_id,
+                    *assignment_id,
+                )
                 .await
                 .ok()
-                .flatten();
-            match view {
-                Some(v) if v.session.assignment_id == Some(*assignment_id) => json!({
-                    "type": "assign_session",
-                    "assignmentId": assignment_id,
-                    "session": session_detail_for_runner(&v, st.clock.now_ms()),
-                }),
-                _ => {
-                    let _ = st
-                        .runners
-                        .acknowledge(entry.runner_id, entry.message_id)
-                        .await;
-                    return None;
-                }
-            }
+                .flatten()?;
+            json!({
+                "type": "assign_session",
+                "assignmentId": assignment_id,
+                "session": session_detail_for_runner(&view, st.clock.now_ms()),
+            })
         }
         RunnerCommand::StopSession { session_id, reason } => {
             json!({"type": "stop_session", "sessionId": session_id, "reason": reason})

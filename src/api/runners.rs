@@ -16,7 +16,7 @@ use crate::auth::{Caller, Principal};
 use crate::clock::parse_rfc3339;
 use crate::error::{DomainError, Entity};
 use crate::runners::model::{Capabilities, Load, RunnerStatus};
-use crate::runners::{Heartbeat, Registration, RunnerFilter};
+use crate::runners::{Heartbeat, Registration, RunnerFilter, RunnerService};
 use crate::sessions::model::Provider;
 
 pub fn routes(s: &AppState) -> BoxedFilter<(ApiResult,)> {
@@ -102,11 +102,8 @@ fn parse_registration(body: &Body) -> Result<Registration, DomainError> {
     let mut r = Reader::new();
     let root = r.root(body);
     let hostname = r.string(&root, "hostname", true).map(str::to_owned);
-    if hostname
-        .as_ref()
-        .is_some_and(|h| h.trim().is_empty() || h.len() > 253)
-    {
-        r.issue("hostname", "must be 1 to 253 characters");
+    if let Some(h) = &hostname {
+        r.check(|issues| RunnerService::check_registration(h, issues));
     }
     let caps = r.object(&root, "capabilities", true);
     let (mut provider_list, mut max, mut features) = (Vec::new(), None, Vec::new());
@@ -233,12 +230,7 @@ fn heartbeat_ack(
     id: uuid::Uuid,
     hb: Heartbeat,
 ) -> Result<HeartbeatAck, DomainError> {
-    let versions = hb.runtime_versions.clone();
-    let build = hb.build_id.clone();
-    let reply = st.runners.heartbeat(p, id, hb)?;
-    let desired =
-        st.pipeline
-            .on_heartbeat(id, reply.org_id.as_deref(), &versions, build.as_deref());
+    let (reply, desired) = st.pipeline.heartbeat(p, id, hb)?;
     Ok(HeartbeatAck::new(&reply, desired.map(Into::into)))
 }
 

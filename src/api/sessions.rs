@@ -19,8 +19,8 @@ use crate::clock::Millis;
 use crate::error::{DomainError, Entity};
 use crate::sessions::model::*;
 use crate::sessions::{
-    MAX_ENV_ENTRIES, MAX_OUTPUT_BYTES, MAX_PAGE_LIMIT, MAX_TASK_BYTES, NewApproval, NewSession,
-    SessionFilter, SessionView, UsageUpdate, timestamp,
+    MAX_PAGE_LIMIT, NewApproval, NewSession, SessionFilter, SessionView, UsageUpdate, rules,
+    timestamp,
 };
 
 pub fn routes(s: &AppState) -> BoxedFilter<(ApiResult,)> {
@@ -153,28 +153,13 @@ fn parse_new_session(body: &Body, org_required: bool) -> Result<NewSession, Doma
     let (mut url, mut branch, mut commit) = (None, None, None);
     if let Some(repo) = &repo {
         url = r.string(repo, "url", true).map(str::to_owned);
-        if let Some(u) = &url
-            && !is_repository_url(u)
-        {
-            r.issue(
-                "repo.url",
-                "must be an http(s)://, ssh://, git@host:path or file:// repository URL",
-            );
-        }
+        r.check(|issues| rules::check_repo_url(url.as_deref(), issues));
         branch = r.string(repo, "branch", false).map(str::to_owned);
         commit = r.string(repo, "commit", false).map(str::to_owned);
-        for (key, v) in [("branch", &branch), ("commit", &commit)] {
-            if v.as_deref()
-                .is_some_and(|s| s.trim().is_empty() || s.len() > 255)
-            {
-                r.issue(format!("repo.{key}"), "must be 1 to 255 characters");
-            }
-        }
+        r.check(|issues| rules::check_repo_refs(branch.as_deref(), commit.as_deref(), issues));
     }
     let task = r.string(&root, "task", false).map(str::to_owned);
-    if task.as_ref().is_some_and(|t| t.len() > MAX_TASK_BYTES) {
-        r.issue("task", "must be at most 65536 bytes");
-    }
+    r.check(|issues| rules::check_task(task.as_deref(), issues));
     let mut options = SessionOptions {
         timeout_minutes: None,
         env: Default::default(),
@@ -182,17 +167,14 @@ fn parse_new_session(body: &Body, org_required: bool) -> Result<NewSession, Doma
         required_features: Vec::new(),
     };
     if let Some(o) = r.object(&root, "options", false) {
-        options.timeout_minutes = r.number_in(&o, "timeoutMinutes", 1.0, 120.0);
+        options.timeout_minutes = r.number_in(
+            &o,
+            "timeoutMinutes",
+            rules::MIN_TIMEOUT_MINUTES,
+            rules::MAX_TIMEOUT_MINUTES,
+        );
         if let Some(env) = r.string_map(&o, "env") {
-            if env.len() > MAX_ENV_ENTRIES {
-                r.issue("options.env", "must have at most 64 entries");
-            }
-            if env
-                .keys()
-                .any(|k| k.is_empty() || k.contains('=') || k.contains('\0'))
-            {
-                r.issue("options.env", "keys must be non-empty and contain no `=`");
-            }
+            r.check(|issues| rules::check_env(&env, issues));
             options.env = env;
         }
         options.dangerously_skip_permissions =
@@ -204,44 +186,11 @@ fn parse_new_session(body: &Body, org_required: bool) -> Result<NewSession, Doma
         (Some(provider), Some(url)) => Ok(NewSession {
             org_id,
             provider,
-            repo: Repo {
-                url,
-                branch: branch.unwrap_or_else(|| "main".into()),
-                commit: commit.unwrap_or_else(|| "HEAD".into()),
-            },
+            repo: rules::repo(url, branch, commit),
             task,
             options,
         }),
         _ => Err(DomainError::invalid("", "request is incomplete")),
-    }
-}
-
-/// A repository URL: `http(s)://…`, `ssh://…`, scp-style `git@host:path`, or `file://…`.
-pub fn is_repository_url(u: &str) -> bool {
-    if u.len() > 2048 || u.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return false;
-    }
-    let after = |prefix: &str| u.strip_prefix(prefix).filter(|rest| !rest.is_empty());
-    if let Some(rest) = after("https://")
-        .or_else(|| after("http://"))
-        .or_else(|| after("ssh://"))
-    {
-        let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-        let host = host.rsplit('@').next().unwrap_or("");
-        return !host.is_empty() && !host.starts_with(':');
-    }
-    if let Some(rest) = after("file://") {
-        return rest.starts_with('/') && rest.len() > 1;
-    }
-    // scp-style `user@host:path`
-    match u.split_once(':') {
-        Some((user_host, path)) => match user_host.split_once('@') {
-            Some((user, host)) => {
-                !user.is_empty() && !host.is_empty() && !host.contains('/') && !path.is_empty()
-            }
-            None => false,
-        },
-        None => false,
     }
 }
 
@@ -317,12 +266,7 @@ pub fn parse_approval_request(
         })
     });
     let description = r.string(&root, "description", true).map(str::to_owned);
-    if description
-        .as_ref()
-        .is_some_and(|d| d.trim().is_empty() || d.len() > 10_000)
-    {
-        r.issue("description", "must be 1 to 10000 bytes");
-    }
+    r.check(|issues| rules::check_approval_description(description.as_deref(), issues));
     let context = r.any(&root, "context").cloned();
     r.finish()?;
     match (action, description) {
@@ -430,7 +374,7 @@ pub fn parse_output(body: &Body) -> Result<OutputReport, DomainError> {
     let data = r.string(&root, "data", true).map(str::to_owned);
     match &data {
         Some(d) if d.is_empty() => r.issue("data", "must not be empty"),
-        Some(d) if d.len() > MAX_OUTPUT_BYTES => r.issue("data", "must be at most 262144 bytes"),
+        Some(d) => r.check(|issues| rules::check_output(d, issues)),
         _ => {}
     }
     let offset = r.count(&root, "offset");
@@ -544,35 +488,4 @@ fn event_json(e: &SessionEvent) -> Value {
         m.insert("data".into(), data);
     }
     Value::Object(m)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn repository_urls() {
-        for ok in [
-            "https://github.com/acme/app.git",
-            "http://git.local/x",
-            "ssh://git@host/acme/app.git",
-            "git@github.com:acme/app.git",
-            "file:///srv/repos/app",
-        ] {
-            assert!(is_repository_url(ok), "{ok}");
-        }
-        for bad in [
-            "",
-            "github.com/acme/app",
-            "ftp://host/x",
-            "https://",
-            "git@:path",
-            "git@host:",
-            "file://relative",
-            "https://exa mple.com/x",
-            "not a url",
-        ] {
-            assert!(!is_repository_url(bad), "{bad}");
-        }
-    }
 }

@@ -17,6 +17,9 @@ use crate::paging::{Page, PageRequest};
 use crate::store::Store;
 pub use model::{TokenKind, TokenRecord};
 
+/// The longest name a token may have.
+pub const MAX_TOKEN_NAME_CHARS: usize = 200;
+
 /// The caller as handlers receive it: shared, so passing it around copies a pointer.
 pub type Caller = Arc<Principal>;
 
@@ -265,8 +268,11 @@ impl AuthService {
     pub async fn create(&self, caller: &Principal, new: NewToken) -> DomainResult<IssuedToken> {
         caller.require_admin()?;
         let mut issues = Vec::new();
-        if new.name.trim().is_empty() || new.name.len() > 200 {
-            issues.push(Issue::new("name", "must be 1 to 200 characters"));
+        if new.name.trim().is_empty() || new.name.len() > MAX_TOKEN_NAME_CHARS {
+            issues.push(Issue::new(
+                "name",
+                format!("must be 1 to {MAX_TOKEN_NAME_CHARS} characters"),
+            ));
         }
         match (new.kind, &new.org_id) {
             (TokenKind::Org, None) => {

@@ -33,7 +33,7 @@ use crate::config::PipelineConfig;
 use crate::error::{DomainError, DomainResult, Entity};
 use crate::events::{BusEvent, EventBus};
 use crate::paging::{Page, PageRequest};
-use crate::runners::{RunnerBuild, RunnerService};
+use crate::runners::{Heartbeat, HeartbeatReply, RunnerBuild, RunnerService};
 use crate::sessions::model::Provider;
 use crate::store::{Store, WriteTxn};
 pub use desired::*;
@@ -187,6 +187,26 @@ impl PipelineService {
     }
 
     // ---- heartbeats -------------------------------------------------------------------------
+
+    /// A runner's heartbeat (REST or channel frame): its liveness noted in memory, and the
+    /// reply with the build it should run. Touches no disk.
+    pub fn heartbeat(
+        &self,
+        p: &Principal,
+        runner_id: Uuid,
+        hb: Heartbeat,
+    ) -> DomainResult<(HeartbeatReply, Option<DesiredBuild>)> {
+        let versions = hb.runtime_versions.clone();
+        let build = hb.build_id.clone();
+        let reply = self.runners.heartbeat(p, runner_id, hb)?;
+        let desired = self.on_heartbeat(
+            runner_id,
+            reply.org_id.as_deref(),
+            &versions,
+            build.as_deref(),
+        );
+        Ok((reply, desired))
+    }
 
     /// What a heartbeat's reply carries as `desiredBuild`; also records provider versions the
     /// server has not seen (in the background: a heartbeat never waits for a disk write).

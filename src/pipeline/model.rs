@@ -330,11 +330,14 @@ impl Changes {
     }
 }
 
+/// The longest build id or version label.
+pub const MAX_LABEL_CHARS: usize = 128;
+
 /// Build ids and versions: 1–128 characters of letters, digits and `. _ + - : ~` (they appear
 /// in URLs and logs).
 pub fn is_label(s: &str) -> bool {
     !s.is_empty()
-        && s.len() <= 128
+        && s.len() <= MAX_LABEL_CHARS
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "._+-:~".contains(c))
 }

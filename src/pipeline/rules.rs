@@ -528,9 +528,12 @@ fn enter_stage(r: &mut Rollout, index: usize, now: Millis) {
     }
 }
 
+/// The most stages a rollout may have (the message below names it).
+pub const MAX_STAGES: usize = 20;
+
 /// Stages must rise strictly from 1 % to 100 %.
 pub fn stage_problem(stages: &[u8]) -> Option<&'static str> {
-    if stages.is_empty() || stages.len() > 20 {
+    if stages.is_empty() || stages.len() > MAX_STAGES {
         return Some("must list 1 to 20 percentages");
     }
     if stages.iter().any(|&s| s == 0 || s > 100) {

@@ -28,6 +28,9 @@ use crate::sessions::{Release, SessionService};
 use crate::store::Store;
 use model::*;
 
+/// The longest hostname a runner may register with (a DNS name).
+pub const MAX_HOSTNAME_CHARS: usize = 253;
+
 /// A runner as the API shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunnerView {
@@ -901,8 +904,11 @@ impl RunnerService {
 
     /// Validates a registration's fields that need no store (see the API for shape).
     pub fn check_registration(hostname: &str, issues: &mut Vec<Issue>) {
-        if hostname.trim().is_empty() || hostname.len() > 253 {
-            issues.push(Issue::new("hostname", "must be 1 to 253 characters"));
+        if hostname.trim().is_empty() || hostname.len() > MAX_HOSTNAME_CHARS {
+            issues.push(Issue::new(
+                "hostname",
+                format!("must be 1 to {MAX_HOSTNAME_CHARS} characters"),
+            ));
         }
     }
 }

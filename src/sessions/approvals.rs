@@ -1,0 +1,189 @@
+//! Approvals: a runner asks, a human (or the expiry) decides, and the decision goes back to the
+//! runner as a command.
+
+use super::*;
+
+impl SessionService {
+    pub async fn request_approval(
+        &self,
+        p: &Principal,
+        id: Uuid,
+        assignment: Option<Uuid>,
+        req: NewApproval,
+    ) -> DomainResult<Approval> {
+        let p = p.clone();
+        let now = self.now();
+        let rules = self.rules;
+        let approval_id = self.ids.ordered_uuid(now);
+        self.store
+            .write(move |w| {
+                let mut s = load(w, &p, id, Access::Runner(assignment))?;
+                if !matches!(
+                    s.state,
+                    SessionState::Running | SessionState::WaitingForApproval
+                ) {
+                    return Err(DomainError::invalid_state(format!(
+                        "approvals can be requested while RUNNING or WAITING_FOR_APPROVAL; the session is {}",
+                        s.state.as_str()
+                    )));
+                }
+                let approval = Approval {
+                    id: approval_id,
+                    seq: w.approvals(s.id)?.len() as u64 + 1,
+                    session_id: s.id,
+                    action: req.action,
+                    description: req.description,
+                    context_json: req.context.map(|c| c.to_string()),
+                    requested_at: now,
+                    expires_at: now.saturating_add(rules.approval_timeout_ms),
+                    resolution: None,
+                };
+                w.put_approval(&approval)?;
+                w.set_timer(Timer {
+                    due: approval.expires_at,
+                    kind: TimerKind::ApprovalExpiry,
+                    session_id: s.id,
+                    other_id: approval.id,
+                })?;
+                record(
+                    w,
+                    &s,
+                    SessionEventData::ApprovalRequested {
+                        approval_id: approval.id,
+                        action: approval.action,
+                        description: approval.description.clone(),
+                        context_json: approval.context_json.clone(),
+                        requested_at: approval.requested_at,
+                        expires_at: approval.expires_at,
+                    },
+                    format!("Approval requested: {} — {}", approval.action.as_str(), approval.description),
+                    now,
+                )?;
+                if s.state == SessionState::Running {
+                    change_state(w, &mut s, SessionState::WaitingForApproval, Cause::Approval, now, rules)?;
+                }
+                s.updated_at = now;
+                w.put_session(&s)?;
+                audit::record(w, &p, "approval.request", approval.id, Some(&s.org_id), now)?;
+                Ok(approval)
+            })
+            .await
+    }
+
+    pub async fn approvals(&self, p: &Principal, id: Uuid) -> DomainResult<Vec<Approval>> {
+        let p = p.clone();
+        self.store
+            .read(move |r| {
+                load(r, &p, id, Access::Read)?;
+                Ok(r.approvals(id)?)
+            })
+            .await
+    }
+
+    pub async fn resolve_approval(
+        &self,
+        p: &Principal,
+        id: Uuid,
+        approval_id: Uuid,
+        decision: Decision,
+        reason: Option<String>,
+    ) -> DomainResult<SessionView> {
+        let by = p.actor();
+        self.update(
+            p,
+            id,
+            Access::Manage,
+            Some("approval.resolve"),
+            move |w, s, now, rules| {
+                let approval = w
+                    .get_approval(s.id, approval_id)?
+                    .ok_or(DomainError::NotFound(Entity::Approval))?;
+                if approval.resolution.is_some() {
+                    return Err(DomainError::conflict(
+                        Conflict::ApprovalAlreadyResolved,
+                        "this approval was already resolved",
+                    ));
+                }
+                resolve(w, s, approval, decision, reason, by, now, rules)
+            },
+        )
+        .await
+    }
+}
+
+/// Marks one approval resolved (no session state change).
+pub(super) fn close_approval(
+    w: &mut dyn WriteTxn,
+    s: &Session,
+    mut approval: Approval,
+    decision: Decision,
+    reason: Option<String>,
+    by: String,
+    now: Millis,
+) -> DomainResult<()> {
+    w.clear_timer(Timer {
+        due: approval.expires_at,
+        kind: TimerKind::ApprovalExpiry,
+        session_id: s.id,
+        other_id: approval.id,
+    })?;
+    approval.resolution = Some(Resolution {
+        decision,
+        reason: reason.clone(),
+        resolved_at: now,
+        resolved_by: by.clone(),
+    });
+    w.put_approval(&approval)?;
+    if let (Some(runner), false) = (s.runner_id, s.state.is_terminal()) {
+        w.enqueue_command(
+            runner,
+            RunnerCommand::ApprovalResolved {
+                session_id: s.id,
+                approval_id: approval.id,
+                decision,
+                reason: reason.clone(),
+            },
+            now,
+        )?;
+    }
+    record(
+        w,
+        s,
+        SessionEventData::ApprovalResolved {
+            approval_id: approval.id,
+            decision,
+            reason,
+            resolved_by: by,
+        },
+        format!(
+            "Approval {}: {}",
+            approval.action.as_str(),
+            decision.as_str()
+        ),
+        now,
+    )
+}
+
+/// Resolves an approval; when none is left pending the session returns to RUNNING.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn resolve(
+    w: &mut dyn WriteTxn,
+    s: &mut Session,
+    approval: Approval,
+    decision: Decision,
+    reason: Option<String>,
+    by: String,
+    now: Millis,
+    rules: Rules,
+) -> DomainResult<()> {
+    let approval_id = approval.id;
+    close_approval(w, s, approval, decision, reason, by, now)?;
+    let still_pending = w
+        .approvals(s.id)?
+        .iter()
+        .any(|a| a.id != approval_id && a.resolution.is_none());
+    if !still_pending && s.state == SessionState::WaitingForApproval {
+        change_state(w, s, SessionState::Running, Cause::Approval, now, rules)?;
+    }
+    Ok(())
+}
