@@ -26,6 +26,7 @@ use super::sessions::{
     approval_request, parse_approval_request, parse_output, parse_state_report, parse_usage,
     session_detail_for_runner,
 };
+use super::wire::frames::{CommandFrame, SocketError, error_frame};
 use crate::auth::{Caller, Principal};
 use crate::clock::format_ms;
 use crate::error::{Conflict, ConflictDetails, DomainError};
@@ -119,13 +120,13 @@ async fn serve(st: AppState, p: Caller, runner: Uuid, socket: Socket) {
                     continue;
                 }
                 let replies = if msg.len() > MAX_FRAME_BYTES {
-                    vec![error_frame("MESSAGE_TOO_LARGE", "frames are limited to 1 MiB", None)]
+                    vec![error_frame(SocketError::MessageTooLarge.code(), &format!("frames are limited to {} MiB", MAX_FRAME_BYTES >> 20), None)]
                 } else if msg.is_text() {
                     handle(&st, &p, runner, msg.to_text().unwrap_or("")).await
                 } else if msg.is_ping() {
                     Vec::new()
                 } else {
-                    vec![error_frame("INVALID_MESSAGE", "frames must be JSON text", None)]
+                    vec![error_frame(SocketError::InvalidMessage.code(), "frames must be JSON text", None)]
                 };
                 for reply in replies {
                     if send(&mut sink, Message::text(reply.to_string())).await.is_err() {
@@ -193,43 +194,11 @@ async fn render(st: &AppState, entry: &OutboxEntry) -> Option<Value> {
                 "session": session_detail_for_runner(&view, st.clock.now_ms()),
             })
         }
-        RunnerCommand::StopSession { session_id, reason } => {
-            json!({"type": "stop_session", "sessionId": session_id, "reason": reason})
-        }
-        RunnerCommand::PauseSession { session_id } => {
-            json!({"type": "pause_session", "sessionId": session_id})
-        }
-        RunnerCommand::ResumeSession { session_id } => {
-            json!({"type": "resume_session", "sessionId": session_id})
-        }
-        RunnerCommand::TerminalInput { session_id, data } => {
-            json!({"type": "terminal_input", "sessionId": session_id, "data": data})
-        }
-        RunnerCommand::ApprovalResolved {
-            session_id,
-            approval_id,
-            decision,
-            reason,
-        } => json!({
-            "type": "approval_resolved",
-            "sessionId": session_id,
-            "approvalId": approval_id,
-            "decision": decision.as_str(),
-            "reason": reason,
-        }),
-        RunnerCommand::Drain => json!({"type": "drain"}),
+        command => CommandFrame::of(command)?.to_value(),
     };
     frame["messageId"] = json!(entry.message_id);
     frame["timestamp"] = json!(format_ms(st.clock.now_ms()));
     Some(frame)
-}
-
-fn error_frame(code: &str, message: &str, message_id: Option<&Value>) -> Value {
-    let mut f = json!({"type": "error", "code": code, "message": message});
-    if let Some(id) = message_id {
-        f["messageId"] = id.clone();
-    }
-    f
 }
 
 fn ack(message_id: Option<&Value>, data: Option<Value>) -> Vec<Value> {
@@ -247,7 +216,7 @@ fn ack(message_id: Option<&Value>, data: Option<Value>) -> Vec<Value> {
 async fn handle(st: &AppState, p: &Principal, runner: Uuid, text: &str) -> Vec<Value> {
     let Ok(frame) = serde_json::from_str::<Value>(text) else {
         return vec![error_frame(
-            "INVALID_MESSAGE",
+            SocketError::InvalidMessage.code(),
             "frame is not valid JSON",
             None,
         )];
@@ -273,7 +242,7 @@ async fn handle(st: &AppState, p: &Principal, runner: Uuid, text: &str) -> Vec<V
     ];
     if !KNOWN.contains(&kind.as_str()) {
         return vec![error_frame(
-            "UNKNOWN_MESSAGE_TYPE",
+            SocketError::UnknownMessageType.code(),
             &format!("unknown message type `{kind}`"),
             mid,
         )];

@@ -20,6 +20,7 @@ use warp::Filter;
 use warp::http::{HeaderMap, header};
 
 use super::upgrade::{Handshake, Socket};
+use super::wire::frames::{SocketError, error_frame};
 
 use super::AppState;
 use super::envelope::{ApiResult, Success};
@@ -205,11 +206,7 @@ impl Connection {
         message: &str,
         message_id: Option<&Value>,
     ) -> Result<(), Close> {
-        let mut f = json!({"type": "error", "code": code, "message": message});
-        if let Some(id) = message_id {
-            f["messageId"] = id.clone();
-        }
-        self.send(f).await
+        self.send(error_frame(code, message, message_id)).await
     }
 
     async fn reply(&mut self, mut frame: Value, message_id: Option<&Value>) -> Result<(), Close> {
@@ -248,7 +245,7 @@ impl Connection {
         };
         let Some(slot) = self.st.realtime.acquire(key) else {
             self.error(
-                "CONNECTION_LIMIT",
+                SocketError::ConnectionLimit.code(),
                 "Too many connections for this token",
                 message_id,
             )
@@ -263,7 +260,11 @@ impl Connection {
     async fn on_frame(&mut self, msg: &Message) -> Result<(), Close> {
         if msg.len() > MAX_CLIENT_FRAME {
             return self
-                .error("MESSAGE_TOO_LARGE", "Frames are limited to 1 MiB", None)
+                .error(
+                    SocketError::MessageTooLarge.code(),
+                    &format!("Frames are limited to {} MiB", MAX_CLIENT_FRAME >> 20),
+                    None,
+                )
                 .await;
         }
         let Some(frame) = msg
@@ -272,7 +273,11 @@ impl Connection {
             .and_then(|t| serde_json::from_str::<Value>(t).ok())
         else {
             return self
-                .error("INVALID_MESSAGE", "Frames must be JSON objects", None)
+                .error(
+                    SocketError::InvalidMessage.code(),
+                    "Frames must be JSON objects",
+                    None,
+                )
                 .await;
         };
         let mid = frame.get("messageId").filter(|v| !v.is_null()).cloned();
@@ -283,14 +288,18 @@ impl Connection {
             "authenticate" => return self.authenticate(&frame, mid).await,
             _ if self.caller.is_none() => {
                 return self
-                    .error("UNAUTHORIZED", "Authentication required", mid)
+                    .error(
+                        SocketError::Unauthorized.code(),
+                        "Authentication required",
+                        mid,
+                    )
                     .await;
             }
             "subscribe_session" | "unsubscribe_session" | "subscribe_org" | "terminal_input" => {}
             _ => {
                 return self
                     .error(
-                        "UNKNOWN_MESSAGE_TYPE",
+                        SocketError::UnknownMessageType.code(),
                         &format!("Unknown message type `{kind}`"),
                         mid,
                     )
@@ -299,7 +308,11 @@ impl Connection {
         }
         let Some((caller, _)) = &self.caller else {
             return self
-                .error("UNAUTHORIZED", "Authentication required", mid)
+                .error(
+                    SocketError::Unauthorized.code(),
+                    "Authentication required",
+                    mid,
+                )
                 .await;
         };
         let caller = caller.clone();
@@ -330,7 +343,10 @@ impl Connection {
             .and_then(|t| self.st.auth.authenticate(t.trim()));
         match caller {
             Some(caller) => self.sign_in(caller, mid).await,
-            None => self.error("UNAUTHORIZED", "Invalid token", mid).await,
+            None => {
+                self.error(SocketError::Unauthorized.code(), "Invalid token", mid)
+                    .await
+            }
         }
     }
 
@@ -392,7 +408,11 @@ impl Connection {
         let id = session_id(frame)?;
         if self.subs.sessions.remove(&id).is_none() {
             return Ok(self
-                .error("NOT_SUBSCRIBED", "This session is not subscribed", mid)
+                .error(
+                    SocketError::NotSubscribed.code(),
+                    "This session is not subscribed",
+                    mid,
+                )
                 .await);
         }
         Ok(self
@@ -435,7 +455,7 @@ impl Connection {
         if !self.subs.sessions.contains_key(&id) {
             return Ok(self
                 .error(
-                    "NOT_SUBSCRIBED",
+                    SocketError::NotSubscribed.code(),
                     "Subscribe to the session before typing into it",
                     mid,
                 )

@@ -77,7 +77,8 @@ pub trait SessionWrites: SessionReads {
     /// Writes a session and keeps its indexes (org listing, active count) in step.
     fn put_session(&mut self, session: &Session) -> StoreResult<()>;
 
-    /// Removes a session with its events, output, approvals and timers.
+    /// Removes a session with its events, output and approvals (its timers are left to the
+    /// sweep, which drops timers of sessions that are gone).
     fn delete_session(&mut self, session: &Session) -> StoreResult<()>;
 
     /// Appends an event with the next sequence number.

@@ -9,6 +9,7 @@
 //! `serde_json::Value`, whose object keys are sorted the same way.
 
 pub mod audit;
+pub mod frames;
 pub mod paging;
 pub mod pipeline;
 pub mod runners;
