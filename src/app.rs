@@ -33,6 +33,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("loading state: {0}")]
     Domain(#[from] DomainError),
+    #[error("configuration error: {0}")]
+    Config(#[from] crate::config::ConfigError),
 }
 
 pub struct App {
@@ -50,13 +52,17 @@ impl App {
         clock: SharedClock,
         ids: SharedIds,
     ) -> Result<App, StartError> {
+        config.check_exposure()?;
+        for (old, new) in &config.renamed_keys {
+            tracing::warn!("configuration key `{old}` is now `{new}`; the old name still works");
+        }
         let data_dir = config.server.data_dir.clone();
-        std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
+        let db_path = data_dir.join("village.redb");
+        private_data_dir(&data_dir, &db_path).map_err(|source| StartError::DataDir {
             path: data_dir.display().to_string(),
             source,
         })?;
         let bus = EventBus::new(4096);
-        let db_path = data_dir.join("village.redb");
         let store = {
             let bus = bus.clone();
             tokio::task::spawn_blocking(move || Store::open(&db_path, bus))
@@ -68,9 +74,9 @@ impl App {
         if let Some(secret) = &bootstrap_token {
             write_admin_token(&data_dir, secret);
         }
-        if !config.websocket.auth_required {
+        if config.auth.disabled {
             tracing::warn!(
-                "websocket.authRequired = false: every request is treated as admin; use this only for local trials"
+                "auth.disabled = true: every request is treated as admin; use this only for local trials"
             );
         }
         let sessions =
@@ -161,6 +167,31 @@ impl App {
         }
         tracing::info!("Village stopped");
     }
+}
+
+/// The data dir holds secrets (tokens' hashes, env values, webhook secrets, keystrokes and
+/// output): the directory is the service user's alone (0700) and the database file too (0600),
+/// also when an older start left them open to others.
+fn private_data_dir(data_dir: &Path, db_path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)?;
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))?;
+    // redb initialises an empty file as a new database: create it private before it does.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(db_path)?;
+    std::fs::set_permissions(db_path, std::fs::Permissions::from_mode(0o600))?;
+    let token = data_dir.join("admin-token");
+    if token.exists() {
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
 }
 
 /// `<data-dir>/admin-token`, readable by the owner only.

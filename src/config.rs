@@ -13,6 +13,9 @@ pub struct Config {
     pub runners: RunnersConfig,
     pub pipeline: PipelineConfig,
     pub websocket: WebsocketConfig,
+    pub auth: AuthConfig,
+    /// Keys that were given under an old name, as `(old, new)`: the server warns at start.
+    pub renamed_keys: Vec<(&'static str, &'static str)>,
 }
 
 #[derive(Debug, Clone)]
@@ -51,7 +54,13 @@ pub struct PipelineConfig {
 #[derive(Debug, Clone)]
 pub struct WebsocketConfig {
     pub heartbeat_interval: Duration,
-    pub auth_required: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Every caller is treated as an admin, REST and WebSockets alike: for local trials only,
+    /// and refused on any address but loopback.
+    pub disabled: bool,
 }
 
 impl Default for Config {
@@ -84,8 +93,9 @@ impl Default for Config {
             },
             websocket: WebsocketConfig {
                 heartbeat_interval: Duration::from_millis(30_000),
-                auth_required: true,
             },
+            auth: AuthConfig { disabled: false },
+            renamed_keys: Vec::new(),
         }
     }
 }
@@ -177,6 +187,21 @@ impl Config {
         Ok(())
     }
 
+    /// Refuses to serve with authentication off anywhere but on loopback: every caller would
+    /// be an admin. Checked once the listen address is final (after command-line flags).
+    pub fn check_exposure(&self) -> Result<(), ConfigError> {
+        if self.auth.disabled && !self.server.listen.ip().is_loopback() {
+            return Err(ConfigError::BadValue {
+                key: "auth.disabled".into(),
+                message: format!(
+                    "authentication may be off only on a loopback address, not on {}",
+                    self.server.listen
+                ),
+            });
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, message: &str| ConfigError::BadValue {
             key: key.into(),
@@ -263,8 +288,12 @@ impl Config {
             "websocket.heartbeatIntervalMs" => {
                 self.websocket.heartbeat_interval = duration(&raw, 1.0).map_err(bad)?
             }
+            "auth.disabled" => self.auth.disabled = boolean(&raw).map_err(bad)?,
+            // The old name of `auth.disabled`, inverted; it still works, with a warning.
             "websocket.authRequired" => {
-                self.websocket.auth_required = boolean(&raw).map_err(bad)?
+                self.auth.disabled = !boolean(&raw).map_err(bad)?;
+                self.renamed_keys
+                    .push(("websocket.authRequired", "auth.disabled"));
             }
             _ => return Err(ConfigError::UnknownKey(name)),
         }
@@ -378,8 +407,35 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cfg.sessions.max_sessions_per_org, 20);
         assert_eq!(cfg.sessions.default_timeout, Duration::from_secs(3));
-        assert!(!cfg.websocket.auth_required);
+        assert!(cfg.auth.disabled);
+        assert_eq!(
+            cfg.renamed_keys,
+            vec![("websocket.authRequired", "auth.disabled")]
+        );
         assert_eq!(cfg.runners.default_capacity, 5);
+    }
+
+    #[test]
+    fn auth_may_be_off_only_on_loopback() {
+        let cfg = Config::load(None, env(&[("VILLAGE_AUTH_DISABLED", "true")]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(cfg.auth.disabled && cfg.renamed_keys.is_empty());
+        assert!(cfg.check_exposure().is_ok(), "127.0.0.1 is the default");
+        for addr in ["0.0.0.0:8080", "10.0.0.5:8080", "[::]:8080"] {
+            let mut open = cfg.clone();
+            open.server.listen = addr.parse().unwrap_or_else(|e| panic!("{e}"));
+            let err = open.check_exposure().map(|_| ()).unwrap_err().to_string();
+            assert!(err.contains("auth.disabled"), "{addr}: {err}");
+        }
+        let mut v6 = cfg.clone();
+        v6.server.listen = "[::1]:8080".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert!(v6.check_exposure().is_ok());
+        let mut on = Config::default();
+        on.server.listen = "0.0.0.0:8080".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            on.check_exposure().is_ok(),
+            "with authentication on, any address"
+        );
     }
 
     #[test]

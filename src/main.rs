@@ -1,5 +1,6 @@
 //! `village [serve] [--listen ADDR] [--data-dir DIR] [--config FILE]`
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -78,6 +79,11 @@ fn main() -> ExitCode {
     if let Some(dir) = args.data_dir {
         config.server.data_dir = dir;
     }
+    if let Err(e) = config.check_exposure() {
+        eprintln!("village: configuration error: {e}");
+        return ExitCode::from(2);
+    }
+    let data_dir = config.server.data_dir.clone();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -105,8 +111,18 @@ fn main() -> ExitCode {
             }
         };
         if let Some(token) = &app.bootstrap_token {
-            // Printed once, on stdout only; never logged.
-            println!("Admin token (shown once; also in the data dir's admin-token file): {token}");
+            // Shown once, to a person at a terminal; never logged. Under a service manager
+            // stdout lands in a journal, so there only the file holds it.
+            if std::io::stdout().is_terminal() {
+                println!(
+                    "Admin token (shown once; also in the data dir's admin-token file): {token}"
+                );
+            } else {
+                tracing::info!(
+                    path = %data_dir.join("admin-token").display(),
+                    "the first admin token was written to this file (readable by this user only)"
+                );
+            }
         }
         app.serve(listener, shutdown_signal()).await;
         ExitCode::SUCCESS

@@ -196,7 +196,7 @@ async fn request_ids_are_reused_only_when_safe() {
 
 #[tokio::test]
 async fn auth_can_be_switched_off_for_local_trials() {
-    let s = TestServer::start("[websocket]\nauthRequired = false\n").await;
+    let s = TestServer::start("[auth]\ndisabled = true\n").await;
     let r = s
         .anonymous()
         .post(

@@ -12,17 +12,23 @@ use common::{BinaryServer, Client, tmp_dir};
 use serde_json::{Value, json};
 
 #[tokio::test]
-async fn first_start_creates_and_prints_the_admin_token_once() {
+async fn first_start_writes_the_admin_token_to_a_private_file_and_names_it() {
     let (_keep, dir) = tmp_dir();
     let mut server = BinaryServer::spawn(&dir, &[("VILLAGE_LOG", "debug")]);
     let token = server.admin_token.clone();
     assert!(token.starts_with("vlg_"));
+    // Not a terminal (as under a service manager, whose journal keeps stdout): the token is
+    // not printed; the log says which file holds it.
     common::eventually(5, || async {
-        server.stdout().contains(&token).then_some(())
+        server
+            .log()
+            .contains("the first admin token was written to this file")
+            .then_some(())
     })
     .await;
+    assert!(server.log().contains("admin-token"), "{}", server.log());
+    assert!(!server.stdout().contains(&token), "{}", server.stdout());
     let meta = std::fs::metadata(dir.join("admin-token")).unwrap();
-    #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
@@ -44,12 +50,68 @@ async fn first_start_creates_and_prints_the_admin_token_once() {
     assert!(!log.contains(&token), "admin token logged");
     assert!(!log.contains("hunter2-very-secret"), "env value logged");
     // A second start on the same data dir prints no new token and keeps the old one valid.
-    let again = BinaryServer::spawn(&dir, &[]);
+    let mut again = BinaryServer::spawn(&dir, &[]);
     assert_eq!(again.admin().get("/api/v1/tokens").await.data()["total"], 1);
+    again.terminate();
     assert!(
-        !again.stdout().contains("Admin token"),
+        !again.log().contains("first admin token"),
         "{}",
-        again.stdout()
+        again.log()
+    );
+}
+
+#[tokio::test]
+async fn the_data_dir_and_its_files_are_private_to_the_service_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let (_keep, dir) = tmp_dir();
+    let mut server = BinaryServer::spawn(&dir, &[]);
+    assert_eq!(server.admin().get("/api/v1/tokens").await.status, 200);
+    server.terminate();
+    assert_eq!(mode(&dir), 0o700, "data dir");
+    assert_eq!(mode(&dir.join("village.redb")), 0o600, "database");
+    assert_eq!(mode(&dir.join("admin-token")), 0o600, "admin token");
+    // A data dir an older version left readable to everyone is closed at the next start.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let db = dir.join("village.redb");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut again = BinaryServer::spawn(&dir, &[]);
+    assert_eq!(again.admin().get("/api/v1/tokens").await.status, 200);
+    again.terminate();
+    assert_eq!(mode(&dir), 0o700, "data dir after restart");
+    assert_eq!(mode(&db), 0o600, "database after restart");
+}
+
+#[test]
+fn authentication_off_is_refused_on_a_network_address() {
+    let (_keep, dir) = tmp_dir();
+    let run = |listen: &str, env: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_village"));
+        cmd.args(["serve", "--listen", listen])
+            .arg("--data-dir")
+            .arg(dir.join("data"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    for env in [
+        [("VILLAGE_AUTH_DISABLED", "true")],
+        // The old name of the switch is held to the same rule.
+        [("VILLAGE_WEBSOCKET_AUTH_REQUIRED", "false")],
+    ] {
+        let (code, err) = run("0.0.0.0:0", &env);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains("auth.disabled"), "{err}");
+        assert!(err.contains("loopback"), "{err}");
+    }
+    assert!(
+        !dir.join("data").join("village.redb").exists(),
+        "nothing was started"
     );
 }
 

@@ -138,7 +138,7 @@ pub fn principal(
     // Authentication is a memory lookup: decide here and hand back a ready future, so a
     // request clones nothing but the caller.
     header_value("authorization").and_then(move |authorization: Option<HeaderValue>| {
-        let caller = if state.config.websocket.auth_required {
+        let caller = if !state.config.auth.disabled {
             authorization
                 .as_ref()
                 .and_then(|v| v.to_str().ok())

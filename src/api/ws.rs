@@ -70,7 +70,7 @@ fn upgrade_request(
         .and_then(|h| h.strip_prefix("Bearer "))
         .or(query.get("token").map(String::as_str))
         .map(|t| t.trim().to_owned());
-    let caller = if !st.config.websocket.auth_required {
+    let caller = if st.config.auth.disabled {
         Some(std::sync::Arc::new(Principal::anonymous_admin()))
     } else {
         match token {

@@ -57,7 +57,7 @@ impl Principal {
             .store(true, std::sync::atomic::Ordering::Release);
     }
 
-    /// Everyone is admin when `authRequired = false`.
+    /// Everyone is admin when `auth.disabled = true`.
     pub fn anonymous_admin() -> Self {
         Self {
             token_id: Uuid::nil(),
