@@ -310,3 +310,49 @@ async fn me_tells_a_token_who_it_is() {
         .expect_error(401, "UNAUTHORIZED");
     s.stop().await;
 }
+
+/// A client that sends a revoke and hangs up at once: the server has the whole request, so the
+/// revoke is carried out in full — stored, and the token refused from then on. (The server drops
+/// a request's future when its client goes; the in-memory set of active tokens must still follow
+/// the commit.)
+#[tokio::test]
+async fn a_revoke_whose_client_hangs_up_at_once_still_revokes() {
+    use tokio::io::AsyncWriteExt;
+    let s = TestServer::start("").await;
+    let admin = s.admin();
+    for i in 0..12 {
+        let r = admin
+            .post(
+                "/api/v1/tokens",
+                json!({"kind": "org", "name": format!("ci {i}"), "orgId": "acme"}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        let secret = r.data()["token"].as_str().unwrap().to_string();
+        let id = r.data()["tokenId"].as_str().unwrap().to_string();
+        let org = admin.with_token(&secret);
+        assert_eq!(org.get("/api/v1/me").await.status, 200);
+        let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        let request = format!(
+            "DELETE /api/v1/tokens/{id} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+             Content-Length: 0\r\n\r\n",
+            s.addr, s.admin_token
+        );
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        drop(tcp);
+        common::eventually(5, || async {
+            (org.get("/api/v1/me").await.status == 401).then_some(())
+        })
+        .await;
+        let listed = admin.get("/api/v1/tokens?pageSize=100").await;
+        let item = listed.data()["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["tokenId"] == id.as_str())
+            .cloned()
+            .unwrap();
+        assert!(item["revokedAt"].is_string(), "try {i}: {item}");
+    }
+    s.stop().await;
+}

@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::audit::model::AuditEntry;
 use crate::clock::{SharedClock, SharedIds};
+use crate::detach::detached;
 use crate::error::{Conflict, DomainError, DomainResult, Entity, Issue};
 use crate::paging::{Page, PageRequest};
 use crate::store::Store;
@@ -265,7 +266,14 @@ impl AuthService {
     }
 
     /// `POST /tokens` (admin).
+    /// Runs to its end even if the caller stops waiting (see `detach`).
     pub async fn create(&self, caller: &Principal, new: NewToken) -> DomainResult<IssuedToken> {
+        let (this, caller) = (self.clone(), caller.clone());
+        detached(async move { this.create_now(&caller, new).await }).await
+    }
+
+    /// The body of [`Self::create`].
+    async fn create_now(&self, caller: &Principal, new: NewToken) -> DomainResult<IssuedToken> {
         caller.require_admin()?;
         let mut issues = Vec::new();
         if new.name.trim().is_empty() || new.name.len() > MAX_TOKEN_NAME_CHARS {
@@ -334,7 +342,14 @@ impl AuthService {
 
     /// `DELETE /tokens/{id}` (admin). The last active admin token cannot be revoked: that would
     /// lock every operator out.
+    /// Runs to its end even if the caller stops waiting (see `detach`).
     pub async fn revoke(&self, caller: &Principal, id: Uuid) -> DomainResult<TokenRecord> {
+        let (this, caller) = (self.clone(), caller.clone());
+        detached(async move { this.revoke_now(&caller, id).await }).await
+    }
+
+    /// The body of [`Self::revoke`].
+    async fn revoke_now(&self, caller: &Principal, id: Uuid) -> DomainResult<TokenRecord> {
         caller.require_admin()?;
         let now = self.clock.now_ms();
         let who = caller.clone();

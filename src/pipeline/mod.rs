@@ -30,6 +30,7 @@ use crate::audit;
 use crate::auth::{Caller, Principal};
 use crate::clock::{Millis, SharedClock, SharedIds, ms};
 use crate::config::PipelineConfig;
+use crate::detach::detached;
 use crate::error::{DomainError, DomainResult, Entity};
 use crate::events::{BusEvent, EventBus};
 use crate::paging::{Page, PageRequest};
@@ -152,7 +153,7 @@ impl PipelineService {
         audit: Vec<AuditNote>,
         f: impl FnOnce(&mut PipelineState, &mut Changes, Millis) -> DomainResult<R>,
     ) -> DomainResult<R> {
-        let _one_at_a_time = self.writer.lock().await;
+        let one_at_a_time = self.writer.clone().lock_owned().await;
         let now = self.now();
         let mut next = (*self.snapshot()).clone();
         let mut changes = Changes::default();
@@ -167,22 +168,30 @@ impl PipelineService {
             .into_iter()
             .map(|event| BusEvent::new(now, None, None, event))
             .collect();
-        self.store
-            .write(move |w| {
-                records.write(w)?;
-                for (action, target) in &system_audit {
-                    audit::record_system(w, action, target, now)?;
-                }
-                for (who, action, target) in &audit {
-                    audit::record(w, who, action, target, None, now)?;
-                }
-                for e in events {
-                    w.emit(e);
-                }
-                Ok::<_, DomainError>(())
-            })
-            .await?;
-        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        // From here on the change runs to its end even if the caller stops waiting: the
+        // snapshot must follow what was committed (see `detach`).
+        let this = self.clone();
+        detached(async move {
+            let _one_at_a_time = one_at_a_time;
+            this.store
+                .write(move |w| {
+                    records.write(w)?;
+                    for (action, target) in &system_audit {
+                        audit::record_system(w, action, target, now)?;
+                    }
+                    for (who, action, target) in &audit {
+                        audit::record(w, who, action, target, None, now)?;
+                    }
+                    for e in events {
+                        w.emit(e);
+                    }
+                    Ok::<_, DomainError>(())
+                })
+                .await?;
+            *this.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+            Ok(())
+        })
+        .await?;
         Ok(out)
     }
 

@@ -19,6 +19,7 @@ use uuid::Uuid;
 use crate::auth::{AuthService, Principal, TokenKind};
 use crate::clock::{Millis, SharedClock, SharedIds, ms};
 use crate::config::RunnersConfig;
+use crate::detach::detached;
 use crate::error::{Conflict, ConflictDetails, DomainError, DomainResult, Entity, Issue, Limit};
 use crate::events::EventBus;
 use crate::events::model::{BusEvent, DomainEvent, RunnerEventKind};
@@ -244,7 +245,18 @@ impl RunnerService {
 
     /// `POST /runners/register`: idempotent by hostname; each call issues a fresh runner token
     /// and revokes the previous one.
+    /// Runs to its end even if the caller stops waiting (see `detach`).
     pub async fn register(
+        &self,
+        p: &Principal,
+        reg: Registration,
+    ) -> DomainResult<(RunnerView, String, bool)> {
+        let (this, p) = (self.clone(), p.clone());
+        detached(async move { this.register_now(&p, reg).await }).await
+    }
+
+    /// The body of [`Self::register`].
+    async fn register_now(
         &self,
         p: &Principal,
         reg: Registration,
@@ -619,7 +631,19 @@ impl RunnerService {
     }
 
     /// `POST /runners/{id}/drain` and `/undrain` (admin).
+    /// Runs to its end even if the caller stops waiting (see `detach`).
     pub async fn set_draining(
+        &self,
+        p: &Principal,
+        id: Uuid,
+        draining: bool,
+    ) -> DomainResult<RunnerView> {
+        let (this, p) = (self.clone(), p.clone());
+        detached(async move { this.set_draining_now(&p, id, draining).await }).await
+    }
+
+    /// The body of [`Self::set_draining`].
+    async fn set_draining_now(
         &self,
         p: &Principal,
         id: Uuid,
@@ -664,7 +688,19 @@ impl RunnerService {
 
     /// `DELETE /runners/{id}` (admin). Active sessions need `force`, which re-queues those not
     /// started and fails the started ones with `runner_deregistered`.
+    /// Runs to its end even if the caller stops waiting (see `detach`).
     pub async fn deregister(
+        &self,
+        p: &Principal,
+        id: Uuid,
+        force: bool,
+    ) -> DomainResult<RunnerRecord> {
+        let (this, p) = (self.clone(), p.clone());
+        detached(async move { this.deregister_now(&p, id, force).await }).await
+    }
+
+    /// The body of [`Self::deregister`].
+    async fn deregister_now(
         &self,
         p: &Principal,
         id: Uuid,

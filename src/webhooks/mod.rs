@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use crate::auth::{Principal, TokenKind};
 use crate::clock::{SharedClock, SharedIds};
+use crate::detach::detached;
 use crate::error::{DomainError, DomainResult, Entity, Issue};
 use crate::events::BusEvent;
 use crate::events::render;
@@ -134,7 +135,14 @@ impl WebhookService {
     }
 
     /// `POST /webhooks`.
+    /// Runs to its end even if the caller stops waiting (see `detach`).
     pub async fn create(&self, p: &Principal, new: NewWebhook) -> DomainResult<Webhook> {
+        let (this, p) = (self.clone(), p.clone());
+        detached(async move { this.create_now(&p, new).await }).await
+    }
+
+    /// The body of [`Self::create`].
+    async fn create_now(&self, p: &Principal, new: NewWebhook) -> DomainResult<Webhook> {
         let scope = self.scope(p)?;
         let org_id = match (scope, new.org_id) {
             (Some(own), Some(named)) if own != named => {
@@ -225,7 +233,14 @@ impl WebhookService {
     }
 
     /// `DELETE /webhooks/{id}`: stops its pending deliveries too.
+    /// Runs to its end even if the caller stops waiting (see `detach`).
     pub async fn delete(&self, p: &Principal, id: Uuid) -> DomainResult<Webhook> {
+        let (this, p) = (self.clone(), p.clone());
+        detached(async move { this.delete_now(&p, id).await }).await
+    }
+
+    /// The body of [`Self::delete`].
+    async fn delete_now(&self, p: &Principal, id: Uuid) -> DomainResult<Webhook> {
         let hook = self.get_visible(p, id)?;
         let who = p.clone();
         let now = self.clock.now_ms();
