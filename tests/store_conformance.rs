@@ -89,6 +89,7 @@ conformance! {
         a_job_failing_after_writing_abandons_its_batch,
         a_panicking_job_abandons_its_batch_and_the_store_goes_on,
         only_committed_batches_are_published_in_commit_order,
+        after_commit_updates_run_before_callers_hear_and_only_for_committed_jobs,
         a_failed_commit_is_reported_and_committed_data_stays,
 }
 
@@ -1944,6 +1945,62 @@ mod checks {
         assert!(h.read(|r| r.outbox(id(0x101))).await.is_empty());
         assert!(!h.read(|r| r.any_token()).await);
         assert!(h.read(|r| r.due_timers(1_000, 10)).await.is_empty());
+    }
+
+    pub async fn after_commit_updates_run_before_callers_hear_and_only_for_committed_jobs(
+        open: OpenFn,
+    ) {
+        use std::sync::{Arc, Mutex};
+        let h = Harness::new(open);
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let note = |seen: &Arc<Mutex<Vec<String>>>, what: &str| -> AfterCommit {
+            let (seen, what) = (seen.clone(), what.to_owned());
+            Box::new(move || seen.lock().expect("lock").push(what))
+        };
+        // A committed job: its update has run by the time its caller hears back.
+        let hook = note(&seen, "committed");
+        h.write(move |w| {
+            w.after_commit(hook);
+            w.emit(label("committed"));
+            Ok(())
+        })
+        .await;
+        assert_eq!(*seen.lock().expect("lock"), ["committed"]);
+        // A refused job's update never runs; the rest of its batch's do.
+        let jobs: Vec<QueuedJob<'_, ()>> = (0..3)
+            .map(|i| -> QueuedJob<'_, ()> {
+                let hook = note(&seen, &format!("batch {i}"));
+                Box::pin(h.store.write(move |w| {
+                    w.after_commit(hook);
+                    if i == 1 {
+                        return Err(JobError::Refused("refused before writing"));
+                    }
+                    Ok(())
+                }))
+            })
+            .collect();
+        let results = h.in_one_batch(jobs).await;
+        assert!(results[1].is_err() && results[0].is_ok() && results[2].is_ok());
+        assert_eq!(
+            *seen.lock().expect("lock"),
+            ["committed", "batch 0", "batch 2"]
+        );
+        // An abandoned batch runs none.
+        let jobs: Vec<QueuedJob<'_, ()>> = (0..2)
+            .map(|i| -> QueuedJob<'_, ()> {
+                let hook = note(&seen, &format!("abandoned {i}"));
+                Box::pin(h.store.write(move |w| {
+                    w.after_commit(hook);
+                    w.enqueue_command(id(0x77), RunnerCommand::Drain, i)?;
+                    if i == 1 {
+                        return Err(JobError::Refused("fails after writing"));
+                    }
+                    Ok(())
+                }))
+            })
+            .collect();
+        assert!(h.in_one_batch(jobs).await.iter().all(Result::is_err));
+        assert_eq!(seen.lock().expect("lock").len(), 3);
     }
 
     pub async fn only_committed_batches_are_published_in_commit_order(open: OpenFn) {

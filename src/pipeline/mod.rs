@@ -198,7 +198,7 @@ impl PipelineService {
     // ---- heartbeats -------------------------------------------------------------------------
 
     /// A runner's heartbeat (REST or channel frame): its liveness noted in memory, and the
-    /// reply with the build it should run. Touches no disk.
+    /// reply with the build it should run. Never waits for a disk write.
     pub fn heartbeat(
         &self,
         p: &Principal,

@@ -26,11 +26,16 @@ use crate::events::model::{BusEvent, DomainEvent, RunnerEventKind};
 use crate::paging::{Page, PageRequest};
 use crate::sessions::model::{Provider, SessionState};
 use crate::sessions::{Release, SessionService};
-use crate::store::Store;
+use crate::store::{AfterCommit, Store};
 use model::*;
 
 /// The longest hostname a runner may register with (a DNS name).
 pub const MAX_HOSTNAME_CHARS: usize = 253;
+
+/// A runner's stored last-seen time is refreshed at least this often while it beats.
+pub const LIVENESS_REFRESH_MS: Millis = 300_000;
+/// Liveness records per write job of a flush.
+const LIVENESS_SLICE: usize = 64;
 
 /// A runner as the API shows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,8 +102,15 @@ pub struct FleetSummary {
 struct Entry {
     record: RunnerRecord,
     live: Liveness,
-    /// Liveness changed since it was last written to disk.
-    dirty: bool,
+    /// Liveness changed since it was last written to disk (written at shutdown).
+    unsaved: bool,
+    /// Liveness must be written at the next periodic flush: what a restart needs changed (the
+    /// build, versions or sessions it reports), or the stored last-seen time is older than
+    /// `LIVENESS_REFRESH_MS`. A beat that only moves the clock and the load figures is not
+    /// written: a restart grants every runner its grace period anyway.
+    due: bool,
+    /// The last-seen time last written to disk.
+    saved_beat: Millis,
     /// The status the sweeper last announced (events fire on a change).
     announced: RunnerStatus,
 }
@@ -160,6 +172,8 @@ pub struct RunnerService {
     default_capacity: u64,
     max_runners_per_org: u64,
     fleet: Arc<Mutex<HashMap<Uuid, Entry>>>,
+    /// Liveness records written by flushes since start (benchmarks and tests count them).
+    liveness_written: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl RunnerService {
@@ -190,10 +204,13 @@ impl RunnerService {
                 let live = lives
                     .remove(&record.id)
                     .unwrap_or_else(|| fresh_liveness(record.registered_at));
+                let saved_beat = live.last_heartbeat;
                 let mut entry = Entry {
                     record,
                     live,
-                    dirty: false,
+                    unsaved: false,
+                    due: false,
+                    saved_beat,
                     announced: RunnerStatus::Online,
                 };
                 entry.announced = timing.status(&entry, booted_at);
@@ -211,6 +228,7 @@ impl RunnerService {
             default_capacity: cfg.default_capacity,
             max_runners_per_org: cfg.max_runners_per_org,
             fleet: Arc::new(Mutex::new(fleet)),
+            liveness_written: Arc::default(),
         })
     }
 
@@ -276,6 +294,7 @@ impl RunnerService {
         let capacity = reg.max_concurrent_sessions.unwrap_or(self.default_capacity);
         let issued = self.auth.mint_runner_token(&reg.hostname, org_id.clone());
         let token = issued.record.clone();
+        let fleet = self.fleet.clone();
         let hostname = reg.hostname.clone();
         let metadata_json = reg.metadata.map(|m| m.to_string());
         let mut capabilities = reg.capabilities;
@@ -341,6 +360,22 @@ impl RunnerService {
                 }
                 w.put_token(&token)?;
                 w.put_runner(&mut record)?;
+                let registered = record.clone();
+                w.after_commit(fleet_hook(&fleet, move |f| {
+                    let entry = f.entry(registered.id).or_insert_with(|| Entry {
+                        record: registered.clone(),
+                        live: fresh_liveness(now),
+                        unsaved: true,
+                        due: true,
+                        saved_beat: now,
+                        announced: RunnerStatus::Online,
+                    });
+                    entry.adopt(registered);
+                    // Registering is a sign of life.
+                    entry.live.last_heartbeat = now;
+                    entry.unsaved = true;
+                    entry.due = true;
+                }));
                 if existing.is_none() {
                     w.emit(runner_event(RunnerEventKind::Registered, &record, now));
                 }
@@ -361,16 +396,9 @@ impl RunnerService {
             .remember_issued(&issued.record, previous_token.as_ref());
         let view = {
             let mut fleet = self.fleet();
-            let entry = fleet.entry(record.id).or_insert_with(|| Entry {
-                record: record.clone(),
-                live: fresh_liveness(now),
-                dirty: true,
-                announced: RunnerStatus::Online,
-            });
-            entry.adopt(record.clone());
-            // Registering is a sign of life.
-            entry.live.last_heartbeat = now;
-            entry.dirty = true;
+            let entry = fleet
+                .get_mut(&record.id)
+                .ok_or(DomainError::NotFound(Entity::Runner))?;
             self.view_of(entry, now, 0)
         };
         if !created {
@@ -434,6 +462,9 @@ impl RunnerService {
                 .get_mut(&id)
                 .ok_or(DomainError::NotFound(Entity::Runner))?;
             let was = entry.announced;
+            let restart_relevant = entry.live.build_id != hb.build_id
+                || entry.live.runtime_versions != hb.runtime_versions
+                || entry.live.active_sessions != hb.active_sessions;
             entry.live = Liveness {
                 last_heartbeat: now,
                 load: hb.load,
@@ -441,7 +472,9 @@ impl RunnerService {
                 build_id: hb.build_id,
                 active_sessions: hb.active_sessions,
             };
-            entry.dirty = true;
+            entry.unsaved = true;
+            entry.due |=
+                restart_relevant || now.saturating_sub(entry.saved_beat) >= LIVENESS_REFRESH_MS;
             let status = self.timing.status(entry, now);
             entry.announced = status;
             let reply = HeartbeatReply {
@@ -457,7 +490,11 @@ impl RunnerService {
             let online = runner_event(RunnerEventKind::Online, &record, now);
             tokio::spawn(async move {
                 if let Err(e) = service.announce(vec![online]).await {
+                    // Not announced: the sweep sees it come back again and retries.
                     tracing::error!(error = %e, runner = %id, "announcing a returning runner failed");
+                    if let Some(entry) = service.fleet().get_mut(&id) {
+                        entry.announced = RunnerStatus::Offline;
+                    }
                 }
             });
             // While it was away its sessions may have been failed or given to another
@@ -652,8 +689,8 @@ impl RunnerService {
         p.require_admin()?;
         let who = p.clone();
         let now = self.now();
-        let record = self
-            .store
+        let fleet = self.fleet.clone();
+        self.store
             .write(move |w| {
                 let mut r = w
                     .get_runner(id)?
@@ -670,19 +707,19 @@ impl RunnerService {
                     } else {
                         ("runner.undrain", RunnerEventKind::Undrained)
                     };
+                    // The scheduler reads the fleet when the event wakes it: memory first.
+                    let changed = r.clone();
+                    w.after_commit(fleet_hook(&fleet, move |f| {
+                        if let Some(e) = f.get_mut(&changed.id) {
+                            e.adopt(changed);
+                        }
+                    }));
                     w.emit(runner_event(kind, &r, now));
                     crate::audit::record(w, &who, action, id, r.org_id.as_deref(), now)?;
                 }
                 Ok::<_, DomainError>(r)
             })
             .await?;
-        {
-            let mut fleet = self.fleet();
-            let entry = fleet
-                .get_mut(&id)
-                .ok_or(DomainError::NotFound(Entity::Runner))?;
-            entry.adopt(record);
-        }
         self.get(p, id).await
     }
 
@@ -709,6 +746,7 @@ impl RunnerService {
         p.require_admin()?;
         let now = self.now();
         let sessions = self.sessions.clone();
+        let fleet = self.fleet.clone();
         let who = p.clone();
         let record = self
             .store
@@ -733,13 +771,15 @@ impl RunnerService {
                     w.put_token(&token)?;
                 }
                 w.delete_runner(&r)?;
+                w.after_commit(fleet_hook(&fleet, move |f| {
+                    f.remove(&id);
+                }));
                 w.emit(runner_event(RunnerEventKind::Deregistered, &r, now));
                 crate::audit::record(w, &who, "runner.deregister", id, r.org_id.as_deref(), now)?;
                 Ok::<_, DomainError>(r)
             })
             .await?;
         self.auth.forget(record.token_id).await;
-        self.fleet().remove(&id);
         Ok(record)
     }
 
@@ -812,6 +852,7 @@ impl RunnerService {
     pub async fn sweep(&self) -> DomainResult<()> {
         let now = self.now();
         let mut announce = Vec::new();
+        let mut was = Vec::new();
         let mut lost = Vec::new();
         let mut draining = Vec::new();
         {
@@ -821,8 +862,10 @@ impl RunnerService {
                 if status != e.announced {
                     if status == RunnerStatus::Offline {
                         announce.push(runner_event(RunnerEventKind::Offline, &e.record, now));
+                        was.push((e.record.id, e.announced));
                     } else if e.announced == RunnerStatus::Offline {
                         announce.push(runner_event(RunnerEventKind::Online, &e.record, now));
+                        was.push((e.record.id, e.announced));
                     }
                     e.announced = status;
                 }
@@ -834,7 +877,16 @@ impl RunnerService {
                 }
             }
         }
-        self.announce(announce).await?;
+        if let Err(e) = self.announce(announce).await {
+            // Not announced: the next sweep sees the change again and retries.
+            tracing::error!(error = %e, "announcing runner status changes failed");
+            let mut fleet = self.fleet();
+            for (id, status) in was {
+                if let Some(entry) = fleet.get_mut(&id) {
+                    entry.announced = status;
+                }
+            }
+        }
         if lost.is_empty() && draining.is_empty() {
             return Ok(());
         }
@@ -863,8 +915,8 @@ impl RunnerService {
                 .await?;
         }
         for id in drained {
-            let record = self
-                .store
+            let fleet = self.fleet.clone();
+            self.store
                 .write(move |w| {
                     let Some(mut r) = w.get_runner(id)? else {
                         return Ok(None);
@@ -874,40 +926,44 @@ impl RunnerService {
                     }
                     r.drained_at = Some(now);
                     w.put_runner(&mut r)?;
+                    let drained = r.clone();
+                    w.after_commit(fleet_hook(&fleet, move |f| {
+                        if let Some(e) = f.get_mut(&drained.id) {
+                            e.adopt(drained);
+                        }
+                    }));
                     w.emit(runner_event(RunnerEventKind::Drained, &r, now));
                     Ok(Some(r))
                 })
                 .await?;
-            if let Some(record) = record
-                && let Some(e) = self.fleet().get_mut(&id)
-            {
-                e.adopt(record);
-            }
         }
         Ok(())
     }
 
-    /// Writes changed liveness in one batch. A crash loses at most what changed since.
-    pub async fn flush_liveness(&self) -> DomainResult<usize> {
-        let dirty: Vec<(Uuid, Liveness)> = {
+    /// Writes the liveness the periodic flush must write (see `Entry::due`), or with `all` every
+    /// runner's that changed since it was written (at shutdown, so a clean restart loses
+    /// nothing). Returns how many records were written.
+    pub async fn flush_liveness(&self, all: bool) -> DomainResult<usize> {
+        let picked: Vec<(Uuid, Liveness)> = {
             let mut fleet = self.fleet();
             fleet
                 .values_mut()
-                .filter(|e| e.dirty)
+                .filter(|e| e.due || (all && e.unsaved))
                 .map(|e| {
-                    e.dirty = false;
+                    e.due = false;
+                    e.unsaved = false;
+                    e.saved_beat = e.live.last_heartbeat;
                     (e.record.id, e.live.clone())
                 })
                 .collect()
         };
-        if dirty.is_empty() {
-            return Ok(0);
-        }
-        let n = dirty.len();
-        // In slices, so a large fleet's flush never holds up other writers for long.
-        let mut rest = dirty;
+        let n = picked.len();
+        // In small slices, so that a flush never holds up other writers for more than a few
+        // milliseconds.
+        let mut rest = picked;
         while !rest.is_empty() {
-            let slice: Vec<(Uuid, Liveness)> = rest.drain(..rest.len().min(256)).collect();
+            let slice: Vec<(Uuid, Liveness)> =
+                rest.drain(..rest.len().min(LIVENESS_SLICE)).collect();
             self.store
                 .write(move |w| {
                     for (id, live) in &slice {
@@ -919,7 +975,15 @@ impl RunnerService {
                 })
                 .await?;
         }
+        self.liveness_written
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(n)
+    }
+
+    /// Liveness records written by flushes since start.
+    pub fn liveness_records_written(&self) -> u64 {
+        self.liveness_written
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Removes an acknowledged command from the runner's outbox.
@@ -981,7 +1045,7 @@ pub async fn background(service: RunnerService, mut shutdown: tokio::sync::watch
         }
         if stopping || last_flush.elapsed() >= Duration::from_secs(2) {
             last_flush = tokio::time::Instant::now();
-            if let Err(e) = service.flush_liveness().await {
+            if let Err(e) = service.flush_liveness(stopping).await {
                 tracing::error!(error = %e, "writing runner liveness failed");
             }
         }
@@ -1003,4 +1067,15 @@ fn runner_event(kind: RunnerEventKind, r: &RunnerRecord, at: Millis) -> BusEvent
             hostname: r.hostname.clone(),
         },
     )
+}
+
+/// An update of the in-memory fleet that runs when the write it mirrors is durable (see
+/// `Effects::after_commit`): before the write's events reach anyone, and even if the caller
+/// stopped waiting.
+fn fleet_hook(
+    fleet: &Arc<Mutex<HashMap<Uuid, Entry>>>,
+    update: impl FnOnce(&mut HashMap<Uuid, Entry>) + Send + 'static,
+) -> AfterCommit {
+    let fleet = fleet.clone();
+    Box::new(move || update(&mut fleet.lock().unwrap_or_else(|p| p.into_inner())))
 }

@@ -104,10 +104,19 @@ pub trait Publisher: Send + Sync + 'static {
     fn publish(&self, event: BusEvent);
 }
 
+/// Work to run once a transaction is durable.
+pub type AfterCommit = Box<dyn FnOnce() + Send>;
+
 /// What a write job does besides writing: events published once its transaction is durable.
 pub trait Effects {
     /// Publishes `event` once this transaction is durable (and never if the job fails).
     fn emit(&mut self, event: BusEvent);
+
+    /// Runs `update` once this transaction is durable, before anyone hears of it (the callers,
+    /// the runners' channels, subscribers of its events), and never if the job fails: the place
+    /// for in-memory state that mirrors what was written, so that it changes with the commit
+    /// whether or not the caller is still waiting.
+    fn after_commit(&mut self, update: AfterCommit);
 }
 
 type Finish = Box<dyn FnOnce(StoreResult<()>) + Send>;
@@ -189,12 +198,18 @@ impl Store {
     {
         let (tx, rx) = oneshot::channel::<Result<R, E>>();
         let job: Job = Box::new(move |ctx: &mut WriteCtx<'_>| {
-            let marks = (ctx.events.len(), ctx.commands.len(), ctx.writes);
+            let marks = (
+                ctx.events.len(),
+                ctx.commands.len(),
+                ctx.writes,
+                ctx.after_commit.len(),
+            );
             let outcome = f(ctx);
             ctx.followed = None;
             if outcome.is_err() {
                 ctx.events.truncate(marks.0);
                 ctx.commands.truncate(marks.1);
+                ctx.after_commit.truncate(marks.3);
                 // Jobs check before they write; one that failed after writing (a storage
                 // error, a bug) may have left half a change: the batch is abandoned.
                 if ctx.writes != marks.2 {
@@ -327,6 +342,13 @@ impl Outcome {
             jobs,
         } = self;
         // Callers first (they are waiting), then the runners' channels and the bus.
+        // Memory first (it mirrors what was committed), then the callers (they are waiting),
+        // then the runners' channels and the bus.
+        if result.is_ok() {
+            for update in committed.after_commit {
+                update();
+            }
+        }
         for finish in finishes {
             finish(match &result {
                 Ok(()) => Ok(()),
@@ -364,6 +386,7 @@ fn run_batch(
         hot: HotTables::default(),
         events: Vec::new(),
         commands: Vec::new(),
+        after_commit: Vec::new(),
         event_seqs: HashMap::new(),
         audit_seq: None,
         followed: None,
@@ -388,6 +411,7 @@ fn run_batch(
     let committed = Committed {
         events: std::mem::take(&mut ctx.events),
         commands: std::mem::take(&mut ctx.commands),
+        after_commit: std::mem::take(&mut ctx.after_commit),
     };
     let poisoned = ctx.poisoned;
     drop(ctx);
@@ -419,6 +443,7 @@ fn run_batch(
 struct Committed {
     events: Vec<BusEvent>,
     commands: Vec<OutboxEntry>,
+    after_commit: Vec<AfterCommit>,
 }
 
 /// The engine's generic way into a table, for the per-area storage code. Only `store/` sees it:
@@ -481,6 +506,7 @@ pub struct WriteCtx<'a> {
     pub(super) hot: HotTables<'a>,
     pub(super) events: Vec<BusEvent>,
     pub(super) commands: Vec<OutboxEntry>,
+    pub(super) after_commit: Vec<AfterCommit>,
     /// The last event seq of each session that got an event in this batch, so that a second
     /// event needs no look-up.
     pub(super) event_seqs: HashMap<u128, u64>,
@@ -570,5 +596,9 @@ impl<'a> WriteCtx<'a> {
 impl Effects for WriteCtx<'_> {
     fn emit(&mut self, event: BusEvent) {
         self.events.push(event);
+    }
+
+    fn after_commit(&mut self, update: AfterCommit) {
+        self.after_commit.push(update);
     }
 }

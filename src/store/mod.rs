@@ -24,7 +24,7 @@ mod webhooks;
 
 pub use audit::{AuditReads, AuditWrites};
 pub use engine::{
-    Effects, Publisher, ReadCtx, Store, StoreError, StoreResult, WriteCtx, WriterStats,
+    AfterCommit, Effects, Publisher, ReadCtx, Store, StoreError, StoreResult, WriteCtx, WriterStats,
 };
 pub use pipeline::{PipelineReads, PipelineWrites};
 pub use runners::{RunnerReads, RunnerWrites};
