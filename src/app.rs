@@ -100,7 +100,9 @@ impl App {
             &config.pipeline,
         )
         .await?;
-        let webhooks = WebhookService::load(store.clone(), clock.clone(), ids.clone()).await?;
+        let webhooks = WebhookService::load(store.clone(), clock.clone(), ids.clone())
+            .await?
+            .allowing_private_targets(config.webhooks.allow_private_targets);
         let (stop, stop_rx) = watch::channel(false);
         let state = Arc::new(Services {
             config: Arc::new(config),

@@ -14,6 +14,7 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     pub websocket: WebsocketConfig,
     pub auth: AuthConfig,
+    pub webhooks: WebhooksConfig,
     /// Keys that were given under an old name, as `(old, new)`: the server warns at start.
     pub renamed_keys: Vec<(&'static str, &'static str)>,
 }
@@ -57,6 +58,14 @@ pub struct WebsocketConfig {
 }
 
 #[derive(Debug, Clone)]
+pub struct WebhooksConfig {
+    /// Let webhooks reach loopback, private, link-local and other reserved addresses (the
+    /// admin's choice, for every org): off by default, so an org token cannot probe the
+    /// server's own network.
+    pub allow_private_targets: bool,
+}
+
+#[derive(Debug, Clone)]
 pub struct AuthConfig {
     /// Every caller is treated as an admin, REST and WebSockets alike: for local trials only,
     /// and refused on any address but loopback.
@@ -95,6 +104,9 @@ impl Default for Config {
                 heartbeat_interval: Duration::from_millis(30_000),
             },
             auth: AuthConfig { disabled: false },
+            webhooks: WebhooksConfig {
+                allow_private_targets: false,
+            },
             renamed_keys: Vec::new(),
         }
     }
@@ -289,6 +301,9 @@ impl Config {
                 self.websocket.heartbeat_interval = duration(&raw, 1.0).map_err(bad)?
             }
             "auth.disabled" => self.auth.disabled = boolean(&raw).map_err(bad)?,
+            "webhooks.allowPrivateTargets" => {
+                self.webhooks.allow_private_targets = boolean(&raw).map_err(bad)?
+            }
             // The old name of `auth.disabled`, inverted; it still works, with a warning.
             "websocket.authRequired" => {
                 self.auth.disabled = !boolean(&raw).map_err(bad)?;

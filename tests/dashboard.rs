@@ -112,7 +112,11 @@ impl Env {
 }
 
 /// Pings every second, so a revoked token's socket closes within a second or two.
-const SERVER_ENV: &[(&str, &str)] = &[("VILLAGE_WEBSOCKET_HEARTBEAT_INTERVAL_MS", "1000")];
+const SERVER_ENV: &[(&str, &str)] = &[
+    ("VILLAGE_WEBSOCKET_HEARTBEAT_INTERVAL_MS", "1000"),
+    // The admin page lists a webhook to a loopback address.
+    ("VILLAGE_WEBHOOKS_ALLOW_PRIVATE_TARGETS", "true"),
+];
 
 // ---- a runner on its channel, answered in the background -------------------------------------
 

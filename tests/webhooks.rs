@@ -11,6 +11,10 @@ use common::{BinaryServer, Client, TestServer, eventually, tmp_dir};
 use serde_json::{Value, json};
 use warp::Filter;
 
+/// These tests run their receivers on loopback, which webhooks may reach only when the admin
+/// allows private targets.
+const LOCAL_RECEIVERS: &str = "[webhooks]\nallowPrivateTargets = true\n";
+
 /// Records every POST; answers 500 to the first `fail_first` of them.
 #[derive(Clone)]
 struct Receiver {
@@ -68,7 +72,7 @@ async fn add_hook(c: &Client, body: Value) -> Value {
 
 #[tokio::test]
 async fn signed_deliveries_are_retried_until_they_land_once() {
-    let s = TestServer::start("").await;
+    let s = TestServer::start(LOCAL_RECEIVERS).await;
     let admin = s.admin();
     let acme = admin.with_token(&admin.create_token("org", Some("acme")).await);
     let receiver = Receiver::start(3).await;
@@ -132,7 +136,7 @@ async fn signed_deliveries_are_retried_until_they_land_once() {
 
 #[tokio::test]
 async fn registration_is_validated_and_scoped() {
-    let s = TestServer::start("").await;
+    let s = TestServer::start(LOCAL_RECEIVERS).await;
     let admin = s.admin();
     let acme = admin.with_token(&admin.create_token("org", Some("acme")).await);
     let globex = admin.with_token(&admin.create_token("org", Some("globex")).await);
@@ -206,7 +210,8 @@ async fn registration_is_validated_and_scoped() {
 async fn a_restart_between_attempts_still_delivers() {
     let receiver = Receiver::start(1).await;
     let (_keep, dir) = tmp_dir();
-    let mut server = BinaryServer::spawn(&dir, &[]);
+    let mut server =
+        BinaryServer::spawn(&dir, &[("VILLAGE_WEBHOOKS_ALLOW_PRIVATE_TARGETS", "true")]);
     let admin = server.admin();
     add_hook(
         &admin,
@@ -217,7 +222,7 @@ async fn a_restart_between_attempts_still_delivers() {
     eventually(10, || async { (receiver.count() == 1).then_some(()) }).await;
     // The first attempt failed; the retry is due in 1 s. Stop hard before it.
     server.kill9();
-    let again = BinaryServer::spawn(&dir, &[]);
+    let again = BinaryServer::spawn(&dir, &[("VILLAGE_WEBHOOKS_ALLOW_PRIVATE_TARGETS", "true")]);
     eventually(15, || async { (receiver.count() >= 2).then_some(()) }).await;
     let bodies = receiver.bodies();
     assert_eq!(
@@ -231,4 +236,96 @@ async fn a_restart_between_attempts_still_delivers() {
         "delivered more than once after success"
     );
     drop(again);
+}
+
+/// An org token must not be able to point a webhook at the server's own network and read the
+/// answers back: loopback, private, link-local (cloud metadata) and other reserved addresses are
+/// refused when the webhook is registered, in every spelling, unless the admin allows them.
+#[tokio::test]
+async fn webhooks_to_private_addresses_are_refused_unless_the_admin_allows_them() {
+    let s = TestServer::start("").await;
+    let admin = s.admin();
+    for host in [
+        "127.0.0.1:8080",
+        "localhost",
+        "169.254.169.254",
+        "10.0.0.1",
+        "192.168.1.20:9000",
+        "0.0.0.0",
+        "[::1]",
+        "[::ffff:127.0.0.1]",
+        "[fd00::1]",
+    ] {
+        let r = admin
+            .post(
+                "/api/v1/webhooks",
+                json!({"url": format!("http://{host}/hook"), "events": ["*"]}),
+            )
+            .await;
+        r.expect_error(400, "VALIDATION_ERROR");
+        assert_eq!(r.issue_paths(), ["url"], "{host}: {}", r.text);
+        assert!(r.text.contains("allowPrivateTargets"), "{}", r.text);
+    }
+    let listed = admin.get("/api/v1/webhooks").await;
+    assert_eq!(listed.data()["items"], json!([]), "{}", listed.text);
+    s.stop().await;
+
+    let allowed = TestServer::start(LOCAL_RECEIVERS).await;
+    let r = allowed
+        .admin()
+        .post(
+            "/api/v1/webhooks",
+            json!({"url": "http://127.0.0.1:9/hook", "events": ["*"]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    allowed.stop().await;
+}
+
+/// A receiver that answers with a body that never ends: the delivery reads at most 64 KiB of it
+/// and records the status, instead of reading until its timeout (or memory) runs out.
+#[tokio::test]
+async fn an_endless_answer_is_cut_off_and_the_delivery_recorded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let _ = sock.read(&mut buf).await;
+                let _ = sock
+                    .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                    .await;
+                let chunk = format!("{:x}\r\n{}\r\n", 4096, "x".repeat(4096));
+                // Endless, until the client hangs up.
+                while sock.write_all(chunk.as_bytes()).await.is_ok() {}
+            });
+        }
+    });
+    let s = TestServer::start(LOCAL_RECEIVERS).await;
+    let admin = s.admin();
+    let hook = add_hook(
+        &admin,
+        json!({"url": format!("http://{addr}/hook"), "events": ["session_created"]}),
+    )
+    .await;
+    admin.create_session("acme").await;
+    let id = hook["webhookId"].as_str().unwrap().to_string();
+    let delivery = common::eventually(5, || {
+        let admin = admin.clone();
+        let id = id.clone();
+        async move {
+            let d = admin
+                .get(&format!("/api/v1/webhooks/{id}/deliveries"))
+                .await;
+            let first = d.data()["items"]
+                .as_array()
+                .and_then(|a| a.first().cloned())?;
+            (first["status"] == "delivered").then_some(first)
+        }
+    })
+    .await;
+    assert_eq!(delivery["lastStatusCode"], 200, "{delivery}");
+    s.stop().await;
 }

@@ -511,6 +511,8 @@ impl Server {
         let data_dir = tempfile::tempdir().unwrap();
         let mut config = Config::default();
         config.apply_toml(toml).unwrap();
+        // The webhook receivers of these tests listen on loopback.
+        config.webhooks.allow_private_targets = true;
         config.server.data_dir = data_dir.path().to_path_buf();
         let clock = ManualClock::new(START_MS);
         let shared: SharedClock = clock.clone();

@@ -126,7 +126,14 @@ async fn attempt(service: &WebhookService, mut d: Delivery) {
             if let Some(secret) = &hook.secret {
                 headers.push(("x-village-signature", signature(secret, d.body.as_bytes())));
             }
-            client::post(&target, &headers, d.body.clone(), ATTEMPT_TIMEOUT).await
+            client::post(
+                &target,
+                &headers,
+                d.body.clone(),
+                ATTEMPT_TIMEOUT,
+                service.allows_private_targets(),
+            )
+            .await
         }
         None => Err("bad url".into()),
     };

@@ -104,6 +104,8 @@ pub struct WebhookService {
     wake: Arc<tokio::sync::Notify>,
     /// Signalled when a webhook is registered (the intake starts listening).
     registered: Arc<tokio::sync::Notify>,
+    /// `webhooks.allowPrivateTargets`: targets may be private or reserved addresses.
+    allow_private: bool,
 }
 
 impl WebhookService {
@@ -116,7 +118,18 @@ impl WebhookService {
             hooks: Arc::new(RwLock::new(hooks.into_iter().map(|h| (h.id, h)).collect())),
             wake: Arc::new(tokio::sync::Notify::new()),
             registered: Arc::new(tokio::sync::Notify::new()),
+            allow_private: false,
         })
+    }
+
+    /// Lets webhooks reach private and reserved addresses (`webhooks.allowPrivateTargets`).
+    pub fn allowing_private_targets(mut self, allow: bool) -> Self {
+        self.allow_private = allow;
+        self
+    }
+
+    pub fn allows_private_targets(&self) -> bool {
+        self.allow_private
     }
 
     fn scope(&self, p: &Principal) -> DomainResult<Option<String>> {
@@ -154,8 +167,19 @@ impl WebhookService {
             (None, named) => named,
         };
         let mut issues = Vec::new();
-        if client::Target::parse(&new.url).is_none() {
-            issues.push(Issue::new("url", "must be an http:// URL with a host"));
+        match client::Target::parse(&new.url) {
+            None => issues.push(Issue::new("url", "must be an http:// URL with a host")),
+            // A host that does not resolve now is accepted: deliveries check again, every time.
+            Some(target) => match client::resolve(&target, self.allow_private).await {
+                Err(why) if why.contains("private or reserved") => issues.push(Issue::new(
+                    "url",
+                    format!(
+                        "must not point at a loopback, private, link-local or other reserved \
+                         address ({why}; an admin may allow them with webhooks.allowPrivateTargets)"
+                    ),
+                )),
+                _ => {}
+            },
         }
         if new.events.is_empty() {
             issues.push(Issue::new(
