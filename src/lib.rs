@@ -19,6 +19,7 @@ pub mod events;
 pub mod paging;
 pub mod pipeline;
 pub mod realtime;
+pub mod runner;
 pub mod runners;
 pub mod sessions;
 pub mod store;

@@ -1,0 +1,1 @@
+//! Readable, coloured terminal lines for structured agents' activity.
