@@ -1,4 +1,5 @@
-//! `village [serve] [--listen ADDR] [--data-dir DIR] [--config FILE]`
+//! `village [serve] [--listen ADDR] [--data-dir DIR] [--config FILE]`, `village runner …`,
+//! `village approval request|claude-hook`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -28,6 +29,75 @@ struct Cli {
 enum Command {
     /// Start the server (the default).
     Serve(ServeArgs),
+    /// Run agent sessions for a Village server.
+    Runner(RunnerArgs),
+    /// Ask the runner for an approval from inside a session.
+    #[command(subcommand)]
+    Approval(ApprovalCommand),
+    /// Internal: the per-session process guard the runner starts agents under.
+    #[command(name = "__guard", hide = true)]
+    Guard(GuardArgs),
+}
+
+#[derive(Args)]
+struct RunnerArgs {
+    /// The server, e.g. http://village.internal:8080.
+    #[arg(long, env = "VILLAGE_SERVER")]
+    server: String,
+    /// A runner_join token (needed to register; a saved identity is reused without it).
+    #[arg(long, env = "VILLAGE_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
+    /// Where the runner keeps its identity (0600) and its approval socket.
+    #[arg(long, env = "VILLAGE_RUNNER_DATA_DIR", default_value = "./runner-data")]
+    data_dir: PathBuf,
+    /// Where session workspaces are cloned (default: <data-dir>/work).
+    #[arg(long, env = "VILLAGE_WORK_DIR")]
+    work_dir: Option<PathBuf>,
+    /// The name this runner registers with (default: the system's hostname).
+    #[arg(long, env = "VILLAGE_RUNNER_HOSTNAME")]
+    hostname: Option<String>,
+    /// Sessions run at once.
+    #[arg(long, env = "VILLAGE_MAX_SESSIONS", default_value_t = 4)]
+    max_sessions: u32,
+    /// A feature this runner offers (repeatable).
+    #[arg(long = "feature")]
+    features: Vec<String>,
+    /// PROVIDER=PROTOCOL:COMMAND, e.g. `claude_code=claude:claude` (repeatable; replaces the
+    /// default of the same provider). PROTOCOL: claude, codex, acp or pty.
+    #[arg(long = "agent")]
+    agents: Vec<String>,
+    /// Keep each session's workspace after it ends.
+    #[arg(long)]
+    keep_workspaces: bool,
+    /// Seconds from a stop to SIGKILL of the session's processes.
+    #[arg(long, default_value_t = 10)]
+    stop_grace: u64,
+}
+
+#[derive(Subcommand)]
+enum ApprovalCommand {
+    /// Ask for an approval and wait: exit 0 allowed, 1 denied (reason on stderr), 3 error.
+    Request {
+        /// merge, deps_add, secrets, deploy, command, file_change, network or other.
+        #[arg(long)]
+        action: String,
+        /// What is asked, for the person deciding.
+        #[arg(long)]
+        description: String,
+        /// Extra JSON shown with the approval.
+        #[arg(long)]
+        context: Option<String>,
+    },
+    /// A Claude Code PreToolUse hook: reads the hook JSON on stdin, prints the decision JSON.
+    ClaudeHook,
+}
+
+#[derive(Args)]
+struct GuardArgs {
+    #[arg(long)]
+    status: PathBuf,
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
 }
 
 #[derive(Args, Clone, Default)]
@@ -48,15 +118,30 @@ fn main() -> ExitCode {
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
         None => cli.serve,
+        Some(Command::Runner(args)) => return runner_main(args),
+        Some(Command::Approval(ApprovalCommand::Request {
+            action,
+            description,
+            context,
+        })) => {
+            let code =
+                village::runner::local::request_main(&action, &description, context.as_deref());
+            return ExitCode::from(code as u8);
+        }
+        Some(Command::Approval(ApprovalCommand::ClaudeHook)) => {
+            let code = village::runner::local::claude_hook_main(&mut std::io::stdin());
+            return ExitCode::from(code as u8);
+        }
+        Some(Command::Guard(g)) => {
+            let (program, args) = g
+                .command
+                .split_first()
+                .map_or(("", &[][..]), |(p, a)| (p.as_str(), a));
+            let code = village::runner::process::guard_main(&g.status, program, args);
+            return ExitCode::from(code.clamp(0, 255) as u8);
+        }
     };
-    let level = std::env::var("VILLAGE_LOG")
-        .ok()
-        .and_then(|l| l.parse::<tracing::Level>().ok())
-        .unwrap_or(tracing::Level::INFO);
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .init();
+    init_logs();
 
     let mut config = match Config::load(args.config.as_deref(), std::env::vars()) {
         Ok(c) => c,
@@ -127,6 +212,70 @@ fn main() -> ExitCode {
         app.serve(listener, shutdown_signal()).await;
         ExitCode::SUCCESS
     })
+}
+
+fn init_logs() {
+    let level = std::env::var("VILLAGE_LOG")
+        .ok()
+        .and_then(|l| l.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::INFO);
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn runner_main(args: RunnerArgs) -> ExitCode {
+    init_logs();
+    let mut agents = Vec::new();
+    for a in &args.agents {
+        match village::runner::AgentSpec::parse(a) {
+            Ok(spec) => agents.push(spec),
+            Err(e) => {
+                eprintln!("village runner: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if args.max_sessions == 0 {
+        eprintln!("village runner: --max-sessions must be at least 1");
+        return ExitCode::from(2);
+    }
+    let work_dir = args
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("work"));
+    let cfg = village::runner::RunnerConfig {
+        server: args.server,
+        join_token: args.join_token,
+        data_dir: args.data_dir,
+        work_dir,
+        hostname: args
+            .hostname
+            .unwrap_or_else(village::runner::system_hostname),
+        max_sessions: args.max_sessions,
+        features: args.features,
+        agents,
+        keep_workspaces: args.keep_workspaces,
+        stop_grace: std::time::Duration::from_secs(args.stop_grace),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("village runner: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(village::runner::run(cfg, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("village runner: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -318,9 +318,12 @@ fn only_the_api_knows_warp_and_only_the_renderer_builds_event_json() {
         if f.code.contains("warp::") || f.code.contains("use warp") {
             bad.push(format!("{} uses warp", f.rel));
         }
+        // The runner is a client of the public API: it speaks wire shapes (and the agents'
+        // protocols) and has no domain of the server's to keep JSON out of.
+        let wire_client = f.module.first().is_some_and(|m| m == "runner");
         let renderer = f.rel == "events/render.rs";
         for needle in ["json!", "serde_json::Map", "Value::Object"] {
-            if !renderer && f.code.contains(needle) {
+            if !renderer && !wire_client && f.code.contains(needle) {
                 bad.push(format!("{} builds JSON ({needle})", f.rel));
             }
         }
@@ -328,6 +331,27 @@ fn only_the_api_knows_warp_and_only_the_renderer_builds_event_json() {
     assert!(
         bad.is_empty(),
         "wire shapes belong in api/ (and events in events/render.rs):\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn the_runner_is_a_client_that_imports_nothing_of_the_server() {
+    let files = load();
+    let mut bad = Vec::new();
+    for f in files
+        .iter()
+        .filter(|f| f.module.first().is_some_and(|m| m == "runner"))
+    {
+        for target in imports(f) {
+            if target.first().is_some_and(|m| m != "runner") {
+                bad.push(format!("{} imports crate::{}", f.rel, target.join("::")));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "runner/ talks to the server over its public API only:\n{}",
         bad.join("\n")
     );
 }

@@ -18,6 +18,7 @@ use village::app::App;
 use village::clock::{Clock, ManualClock, RandomIds, SharedClock, SystemClock};
 use village::config::Config;
 
+pub mod agent_runner;
 pub mod runner;
 
 pub const START_MS: i64 = 1_795_000_000_000;

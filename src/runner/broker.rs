@@ -1,0 +1,399 @@
+//! The approval broker: every permission request of every agent becomes one Village approval.
+//!
+//! [`classify`] turns what an agent wants to do into an action class with the rules of
+//! [`SHELL_RULES`] and [`SECRET_PATHS`] (tests read the same tables); [`SessionBroker`] asks the
+//! server, blocks the agent until the decision (or the expiry's deny) arrives, and remembers
+//! `scope: session` allows so the same kind of request does not reach a human twice.
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use super::agents::{Decision, ToolKind};
+
+/// Shell command rules, first match wins: a command belongs to a class when one of its
+/// commands (split at `;`, `&&`, `||`, `|`, after `sudo` and `VAR=value` prefixes) starts with
+/// one of the word sequences.
+pub const SHELL_RULES: &[(&str, &[&str])] = &[
+    (
+        "merge",
+        &[
+            "git push",
+            "git merge",
+            "gh pr merge",
+            "glab mr merge",
+            "hub merge",
+            "git rebase",
+        ],
+    ),
+    (
+        "deploy",
+        &[
+            "kubectl apply",
+            "kubectl rollout",
+            "kubectl set image",
+            "helm install",
+            "helm upgrade",
+            "terraform apply",
+            "tofu apply",
+            "pulumi up",
+            "fly deploy",
+            "flyctl deploy",
+            "vercel",
+            "netlify deploy",
+            "heroku",
+            "serverless deploy",
+            "sls deploy",
+            "cdk deploy",
+            "wrangler deploy",
+            "wrangler publish",
+            "gcloud app deploy",
+            "gcloud run deploy",
+            "aws cloudformation deploy",
+            "docker push",
+            "ansible-playbook",
+            "cap deploy",
+        ],
+    ),
+    (
+        "secrets",
+        &[
+            "printenv",
+            "vault",
+            "aws secretsmanager",
+            "gcloud secrets",
+            "kubectl get secret",
+            "kubectl get secrets",
+            "gh secret",
+            "op read",
+        ],
+    ),
+    (
+        "deps_add",
+        &[
+            "npm install",
+            "npm i",
+            "npm add",
+            "yarn add",
+            "pnpm add",
+            "pnpm install",
+            "bun add",
+            "pip install",
+            "pip3 install",
+            "python -m pip install",
+            "python3 -m pip install",
+            "uv add",
+            "uv pip install",
+            "poetry add",
+            "cargo add",
+            "cargo install",
+            "go get",
+            "go install",
+            "gem install",
+            "bundle add",
+            "composer require",
+            "apt install",
+            "apt-get install",
+            "brew install",
+            "dotnet add package",
+        ],
+    ),
+    (
+        "network",
+        &[
+            "curl", "wget", "http", "ssh", "scp", "rsync", "nc", "telnet", "ftp",
+        ],
+    ),
+];
+
+/// Paths (any component, or a file name suffix) that hold secrets or credentials.
+pub const SECRET_PATHS: &[&str] = &[
+    ".env",
+    ".ssh",
+    ".aws",
+    ".gnupg",
+    ".netrc",
+    ".npmrc",
+    ".pypirc",
+    ".docker/config.json",
+    "credentials",
+    "secrets",
+    "id_rsa",
+    "id_ed25519",
+    ".pem",
+    ".key",
+    ".p12",
+];
+
+/// The action class of a request.
+pub fn classify(kind: &ToolKind) -> &'static str {
+    match kind {
+        ToolKind::Shell(command) => classify_command(command),
+        ToolKind::FileEdit(paths) => {
+            if paths.iter().any(|p| is_secret_path(p)) {
+                "secrets"
+            } else {
+                "file_change"
+            }
+        }
+        ToolKind::FileRead(path) => {
+            if is_secret_path(path) {
+                "secrets"
+            } else {
+                "other"
+            }
+        }
+        ToolKind::Fetch(_) => "network",
+        ToolKind::Other => "other",
+    }
+}
+
+fn classify_command(command: &str) -> &'static str {
+    let lower = command.to_lowercase();
+    let commands = split_commands(&lower);
+    for (class, prefixes) in SHELL_RULES {
+        for words in &commands {
+            if prefixes.iter().any(|p| starts_with_words(words, p)) {
+                return class;
+            }
+        }
+    }
+    // A command that reads a secret file is about secrets whatever the program.
+    if commands
+        .iter()
+        .flatten()
+        .any(|w| is_secret_path(w.trim_matches(|c| c == '"' || c == '\'')))
+    {
+        return "secrets";
+    }
+    "command"
+}
+
+/// The commands of a command line, each as its words, without `sudo` and `VAR=value` prefixes.
+fn split_commands(line: &str) -> Vec<Vec<&str>> {
+    line.split(['\n', ';', '|', '&', '(', ')', '`'])
+        .map(|part| {
+            part.split_whitespace()
+                .skip_while(|w| {
+                    *w == "sudo" || *w == "exec" || (w.contains('=') && !w.starts_with('-'))
+                })
+                .collect::<Vec<_>>()
+        })
+        .filter(|words| !words.is_empty())
+        .collect()
+}
+
+fn starts_with_words(words: &[&str], prefix: &str) -> bool {
+    let want: Vec<&str> = prefix.split_whitespace().collect();
+    words.len() >= want.len()
+        && want.iter().zip(words).all(|(w, have)| {
+            // `/usr/bin/git` is `git`.
+            let have = have.rsplit('/').next().unwrap_or(have);
+            *w == have
+        })
+}
+
+fn is_secret_path(path: &str) -> bool {
+    let lower = path.to_lowercase();
+    SECRET_PATHS.iter().any(|s| {
+        if s.starts_with('.') && !s.contains('/') && s.len() <= 4 && *s != ".env" {
+            // File name suffixes such as `.pem`, `.key`.
+            lower.ends_with(s)
+        } else {
+            lower
+                .split('/')
+                .any(|c| c == *s || (*s == ".env" && c.starts_with(".env")))
+                || (s.contains('/') && lower.contains(s))
+                || (!s.starts_with('.') && lower.rsplit('/').next().is_some_and(|n| n.contains(s)))
+        }
+    })
+}
+
+/// One approval as the runner asks for it.
+#[derive(Clone, Debug)]
+pub struct Ask {
+    pub action: String,
+    pub tool: String,
+    pub description: String,
+    pub context: Value,
+}
+
+impl Ask {
+    /// An agent's request: classified, with the tool and its input in `context`.
+    pub fn from_agent(
+        protocol: &str,
+        tool: &str,
+        kind: &ToolKind,
+        input: Value,
+        description: &str,
+        options: Option<Value>,
+    ) -> Self {
+        let mut agent = json!({"protocol": protocol});
+        if let Some(o) = options {
+            agent["options"] = o;
+        }
+        Self {
+            action: classify(kind).to_string(),
+            tool: tool.to_string(),
+            description: description.chars().take(500).collect(),
+            context: json!({"tool": tool, "input": input, "agent": agent}),
+        }
+    }
+}
+
+/// One session's approvals: what is allowed for the session, and who waits for which approval.
+#[derive(Default)]
+pub struct SessionBroker {
+    allowed: HashSet<(String, String)>,
+    waiting: HashMap<String, (Ask, oneshot::Sender<Decision>)>,
+    /// Decisions that arrived before the approval's id was known here.
+    early: HashMap<String, Decision>,
+}
+
+impl SessionBroker {
+    /// Whether an earlier `scope: session` allow covers this request.
+    pub fn allowed_for_session(&self, ask: &Ask) -> bool {
+        self.allowed
+            .contains(&(ask.action.clone(), ask.tool.clone()))
+    }
+
+    /// The server created approval `id` for `ask`; `reply` gets the decision.
+    pub fn waiting(&mut self, id: String, ask: Ask, reply: oneshot::Sender<Decision>) {
+        if let Some(d) = self.early.remove(&id) {
+            self.remember(&ask, &d);
+            let _ = reply.send(d);
+        } else {
+            self.waiting.insert(id, (ask, reply));
+        }
+    }
+
+    /// `approval_resolved` for approval `id`.
+    pub fn resolved(&mut self, id: &str, decision: Decision) {
+        match self.waiting.remove(id) {
+            Some((ask, reply)) => {
+                self.remember(&ask, &decision);
+                let _ = reply.send(decision);
+            }
+            None => {
+                self.early.insert(id.to_string(), decision);
+            }
+        }
+    }
+
+    fn remember(&mut self, ask: &Ask, d: &Decision) {
+        if d.allow && d.for_session {
+            self.allowed.insert((ask.action.clone(), ask.tool.clone()));
+        }
+    }
+
+    /// Pending approvals, as the session ends: each waiter hears a deny.
+    pub fn close(&mut self) {
+        for (_, (_, reply)) in self.waiting.drain() {
+            let _ = reply.send(Decision::deny("the session ended"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (what the agent asks, the class the broker gives it)
+    const EXAMPLES: &[(&str, &str)] = &[
+        ("git push origin main", "merge"),
+        ("cd repo && git push", "merge"),
+        ("gh pr merge 12 --squash", "merge"),
+        ("git merge feature", "merge"),
+        ("GIT_SSH_COMMAND=x /usr/bin/git push", "merge"),
+        ("kubectl apply -f deploy.yaml", "deploy"),
+        ("terraform apply -auto-approve", "deploy"),
+        ("npm install left-pad", "deps_add"),
+        ("sudo apt-get install -y jq", "deps_add"),
+        ("pip install requests", "deps_add"),
+        ("cargo add serde", "deps_add"),
+        ("cat .env", "secrets"),
+        ("printenv", "secrets"),
+        ("cat ~/.aws/credentials", "secrets"),
+        ("curl https://example.com", "network"),
+        ("ls -la", "command"),
+        ("cargo test", "command"),
+        ("git status && git diff", "command"),
+        ("npm test", "command"),
+    ];
+
+    #[test]
+    fn shell_commands_fall_in_their_classes() {
+        for (command, class) in EXAMPLES {
+            assert_eq!(
+                classify(&ToolKind::Shell(command.to_string())),
+                *class,
+                "{command}"
+            );
+        }
+        // Every class in the table has an example.
+        for (class, _) in SHELL_RULES {
+            assert!(EXAMPLES.iter().any(|(_, c)| c == class), "{class}");
+        }
+    }
+
+    #[test]
+    fn files_fetches_and_the_rest() {
+        let edit = |p: &str| ToolKind::FileEdit(vec![p.to_string()]);
+        assert_eq!(classify(&edit("src/main.rs")), "file_change");
+        assert_eq!(classify(&edit(".env")), "secrets");
+        assert_eq!(classify(&edit("config/.env.production")), "secrets");
+        assert_eq!(classify(&edit("deploy/server.pem")), "secrets");
+        assert_eq!(classify(&edit("docs/credentials.md")), "secrets");
+        assert_eq!(classify(&edit("src/environment.rs")), "file_change");
+        assert_eq!(classify(&ToolKind::FileRead("README.md".into())), "other");
+        assert_eq!(
+            classify(&ToolKind::FileRead("/home/a/.ssh/id_rsa".into())),
+            "secrets"
+        );
+        assert_eq!(classify(&ToolKind::Fetch("https://x".into())), "network");
+        assert_eq!(classify(&ToolKind::Other), "other");
+    }
+
+    #[test]
+    fn a_session_allow_covers_the_same_action_and_tool_only() {
+        let mut b = SessionBroker::default();
+        let ask = |cmd: &str, tool: &str| {
+            Ask::from_agent(
+                "claude",
+                tool,
+                &ToolKind::Shell(cmd.into()),
+                json!({}),
+                cmd,
+                None,
+            )
+        };
+        let (tx, mut rx) = oneshot::channel();
+        b.waiting("a1".into(), ask("ls", "Bash"), tx);
+        b.resolved(
+            "a1",
+            Decision {
+                allow: true,
+                for_session: true,
+                reason: None,
+            },
+        );
+        assert!(rx.try_recv().unwrap().allow);
+        assert!(b.allowed_for_session(&ask("pwd", "Bash")));
+        assert!(
+            !b.allowed_for_session(&ask("git push", "Bash")),
+            "another class"
+        );
+        assert!(!b.allowed_for_session(&ask("ls", "Shell")), "another tool");
+        // A decision that arrives before the id is known is kept for it.
+        b.resolved("a2", Decision::deny("no"));
+        let (tx, mut rx) = oneshot::channel();
+        b.waiting("a2".into(), ask("git push", "Bash"), tx);
+        assert!(!rx.try_recv().unwrap().allow);
+        // Waiters hear a deny when the session ends.
+        let (tx, mut rx) = oneshot::channel();
+        b.waiting("a3".into(), ask("rm x", "Bash"), tx);
+        b.close();
+        assert!(!rx.try_recv().unwrap().allow);
+    }
+}
