@@ -206,6 +206,13 @@ impl LiveRunner {
             "context": {"pullRequest": 7}}));
     }
 
+    /// Relays an agent's own permission request, with the context a runner attaches to one.
+    fn ask_permission(&self, session: &str, action: &str, description: &str, context: Value) {
+        self.send(json!({"type": "approval_request", "sessionId": session,
+            "assignmentId": self.assignment(session), "action": action, "description": description,
+            "context": context}));
+    }
+
     /// The next frame of `kind` that `matches`, within `secs`.
     async fn expect(&mut self, kind: &str, secs: u64, matches: impl Fn(&Value) -> bool) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
@@ -355,6 +362,67 @@ async fn an_approval_appears_on_the_overview_within_a_second_and_is_allowed_ther
         "the answered approval leaves the overview",
         "return !document.querySelector('#pending-approvals [data-approval-id]')",
         json!([]),
+        5,
+    )
+    .await;
+    wait_state(&env.admin, &session, "RUNNING").await;
+    env.finish().await;
+}
+
+/// An agent's own permission request shows the tool and its input on the session page and is
+/// allowed there for the rest of the session: the runner hears `scope: session`, the answered
+/// list says so, and the session's cost is shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_permission_request_shows_its_tool_and_is_allowed_for_the_session() {
+    let env = Env::start().await;
+    let mut runner = LiveRunner::start(&env.admin, "build-01").await;
+    let session = running_session(&env.admin, "make the tests pass").await;
+    let usage = env
+        .admin
+        .post(
+            &format!("/api/v1/sessions/{session}/usage"),
+            json!({"costUsd": 1.25, "tokensIn": 5000}),
+        )
+        .await;
+    assert_eq!(usage.status, 200, "{}", usage.text);
+    env.sign_in(&env.server.admin_token, Some(ORG)).await;
+    env.open(&format!("/sessions/{session}"), "sessions").await;
+    let b = &env.browser;
+    b.wait_for_text("#usage-cost", "$1.25", 5).await;
+
+    runner.ask_permission(
+        &session,
+        "command",
+        "Run the test suite",
+        json!({"tool": "shell", "input": {"command": ["npm", "test", "--", "--grep", "it's flaky"], "cwd": "/work/app"},
+               "agent": {"protocol": "acp", "options": [{"optionId": "allow", "kind": "allow_once"}]}}),
+    );
+    let card = "#session-approvals [data-approval-id]";
+    b.wait_for(card, 5).await;
+    b.wait_for_text(&format!("{card} [data-field=tool]"), "shell", 5)
+        .await;
+    let input = b.text(&format!("{card} [data-field=input]")).await;
+    assert!(
+        input.contains("npm test -- --grep 'it'\\''s flaky'"),
+        "the command as a command line: {input}"
+    );
+    assert!(input.contains("/work/app"), "{input}");
+    let ask = b.text(card).await;
+    assert!(ask.contains("Run a command"), "{ask}");
+    assert!(ask.contains("acp"), "{ask}");
+    b.screenshot("session-permission-request").await;
+
+    b.click(&format!("{card} [data-scope=session]")).await;
+    let decision = runner
+        .expect("approval_resolved", 5, |f| {
+            f["sessionId"] == session.as_str()
+        })
+        .await;
+    assert_eq!(decision["decision"], "allow");
+    assert_eq!(decision["scope"], "session");
+    b.wait_for_text(
+        "section[aria-labelledby=session-approvals-title]",
+        "for the session",
         5,
     )
     .await;
@@ -682,6 +750,17 @@ async fn every_view_renders_at_desktop_and_phone_widths() {
     runner.ask_approval(&busy, "merge", "Merge PR #7 into main");
     runner
         .expect("ack", 5, |f| f["data"]["approvalId"].is_string())
+        .await;
+    runner.ask_permission(
+        &busy,
+        "file_change",
+        "Edit src/payments/client.ts",
+        json!({"tool": "edit", "input": {"path": "src/payments/client.ts",
+               "diff": "-import { Client } from 'payments-sdk/v4';\n+import { Client } from 'payments-sdk/v5';\n"},
+               "agent": {"protocol": "acp"}}),
+    );
+    runner
+        .expect("ack", 5, |f| f["data"]["action"] == "file_change")
         .await;
     for task in ["Fix the flaky checkout test", "Add a dark mode toggle"] {
         running_session(admin, task).await;

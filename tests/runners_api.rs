@@ -428,6 +428,137 @@ async fn a_full_session_driven_by_a_runner() {
     s.stop().await;
 }
 
+/// The runner channel takes every approval action and the cost; a decision's scope reaches the
+/// runner in `approval_resolved` exactly when one was given.
+#[tokio::test]
+async fn agent_permission_requests_and_scoped_decisions_over_the_channel() {
+    let s = TestServer::start(FAST).await;
+    let admin = s.admin();
+    let org = admin.with_token(&admin.create_token("org", Some("acme")).await);
+    let (r, _) = register(&admin, "worker", &["gemini_cli"], None, &[]).await;
+    let mut ch = r.connect().await;
+    let id = create(&org, "acme", "gemini_cli", &[]).await;
+    let assignment = start(&mut ch, &id).await;
+
+    let context = json!({"tool": "write_file", "input": {"path": "src/a.rs", "content": "fn main() {}\n"},
+                         "agent": {"protocol": "acp", "options": [{"optionId": "once", "kind": "allow_once"}]}});
+    let mut asked = Vec::new();
+    for action in [
+        "merge",
+        "deps_add",
+        "secrets",
+        "deploy",
+        "command",
+        "file_change",
+        "network",
+        "other",
+    ] {
+        let ack = ch
+            .request(json!({"type": "approval_request", "sessionId": id, "assignmentId": assignment,
+                            "action": action, "description": format!("wants {action}"), "context": context}))
+            .await;
+        assert_eq!(ack["type"], "ack", "{action}: {ack}");
+        assert_eq!(ack["data"]["action"], action);
+        assert_eq!(ack["data"]["context"], context);
+        asked.push(ack["data"]["approvalId"].as_str().unwrap().to_string());
+    }
+    let bad = ch
+        .request(
+            json!({"type": "approval_request", "sessionId": id, "assignmentId": assignment,
+                        "action": "sudo", "description": "x"}),
+        )
+        .await;
+    assert_eq!(bad["type"], "error", "{bad}");
+    assert_eq!(bad["code"], "VALIDATION_ERROR");
+    assert_eq!(bad["details"]["issues"][0]["path"], "action");
+    let pending = org.session(&id).await["pendingApprovals"].clone();
+    assert_eq!(
+        pending.as_array().unwrap().len(),
+        8,
+        "the refused one was not added"
+    );
+
+    let resolve = |a: &str| format!("/api/v1/sessions/{id}/approvals/{a}/resolve");
+    // `session` with an allow reaches the runner.
+    org.post(
+        &resolve(&asked[5]),
+        json!({"decision": "allow", "scope": "session"}),
+    )
+    .await;
+    let f = ch.expect("approval_resolved").await;
+    assert_eq!(f["approvalId"], asked[5].as_str());
+    assert_eq!(f["decision"], "allow");
+    assert_eq!(f["scope"], "session");
+    assert_eq!(f["reason"], Value::Null);
+    ch.ack(&f).await;
+    // `once` is passed on as given; without a scope the frame has none.
+    org.post(
+        &resolve(&asked[4]),
+        json!({"decision": "allow", "scope": "once", "reason": "just this once"}),
+    )
+    .await;
+    let f = ch.expect("approval_resolved").await;
+    assert_eq!(f["approvalId"], asked[4].as_str());
+    assert_eq!(f["scope"], "once");
+    assert_eq!(f["reason"], "just this once");
+    ch.ack(&f).await;
+    org.post(&resolve(&asked[6]), json!({"decision": "deny"}))
+        .await;
+    let f = ch.expect("approval_resolved").await;
+    assert_eq!(f["approvalId"], asked[6].as_str());
+    assert_eq!(f["decision"], "deny");
+    assert!(f.get("scope").is_none(), "{f}");
+    ch.ack(&f).await;
+    // A refused decision sends nothing and leaves the approval pending.
+    org.post(
+        &resolve(&asked[7]),
+        json!({"decision": "deny", "scope": "session"}),
+    )
+    .await
+    .expect_error(400, "VALIDATION_ERROR");
+    org.post(
+        &resolve(&asked[7]),
+        json!({"decision": "allow", "scope": "all"}),
+    )
+    .await
+    .expect_error(400, "VALIDATION_ERROR");
+    ch.expect_none("approval_resolved", 300).await;
+    let pending = org.session(&id).await["pendingApprovals"].clone();
+    assert!(
+        pending
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["approvalId"] == asked[7].as_str())
+    );
+
+    // Cost over the channel.
+    let u = ch
+        .request(
+            json!({"type": "usage", "sessionId": id, "assignmentId": assignment,
+                        "tokensIn": 900, "costUsd": 0.125}),
+        )
+        .await;
+    assert_eq!(u["type"], "ack", "{u}");
+    let bad = ch
+        .request(
+            json!({"type": "usage", "sessionId": id, "assignmentId": assignment, "costUsd": -1}),
+        )
+        .await;
+    assert_eq!(bad["code"], "VALIDATION_ERROR", "{bad}");
+    assert_eq!(bad["details"]["issues"][0]["path"], "costUsd");
+    let bad = ch
+        .request(
+            json!({"type": "usage", "sessionId": id, "assignmentId": assignment, "costUsd": "NaN"}),
+        )
+        .await;
+    assert_eq!(bad["code"], "VALIDATION_ERROR", "{bad}");
+    let usage = org.session(&id).await["usage"].clone();
+    assert_eq!(usage["costUsd"], 0.125);
+    assert_eq!(usage["tokensIn"], 900);
+    s.stop().await;
+}
+
 use futures_util::SinkExt;
 
 #[tokio::test]

@@ -627,6 +627,196 @@ async fn approvals_round_trip() {
     s.stop().await;
 }
 
+/// The risky classes and the classes of an agent's own permission request are all accepted,
+/// with the context a runner attaches as it sent it; anything else is refused by name.
+#[tokio::test]
+async fn every_approval_action_is_accepted_and_others_refused() {
+    let s = TestServer::start("").await;
+    let admin = s.admin();
+    let id = sid(&admin.create_session("acme").await);
+    admin.start_session(&id).await;
+    let path = format!("/api/v1/sessions/{id}/approvals");
+    let context = json!({"tool": "shell", "input": {"command": ["npm", "test"], "cwd": "/w"},
+                         "agent": {"protocol": "acp", "options": [{"optionId": "a", "kind": "allow_once"}]}});
+    let actions = [
+        "merge",
+        "deps_add",
+        "secrets",
+        "deploy",
+        "command",
+        "file_change",
+        "network",
+        "other",
+    ];
+    for action in actions {
+        let r = admin
+            .post(
+                &path,
+                json!({"action": action, "description": format!("asks to {action}"), "context": context}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{action}: {}", r.text);
+        assert_eq!(r.data()["action"], action);
+        assert_eq!(r.data()["context"], context);
+    }
+    let pending = admin.get(&path).await.data()["pending"].clone();
+    let listed: Vec<&str> = pending
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, actions);
+    for bad in ["shell", "Command", "file-change", ""] {
+        let r = admin
+            .post(&path, json!({"action": bad, "description": "x"}))
+            .await;
+        r.expect_error(400, "VALIDATION_ERROR");
+        assert_eq!(r.issue_paths(), ["action"], "{bad}");
+    }
+    let r = admin
+        .post(&path, json!({"action": "launch", "description": "x"}))
+        .await;
+    assert!(
+        r.text
+            .contains("merge, deps_add, secrets, deploy, command, file_change, network, other"),
+        "{}",
+        r.text
+    );
+    assert_eq!(
+        admin.get(&path).await.data()["pending"]
+            .as_array()
+            .unwrap()
+            .len(),
+        actions.len(),
+        "nothing added by the refused requests"
+    );
+    s.stop().await;
+}
+
+/// `scope` is stored with the decision and shown where the decision is; a bad scope, or
+/// `session` with `deny`, is refused and changes nothing.
+#[tokio::test]
+async fn resolve_scope_is_validated_stored_and_shown() {
+    let s = TestServer::start("").await;
+    let admin = s.admin();
+    let org = admin.with_token(&admin.create_token("org", Some("acme")).await);
+    let id = sid(&admin.create_session("acme").await);
+    admin.start_session(&id).await;
+    let ask = |action: &str| {
+        let path = format!("/api/v1/sessions/{id}/approvals");
+        let admin = admin.clone();
+        let body = json!({"action": action, "description": "Run npm test",
+                          "context": {"tool": "shell", "input": {"command": "npm test"}}});
+        async move {
+            let r = admin.post(&path, body).await;
+            assert_eq!(r.status, 201, "{}", r.text);
+            r.data()["approvalId"].as_str().unwrap().to_string()
+        }
+    };
+    let resolve = |a: &str| format!("/api/v1/sessions/{id}/approvals/{a}/resolve");
+    let session_wide = ask("command").await;
+    let once = ask("file_change").await;
+    let plain = ask("network").await;
+    let denied = ask("other").await;
+
+    // Refused, and nothing changes: all four still pending, the session still waiting.
+    for (body, paths) in [
+        (
+            json!({"decision": "allow", "scope": "forever"}),
+            vec!["scope"],
+        ),
+        (json!({"decision": "allow", "scope": 1}), vec!["scope"]),
+        (
+            json!({"decision": "deny", "scope": "session"}),
+            vec!["scope"],
+        ),
+        (
+            json!({"decision": "maybe", "scope": "always"}),
+            vec!["decision", "scope"],
+        ),
+    ] {
+        let r = org.post(&resolve(&session_wide), body.clone()).await;
+        r.expect_error(400, "VALIDATION_ERROR");
+        assert_eq!(r.issue_paths(), paths, "{body}");
+    }
+    let d = org.session(&id).await;
+    assert_eq!(d["state"], "WAITING_FOR_APPROVAL");
+    assert_eq!(d["pendingApprovals"].as_array().unwrap().len(), 4);
+    let events = admin.get(&format!("/api/v1/sessions/{id}/events")).await;
+    assert!(
+        !events.text.contains("approval_resolved"),
+        "a refused resolve leaves no event"
+    );
+
+    let r = org
+        .post(
+            &resolve(&session_wide),
+            json!({"decision": "allow", "scope": "session", "reason": "tests are fine"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    org.post(
+        &resolve(&once),
+        json!({"decision": "allow", "scope": "once"}),
+    )
+    .await;
+    org.post(&resolve(&plain), json!({"decision": "allow"}))
+        .await;
+    // `once` is a plain decision and may go with a deny.
+    let r = org
+        .post(
+            &resolve(&denied),
+            json!({"decision": "deny", "scope": "once"}),
+        )
+        .await;
+    assert_eq!(r.data()["state"], "RUNNING", "{}", r.text);
+
+    let list = org.get(&format!("/api/v1/sessions/{id}/approvals")).await;
+    let resolved = list.data()["resolved"].as_array().unwrap().clone();
+    let by_id = |a: &str| {
+        resolved
+            .iter()
+            .find(|r| r["approvalId"] == a)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by_id(&session_wide)["scope"], "session");
+    assert_eq!(by_id(&session_wide)["decision"], "allow");
+    assert_eq!(by_id(&session_wide)["reason"], "tests are fine");
+    assert_eq!(by_id(&once)["scope"], "once");
+    assert!(
+        by_id(&plain).get("scope").is_none(),
+        "no scope given, none shown"
+    );
+    assert_eq!(by_id(&denied)["scope"], "once");
+    assert_eq!(by_id(&denied)["decision"], "deny");
+
+    // The timeline: the scope next to the decision, when one was given.
+    let events = admin.get(&format!("/api/v1/sessions/{id}/events")).await;
+    let resolved_events: Vec<Value> = events.data()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "approval_resolved")
+        .cloned()
+        .collect();
+    assert_eq!(resolved_events.len(), 4);
+    assert_eq!(
+        resolved_events[0]["data"]["approvalId"],
+        session_wide.as_str()
+    );
+    assert_eq!(resolved_events[0]["data"]["scope"], "session");
+    assert_eq!(
+        resolved_events[0]["summary"],
+        "Approval command: allow for the rest of the session"
+    );
+    assert_eq!(resolved_events[1]["data"]["scope"], "once");
+    assert!(resolved_events[2]["data"].get("scope").is_none());
+    assert_eq!(resolved_events[2]["data"]["decision"], "allow");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn approvals_expire_as_deny_by_system() {
     let s = TestServer::start("[sessions]\napprovalTimeoutMinutes = 10\n").await;
@@ -787,12 +977,12 @@ async fn usage_replaces_given_fields() {
         .await;
     assert_eq!(
         r.data()["usage"],
-        json!({"tokensIn": 100, "tokensOut": 20, "apiCalls": 3, "computeSeconds": 1.5})
+        json!({"tokensIn": 100, "tokensOut": 20, "apiCalls": 3, "computeSeconds": 1.5, "costUsd": 0.0})
     );
     let r = admin.post(&u, json!({"tokensIn": 250})).await;
     assert_eq!(
         r.data()["usage"],
-        json!({"tokensIn": 250, "tokensOut": 20, "apiCalls": 3, "computeSeconds": 1.5})
+        json!({"tokensIn": 250, "tokensOut": 20, "apiCalls": 3, "computeSeconds": 1.5, "costUsd": 0.0})
     );
     let bad = admin
         .post(
@@ -806,6 +996,64 @@ async fn usage_replaces_given_fields() {
         ["tokensIn", "apiCalls", "computeSeconds"]
     );
     assert_eq!(admin.session(&id).await["usage"]["tokensIn"], 250);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn cost_is_stored_replaced_and_checked() {
+    let s = TestServer::start("").await;
+    let admin = s.admin();
+    let id = sid(&admin.create_session("acme").await);
+    let u = format!("/api/v1/sessions/{id}/usage");
+    assert_eq!(
+        admin.session(&id).await["usage"]["costUsd"],
+        0.0,
+        "0 when never reported"
+    );
+    let r = admin.post(&u, json!({"costUsd": 0.0425})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.data()["usage"],
+        json!({"tokensIn": 0, "tokensOut": 0, "apiCalls": 0, "computeSeconds": 0.0, "costUsd": 0.0425})
+    );
+    // Replace semantics: a total, not an increment; other fields keep theirs.
+    admin.post(&u, json!({"costUsd": 1.5})).await;
+    let r = admin.post(&u, json!({"tokensIn": 7})).await;
+    assert_eq!(r.data()["usage"]["costUsd"], 1.5);
+    assert_eq!(r.data()["usage"]["tokensIn"], 7);
+    let r = admin.post(&u, json!({"costUsd": 2})).await;
+    assert_eq!(r.data()["usage"]["costUsd"], 2.0);
+
+    for bad in [
+        json!({"costUsd": -0.01}),
+        json!({"costUsd": "NaN"}),
+        json!({"costUsd": "Infinity"}),
+        json!({"costUsd": "1.5"}),
+        json!({"costUsd": true}),
+        json!({"costUsd": 1.0e13}),
+    ] {
+        let r = admin.post(&u, bad.clone()).await;
+        r.expect_error(400, "VALIDATION_ERROR");
+        assert_eq!(r.issue_paths(), ["costUsd"], "{bad}");
+    }
+    // Numbers JSON cannot hold are not JSON.
+    for text in [
+        r#"{"costUsd": NaN}"#,
+        r#"{"costUsd": Infinity}"#,
+        r#"{"costUsd": 1e999}"#,
+    ] {
+        admin
+            .raw(
+                "POST",
+                &u,
+                &[("content-type", "application/json")],
+                text.as_bytes().to_vec(),
+            )
+            .await
+            .expect_error(400, "INVALID_JSON");
+    }
+    // Nothing changed by the refused reports.
+    assert_eq!(admin.session(&id).await["usage"]["costUsd"], 2.0);
     s.stop().await;
 }
 

@@ -38,8 +38,8 @@ use village::runners::model::{
     Capabilities, Liveness, Load, OutboxEntry, RunnerCommand, RunnerRecord,
 };
 use village::sessions::model::{
-    Approval, ApprovalAction, Decision, OutputChunk, OutputStream, Provider, Repo, Resolution,
-    Session, SessionEvent, SessionOptions, SessionState, Timer, TimerKind, Usage,
+    Approval, ApprovalAction, ApprovalScope, Decision, OutputChunk, OutputStream, Provider, Repo,
+    Resolution, Session, SessionEvent, SessionOptions, SessionState, Timer, TimerKind, Usage,
 };
 use village::store::*;
 use village::webhooks::model::{Delivery, DeliveryStatus, Webhook};
@@ -349,6 +349,7 @@ fn session(
             tokens_out: 22,
             api_calls: 3,
             compute_seconds: 1.5,
+            cost_usd: 0.25,
         },
         timeout_ms: 1_800_000,
         output_bytes: 0,
@@ -931,6 +932,7 @@ mod checks {
             reason: Some("not now".to_owned()),
             resolved_at: 5_000,
             resolved_by: "system".to_owned(),
+            scope: Some(ApprovalScope::Once),
         });
         let r2 = resolved.clone();
         h.write(move |w| w.put_approval(&r2)).await;

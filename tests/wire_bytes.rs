@@ -830,6 +830,76 @@ async fn sessions_wire_bytes() {
         None,
     )
     .await;
+    // An agent's own permission request, allowed for the rest of the session; cost reported.
+    let third = call(
+        g,
+        &admin,
+        "create (third)",
+        "POST",
+        "/api/v1/sessions",
+        Some(json!({"orgId": "acme", "providerId": "gemini_cli", "repo": {"url": "https://github.com/acme/y.git"}})),
+    )
+    .await;
+    let tbase = format!("/api/v1/sessions/{}", id_of(&third, "sessionId"));
+    call(
+        g,
+        &admin,
+        "state RUNNING (third)",
+        "POST",
+        &format!("{tbase}/state"),
+        Some(json!({"state": "RUNNING"})),
+    )
+    .await;
+    call(
+        g,
+        &admin,
+        "usage (cost)",
+        "POST",
+        &format!("{tbase}/usage"),
+        Some(json!({"tokensIn": 1200, "costUsd": 0.0425})),
+    )
+    .await;
+    let a3 = call(
+        g,
+        &admin,
+        "request approval (command, agent context)",
+        "POST",
+        &format!("{tbase}/approvals"),
+        Some(json!({"action": "command", "description": "Run npm test",
+                    "context": {"tool": "shell", "input": {"command": "npm test", "cwd": "/w"},
+                                "agent": {"protocol": "acp", "options": [
+                                    {"optionId": "allow", "kind": "allow_once"},
+                                    {"optionId": "always", "kind": "allow_always"}]}}})),
+    )
+    .await;
+    s.advance(250);
+    call(
+        g,
+        &admin,
+        "resolve (allow for the session)",
+        "POST",
+        &format!("{tbase}/approvals/{}/resolve", id_of(&a3, "approvalId")),
+        Some(json!({"decision": "allow", "scope": "session"})),
+    )
+    .await;
+    call(
+        g,
+        &admin,
+        "approvals (resolved, scope)",
+        "GET",
+        &format!("{tbase}/approvals"),
+        None,
+    )
+    .await;
+    call(
+        g,
+        &admin,
+        "events (scope)",
+        "GET",
+        &format!("{tbase}/events?afterSeq=4"),
+        None,
+    )
+    .await;
     g_finish(g);
     s.stop().await;
 }

@@ -117,10 +117,13 @@ pub fn respond(ctx: &RequestCtx, now: Millis, result: ApiResult) -> Response {
             }
             #[derive(Serialize)]
             struct Failure<'a> {
-                error: Map<String, Value>,
+                error: Value,
                 meta: &'a Meta<'a>,
                 success: bool,
             }
+            // Sorted keys, whatever order the map keeps (see `wire`).
+            let mut error = Value::Object(error);
+            error.sort_all_objects();
             let failure = Failure {
                 error,
                 meta: &meta,
@@ -179,6 +182,9 @@ mod tests {
             "data": {"a": 1, "b": "x"},
             "meta": {"requestId": "req-1", "timestamp": "2023-11-14T22:13:20.000Z", "duration": 1.5},
         });
-        assert_eq!(envelope(&data, &meta), expected.to_string().into_bytes());
+        assert_eq!(
+            envelope(&data, &meta),
+            crate::api::wire::text(expected).into_bytes()
+        );
     }
 }

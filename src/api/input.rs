@@ -110,10 +110,10 @@ impl Reader {
         }
     }
 
-    /// A number in `min..=max`.
+    /// A finite number in `min..=max`.
     pub fn number_in(&mut self, o: &Obj<'_>, key: &str, min: f64, max: f64) -> Option<f64> {
         let n = self.number(o, key)?;
-        if n < min || n > max {
+        if !(min..=max).contains(&n) {
             let p = self.path(o, key);
             self.issue(p, format!("must be between {min} and {max}"));
             return None;

@@ -26,6 +26,7 @@ use super::sessions::{
     approval_request, parse_approval_request, parse_output, parse_state_report, parse_usage,
     session_detail_for_runner,
 };
+use super::wire;
 use super::wire::frames::{CommandFrame, SocketError, error_frame};
 use crate::auth::{Caller, Principal};
 use crate::clock::format_ms;
@@ -93,7 +94,7 @@ async fn serve(st: AppState, p: Caller, runner: Uuid, socket: Socket) {
     for entry in backlog {
         sent_upto = entry.seq;
         if let Some(frame) = render(&st, &entry).await
-            && send(&mut sink, Message::text(frame.to_string()))
+            && send(&mut sink, Message::text(wire::text(frame)))
                 .await
                 .is_err()
         {
@@ -129,7 +130,7 @@ async fn serve(st: AppState, p: Caller, runner: Uuid, socket: Socket) {
                     vec![error_frame(SocketError::InvalidMessage.code(), "frames must be JSON text", None)]
                 };
                 for reply in replies {
-                    if send(&mut sink, Message::text(reply.to_string())).await.is_err() {
+                    if send(&mut sink, Message::text(wire::text(reply))).await.is_err() {
                         alive = false;
                         break;
                     }
@@ -141,7 +142,7 @@ async fn serve(st: AppState, p: Caller, runner: Uuid, socket: Socket) {
                 }
                 sent_upto = entry.seq;
                 if let Some(frame) = render(&st, &entry).await
-                    && send(&mut sink, Message::text(frame.to_string())).await.is_err()
+                    && send(&mut sink, Message::text(wire::text(frame))).await.is_err()
                 {
                     break;
                 }

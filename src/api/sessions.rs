@@ -261,7 +261,10 @@ pub fn parse_approval_request(
     let assignment = r.uuid(&root, "assignmentId", false);
     let action = r.string(&root, "action", true).and_then(|a| {
         ApprovalAction::parse(a).or_else(|| {
-            r.issue("action", "must be one of merge, deps_add, secrets, deploy");
+            r.issue(
+                "action",
+                "must be one of merge, deps_add, secrets, deploy, command, file_change, network, other",
+            );
             None
         })
     });
@@ -307,6 +310,15 @@ async fn resolve_approval(
         })
     });
     let reason = r.string(&root, "reason", false).map(str::to_owned);
+    let scope = r.string(&root, "scope", false).and_then(|s| {
+        ApprovalScope::parse(s).or_else(|| {
+            r.issue("scope", "must be once or session");
+            None
+        })
+    });
+    if let Some(decision) = decision {
+        r.check(|issues| rules::check_resolution(decision, scope, issues));
+    }
     r.finish()?;
     let Some(decision) = decision else {
         return Err(DomainError::invalid("decision", "is required").into());
@@ -315,7 +327,7 @@ async fn resolve_approval(
     let approval = path_id(&approval, DomainError::NotFound(Entity::Approval))?;
     let view = st
         .sessions
-        .resolve_approval(&p, session, approval, decision, reason)
+        .resolve_approval(&p, session, approval, decision, reason, scope)
         .await?;
     detail_reply(StatusCode::OK, &view, st.sessions.now())
 }
@@ -436,7 +448,7 @@ async fn report_state(id: String, p: Caller, st: AppState, body: Body) -> ApiRes
     detail_reply(StatusCode::OK, &view, st.sessions.now())
 }
 
-/// `{assignmentId?, tokensIn?, tokensOut?, apiCalls?, computeSeconds?}`.
+/// `{assignmentId?, tokensIn?, tokensOut?, apiCalls?, computeSeconds?, costUsd?}`.
 pub fn parse_usage(body: &Body) -> Result<(Option<uuid::Uuid>, UsageUpdate), DomainError> {
     let mut r = Reader::new();
     let root = r.root(body);
@@ -445,7 +457,8 @@ pub fn parse_usage(body: &Body) -> Result<(Option<uuid::Uuid>, UsageUpdate), Dom
         tokens_in: r.count(&root, "tokensIn"),
         tokens_out: r.count(&root, "tokensOut"),
         api_calls: r.count(&root, "apiCalls"),
-        compute_seconds: r.number_in(&root, "computeSeconds", 0.0, 1.0e12),
+        compute_seconds: r.number_in(&root, "computeSeconds", 0.0, rules::MAX_COMPUTE_SECONDS),
+        cost_usd: r.number_in(&root, "costUsd", 0.0, rules::MAX_COST_USD),
     };
     r.finish()?;
     Ok((assignment, update))
@@ -480,12 +493,10 @@ fn event_json(e: &SessionEvent) -> Value {
     m.insert("type".into(), json!(e.kind));
     m.insert("summary".into(), json!(e.summary));
     m.insert("timestamp".into(), json!(timestamp(e.at)));
-    if let Some(data) = e
-        .data_json
-        .as_deref()
-        .and_then(|d| serde_json::from_str(d).ok())
-    {
+    if let Some(data) = wire::stored_json(e.data_json.as_deref()) {
         m.insert("data".into(), data);
     }
-    Value::Object(m)
+    let mut event = Value::Object(m);
+    event.sort_all_objects();
+    event
 }

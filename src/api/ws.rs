@@ -20,6 +20,7 @@ use warp::Filter;
 use warp::http::{HeaderMap, header};
 
 use super::upgrade::{Handshake, Socket};
+use super::wire;
 use super::wire::frames::{SocketError, error_frame};
 
 use super::AppState;
@@ -197,7 +198,7 @@ impl Connection {
 
     async fn send(&mut self, mut frame: Value) -> Result<(), Close> {
         frame["timestamp"] = json!(now_stamp(&self.st));
-        self.deliver(Message::text(frame.to_string())).await
+        self.deliver(Message::text(wire::text(frame))).await
     }
 
     async fn error(

@@ -8,7 +8,9 @@ use std::sync::{Arc, OnceLock};
 use uuid::Uuid;
 
 use crate::clock::Millis;
-use crate::sessions::model::{ApprovalAction, Decision, OutputChunk, Provider, SessionState};
+use crate::sessions::model::{
+    ApprovalAction, ApprovalScope, Decision, OutputChunk, Provider, SessionState,
+};
 
 /// Events about sessions and approvals (dashboard session/org streams, webhooks).
 pub const SESSION_EVENTS: &[&str] = &[
@@ -166,6 +168,8 @@ pub enum SessionEventData {
         decision: Decision,
         reason: Option<String>,
         resolved_by: String,
+        /// As the decider gave it (none from expiry or the session ending).
+        scope: Option<ApprovalScope>,
     },
     Assigned {
         runner_id: Uuid,

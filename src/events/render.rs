@@ -88,8 +88,13 @@ fn session_data(e: &SessionEventData) -> Value {
             decision,
             reason,
             resolved_by,
+            scope,
         } => {
-            json!({"approvalId": approval_id, "decision": decision.as_str(), "reason": reason, "resolvedBy": resolved_by})
+            let mut data = json!({"approvalId": approval_id, "decision": decision.as_str(), "reason": reason, "resolvedBy": resolved_by});
+            if let (Some(scope), Value::Object(m)) = (scope, &mut data) {
+                m.insert("scope".into(), json!(scope.as_str()));
+            }
+            data
         }
         SessionEventData::Assigned {
             runner_id,
@@ -108,17 +113,26 @@ pub fn context(json_text: Option<&str>) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// JSON text with every object's keys sorted. A `serde_json::Map` keeps insertion order when
+/// serde_json's `preserve_order` feature is on (a dependency may turn it on for the whole
+/// build), so the text written here is sorted explicitly, as the wire has always been.
+fn sorted_text(mut v: Value) -> String {
+    v.sort_all_objects();
+    v.to_string()
+}
+
 /// The `data` of a timeline entry as stored with it.
 pub fn timeline_data_json(event: &SessionEventData) -> String {
-    session_data(event).to_string()
+    sorted_text(session_data(event))
 }
 
 /// A frame of terminal output for the dashboard stream. Live and replayed output use this one
 /// function, so a chunk's frame is the same whenever it is sent; it carries the chunk's time.
 pub fn terminal_frame(session_id: Uuid, chunk: &OutputChunk) -> String {
-    json!({"type": "terminal", "sessionId": session_id, "action": "output", "seq": chunk.seq,
-           "stream": chunk.stream.as_str(), "data": chunk.data, "timestamp": format_ms(chunk.at)})
-    .to_string()
+    sorted_text(
+        json!({"type": "terminal", "sessionId": session_id, "action": "output", "seq": chunk.seq,
+           "stream": chunk.stream.as_str(), "data": chunk.data, "timestamp": format_ms(chunk.at)}),
+    )
 }
 
 /// The dashboard frame of a session-scoped event (without its `timestamp`, which the stream
@@ -171,5 +185,5 @@ pub fn webhook_body(delivery_id: Uuid, event: &BusEvent) -> String {
     if let Some(org) = &event.org_id {
         body.insert("orgId".into(), json!(org));
     }
-    Value::Object(body).to_string()
+    sorted_text(Value::Object(body))
 }

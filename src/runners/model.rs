@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::clock::Millis;
-use crate::sessions::model::{Decision, Provider};
+use crate::sessions::model::{ApprovalScope, Decision, Provider};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Capabilities {
@@ -106,6 +106,7 @@ pub enum RunnerCommand {
         approval_id: Uuid,
         decision: Decision,
         reason: Option<String>,
+        scope: Option<ApprovalScope>,
     },
     Drain,
 }

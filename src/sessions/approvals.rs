@@ -87,7 +87,13 @@ impl SessionService {
         approval_id: Uuid,
         decision: Decision,
         reason: Option<String>,
+        scope: Option<ApprovalScope>,
     ) -> DomainResult<SessionView> {
+        let mut issues = Vec::new();
+        check_resolution(decision, scope, &mut issues);
+        if !issues.is_empty() {
+            return Err(DomainError::Validation(issues));
+        }
         let by = p.actor();
         self.update(
             p,
@@ -104,10 +110,37 @@ impl SessionService {
                         "this approval was already resolved",
                     ));
                 }
-                resolve(w, s, approval, decision, reason, by, now, rules)
+                let answer = Answer {
+                    decision,
+                    reason,
+                    scope,
+                    by,
+                };
+                resolve(w, s, approval, answer, now, rules)
             },
         )
         .await
+    }
+}
+
+/// A decision on an approval, and who made it.
+pub(super) struct Answer {
+    pub decision: Decision,
+    pub reason: Option<String>,
+    pub scope: Option<ApprovalScope>,
+    /// Token id or name of who decided, or `system`.
+    pub by: String,
+}
+
+impl Answer {
+    /// A denial by the server itself (expiry, the session ending): no scope.
+    pub fn system_deny(reason: &str) -> Self {
+        Self {
+            decision: Decision::Deny,
+            reason: Some(reason.into()),
+            scope: None,
+            by: "system".into(),
+        }
     }
 }
 
@@ -116,11 +149,15 @@ pub(super) fn close_approval(
     w: &mut dyn WriteTxn,
     s: &Session,
     mut approval: Approval,
-    decision: Decision,
-    reason: Option<String>,
-    by: String,
+    answer: Answer,
     now: Millis,
 ) -> DomainResult<()> {
+    let Answer {
+        decision,
+        reason,
+        scope,
+        by,
+    } = answer;
     w.clear_timer(Timer {
         due: approval.expires_at,
         kind: TimerKind::ApprovalExpiry,
@@ -132,6 +169,7 @@ pub(super) fn close_approval(
         reason: reason.clone(),
         resolved_at: now,
         resolved_by: by.clone(),
+        scope,
     });
     w.put_approval(&approval)?;
     if let (Some(runner), false) = (s.runner_id, s.state.is_terminal()) {
@@ -142,10 +180,15 @@ pub(super) fn close_approval(
                 approval_id: approval.id,
                 decision,
                 reason: reason.clone(),
+                scope,
             },
             now,
         )?;
     }
+    let reach = match scope {
+        Some(ApprovalScope::Session) => " for the rest of the session",
+        _ => "",
+    };
     record(
         w,
         s,
@@ -154,9 +197,10 @@ pub(super) fn close_approval(
             decision,
             reason,
             resolved_by: by,
+            scope,
         },
         format!(
-            "Approval {}: {}",
+            "Approval {}: {}{reach}",
             approval.action.as_str(),
             decision.as_str()
         ),
@@ -165,19 +209,16 @@ pub(super) fn close_approval(
 }
 
 /// Resolves an approval; when none is left pending the session returns to RUNNING.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn resolve(
     w: &mut dyn WriteTxn,
     s: &mut Session,
     approval: Approval,
-    decision: Decision,
-    reason: Option<String>,
-    by: String,
+    answer: Answer,
     now: Millis,
     rules: Rules,
 ) -> DomainResult<()> {
     let approval_id = approval.id;
-    close_approval(w, s, approval, decision, reason, by, now)?;
+    close_approval(w, s, approval, answer, now)?;
     let still_pending = w
         .approvals(s.id)?
         .iter()

@@ -157,6 +157,9 @@ impl SessionService {
                 if let Some(v) = u.compute_seconds {
                     s.usage.compute_seconds = v;
                 }
+                if let Some(v) = u.cost_usd {
+                    s.usage.cost_usd = v;
+                }
                 Ok(())
             },
         )
@@ -274,15 +277,7 @@ pub(super) fn change_state(
         }
         for approval in w.approvals(s.id)? {
             if approval.resolution.is_none() {
-                close_approval(
-                    w,
-                    s,
-                    approval,
-                    Decision::Deny,
-                    Some("session ended".into()),
-                    "system".into(),
-                    now,
-                )?;
+                close_approval(w, s, approval, Answer::system_deny("session ended"), now)?;
             }
         }
         w.set_timer(Timer {

@@ -74,6 +74,7 @@ pub struct UsageUpdate {
     pub tokens_out: Option<u64>,
     pub api_calls: Option<u64>,
     pub compute_seconds: Option<f64>,
+    pub cost_usd: Option<f64>,
 }
 
 #[derive(Debug, Clone)]

@@ -147,6 +147,8 @@ pub struct Usage {
     pub tokens_out: u64,
     pub api_calls: u64,
     pub compute_seconds: f64,
+    /// What the session's agent spent, in US dollars, as its runner last reported it.
+    pub cost_usd: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -211,16 +213,36 @@ impl Session {
     }
 }
 
+/// What an approval is asked for: one of the risky classes (`merge` … `deploy`), or one of the
+/// classes of an agent's own permission request (`command` … `other`). New variants go at the
+/// end: the disk codec stores a variant by its index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ApprovalAction {
     Merge,
     DepsAdd,
     Secrets,
     Deploy,
+    /// Running a shell command.
+    Command,
+    /// Creating, editing or deleting files.
+    FileChange,
+    /// Reaching the network (fetching a URL, a web search).
+    Network,
+    /// Any other tool the agent asks to use.
+    Other,
 }
 
 impl ApprovalAction {
-    pub const ALL: [ApprovalAction; 4] = [Self::Merge, Self::DepsAdd, Self::Secrets, Self::Deploy];
+    pub const ALL: [ApprovalAction; 8] = [
+        Self::Merge,
+        Self::DepsAdd,
+        Self::Secrets,
+        Self::Deploy,
+        Self::Command,
+        Self::FileChange,
+        Self::Network,
+        Self::Other,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -228,6 +250,10 @@ impl ApprovalAction {
             Self::DepsAdd => "deps_add",
             Self::Secrets => "secrets",
             Self::Deploy => "deploy",
+            Self::Command => "command",
+            Self::FileChange => "file_change",
+            Self::Network => "network",
+            Self::Other => "other",
         }
     }
 
@@ -259,6 +285,31 @@ impl Decision {
     }
 }
 
+/// How far an `allow` reaches: this request only, or every request of the same kind (same
+/// action and tool) for the rest of the session. The runner applies it; the server records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApprovalScope {
+    Once,
+    Session,
+}
+
+impl ApprovalScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Once => "once",
+            Self::Session => "session",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "once" => Some(Self::Once),
+            "session" => Some(Self::Session),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Resolution {
     pub decision: Decision,
@@ -266,6 +317,8 @@ pub struct Resolution {
     pub resolved_at: Millis,
     /// Token id or name of who decided, or `system` for expiry and session end.
     pub resolved_by: String,
+    /// As the decider gave it; `None` when none was given (expiry and session end included).
+    pub scope: Option<ApprovalScope>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

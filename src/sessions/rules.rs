@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::model::Repo;
+use super::model::{ApprovalScope, Decision, Repo};
 use crate::error::Issue;
 
 /// Events kept in a session detail's `recentEvents`.
@@ -21,6 +21,10 @@ pub const DEFAULT_COMMIT: &str = "HEAD";
 pub const MAX_APPROVAL_DESCRIPTION_BYTES: usize = 10_000;
 pub const MIN_TIMEOUT_MINUTES: f64 = 1.0;
 pub const MAX_TIMEOUT_MINUTES: f64 = 120.0;
+/// Upper bound of a reported `computeSeconds`.
+pub const MAX_COMPUTE_SECONDS: f64 = 1.0e12;
+/// Upper bound of a reported `costUsd`.
+pub const MAX_COST_USD: f64 = 1.0e12;
 
 /// The repository of a new session must be one a runner can clone.
 pub fn check_repo_url(url: Option<&str>, issues: &mut Vec<Issue>) {
@@ -88,6 +92,16 @@ pub fn check_approval_description(description: Option<&str>, issues: &mut Vec<Is
         issues.push(Issue::new(
             "description",
             format!("must be 1 to {MAX_APPROVAL_DESCRIPTION_BYTES} bytes"),
+        ));
+    }
+}
+
+/// A decision's scope: `session` widens an `allow` only; a denial applies to the one request.
+pub fn check_resolution(decision: Decision, scope: Option<ApprovalScope>, issues: &mut Vec<Issue>) {
+    if decision == Decision::Deny && scope == Some(ApprovalScope::Session) {
+        issues.push(Issue::new(
+            "scope",
+            "session applies to allow only; a deny is for this request (omit scope or use once)",
         ));
     }
 }

@@ -58,9 +58,7 @@ pub(super) fn fire(
                     w,
                     &mut s,
                     approval,
-                    Decision::Deny,
-                    Some("expired".into()),
-                    "system".into(),
+                    Answer::system_deny("expired"),
                     now,
                     rules,
                 )?;

@@ -22,9 +22,10 @@ pub trait Record: Serialize + DeserializeOwned {
     const VERSION: u8;
 }
 
+/// Version 2: `usage.cost_usd` (schema version 6).
 impl Record for Session {
     const NAME: &'static str = "session";
-    const VERSION: u8 = 1;
+    const VERSION: u8 = 2;
 }
 impl Record for SessionEvent {
     const NAME: &'static str = "session event";
@@ -34,9 +35,10 @@ impl Record for OutputChunk {
     const NAME: &'static str = "output chunk";
     const VERSION: u8 = 1;
 }
+/// Version 2: the resolution's `scope` (schema version 6).
 impl Record for Approval {
     const NAME: &'static str = "approval";
-    const VERSION: u8 = 1;
+    const VERSION: u8 = 2;
 }
 impl Record for TokenRecord {
     const NAME: &'static str = "token";
@@ -51,9 +53,10 @@ impl Record for Liveness {
     const NAME: &'static str = "runner liveness";
     const VERSION: u8 = 1;
 }
+/// Version 2: the `scope` of `ApprovalResolved` (schema version 6).
 impl Record for OutboxEntry {
     const NAME: &'static str = "runner command";
-    const VERSION: u8 = 1;
+    const VERSION: u8 = 2;
 }
 
 impl Record for AuditEntry {
@@ -105,12 +108,22 @@ pub fn encode<T: Record>(value: &T) -> Result<Vec<u8>, StoreError> {
 }
 
 pub fn decode<T: Record>(bytes: &[u8]) -> Result<T, StoreError> {
-    let corrupt = |what: String| StoreError::Corrupt(format!("{}: {what}", T::NAME));
-    let (&version, body) = bytes
+    decode_as(T::NAME, T::VERSION, bytes)
+}
+
+/// Decodes a value written as `version` of the record `name` into `T`, which need not be a
+/// current record: migrations read the shapes of older versions with it.
+pub fn decode_as<T: DeserializeOwned>(
+    name: &str,
+    version: u8,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    let corrupt = |what: String| StoreError::Corrupt(format!("{name}: {what}"));
+    let (&found, body) = bytes
         .split_first()
         .ok_or_else(|| corrupt("empty value".into()))?;
-    if version != T::VERSION {
-        return Err(corrupt(format!("unknown version {version}")));
+    if found != version {
+        return Err(corrupt(format!("unknown version {found}")));
     }
     let (value, used) =
         bincode::serde::decode_from_slice(body, config()).map_err(|e| corrupt(e.to_string()))?;
@@ -118,6 +131,15 @@ pub fn decode<T: Record>(bytes: &[u8]) -> Result<T, StoreError> {
         return Err(corrupt("trailing bytes".into()));
     }
     Ok(value)
+}
+
+/// Encodes a value as `version` of a record: what an older Village wrote (migration tests).
+#[cfg(test)]
+pub fn encode_as<T: Serialize>(version: u8, value: &T) -> Result<Vec<u8>, StoreError> {
+    let mut out = vec![version];
+    bincode::serde::encode_into_std_write(value, &mut out, config())
+        .map_err(|e| StoreError::Encode(e.to_string()))?;
+    Ok(out)
 }
 
 #[cfg(test)]

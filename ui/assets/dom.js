@@ -180,6 +180,12 @@ export function number(n) {
   return typeof n === 'number' ? n.toLocaleString() : '—';
 }
 
+/** US dollars: cents, or down to a hundredth of a cent below one dollar. */
+export function usd(n) {
+  if (typeof n !== 'number' || !Number.isFinite(n)) return '—';
+  return n.toLocaleString(undefined, { style: 'currency', currency: 'USD', minimumFractionDigits: 2, maximumFractionDigits: n > 0 && n < 1 ? 4 : 2 });
+}
+
 export function percent(n) {
   return typeof n === 'number' ? `${Math.round(n)}%` : '—';
 }

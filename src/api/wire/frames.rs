@@ -71,6 +71,9 @@ pub enum CommandFrame<'a> {
         approval_id: Uuid,
         decision: &'static str,
         reason: Option<&'a str>,
+        /// Only when the decider gave one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        scope: Option<&'static str>,
         session_id: Uuid,
     },
     Drain,
@@ -100,10 +103,12 @@ impl<'a> CommandFrame<'a> {
                 approval_id,
                 decision,
                 reason,
+                scope,
             } => Self::ApprovalResolved {
                 approval_id: *approval_id,
                 decision: decision.as_str(),
                 reason: reason.as_deref(),
+                scope: scope.map(|s| s.as_str()),
                 session_id: *session_id,
             },
             RunnerCommand::Drain => Self::Drain,
@@ -118,7 +123,7 @@ impl<'a> CommandFrame<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sessions::model::Decision;
+    use crate::sessions::model::{ApprovalScope, Decision};
 
     /// Each typed frame is the object the hand-built `json!` frames were.
     #[test]
@@ -154,15 +159,31 @@ mod tests {
                     approval_id: a,
                     decision: Decision::Deny,
                     reason: None,
+                    scope: None,
                 },
                 json!({"type": "approval_resolved", "sessionId": s, "approvalId": a,
                        "decision": "deny", "reason": null}),
+            ),
+            (
+                RunnerCommand::ApprovalResolved {
+                    session_id: s,
+                    approval_id: a,
+                    decision: Decision::Allow,
+                    reason: Some("fine".into()),
+                    scope: Some(ApprovalScope::Session),
+                },
+                json!({"type": "approval_resolved", "sessionId": s, "approvalId": a,
+                       "decision": "allow", "reason": "fine", "scope": "session"}),
             ),
             (RunnerCommand::Drain, json!({"type": "drain"})),
         ];
         for (command, before) in cases {
             let frame = CommandFrame::of(&command).expect("a frame");
-            assert_eq!(frame.to_value().to_string(), before.to_string());
+            // As the channel writes it (`wire::text`): keys sorted.
+            assert_eq!(
+                super::super::text(frame.to_value()),
+                super::super::text(before)
+            );
         }
     }
 }

@@ -7,6 +7,11 @@
 //! A key that is left out when empty carries `skip_serializing_if`; an `Option` without it is
 //! written as `null`. Free-form JSON a client stored (metadata, approval context) stays a
 //! `serde_json::Value`, whose object keys are sorted the same way.
+//!
+//! A `serde_json::Map` writes its keys sorted only while serde_json's `preserve_order` feature
+//! is off, and features are shared by the whole build: a dependency that turns it on makes maps
+//! keep insertion order. So sorting is not left to the map: stored JSON is sorted when it is
+//! read back (`stored_json`), and frames built as `Value`s are written with `text`.
 
 pub mod audit;
 pub mod frames;
@@ -26,6 +31,17 @@ pub use paging::{Items, Page, SeqPage};
 /// or not JSON).
 pub fn stored_json(text: Option<&str>) -> Option<Value> {
     text.and_then(|t| serde_json::from_str(t).ok())
+        .map(|mut v: Value| {
+            v.sort_all_objects();
+            v
+        })
+}
+
+/// A frame built as a `Value` (keys added in any order) as JSON text, every object's keys
+/// sorted.
+pub fn text(mut frame: Value) -> String {
+    frame.sort_all_objects();
+    frame.to_string()
 }
 
 /// A wire shape as a `Value`, for the runner channel, which adds keys to its frames.
@@ -43,7 +59,7 @@ pub(crate) mod check {
     #[track_caller]
     pub fn sorted_keys(data: &impl Serialize) {
         let direct = serde_json::to_string(data).unwrap();
-        let through_map = serde_json::to_value(data).unwrap().to_string();
+        let through_map = super::text(serde_json::to_value(data).unwrap());
         assert_eq!(direct, through_map, "keys out of order");
     }
 }

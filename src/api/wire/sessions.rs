@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::stored_json;
 use crate::clock::Millis;
-use crate::sessions::model::{Approval, OutputChunk, Session};
+use crate::sessions::model::{Approval, ApprovalScope, OutputChunk, Session};
 use crate::sessions::{SessionView, masked_env, timestamp};
 
 /// A session in a list.
@@ -107,6 +107,7 @@ struct DetailRepo<'a> {
 struct DetailUsage {
     api_calls: u64,
     compute_seconds: f64,
+    cost_usd: f64,
     tokens_in: u64,
     tokens_out: u64,
 }
@@ -182,6 +183,7 @@ impl<'a> SessionDetail<'a> {
             usage: DetailUsage {
                 api_calls: s.usage.api_calls,
                 compute_seconds: s.usage.compute_seconds,
+                cost_usd: s.usage.cost_usd,
                 tokens_in: s.usage.tokens_in,
                 tokens_out: s.usage.tokens_out,
             },
@@ -236,6 +238,9 @@ pub struct ApprovalResponse<'a> {
     resolved_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     resolved_by: Option<&'a str>,
+    /// Only when the decider gave one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<&'static str>,
     session_id: Uuid,
 }
 
@@ -249,6 +254,7 @@ impl<'a> From<&'a Approval> for ApprovalResponse<'a> {
             reason: r.and_then(|r| r.reason.as_deref()),
             resolved_at: r.map(|r| timestamp(r.resolved_at)),
             resolved_by: r.map(|r| r.resolved_by.as_str()),
+            scope: r.and_then(|r| r.scope).map(ApprovalScope::as_str),
             session_id: a.session_id,
         }
     }
@@ -345,6 +351,7 @@ mod tests {
                 tokens_out: 2,
                 api_calls: 3,
                 compute_seconds: 4.25,
+                cost_usd: 0.37,
             },
             timeout_ms: 90_000,
             output_bytes: 0,
@@ -398,7 +405,7 @@ mod tests {
             "repo": {"url": "https://example.com/a.git", "branch": "main", "commit": "abc"},
             "task": "fix \"it\"",
             "workspace": {"path": format!("workspaces/{id}"), "sizeBytes": 4096},
-            "usage": {"tokensIn": 1, "tokensOut": 2, "apiCalls": 3, "computeSeconds": 4.25},
+            "usage": {"tokensIn": 1, "tokensOut": 2, "apiCalls": 3, "computeSeconds": 4.25, "costUsd": 0.37},
             "recentEvents": [{
                 "type": "session_created",
                 "timestamp": "2023-11-14T22:13:20.000Z",
@@ -417,7 +424,7 @@ mod tests {
             "updatedAt": "2023-11-14T22:14:22.000Z",
         });
         let typed = serde_json::to_string(&SessionDetail::new(&view, 0)).unwrap();
-        assert_eq!(typed, expected.to_string());
+        assert_eq!(typed, super::super::text(expected.clone()));
         assert_eq!(
             super::super::to_value(&SessionDetail::new(&view, 0)),
             expected
@@ -426,7 +433,7 @@ mod tests {
         let mut for_runner = expected;
         for_runner["options"]["env"] = json!({"TOKEN": "secret"});
         let typed = serde_json::to_string(&SessionDetail::for_runner(&view, 0)).unwrap();
-        assert_eq!(typed, for_runner.to_string());
+        assert_eq!(typed, super::super::text(for_runner));
     }
 
     #[test]
@@ -448,8 +455,18 @@ mod tests {
                 reason: Some("fine".into()),
                 resolved_at: 1_700_000_001_000,
                 resolved_by: "admin".into(),
+                scope: Some(ApprovalScope::Session),
             }),
             None,
+        );
+        assert_eq!(
+            serde_json::to_string(&ApprovalResponse::from(&resolved)).unwrap(),
+            concat!(
+                r#"{"action":"deploy","approvalId":"00000000-0000-0000-0000-000000000003","#,
+                r#""decision":"allow","reason":"fine","resolvedAt":"2023-11-14T22:13:21.000Z","#,
+                r#""resolvedBy":"admin","scope":"session","#,
+                r#""sessionId":"00000000-0000-0000-0000-000000000007"}"#
+            )
         );
         let pending = approval(None, Some(r#"{"z":{"y":1,"x":2}}"#));
         sorted_keys(&Approvals::new([&pending], [&resolved, &pending]));

@@ -1,4 +1,5 @@
-// Pieces shown on more than one page: approval cards, rollout progress, session links.
+// Pieces shown on more than one page: approval cards (with what an agent asks), rollout
+// progress, session links.
 import { api } from '../api.js';
 import { age, badge, h, humanize, number, shortId } from '../dom.js';
 
@@ -20,38 +21,97 @@ export function sessionLink(id, text) {
   return h('a', { href: `/sessions/${id}`, class: 'mono', title: id }, text || shortId(id));
 }
 
-const ACTION_LABEL = { merge: 'Merge', deps_add: 'Add dependency', secrets: 'Use secrets', deploy: 'Deploy' };
+export const ACTION_LABEL = {
+  merge: 'Merge', deps_add: 'Add dependency', secrets: 'Use secrets', deploy: 'Deploy',
+  command: 'Run a command', file_change: 'Change files', network: 'Network access', other: 'Use a tool',
+};
+
+export function actionLabel(action) {
+  return ACTION_LABEL[action] || humanize(action);
+}
+
+/** A word of a command line as a shell would need it written. */
+function shellWord(w) {
+  return /^[\w@%+=:,./-]+$/.test(w) ? w : `'${w.replaceAll("'", "'\\''")}'`;
+}
+
+/** One value of an agent's tool input: text as it is, a command as a command line, else JSON. */
+function inputValue(key, v) {
+  if (typeof v === 'string') return h('pre', { class: 'mono' }, v);
+  if (/^(command|cmd|argv)$/i.test(key) && Array.isArray(v) && v.every((w) => typeof w === 'string')) {
+    return h('pre', { class: 'mono' }, v.map(shellWord).join(' '));
+  }
+  return h('pre', { class: 'mono' }, JSON.stringify(v, null, 2));
+}
 
 /**
- * A pending approval that can be answered in place. `onResolved(approvalId)` runs once it is
- * answered (here or elsewhere).
+ * What the agent asks to do, from the context a runner attaches to an agent's own permission
+ * request (`{tool, input, agent: {protocol, options?}}`): the tool, and its input field by field.
+ * Nothing for a context of another shape (it stays readable under "Raw context").
+ */
+export function requestView(context) {
+  if (!context || typeof context !== 'object' || Array.isArray(context)) return null;
+  const tool = typeof context.tool === 'string' && context.tool ? context.tool : null;
+  const input = context.input;
+  const hasInput = input !== undefined && input !== null && !(typeof input === 'object' && !Array.isArray(input) && !Object.keys(input).length);
+  if (!tool && !hasInput) return null;
+  const protocol = typeof context.agent?.protocol === 'string' ? context.agent.protocol : null;
+  let inputBox = null;
+  if (hasInput) {
+    inputBox = typeof input === 'object' && !Array.isArray(input)
+      ? h('dl', { class: 'kv ask-input', 'data-field': 'input' },
+        Object.entries(input).map(([k, v]) => [h('dt', null, k), h('dd', null, inputValue(k, v))]))
+      : h('div', { class: 'ask-input', 'data-field': 'input' }, inputValue('', input));
+  }
+  return h('div', { class: 'ask' },
+    tool ? h('div', { class: 'ask-tool' },
+      h('span', { class: 'label' }, 'Tool'), ' ',
+      h('code', { 'data-field': 'tool' }, tool),
+      protocol ? h('span', { class: 'muted small' }, ` · asked through ${protocol}`) : null) : null,
+    inputBox);
+}
+
+/**
+ * A pending approval that can be answered in place: allow (this request), allow for the rest of
+ * the session (the runner then allows the same action and tool without asking), or deny.
+ * `onResolved(approvalId)` runs once it is answered (here or elsewhere).
  */
 export function approvalCard(approval, { showSession = true, onResolved } = {}) {
   const reasonId = `reason-${approval.approvalId}`;
   const reason = h('input', { id: reasonId, type: 'text', name: 'reason', placeholder: 'Reason (optional)', autocomplete: 'off', maxLength: 1000 });
   const error = h('div', { class: 'error', role: 'alert' });
+  const tool = typeof approval.context?.tool === 'string' ? approval.context.tool : null;
   const allow = h('button', { class: 'btn ok small', type: 'button', 'data-decision': 'allow' }, 'Allow');
+  const allowSession = h('button', {
+    class: 'btn small allow-session', type: 'button', 'data-decision': 'allow', 'data-scope': 'session',
+    title: `Allow this and, for the rest of this session, every request to ${actionLabel(approval.action).toLowerCase()}${tool ? ` with ${tool}` : ''} without asking`,
+  }, 'Allow for this session');
   const deny = h('button', { class: 'btn danger small', type: 'button', 'data-decision': 'deny' }, 'Deny');
-  const card = h('article', { class: 'approval', 'data-approval-id': approval.approvalId, 'aria-label': `Approval: ${approval.description}` },
+  const buttons = [allow, allowSession, deny];
+  const hasContext = approval.context !== undefined && approval.context !== null
+    && !(typeof approval.context === 'object' && !Object.keys(approval.context).length);
+  const card = h('article', { class: 'approval', 'data-approval-id': approval.approvalId, 'data-action': approval.action, 'aria-label': `Approval: ${approval.description}` },
     h('div', { class: 'what' },
-      badge('WAITING_FOR_APPROVAL', ACTION_LABEL[approval.action] || humanize(approval.action)),
+      badge('WAITING_FOR_APPROVAL', actionLabel(approval.action)),
       h('span', { class: 'desc' }, approval.description),
     ),
+    requestView(approval.context),
     h('div', { class: 'meta' },
       showSession ? ['Session ', sessionLink(approval.sessionId), ' · '] : null,
       'asked ', age(approval.requestedAt),
       approval.expiresAt ? [' · expires ', age(approval.expiresAt)] : null),
-    approval.context && Object.keys(approval.context).length
-      ? h('details', null, h('summary', { class: 'small' }, 'Context'), h('pre', { class: 'mono small' }, JSON.stringify(approval.context, null, 2)))
+    hasContext
+      ? h('details', null, h('summary', { class: 'small' }, 'Raw context'), h('pre', { class: 'mono small' }, JSON.stringify(approval.context, null, 2)))
       : null,
     h('div', { class: 'decide' },
       h('label', { for: reasonId, class: 'sr-only' }, 'Reason'),
-      reason, allow, deny),
+      reason, ...buttons),
     error);
-  const decide = async (decision) => {
-    allow.disabled = deny.disabled = true;
+  const decide = async (decision, scope) => {
+    for (const b of buttons) b.disabled = true;
     error.textContent = '';
     const body = { decision };
+    if (scope) body.scope = scope;
     if (reason.value.trim()) body.reason = reason.value.trim();
     try {
       await api.post(`/sessions/${approval.sessionId}/approvals/${approval.approvalId}/resolve`, body);
@@ -64,10 +124,11 @@ export function approvalCard(approval, { showSession = true, onResolved } = {}) 
         return;
       }
       error.textContent = e.message;
-      allow.disabled = deny.disabled = false;
+      for (const b of buttons) b.disabled = false;
     }
   };
   allow.addEventListener('click', () => decide('allow'));
+  allowSession.addEventListener('click', () => decide('allow', 'session'));
   deny.addEventListener('click', () => decide('deny'));
   return card;
 }

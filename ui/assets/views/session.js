@@ -2,8 +2,8 @@
 // to the runner), state and controls, approvals, the event timeline and usage.
 import { Terminal } from '../../vendor/xterm/xterm.mjs';
 import { FitAddon } from '../../vendor/addon-fit/addon-fit.mjs';
-import { age, badge, confirmDialog, dateTime, debounce, duration, empty, errorBox, fill, h, patch, humanize, loading, number, time, toast } from '../dom.js';
-import { TERMINAL_STATES, approvalList, providerLabel } from './parts.js';
+import { age, badge, confirmDialog, dateTime, debounce, duration, empty, errorBox, fill, h, patch, loading, number, time, toast, usd } from '../dom.js';
+import { TERMINAL_STATES, actionLabel, approvalList, providerLabel } from './parts.js';
 
 export async function mount(main, ctx) {
   const { api, stream } = ctx;
@@ -136,7 +136,8 @@ export async function mount(main, ctx) {
     const u = session.usage || {};
     patch(usageBox, h('div', { class: 'usage' },
       stat('Tokens in', number(u.tokensIn ?? 0)), stat('Tokens out', number(u.tokensOut ?? 0)),
-      stat('API calls', number(u.apiCalls ?? 0)), stat('Compute', duration(u.computeSeconds ?? 0))));
+      stat('API calls', number(u.apiCalls ?? 0)), stat('Compute', duration(u.computeSeconds ?? 0)),
+      stat('Cost', usd(u.costUsd ?? 0), 'usage-cost')));
     const env = Object.keys(session.options?.env || {});
     patch(detailsBox, h('dl', { class: 'kv' },
       kv('Org', session.orgId),
@@ -183,7 +184,9 @@ export async function mount(main, ctx) {
       showPending();
       fill(resolvedBox, a.resolved.length
         ? [h('h3', null, 'Answered'), h('ul', { class: 'issue-list' }, a.resolved.slice().reverse().map((r) => h('li', null,
-          h('span', null, badge(r.decision), ' ', humanize(r.action), r.reason ? h('span', { class: 'muted small' }, ` — ${r.reason}`) : null),
+          h('span', null, badge(r.decision), ' ', actionLabel(r.action),
+            r.scope === 'session' ? [' ', h('span', { class: 'badge info', 'data-scope': 'session' }, 'for the session')] : null,
+            r.reason ? h('span', { class: 'muted small' }, ` — ${r.reason}`) : null),
           h('span', { class: 'muted small' }, `by ${r.resolvedBy} `, age(r.resolvedAt)))))]
         : null);
     } catch (e) {
@@ -250,8 +253,8 @@ function backLink() {
   return h('p', { class: 'small' }, h('a', { href: '/sessions' }, '← Sessions'));
 }
 
-function stat(label, value) {
-  return h('div', { class: 'stat' }, h('span', { class: 'label' }, label), h('span', { class: 'value small-value' }, value));
+function stat(label, value, id) {
+  return h('div', { class: 'stat', id }, h('span', { class: 'label' }, label), h('span', { class: 'value small-value' }, value));
 }
 
 function kv(label, value) {
