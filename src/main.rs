@@ -28,6 +28,9 @@ struct Cli {
 enum Command {
     /// Start the server (the default).
     Serve(ServeArgs),
+    /// A scripted ACP agent on stdin and stdout (`village demo`, tests).
+    #[command(hide = true)]
+    DemoAgent,
 }
 
 #[derive(Args, Clone, Default)]
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
+        Some(Command::DemoAgent) => return village::demo_agent::main(),
         None => cli.serve,
     };
     let level = std::env::var("VILLAGE_LOG")
