@@ -37,6 +37,9 @@ enum Command {
     /// Internal: the per-session process guard the runner starts agents under.
     #[command(name = "__guard", hide = true)]
     Guard(GuardArgs),
+    /// A scripted ACP agent on stdin and stdout (`village demo`, tests).
+    #[command(hide = true)]
+    DemoAgent,
 }
 
 #[derive(Args)]
@@ -117,6 +120,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
+        Some(Command::DemoAgent) => return village::demo_agent::main(),
         None => cli.serve,
         Some(Command::Runner(args)) => return runner_main(args),
         Some(Command::Approval(ApprovalCommand::Request {
