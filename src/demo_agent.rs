@@ -2,8 +2,8 @@
 //!
 //! It is the agent of `village demo`, a newcomer's first run, so its default script shows what a
 //! real agent's session looks like in Village: streamed text, a thought, a plan, a file read, an
-//! edit of the workspace (a real one, after asking), and a `git push` it asks about (the broker
-//! classifies it as a merge). Rejecting the edit or the push makes it say so and stop. It also
+//! edit of the workspace (a real one, shown as a diff), and a `git push` it asks about (the broker
+//! classifies it as a merge). Rejecting the push makes it say so and stop. It also
 //! reports usage, token counts estimated from the text it read and wrote (about four characters
 //! a token) and a cost of zero, so that the usage view has something true to show.
 //!
@@ -498,28 +498,21 @@ impl Turn {
         }
         self.plan(&steps, 1).await?;
 
-        // An edit, after asking.
-        self.say(
-            "Next I'll write a short note to VILLAGE_DEMO.md. That changes a file, so I ask \
-             first.\n",
-        )
-        .await?;
+        // An edit, made right away: like an agent in an auto-edit mode, the demo changes files
+        // in its own workspace without asking, so the one question of the tour is the push.
+        self.say("Next I'll write a short note to VILLAGE_DEMO.md in the workspace.\n")
+            .await?;
         let path = self.cwd.join("VILLAGE_DEMO.md");
         let old = self.read(&path).await.ok();
         let new = match &old {
             Some(old) => format!("{old}\nThe demo agent ran here again.\n"),
             None => "# Village demo\n\n\
                      This file was written by the Village demo agent, to show how an agent's\n\
-                     edits appear in Village: as a diff, once you allowed them.\n\n\
+                     edits appear in Village: as a diff in the session's terminal.\n\n\
                      Delete it whenever you like.\n"
                 .to_string(),
         };
-        if !self.edit(&path, old, new, false).await? {
-            self.say(
-                "Without that change there is nothing to push, so I'll stop here. Nothing was \
-                 modified.\n",
-            )
-            .await?;
+        if !self.write_now(&path, old, new).await? {
             self.report_usage().await?;
             return Ok(StopReason::EndTurn);
         }
@@ -648,6 +641,32 @@ impl Turn {
                 Ok(false)
             }
         }
+    }
+
+    /// Writes a file without asking and shows the change as a diff.
+    async fn write_now(&mut self, path: &Path, old: Option<String>, new: String) -> Step<bool> {
+        let name = self.relative(path);
+        let diff = ToolCallContent::from(Diff::new(path.to_path_buf(), new.clone()).old_text(old));
+        let location = ToolCallLocation::new(path.to_path_buf());
+        let id = self
+            .tool_call(
+                ToolKind::Edit,
+                &format!("Write {name}"),
+                json!({ "path": path }),
+                vec![location],
+                vec![diff.clone()],
+            )
+            .await?;
+        if let Err(e) = self.write(path, &new).await {
+            self.finish_tool(&id, ToolCallStatus::Failed, vec![])
+                .await?;
+            self.say(&format!("I couldn't write {name}: {e}\n")).await?;
+            return Ok(false);
+        }
+        self.finish_tool(&id, ToolCallStatus::Completed, vec![diff])
+            .await?;
+        self.say(&format!("{name} is written.\n")).await?;
+        Ok(true)
     }
 
     /// A permission request answered `cancelled`: after a session/cancel the turn ends

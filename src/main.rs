@@ -29,6 +29,8 @@ struct Cli {
 enum Command {
     /// Start the server (the default).
     Serve(ServeArgs),
+    /// A server, a runner and a demo agent on a demo repository: Village in one command.
+    Demo(DemoArgs),
     /// Run agent sessions for a Village server.
     Runner(RunnerArgs),
     /// Ask the runner for an approval from inside a session.
@@ -40,6 +42,16 @@ enum Command {
     /// A scripted ACP agent on stdin and stdout (`village demo`, tests).
     #[command(hide = true)]
     DemoAgent,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Where the demo keeps its server, runner and repository.
+    #[arg(long, default_value = "./village-demo")]
+    data_dir: PathBuf,
+    /// Address to serve the dashboard on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
 }
 
 #[derive(Args)]
@@ -123,6 +135,7 @@ fn main() -> ExitCode {
         Some(Command::DemoAgent) => return village::demo_agent::main(),
         None => cli.serve,
         Some(Command::Runner(args)) => return runner_main(args),
+        Some(Command::Demo(args)) => return demo_main(args),
         Some(Command::Approval(ApprovalCommand::Request {
             action,
             description,
@@ -229,6 +242,31 @@ fn init_logs() {
         .init();
 }
 
+fn demo_main(args: DemoArgs) -> ExitCode {
+    init_logs();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("village demo: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = village::demo::DemoOptions {
+        data_dir: args.data_dir,
+        listen: args.listen,
+    };
+    match runtime.block_on(village::demo::run(options, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("village demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn runner_main(args: RunnerArgs) -> ExitCode {
     init_logs();
     let mut agents = Vec::new();
@@ -260,6 +298,7 @@ fn runner_main(args: RunnerArgs) -> ExitCode {
         max_sessions: args.max_sessions,
         features: args.features,
         agents,
+        default_agents: true,
         keep_workspaces: args.keep_workspaces,
         stop_grace: std::time::Duration::from_secs(args.stop_grace),
     };

@@ -306,7 +306,7 @@ fn store_imports_only_records_the_clock_and_itself() {
 fn is_edge(f: &SourceFile) -> bool {
     matches!(
         f.module.first().map(String::as_str),
-        Some("api" | "ui" | "app" | "config")
+        Some("api" | "ui" | "app" | "config" | "demo")
     ) || f.module.is_empty()
 }
 
@@ -318,9 +318,13 @@ fn only_the_api_knows_warp_and_only_the_renderer_builds_event_json() {
         if f.code.contains("warp::") || f.code.contains("use warp") {
             bad.push(format!("{} uses warp", f.rel));
         }
-        // The runner is a client of the public API: it speaks wire shapes (and the agents'
-        // protocols) and has no domain of the server's to keep JSON out of.
-        let wire_client = f.module.first().is_some_and(|m| m == "runner");
+        // The runner is a client of the public API and the demo agent an agent: both speak wire
+        // shapes (and the agents' protocols) and have no domain of the server's to keep JSON
+        // out of.
+        let wire_client = f
+            .module
+            .first()
+            .is_some_and(|m| m == "runner" || m == "demo_agent");
         let renderer = f.rel == "events/render.rs";
         for needle in ["json!", "serde_json::Map", "Value::Object"] {
             if !renderer && !wire_client && f.code.contains(needle) {

@@ -899,3 +899,82 @@ fn base64_decodes_screenshots() {
     assert_eq!(webdriver::base64_decode("aGk="), b"hi");
     assert_eq!(webdriver::base64_decode("YWJj"), b"abc");
 }
+
+/// `village demo` as a newcomer runs it: within a minute a demo session asks to push, the
+/// approval is allowed on the overview, and the session completes with usage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_end_to_end_in_the_browser() {
+    use std::io::BufRead;
+    let _turn = ONE_BROWSER_AT_A_TIME.lock().await;
+    let started = Instant::now();
+    let data = tempfile::tempdir().unwrap();
+    let mut demo = std::process::Command::new(env!("CARGO_BIN_EXE_village"))
+        .args(["demo", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path().join("demo"))
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = demo.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let (mut url, mut token) = (None, None);
+    while url.is_none() || token.is_none() {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the demo printed its address and token");
+        if let Some(u) = line.trim().strip_prefix("Dashboard:") {
+            url = Some(u.trim().trim_end_matches('/').to_string());
+        } else if line.trim().starts_with("vlg_") {
+            token = Some(line.trim().to_string());
+        }
+    }
+    let (url, token) = (url.unwrap(), token.unwrap());
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let org = Client::new(addr, Some(&token));
+
+    let browser = Browser::start(WIDE.0, WIDE.1).await;
+    browser.goto(&format!("{url}/")).await;
+    browser.fill("#token", &token).await;
+    browser.click("#sign-in").await;
+    browser.wait_ready("overview").await;
+    let card = "#pending-approvals [data-approval-id]";
+    browser.wait_for(card, 60).await;
+    browser.wait_for_text(card, "git push", 5).await;
+    browser.screenshot("demo-overview-approval").await;
+    browser
+        .click(&format!("{card} [data-decision=allow]"))
+        .await;
+    let done = eventually(60, || async {
+        let page = org.get("/api/v1/sessions?orgId=demo&state=COMPLETED").await;
+        page.data()["items"].as_array()?.first().cloned()
+    })
+    .await;
+    let id = done["sessionId"].as_str().unwrap();
+    let detail = org.session(id).await;
+    assert!(
+        detail["usage"]["tokensIn"].as_u64().unwrap_or(0) > 0,
+        "{detail}"
+    );
+    println!(
+        "demo session completed {} s after the demo started",
+        started.elapsed().as_secs()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "the demo took {:?}",
+        started.elapsed()
+    );
+    browser.quit().await;
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &demo.id().to_string()])
+        .status();
+    let _ = demo.wait();
+}

@@ -97,6 +97,9 @@ pub struct RunnerConfig {
     pub features: Vec<String>,
     /// `--agent` entries; they replace the default of the same provider.
     pub agents: Vec<AgentSpec>,
+    /// Whether the default agents are offered besides `agents` (`village demo` offers only its
+    /// own).
+    pub default_agents: bool,
     pub keep_workspaces: bool,
     pub stop_grace: Duration,
 }
@@ -368,8 +371,12 @@ fn random_token() -> String {
 
 /// Finds the agents this host can run: `--agent` entries over the defaults, kept only when the
 /// program is found.
-pub fn offered_agents(specs: &[AgentSpec]) -> Vec<OfferedAgent> {
-    let mut all = AgentSpec::defaults();
+pub fn offered_agents(specs: &[AgentSpec], with_defaults: bool) -> Vec<OfferedAgent> {
+    let mut all = if with_defaults {
+        AgentSpec::defaults()
+    } else {
+        Vec::new()
+    };
     for s in specs {
         all.retain(|d| d.provider != s.provider);
         all.push(s.clone());
@@ -399,7 +406,7 @@ pub async fn run(
         .map_err(|e| format!("cannot create {}: {e}", cfg.data_dir.display()))?;
     std::fs::create_dir_all(&cfg.work_dir)
         .map_err(|e| format!("cannot create {}: {e}", cfg.work_dir.display()))?;
-    let agents = offered_agents(&cfg.agents);
+    let agents = offered_agents(&cfg.agents, cfg.default_agents);
     if agents.is_empty() {
         return Err("no agent program was found (see --agent)".into());
     }
