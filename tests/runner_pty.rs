@@ -2,6 +2,8 @@
 //! codes, keystrokes, pause and resume, stop, timeout, `village approval request`, and no
 //! process left behind.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;

@@ -277,8 +277,7 @@ async fn git(args: &[&str], cwd: Option<&Path>) -> Result<(), String> {
     let reason = stderr
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .next_back()
+        .rfind(|l| !l.is_empty())
         .unwrap_or("failed");
     Err(format!("git {}: {reason}", args[0]))
 }
