@@ -369,3 +369,82 @@ async fn drain_lets_the_last_session_finish_then_exits() {
         "the runner exits 0 once drained"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_claude_hook_routes_a_tool_call_through_an_approval() {
+    let (server, _runner, repo, _dir) = setup().await;
+    let admin = server.admin();
+    let hook = r#"{"session_id":"s","cwd":"/tmp","hook_event_name":"PreToolUse","tool_name":"Bash","tool_input":{"command":"git push origin main"},"tool_use_id":"t1"}"#;
+    let task = format!(
+        "echo '{hook}' | village approval claude-hook; echo; echo '{hook}' | env -u VILLAGE_RUNNER_SOCKET village approval claude-hook"
+    );
+    let id = create(&admin, "omnara", &repo, &task, json!({})).await;
+    let a = pending_approval(&admin, &id, 30).await;
+    assert_eq!(a["action"], "merge");
+    assert_eq!(a["context"]["tool"], "Bash");
+    assert_eq!(a["context"]["input"]["command"], "git push origin main");
+    let approval = a["approvalId"].as_str().unwrap();
+    admin
+        .post(
+            &format!("/api/v1/sessions/{id}/approvals/{approval}/resolve"),
+            json!({"decision": "allow"}),
+        )
+        .await;
+    wait_state(&admin, &id, "COMPLETED", 30).await;
+    let text = output(&admin, &id).await;
+    let decisions: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l.trim()).ok())
+        .collect();
+    assert_eq!(decisions.len(), 2, "{text}");
+    let decision = |i: usize| decisions[i]["hookSpecificOutput"]["permissionDecision"].clone();
+    assert_eq!(
+        decisions[0]["hookSpecificOutput"]["hookEventName"],
+        "PreToolUse"
+    );
+    assert_eq!(
+        decision(0),
+        "allow",
+        "inside the session: the human allowed it"
+    );
+    assert_eq!(
+        decision(1),
+        "ask",
+        "outside a session Claude Code asks as usual"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_runner_token_makes_the_runner_register_again_as_itself() {
+    let (server, runner, repo, _dir) = setup().await;
+    let admin = server.admin();
+    let rid = runner.runner_id().unwrap();
+    let tokens = admin.get("/api/v1/tokens?pageSize=100").await;
+    let token_id = tokens.data()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["runnerId"] == rid.as_str() && t["revokedAt"].is_null())
+        .and_then(|t| t["tokenId"].as_str())
+        .unwrap()
+        .to_string();
+    let r = admin.delete(&format!("/api/v1/tokens/{token_id}")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    eventually(30, || async {
+        runner
+            .log()
+            .contains("registered")
+            .then_some(())
+            .filter(|_| runner.log().matches("runner channel connected").count() >= 2)
+    })
+    .await;
+    assert_eq!(
+        runner.runner_id().unwrap(),
+        rid,
+        "the same hostname keeps its id"
+    );
+    // And it still runs sessions.
+    let id = create(&admin, "omnara", &repo, "echo after-revoke", json!({})).await;
+    wait_state(&admin, &id, "COMPLETED", 30).await;
+    assert!(output(&admin, &id).await.contains("after-revoke"));
+}
