@@ -10,6 +10,16 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
   $sudo apt-get update -qq
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
 fi
+# The runner's tests clone git repositories and run the fake agent CLIs (Python 3, standard
+# library only).
+for tool in git python3; do
+  if ! command -v "$tool" >/dev/null; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$tool"
+  fi
+done
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 log=$(mktemp)
