@@ -353,7 +353,7 @@ pub async fn run(runner: Arc<Runner>, mut up: mpsc::UnboundedReceiver<Up>) {
 
 /// Jittered exponential backoff: 0.5 s doubling to 30 s, each wait a random 50–100 % of that.
 pub fn backoff(failures: u32) -> Duration {
-    let cap_ms = (500u64 << failures.min(6).saturating_sub(1)).min(30_000);
+    let cap_ms = (500u64 << failures.min(7).saturating_sub(1)).min(30_000);
     let jitter = rand::random::<f64>() * 0.5 + 0.5;
     Duration::from_millis((cap_ms as f64 * jitter) as u64)
 }

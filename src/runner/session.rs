@@ -277,8 +277,7 @@ async fn git(args: &[&str], cwd: Option<&Path>) -> Result<(), String> {
     let reason = stderr
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .next_back()
+        .rfind(|l| !l.is_empty())
         .unwrap_or("failed");
     Err(format!("git {}: {reason}", args[0]))
 }
@@ -427,6 +426,11 @@ async fn drive(
             Some(bytes) = output_rx.recv() => out.push(&bytes),
             Some(update) = usage_rx.recv() => usage.merge(update),
             Some((request, reply)) = ask_rx.recv() => {
+                // What the agent wrote before asking is queued before its ask: it goes to the
+                // terminal first, so the waiting line follows it.
+                while let Ok(bytes) = output_rx.try_recv() {
+                    out.push(&bytes);
+                }
                 let ask = Ask::from_agent(
                     protocol.name(),
                     &request.tool,
@@ -461,6 +465,9 @@ async fn drive(
                     broker.resolved(&approval_id, decision);
                 }
                 Some(SessionCommand::LocalAsk(ask, reply)) => {
+                    while let Ok(bytes) = output_rx.try_recv() {
+                        out.push(&bytes);
+                    }
                     ask_server(runner, spec, &broker, ask, reply, &registered_tx, out);
                 }
             },
