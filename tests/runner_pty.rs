@@ -1,6 +1,7 @@
 //! `village runner` as a child process running `pty` sessions against a real server: exit
 //! codes, keystrokes, pause and resume, stop, timeout, `village approval request`, and no
 //! process left behind.
+#![allow(clippy::unwrap_used)]
 
 #![allow(clippy::unwrap_used)]
 

@@ -426,6 +426,11 @@ async fn drive(
             Some(bytes) = output_rx.recv() => out.push(&bytes),
             Some(update) = usage_rx.recv() => usage.merge(update),
             Some((request, reply)) = ask_rx.recv() => {
+                // What the agent wrote before asking is queued before its ask: it goes to the
+                // terminal first, so the waiting line follows it.
+                while let Ok(bytes) = output_rx.try_recv() {
+                    out.push(&bytes);
+                }
                 let ask = Ask::from_agent(
                     protocol.name(),
                     &request.tool,
@@ -460,6 +465,9 @@ async fn drive(
                     broker.resolved(&approval_id, decision);
                 }
                 Some(SessionCommand::LocalAsk(ask, reply)) => {
+                    while let Ok(bytes) = output_rx.try_recv() {
+                        out.push(&bytes);
+                    }
                     ask_server(runner, spec, &broker, ask, reply, &registered_tx, out);
                 }
             },

@@ -51,6 +51,17 @@ pub struct RunnerProcess {
 impl RunnerProcess {
     /// `village runner` against `server` with a join token and the given extra arguments.
     pub fn spawn(server: &str, join_token: &str, data_dir: &Path, extra: &[&str]) -> Self {
+        Self::spawn_with_env(server, join_token, data_dir, extra, &[])
+    }
+
+    /// Like `spawn`, with more environment for the runner (which its agents inherit).
+    pub fn spawn_with_env(
+        server: &str,
+        join_token: &str,
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_village"));
         cmd.args([
             "runner",
@@ -68,6 +79,9 @@ impl RunnerProcess {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         let mut child = cmd.spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let log: Arc<Mutex<String>> = Arc::default();
