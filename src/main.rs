@@ -17,7 +17,7 @@ use village::config::Config;
     version,
     about = "Control plane for a fleet of AI coding agents"
 )]
-#[command(args_conflicts_with_subcommands = true)]
+#[command(args_conflicts_with_subcommands = true, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

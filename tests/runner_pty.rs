@@ -2,7 +2,6 @@
 //! codes, keystrokes, pause and resume, stop, timeout, `village approval request`, and no
 //! process left behind.
 #![allow(clippy::unwrap_used)]
-
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -29,7 +28,17 @@ async fn setup() -> (TestServer, RunnerProcess, String, tempfile::TempDir) {
         &format!("http://{}", server.addr),
         &join,
         &path.join("runner"),
-        &["--agent", SCRIPT_AGENT, "--max-sessions", "4"],
+        &[
+            "--agent",
+            SCRIPT_AGENT,
+            "--agent",
+            &format!(
+                "gemini_cli=acp:{} demo-agent",
+                env!("CARGO_BIN_EXE_village")
+            ),
+            "--max-sessions",
+            "4",
+        ],
     );
     runner.wait_online(&admin).await;
     (server, runner, repo, dir)
@@ -275,6 +284,24 @@ async fn a_killed_runner_takes_its_agents_with_it_and_a_restart_keeps_its_identi
     let (server, mut runner, repo, _dir) = setup().await;
     let admin = server.admin();
     let first_id = runner.runner_id().unwrap();
+    // Heartbeats carry the host's real load and the offered agents' versions.
+    let info = eventually(20, || async {
+        let info = admin
+            .get(&format!("/api/v1/runners/{first_id}"))
+            .await
+            .data()
+            .clone();
+        (info["load"]["memoryPercent"].as_f64().unwrap_or(0.0) > 0.0).then_some(info)
+    })
+    .await;
+    let version = info["runtimeVersions"]["gemini_cli"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(version.contains(env!("CARGO_PKG_VERSION")), "{info}");
+    assert_eq!(
+        info["buildId"],
+        concat!("village-runner-", env!("CARGO_PKG_VERSION"))
+    );
     let id = create(
         &admin,
         "omnara",
