@@ -2,7 +2,6 @@
 //! codes, keystrokes, pause and resume, stop, timeout, `village approval request`, and no
 //! process left behind.
 #![allow(clippy::unwrap_used)]
-#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -242,7 +241,15 @@ async fn village_approval_request_blocks_until_allowed_or_denied() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     wait_state(&admin, &allowed, "COMPLETED", 30).await;
-    assert!(output(&admin, &allowed).await.contains("answer:0"));
+    let text = output(&admin, &allowed).await;
+    assert!(text.contains("answer:0"), "{text}");
+    // The session shows one line when the approval is asked for and one when it is answered.
+    assert_eq!(
+        text.matches("⏸ waiting for approval: push to main").count(),
+        1,
+        "{text}"
+    );
+    assert_eq!(text.matches("✔ allowed").count(), 1, "{text}");
 
     let denied = create(
         &admin,
@@ -262,7 +269,7 @@ async fn village_approval_request_blocks_until_allowed_or_denied() {
         .await;
     wait_state(&admin, &denied, "COMPLETED", 30).await;
     let text = output(&admin, &denied).await;
-    assert!(text.contains("denied: not today"), "{text}");
+    assert_eq!(text.matches("✘ denied: not today").count(), 1, "{text}");
     assert!(text.contains("denied:1"), "{text}");
 
     // A token of no session, and a bad action, are errors (exit 3).

@@ -258,25 +258,34 @@ impl SessionBroker {
             .contains(&(ask.action.clone(), ask.tool.clone()))
     }
 
-    /// The server created approval `id` for `ask`; `reply` gets the decision.
-    pub fn waiting(&mut self, id: String, ask: Ask, reply: oneshot::Sender<Decision>) {
+    /// The server created approval `id` for `ask`; `reply` gets the decision. A decision that
+    /// came first is returned if it reached someone still waiting for it.
+    pub fn waiting(
+        &mut self,
+        id: String,
+        ask: Ask,
+        reply: oneshot::Sender<Decision>,
+    ) -> Option<Decision> {
         if let Some(d) = self.early.remove(&id) {
             self.remember(&ask, &d);
-            let _ = reply.send(d);
+            reply.send(d.clone()).ok().map(|()| d)
         } else {
             self.waiting.insert(id, (ask, reply));
+            None
         }
     }
 
-    /// `approval_resolved` for approval `id`.
-    pub fn resolved(&mut self, id: &str, decision: Decision) {
+    /// `approval_resolved` for approval `id`: the decision, if it reached someone still waiting
+    /// for it.
+    pub fn resolved(&mut self, id: &str, decision: Decision) -> Option<Decision> {
         match self.waiting.remove(id) {
             Some((ask, reply)) => {
                 self.remember(&ask, &decision);
-                let _ = reply.send(decision);
+                reply.send(decision.clone()).ok().map(|()| decision)
             }
             None => {
                 self.early.insert(id.to_string(), decision);
+                None
             }
         }
     }
@@ -369,8 +378,8 @@ mod tests {
             )
         };
         let (tx, mut rx) = oneshot::channel();
-        b.waiting("a1".into(), ask("ls", "Bash"), tx);
-        b.resolved(
+        assert_eq!(b.waiting("a1".into(), ask("ls", "Bash"), tx), None);
+        let delivered = b.resolved(
             "a1",
             Decision {
                 allow: true,
@@ -378,6 +387,7 @@ mod tests {
                 reason: None,
             },
         );
+        assert!(delivered.is_some_and(|d| d.allow));
         assert!(rx.try_recv().unwrap().allow);
         assert!(b.allowed_for_session(&ask("pwd", "Bash")));
         assert!(
@@ -386,10 +396,16 @@ mod tests {
         );
         assert!(!b.allowed_for_session(&ask("ls", "Shell")), "another tool");
         // A decision that arrives before the id is known is kept for it.
-        b.resolved("a2", Decision::deny("no"));
+        assert_eq!(b.resolved("a2", Decision::deny("no")), None);
         let (tx, mut rx) = oneshot::channel();
-        b.waiting("a2".into(), ask("git push", "Bash"), tx);
+        let delivered = b.waiting("a2".into(), ask("git push", "Bash"), tx);
+        assert_eq!(delivered, Some(Decision::deny("no")));
         assert!(!rx.try_recv().unwrap().allow);
+        // A decision nobody waits for any more (the agent withdrew its request) reached no one.
+        let (tx, rx) = oneshot::channel();
+        b.waiting("a4".into(), ask("git push", "Bash"), tx);
+        drop(rx);
+        assert_eq!(b.resolved("a4", Decision::deny("late")), None);
         // Waiters hear a deny when the session ends.
         let (tx, mut rx) = oneshot::channel();
         b.waiting("a3".into(), ask("rm x", "Bash"), tx);

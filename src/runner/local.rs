@@ -16,7 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
 use super::Runner;
-use super::agents::{Decision, ToolKind};
+use super::agents::{Decision, claude};
 use super::broker::Ask;
 use super::session::SessionCommand;
 
@@ -79,10 +79,10 @@ fn request(runner: &Runner, line: &str) -> Result<oneshot::Receiver<Decision>, S
         .session_of_token(token)
         .ok_or("unknown session token (is the session still running?)")?;
     let ask = if let Some(tool) = v["tool"].as_str() {
-        // A Claude Code PreToolUse hook: classify the tool call like the claude adapter does.
+        // A Claude Code PreToolUse hook: classified and described as the claude adapter does.
         let input = v["input"].clone();
-        let kind = claude_tool_kind(tool, &input);
-        let description = describe(tool, &kind);
+        let kind = claude::tool_kind(tool, &input);
+        let description = claude::describe(tool, &input);
         Ask::from_agent("claude-hook", tool, &kind, input, &description, None)
     } else {
         let action = v["action"].as_str().ok_or("no action")?;
@@ -125,31 +125,6 @@ pub const ACTIONS: &[&str] = &[
     "network",
     "other",
 ];
-
-/// What a Claude Code tool call would do.
-pub fn claude_tool_kind(tool: &str, input: &Value) -> ToolKind {
-    let s = |k: &str| input[k].as_str().unwrap_or_default().to_string();
-    match tool {
-        "Bash" => ToolKind::Shell(s("command")),
-        "Edit" | "Write" | "MultiEdit" => ToolKind::FileEdit(vec![s("file_path")]),
-        "NotebookEdit" => ToolKind::FileEdit(vec![s("notebook_path")]),
-        "Read" => ToolKind::FileRead(s("file_path")),
-        "Grep" | "Glob" | "LS" => ToolKind::FileRead(s("path")),
-        "WebFetch" => ToolKind::Fetch(s("url")),
-        "WebSearch" => ToolKind::Fetch(s("query")),
-        _ => ToolKind::Other,
-    }
-}
-
-fn describe(tool: &str, kind: &ToolKind) -> String {
-    match kind {
-        ToolKind::Shell(c) => format!("{tool}: {c}"),
-        ToolKind::FileEdit(p) => format!("{tool} {}", p.join(", ")),
-        ToolKind::FileRead(p) => format!("{tool} {p}"),
-        ToolKind::Fetch(u) => format!("{tool} {u}"),
-        ToolKind::Other => tool.to_string(),
-    }
-}
 
 /// Sends one request to the runner and waits for its answer (blocking: the caller is a small
 /// command that has nothing else to do).

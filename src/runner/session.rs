@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::agents::{
     AgentContext, AgentControl, ApprovalAsker, Decision, Outcome, OutputSink, PermissionRequest,
-    UsageSink, UsageUpdate,
+    UsageSink, UsageUpdate, render,
 };
 use super::broker::{Ask, SessionBroker};
 use super::channel::Up;
@@ -187,6 +187,8 @@ struct Output {
     assignment: String,
     carry: Vec<u8>,
     pub bytes_in: u64,
+    /// The agent's output so far ends mid-line.
+    mid_line: bool,
 }
 
 impl Output {
@@ -197,14 +199,22 @@ impl Output {
             assignment: spec.assignment.clone(),
             carry: Vec::new(),
             bytes_in: 0,
+            mid_line: false,
         }
     }
 
-    fn line(&mut self, text: &str) {
-        self.push(format!("{text}\r\n").as_bytes());
+    /// The session's own lines (from [`render`]), on a line of their own.
+    fn show(&mut self, lines: &str) {
+        if self.mid_line {
+            self.push(b"\r\n");
+        }
+        self.push(lines.as_bytes());
     }
 
     fn push(&mut self, bytes: &[u8]) {
+        if let Some(last) = bytes.last() {
+            self.mid_line = *last != b'\n';
+        }
         self.bytes_in += bytes.len() as u64;
         self.carry.extend_from_slice(bytes);
         let mut text = String::new();
@@ -285,10 +295,10 @@ async fn git(args: &[&str], cwd: Option<&Path>) -> Result<(), String> {
 /// `<work-dir>/<sessionId>`: a clone of the repository at the session's branch and commit, on a
 /// new branch `village/<first 8 chars of the session id>`.
 async fn prepare_workspace(spec: &SessionSpec, dir: &Path, out: &mut Output) -> Result<(), String> {
-    out.line(&format!(
-        "\x1b[2m$ git clone {} (branch {})\x1b[0m",
+    out.show(&render::note(&format!(
+        "$ git clone {} (branch {})",
         spec.repo_url, spec.branch
-    ));
+    )));
     let _ = tokio::fs::remove_dir_all(dir).await;
     let target = dir.to_string_lossy().into_owned();
     let cloned = git(
@@ -305,13 +315,13 @@ async fn prepare_workspace(spec: &SessionSpec, dir: &Path, out: &mut Output) -> 
     )
     .await;
     if let Err(e) = cloned {
-        out.line(&format!("\x1b[31mworkspace: {e}\x1b[0m"));
+        out.show(&render::error(&format!("workspace: {e}")));
         return Err(e);
     }
     if !spec.commit.is_empty() && spec.commit != "HEAD" {
         git(&["checkout", "--quiet", &spec.commit], Some(dir))
             .await
-            .inspect_err(|e| out.line(&format!("\x1b[31mworkspace: {e}\x1b[0m")))?;
+            .inspect_err(|e| out.show(&render::error(&format!("workspace: {e}"))))?;
     }
     let short: String = spec.id.chars().take(8).collect();
     git(
@@ -319,7 +329,7 @@ async fn prepare_workspace(spec: &SessionSpec, dir: &Path, out: &mut Output) -> 
         Some(dir),
     )
     .await
-    .inspect_err(|e| out.line(&format!("\x1b[31mworkspace: {e}\x1b[0m")))?;
+    .inspect_err(|e| out.show(&render::error(&format!("workspace: {e}"))))?;
     Ok(())
 }
 
@@ -374,7 +384,7 @@ async fn drive(
         Ok(p) => p,
         Err(e) => {
             let msg = format!("cannot start {}: {e}", agent.program);
-            out.line(&format!("\x1b[31m{msg}\x1b[0m"));
+            out.show(&render::error(&msg));
             return Ended {
                 outcome: Outcome::Failed(msg),
                 stopped: false,
@@ -426,11 +436,8 @@ async fn drive(
             Some(bytes) = output_rx.recv() => out.push(&bytes),
             Some(update) = usage_rx.recv() => usage.merge(update),
             Some((request, reply)) = ask_rx.recv() => {
-                // What the agent wrote before asking is queued before its ask: it goes to the
-                // terminal first, so the waiting line follows it.
-                while let Ok(bytes) = output_rx.try_recv() {
-                    out.push(&bytes);
-                }
+                // What the agent wrote before asking comes before the request's line.
+                drain(&mut output_rx, out);
                 let ask = Ask::from_agent(
                     protocol.name(),
                     &request.tool,
@@ -441,10 +448,19 @@ async fn drive(
                 );
                 ask_server(runner, spec, &broker, ask, reply, &registered_tx, out);
             }
-            Some((id, ask, reply)) = registered_rx.recv() => match id {
-                Some(id) => broker.waiting(id, ask, reply),
-                None => { let _ = reply.send(Decision::deny("the server refused the approval request")); }
-            },
+            Some((id, ask, reply)) = registered_rx.recv() => {
+                let delivered = match id {
+                    Some(id) => broker.waiting(id, ask, reply),
+                    None => {
+                        let decision = Decision::deny("the server refused the approval request");
+                        reply.send(decision.clone()).ok().map(|()| decision)
+                    }
+                };
+                if let Some(decision) = delivered {
+                    drain(&mut output_rx, out);
+                    out.show(&render::approval_answered(&decision));
+                }
+            }
             command = commands.recv() => match command {
                 None => {}
                 Some(SessionCommand::Stop) | Some(SessionCommand::Shutdown) if stopping.is_some() => {}
@@ -453,7 +469,8 @@ async fn drive(
                     shutdown |= is_shutdown;
                     stopped |= !is_shutdown;
                     stopping = Some((tokio::time::Instant::now(), is_shutdown));
-                    out.line("\x1b[33m■ stopping\x1b[0m");
+                    drain(&mut output_rx, out);
+                    out.show(&render::stop("stopping"));
                     // A stopped process cannot hear the interrupt.
                     process::signal_group(pgid, Signal::SIGCONT);
                     let _ = control_tx.try_send(AgentControl::Interrupt);
@@ -462,12 +479,13 @@ async fn drive(
                 Some(SessionCommand::Resume) => process::signal_group(pgid, Signal::SIGCONT),
                 Some(SessionCommand::Input(bytes)) => { let _ = control_tx.send(AgentControl::Input(bytes)).await; }
                 Some(SessionCommand::Resolved { approval_id, decision }) => {
-                    broker.resolved(&approval_id, decision);
+                    if let Some(decision) = broker.resolved(&approval_id, decision) {
+                        drain(&mut output_rx, out);
+                        out.show(&render::approval_answered(&decision));
+                    }
                 }
                 Some(SessionCommand::LocalAsk(ask, reply)) => {
-                    while let Ok(bytes) = output_rx.try_recv() {
-                        out.push(&bytes);
-                    }
+                    drain(&mut output_rx, out);
                     ask_server(runner, spec, &broker, ask, reply, &registered_tx, out);
                 }
             },
@@ -491,9 +509,7 @@ async fn drive(
     usage.compute = usage.compute.max(process::group_cpu_seconds(pgid));
     process::signal_group(pgid, Signal::SIGCONT);
     process::signal_group(pgid, Signal::SIGKILL);
-    while let Ok(bytes) = output_rx.try_recv() {
-        out.push(&bytes);
-    }
+    drain(&mut output_rx, out);
     while let Ok(update) = usage_rx.try_recv() {
         usage.merge(update);
     }
@@ -509,8 +525,18 @@ async fn drive(
     }
 }
 
+/// Everything the agent has written so far, so that a line of the session's own comes after it.
+fn drain(output: &mut mpsc::Receiver<Vec<u8>>, out: &mut Output) {
+    while let Ok(bytes) = output.try_recv() {
+        out.push(&bytes);
+    }
+}
+
 /// Sends an approval request unless a session allow covers it; the reply arrives through
 /// `registered` once the server has created the approval.
+///
+/// The terminal shows one line when an approval is asked for and one when it is answered, for
+/// agents' requests and `village approval request` alike; the adapters leave both to this.
 fn ask_server(
     runner: &Arc<Runner>,
     spec: &SessionSpec,
@@ -520,22 +546,18 @@ fn ask_server(
     registered: &mpsc::UnboundedSender<(Option<String>, Ask, oneshot::Sender<Decision>)>,
     out: &mut Output,
 ) {
+    out.show(&render::approval_asked(&ask.description));
     if broker.allowed_for_session(&ask) {
-        out.line(&format!(
-            "\x1b[32m✓ allowed for this session:\x1b[0m {}",
-            ask.description
-        ));
-        let _ = reply.send(Decision {
+        let decision = Decision {
             allow: true,
             for_session: true,
             reason: None,
-        });
+        };
+        if reply.send(decision.clone()).is_ok() {
+            out.show(&render::approval_answered(&decision));
+        }
         return;
     }
-    out.line(&format!(
-        "\x1b[33m? waiting for approval ({}):\x1b[0m {}",
-        ask.action, ask.description
-    ));
     let (tx, rx) = oneshot::channel();
     runner.send(Up::Report {
         frame: json!({

@@ -395,15 +395,12 @@ impl Session {
         }
         let tool = text(request.get("tool_name")).to_string();
         let input = request.get("input").cloned().unwrap_or(Value::Null);
-        let description = format!("{tool}: {}", render::input_summary(&input));
-        self.output
-            .write(render::approval_asked(&description))
-            .await;
+        // The session manager shows the request and its answer (one line each, for every agent).
         let asked = PermissionRequest {
             kind: tool_kind(&tool, &input),
+            description: describe(&tool, &input),
             tool,
             input: input.clone(),
-            description,
             options: request
                 .get("permission_suggestions")
                 .filter(|v| !v.is_null())
@@ -435,9 +432,6 @@ impl Session {
         let Some(pending) = self.pending.remove(&id) else {
             return;
         };
-        self.output
-            .write(render::approval_answered(&decision))
-            .await;
         let tool_use_id = pending.tool_use_id.as_deref();
         // An allow passes the input unchanged, and no permission rules: a `scope: session` allow
         // is remembered by the broker, so every later request still reaches Village.
@@ -503,7 +497,7 @@ impl Session {
                 subtype: "interrupt",
             },
         });
-        self.output.write(render::note("interrupting…")).await;
+        self.output.write(render::stop("interrupting…")).await;
     }
 
     /// A user message: the task, or a follow-up typed in the dashboard.
@@ -585,16 +579,17 @@ fn render_tool_use(tool: &str, input: &Value) -> String {
                 ));
             }
             if out.is_empty() {
-                out = render::tool_call(tool, input);
+                out = render::tool_call(tool, &render::input_summary(input));
             }
             out
         }
-        _ => render::tool_call(tool, input),
+        _ => render::tool_call(tool, &render::input_summary(input)),
     }
 }
 
-/// What the broker needs to classify a tool call.
-fn tool_kind(tool: &str, input: &Value) -> ToolKind {
+/// What a Claude Code tool call would do, for the broker to classify: the adapter's permission
+/// requests and the `village approval claude-hook` requests alike.
+pub fn tool_kind(tool: &str, input: &Value) -> ToolKind {
     // Names are read with literal `get` calls, where the declarations check finds them.
     let field = |value: Option<&Value>| value.and_then(Value::as_str).map(str::to_string);
     match tool {
@@ -606,8 +601,8 @@ fn tool_kind(tool: &str, input: &Value) -> ToolKind {
             ToolKind::FileEdit(field(input.get("notebook_path")).into_iter().collect())
         }
         "Read" => ToolKind::FileRead(field(input.get("file_path")).unwrap_or_default()),
-        // Searches read the tree under `path`, the agent's cwd when it has none.
-        "Grep" => ToolKind::FileRead(field(input.get("path")).unwrap_or_else(|| ".".into())),
+        // Searches and listings read the tree under `path`, the agent's cwd when it has none.
+        "Grep" | "LS" => ToolKind::FileRead(field(input.get("path")).unwrap_or_else(|| ".".into())),
         "Glob" => ToolKind::FileRead(
             field(input.get("path"))
                 .or_else(|| field(input.get("pattern")))
@@ -617,6 +612,11 @@ fn tool_kind(tool: &str, input: &Value) -> ToolKind {
         "WebSearch" => ToolKind::Fetch(field(input.get("query")).unwrap_or_default()),
         _ => ToolKind::Other,
     }
+}
+
+/// A Claude Code tool call in one line, for an approval's description: `Bash: git status`.
+pub fn describe(tool: &str, input: &Value) -> String {
+    format!("{tool}: {}", render::input_summary(input))
 }
 
 /// Why a turn failed: a success-subtype result with `is_error` carries the API error in
@@ -948,30 +948,13 @@ mod tests {
         let raw_output = String::from_utf8_lossy(&raw).into_owned();
         Run {
             outcome,
-            output: strip_ansi(&raw_output),
+            output: render::plain(&raw_output),
             raw_output,
             usage,
             asked: asked.lock().unwrap().clone(),
             log,
             held: std::mem::take(&mut *held.lock().unwrap()),
         }
-    }
-
-    fn strip_ansi(s: &str) -> String {
-        let mut out = String::new();
-        let mut chars = s.chars();
-        while let Some(c) = chars.next() {
-            if c == '\x1b' {
-                for c in chars.by_ref() {
-                    if c.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        out
     }
 
     fn assert_no_protocol_json(run: &Run) {
@@ -1058,11 +1041,13 @@ mod tests {
         );
         assert_eq!(answers[0]["response"], json(&expected));
         assert!(run.output.contains("▸ Bash git status"), "{}", run.output);
+        // The session manager shows the request and its answer, not the adapter.
         assert!(
+            !run.output.contains("waiting for approval"),
+            "{}",
             run.output
-                .contains("⏸ waiting for approval: Bash: git status")
         );
-        assert!(run.output.contains("✔ allowed"));
+        assert!(!run.output.contains("✔ allowed"), "{}", run.output);
         assert!(
             run.output
                 .contains(r#"allowed: Bash {"command": "git status""#)
@@ -1117,7 +1102,8 @@ mod tests {
             );
             assert_eq!(result, &json(&expected));
         }
-        assert!(run.output.contains("✘ denied: not today"));
+        assert!(!run.output.contains("✘ denied"), "{}", run.output);
+        assert!(run.output.contains("denied: not today"));
         assert!(run.output.contains("denied: denied by a Village reviewer"));
         assert!(run.output.contains("still here"));
     }
@@ -1315,6 +1301,10 @@ mod tests {
             tool_kind("Glob", &input(r#"{"pattern":"src/**"}"#)),
             ToolKind::FileRead("src/**".into())
         );
+        assert_eq!(
+            tool_kind("LS", &input(r#"{"path":"/w/src"}"#)),
+            ToolKind::FileRead("/w/src".into())
+        );
         assert_eq!(tool_kind("TodoWrite", &input("{}")), ToolKind::Other);
         let multi = render_tool_use(
             "MultiEdit",
@@ -1322,7 +1312,7 @@ mod tests {
                 r#"{"file_path":"m.rs","edits":[{"old_string":"a","new_string":"b"},{"old_string":"c","new_string":"d"}]}"#,
             ),
         );
-        assert_eq!(strip_ansi(&multi).matches("✎ m.rs").count(), 2);
+        assert_eq!(render::plain(&multi).matches("✎ m.rs").count(), 2);
     }
 
     // The declarations check.

@@ -24,6 +24,7 @@ use tokio::process::{ChildStderr, ChildStdin};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::render;
 use super::{
     Adapter, AgentContext, AgentControl, ApprovalAsker, Decision, Outcome, OutputSink,
     PermissionRequest, ToolKind, UsageSink, UsageUpdate,
@@ -43,13 +44,6 @@ const DECISIONS: [&str; 4] = ["accept", "acceptForSession", "decline", "cancel"]
 const METHOD_NOT_FOUND: i64 = -32601;
 /// How long stdout may stay open after the process ended (a grandchild holding it).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
-/// Command output shown in the terminal: the first and last lines of longer output.
-const OUTPUT_HEAD: usize = 5;
-const OUTPUT_TAIL: usize = 5;
-/// Diff lines shown per file.
-const DIFF_LINES: usize = 80;
-/// Longest line shown of command output or a diff, in characters.
-const LINE_CHARS: usize = 200;
 /// Stderr lines kept to explain an abnormal end.
 const STDERR_LINES: usize = 20;
 
@@ -87,10 +81,8 @@ async fn run(mut cx: AgentContext) -> Outcome {
         pending: HashMap::new(),
         thread_id: None,
         turn: TurnState::Idle,
-        turns: 0,
         queued: VecDeque::new(),
-        typed: Vec::new(),
-        escape: Escape::None,
+        typed: render::LineInput::default(),
         interrupting: false,
         items: HashMap::new(),
         asking: HashMap::new(),
@@ -194,14 +186,6 @@ enum TurnState {
     Running(String),
 }
 
-/// Where the line editor is in an escape sequence (arrow keys and the like are not text).
-#[derive(Clone, Copy)]
-enum Escape {
-    None,
-    Started,
-    Csi,
-}
-
 /// What the adapter remembers of an item between `item/started` and `item/completed`.
 #[derive(Default)]
 struct ItemInfo {
@@ -223,12 +207,10 @@ struct Session {
     pending: HashMap<u64, Pending>,
     thread_id: Option<String>,
     turn: TurnState,
-    turns: u32,
     /// Follow-up prompts typed while a turn runs.
     queued: VecDeque<String>,
     /// The line being typed.
-    typed: Vec<u8>,
-    escape: Escape,
+    typed: render::LineInput,
     interrupting: bool,
     items: HashMap<String, ItemInfo>,
     /// Approval requests with the broker, by the request id's JSON text.
@@ -296,7 +278,6 @@ impl Session {
             self.queued.push_back(text);
             return;
         };
-        self.turns += 1;
         self.turn = TurnState::Starting;
         self.request(
             "turn/start",
@@ -320,7 +301,7 @@ impl Session {
 
     /// The session failed for a protocol reason: say so and let the server go.
     async fn fail(&mut self, message: String) {
-        self.emit_line(RED, &format!("✗ {message}")).await;
+        self.show(render::error(&message)).await;
         self.outcome = Some(Outcome::Failed(message));
         self.close();
     }
@@ -335,34 +316,27 @@ impl Session {
         self.out.write(text).await;
     }
 
-    /// A whole line, starting on a fresh one.
-    async fn emit_line(&mut self, colour: &str, text: &str) {
+    /// Lines from [`render`], starting on a fresh line.
+    async fn show(&mut self, lines: String) {
         let mut rendered = String::new();
-        if self.mid_line {
+        if self.mid_line && !lines.is_empty() {
             rendered.push_str("\r\n");
         }
-        rendered.push_str(&line(colour, text));
+        rendered.push_str(&lines);
         self.emit(rendered).await;
     }
 
-    async fn emit_lines(&mut self, lines: Vec<(&'static str, String)>) {
-        let mut rendered = String::new();
-        if self.mid_line {
-            rendered.push_str("\r\n");
-        }
-        for (colour, text) in &lines {
-            rendered.push_str(&line(colour, text));
-        }
-        self.emit(rendered).await;
+    fn relative(&self, path: &str) -> String {
+        render::shown_path(Path::new(&self.workspace), Path::new(path))
     }
 
-    fn relative<'a>(&self, path: &'a str) -> &'a str {
-        Path::new(path)
-            .strip_prefix(&self.workspace)
-            .ok()
-            .and_then(|rel| rel.to_str())
-            .filter(|rel| !rel.is_empty())
-            .unwrap_or(path)
+    /// What the session has learnt of the thread's token totals, for the summary of a turn.
+    fn usage(&self) -> UsageUpdate {
+        UsageUpdate {
+            tokens_in: self.tokens.map(|(tokens_in, _)| tokens_in),
+            tokens_out: self.tokens.map(|(_, tokens_out)| tokens_out),
+            ..UsageUpdate::default()
+        }
     }
 
     // --- from the agent -----------------------------------------------------------------------
@@ -378,7 +352,7 @@ impl Session {
                 // Not protocol: show it unless it is JSON we cannot read (never raw JSON).
                 let text = line.trim();
                 if !text.is_empty() && !text.starts_with(['{', '[']) {
-                    self.emit_line(DIM, text).await;
+                    self.show(render::note(text)).await;
                 }
                 return;
             }
@@ -424,10 +398,10 @@ impl Session {
                     Ok(started) => {
                         self.thread_id = Some(started.thread.id);
                         let model = started.model.unwrap_or_else(|| "default model".into());
-                        self.emit_line(DIM, &format!("codex · {model} · {}", self.workspace))
-                            .await;
+                        let about = format!("codex · {model} · {}", self.workspace);
+                        self.show(render::note(&about)).await;
                         let task = std::mem::take(&mut self.task);
-                        self.emit_line(BOLD, &format!("› {task}")).await;
+                        self.show(render::prompt(&task)).await;
                         self.start_turn(task);
                     }
                     Err(message) => {
@@ -449,8 +423,8 @@ impl Session {
             },
             Pending::TurnInterrupt => {
                 if let Err(message) = result {
-                    self.emit_line(DIM, &format!("codex did not interrupt: {message}"))
-                        .await;
+                    let note = format!("codex did not interrupt: {message}");
+                    self.show(render::note(&note)).await;
                 }
             }
         }
@@ -492,8 +466,7 @@ impl Session {
             "item/agentMessage/delta" => {
                 if let Ok(delta) = serde_json::from_value::<AgentMessageDelta>(params) {
                     self.streaming = Some(delta.item_id);
-                    let text = clean(&delta.delta).replace('\n', "\r\n");
-                    self.emit(text).await;
+                    self.emit(render::text_chunk(&delta.delta)).await;
                 }
             }
             "thread/tokenUsage/updated" => {
@@ -513,28 +486,26 @@ impl Session {
                 if let Ok(error) = serde_json::from_value::<ErrorNotification>(params) {
                     let message = error.error.message;
                     if error.will_retry {
-                        self.emit_line(YELLOW, &format!("⚠ {message} (retrying)"))
-                            .await;
+                        let warning = format!("{message} (retrying)");
+                        self.show(render::warning(&warning)).await;
                     } else {
-                        let mut lines = vec![(RED, format!("✗ {message}"))];
+                        let mut lines = render::error(&message);
                         if let Some(details) = error.error.additional_details {
-                            lines.push((DIM, format!("  {details}")));
+                            lines.push_str(&render::note(&format!("  {details}")));
                         }
-                        self.emit_lines(lines).await;
+                        self.show(lines).await;
                         self.last_error = Some(message);
                     }
                 }
             }
             "warning" => {
                 if let Ok(warning) = serde_json::from_value::<Warning>(params) {
-                    self.emit_line(YELLOW, &format!("⚠ {}", warning.message))
-                        .await;
+                    self.show(render::warning(&warning.message)).await;
                 }
             }
             "configWarning" | "deprecationNotice" => {
                 if let Ok(notice) = serde_json::from_value::<Notice>(params) {
-                    self.emit_line(YELLOW, &format!("⚠ {}", notice.summary))
-                        .await;
+                    self.show(render::warning(&notice.summary)).await;
                 }
             }
             "serverRequest/resolved" => {
@@ -543,7 +514,8 @@ impl Session {
                     && let Some(asking) = self.asking.remove(&resolved.request_id.to_string())
                 {
                     asking.abort();
-                    self.emit_line(DIM, "  (approval no longer needed)").await;
+                    self.show(render::note("approval withdrawn by the agent"))
+                        .await;
                 }
             }
             _ => {}
@@ -553,26 +525,15 @@ impl Session {
     async fn turn_completed(&mut self, turn: TurnObject) {
         self.turn = TurnState::Idle;
         match turn.status.as_str() {
-            "completed" if !self.interrupting => {
-                if let Some(next) = self.queued.pop_front() {
+            "completed" => {
+                self.show(render::summary(true, &self.usage())).await;
+                // Done before an interrupt landed: what was typed after stays unsent.
+                if !self.interrupting
+                    && let Some(next) = self.queued.pop_front()
+                {
                     self.start_turn(next);
                     return;
                 }
-                let mut summary = format!(
-                    "✓ codex finished · {} turn{}",
-                    self.turns,
-                    if self.turns == 1 { "" } else { "s" }
-                );
-                if let Some((tokens_in, tokens_out)) = self.tokens {
-                    summary.push_str(&format!(" · {tokens_in} tokens in, {tokens_out} out"));
-                }
-                self.emit_line(GREEN, &summary).await;
-                self.outcome = Some(Outcome::Completed);
-                self.close();
-            }
-            "completed" => {
-                // Done before the interrupt landed: what was typed after stays unsent.
-                self.emit_line(GREEN, "✓ codex finished").await;
                 self.outcome = Some(Outcome::Completed);
                 self.close();
             }
@@ -582,13 +543,14 @@ impl Session {
                     .map(|error| error.message)
                     .or_else(|| self.last_error.take())
                     .unwrap_or_else(|| "the turn failed".into());
-                self.emit_line(RED, &format!("✗ codex failed: {message}"))
-                    .await;
+                let mut lines = render::error(&message);
+                lines.push_str(&render::summary(false, &self.usage()));
+                self.show(lines).await;
                 self.outcome = Some(Outcome::Failed(message));
                 self.close();
             }
             "interrupted" => {
-                self.emit_line(YELLOW, "■ interrupted").await;
+                self.show(render::stop("interrupted")).await;
                 self.outcome = Some(Outcome::Failed("interrupted".into()));
                 self.close();
             }
@@ -599,7 +561,7 @@ impl Session {
     async fn item_started(&mut self, item: Item) {
         match item {
             Item::CommandExecution { id, command, .. } => {
-                self.emit_line(CYAN, &format!("$ {command}")).await;
+                self.show(render::tool_call("$", &command)).await;
                 let info = ItemInfo {
                     command: Some(command),
                     ..ItemInfo::default()
@@ -612,7 +574,7 @@ impl Session {
                     ..ItemInfo::default()
                 };
                 if !changes.is_empty() {
-                    self.emit_lines(self.diff(&changes)).await;
+                    self.show(self.diff(&changes)).await;
                     info.diff_shown = true;
                 }
                 self.items.insert(id, info);
@@ -630,7 +592,7 @@ impl Session {
                         self.emit("\r\n".into()).await;
                     }
                 } else if !text.is_empty() {
-                    self.emit_line("", &text).await;
+                    self.show(render::assistant_text(&text)).await;
                 }
             }
             Item::CommandExecution {
@@ -640,23 +602,22 @@ impl Session {
                 aggregated_output,
                 exit_code,
             } => {
-                let mut lines = Vec::new();
+                let mut lines = String::new();
                 if self.items.remove(&id).is_none() {
-                    lines.push((CYAN, format!("$ {command}")));
+                    lines.push_str(&render::tool_call("$", &command));
                 }
-                lines.extend(
-                    shorten(aggregated_output.as_deref().unwrap_or(""))
-                        .into_iter()
-                        .map(|l| (DIM, format!("  {l}"))),
-                );
-                lines.push(match (status.as_str(), exit_code) {
-                    ("declined", _) => (YELLOW, "  ✗ declined".to_string()),
-                    (_, Some(0)) => (GREEN, "  exit 0".to_string()),
-                    (_, Some(code)) => (RED, format!("  exit {code}")),
-                    ("failed", None) => (RED, "  failed".to_string()),
-                    (status, None) => (DIM, format!("  {status}")),
+                let output = aggregated_output.unwrap_or_default();
+                let failed = status == "failed" || exit_code.is_some_and(|code| code != 0);
+                if !output.trim().is_empty() {
+                    lines.push_str(&render::tool_result(&output, failed));
+                }
+                lines.push_str(&match (status.as_str(), exit_code) {
+                    ("declined", _) => render::tool_status(false, "declined"),
+                    (_, Some(code)) => render::tool_status(code == 0, &format!("exit {code}")),
+                    ("failed", None) => render::tool_status(false, "failed"),
+                    (status, None) => render::note(&format!("  {status}")),
                 });
-                self.emit_lines(lines).await;
+                self.show(lines).await;
             }
             Item::FileChange {
                 id,
@@ -665,64 +626,53 @@ impl Session {
             } => {
                 let shown = self.items.remove(&id).is_some_and(|info| info.diff_shown);
                 let mut lines = if shown {
-                    Vec::new()
+                    String::new()
                 } else {
                     self.diff(&changes)
                 };
-                lines.push(match status.as_str() {
-                    "completed" => (GREEN, "  ✓ applied".to_string()),
-                    "declined" => (YELLOW, "  ✗ declined".to_string()),
-                    "failed" => (RED, "  ✗ failed".to_string()),
-                    other => (DIM, format!("  {other}")),
+                lines.push_str(&match status.as_str() {
+                    "completed" => render::tool_status(true, "applied"),
+                    "declined" => render::tool_status(false, "declined"),
+                    "failed" => render::tool_status(false, "failed"),
+                    other => render::note(&format!("  {other}")),
                 });
-                self.emit_lines(lines).await;
+                self.show(lines).await;
             }
             Item::WebSearch { query } => {
-                self.emit_line(DIM, &format!("search: {query}")).await;
+                self.show(render::tool_call("web search", &query)).await;
             }
             Item::McpToolCall {
                 server,
                 tool,
                 status,
             } => {
-                self.emit_line(DIM, &format!("tool {server}.{tool}: {status}"))
-                    .await;
+                let mut lines = render::tool_call(&format!("{server}.{tool}"), "");
+                lines.push_str(&render::tool_status(status == "completed", &status));
+                self.show(lines).await;
             }
             Item::Other => {}
         }
     }
 
-    /// A file change as coloured lines: the `diff` of an added file is its content, of a
-    /// deleted one the old content, of an update a unified diff.
-    fn diff(&self, changes: &[FileUpdateChange]) -> Vec<(&'static str, String)> {
-        let mut lines = Vec::new();
+    /// A file change as diffs: the `diff` of an added file is its content, of a deleted one the
+    /// old content, of an update a unified diff.
+    fn diff(&self, changes: &[FileUpdateChange]) -> String {
+        let mut lines = String::new();
         for change in changes {
             let path = self.relative(&change.path);
-            let (what, sign) = match &change.kind {
-                PatchKind::Add => ("added".to_string(), Some(('+', GREEN))),
-                PatchKind::Delete => ("deleted".to_string(), Some(('-', RED))),
+            lines.push_str(&match &change.kind {
+                PatchKind::Add => render::diff(&format!("{path} (added)"), "", &change.diff),
+                PatchKind::Delete => render::diff(&format!("{path} (deleted)"), &change.diff, ""),
                 PatchKind::Update {
                     move_path: Some(to),
-                } => (format!("moved to {}", self.relative(to)), None),
-                PatchKind::Update { move_path: None } | PatchKind::Other => {
-                    ("modified".to_string(), None)
+                } => {
+                    let what = format!("{path} (moved to {})", self.relative(to));
+                    render::unified_diff(&what, &change.diff)
                 }
-            };
-            lines.push((BOLD, format!("✎ {path} ({what})")));
-            let body: Vec<&str> = change.diff.lines().collect();
-            for text in body.iter().take(DIFF_LINES) {
-                let text = truncate(text);
-                lines.push(match sign {
-                    Some((sign, colour)) => (colour, format!("{sign}{text}")),
-                    None if text.starts_with("@@") => (CYAN, text),
-                    None if text.starts_with('+') => (GREEN, text),
-                    None if text.starts_with('-') => (RED, text),
-                    None => (DIM, text),
-                });
-            }
-            if body.len() > DIFF_LINES {
-                lines.push((DIM, format!("… {} more lines", body.len() - DIFF_LINES)));
-            }
+                PatchKind::Update { move_path: None } | PatchKind::Other => {
+                    render::unified_diff(&format!("{path} (modified)"), &change.diff)
+                }
+            });
         }
         lines
     }
@@ -764,7 +714,7 @@ impl Session {
                         {
                             paths.push(root);
                         }
-                        let shown: Vec<&str> = paths.iter().map(|p| self.relative(p)).collect();
+                        let shown: Vec<String> = paths.iter().map(|p| self.relative(p)).collect();
                         let mut description = if shown.is_empty() {
                             "Edit files".to_string()
                         } else {
@@ -798,11 +748,10 @@ impl Session {
             });
             return;
         };
-        self.emit_line(
-            YELLOW,
-            &format!("? {} — waiting for approval", request.description),
-        )
-        .await;
+        // The session manager shows the request, and later its answer, on lines of their own.
+        if self.mid_line {
+            self.emit("\r\n".into()).await;
+        }
         let asker = self.approvals.clone();
         let events = self.events.clone();
         let key = id.to_string();
@@ -820,16 +769,11 @@ impl Session {
                     // Withdrawn by the server in the meantime.
                     return;
                 }
-                let (answer, shown) = match (decision.allow, decision.for_session) {
-                    (true, true) => ("acceptForSession", (GREEN, "  ✓ allowed for the session")),
-                    (true, false) => ("accept", (GREEN, "  ✓ allowed")),
-                    (false, _) => ("decline", (YELLOW, "  ✗ denied")),
+                let answer = match (decision.allow, decision.for_session) {
+                    (true, true) => "acceptForSession",
+                    (true, false) => "accept",
+                    (false, _) => "decline",
                 };
-                let mut text = shown.1.to_string();
-                if let Some(reason) = decision.reason.filter(|r| !r.is_empty() && !decision.allow) {
-                    text.push_str(&format!(": {reason}"));
-                }
-                self.emit_line(shown.0, &text).await;
                 self.send(&Reply {
                     id,
                     result: ApprovalResult { decision: answer },
@@ -863,7 +807,7 @@ impl Session {
                 }
                 self.interrupting = true;
                 self.queued.clear();
-                self.emit_line(YELLOW, "■ interrupting…").await;
+                self.show(render::stop("interrupting…")).await;
                 match &self.turn {
                     TurnState::Running(turn_id) => {
                         let turn_id = turn_id.clone();
@@ -881,51 +825,16 @@ impl Session {
         }
     }
 
-    /// Keystrokes: a tiny line editor. Printable input is echoed, backspace erases, Enter makes
-    /// the line a prompt for the next turn.
+    /// Keystrokes: echoed, and each completed line a prompt for the next turn.
     async fn on_input(&mut self, bytes: &[u8]) {
-        let mut echo = Vec::new();
-        for &byte in bytes {
-            match (self.escape, byte) {
-                (Escape::Started, b'[' | b'O') => self.escape = Escape::Csi,
-                (Escape::Started, _) => self.escape = Escape::None,
-                (Escape::Csi, 0x40..=0x7e) => self.escape = Escape::None,
-                (Escape::Csi, _) => {}
-                (Escape::None, 0x1b) => self.escape = Escape::Started,
-                (Escape::None, b'\r' | b'\n') => {
-                    echo.extend_from_slice(b"\r\n");
-                    let prompt = String::from_utf8_lossy(&self.typed).trim().to_string();
-                    self.typed.clear();
-                    if !prompt.is_empty() {
-                        self.flush_echo(&mut echo).await;
-                        self.follow_up(prompt);
-                    }
-                }
-                (Escape::None, 0x7f | 0x08) => {
-                    // Remove one character: its continuation bytes, then its first byte.
-                    while self.typed.last().is_some_and(|b| b & 0xc0 == 0x80) {
-                        self.typed.pop();
-                    }
-                    if self.typed.pop().is_some() {
-                        echo.extend_from_slice(b"\x08 \x08");
-                    }
-                }
-                (Escape::None, byte) if byte < 0x20 => {}
-                (Escape::None, byte) => {
-                    self.typed.push(byte);
-                    echo.push(byte);
-                }
-            }
+        let typed = self.typed.feed(bytes);
+        if !typed.echo.is_empty() {
+            self.mid_line = !typed.echo.ends_with(b"\n");
+            self.out.write(typed.echo).await;
         }
-        self.flush_echo(&mut echo).await;
-    }
-
-    async fn flush_echo(&mut self, echo: &mut Vec<u8>) {
-        if echo.is_empty() {
-            return;
+        for line in typed.lines {
+            self.follow_up(line);
         }
-        self.mid_line = !echo.ends_with(b"\n");
-        self.out.write(std::mem::take(echo)).await;
     }
 
     fn follow_up(&mut self, prompt: String) {
@@ -946,22 +855,22 @@ impl Session {
         if exit == ExitInfo::Code(0) && protocol == Some(Outcome::Completed) {
             return Outcome::Completed;
         }
-        let mut lines: Vec<_> = self.stderr.drain(..).map(|l| (DIM, l)).collect();
+        let mut lines: String = self.stderr.drain(..).map(|l| render::note(&l)).collect();
         let outcome = match exit {
             ExitInfo::Code(0) => {
                 let message = "codex exited before the turn was over".to_string();
-                lines.push((RED, format!("✗ {message}")));
+                lines.push_str(&render::error(&message));
                 Outcome::Failed(message)
             }
             exit => {
                 let outcome = exit.outcome();
                 if let Outcome::Failed(message) = &outcome {
-                    lines.push((RED, format!("✗ codex exited: {message}")));
+                    lines.push_str(&render::error(&format!("codex exited: {message}")));
                 }
                 outcome
             }
         };
-        self.emit_lines(lines).await;
+        self.show(lines).await;
         outcome
     }
 }
@@ -973,33 +882,6 @@ fn decisions() -> Value {
             .map(|d| Value::String((*d).into()))
             .collect(),
     )
-}
-
-/// Command output for the terminal: cleaned, the first and last lines of a long one.
-fn shorten(output: &str) -> Vec<String> {
-    let output = clean(output);
-    let lines: Vec<&str> = output.lines().collect();
-    if lines.len() <= OUTPUT_HEAD + OUTPUT_TAIL + 1 {
-        return lines.into_iter().map(truncate).collect();
-    }
-    let mut shown: Vec<String> = lines[..OUTPUT_HEAD].iter().map(|l| truncate(l)).collect();
-    shown.push(format!(
-        "… {} more lines",
-        lines.len() - OUTPUT_HEAD - OUTPUT_TAIL
-    ));
-    shown.extend(
-        lines[lines.len() - OUTPUT_TAIL..]
-            .iter()
-            .map(|l| truncate(l)),
-    );
-    shown
-}
-
-fn truncate(line: &str) -> String {
-    match line.char_indices().nth(LINE_CHARS) {
-        Some((at, _)) => format!("{}…", &line[..at]),
-        None => line.to_string(),
-    }
 }
 
 // --- the wire ---------------------------------------------------------------------------------
@@ -1273,73 +1155,6 @@ struct FileApproval {
     grant_root: Option<String>,
 }
 
-// --- rendering (to move to the shared renderer) -----------------------------------------------
-
-const RESET: &str = "\x1b[0m";
-const BOLD: &str = "\x1b[1m";
-const DIM: &str = "\x1b[2m";
-const RED: &str = "\x1b[31m";
-const GREEN: &str = "\x1b[32m";
-const YELLOW: &str = "\x1b[33m";
-const CYAN: &str = "\x1b[36m";
-
-/// One terminal line in a colour ("" for the default), ending in "\r\n"; the agent's text is
-/// cleaned of control sequences so it cannot repaint the terminal.
-fn line(colour: &str, text: &str) -> String {
-    let text = clean(text);
-    let mut out = String::with_capacity(text.len() + 16);
-    for (i, part) in text.split('\n').enumerate() {
-        if i > 0 {
-            out.push_str("\r\n");
-        }
-        if colour.is_empty() {
-            out.push_str(part);
-        } else {
-            out.push_str(colour);
-            out.push_str(part);
-            out.push_str(RESET);
-        }
-    }
-    out.push_str("\r\n");
-    out
-}
-
-/// Drops escape sequences and control characters other than newline and tab.
-fn clean(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\x1b' => match chars.next() {
-                Some('[') => {
-                    for c in chars.by_ref() {
-                        if ('\x40'..='\x7e').contains(&c) {
-                            break;
-                        }
-                    }
-                }
-                Some(']') => {
-                    // An operating-system command ends with BEL or ESC \.
-                    while let Some(c) = chars.next() {
-                        if c == '\x07' {
-                            break;
-                        }
-                        if c == '\x1b' {
-                            chars.next();
-                            break;
-                        }
-                    }
-                }
-                _ => {}
-            },
-            '\n' | '\t' => out.push(c),
-            c if c.is_control() => {}
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use std::os::unix::process::ExitStatusExt;
@@ -1368,8 +1183,9 @@ mod tests {
     }
 
     impl Run {
+        /// The terminal's text, without its colours.
         fn output(&self) -> String {
-            String::from_utf8_lossy(&self.output.lock().unwrap()).into_owned()
+            render::plain(&String::from_utf8_lossy(&self.output.lock().unwrap()))
         }
 
         async fn wait_for_output(&self, needle: &str) {
@@ -1575,9 +1391,9 @@ mod tests {
             "from-the-shell",
             "exit 0",
             "✎ notes.txt (added)",
-            "+edited by fake codex",
-            "✓ applied",
-            "✓ codex finished · 1 turn",
+            "+ edited by fake codex",
+            "✔ applied",
+            "✔ done",
         ] {
             assert!(out.contains(expected), "no {expected:?} in:\n{out}");
         }
@@ -1621,7 +1437,13 @@ mod tests {
         let outcome = run.finish().await;
         assert_eq!(outcome, Outcome::Completed);
         assert!(run.dir.path().join("ws/made-by-codex").exists());
-        assert!(run.output().contains("exit 3"), "{}", run.output());
+        assert!(run.output().contains("✘ exit 3"), "{}", run.output());
+        // The session manager shows the request and its answer, not the adapter.
+        assert!(
+            !run.output().contains("approval") && !run.output().contains("allowed"),
+            "{}",
+            run.output()
+        );
         let requests = requests.lock().unwrap();
         assert_eq!(requests.len(), 1);
         let request = &requests[0];
@@ -1657,8 +1479,8 @@ mod tests {
         let replies = run.replies_to("item/commandExecution/requestApproval");
         assert_eq!(decision_of(&replies[0]), "decline");
         let out = run.output();
-        assert!(out.contains("✗ denied: not today"), "{out}");
-        assert!(out.contains("✗ declined"), "{out}");
+        assert!(!out.contains("denied"), "{out}");
+        assert!(out.contains("✘ declined"), "{out}");
         assert!(out.contains("carrying on"), "{out}");
     }
 
@@ -1698,9 +1520,11 @@ mod tests {
         let replies = run.replies_to("item/fileChange/requestApproval");
         assert_eq!(decision_of(&replies[0]), "decline");
         let out = run.output();
-        assert!(out.contains("✎ kept.txt (modified)"), "{out}");
-        assert!(out.contains("+edited by fake codex"), "{out}");
-        assert!(out.contains("✗ declined"), "{out}");
+        assert!(
+            out.contains("✎ kept.txt (modified)\r\n  line one\r\n+ edited by fake codex"),
+            "{out}"
+        );
+        assert!(out.contains("✘ declined"), "{out}");
     }
 
     #[tokio::test]
@@ -1721,7 +1545,7 @@ mod tests {
             }
         );
         assert!(
-            run.output().contains("125 tokens in, 37 out"),
+            run.output().contains("✔ done · 125 tokens in · 37 out"),
             "{}",
             run.output()
         );
@@ -1740,7 +1564,9 @@ mod tests {
         );
         assert!(
             run.output()
-                .contains("✗ codex failed: the model is overloaded")
+                .contains("✘ the model is overloaded\r\n✘ failed"),
+            "{}",
+            run.output()
         );
     }
 
@@ -1752,7 +1578,7 @@ mod tests {
         assert_eq!(outcome, Outcome::Failed("exit status 3".into()));
         let out = run.output();
         assert!(out.contains("thread panicked"), "{out}");
-        assert!(out.contains("✗ codex exited: exit status 3"), "{out}");
+        assert!(out.contains("✘ codex exited: exit status 3"), "{out}");
     }
 
     #[tokio::test]
@@ -1834,7 +1660,7 @@ mod tests {
         assert_eq!(turns, ["run echo first", "say again", "say and again"]);
         let out = run.output();
         assert!(out.contains("say agx\x08 \x08ain\r\n"), "{out:?}");
-        assert!(out.contains("✓ codex finished · 3 turns"), "{out}");
+        assert_eq!(out.matches("✔ done").count(), 3, "{out}");
     }
 
     #[tokio::test]
@@ -1858,27 +1684,5 @@ mod tests {
         let out = run.output();
         assert!(out.contains("⚠ disk almost full"), "{out}");
         assert!(out.contains("⚠ reconnecting (retrying)"), "{out}");
-    }
-
-    #[test]
-    fn long_output_is_shortened_and_cleaned() {
-        let output: String = (1..=30).map(|i| format!("line {i}\n")).collect();
-        let shown = shorten(&output);
-        assert_eq!(shown.len(), OUTPUT_HEAD + 1 + OUTPUT_TAIL);
-        assert_eq!(shown[0], "line 1");
-        assert_eq!(shown[OUTPUT_HEAD], "… 20 more lines");
-        assert_eq!(shown.last().unwrap(), "line 30");
-        assert_eq!(
-            clean("\x1b[31mred\x1b[0m\r\n\x1b]0;title\x07ok\x07"),
-            "red\nok"
-        );
-        assert_eq!(
-            truncate(&"é".repeat(LINE_CHARS + 5)).chars().count(),
-            LINE_CHARS + 1
-        );
-        assert_eq!(
-            line(RED, "a\nb"),
-            "\x1b[31ma\x1b[0m\r\n\x1b[31mb\x1b[0m\r\n"
-        );
     }
 }

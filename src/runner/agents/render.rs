@@ -9,8 +9,13 @@
 //! characters removed, so neither a model's reply nor a tool's output can move the cursor,
 //! retitle the window or write to the clipboard of whoever watches the session.
 //!
+//! Streamed text ([`text_chunk`], [`thought_chunk`]) is the exception: it is written as it
+//! arrives and may end mid-line; the adapter that streams breaks the line before what follows.
+//!
 //! [`LineInput`] is the other direction: keystrokes from the dashboard, echoed and collected into
 //! the lines a structured agent gets as follow-up prompts.
+
+use std::path::Path;
 
 use serde_json::Value;
 
@@ -19,6 +24,7 @@ use super::{Decision, UsageUpdate};
 const RESET: &str = "\x1b[0m";
 const BOLD: &str = "\x1b[1m";
 const DIM: &str = "\x1b[2m";
+const DIM_ITALIC: &str = "\x1b[2;3m";
 const RED: &str = "\x1b[31m";
 const GREEN: &str = "\x1b[32m";
 const YELLOW: &str = "\x1b[33m";
@@ -39,40 +45,80 @@ pub fn assistant_text(text: &str) -> String {
     paint_lines(&clean(text), "", "")
 }
 
-/// A tool call: the tool's name and its input in one line (see [`input_summary`]).
-pub fn tool_call(tool: &str, input: &Value) -> String {
-    let summary = input_summary(input);
-    let tool = one_line(&clean(tool), 60);
-    if summary.is_empty() {
+/// A piece of the agent's words as they stream in: cleaned, with terminal line ends, and without
+/// a line end of its own (the next piece continues the line).
+pub fn text_chunk(text: &str) -> String {
+    paint_chunk(text, "")
+}
+
+/// A piece of the agent's reasoning as it streams in, dimmed; like [`text_chunk`] otherwise.
+pub fn thought_chunk(text: &str) -> String {
+    paint_chunk(text, DIM_ITALIC)
+}
+
+/// A prompt the agent is given: the task, or a line typed in the dashboard.
+pub fn prompt(text: &str) -> String {
+    paint_lines(&clean(text), BOLD, "› ")
+}
+
+/// A tool call: the tool's name and, in the same line, what it is about (see [`input_summary`]),
+/// left out when the name already says it.
+pub fn tool_call(tool: &str, summary: &str) -> String {
+    let tool = one_line(&clean(tool), 100);
+    let summary = one_line(&clean(summary), MAX_COLUMNS);
+    if summary.is_empty() || tool.contains(&summary) {
         format!("{CYAN}▸ {BOLD}{tool}{RESET}\r\n")
     } else {
         format!("{CYAN}▸ {BOLD}{tool}{RESET}{CYAN} {summary}{RESET}\r\n")
     }
 }
 
-/// One line that says what a tool's input is about: the command, path, URL or query when the
-/// input names one, else the input itself as compact JSON. Shortened; cleaned of control
-/// characters.
+/// One line that says what a tool's input is about: the command (a string or an argv array),
+/// path, URL or query when the input names one, else its scalar fields as `key=value` (never raw
+/// JSON). Shortened; cleaned of control characters.
 pub fn input_summary(input: &Value) -> String {
-    const NAMED: [&str; 9] = [
+    const NAMED: [&str; 13] = [
         "command",
+        "cmd",
+        "commandLine",
         "file_path",
+        "filePath",
         "notebook_path",
         "path",
         "url",
+        "uri",
         "query",
         "pattern",
         "description",
         "prompt",
     ];
     let text = match input {
-        Value::Null => String::new(),
         Value::String(s) => s.clone(),
-        _ => NAMED
+        Value::Object(fields) => NAMED
             .iter()
-            .find_map(|key| input.get(*key).and_then(Value::as_str))
-            .map(str::to_string)
-            .unwrap_or_else(|| input.to_string()),
+            .find_map(|key| match fields.get(*key)? {
+                Value::String(s) => Some(s.clone()),
+                Value::Array(argv) => {
+                    let argv: Vec<&str> = argv.iter().filter_map(Value::as_str).collect();
+                    (!argv.is_empty()).then(|| {
+                        shlex::try_join(argv.iter().copied()).unwrap_or_else(|_| argv.join(" "))
+                    })
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| {
+                let scalars: Vec<String> = fields
+                    .iter()
+                    .filter_map(|(key, value)| match value {
+                        Value::String(s) => Some(format!("{key}={s}")),
+                        Value::Number(n) => Some(format!("{key}={n}")),
+                        Value::Bool(b) => Some(format!("{key}={b}")),
+                        _ => None,
+                    })
+                    .collect();
+                scalars.join(" ")
+            }),
+        _ => String::new(),
     };
     let text = clean(&text);
     let mut lines = text.lines();
@@ -117,57 +163,83 @@ pub fn tool_result(text: &str, is_error: bool) -> String {
     out
 }
 
-/// A file edit as a diff: the path, then removed lines in red and added lines in green, with a
-/// little unchanged context around each change. A new file is `old = ""`.
+/// How a tool call ended, under it: a green tick or a red cross, and a few words.
+pub fn tool_status(ok: bool, text: &str) -> String {
+    let text = one_line(&clean(text), MAX_COLUMNS);
+    if ok {
+        format!("{GREEN}  ✔ {text}{RESET}\r\n")
+    } else {
+        format!("{RED}  ✘ {text}{RESET}\r\n")
+    }
+}
+
+/// A file edit as a diff: the path (and whatever the caller adds to it, such as `(added)`), then
+/// removed lines in red and added lines in green, with a little unchanged context around each
+/// change. A new file is `old = ""`.
 pub fn diff(path: &str, old: &str, new: &str) -> String {
     let (old, new) = (clean(old), clean(new));
     let old_lines: Vec<&str> = old.lines().collect();
     let new_lines: Vec<&str> = new.lines().collect();
     let ops = line_diff(&old_lines, &new_lines);
-    let mut out = format!("{BOLD}✎ {}{RESET}\r\n", one_line(&clean(path), 200));
-    if !ops.iter().any(|op| !matches!(op, Op::Same(_))) {
-        out.push_str(&format!("{DIM}  (no change){RESET}\r\n"));
-        return out;
-    }
     // Which unchanged lines stay: those within DIFF_CONTEXT of a change.
     let near_change: Vec<bool> = (0..ops.len())
         .map(|i| {
             let lo = i.saturating_sub(DIFF_CONTEXT);
             let hi = (i + DIFF_CONTEXT + 1).min(ops.len());
-            ops[lo..hi].iter().any(|op| !matches!(op, Op::Same(_)))
+            ops[lo..hi].iter().any(Op::is_change)
         })
         .collect();
-    let mut shown = 0;
+    let mut shown = Vec::new();
     let mut gap = false;
-    for (i, op) in ops.iter().enumerate() {
-        if !near_change[i] {
+    for (op, near) in ops.into_iter().zip(near_change) {
+        if !near {
             gap = true;
             continue;
         }
-        if shown == DIFF_LINES {
-            let rest = ops[i..]
-                .iter()
-                .filter(|op| !matches!(op, Op::Same(_)))
-                .count();
-            if rest > 0 {
-                out.push_str(&format!("{DIM}  … {rest} more changed lines{RESET}\r\n"));
-            }
-            return out;
-        }
         if gap {
-            out.push_str(&format!("{DIM}  ⋯{RESET}\r\n"));
+            shown.push(Op::Gap);
             gap = false;
         }
-        let line = match op {
-            Op::Same(l) => format!("{DIM}  {}{RESET}", one_line(l, MAX_COLUMNS)),
-            Op::Del(l) => format!("{RED}- {}{RESET}", one_line(l, MAX_COLUMNS)),
-            Op::Add(l) => format!("{GREEN}+ {}{RESET}", one_line(l, MAX_COLUMNS)),
-        };
-        out.push_str(&line);
-        out.push_str("\r\n");
-        shown += 1;
+        shown.push(op);
     }
-    out
+    paint_diff(path, &shown)
+}
+
+/// A file edit given as a unified diff (its `@@` hunks; file headers are skipped), painted like
+/// [`diff`].
+pub fn unified_diff(path: &str, text: &str) -> String {
+    let text = clean(text);
+    let mut ops = Vec::new();
+    let mut in_hunk = false;
+    for line in text.lines() {
+        if let Some(header) = line.strip_prefix("@@") {
+            // Unchanged lines are skipped before every hunk but one that starts the file.
+            let old_start = header
+                .trim_start()
+                .strip_prefix('-')
+                .and_then(|rest| rest.split([',', ' ']).next())
+                .and_then(|n| n.parse::<u64>().ok());
+            if !ops.is_empty() || old_start.is_none_or(|n| n > 1) {
+                ops.push(Op::Gap);
+            }
+            in_hunk = true;
+            continue;
+        }
+        if !in_hunk {
+            continue;
+        }
+        match line.chars().next() {
+            Some('+') => ops.push(Op::Add(&line[1..])),
+            Some('-') => ops.push(Op::Del(&line[1..])),
+            Some(' ') => ops.push(Op::Same(&line[1..])),
+            None => ops.push(Op::Same("")),
+            // `\ No newline at end of file`.
+            Some('\\') => {}
+            // The next file's header (`diff --git`, `index`, `---`, `+++`): up to its first hunk.
+            Some(_) => in_hunk = false,
+        }
+    }
+    paint_diff(path, &ops)
 }
 
 /// The closing line of a turn or session: done or failed, with the usage figures known.
@@ -207,7 +279,52 @@ pub fn note(text: &str) -> String {
     paint_lines(&clean(text), DIM, "")
 }
 
-/// An approval is being asked for; the agent waits for it.
+/// Something worth a look that does not stop the agent: a warning, a retry.
+pub fn warning(text: &str) -> String {
+    paint_lines(&clean(text), YELLOW, "⚠ ")
+}
+
+/// A stop on its way or done: interrupting, cancelled, interrupted.
+pub fn stop(text: &str) -> String {
+    paint_lines(&clean(text), YELLOW, "■ ")
+}
+
+/// Where a step of a plan is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    Done,
+    Doing,
+    Todo,
+}
+
+/// The agent's plan: one line a step, `[x]` done, `[~]` under way, `[ ]` to do.
+pub fn plan<'a>(steps: impl IntoIterator<Item = (Step, &'a str)>) -> String {
+    let mut out = format!("{BOLD}Plan{RESET}\r\n");
+    for (step, text) in steps {
+        let (mark, colour) = match step {
+            Step::Done => ("[x]", GREEN),
+            Step::Doing => ("[~]", YELLOW),
+            Step::Todo => ("[ ]", ""),
+        };
+        let text = one_line(&clean(text), MAX_COLUMNS);
+        out.push_str(&paint_lines(&format!("  {mark} {text}"), colour, ""));
+    }
+    out
+}
+
+/// A path as the terminal shows it: relative to the workspace when inside it.
+pub fn shown_path(workspace: &Path, path: &Path) -> String {
+    path.strip_prefix(workspace)
+        .ok()
+        .filter(|rel| !rel.as_os_str().is_empty())
+        .unwrap_or(path)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// An approval is being asked for; the agent waits for it. The session manager writes this line
+/// and [`approval_answered`]'s for every approval (an agent's permission request or `village
+/// approval request`), so that each shows once; the adapters write neither.
 pub fn approval_asked(description: &str) -> String {
     format!(
         "{YELLOW}⏸ waiting for approval: {}{RESET}\r\n",
@@ -291,7 +408,11 @@ impl LineInput {
                     }
                 }
                 0x7f | 0x08 => {
-                    // One character, however many bytes its UTF-8 takes.
+                    // One character, however many bytes its UTF-8 takes; on an empty line
+                    // nothing (the echo would erase what the agent wrote).
+                    if self.line.is_empty() {
+                        continue;
+                    }
                     while let Some(last) = self.line.pop() {
                         if last & 0xc0 != 0x80 {
                             break;
@@ -317,6 +438,24 @@ impl LineInput {
         }
         typed
     }
+}
+
+/// Streamed text, cleaned, each piece of a line in `colour`, with terminal line ends between
+/// lines and none after the last.
+fn paint_chunk(text: &str, colour: &str) -> String {
+    let text = clean(text);
+    let mut out = String::with_capacity(text.len() + 8);
+    for (i, part) in text.split('\n').enumerate() {
+        if i > 0 {
+            out.push_str("\r\n");
+        }
+        if colour.is_empty() || part.is_empty() {
+            out.push_str(part);
+        } else {
+            out.push_str(&format!("{colour}{part}{RESET}"));
+        }
+    }
+    out
 }
 
 /// Colours each line of `text` (and puts `lead` before the first), one terminal line each.
@@ -386,10 +525,51 @@ fn one_line(text: &str, max: usize) -> String {
     }
 }
 
+/// One line of a diff as shown.
 enum Op<'a> {
     Same(&'a str),
     Del(&'a str),
     Add(&'a str),
+    /// Unchanged lines left out.
+    Gap,
+}
+
+impl Op<'_> {
+    fn is_change(&self) -> bool {
+        matches!(self, Op::Del(_) | Op::Add(_))
+    }
+}
+
+/// The path, then the lines of a diff; cut after [`DIFF_LINES`] lines.
+fn paint_diff(path: &str, ops: &[Op]) -> String {
+    let mut out = format!("{BOLD}✎ {}{RESET}\r\n", one_line(&clean(path), 200));
+    if !ops.iter().any(Op::is_change) {
+        out.push_str(&format!("{DIM}  (no change){RESET}\r\n"));
+        return out;
+    }
+    // A trailing gap says nothing.
+    let end = ops
+        .iter()
+        .rposition(|op| !matches!(op, Op::Gap))
+        .map_or(0, |i| i + 1);
+    for (i, op) in ops[..end].iter().enumerate() {
+        if i == DIFF_LINES {
+            let rest = ops[i..].iter().filter(|op| op.is_change()).count();
+            if rest > 0 {
+                out.push_str(&format!("{DIM}  … {rest} more changed lines{RESET}\r\n"));
+            }
+            return out;
+        }
+        let line = match op {
+            Op::Same(l) => format!("{DIM}  {}{RESET}", one_line(l, MAX_COLUMNS)),
+            Op::Del(l) => format!("{RED}- {}{RESET}", one_line(l, MAX_COLUMNS)),
+            Op::Add(l) => format!("{GREEN}+ {}{RESET}", one_line(l, MAX_COLUMNS)),
+            Op::Gap => format!("{DIM}  ⋯{RESET}"),
+        };
+        out.push_str(&line);
+        out.push_str("\r\n");
+    }
+    out
 }
 
 /// A line diff: common prefix and suffix, and a longest-common-subsequence alignment of the
@@ -446,22 +626,27 @@ fn line_diff<'a>(old: &[&'a str], new: &[&'a str]) -> Vec<Op<'a>> {
     ops
 }
 
+/// Rendered text without its colours, for tests that read what the terminal shows.
+#[cfg(test)]
+pub(crate) fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("\x1b[") {
+        out.push_str(&rest[..at]);
+        // A control sequence ends with its first byte in `@`..=`~`.
+        let after = &rest[at + 2..];
+        let end = after
+            .find(|c: char| ('@'..='~').contains(&c))
+            .map_or(after.len(), |end| end + 1);
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn plain(s: &str) -> String {
-        let mut out = String::new();
-        let mut rest = s;
-        while let Some(i) = rest.find('\x1b') {
-            out.push_str(&rest[..i]);
-            let after = &rest[i..];
-            let end = after.find('m').map_or(after.len(), |e| e + 1);
-            rest = &after[end..];
-        }
-        out.push_str(rest);
-        out
-    }
 
     #[test]
     fn lines_end_with_crlf_and_reset_their_colour() {
@@ -487,12 +672,49 @@ mod tests {
         let input: Value =
             serde_json::from_str(r#"{"command":"ls -la\necho hi","timeout":5}"#).unwrap();
         assert_eq!(input_summary(&input), "ls -la … (+1 lines)");
-        let line = plain(&tool_call("Bash", &input));
+        let line = plain(&tool_call("Bash", &input_summary(&input)));
         assert_eq!(line, "▸ Bash ls -la … (+1 lines)\r\n");
-        let other: Value = serde_json::from_str(r#"{"a":1}"#).unwrap();
-        assert_eq!(input_summary(&other), r#"{"a":1}"#);
+        let argv: Value = serde_json::from_str(r#"{"command":["cargo","test","a b"]}"#).unwrap();
+        assert_eq!(input_summary(&argv), "cargo test 'a b'");
+        // Never raw JSON: scalar fields as key=value, nested ones left out.
+        let other: Value = serde_json::from_str(r#"{"a":1,"b":"x","c":{"d":2}}"#).unwrap();
+        assert_eq!(input_summary(&other), "a=1 b=x");
         let long = Value::String("x".repeat(500));
         assert_eq!(input_summary(&long).chars().count(), MAX_COLUMNS);
+        // A name that already says it keeps the line short.
+        assert_eq!(
+            plain(&tool_call("Read README.md", "README.md")),
+            "▸ Read README.md\r\n"
+        );
+    }
+
+    #[test]
+    fn streamed_text_keeps_the_line_open() {
+        assert_eq!(text_chunk("a\r\nb\x1b[2Jc"), "a\r\nbc");
+        assert_eq!(plain(&thought_chunk("hm\nso")), "hm\r\nso");
+        assert_eq!(plain(&prompt("do it\nnow")), "› do it\r\nnow\r\n");
+    }
+
+    #[test]
+    fn unified_diffs_are_painted_like_diffs() {
+        let text = "diff --git a/x b/x\n--- a/x\n+++ b/x\n@@ -1,2 +1,2 @@\n alpha\n-gamma\n+delta\n\
+                    @@ -10,1 +10,2 @@\n ten\n+eleven\n\\ No newline at end of file\n";
+        let out = plain(&unified_diff("x (modified)", text));
+        let lines: Vec<&str> = out.split_terminator("\r\n").collect();
+        assert_eq!(
+            lines,
+            [
+                "✎ x (modified)",
+                "  alpha",
+                "- gamma",
+                "+ delta",
+                "  ⋯",
+                "  ten",
+                "+ eleven"
+            ]
+        );
+        let later = plain(&unified_diff("y", "@@ -5,1 +5,1 @@\n-a\n+b\n"));
+        assert_eq!(later, "✎ y\r\n  ⋯\r\n- a\r\n+ b\r\n");
     }
 
     #[test]
@@ -591,5 +813,7 @@ mod tests {
         assert_eq!(typed.echo, b"ld\r\n\r\n");
         let typed = input.feed("née\x7f\x7f\x15ok\n".as_bytes());
         assert_eq!(typed.lines, ["ok"]);
+        // Backspace on an empty line erases nothing on the screen.
+        assert!(input.feed(b"\x7f").echo.is_empty());
     }
 }
