@@ -225,17 +225,14 @@ async fn each_protocol_completes_with_rendered_output_and_reports_its_usage() {
                     "✔ done",
                 ],
             ),
-            Agent::Codex => (
-                (1200, 340, None),
-                &["Hello from the fake codex", "codex finished"],
-            ),
+            Agent::Codex => ((1200, 340, None), &["Hello from the fake codex", "✔ done"]),
             Agent::Acp => (
                 (
                     estimate(acp_task),
                     estimate("Hello from the demo agent\n") + estimate("considering"),
                     None,
                 ),
-                &["Hello from the demo agent", "considering", "end_turn"],
+                &["Hello from the demo agent", "considering", "✔ done"],
             ),
         };
         assert_says(&text, agent, said);
@@ -383,7 +380,7 @@ async fn approvals_are_classified_with_their_context_and_an_allow_lets_the_agent
                 "allowed: Edit",
             ],
             // Codex ran the command and applied the change.
-            Agent::Codex => &["  plain-command", "exit 0", "✓ applied"],
+            Agent::Codex => &["⎿ plain-command", "exit 0", "✔ applied"],
             Agent::Acp => &[
                 "Allowed (allow-once): git push origin main",
                 "Allowed (allow-once): ls -la",
@@ -397,33 +394,33 @@ async fn approvals_are_classified_with_their_context_and_an_allow_lets_the_agent
         let order: &[&str] = match agent {
             Agent::Claude => &[
                 "▸ Bash git push origin main",
-                "? waiting for approval (merge)",
+                "⏸ waiting for approval (merge)",
                 "allowed: Bash {\"command\": \"git push origin main\"",
                 "▸ Bash ls -la",
-                "? waiting for approval (command)",
+                "⏸ waiting for approval (command)",
                 "allowed: Bash {\"command\": \"ls -la\"",
                 "✎ src/lib.rs",
-                "? waiting for approval (file_change)",
+                "⏸ waiting for approval (file_change)",
                 "allowed: Edit",
             ],
             Agent::Codex => &[
                 "$ git push --dry-run origin HEAD",
-                "? waiting for approval (merge)",
+                "⏸ waiting for approval (merge)",
                 "$ echo plain-command",
-                "? waiting for approval (command)",
+                "⏸ waiting for approval (command)",
                 "✎ notes.txt (added)",
-                "? waiting for approval (file_change)",
-                "✓ applied",
+                "⏸ waiting for approval (file_change)",
+                "✔ applied",
             ],
             Agent::Acp => &[
                 "▸ execute git push origin main",
-                "? waiting for approval (merge)",
+                "⏸ waiting for approval (merge)",
                 "Allowed (allow-once): git push origin main",
                 "▸ execute ls -la",
-                "? waiting for approval (command)",
+                "⏸ waiting for approval (command)",
                 "Allowed (allow-once): ls -la",
-                "? permission: Write README.md",
-                "? waiting for approval (file_change)",
+                "▸ edit Write README.md",
+                "⏸ waiting for approval (file_change)",
                 "Allowed (allow-once): README.md is written",
             ],
         };
@@ -475,7 +472,7 @@ async fn a_deny_reaches_the_agent() {
             // The fake says the deny message it was given.
             Agent::Claude => &["denied: not today"],
             // Codex reports the command as declined, and never ran it.
-            Agent::Codex => &["✗ denied: not today", "✗ declined"],
+            Agent::Codex => &["✘ denied: not today", "✘ declined"],
             Agent::Acp => &["Rejected (reject-once): not doing git push origin main"],
         };
         assert_says(&text, agent, said);
@@ -533,7 +530,7 @@ async fn an_expired_approval_is_a_deny_the_agent_hears() {
         let text = rendered(&s.admin, id, agent).await;
         let said: &[&str] = match agent {
             Agent::Claude => &["denied: expired"],
-            Agent::Codex => &["✗ denied: expired", "✗ declined"],
+            Agent::Codex => &["✘ denied: expired", "✘ declined"],
             Agent::Acp => &["Rejected (reject-once): not doing git push origin main"],
         };
         assert_says(&text, agent, said);
@@ -576,11 +573,11 @@ async fn an_allow_for_the_session_covers_the_next_request_of_its_kind() {
         let text = rendered(&s.admin, id, agent).await;
         let said: &[&str] = match agent {
             Agent::Claude => &["allowed: Bash {\"command\": \"pwd\""],
-            Agent::Codex => &["  first-run", "  second-run"],
+            Agent::Codex => &["⎿ first-run", "⎿ second-run"],
             Agent::Acp => &["Allowed (allow-always): pwd"],
         };
         assert_says(&text, agent, said);
-        assert_says(&text, agent, &["allowed for this session", "both ran"]);
+        assert_says(&text, agent, &["✔ allowed for the session: ", "both ran"]);
         // The second request never reached a human.
         let list = approvals(&s.admin, id).await;
         assert_eq!(list["pending"], json!([]), "{agent:?}: {list}");

@@ -245,7 +245,8 @@ async fn village_approval_request_blocks_until_allowed_or_denied() {
     assert!(text.contains("answer:0"), "{text}");
     // The session shows one line when the approval is asked for and one when it is answered.
     assert_eq!(
-        text.matches("⏸ waiting for approval: push to main").count(),
+        text.matches("⏸ waiting for approval (merge): push to main")
+            .count(),
         1,
         "{text}"
     );

@@ -546,18 +546,18 @@ fn ask_server(
     registered: &mpsc::UnboundedSender<(Option<String>, Ask, oneshot::Sender<Decision>)>,
     out: &mut Output,
 ) {
-    out.show(&render::approval_asked(&ask.description));
     if broker.allowed_for_session(&ask) {
         let decision = Decision {
             allow: true,
             for_session: true,
             reason: None,
         };
-        if reply.send(decision.clone()).is_ok() {
-            out.show(&render::approval_answered(&decision));
+        if reply.send(decision).is_ok() {
+            out.show(&render::approval_covered(&ask.description));
         }
         return;
     }
+    out.show(&render::approval_asked(&ask.action, &ask.description));
     let (tx, rx) = oneshot::channel();
     runner.send(Up::Report {
         frame: json!({

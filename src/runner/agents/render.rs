@@ -325,9 +325,17 @@ pub fn shown_path(workspace: &Path, path: &Path) -> String {
 /// An approval is being asked for; the agent waits for it. The session manager writes this line
 /// and [`approval_answered`]'s for every approval (an agent's permission request or `village
 /// approval request`), so that each shows once; the adapters write neither.
-pub fn approval_asked(description: &str) -> String {
+pub fn approval_asked(action: &str, description: &str) -> String {
     format!(
-        "{YELLOW}⏸ waiting for approval: {}{RESET}\r\n",
+        "{YELLOW}⏸ waiting for approval ({action}): {}{RESET}\r\n",
+        one_line(&clean(description), 200)
+    )
+}
+
+/// A request an earlier "allow for this session" covers: no one is asked.
+pub fn approval_covered(description: &str) -> String {
+    format!(
+        "{GREEN}✔ allowed for the session: {}{RESET}\r\n",
         one_line(&clean(description), 200)
     )
 }
@@ -784,8 +792,12 @@ mod tests {
     #[test]
     fn approvals_read_as_sentences() {
         assert_eq!(
-            plain(&approval_asked("Bash: rm -rf target")),
-            "⏸ waiting for approval: Bash: rm -rf target\r\n"
+            plain(&approval_asked("command", "Bash: rm -rf target")),
+            "⏸ waiting for approval (command): Bash: rm -rf target\r\n"
+        );
+        assert_eq!(
+            plain(&approval_covered("Bash: pwd")),
+            "✔ allowed for the session: Bash: pwd\r\n"
         );
         assert_eq!(
             plain(&approval_answered(&Decision::deny("no"))),
