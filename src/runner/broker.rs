@@ -150,7 +150,7 @@ pub fn classify(kind: &ToolKind) -> &'static str {
 }
 
 fn classify_command(command: &str) -> &'static str {
-    let lower = command.to_lowercase();
+    let lower = unwrap_shell(&command.to_lowercase());
     let commands = split_commands(&lower);
     for (class, prefixes) in SHELL_RULES {
         for words in &commands {
@@ -168,6 +168,34 @@ fn classify_command(command: &str) -> &'static str {
         return "secrets";
     }
     "command"
+}
+
+/// `bash -lc 'git push'` (how Codex reports the commands it runs) is `git push`: the script a
+/// shell is given is what it runs.
+fn unwrap_shell(line: &str) -> String {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let is_shell = words.first().is_some_and(|w| {
+        matches!(
+            w.rsplit('/').next().unwrap_or(w),
+            "bash" | "sh" | "zsh" | "dash"
+        )
+    });
+    let script_flag = words
+        .get(1)
+        .is_some_and(|f| f.starts_with('-') && f.ends_with('c'));
+    if !(is_shell && script_flag) {
+        return line.to_string();
+    }
+    let Some(at) = line.find(words[1]).map(|i| i + words[1].len()) else {
+        return line.to_string();
+    };
+    let script = line[at..].trim();
+    let unquoted = script
+        .strip_prefix('\'')
+        .and_then(|s| s.strip_suffix('\''))
+        .or_else(|| script.strip_prefix('"').and_then(|s| s.strip_suffix('"')))
+        .unwrap_or(script);
+    unquoted.to_string()
 }
 
 /// The commands of a command line, each as its words, without `sudo` and `VAR=value` prefixes.
@@ -311,6 +339,9 @@ mod tests {
     /// (what the agent asks, the class the broker gives it)
     const EXAMPLES: &[(&str, &str)] = &[
         ("git push origin main", "merge"),
+        ("/bin/bash -lc 'git push origin main'", "merge"),
+        ("sh -c \"npm install left-pad\"", "deps_add"),
+        ("/bin/bash -lc 'ls -la'", "command"),
         ("cd repo && git push", "merge"),
         ("gh pr merge 12 --squash", "merge"),
         ("git merge feature", "merge"),
