@@ -3,6 +3,8 @@
 //! ```text
 //! cargo run --release --example loadgen -- sessions
 //! cargo run --release --example loadgen -- fleet
+//! cargo run --release --example loadgen -- stream
+//! cargo build --release --bin village --example loadgen && target/release/examples/loadgen runner
 //! ```
 //!
 //! `sessions` measures durable session creation. First a plain redb loop (one insert per
@@ -31,6 +33,15 @@
 //!
 //! Each fleet phase also prints the CPU this process and everything else used meanwhile; a run
 //! where others took more than `DISTURBANCE_LIMIT` % is flagged as not counting.
+//!
+//! `stream` measures the dashboard WebSocket: 500 watchers of one session fed 1 MiB/s over
+//! REST, and the memory of 1 000 idle connections.
+//!
+//! `runner` measures the runner's output path end to end: one real `village runner` (the
+//! `village` binary built next to this example, or `$VILLAGE_BIN`) runs `RUNNER_SESSIONS` `pty`
+//! sessions whose agents (this program, `runner-agent`) each print `AGENT_BYTES_PER_SEC` of
+//! timestamped lines; one dashboard connection (`runner-watch`, a child process) subscribed to
+//! every session times each line from its write to the frame that brings it.
 //!
 //! The databases live in fresh directories under `std::env::temp_dir()` (so on the same disk),
 //! removed at the end.
@@ -120,8 +131,20 @@ const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
 
 const PLAIN_TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("plain");
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // The agents of the `runner` scenario are this program too; each prints its lines from a
+    // plain thread, without a runtime of its own.
+    if std::env::args().nth(1).as_deref() == Some("runner-agent") {
+        return runner_agent();
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(run())
+}
+
+async fn run() -> ExitCode {
     tracing_subscriber::fmt()
         .with_max_level(tracing::Level::WARN)
         .with_writer(std::io::stderr)
@@ -134,8 +157,10 @@ async fn main() -> ExitCode {
         Some("fleet") => fleet_scenario().await,
         Some("stream") => stream_scenario().await,
         Some("stream-clients") => stream_clients().await,
+        Some("runner") => runner_scenario().await,
+        Some("runner-watch") => runner_watch().await,
         _ => {
-            eprintln!("usage: loadgen sessions|fleet|stream");
+            eprintln!("usage: loadgen sessions|fleet|stream|runner");
             ExitCode::from(2)
         }
     }
@@ -684,6 +709,32 @@ impl Client {
                     self.index, call.path
                 )
             })
+    }
+
+    /// One GET with `token`; the answer must be `200`. Returns its body.
+    async fn get_ok(&mut self, path: &str, token: &str) -> Bytes {
+        let exchange = async {
+            let request = Request::get(path)
+                .header(HOST, &self.host)
+                .header(AUTHORIZATION, format!("Bearer {token}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            self.sender.ready().await.unwrap();
+            let response = self.sender.send_request(request).await.unwrap();
+            let status = response.status();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (status, body)
+        };
+        let (status, body) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .unwrap_or_else(|_| panic!("GET {path} got no answer in {REQUEST_TIMEOUT:?}"));
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "GET {path} answered {}",
+            String::from_utf8_lossy(&body)
+        );
+        body
     }
 
     /// `post`, and the answer must have status `expect`.
@@ -1759,6 +1810,705 @@ async fn stream_clients() -> ExitCode {
         json!({"frames": latencies.len(), "missing": missing, "duplicates": duplicates,
                "p50_us": us(percentile(&latencies, 50.0)), "p99_us": us(percentile(&latencies, 99.0)),
                "max_us": us(latencies.last().copied().unwrap_or_default())})
+    );
+    ExitCode::SUCCESS
+}
+
+// ---- runner: one real `village runner` streaming 20 busy terminals ------------------------
+
+/// Sessions on the one runner, each a `pty` agent printing `AGENT_BYTES_PER_SEC`.
+const RUNNER_SESSIONS: usize = 20;
+const AGENT_BYTES_PER_SEC: u64 = 1024 * 1024;
+/// Every line an agent prints is this long, newline included: `SEQ MICROS filler\n`, where
+/// SEQ (8 digits) counts the agent's lines and MICROS (16 digits) is when it was written (µs
+/// since the epoch). The terminal turns the newline into `\r\n`.
+const LINE_BYTES: usize = 1024;
+/// An agent writes the lines that have come due this often, each batch in one `write`.
+const AGENT_TICK_MICROS: u64 = 10_000;
+/// How long the agents print.
+const RUNNER_DURATION: Duration = Duration::from_secs(10);
+/// Required p99 from an agent writing a line to the dashboard client receiving it.
+const TARGET_RUNNER_P99: Duration = Duration::from_millis(100);
+/// Once every agent is done, how long the dashboard client may still wait for its lines.
+const RUNNER_DRAIN: Duration = Duration::from_secs(15);
+/// A `pty` provider that runs the session's task as a script (as in `tests/runner_pty.rs`).
+const SCRIPT_AGENT: &str = "omnara=pty:bash -c 'eval \"$VILLAGE_TASK\"'";
+
+/// The `village` binary the runner runs as: `$VILLAGE_BIN`, or the one built next to this
+/// example (`target/release/village` for `target/release/examples/loadgen`).
+fn village_binary() -> Option<std::path::PathBuf> {
+    if let Some(path) = std::env::var_os("VILLAGE_BIN") {
+        return Some(path.into());
+    }
+    let exe = std::env::current_exe().ok()?;
+    let bin = exe.parent()?.parent()?.join("village");
+    bin.is_file().then_some(bin)
+}
+
+/// utime + stime of a process so far, in clock ticks (Linux); 0 when it is gone.
+fn process_cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    after_name
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|t| t.parse::<u64>().unwrap_or(0))
+        .sum()
+}
+
+/// A field of `/proc/<pid>/status` in MiB (`VmHWM`, `VmRSS`), NaN when unknown.
+fn process_mib(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+/// A git repository with one commit on `main` for the sessions to clone, as a file:// URL.
+fn bench_repo(dir: &Path) -> String {
+    let repo = dir.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(&repo)
+            .env("GIT_AUTHOR_NAME", "Bench")
+            .env("GIT_AUTHOR_EMAIL", "bench@example.com")
+            .env("GIT_COMMITTER_NAME", "Bench")
+            .env("GIT_COMMITTER_EMAIL", "bench@example.com")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?} failed");
+    };
+    git(&["init", "--quiet", "-b", "main"]);
+    std::fs::write(repo.join("README.md"), "# bench\n").unwrap();
+    git(&["add", "."]);
+    git(&["commit", "--quiet", "-m", "first"]);
+    format!("file://{}", repo.display())
+}
+
+/// Waits until `dir` holds `<prefix>-<i>` for every session; false after `limit`.
+async fn wait_for_files(dir: &Path, prefix: &str, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if (0..RUNNER_SESSIONS).all(|i| dir.join(format!("{prefix}-{i}")).exists()) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// Writes `text` to `path` in one step (a reader never sees half of it).
+fn write_whole(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// What one agent reports when it is done (its `done-<i>` file).
+struct AgentReport {
+    lines: u64,
+    start_us: u64,
+    end_us: u64,
+    cpu_ticks: u64,
+}
+
+impl AgentReport {
+    fn read(path: &Path) -> Option<Self> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let f: Vec<u64> = text
+            .split_whitespace()
+            .map(|t| t.parse().unwrap_or(0))
+            .collect();
+        Some(Self {
+            lines: *f.first()?,
+            start_us: *f.get(1)?,
+            end_us: *f.get(2)?,
+            cpu_ticks: *f.get(3)?,
+        })
+    }
+}
+
+/// `loadgen runner-agent DIR INDEX BYTES_PER_SEC SECONDS`: a session's agent. It writes
+/// `DIR/ready-INDEX`, waits for `DIR/go` (the start time, µs since the epoch), prints
+/// BYTES_PER_SEC in `LINE_BYTES` lines for SECONDS (every `AGENT_TICK_MICROS` the lines due by
+/// then, each stamped with the time of its write), reports to `DIR/done-INDEX` and waits for
+/// `DIR/quit` before it exits 0.
+fn runner_agent() -> ExitCode {
+    use std::io::Write;
+    let args: Vec<String> = std::env::args().collect();
+    let dir = Path::new(&args[2]);
+    let index = &args[3];
+    let bytes_per_sec: u64 = args[4].parse().unwrap();
+    let seconds: u64 = args[5].parse().unwrap();
+    let lines_per_sec = bytes_per_sec / LINE_BYTES as u64;
+    let total = lines_per_sec * seconds;
+    let now_us = || epoch_micros() as u64;
+    let pause = |us: u64| std::thread::sleep(Duration::from_micros(us));
+    write_whole(&dir.join(format!("ready-{index}")), "");
+    let start_us = loop {
+        if let Some(t) = std::fs::read_to_string(dir.join("go"))
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+        {
+            break t;
+        }
+        pause(2_000);
+    };
+    pause(start_us.saturating_sub(now_us()));
+    let filler: Vec<u8> = (0..LINE_BYTES - 27)
+        .map(|i| b"abcdefghijklmnopqrstuvwxyz"[i % 26])
+        .collect();
+    let mut out = std::io::stdout().lock();
+    let mut batch = Vec::with_capacity(LINE_BYTES * (lines_per_sec as usize / 50 + 8));
+    let mut written = 0;
+    while written < total {
+        let now = now_us();
+        let elapsed = now.saturating_sub(start_us);
+        let due = ((elapsed as u128 * lines_per_sec as u128 / 1_000_000) as u64 + 1).min(total);
+        batch.clear();
+        for seq in written..due {
+            write!(batch, "{seq:08} {now:016} ").unwrap();
+            batch.extend_from_slice(&filler);
+            batch.push(b'\n');
+        }
+        if out.write_all(&batch).and_then(|_| out.flush()).is_err() {
+            return ExitCode::FAILURE;
+        }
+        written = due;
+        let next_tick = start_us + (elapsed / AGENT_TICK_MICROS + 1) * AGENT_TICK_MICROS;
+        pause(next_tick.saturating_sub(now_us()));
+    }
+    let end_us = now_us();
+    let cpu = process_cpu_ticks(std::process::id());
+    write_whole(
+        &dir.join(format!("done-{index}")),
+        &format!("{total} {start_us} {end_us} {cpu}"),
+    );
+    let give_up = Instant::now() + Duration::from_secs(600);
+    while !dir.join("quit").exists() && Instant::now() < give_up {
+        pause(20_000);
+    }
+    ExitCode::SUCCESS
+}
+
+/// The agent's line at the start of `line` (without its `\r\n`): its seq and write time.
+fn parse_agent_line(line: &str) -> Option<(u64, u64)> {
+    let b = line.as_bytes();
+    if b.len() != LINE_BYTES - 1 || b[8] != b' ' || b[25] != b' ' {
+        return None;
+    }
+    Some((line[..8].parse().ok()?, line[9..25].parse().ok()?))
+}
+
+/// Reassembles one agent's lines from its session's output and checks their order.
+#[derive(Default)]
+struct LineCheck {
+    carry: String,
+    /// The seq expected next.
+    next: u64,
+    lines: u64,
+    missing: u64,
+    duplicates: u64,
+    /// Lines that are not the agent's (the runner's `$ git clone …`).
+    other: u64,
+}
+
+impl LineCheck {
+    /// Takes a chunk of output; calls `seen(written_us)` for each agent line it completes.
+    fn take(&mut self, data: &str, mut seen: impl FnMut(u64)) {
+        self.carry.push_str(data);
+        let mut start = 0;
+        while let Some(len) = self.carry[start..].find('\n') {
+            let line = self.carry[start..start + len].trim_end_matches('\r');
+            match parse_agent_line(line) {
+                Some((seq, written)) if seq >= self.next => {
+                    self.missing += seq - self.next;
+                    self.next = seq + 1;
+                    self.lines += 1;
+                    seen(written);
+                }
+                Some(_) => self.duplicates += 1,
+                None => self.other += 1,
+            }
+            start += len + 1;
+        }
+        self.carry.drain(..start);
+    }
+
+    /// Lines missing when the agent wrote `total`.
+    fn missing_of(&self, total: u64) -> u64 {
+        self.missing + total.saturating_sub(self.next)
+    }
+}
+
+async fn runner_scenario() -> ExitCode {
+    let Some(village) = village_binary() else {
+        eprintln!(
+            "runner: no `village` binary next to the load generator: build both with \
+             `cargo build --release --example loadgen --bin village`, or set VILLAGE_BIN"
+        );
+        return ExitCode::from(2);
+    };
+    let parent = std::env::temp_dir();
+    let scratch = scratch_dir(&parent, "runner");
+    let signals = scratch.path().join("signals");
+    std::fs::create_dir_all(&signals).unwrap();
+    let repo = bench_repo(scratch.path());
+    let server = BenchServer::start(&parent).await;
+    let admin = server.admin_token.clone();
+    let mut client = Client::connect(server.addr, 0).await;
+    let join = Call::new(
+        "/api/v1/tokens",
+        &admin,
+        &json!({"kind": "runner_join", "name": "bench runner"}),
+    );
+    let join: Value =
+        serde_json::from_slice(&client.post_expecting(&join, StatusCode::CREATED).await).unwrap();
+    let join = join["data"]["token"].as_str().unwrap().to_string();
+
+    let log_path = scratch.path().join("runner.log");
+    let mut runner = tokio::process::Command::new(&village)
+        .args(["runner", "--server", &format!("http://{}", server.addr)])
+        .args(["--join-token", &join, "--data-dir"])
+        .arg(scratch.path().join("runner"))
+        .args(["--hostname", "bench-runner", "--stop-grace", "3"])
+        .args(["--agent", SCRIPT_AGENT])
+        .args(["--max-sessions", &RUNNER_SESSIONS.to_string()])
+        .env("VILLAGE_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let runner_pid = runner.id().unwrap();
+    let online = async {
+        loop {
+            let list: Value =
+                serde_json::from_slice(&client.get_ok("/api/v1/runners", &admin).await).unwrap();
+            let items = list["data"]["items"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if items.iter().any(|r| r["status"] == "online") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(30), online)
+        .await
+        .is_err()
+    {
+        eprintln!(
+            "the runner did not come online in 30 s; its log:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        return ExitCode::FAILURE;
+    }
+
+    let agent = std::env::current_exe().unwrap();
+    let mut sessions = Vec::new();
+    for i in 0..RUNNER_SESSIONS {
+        let task = format!(
+            "exec '{}' runner-agent '{}' {i} {AGENT_BYTES_PER_SEC} {}",
+            agent.display(),
+            signals.display(),
+            RUNNER_DURATION.as_secs()
+        );
+        let create = Call::new(
+            "/api/v1/sessions",
+            &admin,
+            &json!({"orgId": "bench", "providerId": "omnara", "repo": {"url": repo}, "task": task}),
+        );
+        let created: Value =
+            serde_json::from_slice(&client.post_expecting(&create, StatusCode::CREATED).await)
+                .unwrap();
+        sessions.push(created["data"]["sessionId"].as_str().unwrap().to_string());
+    }
+    if !wait_for_files(&signals, "ready", Duration::from_secs(60)).await {
+        eprintln!(
+            "not every agent started in 60 s; the runner's log:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        return ExitCode::FAILURE;
+    }
+    let watcher = spawn_watcher(&server, &sessions).await;
+    let watcher_pid = watcher.child.id().unwrap_or(0);
+    let watcher_before = process_cpu_ticks(watcher_pid);
+
+    println!(
+        "one `village runner` ({}) with {RUNNER_SESSIONS} pty sessions, each agent printing {} KiB/s \
+         in {LINE_BYTES}-byte lines for {:?}; one dashboard connection subscribed to all \
+         (in a child process)",
+        village.display(),
+        AGENT_BYTES_PER_SEC / 1024,
+        RUNNER_DURATION
+    );
+    let machine_before = CpuSample::now();
+    let writer_before = server.writer_counts();
+    server
+        .state
+        .store
+        .stats
+        .slowest_batch_micros
+        .store(0, Ordering::Relaxed);
+    let runner_before = process_cpu_ticks(runner_pid);
+    let start_us = epoch_micros() as u64 + 100_000;
+    write_whole(&signals.join("go"), &start_us.to_string());
+    let all_done =
+        wait_for_files(&signals, "done", RUNNER_DURATION + Duration::from_secs(60)).await;
+    let agents: Vec<AgentReport> = (0..RUNNER_SESSIONS)
+        .filter_map(|i| AgentReport::read(&signals.join(format!("done-{i}"))))
+        .collect();
+    if !all_done || agents.len() < RUNNER_SESSIONS {
+        eprintln!("only {} of {RUNNER_SESSIONS} agents finished", agents.len());
+        return ExitCode::FAILURE;
+    }
+    let total_lines = agents[0].lines;
+    let summary = watcher.finish(total_lines).await;
+    let runner_ticks = process_cpu_ticks(runner_pid) - runner_before;
+    // The client's own figure (it has exited); what it used while subscribing is not counted.
+    let watcher_ticks = summary["cpu_ticks"]
+        .as_u64()
+        .unwrap_or(0)
+        .saturating_sub(watcher_before);
+    let machine_after = CpuSample::now();
+    let writer_after = server.writer_counts();
+    let slowest_batch = server
+        .state
+        .store
+        .stats
+        .slowest_batch_micros
+        .load(Ordering::Relaxed);
+    let runner_peak = process_mib(runner_pid, "VmHWM");
+
+    // The end: agents exit, the runner reports each session COMPLETED after its last byte is
+    // stored; then every stored line is read back.
+    write_whole(&signals.join("quit"), "");
+    let mut completed = 0;
+    let mut stored = LineCheck::default();
+    let mut stored_missing = 0;
+    for id in &sessions {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let s: Value = serde_json::from_slice(
+                &client
+                    .get_ok(&format!("/api/v1/sessions/{id}"), &admin)
+                    .await,
+            )
+            .unwrap();
+            if s["data"]["state"] == "COMPLETED" {
+                completed += 1;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut check = LineCheck::default();
+        let mut after = 0;
+        loop {
+            let page: Value = serde_json::from_slice(
+                &client
+                    .get_ok(
+                        &format!("/api/v1/sessions/{id}/output?afterSeq={after}&limit=1000"),
+                        &admin,
+                    )
+                    .await,
+            )
+            .unwrap();
+            let items = page["data"]["items"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if items.is_empty() {
+                break;
+            }
+            for item in &items {
+                check.take(item["data"].as_str().unwrap_or(""), |_| {});
+                after = item["seq"].as_u64().unwrap_or(after);
+            }
+        }
+        stored_missing += check.missing_of(total_lines);
+        stored.lines += check.lines;
+        stored.duplicates += check.duplicates;
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(runner_pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    if tokio::time::timeout(Duration::from_secs(15), runner.wait())
+        .await
+        .is_err()
+    {
+        let _ = runner.kill().await;
+    }
+    drop(client);
+    server.stop().await;
+
+    // Figures.
+    let mib = |lines: u64| (lines as usize * LINE_BYTES) as f64 / 1048576.0;
+    let named = RUNNER_SESSIONS as f64 * AGENT_BYTES_PER_SEC as f64 / 1048576.0;
+    let produced_lines: u64 = agents.iter().map(|a| a.lines).sum();
+    let produced_mib = mib(produced_lines);
+    let produced_per_sec: f64 = agents
+        .iter()
+        .map(|a| mib(a.lines) / ((a.end_us - a.start_us) as f64 / 1e6))
+        .sum();
+    let received_lines = summary["lines"].as_u64().unwrap_or(0);
+    let last_us = summary["last_us"].as_u64().unwrap_or(start_us);
+    let received_per_sec =
+        mib(received_lines) / (last_us.saturating_sub(start_us).max(1) as f64 / 1e6);
+    let ticks = clock_ticks_per_sec();
+    let runner_cpu = runner_ticks as f64 / ticks;
+    let agents_cpu = agents.iter().map(|a| a.cpu_ticks).sum::<u64>() as f64 / ticks;
+    let server_cpu = (machine_after.own - machine_before.own) as f64 / ticks;
+    let watcher_cpu = watcher_ticks as f64 / ticks;
+    let window = (last_us.saturating_sub(start_us)) as f64 / 1e6;
+    let ms = |key: &str| summary[key].as_f64().unwrap_or(f64::NAN) / 1000.0;
+    let p99 = Duration::from_micros(summary["p99_us"].as_u64().unwrap_or(u64::MAX));
+    println!(
+        "    produced {produced_mib:.1} MiB in {produced_lines} lines ({produced_per_sec:.2} MiB/s); \
+         dashboard received {received_lines} lines ({received_per_sec:.2} MiB/s over {window:.2} s, \
+         {} frames, {:.1} KiB each), missing {}, duplicated {}; stored {} lines, missing {stored_missing}, \
+         duplicated {}; {completed} of {RUNNER_SESSIONS} sessions COMPLETED",
+        summary["frames"],
+        summary["bytes"].as_f64().unwrap_or(0.0)
+            / summary["frames"].as_f64().unwrap_or(1.0).max(1.0)
+            / 1024.0,
+        summary["missing"],
+        summary["duplicates"],
+        stored.lines,
+        stored.duplicates,
+    );
+    println!(
+        "    latency, agent write to dashboard frame: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        ms("p50_us"),
+        ms("p99_us"),
+        ms("max_us")
+    );
+    println!("    p99 per second: {}", summary["p99_per_sec_ms"]);
+    writer_after.report_since(
+        &writer_before,
+        Duration::from_micros(last_us.saturating_sub(start_us)),
+    );
+    println!(
+        "    slowest write batch (jobs + commit): {:.1} ms",
+        slowest_batch as f64 / 1000.0
+    );
+    println!(
+        "    runner: {runner_cpu:.2} CPU s ({:.2} cores), {:.1} ms per MiB; peak RSS {runner_peak:.1} MiB",
+        runner_cpu / window,
+        runner_cpu * 1000.0 / produced_mib
+    );
+    println!(
+        "    agents: {agents_cpu:.2} CPU s ({:.1} ms per MiB); server process: {server_cpu:.2} CPU s \
+         ({:.2} cores, {:.1} ms per MiB); dashboard client: {watcher_cpu:.2} CPU s",
+        agents_cpu * 1000.0 / produced_mib,
+        server_cpu / window,
+        server_cpu * 1000.0 / produced_mib
+    );
+    let total = (machine_after.machine_total - machine_before.machine_total).max(1) as f64;
+    let ours = runner_ticks
+        + watcher_ticks
+        + (machine_after.own - machine_before.own)
+        + agents.iter().map(|a| a.cpu_ticks).sum::<u64>();
+    let others = (machine_after.machine_busy - machine_before.machine_busy).saturating_sub(ours)
+        + (machine_after.machine_steal - machine_before.machine_steal);
+    let others_share = 100.0 * others as f64 / total;
+    println!(
+        "    cpu: the measured processes {:.0} % of the machine, others and steal {others_share:.0} %{}",
+        100.0 * ours as f64 / total,
+        if others_share > DISTURBANCE_LIMIT {
+            " (does not count)"
+        } else {
+            ""
+        }
+    );
+    let expected = produced_lines;
+    let complete = summary["missing"] == 0
+        && summary["duplicates"] == 0
+        && stored.lines == expected
+        && stored_missing == 0
+        && stored.duplicates == 0
+        && completed == RUNNER_SESSIONS;
+    let load_ok = produced_per_sec >= LOAD_SHARE_NEEDED * named
+        && received_per_sec >= LOAD_SHARE_NEEDED * named;
+    let latency_ok = load_ok && complete && p99 < TARGET_RUNNER_P99;
+    println!();
+    println!(
+        "load: produced {produced_per_sec:.2}, received {received_per_sec:.2} of the {named:.0} MiB/s named \
+         ({:.0} % / {:.0} %, at least {:.0} % needed): {}",
+        produced_per_sec * 100.0 / named,
+        received_per_sec * 100.0 / named,
+        LOAD_SHARE_NEEDED * 100.0,
+        verdict(load_ok)
+    );
+    println!(
+        "every line stored and delivered once, every session COMPLETED: {}",
+        verdict(complete)
+    );
+    println!(
+        "latency p99 {:.2} ms (target < {} ms, at the named load): {}",
+        p99.as_secs_f64() * 1000.0,
+        TARGET_RUNNER_P99.as_millis(),
+        verdict(latency_ok)
+    );
+    if !latency_ok {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if !log.is_empty() {
+            println!("the runner's log:\n{log}");
+        }
+    }
+    exit_code(latency_ok)
+}
+
+/// Starts `loadgen runner-watch` and waits until it is subscribed to every session.
+async fn spawn_watcher(server: &BenchServer, sessions: &[String]) -> ClientProcess {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "runner-watch",
+            &server.addr.to_string(),
+            &server.admin_token,
+            &sessions.join(","),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(60), stdout.next_line())
+            .await
+            .expect("the dashboard client did not subscribe in 60 s")
+            .unwrap()
+            .expect("the dashboard client ended early");
+        if line == "READY" {
+            break;
+        }
+    }
+    ClientProcess { child, stdout }
+}
+
+/// `loadgen runner-watch ADDR TOKEN SESSION,SESSION,…`: one dashboard connection (`/api/v1/ws`,
+/// the token in its `Authorization` header) subscribed to every session. Prints READY once
+/// subscribed; reassembles each session's lines from its terminal frames and times each line
+/// from its stamp to the arrival of the frame that completes it. Given the number of lines each
+/// agent wrote (on stdin), it prints a JSON summary once it has them all, or `RUNNER_DRAIN`
+/// after.
+async fn runner_watch() -> ExitCode {
+    use tokio::io::AsyncBufReadExt;
+    let args: Vec<String> = std::env::args().collect();
+    let (addr, token) = (&args[2], &args[3]);
+    let sessions: Vec<&str> = args[4].split(',').collect();
+    let mut request = format!("ws://{addr}/api/v1/ws")
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    for (i, s) in sessions.iter().enumerate() {
+        let sub =
+            json!({"type": "subscribe_session", "sessionId": s, "messageId": format!("s{i}")});
+        ws.send(Message::text(sub.to_string())).await.unwrap();
+    }
+    let mut checks: HashMap<String, LineCheck> = sessions
+        .iter()
+        .map(|s| (s.to_string(), LineCheck::default()))
+        .collect();
+    // (received at, latency), µs.
+    let mut samples: Vec<(u64, u64)> = Vec::new();
+    let (mut frames, mut bytes) = (0u64, 0u64);
+    let mut subscribed = 0;
+    while subscribed < sessions.len() {
+        let Some(Ok(msg)) = ws.next().await else {
+            eprintln!("runner-watch: the connection closed while subscribing");
+            return ExitCode::FAILURE;
+        };
+        let Message::Text(text) = msg else { continue };
+        let frame: Value = serde_json::from_str(text.as_str()).unwrap_or_default();
+        if frame["event"] == "subscribed" {
+            subscribed += 1;
+        } else if frame["type"] == "error" {
+            eprintln!("runner-watch: {frame}");
+            return ExitCode::FAILURE;
+        }
+    }
+    println!("READY");
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut told = Box::pin(stdin.next_line());
+    let mut expected: Option<u64> = None;
+    let mut deadline = tokio::time::Instant::now() + Duration::from_secs(86_400);
+    loop {
+        tokio::select! {
+            msg = ws.next() => {
+                let Some(Ok(msg)) = msg else { break };
+                let now = epoch_micros() as u64;
+                let Message::Text(text) = msg else { continue };
+                let Ok(frame) = serde_json::from_str::<Value>(text.as_str()) else { continue };
+                if frame["type"] != "terminal" {
+                    continue;
+                }
+                let (Some(session), Some(data)) = (frame["sessionId"].as_str(), frame["data"].as_str())
+                else {
+                    continue;
+                };
+                let Some(check) = checks.get_mut(session) else { continue };
+                frames += 1;
+                bytes += data.len() as u64;
+                check.take(data, |written| samples.push((now, now.saturating_sub(written))));
+            }
+            line = &mut told, if expected.is_none() => {
+                expected = line.ok().flatten().and_then(|l| l.trim().parse().ok()).or(Some(0));
+                deadline = tokio::time::Instant::now() + RUNNER_DRAIN;
+            }
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+        if let Some(n) = expected
+            && checks.values().all(|c| c.next >= n)
+        {
+            break;
+        }
+    }
+    let total = expected.unwrap_or(0);
+    let lines: u64 = checks.values().map(|c| c.lines).sum();
+    let missing: u64 = checks.values().map(|c| c.missing_of(total)).sum();
+    let duplicates: u64 = checks.values().map(|c| c.duplicates).sum();
+    let first_us = samples.iter().map(|s| s.0).min().unwrap_or(0);
+    let last_us = samples.iter().map(|s| s.0).max().unwrap_or(0);
+    // The p99 of each second, by arrival: a queue that builds up shows as a rising trend.
+    let mut per_sec: Vec<Vec<Duration>> = Vec::new();
+    for (at, latency) in &samples {
+        let sec = ((at - first_us) / 1_000_000) as usize;
+        if per_sec.len() <= sec {
+            per_sec.resize(sec + 1, Vec::new());
+        }
+        per_sec[sec].push(Duration::from_micros(*latency));
+    }
+    let per_sec_p99: Vec<f64> = per_sec
+        .iter_mut()
+        .map(|window| {
+            window.sort_unstable();
+            (millis(percentile(window, 99.0)) * 10.0).round() / 10.0
+        })
+        .collect();
+    let mut latencies: Vec<Duration> = samples.iter().map(|s| Duration::from_micros(s.1)).collect();
+    latencies.sort_unstable();
+    let us = |d: Duration| d.as_micros() as u64;
+    println!(
+        "{}",
+        json!({"lines": lines, "missing": missing, "duplicates": duplicates, "frames": frames,
+               "bytes": bytes, "last_us": last_us, "cpu_ticks": process_cpu_ticks(std::process::id()),
+               "p50_us": us(percentile(&latencies, 50.0)), "p99_us": us(percentile(&latencies, 99.0)),
+               "max_us": us(latencies.last().copied().unwrap_or_default()),
+               "p99_per_sec_ms": per_sec_p99})
     );
     ExitCode::SUCCESS
 }

@@ -6,7 +6,10 @@
 //! handled by the same domain calls as the REST endpoints.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -52,6 +55,13 @@ pub async fn open(
     });
     Ok(checked.map(|id| Success::Raw(handshake.accept(move |socket| serve(st, p, id, socket)))))
 }
+
+/// Frames being stored at once on one channel, at most; past this the channel stops reading
+/// until the oldest is answered.
+const STORING_AT_ONCE: usize = 64;
+
+/// Reports that are one store write each, handed to the writer as they arrive (see `serve`).
+const STORED_IN_ORDER: &[&str] = &["terminal_output", "usage", "session_state"];
 
 /// A runner whose socket takes no frame for this long is treated as gone.
 const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -105,9 +115,19 @@ async fn serve(st: AppState, p: Caller, runner: Uuid, socket: Socket) {
     tracing::info!(%runner, connection, "runner channel connected");
     st.bus.kick_scheduler();
 
+    // Output, usage and state reports do not wait for the one before to be stored: each hands
+    // its write to the store writer as it arrives (so in order), and what a runner's sessions
+    // reported meanwhile goes into one durable commit instead of one commit per frame. Their
+    // answers still go in order, and any other frame waits until those before it are answered.
+    // (Usage reports of every session come at the same moment; handled one at a time, each
+    // would hold up the output behind it for a commit.)
+    let mut storing: FuturesOrdered<BoxFuture<'static, Vec<Value>>> = FuturesOrdered::new();
     while alive {
         tokio::select! {
-            incoming = stream.next() => {
+            Some(replies) = storing.next(), if !storing.is_empty() => {
+                alive = send_all(&mut sink, replies).await;
+            }
+            incoming = stream.next(), if storing.len() < STORING_AT_ONCE => {
                 let Some(Ok(msg)) = incoming else { break };
                 if msg.is_close() {
                     break;
@@ -123,17 +143,33 @@ async fn serve(st: AppState, p: Caller, runner: Uuid, socket: Socket) {
                 let replies = if msg.len() > MAX_FRAME_BYTES {
                     vec![error_frame(SocketError::MessageTooLarge.code(), &format!("frames are limited to {} MiB", MAX_FRAME_BYTES >> 20), None)]
                 } else if msg.is_text() {
-                    handle(&st, &p, runner, msg.to_text().unwrap_or("")).await
+                    match parse(msg.to_text().unwrap_or("")) {
+                        Err(replies) => replies,
+                        Ok(frame) if frame.get("type").and_then(Value::as_str).is_some_and(|t| STORED_IN_ORDER.contains(&t)) => {
+                            storing.push_back(start_storing(&st, &p, runner, frame).await);
+                            continue;
+                        }
+                        Ok(frame) => {
+                            // Whatever came before it is answered first.
+                            while let Some(replies) = storing.next().await {
+                                alive = alive && send_all(&mut sink, replies).await;
+                            }
+                            if !alive {
+                                break;
+                            }
+                            handle(&st, &p, runner, frame).await
+                        }
+                    }
                 } else if msg.is_ping() {
                     Vec::new()
                 } else {
                     vec![error_frame(SocketError::InvalidMessage.code(), "frames must be JSON text", None)]
                 };
-                for reply in replies {
-                    if send(&mut sink, Message::text(wire::text(reply))).await.is_err() {
-                        alive = false;
-                        break;
-                    }
+                if storing.is_empty() {
+                    alive = send_all(&mut sink, replies).await;
+                } else {
+                    // After the answers to the output before it.
+                    storing.push_back(Box::pin(std::future::ready(replies)));
                 }
             }
             Some(entry) = commands.recv() => {
@@ -213,15 +249,51 @@ fn ack(message_id: Option<&Value>, data: Option<Value>) -> Vec<Value> {
     vec![f]
 }
 
-/// One frame from the runner; returns the frames to answer with.
-async fn handle(st: &AppState, p: &Principal, runner: Uuid, text: &str) -> Vec<Value> {
-    let Ok(frame) = serde_json::from_str::<Value>(text) else {
-        return vec![error_frame(
+/// Sends `replies` in order; false once the socket failed.
+async fn send_all(
+    sink: &mut futures_util::stream::SplitSink<Socket, Message>,
+    replies: Vec<Value>,
+) -> bool {
+    for reply in replies {
+        if send(sink, Message::text(wire::text(reply))).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// Starts storing a frame of `STORED_IN_ORDER`; the future answers it. Its first poll, done
+/// here, hands the write to the store writer, so writes reach the writer in the order their
+/// frames arrived (a chunk's offset is checked against the one before it, a final state comes
+/// after the output before it).
+async fn start_storing(
+    st: &AppState,
+    p: &Caller,
+    runner: Uuid,
+    frame: Value,
+) -> BoxFuture<'static, Vec<Value>> {
+    let (st, p) = (st.clone(), p.clone());
+    let mut storing: BoxFuture<'static, Vec<Value>> =
+        Box::pin(async move { handle(&st, &p, runner, frame).await });
+    match std::future::poll_fn(|cx| Poll::Ready(storing.as_mut().poll(cx))).await {
+        Poll::Ready(replies) => Box::pin(std::future::ready(replies)),
+        Poll::Pending => storing,
+    }
+}
+
+/// A frame from the runner as JSON, or the error frame that answers it.
+fn parse(text: &str) -> Result<Value, Vec<Value>> {
+    serde_json::from_str::<Value>(text).map_err(|_| {
+        vec![error_frame(
             SocketError::InvalidMessage.code(),
             "frame is not valid JSON",
             None,
-        )];
-    };
+        )]
+    })
+}
+
+/// One frame from the runner; returns the frames to answer with.
+async fn handle(st: &AppState, p: &Principal, runner: Uuid, frame: Value) -> Vec<Value> {
     let message_id = frame.get("messageId").filter(|v| !v.is_null()).cloned();
     let mid = message_id.as_ref();
     let kind = frame

@@ -42,6 +42,11 @@ pub enum Up {
 
 /// Output chunks stay below this (the server takes up to 256 KiB).
 const CHUNK_BYTES: usize = 64 * 1024;
+// A chunk shorter than `CHUNK_BYTES` is sent only while none of the session's is in flight: what
+// the agent prints while the server stores one chunk gathers into the next. An idle session's
+// output goes at once; a busy one's goes in fewer, larger frames. The server stores a channel's
+// frames one after another, each in a durable commit, so the number of frames, not their size,
+// bounds a runner's output (`loadgen runner` in BENCHMARKS.md).
 /// Output sent but not yet acknowledged, per session.
 const WINDOW_BYTES: u64 = 1024 * 1024;
 
@@ -54,9 +59,12 @@ struct PendingReport {
 #[derive(Default)]
 struct SessionOutput {
     assignment: String,
-    /// Offset of `buf`'s first byte; everything before it the server holds.
+    /// Offset of `buf[front..]`'s first byte; everything before it the server holds.
     base: u64,
     buf: String,
+    /// Bytes at the start of `buf` the server already holds, removed in bulk (`held`): removing
+    /// each acknowledged chunk from the front would move the whole backlog every time.
+    front: usize,
     /// Next offset to send.
     sent: u64,
     /// Chunks in flight: message id → offset after the chunk.
@@ -68,25 +76,49 @@ struct SessionOutput {
 
 impl SessionOutput {
     fn end(&self) -> u64 {
-        self.base + self.buf.len() as u64
+        self.base + (self.buf.len() - self.front) as u64
+    }
+
+    /// Output the server does not hold yet.
+    fn unheld(&self) -> bool {
+        self.buf.len() > self.front
+    }
+
+    /// Index in `buf` of offset `at` (at least `base`).
+    fn index(&self, at: u64) -> usize {
+        self.front + (at - self.base) as usize
     }
 
     /// The server holds everything before `offset`.
     fn held(&mut self, offset: u64) {
         if offset > self.base {
-            let cut = ((offset - self.base) as usize).min(self.buf.len());
-            let cut = floor_char_boundary(&self.buf, cut);
-            self.buf.drain(..cut);
+            let cut = ((offset - self.base) as usize).min(self.buf.len() - self.front);
+            let cut = floor_char_boundary(&self.buf, self.front + cut) - self.front;
+            self.front += cut;
             self.base += cut as u64;
+            if self.front == self.buf.len() {
+                self.buf.clear();
+                self.front = 0;
+            } else if self.front >= CHUNK_BYTES && self.front * 2 >= self.buf.len() {
+                self.buf.drain(..self.front);
+                self.front = 0;
+            }
         }
         if self.sent < self.base {
             self.sent = self.base;
         }
-        if self.buf.is_empty() {
+        if !self.unheld() {
             for f in self.flush.drain(..) {
                 let _ = f.send(());
             }
         }
+    }
+
+    /// Drops everything, to go on from `offset`.
+    fn restart_at(&mut self, offset: u64) {
+        self.buf.clear();
+        self.front = 0;
+        self.base = offset;
     }
 }
 
@@ -149,7 +181,7 @@ impl Outbox {
             }
             Up::Flush { session, done } => {
                 match self.outputs.get_mut(&session) {
-                    Some(o) if !o.buf.is_empty() => o.flush.push(done),
+                    Some(o) if o.unheld() => o.flush.push(done),
                     _ => {
                         let _ = done.send(());
                     }
@@ -174,8 +206,13 @@ impl Outbox {
         let Some(o) = self.outputs.get_mut(session) else {
             return frames;
         };
+        let idle = o.inflight.is_empty();
         while o.sent < o.end() && o.sent - o.base < WINDOW_BYTES {
-            let start = (o.sent - o.base) as usize;
+            let start = o.index(o.sent);
+            if !idle && o.buf.len() - start < CHUNK_BYTES {
+                // Waits for the chunk in flight (its ack pumps again).
+                break;
+            }
             let mut stop = (start + CHUNK_BYTES).min(o.buf.len());
             stop = floor_char_boundary(&o.buf, stop);
             if stop <= start {
@@ -288,8 +325,7 @@ impl Outbox {
             return Vec::new();
         }
         if offset > o.end() {
-            o.buf.clear();
-            o.base = offset;
+            o.restart_at(offset);
         }
         o.held(offset);
         o.sent = offset.max(o.base);
@@ -353,7 +389,7 @@ pub async fn run(runner: Arc<Runner>, mut up: mpsc::UnboundedReceiver<Up>) {
 
 /// Jittered exponential backoff: 0.5 s doubling to 30 s, each wait a random 50–100 % of that.
 pub fn backoff(failures: u32) -> Duration {
-    let cap_ms = (500u64 << (failures.clamp(1, 7) - 1)).min(30_000);
+    let cap_ms = (500u64 << failures.min(7).saturating_sub(1)).min(30_000);
     let jitter = rand::random::<f64>() * 0.5 + 0.5;
     Duration::from_millis((cap_ms as f64 * jitter) as u64)
 }
@@ -531,10 +567,13 @@ mod tests {
         let sent = ids(&o.on_connect());
         assert_eq!(sent.len(), 1);
         assert_eq!((sent[0].1, sent[0].2.as_str()), (0, "hello "));
-        let more = ids(&o.take(output("s", "world"), true));
+        assert!(
+            o.take(output("s", "world"), true).is_empty(),
+            "a short chunk waits while one is in flight"
+        );
+        // The first is acknowledged, which sends the second; that is lost with the connection.
+        let more = ids(&o.answered(&sent[0].0, Ok(Value::Null)));
         assert_eq!((more[0].1, more[0].2.as_str()), (6, "world"));
-        // The first is acknowledged, the second lost with the connection.
-        o.answered(&sent[0].0, Ok(Value::Null));
         let again = ids(&o.on_connect());
         assert_eq!(again.len(), 1);
         assert_eq!((again[0].1, again[0].2.as_str()), (6, "world"));
@@ -544,18 +583,25 @@ mod tests {
     fn resync_resends_from_the_servers_offset_once() {
         let mut o = Outbox::default();
         o.on_connect();
-        let a = ids(&o.take(output("s", "abc"), true));
-        let b = ids(&o.take(output("s", "def"), true));
-        assert_eq!((a[0].1, b[0].1), (0, 3));
+        let text = format!("{}def", "x".repeat(CHUNK_BYTES));
+        let sent = ids(&o.take(output("s", &text), true));
+        let offsets: Vec<u64> = sent.iter().map(|f| f.1).collect();
+        assert_eq!(offsets, [0, CHUNK_BYTES as u64]);
         // The server stored nothing: both chunks answer with resync 0.
         let first = ids(&o.resync("s", 0));
-        assert_eq!(first.len(), 1);
-        assert_eq!((first[0].1, first[0].2.as_str()), (0, "abcdef"));
+        assert_eq!(first.len(), 2);
+        assert_eq!((first[0].1, first[0].2.len()), (0, CHUNK_BYTES));
+        assert_eq!(
+            (first[1].1, first[1].2.as_str()),
+            (CHUNK_BYTES as u64, "def")
+        );
         assert!(
             o.resync("s", 0).is_empty(),
             "a second resync for the same offset waits"
         );
-        o.answered(&first[0].0, Ok(Value::Null));
+        for f in &first {
+            o.answered(&f.0, Ok(Value::Null));
+        }
         let (tx, mut rx) = oneshot::channel();
         o.take(
             Up::Flush {
@@ -565,6 +611,27 @@ mod tests {
             true,
         );
         assert!(rx.try_recv().is_ok(), "everything is stored");
+    }
+
+    #[test]
+    fn output_gathers_while_a_chunk_is_in_flight() {
+        let mut o = Outbox::default();
+        o.on_connect();
+        let first = ids(&o.take(output("s", "a"), true));
+        assert_eq!(first.len(), 1, "an idle session's output goes at once");
+        assert!(o.take(output("s", "b"), true).is_empty());
+        assert!(o.take(output("s", "c"), true).is_empty());
+        let next = ids(&o.answered(&first[0].0, Ok(Value::Null)));
+        assert_eq!(next.len(), 1);
+        assert_eq!(
+            (next[0].1, next[0].2.as_str()),
+            (1, "bc"),
+            "what gathered goes in one frame"
+        );
+        // A full chunk does not wait.
+        let full = ids(&o.take(output("s", &"d".repeat(CHUNK_BYTES)), true));
+        assert_eq!(full.len(), 1);
+        assert_eq!((full[0].1, full[0].2.len()), (3, CHUNK_BYTES));
     }
 
     #[test]
@@ -583,6 +650,33 @@ mod tests {
             bytes as u64, WINDOW_BYTES,
             "no more than the window is in flight"
         );
+    }
+
+    #[test]
+    fn a_backlog_goes_out_in_order_as_chunks_are_acknowledged() {
+        let mut o = Outbox::default();
+        o.on_connect();
+        let text: String = (0..3 * WINDOW_BYTES as usize / 10)
+            .map(|i| format!("{:09}\n", i))
+            .collect();
+        let mut frames = ids(&o.take(output("s", &text), true));
+        let mut got = String::new();
+        while !frames.is_empty() {
+            let (id, offset, data) = frames.remove(0);
+            assert_eq!(offset, got.len() as u64);
+            got.push_str(&data);
+            frames.extend(ids(&o.answered(&id, Ok(Value::Null))));
+        }
+        assert_eq!(got, text);
+        let (tx, mut rx) = oneshot::channel();
+        o.take(
+            Up::Flush {
+                session: "s".into(),
+                done: tx,
+            },
+            true,
+        );
+        assert!(rx.try_recv().is_ok(), "everything is stored");
     }
 
     #[test]

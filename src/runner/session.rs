@@ -211,6 +211,30 @@ impl Output {
         self.push(lines.as_bytes());
     }
 
+    /// `push` for bytes the caller gives up: valid UTF-8 with nothing carried over (the usual
+    /// read) becomes the text as it is, without copying it.
+    fn push_owned(&mut self, bytes: Vec<u8>) {
+        if !self.carry.is_empty() {
+            return self.push(&bytes);
+        }
+        match String::from_utf8(bytes) {
+            Ok(text) => {
+                if let Some(last) = text.as_bytes().last() {
+                    self.mid_line = *last != b'\n';
+                }
+                self.bytes_in += text.len() as u64;
+                if !text.is_empty() {
+                    self.runner.send(Up::Output {
+                        session: self.session.clone(),
+                        assignment: self.assignment.clone(),
+                        data: text,
+                    });
+                }
+            }
+            Err(e) => self.push(e.as_bytes()),
+        }
+    }
+
     fn push(&mut self, bytes: &[u8]) {
         if let Some(last) = bytes.last() {
             self.mid_line = *last != b'\n';
@@ -433,7 +457,7 @@ async fn drive(
             result = &mut adapter => {
                 break result.unwrap_or_else(|e| Outcome::Failed(format!("adapter failed: {e}")));
             }
-            Some(bytes) = output_rx.recv() => out.push(&bytes),
+            Some(bytes) = output_rx.recv() => out.push_owned(bytes),
             Some(update) = usage_rx.recv() => usage.merge(update),
             Some((request, reply)) = ask_rx.recv() => {
                 // What the agent wrote before asking comes before the request's line.
@@ -490,7 +514,12 @@ async fn drive(
                 }
             },
             _ = usage_tick.tick() => {
-                usage.compute = usage.compute.max(process::group_cpu_seconds(pgid));
+                // A walk through /proc: on the blocking pool, not on a worker the channel needs
+                // (sessions started together tick together).
+                let compute = tokio::task::spawn_blocking(move || process::group_cpu_seconds(pgid))
+                    .await
+                    .unwrap_or(0.0);
+                usage.compute = usage.compute.max(compute);
                 if let Some(frame) = usage.frame_if_changed(spec) {
                     runner.send(Up::Report { frame, reply: None });
                 }
@@ -528,7 +557,7 @@ async fn drive(
 /// Everything the agent has written so far, so that a line of the session's own comes after it.
 fn drain(output: &mut mpsc::Receiver<Vec<u8>>, out: &mut Output) {
     while let Ok(bytes) = output.try_recv() {
-        out.push(&bytes);
+        out.push_owned(bytes);
     }
 }
 

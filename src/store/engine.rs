@@ -132,6 +132,8 @@ pub struct WriterStats {
     pub commit_micros: AtomicU64,
     /// Time batches spent waiting for more jobs (`LINGER`), in microseconds.
     pub linger_micros: AtomicU64,
+    /// The longest batch (jobs + commit) since this was last reset to 0, in microseconds.
+    pub slowest_batch_micros: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -432,6 +434,9 @@ fn run_batch(
     stats
         .commit_micros
         .fetch_add(jobs_done.elapsed().as_micros() as u64, Ordering::Relaxed);
+    stats
+        .slowest_batch_micros
+        .fetch_max(started.elapsed().as_micros() as u64, Ordering::Relaxed);
     match outcome {
         Ok(()) => (finishes, Ok(()), committed),
         Err(e) => (finishes, Err(e.into()), Committed::default()),
