@@ -685,16 +685,16 @@ impl Client {
         }
     }
 
-    /// One POST, its body read to the end so the connection can be reused. No answer within
+    /// One request, its body read to the end so the connection can be reused. No answer within
     /// `REQUEST_TIMEOUT` stops the run.
-    async fn post(&mut self, call: &Call) -> (StatusCode, Bytes) {
+    async fn send(&mut self, request: Request<Full<Bytes>>) -> (StatusCode, Bytes) {
+        let what = format!(
+            "client {}: {} {}",
+            self.index,
+            request.method(),
+            request.uri()
+        );
         let exchange = async {
-            let request = Request::post(call.path.as_str())
-                .header(HOST, &self.host)
-                .header(AUTHORIZATION, &call.authorization)
-                .header(CONTENT_TYPE, "application/json")
-                .body(Full::new(call.body.clone()))
-                .unwrap();
             self.sender.ready().await.unwrap();
             let response = self.sender.send_request(request).await.unwrap();
             let status = response.status();
@@ -703,31 +703,28 @@ impl Client {
         };
         tokio::time::timeout(REQUEST_TIMEOUT, exchange)
             .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "client {}: POST {} got no answer in {REQUEST_TIMEOUT:?}",
-                    self.index, call.path
-                )
-            })
+            .unwrap_or_else(|_| panic!("{what} got no answer in {REQUEST_TIMEOUT:?}"))
+    }
+
+    /// One POST of `call`.
+    async fn post(&mut self, call: &Call) -> (StatusCode, Bytes) {
+        let request = Request::post(call.path.as_str())
+            .header(HOST, &self.host)
+            .header(AUTHORIZATION, &call.authorization)
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(call.body.clone()))
+            .unwrap();
+        self.send(request).await
     }
 
     /// One GET with `token`; the answer must be `200`. Returns its body.
     async fn get_ok(&mut self, path: &str, token: &str) -> Bytes {
-        let exchange = async {
-            let request = Request::get(path)
-                .header(HOST, &self.host)
-                .header(AUTHORIZATION, format!("Bearer {token}"))
-                .body(Full::new(Bytes::new()))
-                .unwrap();
-            self.sender.ready().await.unwrap();
-            let response = self.sender.send_request(request).await.unwrap();
-            let status = response.status();
-            let body = response.into_body().collect().await.unwrap().to_bytes();
-            (status, body)
-        };
-        let (status, body) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-            .await
-            .unwrap_or_else(|_| panic!("GET {path} got no answer in {REQUEST_TIMEOUT:?}"));
+        let request = Request::get(path)
+            .header(HOST, &self.host)
+            .header(AUTHORIZATION, format!("Bearer {token}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let (status, body) = self.send(request).await;
         assert_eq!(
             status,
             StatusCode::OK,
@@ -1642,37 +1639,42 @@ async fn spawn_clients(
     mode: &str,
     count: usize,
 ) -> ClientProcess {
-    use tokio::io::AsyncBufReadExt;
     let tokens = dashboard_tokens(server, count).await.join(",");
-    let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "stream-clients",
-            &server.addr.to_string(),
-            &tokens,
-            session,
-            mode,
-            &count.to_string(),
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    loop {
-        let line = tokio::time::timeout(Duration::from_secs(60), stdout.next_line())
-            .await
-            .expect("clients did not connect in 60 s")
-            .unwrap()
-            .expect("the client process ended early");
-        if line == "READY" {
-            break;
-        }
-    }
-    ClientProcess { child, stdout }
+    ClientProcess::start(&[
+        "stream-clients",
+        &server.addr.to_string(),
+        &tokens,
+        session,
+        mode,
+        &count.to_string(),
+    ])
+    .await
 }
 
 impl ClientProcess {
+    /// Starts this program with `args` (a client mode) and waits until it prints READY.
+    async fn start(args: &[&str]) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(60), stdout.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("`loadgen {}` was not ready in 60 s", args[0]))
+                .unwrap()
+                .unwrap_or_else(|| panic!("`loadgen {}` ended early", args[0]));
+            if line == "READY" {
+                return Self { child, stdout };
+            }
+        }
+    }
+
     /// Tells the clients the last seq and reads their summary.
     async fn finish(mut self, last_seq: u64) -> Value {
         use tokio::io::AsyncWriteExt;
@@ -1720,13 +1722,7 @@ async fn stream_clients() -> ExitCode {
     let (frames_tx, mut frames_rx) = mpsc::unbounded_channel::<(u64, u64)>();
     for i in 0..count {
         let token = tokens[i % tokens.len()];
-        let mut request = format!("ws://{addr}/api/v1/ws")
-            .into_client_request()
-            .unwrap();
-        request
-            .headers_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+        let mut ws = dashboard_socket(addr, token).await;
         if subscribe {
             let sub = json!({"type": "subscribe_session", "sessionId": session, "messageId": "s"});
             ws.send(Message::text(sub.to_string())).await.unwrap();
@@ -2367,33 +2363,29 @@ async fn runner_scenario() -> ExitCode {
     exit_code(latency_ok)
 }
 
+/// A dashboard connection (`/api/v1/ws`) with `token` in its `Authorization` header.
+async fn dashboard_socket(
+    addr: &str,
+    token: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let mut request = format!("ws://{addr}/api/v1/ws")
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    tokio_tungstenite::connect_async(request).await.unwrap().0
+}
+
 /// Starts `loadgen runner-watch` and waits until it is subscribed to every session.
 async fn spawn_watcher(server: &BenchServer, sessions: &[String]) -> ClientProcess {
-    use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "runner-watch",
-            &server.addr.to_string(),
-            &server.admin_token,
-            &sessions.join(","),
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    loop {
-        let line = tokio::time::timeout(Duration::from_secs(60), stdout.next_line())
-            .await
-            .expect("the dashboard client did not subscribe in 60 s")
-            .unwrap()
-            .expect("the dashboard client ended early");
-        if line == "READY" {
-            break;
-        }
-    }
-    ClientProcess { child, stdout }
+    ClientProcess::start(&[
+        "runner-watch",
+        &server.addr.to_string(),
+        &server.admin_token,
+        &sessions.join(","),
+    ])
+    .await
 }
 
 /// `loadgen runner-watch ADDR TOKEN SESSION,SESSION,…`: one dashboard connection (`/api/v1/ws`,
@@ -2407,13 +2399,7 @@ async fn runner_watch() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let (addr, token) = (&args[2], &args[3]);
     let sessions: Vec<&str> = args[4].split(',').collect();
-    let mut request = format!("ws://{addr}/api/v1/ws")
-        .into_client_request()
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let mut ws = dashboard_socket(addr, token).await;
     for (i, s) in sessions.iter().enumerate() {
         let sub =
             json!({"type": "subscribe_session", "sessionId": s, "messageId": format!("s{i}")});

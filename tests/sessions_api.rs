@@ -627,6 +627,59 @@ async fn approvals_round_trip() {
     s.stop().await;
 }
 
+/// A runner that resends a request whose answer it lost (or an agent asking the same thing
+/// twice at once) gets the pending approval back, not a second question for the humans.
+#[tokio::test]
+async fn an_identical_pending_request_gets_the_same_approval_back() {
+    let s = TestServer::start("").await;
+    let admin = s.admin();
+    let id = sid(&admin.create_session("acme").await);
+    admin.start_session(&id).await;
+    let path = format!("/api/v1/sessions/{id}/approvals");
+    let ask = json!({"action": "command", "description": "git push", "context": {"tool": "Bash"}});
+    let first = admin.post(&path, ask.clone()).await;
+    assert_eq!(first.status, 201, "{}", first.text);
+    let again = admin.post(&path, ask.clone()).await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(again.data()["approvalId"], first.data()["approvalId"]);
+    assert_eq!(again.data()["requestedAt"], first.data()["requestedAt"]);
+    // Another context, description or action is another question.
+    for other in [
+        json!({"action": "command", "description": "git push", "context": {"tool": "Shell"}}),
+        json!({"action": "command", "description": "git push --force", "context": {"tool": "Bash"}}),
+        json!({"action": "network", "description": "git push", "context": {"tool": "Bash"}}),
+    ] {
+        let r = admin.post(&path, other).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        assert_ne!(r.data()["approvalId"], first.data()["approvalId"]);
+    }
+    let list = admin.get(&path).await;
+    assert_eq!(list.data()["pending"].as_array().unwrap().len(), 4);
+    let timeline = admin.get(&format!("/api/v1/sessions/{id}/events")).await;
+    let requested = timeline.data()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "approval_requested")
+        .count();
+    assert_eq!(requested, 4, "the repeat recorded nothing");
+    // Once answered, the same request is a new question.
+    let resolved = admin
+        .post(
+            &format!(
+                "{path}/{}/resolve",
+                first.data()["approvalId"].as_str().unwrap()
+            ),
+            json!({"decision": "allow"}),
+        )
+        .await;
+    assert_eq!(resolved.status, 200, "{}", resolved.text);
+    let later = admin.post(&path, ask).await;
+    assert_eq!(later.status, 201, "{}", later.text);
+    assert_ne!(later.data()["approvalId"], first.data()["approvalId"]);
+    s.stop().await;
+}
+
 /// The risky classes and the classes of an agent's own permission request are all accepted,
 /// with the context a runner attaches as it sent it; anything else is refused by name.
 #[tokio::test]

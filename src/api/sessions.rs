@@ -287,11 +287,17 @@ pub fn parse_approval_request(
 
 async fn request_approval(id: String, p: Caller, st: AppState, body: Body) -> ApiResult {
     let (assignment, ask) = parse_approval_request(&body)?;
-    let approval = st
+    let (approval, created) = st
         .sessions
         .request_approval(&p, session_id(&id)?, assignment, ask)
         .await?;
-    Success::json_created(&ApprovalRequest::from(&approval))
+    let body = ApprovalRequest::from(&approval);
+    if created {
+        Success::json_created(&body)
+    } else {
+        // The same request is already pending: that approval, not a new one.
+        Success::json(&body)
+    }
 }
 
 async fn resolve_approval(

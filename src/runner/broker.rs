@@ -274,9 +274,14 @@ impl Ask {
 #[derive(Default)]
 pub struct SessionBroker {
     allowed: HashSet<(String, String)>,
-    waiting: HashMap<String, (Ask, oneshot::Sender<Decision>)>,
-    /// Decisions that arrived before the approval's id was known here.
-    early: HashMap<String, Decision>,
+    /// Asks waiting for each approval. The server answers a request identical to one still
+    /// pending with that approval, so two asks (a resend, or an agent asking twice at once) may
+    /// wait for one decision.
+    waiting: HashMap<String, Vec<(Ask, oneshot::Sender<Decision>)>>,
+    /// Decisions known here, by approval id: one that arrives before its approval's id is known
+    /// waits here for its ask, and a later ask the server answered with the same approval gets
+    /// it at once.
+    decided: HashMap<String, Decision>,
 }
 
 impl SessionBroker {
@@ -286,36 +291,36 @@ impl SessionBroker {
             .contains(&(ask.action.clone(), ask.tool.clone()))
     }
 
-    /// The server created approval `id` for `ask`; `reply` gets the decision. A decision that
-    /// came first is returned if it reached someone still waiting for it.
+    /// The server created (or gave back) approval `id` for `ask`; `reply` gets the decision. A
+    /// decision that came first is returned if it reached someone still waiting for it.
     pub fn waiting(
         &mut self,
         id: String,
         ask: Ask,
         reply: oneshot::Sender<Decision>,
     ) -> Option<Decision> {
-        if let Some(d) = self.early.remove(&id) {
+        if let Some(d) = self.decided.get(&id).cloned() {
             self.remember(&ask, &d);
             reply.send(d.clone()).ok().map(|()| d)
         } else {
-            self.waiting.insert(id, (ask, reply));
+            self.waiting.entry(id).or_default().push((ask, reply));
             None
         }
     }
 
     /// `approval_resolved` for approval `id`: the decision, if it reached someone still waiting
-    /// for it.
+    /// for it. The same command again (resent after a reconnect) changes nothing.
     pub fn resolved(&mut self, id: &str, decision: Decision) -> Option<Decision> {
-        match self.waiting.remove(id) {
-            Some((ask, reply)) => {
-                self.remember(&ask, &decision);
-                reply.send(decision.clone()).ok().map(|()| decision)
-            }
-            None => {
-                self.early.insert(id.to_string(), decision);
-                None
-            }
+        if self.decided.contains_key(id) {
+            return None;
         }
+        self.decided.insert(id.to_string(), decision.clone());
+        let mut reached = false;
+        for (ask, reply) in self.waiting.remove(id).unwrap_or_default() {
+            self.remember(&ask, &decision);
+            reached |= reply.send(decision.clone()).is_ok();
+        }
+        reached.then_some(decision)
     }
 
     fn remember(&mut self, ask: &Ask, d: &Decision) {
@@ -326,7 +331,7 @@ impl SessionBroker {
 
     /// Pending approvals, as the session ends: each waiter hears a deny.
     pub fn close(&mut self) {
-        for (_, (_, reply)) in self.waiting.drain() {
+        for (_, reply) in self.waiting.drain().flat_map(|(_, asks)| asks) {
             let _ = reply.send(Decision::deny("the session ended"));
         }
     }
@@ -442,5 +447,38 @@ mod tests {
         b.waiting("a3".into(), ask("rm x", "Bash"), tx);
         b.close();
         assert!(!rx.try_recv().unwrap().allow);
+    }
+
+    #[test]
+    fn two_asks_given_one_approval_both_hear_its_decision_once() {
+        let mut b = SessionBroker::default();
+        let ask = || {
+            Ask::from_agent(
+                "claude",
+                "Bash",
+                &ToolKind::Shell("git push".into()),
+                json!({}),
+                "git push",
+                None,
+            )
+        };
+        let (tx1, mut rx1) = oneshot::channel();
+        let (tx2, mut rx2) = oneshot::channel();
+        assert_eq!(b.waiting("a1".into(), ask(), tx1), None);
+        assert_eq!(b.waiting("a1".into(), ask(), tx2), None);
+        let allow = Decision {
+            allow: true,
+            for_session: false,
+            reason: None,
+        };
+        assert_eq!(b.resolved("a1", allow.clone()), Some(allow.clone()));
+        assert_eq!(rx1.try_recv().ok(), Some(allow.clone()));
+        assert_eq!(rx2.try_recv().ok(), Some(allow.clone()));
+        // The same command again (resent after a reconnect) reaches no one a second time.
+        assert_eq!(b.resolved("a1", Decision::deny("again")), None);
+        // An ask the server answers with an approval already decided hears that decision.
+        let (tx3, mut rx3) = oneshot::channel();
+        assert_eq!(b.waiting("a1".into(), ask(), tx3), Some(allow.clone()));
+        assert_eq!(rx3.try_recv().ok(), Some(allow));
     }
 }

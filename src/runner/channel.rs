@@ -44,9 +44,9 @@ pub enum Up {
 const CHUNK_BYTES: usize = 64 * 1024;
 // A chunk shorter than `CHUNK_BYTES` is sent only while none of the session's is in flight: what
 // the agent prints while the server stores one chunk gathers into the next. An idle session's
-// output goes at once; a busy one's goes in fewer, larger frames. The server stores a channel's
-// frames one after another, each in a durable commit, so the number of frames, not their size,
-// bounds a runner's output (`loadgen runner` in BENCHMARKS.md).
+// output goes at once; a busy one's goes in fewer, larger frames. On the server every frame is
+// a store write and a dashboard frame of its own, so their number, more than their size, costs
+// (`loadgen runner` in BENCHMARKS.md).
 /// Output sent but not yet acknowledged, per session.
 const WINDOW_BYTES: u64 = 1024 * 1024;
 
@@ -460,6 +460,14 @@ async fn serve(
                     _ => continue,
                 };
                 let Ok(frame) = serde_json::from_str::<Value>(&text) else { continue };
+                if server_failed(&frame) {
+                    // The server could not store a report (its database failed, or it is
+                    // shutting down): nothing it refused this way is given up. A new connection
+                    // (with backoff) sends every unacknowledged report and the output from the
+                    // acknowledged offset again.
+                    tracing::warn!(code = %frame["code"], message = %frame["message"], "the server failed a report; reconnecting to send it again");
+                    return;
+                }
                 pending.extend(on_frame(runner, outbox, frame, &mut beat));
             }
             item = up.recv() => match item {
@@ -473,6 +481,16 @@ async fn serve(
             }
         }
     }
+}
+
+/// An `error` frame that says the server failed, not that the report was wrong or is no longer
+/// wanted (a stale assignment, a session that ended): such a report is worth sending again.
+fn server_failed(frame: &Value) -> bool {
+    frame["type"] == "error"
+        && matches!(
+            frame["code"].as_str(),
+            Some("INTERNAL_ERROR" | "UNAVAILABLE")
+        )
 }
 
 const COMMANDS: &[&str] = &[
@@ -602,15 +620,38 @@ mod tests {
         for f in &first {
             o.answered(&f.0, Ok(Value::Null));
         }
+        assert!(flushed(&mut o, "s"), "everything is stored");
+    }
+
+    /// Whether a flush of `session` given now resolves at once (everything is stored).
+    fn flushed(o: &mut Outbox, session: &str) -> bool {
         let (tx, mut rx) = oneshot::channel();
         o.take(
             Up::Flush {
-                session: "s".into(),
+                session: session.into(),
                 done: tx,
             },
             true,
         );
-        assert!(rx.try_recv().is_ok(), "everything is stored");
+        rx.try_recv().is_ok()
+    }
+
+    #[test]
+    fn only_a_failure_of_the_server_is_worth_a_resend() {
+        let error = |code: &str| json!({"type": "error", "code": code, "messageId": "r1"});
+        assert!(server_failed(&error("INTERNAL_ERROR")));
+        assert!(server_failed(&error("UNAVAILABLE")));
+        for refused in [
+            "STALE_ASSIGNMENT",
+            "INVALID_STATE",
+            "SESSION_NOT_FOUND",
+            "VALIDATION_ERROR",
+        ] {
+            assert!(!server_failed(&error(refused)), "{refused}");
+        }
+        assert!(!server_failed(
+            &json!({"type": "ack", "code": "INTERNAL_ERROR"})
+        ));
     }
 
     #[test]
@@ -668,15 +709,7 @@ mod tests {
             frames.extend(ids(&o.answered(&id, Ok(Value::Null))));
         }
         assert_eq!(got, text);
-        let (tx, mut rx) = oneshot::channel();
-        o.take(
-            Up::Flush {
-                session: "s".into(),
-                done: tx,
-            },
-            true,
-        );
-        assert!(rx.try_recv().is_ok(), "everything is stored");
+        assert!(flushed(&mut o, "s"), "everything is stored");
     }
 
     #[test]

@@ -4,13 +4,18 @@
 use super::*;
 
 impl SessionService {
+    /// A runner asks. A request identical (action, description, context) to one of the
+    /// session's approvals that is still pending gets that approval back, with `false`: a
+    /// runner that resends a request whose answer it lost with its connection, or an agent
+    /// that asks the same thing twice at once, waits for the one decision instead of putting
+    /// a second question to the humans.
     pub async fn request_approval(
         &self,
         p: &Principal,
         id: Uuid,
         assignment: Option<Uuid>,
         req: NewApproval,
-    ) -> DomainResult<Approval> {
+    ) -> DomainResult<(Approval, bool)> {
         let p = p.clone();
         let now = self.now();
         let rules = self.rules;
@@ -27,13 +32,23 @@ impl SessionService {
                         s.state.as_str()
                     )));
                 }
+                let context_json = req.context.map(|c| c.to_string());
+                let approvals = w.approvals(s.id)?;
+                if let Some(same) = approvals.iter().find(|a| {
+                    a.resolution.is_none()
+                        && a.action == req.action
+                        && a.description == req.description
+                        && a.context_json == context_json
+                }) {
+                    return Ok((same.clone(), false));
+                }
                 let approval = Approval {
                     id: approval_id,
-                    seq: w.approvals(s.id)?.len() as u64 + 1,
+                    seq: approvals.len() as u64 + 1,
                     session_id: s.id,
                     action: req.action,
                     description: req.description,
-                    context_json: req.context.map(|c| c.to_string()),
+                    context_json,
                     requested_at: now,
                     expires_at: now.saturating_add(rules.approval_timeout_ms),
                     resolution: None,
@@ -65,7 +80,7 @@ impl SessionService {
                 s.updated_at = now;
                 w.put_session(&s)?;
                 audit::record(w, &p, "approval.request", approval.id, Some(&s.org_id), now)?;
-                Ok(approval)
+                Ok((approval, true))
             })
             .await
     }
