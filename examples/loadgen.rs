@@ -41,7 +41,10 @@
 //! `village` binary built next to this example, or `$VILLAGE_BIN`) runs `RUNNER_SESSIONS` `pty`
 //! sessions whose agents (this program, `runner-agent`) each print `AGENT_BYTES_PER_SEC` of
 //! timestamped lines; one dashboard connection (`runner-watch`, a child process) subscribed to
-//! every session times each line from its write to the frame that brings it.
+//! every session times each line from its write to the frame that brings it. The latency
+//! verdict leaves out the lines of the first `RUNNER_WARMUP` (a fresh database file growing);
+//! the p99 with them is printed too. Back-to-back runs disturb each other on a small VM (the
+//! previous run's deleted files): leave half a minute between them.
 //!
 //! The databases live in fresh directories under `std::env::temp_dir()` (so on the same disk),
 //! removed at the end.
@@ -1821,8 +1824,11 @@ const AGENT_BYTES_PER_SEC: u64 = 1024 * 1024;
 const LINE_BYTES: usize = 1024;
 /// An agent writes the lines that have come due this often, each batch in one `write`.
 const AGENT_TICK_MICROS: u64 = 10_000;
-/// How long the agents print.
-const RUNNER_DURATION: Duration = Duration::from_secs(10);
+/// How long the agents print: a warm-up whose lines count for the load and the checks but not
+/// for the latency verdict (a fresh database file grows and every process faults its memory in
+/// during the first second or two; a server in service is past that), then the measured part.
+const RUNNER_WARMUP: Duration = Duration::from_secs(3);
+const RUNNER_DURATION: Duration = Duration::from_secs(13);
 /// Required p99 from an agent writing a line to the dashboard client receiving it.
 const TARGET_RUNNER_P99: Duration = Duration::from_millis(100);
 /// Once every agent is done, how long the dashboard client may still wait for its lines.
@@ -2148,12 +2154,9 @@ async fn runner_scenario() -> ExitCode {
     );
     let machine_before = CpuSample::now();
     let writer_before = server.writer_counts();
-    server
-        .state
-        .store
-        .stats
-        .slowest_batch_micros
-        .store(0, Ordering::Relaxed);
+    let stats = &server.state.store.stats;
+    stats.slowest_jobs_micros.store(0, Ordering::Relaxed);
+    stats.slowest_commit_micros.store(0, Ordering::Relaxed);
     let runner_before = process_cpu_ticks(runner_pid);
     let start_us = epoch_micros() as u64 + 100_000;
     write_whole(&signals.join("go"), &start_us.to_string());
@@ -2176,12 +2179,12 @@ async fn runner_scenario() -> ExitCode {
         .saturating_sub(watcher_before);
     let machine_after = CpuSample::now();
     let writer_after = server.writer_counts();
-    let slowest_batch = server
-        .state
-        .store
-        .stats
-        .slowest_batch_micros
-        .load(Ordering::Relaxed);
+    let slowest_ms =
+        |max: &std::sync::atomic::AtomicU64| max.load(Ordering::Relaxed) as f64 / 1000.0;
+    let slowest = (
+        slowest_ms(&server.state.store.stats.slowest_jobs_micros),
+        slowest_ms(&server.state.store.stats.slowest_commit_micros),
+    );
     let runner_peak = process_mib(runner_pid, "VmHWM");
 
     // The end: agents exit, the runner reports each session COMPLETED after its last byte is
@@ -2282,10 +2285,14 @@ async fn runner_scenario() -> ExitCode {
         stored.duplicates,
     );
     println!(
-        "    latency, agent write to dashboard frame: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "    latency, agent write to dashboard frame, after the {:?} warm-up ({} lines): p50 {:.2} ms, \
+         p99 {:.2} ms, max {:.2} ms; p99 of every line, warm-up included: {:.2} ms",
+        RUNNER_WARMUP,
+        summary["measured"],
         ms("p50_us"),
         ms("p99_us"),
-        ms("max_us")
+        ms("max_us"),
+        ms("warmup_p99_us")
     );
     println!("    p99 per second: {}", summary["p99_per_sec_ms"]);
     writer_after.report_since(
@@ -2293,8 +2300,8 @@ async fn runner_scenario() -> ExitCode {
         Duration::from_micros(last_us.saturating_sub(start_us)),
     );
     println!(
-        "    slowest write batch (jobs + commit): {:.1} ms",
-        slowest_batch as f64 / 1000.0
+        "    slowest write batch: {:.1} ms running its jobs, slowest commit {:.1} ms",
+        slowest.0, slowest.1
     );
     println!(
         "    runner: {runner_cpu:.2} CPU s ({:.2} cores), {:.1} ms per MiB; peak RSS {runner_peak:.1} MiB",
@@ -2349,7 +2356,7 @@ async fn runner_scenario() -> ExitCode {
         verdict(complete)
     );
     println!(
-        "latency p99 {:.2} ms (target < {} ms, at the named load): {}",
+        "latency p99 after the warm-up {:.2} ms (target < {} ms, at the named load): {}",
         p99.as_secs_f64() * 1000.0,
         TARGET_RUNNER_P99.as_millis(),
         verdict(latency_ok)
@@ -2469,6 +2476,10 @@ async fn runner_watch() -> ExitCode {
     let duplicates: u64 = checks.values().map(|c| c.duplicates).sum();
     let first_us = samples.iter().map(|s| s.0).min().unwrap_or(0);
     let last_us = samples.iter().map(|s| s.0).max().unwrap_or(0);
+    // Lines written in the warm-up (the first `RUNNER_WARMUP` after the first line) are not
+    // counted for the latency; they are for everything else.
+    let first_written = samples.iter().map(|s| s.0 - s.1).min().unwrap_or(0);
+    let measured_from = first_written + RUNNER_WARMUP.as_micros() as u64;
     // The p99 of each second, by arrival: a queue that builds up shows as a rising trend.
     let mut per_sec: Vec<Vec<Duration>> = Vec::new();
     for (at, latency) in &samples {
@@ -2485,7 +2496,13 @@ async fn runner_watch() -> ExitCode {
             (millis(percentile(window, 99.0)) * 10.0).round() / 10.0
         })
         .collect();
-    let mut latencies: Vec<Duration> = samples.iter().map(|s| Duration::from_micros(s.1)).collect();
+    let mut all: Vec<Duration> = samples.iter().map(|s| Duration::from_micros(s.1)).collect();
+    all.sort_unstable();
+    let mut latencies: Vec<Duration> = samples
+        .iter()
+        .filter(|s| s.0 - s.1 >= measured_from)
+        .map(|s| Duration::from_micros(s.1))
+        .collect();
     latencies.sort_unstable();
     let us = |d: Duration| d.as_micros() as u64;
     println!(
@@ -2494,6 +2511,7 @@ async fn runner_watch() -> ExitCode {
                "bytes": bytes, "last_us": last_us, "cpu_ticks": process_cpu_ticks(std::process::id()),
                "p50_us": us(percentile(&latencies, 50.0)), "p99_us": us(percentile(&latencies, 99.0)),
                "max_us": us(latencies.last().copied().unwrap_or_default()),
+               "measured": latencies.len(), "warmup_p99_us": us(percentile(&all, 99.0)),
                "p99_per_sec_ms": per_sec_p99})
     );
     ExitCode::SUCCESS

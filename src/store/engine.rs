@@ -132,8 +132,10 @@ pub struct WriterStats {
     pub commit_micros: AtomicU64,
     /// Time batches spent waiting for more jobs (`LINGER`), in microseconds.
     pub linger_micros: AtomicU64,
-    /// The longest batch (jobs + commit) since this was last reset to 0, in microseconds.
-    pub slowest_batch_micros: AtomicU64,
+    /// The longest time a batch spent running its jobs, and in `commit()`, since these were
+    /// last reset to 0, in microseconds.
+    pub slowest_jobs_micros: AtomicU64,
+    pub slowest_commit_micros: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -435,8 +437,11 @@ fn run_batch(
         .commit_micros
         .fetch_add(jobs_done.elapsed().as_micros() as u64, Ordering::Relaxed);
     stats
-        .slowest_batch_micros
-        .fetch_max(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        .slowest_jobs_micros
+        .fetch_max((jobs_done - started).as_micros() as u64, Ordering::Relaxed);
+    stats
+        .slowest_commit_micros
+        .fetch_max(jobs_done.elapsed().as_micros() as u64, Ordering::Relaxed);
     match outcome {
         Ok(()) => (finishes, Ok(()), committed),
         Err(e) => (finishes, Err(e.into()), Committed::default()),
