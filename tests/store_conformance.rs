@@ -685,11 +685,7 @@ mod checks {
                 .is_empty()
         );
         assert_eq!(h.read(move |r| r.last_output_seq(sid)).await, 0);
-        assert_eq!(
-            h.read(move |r| r.find_output_back(sid, &mut |_| true))
-                .await,
-            None
-        );
+        assert_eq!(h.read(move |r| r.last_output(sid)).await, None);
         assert!(h.read(move |r| r.approvals(sid)).await.is_empty());
         assert_eq!(h.read(move |r| r.get_approval(sid, id(0x301))).await, None);
 
@@ -826,7 +822,7 @@ mod checks {
         assert!(later.is_empty(), "a later job follows nothing");
         assert_eq!(h.read(move |r| r.last_event_seq(sa)).await, 5);
 
-        // Output: stored with the seq the caller gives, read forwards and backwards.
+        // Output: stored with the seq the caller gives, read forwards, from the end, and by offset.
         let chunks = vec![
             chunk(1, 0, "aaaa"),
             chunk(2, 4, "bbb"),
@@ -865,32 +861,44 @@ mod checks {
         );
         assert_eq!(h.read(move |r| r.last_output_seq(sa)).await, 4);
         assert_eq!(h.read(move |r| r.last_output_seq(sb)).await, 1);
-        let (visited, found) = h
-            .read(move |r| {
-                let mut visited = Vec::new();
-                let found = r.find_output_back(sa, &mut |c| {
-                    visited.push(c.seq);
-                    false
-                })?;
-                Ok((visited, found))
-            })
-            .await;
-        assert_eq!(visited, vec![4, 3, 2, 1], "find_output_back: newest first");
-        assert_eq!(found, None, "never stopped: nothing found");
         assert_eq!(
-            h.read(move |r| r.find_output_back(sa, &mut |c| c.offset <= 5))
-                .await,
-            Some(chunks[1].clone()),
-            "the newest chunk that stops the search"
-        );
-        assert_eq!(
-            h.read(move |r| r.find_output_back(sa, &mut |_| true)).await,
+            h.read(move |r| r.last_output(sa)).await,
             Some(chunks[3].clone())
         );
+        assert_eq!(h.read(|r| r.last_output(id(99))).await, None);
+        // output_at: the newest chunk starting at or before the offset.
+        for (offset, expected) in [(0, 0), (3, 0), (4, 1), (6, 1), (7, 2), (9, 3), (500, 3)] {
+            assert_eq!(
+                h.read(move |r| r.output_at(sa, offset)).await,
+                Some(chunks[expected].clone()),
+                "output_at({offset})"
+            );
+        }
+        assert_eq!(h.read(|r| r.output_at(id(99), 0)).await, None);
+        // A long output with gaps in its seqs (seq 10 + 3k holds offsets 10k..10k+9): every
+        // offset finds its chunk.
+        let sc = id(0xC0FFEE);
+        h.write(move |w| {
+            for k in 0..200u64 {
+                w.put_output(sc, &chunk(10 + 3 * k, 10 * k, "0123456789"))?;
+            }
+            Ok(())
+        })
+        .await;
         assert_eq!(
-            h.read(|r| r.find_output_back(id(99), &mut |_| true)).await,
-            None
+            h.read(move |r| r.output_at(sc, 0)).await.map(|c| c.seq),
+            Some(10)
         );
+        for offset in [0u64, 9, 10, 11, 555, 1009, 1990, 1999, 5000] {
+            let k = (offset / 10).min(199);
+            assert_eq!(
+                h.read(move |r| r.output_at(sc, offset))
+                    .await
+                    .map(|c| c.seq),
+                Some(10 + 3 * k),
+                "output_at({offset}) in the long output"
+            );
+        }
     }
 
     pub async fn approvals_list_in_request_order(open: OpenFn) {

@@ -88,14 +88,14 @@ impl SessionService {
                     )));
                 }
                 // What is stored ends where the last chunk ends: no session rewrite per chunk.
-                let last = w.find_output_back(id, &mut |_| true)?;
+                let last = w.last_output(id)?;
                 let held = last.as_ref().map_or(0, |c| c.offset + c.data.len() as u64);
                 let len = data.len() as u64;
                 match offset {
                     Some(o) if o == held => {}
                     None => {}
                     Some(o) if o < held && o + len <= held => {
-                        let repeat = w.find_output_back(id, &mut |c| c.offset <= o)?;
+                        let repeat = w.output_at(id, o)?;
                         return match repeat {
                             Some(c) if c.offset == o && c.data == data && c.stream == stream => {
                                 Ok(c.seq)

@@ -494,6 +494,19 @@ pub(super) fn last_seq(
     }
 }
 
+/// The session's record with the highest seq at or before `seq`.
+pub(super) fn output_at_or_before<T: codec::Record>(
+    t: &impl ReadableTable<(u128, u64), &'static [u8]>,
+    session: Uuid,
+    seq: u64,
+) -> StoreResult<Option<T>> {
+    let id = session.as_u128();
+    match t.range((id, 0u64)..=(id, seq))?.next_back() {
+        Some(entry) => Ok(Some(decode(entry?.1.value())?)),
+        None => Ok(None),
+    }
+}
+
 /// A read snapshot.
 pub struct ReadCtx {
     txn: ReadTransaction,

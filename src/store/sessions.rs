@@ -5,7 +5,7 @@ use redb::ReadableTable;
 use uuid::Uuid;
 
 use super::codec::{decode, encode};
-use super::engine::{StoreResult, Tables, WriteCtx, last_seq, seq_range};
+use super::engine::{StoreResult, Tables, WriteCtx, last_seq, output_at_or_before, seq_range};
 use super::tables::*;
 use crate::clock::Millis;
 use crate::sessions::model::{Approval, OutputChunk, Session, SessionEvent};
@@ -40,12 +40,12 @@ pub trait SessionReads {
 
     fn last_output_seq(&self, session: Uuid) -> StoreResult<u64>;
 
-    /// The newest chunks first, as far back as `stop` says.
-    fn find_output_back(
-        &self,
-        session: Uuid,
-        stop: &mut dyn FnMut(&OutputChunk) -> bool,
-    ) -> StoreResult<Option<OutputChunk>>;
+    /// The session's newest chunk.
+    fn last_output(&self, session: Uuid) -> StoreResult<Option<OutputChunk>>;
+
+    /// The newest chunk that starts at or before byte `offset` of the session's output: the one
+    /// holding that byte when it is stored. A few reads whatever the session's length.
+    fn output_at(&self, session: Uuid, offset: u64) -> StoreResult<Option<OutputChunk>>;
 
     /// Every approval of a session, in the order they were requested.
     fn approvals(&self, session: Uuid) -> StoreResult<Vec<Approval>>;
@@ -166,20 +166,38 @@ impl<T: Tables> SessionReads for T {
         last_seq(&self.table(SESSION_OUTPUT)?, session)
     }
 
-    fn find_output_back(
-        &self,
-        session: Uuid,
-        stop: &mut dyn FnMut(&OutputChunk) -> bool,
-    ) -> StoreResult<Option<OutputChunk>> {
+    fn last_output(&self, session: Uuid) -> StoreResult<Option<OutputChunk>> {
+        output_at_or_before(&self.table(SESSION_OUTPUT)?, session, u64::MAX)
+    }
+
+    fn output_at(&self, session: Uuid, offset: u64) -> StoreResult<Option<OutputChunk>> {
+        // Offsets grow with seq, so a binary search over the seqs finds the chunk in O(log n)
+        // reads; walking back from the newest made a runner's stale offset cost the writer
+        // thread the whole output. Seqs may have gaps: each probe takes the nearest chunk at or
+        // before its seq.
         let t = self.table(SESSION_OUTPUT)?;
-        let id = session.as_u128();
-        for entry in t.range((id, 0u64)..=(id, u64::MAX))?.rev() {
-            let chunk: OutputChunk = decode(entry?.1.value())?;
-            if stop(&chunk) {
-                return Ok(Some(chunk));
+        let Some(last) = output_at_or_before::<OutputChunk>(&t, session, u64::MAX)? else {
+            return Ok(None);
+        };
+        if last.offset <= offset {
+            return Ok(Some(last));
+        }
+        // `below`: the newest chunk known to start at or before `offset` (seq `lo`, 0 for none);
+        // the chunk at seq `hi` starts after it.
+        let (mut lo, mut hi, mut below) = (0u64, last.seq, None);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            match output_at_or_before::<OutputChunk>(&t, session, mid)? {
+                Some(c) if c.seq > lo && c.offset <= offset => {
+                    lo = c.seq;
+                    below = Some(c);
+                }
+                Some(c) if c.seq > lo => hi = c.seq,
+                // No chunk between `lo` and `mid`.
+                _ => lo = mid,
             }
         }
-        Ok(None)
+        Ok(below)
     }
 
     fn approvals(&self, session: Uuid) -> StoreResult<Vec<Approval>> {
