@@ -640,7 +640,7 @@ async fn an_identical_pending_request_gets_the_same_approval_back() {
     let first = admin.post(&path, ask.clone()).await;
     assert_eq!(first.status, 201, "{}", first.text);
     let again = admin.post(&path, ask.clone()).await;
-    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(again.status, 201, "{}", again.text);
     assert_eq!(again.data()["approvalId"], first.data()["approvalId"]);
     assert_eq!(again.data()["requestedAt"], first.data()["requestedAt"]);
     // Another context, description or action is another question.

@@ -388,7 +388,7 @@ async fn handle(st: &AppState, p: &Principal, runner: Uuid, frame: Value) -> Vec
             }
             "approval_request" => {
                 let (assignment, ask) = parse_approval_request(&body)?;
-                let (approval, _) = st
+                let approval = st
                     .sessions
                     .request_approval(p, session()?, assignment, ask)
                     .await?;

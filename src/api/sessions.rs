@@ -287,17 +287,13 @@ pub fn parse_approval_request(
 
 async fn request_approval(id: String, p: Caller, st: AppState, body: Body) -> ApiResult {
     let (assignment, ask) = parse_approval_request(&body)?;
-    let (approval, created) = st
+    // An identical pending request gets that approval back, with the same 201 a new one gets:
+    // to the runner it is the answer to its request either way.
+    let approval = st
         .sessions
         .request_approval(&p, session_id(&id)?, assignment, ask)
         .await?;
-    let body = ApprovalRequest::from(&approval);
-    if created {
-        Success::json_created(&body)
-    } else {
-        // The same request is already pending: that approval, not a new one.
-        Success::json(&body)
-    }
+    Success::json_created(&ApprovalRequest::from(&approval))
 }
 
 async fn resolve_approval(

@@ -5,7 +5,7 @@ use super::*;
 
 impl SessionService {
     /// A runner asks. A request identical (action, description, context) to one of the
-    /// session's approvals that is still pending gets that approval back, with `false`: a
+    /// session's approvals that is still pending gets that approval back, unchanged: a
     /// runner that resends a request whose answer it lost with its connection, or an agent
     /// that asks the same thing twice at once, waits for the one decision instead of putting
     /// a second question to the humans.
@@ -15,7 +15,7 @@ impl SessionService {
         id: Uuid,
         assignment: Option<Uuid>,
         req: NewApproval,
-    ) -> DomainResult<(Approval, bool)> {
+    ) -> DomainResult<Approval> {
         let p = p.clone();
         let now = self.now();
         let rules = self.rules;
@@ -40,7 +40,7 @@ impl SessionService {
                         && a.description == req.description
                         && a.context_json == context_json
                 }) {
-                    return Ok((same.clone(), false));
+                    return Ok(same.clone());
                 }
                 let approval = Approval {
                     id: approval_id,
@@ -80,7 +80,7 @@ impl SessionService {
                 s.updated_at = now;
                 w.put_session(&s)?;
                 audit::record(w, &p, "approval.request", approval.id, Some(&s.org_id), now)?;
-                Ok((approval, true))
+                Ok(approval)
             })
             .await
     }
