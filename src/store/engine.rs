@@ -138,6 +138,18 @@ pub struct WriterStats {
     pub slowest_commit_micros: AtomicU64,
 }
 
+impl WriterStats {
+    /// Adds one batch's time running its jobs and in `commit()`.
+    fn batch_timed(&self, jobs: std::time::Duration, commit: std::time::Duration) {
+        let (jobs, commit) = (jobs.as_micros() as u64, commit.as_micros() as u64);
+        self.job_micros.fetch_add(jobs, Ordering::Relaxed);
+        self.commit_micros.fetch_add(commit, Ordering::Relaxed);
+        self.slowest_jobs_micros.fetch_max(jobs, Ordering::Relaxed);
+        self.slowest_commit_micros
+            .fetch_max(commit, Ordering::Relaxed);
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
@@ -430,18 +442,7 @@ fn run_batch(
     }
     let jobs_done = std::time::Instant::now();
     let outcome = txn.commit();
-    stats
-        .job_micros
-        .fetch_add((jobs_done - started).as_micros() as u64, Ordering::Relaxed);
-    stats
-        .commit_micros
-        .fetch_add(jobs_done.elapsed().as_micros() as u64, Ordering::Relaxed);
-    stats
-        .slowest_jobs_micros
-        .fetch_max((jobs_done - started).as_micros() as u64, Ordering::Relaxed);
-    stats
-        .slowest_commit_micros
-        .fetch_max(jobs_done.elapsed().as_micros() as u64, Ordering::Relaxed);
+    stats.batch_timed(jobs_done - started, jobs_done.elapsed());
     match outcome {
         Ok(()) => (finishes, Ok(()), committed),
         Err(e) => (finishes, Err(e.into()), Committed::default()),
