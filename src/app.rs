@@ -53,6 +53,7 @@ impl App {
         ids: SharedIds,
     ) -> Result<App, StartError> {
         config.check_exposure()?;
+        raise_open_file_limit();
         for (old, new) in &config.renamed_keys {
             tracing::warn!("configuration key `{old}` is now `{new}`; the old name still works");
         }
@@ -104,6 +105,7 @@ impl App {
             .await?
             .allowing_private_targets(config.webhooks.allow_private_targets);
         let (stop, stop_rx) = watch::channel(false);
+        let connections = api::edge::Connections::new(&config.server);
         let state = Arc::new(Services {
             config: Arc::new(config),
             clock: clock.clone(),
@@ -114,6 +116,7 @@ impl App {
             pipeline: pipeline.clone(),
             bus: bus.clone(),
             realtime: Default::default(),
+            connections,
             webhooks: webhooks.clone(),
             shutdown: stop_rx.clone(),
         });
@@ -154,20 +157,40 @@ impl App {
         // Tell sockets and background tasks first, so upgraded connections close (1001) and
         // the graceful shutdown does not wait on them.
         let stop = self.stop.clone();
-        let signal = async move {
+        tokio::spawn(async move {
             shutdown.await;
             let _ = stop.send(true);
-        };
-        warp::serve(routes)
-            .incoming(listener)
-            .graceful(signal)
-            .run()
-            .await;
+        });
+        let limits = self.state.config.server.clone();
+        let connections = self.state.connections.clone();
+        api::edge::serve(
+            listener,
+            routes,
+            &limits,
+            connections,
+            self.stop.subscribe(),
+        )
+        .await;
         let _ = self.stop.send(true);
         for task in self.tasks {
             let _ = task.await;
         }
         tracing::info!("Village stopped");
+    }
+}
+
+/// Every runner, dashboard and webhook holds a descriptor: take the soft open-file limit up to
+/// the hard one (often 1 024 soft against a far higher hard limit), as servers do.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(soft, hard, error = %e, "could not raise the open-file limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not read the open-file limit"),
     }
 }
 

@@ -23,6 +23,17 @@ pub struct Config {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// A request's head must arrive within this (also how long a keep-alive connection may
+    /// wait for its next request).
+    pub header_read_timeout: Duration,
+    /// A connection that neither reads nor writes for this long is closed.
+    pub idle_timeout: Duration,
+    /// Open connections in all (WebSockets included); more are closed when accepted.
+    pub max_connections: usize,
+    /// Open connections from one address: generous, a NAT'd runner host or a proxy holds many.
+    pub max_connections_per_ip: usize,
+    /// `/readyz` fails while the data dir's filesystem has less free space than this.
+    pub min_free_disk_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -55,6 +66,11 @@ pub struct PipelineConfig {
 #[derive(Debug, Clone)]
 pub struct WebsocketConfig {
     pub heartbeat_interval: Duration,
+    /// A dashboard connection that has not authenticated within this is closed.
+    pub auth_timeout: Duration,
+    /// Frames above this are answered with `MESSAGE_TOO_LARGE`; above twice this the
+    /// connection is closed (1009) without reading the rest.
+    pub max_frame_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +94,11 @@ impl Default for Config {
             server: ServerConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
                 data_dir: PathBuf::from("./data"),
+                header_read_timeout: Duration::from_secs(10),
+                idle_timeout: Duration::from_secs(120),
+                max_connections: 16_384,
+                max_connections_per_ip: 1_024,
+                min_free_disk_bytes: 64 * 1024 * 1024,
             },
             sessions: SessionsConfig {
                 max_sessions_per_org: 10,
@@ -102,6 +123,8 @@ impl Default for Config {
             },
             websocket: WebsocketConfig {
                 heartbeat_interval: Duration::from_millis(30_000),
+                auth_timeout: Duration::from_secs(10),
+                max_frame_bytes: 1024 * 1024,
             },
             auth: AuthConfig { disabled: false },
             webhooks: WebhooksConfig {
@@ -228,6 +251,21 @@ impl Config {
         if self.websocket.heartbeat_interval < Duration::from_millis(1) {
             return Err(bad("websocket.heartbeatIntervalMs", "must be at least 1"));
         }
+        if self.server.max_connections == 0 {
+            return Err(bad("server.maxConnections", "must be at least 1"));
+        }
+        if self.server.max_connections_per_ip == 0 {
+            return Err(bad("server.maxConnectionsPerIp", "must be at least 1"));
+        }
+        if self.server.idle_timeout <= self.websocket.heartbeat_interval {
+            return Err(bad(
+                "server.idleTimeoutMs",
+                "must be longer than websocket.heartbeatIntervalMs, or idle sockets that answer pings are cut",
+            ));
+        }
+        if self.websocket.max_frame_bytes < 1024 {
+            return Err(bad("websocket.maxFrameBytes", "must be at least 1024"));
+        }
         Ok(())
     }
 
@@ -251,6 +289,22 @@ impl Config {
                 let s = string(&raw).filter(|s| !s.is_empty());
                 self.server.data_dir =
                     PathBuf::from(s.ok_or_else(|| bad("expected a path".into()))?);
+            }
+            "server.headerReadTimeoutMs" => {
+                self.server.header_read_timeout = duration(&raw, 1.0).map_err(bad)?
+            }
+            "server.idleTimeoutMs" => {
+                self.server.idle_timeout = duration(&raw, 1.0).map_err(bad)?
+            }
+            "server.maxConnections" => {
+                self.server.max_connections = count(&raw).map_err(bad)? as usize
+            }
+            "server.maxConnectionsPerIp" => {
+                self.server.max_connections_per_ip = count(&raw).map_err(bad)? as usize
+            }
+            "server.minFreeDiskMb" => {
+                self.server.min_free_disk_bytes =
+                    count(&raw).map_err(bad)?.saturating_mul(1024 * 1024)
             }
             "sessions.maxSessionsPerOrg" => {
                 self.sessions.max_sessions_per_org = count(&raw).map_err(bad)?
@@ -299,6 +353,12 @@ impl Config {
             }
             "websocket.heartbeatIntervalMs" => {
                 self.websocket.heartbeat_interval = duration(&raw, 1.0).map_err(bad)?
+            }
+            "websocket.authTimeoutMs" => {
+                self.websocket.auth_timeout = duration(&raw, 1.0).map_err(bad)?
+            }
+            "websocket.maxFrameBytes" => {
+                self.websocket.max_frame_bytes = count(&raw).map_err(bad)? as usize
             }
             "auth.disabled" => self.auth.disabled = boolean(&raw).map_err(bad)?,
             "webhooks.allowPrivateTargets" => {

@@ -171,6 +171,11 @@ impl From<StoreError> for ApiError {
                 "UNAVAILABLE",
                 "The server is shutting down",
             ),
+            e if e.is_unavailable() => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                "Storage is unavailable (a full disk or an I/O error); nothing was changed. Retry later",
+            ),
             _ => ApiError::internal(),
         }
     }

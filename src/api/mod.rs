@@ -2,6 +2,7 @@
 //! the envelope. The only code that knows warp or the JSON wire shapes.
 
 mod audit;
+pub mod edge;
 mod envelope;
 pub mod error;
 mod health;
@@ -61,6 +62,8 @@ pub struct Services {
     pub webhooks: WebhookService,
     /// Open dashboard connections per token.
     pub realtime: ConnectionLimiter,
+    /// Open TCP connections, counted against the `server.maxConnections*` caps.
+    pub connections: Arc<edge::Connections>,
     /// Turns true when the server is stopping: long-lived sockets close with 1001.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }

@@ -36,9 +36,6 @@ use crate::clock::format_ms;
 use crate::error::{Conflict, ConflictDetails, DomainError};
 use crate::runners::model::{OutboxEntry, RunnerCommand};
 
-/// Frames above this are refused.
-pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
-
 static CONNECTIONS: AtomicU64 = AtomicU64::new(1);
 
 pub async fn open(
@@ -53,7 +50,13 @@ pub async fn open(
         st.runners.check_channel(&p, id)?;
         Ok(id)
     });
-    Ok(checked.map(|id| Success::Raw(handshake.accept(move |socket| serve(st, p, id, socket)))))
+    Ok(checked.map(|id| {
+        Success::Raw(
+            handshake.accept(st.config.websocket.max_frame_bytes, move |socket| {
+                serve(st, p, id, socket)
+            }),
+        )
+    }))
 }
 
 /// Frames being stored at once on one channel, at most; past this the channel stops reading
@@ -95,6 +98,7 @@ async fn serve(st: AppState, p: Caller, runner: Uuid, socket: Socket) {
     let mut sent_upto = 0u64;
     let mut shutdown = st.shutdown.clone();
     let interval = st.config.websocket.heartbeat_interval;
+    let max_frame = st.config.websocket.max_frame_bytes;
     let mut ping = tokio::time::interval(interval);
     ping.tick().await;
     let mut last_pong = tokio::time::Instant::now();
@@ -140,8 +144,8 @@ async fn serve(st: AppState, p: Caller, runner: Uuid, socket: Socket) {
                     last_pong = tokio::time::Instant::now();
                     continue;
                 }
-                let replies = if msg.len() > MAX_FRAME_BYTES {
-                    vec![error_frame(SocketError::MessageTooLarge.code(), &format!("frames are limited to {} MiB", MAX_FRAME_BYTES >> 20), None)]
+                let replies = if msg.len() > max_frame {
+                    vec![error_frame(SocketError::MessageTooLarge.code(), &format!("frames are limited to {max_frame} bytes"), None)]
                 } else if msg.is_text() {
                     match parse(msg.to_text().unwrap_or("")) {
                         Err(replies) => replies,

@@ -19,17 +19,22 @@ pub type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// Output buffered for one peer beyond what its socket took; past this it is too slow.
 pub const MAX_BUFFERED_BYTES: usize = 8 * 1024 * 1024;
-/// Frames beyond this are a protocol error that closes the connection (smaller ones are
-/// checked by each endpoint, which answers with an error frame).
-pub const HARD_FRAME_LIMIT: usize = 16 * 1024 * 1024;
+/// Frames up to `websocket.maxFrameBytes` are read; each endpoint answers a larger one with an
+/// error frame and keeps the connection, up to twice the limit. Beyond that the frame is a
+/// protocol error that closes the connection (1009) before it is buffered: a peer cannot make
+/// the server hold more than this per socket.
+pub fn hard_frame_limit(max_frame_bytes: usize) -> usize {
+    max_frame_bytes.saturating_mul(2)
+}
 
-fn socket_config() -> WebSocketConfig {
+fn socket_config(max_frame_bytes: usize) -> WebSocketConfig {
+    let hard = hard_frame_limit(max_frame_bytes);
     WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .max_write_buffer_size(MAX_BUFFERED_BYTES)
-        .max_message_size(Some(HARD_FRAME_LIMIT))
-        .max_frame_size(Some(HARD_FRAME_LIMIT))
+        .max_message_size(Some(hard))
+        .max_frame_size(Some(hard))
 }
 
 fn header_is(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -73,7 +78,7 @@ impl Handshake {
     }
 
     /// Answers 101 and runs `serve` on the socket once the connection is upgraded.
-    pub fn accept<F, Fut>(self, serve: F) -> Response
+    pub fn accept<F, Fut>(self, max_frame_bytes: usize, serve: F) -> Response
     where
         F: FnOnce(Socket) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
@@ -85,7 +90,7 @@ impl Handshake {
                     let socket = WebSocketStream::from_raw_socket(
                         TokioIo::new(upgraded),
                         Role::Server,
-                        Some(socket_config()),
+                        Some(socket_config(max_frame_bytes)),
                     )
                     .await;
                     serve(socket).await;

@@ -1,6 +1,6 @@
 //! `GET /api/v1/ws`: the dashboard stream.
 //!
-//! Each connection subscribes to the bus when it opens, before it replays anything from the
+//! Each connection subscribes to the bus once authenticated, before it replays anything from the
 //! store, so output written during a `subscribe_session` is either in the replay or still in
 //! the bus buffer; the per-session "sent up to seq" mark drops whatever both contain. A client
 //! that falls so far behind that the bus buffer overtakes it, or whose socket stops taking
@@ -33,8 +33,6 @@ use crate::events::model::{BusEvent, DomainEvent};
 use crate::events::render;
 use crate::realtime::{Route, Slot, Subscriptions};
 
-/// Client frames above this are refused with `MESSAGE_TOO_LARGE` (the connection stays open).
-pub const MAX_CLIENT_FRAME: usize = 1024 * 1024;
 /// A client whose socket takes no frame for this long is too slow.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Output replayed per store read during `subscribe_session`.
@@ -84,9 +82,20 @@ fn upgrade_request(
             None => None,
         }
     };
-    Ok(Ok(Success::Raw(handshake.accept(move |socket| {
-        Connection::run(st, socket, caller)
-    }))))
+    Ok(Ok(Success::Raw(handshake.accept(
+        st.config.websocket.max_frame_bytes,
+        move |socket| Connection::run(st, socket, caller),
+    ))))
+}
+
+/// The next bus event, or never for a connection not yet subscribed.
+async fn next_event(
+    bus: &mut Option<tokio::sync::broadcast::Receiver<std::sync::Arc<BusEvent>>>,
+) -> Result<std::sync::Arc<BusEvent>, RecvError> {
+    match bus {
+        Some(bus) => bus.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn now_stamp(st: &AppState) -> String {
@@ -111,9 +120,11 @@ struct Connection {
 impl Connection {
     async fn run(st: AppState, socket: Socket, caller: Option<Caller>) {
         let (sink, mut stream) = socket.split();
-        // Subscribe before anything is read from the store: nothing committed from now on can
-        // be missed.
-        let mut bus = st.bus.subscribe();
+        // Subscribe to the bus once authenticated (nothing is sent before: an anonymous socket
+        // is not woken by every event), and before anything is read from the store for it:
+        // nothing committed from then on can be missed.
+        let mut bus = caller.as_ref().map(|_| st.bus.subscribe());
+        let sign_in_by = tokio::time::Instant::now() + st.config.websocket.auth_timeout;
         let mut shutdown = st.shutdown.clone();
         let interval = st.config.websocket.heartbeat_interval;
         let mut conn = Connection {
@@ -144,10 +155,19 @@ impl Connection {
                     }
                     Some(Ok(msg)) if msg.is_ping() => Ok(()),
                     Some(Ok(_)) if conn.revoked() => Err(Close::With(1008, "token revoked")),
-                    Some(Ok(msg)) => conn.on_frame(&msg).await,
+                    Some(Ok(msg)) => {
+                        let outcome = conn.on_frame(&msg).await;
+                        if bus.is_none() && conn.caller.is_some() {
+                            bus = Some(conn.st.bus.subscribe());
+                        }
+                        outcome
+                    }
                     _ => Err(Close::Gone),
                 },
-                event = bus.recv() => match event {
+                _ = tokio::time::sleep_until(sign_in_by), if conn.caller.is_none() => {
+                    Err(Close::With(1008, "authentication timeout"))
+                }
+                event = next_event(&mut bus) => match event {
                     Ok(event) => conn.on_event(&event).await,
                     Err(RecvError::Lagged(_)) => Err(Close::With(1013, "too slow: fell behind the stream")),
                     Err(RecvError::Closed) => Err(Close::With(1001, "server shutting down")),
@@ -259,11 +279,12 @@ impl Connection {
     }
 
     async fn on_frame(&mut self, msg: &Message) -> Result<(), Close> {
-        if msg.len() > MAX_CLIENT_FRAME {
+        let max_frame = self.st.config.websocket.max_frame_bytes;
+        if msg.len() > max_frame {
             return self
                 .error(
                     SocketError::MessageTooLarge.code(),
-                    &format!("Frames are limited to {} MiB", MAX_CLIENT_FRAME >> 20),
+                    &format!("Frames are limited to {max_frame} bytes"),
                     None,
                 )
                 .await;

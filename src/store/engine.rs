@@ -17,6 +17,13 @@
 //!
 //! Reads run on the blocking pool, each in its own read transaction (a consistent snapshot).
 //! No redb call ever runs on the async reactor.
+//!
+//! Failures: after a failed commit (a full disk, an I/O error) redb refuses every later call
+//! until the database is opened again. The writer then reopens it (waiting for reads in flight
+//! to let go of the old handle) and retries the reopen every second until it works; callers
+//! meanwhile get `Unavailable` (503) and the store reports itself failing (`/readyz`) until a
+//! commit succeeds again. Nothing acknowledged is lost: a caller hears `Ok` only after its
+//! batch's commit returned. A writer thread that panics outside a job is restarted in place.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -57,6 +64,8 @@ pub enum StoreError {
     Panicked,
     #[error("the write batch was abandoned: a job failed after writing")]
     Abandoned,
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
 }
 
 macro_rules! from_redb {
@@ -90,8 +99,18 @@ impl StoreError {
             StoreError::Closed => StoreError::Closed,
             StoreError::Panicked => StoreError::Panicked,
             StoreError::Abandoned => StoreError::Abandoned,
-            StoreError::Db(e) => StoreError::Corrupt(format!("write failed: {e}")),
+            StoreError::Unavailable(s) => StoreError::Unavailable(s.clone()),
+            StoreError::Db(e) => StoreError::Unavailable(format!("write failed: {e}")),
         }
+    }
+
+    /// A failure of the storage itself (I/O, a full disk, the database being reopened), as
+    /// opposed to a bug or bad data: the client may retry later (503).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Db(_) | StoreError::Unavailable(_) | StoreError::Closed
+        )
     }
 }
 
@@ -136,6 +155,8 @@ pub struct WriterStats {
     /// last reset to 0, in microseconds.
     pub slowest_jobs_micros: AtomicU64,
     pub slowest_commit_micros: AtomicU64,
+    /// Times the writer thread panicked outside a job and was restarted.
+    pub writer_restarts: AtomicU64,
 }
 
 impl WriterStats {
@@ -152,9 +173,224 @@ impl WriterStats {
 
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    db: Arc<DbSlot>,
     jobs: mpsc::Sender<Job>,
     pub stats: Arc<WriterStats>,
+}
+
+/// The open database, shared by readers and the writer; empty while the writer reopens it.
+struct DbSlot {
+    current: std::sync::Mutex<Option<Arc<Database>>>,
+    /// Signalled when a reopened database is put in.
+    reopened: std::sync::Condvar,
+    /// A commit failed and none has succeeded since.
+    failing: std::sync::atomic::AtomicBool,
+}
+
+/// How long a read waits for a reopen in progress (a few milliseconds, unless it fails).
+const READ_WAITS_FOR_REOPEN: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl DbSlot {
+    fn new(db: Arc<Database>) -> Self {
+        Self {
+            current: std::sync::Mutex::new(Some(db)),
+            reopened: std::sync::Condvar::new(),
+            failing: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// The open database; while it is being reopened, waits a moment for it (blocking: only
+    /// called on the blocking pool and the writer thread).
+    fn get(&self) -> StoreResult<Arc<Database>> {
+        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let (current, _) = self
+            .reopened
+            .wait_timeout_while(current, READ_WAITS_FOR_REOPEN, |db| db.is_none())
+            .unwrap_or_else(|p| p.into_inner());
+        current
+            .clone()
+            .ok_or_else(|| StoreError::Unavailable("the database is being reopened".into()))
+    }
+
+    fn is_open(&self) -> bool {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    fn set(&self, db: Option<Arc<Database>>) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = db;
+        self.reopened.notify_all();
+    }
+}
+
+/// Opens (or creates) the database file and brings its schema up to date.
+fn open_database(path: &Path) -> StoreResult<Database> {
+    let db = Database::create(path)?;
+    migrations::migrate(&db)?;
+    Ok(db)
+}
+
+/// What the writer thread owns, kept across a restart of its loop.
+struct Writer {
+    path: std::path::PathBuf,
+    slot: Arc<DbSlot>,
+    /// The writer's own handle; `None` after a reopen failed (retried every second).
+    db: Option<Arc<Database>>,
+    rx: mpsc::Receiver<Job>,
+    bus: Arc<dyn Publisher>,
+    deliverer: Option<tokio::sync::mpsc::UnboundedSender<Outcome>>,
+    stats: Arc<WriterStats>,
+}
+
+/// How long a reopen waits for reads in flight to drop the old handle.
+const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often a failed reopen is tried again.
+const REOPEN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+#[cfg(test)]
+static PANIC_OUTSIDE_JOB: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl Writer {
+    /// Runs the writer loop; restarts it when it panics outside a job (the batch in hand is
+    /// lost unacknowledged: its callers hear `Closed`, 503). Returns once every sender is gone.
+    fn run(mut self) {
+        loop {
+            match catch_unwind(AssertUnwindSafe(|| self.serve())) {
+                Ok(()) => return,
+                Err(_) => {
+                    self.stats.writer_restarts.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!("the store writer panicked outside a job; restarting it");
+                }
+            }
+        }
+    }
+
+    /// Drops the failed handle, waits for readers to let go of it, and opens the file again.
+    fn reopen(&mut self) {
+        self.slot.set(None);
+        if let Some(mut old) = self.db.take() {
+            let deadline = std::time::Instant::now() + REOPEN_WAIT;
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(db) => {
+                        drop(db);
+                        break;
+                    }
+                    Err(shared) if std::time::Instant::now() < deadline => {
+                        old = shared;
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                    Err(shared) => {
+                        // A read is stuck on it; try again at the next retry.
+                        tracing::warn!("reads still hold the failed database; reopening later");
+                        self.db = Some(shared);
+                        return;
+                    }
+                }
+            }
+        }
+        match open_database(&self.path) {
+            Ok(db) => {
+                tracing::warn!("the database was reopened after a storage failure");
+                let db = Arc::new(db);
+                self.slot.set(Some(db.clone()));
+                self.db = Some(db);
+            }
+            Err(e) => tracing::error!(error = %e, "reopening the database failed; retrying in 1 s"),
+        }
+    }
+
+    fn serve(&mut self) {
+        let mut last_batch = 0;
+        loop {
+            // Without a usable database, retry the reopen every second (reads need it too).
+            let first = if self.db.is_none() || !self.slot.is_open() {
+                self.reopen();
+                match self.rx.recv_timeout(REOPEN_RETRY) {
+                    Ok(job) => job,
+                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            } else {
+                match self.rx.recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                }
+            };
+            #[cfg(test)]
+            if PANIC_OUTSIDE_JOB.swap(false, Ordering::SeqCst) {
+                panic!("writer panic injected by a test");
+            }
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            // Under concurrency, linger a moment for more writers: one more job in this batch
+            // costs far less than a commit of its own (commit_delay, as databases call it).
+            // A lone writer never waits, and neither does a batch that is already as large as
+            // the last one: when writers queue up behind the commits anyway, waiting only adds
+            // a pause to every cycle.
+            if batch.len() >= LINGER_MIN_BATCH && batch.len() < last_batch {
+                let lingered = std::time::Instant::now();
+                let deadline = lingered + LINGER;
+                while batch.len() < last_batch.min(MAX_BATCH) {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    match self.rx.recv_timeout(left) {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
+                self.stats
+                    .linger_micros
+                    .fetch_add(lingered.elapsed().as_micros() as u64, Ordering::Relaxed);
+            }
+            last_batch = batch.len();
+            let count = batch.len() as u64;
+            let (finishes, result, committed) = match &self.db {
+                Some(db) => run_batch(db, batch, &self.stats),
+                None => (
+                    Vec::new(),
+                    Err(StoreError::Unavailable(
+                        "the database could not be reopened".into(),
+                    )),
+                    Committed::default(),
+                ),
+            };
+            let storage_failed = matches!(&result, Err(StoreError::Db(_)));
+            match &result {
+                Ok(()) => self.slot.failing.store(false, Ordering::Relaxed),
+                Err(e) if e.is_unavailable() => self.slot.failing.store(true, Ordering::Relaxed),
+                Err(_) => {}
+            }
+            self.stats.commits.fetch_add(1, Ordering::Relaxed);
+            self.stats.jobs.fetch_add(count, Ordering::Relaxed);
+            let outcome = Outcome {
+                finishes,
+                result,
+                committed,
+                jobs: count,
+            };
+            // Batches are handed over in commit order and delivered one after another, so
+            // events still reach the bus in commit order.
+            match &self.deliverer {
+                Some(tx) => {
+                    if let Err(returned) = tx.send(outcome) {
+                        // The runtime is gone: tell whoever is left from here.
+                        returned.0.deliver(&*self.bus);
+                    }
+                }
+                None => outcome.deliver(&*self.bus),
+            }
+            if storage_failed {
+                self.reopen();
+            }
+        }
+    }
 }
 
 const MAX_BATCH: usize = 4096;
@@ -167,13 +403,10 @@ impl Store {
     /// Opens (or creates) the database file, migrates it and starts the writer thread.
     pub fn open(path: &Path, publisher: impl Publisher) -> StoreResult<Store> {
         let bus: Arc<dyn Publisher> = Arc::new(publisher);
-        let db = Database::create(path)?;
-        migrations::migrate(&db)?;
-        let db = Arc::new(db);
+        let db = Arc::new(open_database(path)?);
+        let slot = Arc::new(DbSlot::new(db.clone()));
         let (jobs, rx) = mpsc::channel::<Job>();
         let stats = Arc::new(WriterStats::default());
-        let writer_db = db.clone();
-        let writer_stats = stats.clone();
         // Inside a runtime, a task tells each batch's callers and the bus, so the writer goes
         // on to the next batch after one hand-over instead of waking every caller itself.
         let deliverer = tokio::runtime::Handle::try_current().ok().map(|runtime| {
@@ -186,11 +419,29 @@ impl Store {
             });
             tx
         });
+        let writer = Writer {
+            path: path.to_path_buf(),
+            slot: slot.clone(),
+            db: Some(db),
+            rx,
+            bus,
+            deliverer,
+            stats: stats.clone(),
+        };
         std::thread::Builder::new()
             .name("village-store-writer".into())
-            .spawn(move || writer_loop(&writer_db, &rx, &*bus, deliverer, &writer_stats))
+            .spawn(move || writer.run())
             .map_err(|e| StoreError::Db(Box::new(e.into())))?;
-        Ok(Store { db, jobs, stats })
+        Ok(Store {
+            db: slot,
+            jobs,
+            stats,
+        })
+    }
+
+    /// A commit failed and none has succeeded since (`/readyz` fails meanwhile).
+    pub fn is_failing(&self) -> bool {
+        self.db.failing.load(Ordering::Relaxed)
     }
 
     /// Runs `f` in a write transaction, committed durably before this returns `Ok`.
@@ -244,7 +495,13 @@ impl Store {
         self.jobs
             .send(job)
             .map_err(|_| E::from(StoreError::Closed))?;
-        rx.await.map_err(|_| E::from(StoreError::Closed))?
+        // A job dropped unanswered was never committed: its batch could not start, or the
+        // writer failed under it.
+        rx.await.map_err(|_| {
+            E::from(StoreError::Unavailable(
+                "the write could not be carried out".into(),
+            ))
+        })?
     }
 
     /// Runs `f` on a read snapshot, on the blocking pool.
@@ -256,7 +513,7 @@ impl Store {
     {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
-            let txn = db.begin_read().map_err(StoreError::from)?;
+            let txn = db.get()?.begin_read().map_err(StoreError::from)?;
             f(&ReadCtx { txn })
         })
         .await
@@ -267,7 +524,7 @@ impl Store {
     pub async fn check_ready(&self, now: Millis) -> StoreResult<()> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
-            let txn = db.begin_read()?;
+            let txn = db.get()?.begin_read()?;
             ReadCtx { txn }.table(META).map(|_| ())
         })
         .await
@@ -278,66 +535,6 @@ impl Store {
             Ok::<_, StoreError>(())
         })
         .await
-    }
-}
-
-fn writer_loop(
-    db: &Database,
-    rx: &mpsc::Receiver<Job>,
-    bus: &dyn Publisher,
-    deliverer: Option<tokio::sync::mpsc::UnboundedSender<Outcome>>,
-    stats: &WriterStats,
-) {
-    let mut last_batch = 0;
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        // Under concurrency, linger a moment for more writers: one more job in this batch
-        // costs far less than a commit of its own (commit_delay, as databases call it).
-        // A lone writer never waits, and neither does a batch that is already as large as the
-        // last one: when writers queue up behind the commits anyway, waiting only adds a pause
-        // to every cycle.
-        if batch.len() >= LINGER_MIN_BATCH && batch.len() < last_batch {
-            let lingered = std::time::Instant::now();
-            let deadline = lingered + LINGER;
-            while batch.len() < last_batch.min(MAX_BATCH) {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                match rx.recv_timeout(left) {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-            stats
-                .linger_micros
-                .fetch_add(lingered.elapsed().as_micros() as u64, Ordering::Relaxed);
-        }
-        last_batch = batch.len();
-        let count = batch.len() as u64;
-        let (finishes, result, committed) = run_batch(db, batch, stats);
-        stats.commits.fetch_add(1, Ordering::Relaxed);
-        stats.jobs.fetch_add(count, Ordering::Relaxed);
-        let outcome = Outcome {
-            finishes,
-            result,
-            committed,
-            jobs: count,
-        };
-        // Batches are handed over in commit order and delivered one after another, so events
-        // still reach the bus in commit order.
-        match &deliverer {
-            Some(tx) => {
-                if let Err(returned) = tx.send(outcome) {
-                    // The runtime is gone: tell whoever is left from here.
-                    returned.0.deliver(bus);
-                }
-            }
-            None => outcome.deliver(bus),
-        }
     }
 }
 
@@ -362,7 +559,11 @@ impl Outcome {
         // then the runners' channels and the bus.
         if result.is_ok() {
             for update in committed.after_commit {
-                update();
+                // A panicking update must not take the callers' answers (or, in the delivery
+                // task, every later batch's) down with it.
+                if catch_unwind(AssertUnwindSafe(update)).is_err() {
+                    tracing::error!("an after-commit update panicked");
+                }
             }
         }
         for finish in finishes {
@@ -624,5 +825,74 @@ impl Effects for WriteCtx<'_> {
 
     fn after_commit(&mut self, update: AfterCommit) {
         self.after_commit.push(update);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    struct Nowhere;
+    impl Publisher for Nowhere {
+        fn publish_command(&self, _: OutboxEntry) {}
+        fn publish(&self, _: BusEvent) {}
+    }
+
+    async fn put(store: &Store, key: &'static str, value: u64) -> StoreResult<()> {
+        store
+            .write_in(move |w| {
+                w.open_mut(META)?.insert(key, value)?;
+                Ok::<_, StoreError>(())
+            })
+            .await
+    }
+
+    async fn get(store: &Store, key: &'static str) -> Option<u64> {
+        let db = store.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let ctx = ReadCtx {
+                txn: db.get().unwrap().begin_read().unwrap(),
+            };
+            let t = ctx.table(META).unwrap();
+            t.get(key).unwrap().map(|v| v.value())
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_panics_outside_a_job_is_restarted_and_writes_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("v.redb"), Nowhere).unwrap();
+        put(&store, "before", 1).await.unwrap();
+        PANIC_OUTSIDE_JOB.store(true, Ordering::SeqCst);
+        let lost = put(&store, "lost", 2).await;
+        assert!(
+            matches!(&lost, Err(e) if e.is_unavailable()),
+            "the write in hand when the writer died: {lost:?}"
+        );
+        put(&store, "after", 3).await.unwrap();
+        assert_eq!(store.stats.writer_restarts.load(Ordering::Relaxed), 1);
+        assert_eq!(get(&store, "before").await, Some(1));
+        assert_eq!(get(&store, "lost").await, None);
+        assert_eq!(get(&store, "after").await, Some(3));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_after_commit_update_does_not_stop_deliveries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("v.redb"), Nowhere).unwrap();
+        let answered = store
+            .write_in(|w| {
+                w.open_mut(META)?.insert("k", 1u64)?;
+                w.after_commit(Box::new(|| panic!("a bug in an after-commit update")));
+                Ok::<_, StoreError>(())
+            })
+            .await;
+        assert!(answered.is_ok(), "{answered:?}");
+        // The delivery task is alive: later writes are answered.
+        put(&store, "k", 2).await.unwrap();
+        assert_eq!(get(&store, "k").await, Some(2));
     }
 }
