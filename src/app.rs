@@ -101,9 +101,9 @@ impl App {
             &config.pipeline,
         )
         .await?;
-        let webhooks = WebhookService::load(store.clone(), clock.clone(), ids.clone())
-            .await?
-            .allowing_private_targets(config.webhooks.allow_private_targets);
+        let webhooks =
+            WebhookService::load(store.clone(), clock.clone(), ids.clone(), &config.webhooks)
+                .await?;
         let (stop, stop_rx) = watch::channel(false);
         let connections = api::edge::Connections::new(&config.server);
         let state = Arc::new(Services {

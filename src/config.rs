@@ -79,6 +79,8 @@ pub struct WebhooksConfig {
     /// admin's choice, for every org): off by default, so an org token cannot probe the
     /// server's own network.
     pub allow_private_targets: bool,
+    /// Webhooks one org may register (and the admin, org-less).
+    pub max_per_org: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -129,6 +131,7 @@ impl Default for Config {
             auth: AuthConfig { disabled: false },
             webhooks: WebhooksConfig {
                 allow_private_targets: false,
+                max_per_org: 25,
             },
             renamed_keys: Vec::new(),
         }
@@ -364,6 +367,7 @@ impl Config {
             "webhooks.allowPrivateTargets" => {
                 self.webhooks.allow_private_targets = boolean(&raw).map_err(bad)?
             }
+            "webhooks.maxPerOrg" => self.webhooks.max_per_org = count(&raw).map_err(bad)? as usize,
             // The old name of `auth.disabled`, inverted; it still works, with a warning.
             "websocket.authRequired" => {
                 self.auth.disabled = !boolean(&raw).map_err(bad)?;

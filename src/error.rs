@@ -50,6 +50,7 @@ pub enum Conflict {
 pub enum Limit {
     Sessions,
     Runners,
+    Webhooks,
 }
 
 /// What a conflict tells the caller besides its code, for the caller to act on.

@@ -1256,6 +1256,19 @@ mod checks {
             vec![d4.clone()]
         );
         assert!(h.read(|r| r.due_deliveries(199, 10)).await.is_empty());
+        // A filter sees each due delivery's webhook in due order; the limit counts kept ones.
+        let (seen, kept) = h
+            .read(move |r| {
+                let mut seen = Vec::new();
+                let kept = r.due_deliveries_where(1_000, 1, &mut |webhook| {
+                    seen.push(webhook);
+                    webhook == w1 && seen.len() > 1
+                })?;
+                Ok((seen, kept))
+            })
+            .await;
+        assert_eq!(seen, vec![w1, w2, w1], "d4 (w1), d6 (w2), d2 (w1)");
+        assert_eq!(kept, vec![d2.clone()]);
 
         // A retry moves the queue entry; a delivered one leaves the queue.
         let mut retry = d4.clone();

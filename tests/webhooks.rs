@@ -329,3 +329,84 @@ async fn an_endless_answer_is_cut_off_and_the_delivery_recorded() {
     assert_eq!(delivery["lastStatusCode"], 200, "{delivery}");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn an_org_may_register_only_so_many_webhooks() {
+    let s = TestServer::start(&format!("{LOCAL_RECEIVERS}maxPerOrg = 2\n")).await;
+    let admin = s.admin();
+    let acme = admin.with_token(&admin.create_token("org", Some("acme")).await);
+    let globex = admin.with_token(&admin.create_token("org", Some("globex")).await);
+    let receiver = Receiver::start(0).await;
+    let body = json!({"url": receiver.url(), "events": ["*"]});
+    let first = add_hook(&acme, body.clone()).await;
+    add_hook(&acme, body.clone()).await;
+    let refused = acme.post("/api/v1/webhooks", body.clone()).await;
+    refused.expect_error(429, "WEBHOOK_LIMIT_EXCEEDED");
+    assert!(
+        refused.text.contains("webhooks.maxPerOrg"),
+        "{}",
+        refused.text
+    );
+    // Another org has its own allowance; a deleted webhook frees a place.
+    add_hook(&globex, body.clone()).await;
+    let id = first["webhookId"].as_str().unwrap();
+    assert_eq!(
+        acme.delete(&format!("/api/v1/webhooks/{id}")).await.status,
+        200
+    );
+    add_hook(&acme, body).await;
+    let listed = acme.get("/api/v1/webhooks").await;
+    assert_eq!(listed.data()["items"].as_array().unwrap().len(), 2);
+}
+
+/// One org's receiver that never answers holds at most its share of the delivery slots: another
+/// org's delivery goes out at once instead of waiting for the hung attempts to time out.
+#[tokio::test]
+async fn a_hung_receiver_does_not_hold_up_other_orgs_deliveries() {
+    let s = TestServer::start(&format!(
+        "{LOCAL_RECEIVERS}[sessions]\nmaxSessionsPerOrg = 100\n"
+    ))
+    .await;
+    let admin = s.admin();
+    let acme = admin.with_token(&admin.create_token("org", Some("acme")).await);
+    let globex = admin.with_token(&admin.create_token("org", Some("globex")).await);
+    // Accepts connections and never answers (each attempt waits for its timeout).
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung_addr = hung.local_addr().unwrap();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let holder = held.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = hung.accept().await {
+            holder.lock().unwrap().push(socket);
+        }
+    });
+    let events = json!(["session_created"]);
+    add_hook(
+        &acme,
+        json!({"url": format!("http://{hung_addr}/hook"), "events": events}),
+    )
+    .await;
+    let receiver = Receiver::start(0).await;
+    add_hook(&globex, json!({"url": receiver.url(), "events": events})).await;
+    for _ in 0..30 {
+        admin.create_session("acme").await;
+    }
+    // Acme's attempts have taken what they may.
+    eventually(5, || async {
+        (held.lock().unwrap().len() >= 4).then_some(())
+    })
+    .await;
+    let started = std::time::Instant::now();
+    admin.create_session("globex").await;
+    eventually(5, || async { (receiver.count() == 1).then_some(()) }).await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "globex waited {:?} behind acme's hung receiver",
+        started.elapsed()
+    );
+    assert_eq!(
+        held.lock().unwrap().len(),
+        4,
+        "acme's hung receiver holds more than its share of the slots"
+    );
+}

@@ -153,6 +153,7 @@ impl From<DomainError> for ApiError {
                 let code = match kind {
                     Limit::Sessions => "SESSION_LIMIT_EXCEEDED",
                     Limit::Runners => "RUNNER_LIMIT_EXCEEDED",
+                    Limit::Webhooks => "WEBHOOK_LIMIT_EXCEEDED",
                 };
                 ApiError::new(S::TOO_MANY_REQUESTS, code, message)
             }

@@ -18,7 +18,19 @@ pub trait WebhookReads {
     fn webhook_deliveries(&self, webhook: Uuid, limit: usize) -> StoreResult<Vec<Delivery>>;
 
     /// Pending deliveries due by `now`, earliest first.
-    fn due_deliveries(&self, now: Millis, limit: usize) -> StoreResult<Vec<Delivery>>;
+    fn due_deliveries(&self, now: Millis, limit: usize) -> StoreResult<Vec<Delivery>> {
+        self.due_deliveries_where(now, limit, &mut |_| true)
+    }
+
+    /// Like `due_deliveries`, keeping only those whose webhook `take` accepts (asked in due
+    /// order, once per delivery, so it can count). Looks at no more than 16 × `limit` due
+    /// entries, and decodes only the deliveries it keeps.
+    fn due_deliveries_where(
+        &self,
+        now: Millis,
+        limit: usize,
+        take: &mut dyn FnMut(Uuid) -> bool,
+    ) -> StoreResult<Vec<Delivery>>;
 }
 
 pub trait WebhookWrites: WebhookReads {
@@ -65,16 +77,26 @@ impl<T: Tables> WebhookReads for T {
         Ok(out)
     }
 
-    fn due_deliveries(&self, now: Millis, limit: usize) -> StoreResult<Vec<Delivery>> {
+    fn due_deliveries_where(
+        &self,
+        now: Millis,
+        limit: usize,
+        take: &mut dyn FnMut(Uuid) -> bool,
+    ) -> StoreResult<Vec<Delivery>> {
         let queue = self.table(DELIVERY_QUEUE)?;
         let end = now.max(0) as u64;
         let mut keys = Vec::new();
         for entry in queue
             .range((0u64, 0u128, 0u128)..=(end, u128::MAX, u128::MAX))?
-            .take(limit)
+            .take(limit.saturating_mul(16))
         {
             let (_, w, d) = entry?.0.value();
-            keys.push((w, d));
+            if take(Uuid::from_u128(w)) {
+                keys.push((w, d));
+                if keys.len() >= limit {
+                    break;
+                }
+            }
         }
         let mut out = Vec::new();
         for (w, d) in keys {

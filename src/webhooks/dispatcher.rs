@@ -1,6 +1,7 @@
 //! Posts due deliveries and records each attempt. Failures (non-2xx, timeout, no connection)
 //! are retried with exponential backoff; the schedule lives in redb, so a restart resumes it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +15,10 @@ use crate::events::EventBus;
 
 /// Attempts in flight at once.
 const CONCURRENCY: usize = 16;
+/// Attempts in flight at once for one org's webhooks (the admin's org-less ones count as one
+/// org): a receiver that hangs every attempt for the whole timeout holds at most this many
+/// slots, and the other orgs' deliveries go on in the rest.
+const PER_ORG: usize = 4;
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Feeds bus events into the delivery table. With no webhook registered it does not listen
@@ -51,21 +56,68 @@ pub async fn intake(service: WebhookService, bus: EventBus, mut shutdown: watch:
     }
 }
 
-/// Sends due deliveries until shutdown.
+/// Attempts in flight per org.
+type InFlight = Arc<std::sync::Mutex<HashMap<Option<String>, usize>>>;
+
+/// An attempt's place in its org's share, given back when the attempt ends.
+struct OrgSlot {
+    in_flight: InFlight,
+    org: Option<String>,
+}
+
+impl Drop for OrgSlot {
+    fn drop(&mut self) {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = in_flight.get_mut(&self.org) {
+            *n -= 1;
+            if *n == 0 {
+                in_flight.remove(&self.org);
+            }
+        }
+    }
+}
+
+/// Sends due deliveries until shutdown, at most [`CONCURRENCY`] at once and [`PER_ORG`] of one
+/// org's: a scan passes over the deliveries of orgs whose share is taken, so one org's backlog
+/// never holds up another's.
 pub async fn run(service: WebhookService, mut shutdown: watch::Receiver<bool>) {
     let permits = Arc::new(Semaphore::new(CONCURRENCY));
+    let in_flight: InFlight = Arc::default();
     let wake = service.wakeup();
     loop {
         let now = service.clock().now_ms();
+        let orgs = service.orgs_of_webhooks();
+        let mut share = in_flight.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let due = service
             .store()
-            .read(move |r| r.due_deliveries(now, 256))
+            .read(move |r| {
+                r.due_deliveries_where(now, CONCURRENCY * 4, &mut |webhook| {
+                    // Deleted webhooks' deliveries are taken (the attempt drops them).
+                    let org = orgs.get(&webhook).cloned().flatten();
+                    let taken = share.entry(org).or_default();
+                    *taken += 1;
+                    *taken <= PER_ORG
+                })
+            })
             .await
             .unwrap_or_else(|e: crate::store::StoreError| {
                 tracing::error!(error = %e, "reading due webhook deliveries failed");
                 Vec::new()
             });
         for delivery in due {
+            let org = service.webhook(delivery.webhook_id).and_then(|h| h.org_id);
+            {
+                let mut in_flight = in_flight.lock().unwrap_or_else(|p| p.into_inner());
+                let taken = in_flight.entry(org.clone()).or_default();
+                if *taken >= PER_ORG {
+                    continue;
+                }
+                *taken += 1;
+            }
+            let slot = OrgSlot {
+                in_flight: in_flight.clone(),
+                org,
+            };
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 return;
             };
@@ -76,7 +128,7 @@ pub async fn run(service: WebhookService, mut shutdown: watch::Receiver<bool>) {
             }
             tokio::spawn(async move {
                 attempt(&service, delivery).await;
-                drop(permit);
+                drop((permit, slot));
             });
         }
         let jumped = async {

@@ -106,10 +106,19 @@ pub struct WebhookService {
     registered: Arc<tokio::sync::Notify>,
     /// `webhooks.allowPrivateTargets`: targets may be private or reserved addresses.
     allow_private: bool,
+    /// `webhooks.maxPerOrg`: webhooks an org (or the admin, for org-less ones) may register.
+    max_per_org: usize,
+    /// Creations one at a time, so the cap holds under concurrent calls.
+    creating: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl WebhookService {
-    pub async fn load(store: Store, clock: SharedClock, ids: SharedIds) -> DomainResult<Self> {
+    pub async fn load(
+        store: Store,
+        clock: SharedClock,
+        ids: SharedIds,
+        config: &crate::config::WebhooksConfig,
+    ) -> DomainResult<Self> {
         let hooks = store.read(|r| r.all_webhooks()).await?;
         Ok(Self {
             store,
@@ -118,14 +127,10 @@ impl WebhookService {
             hooks: Arc::new(RwLock::new(hooks.into_iter().map(|h| (h.id, h)).collect())),
             wake: Arc::new(tokio::sync::Notify::new()),
             registered: Arc::new(tokio::sync::Notify::new()),
-            allow_private: false,
+            allow_private: config.allow_private_targets,
+            max_per_org: config.max_per_org,
+            creating: Arc::default(),
         })
-    }
-
-    /// Lets webhooks reach private and reserved addresses (`webhooks.allowPrivateTargets`).
-    pub fn allowing_private_targets(mut self, allow: bool) -> Self {
-        self.allow_private = allow;
-        self
     }
 
     pub fn allows_private_targets(&self) -> bool {
@@ -197,6 +202,19 @@ impl WebhookService {
         }
         if !issues.is_empty() {
             return Err(DomainError::Validation(issues));
+        }
+        let _one_at_a_time = self.creating.lock().await;
+        let registered = self.hooks().values().filter(|h| h.org_id == org_id).count();
+        if registered >= self.max_per_org {
+            return Err(DomainError::LimitExceeded {
+                kind: crate::error::Limit::Webhooks,
+                message: format!(
+                    "{} already has {registered} webhooks, the most allowed (webhooks.maxPerOrg)",
+                    org_id
+                        .as_deref()
+                        .map_or("the admin".to_string(), |o| format!("org {o}"))
+                ),
+            });
         }
         let now = self.clock.now_ms();
         let hook = Webhook {
@@ -329,6 +347,14 @@ impl WebhookService {
             .await?;
         self.wake.notify_one();
         Ok(n)
+    }
+
+    /// Each registered webhook's org (`None` for the admin's org-less ones).
+    pub fn orgs_of_webhooks(&self) -> HashMap<Uuid, Option<String>> {
+        self.hooks()
+            .values()
+            .map(|h| (h.id, h.org_id.clone()))
+            .collect()
     }
 
     pub fn webhook(&self, id: Uuid) -> Option<Webhook> {
