@@ -106,6 +106,8 @@ impl App {
                 .await?;
         let (stop, stop_rx) = watch::channel(false);
         let connections = api::edge::Connections::new(&config.server);
+        let limits = api::limits::RateLimits::new(&config.limits);
+        let audit_retention = config.audit.retention;
         let state = Arc::new(Services {
             config: Arc::new(config),
             clock: clock.clone(),
@@ -117,10 +119,12 @@ impl App {
             bus: bus.clone(),
             realtime: Default::default(),
             connections,
+            limits: limits.clone(),
             webhooks: webhooks.clone(),
             shutdown: stop_rx.clone(),
         });
-        let tasks = vec![
+        let (store_for_audit, clock_for_audit) = (store.clone(), clock.clone());
+        let mut tasks = vec![
             tokio::spawn(sweeper::run(sessions, clock, stop_rx.clone())),
             tokio::spawn(pipeline::run(pipeline, stop_rx.clone())),
             tokio::spawn(runners::background(runners.clone(), stop_rx.clone())),
@@ -130,8 +134,17 @@ impl App {
                 bus.clone(),
                 stop_rx.clone(),
             )),
-            tokio::spawn(dispatcher::run(webhooks, stop_rx)),
+            tokio::spawn(dispatcher::run(webhooks, stop_rx.clone())),
+            tokio::spawn(api::limits::housekeeping(limits, stop_rx.clone())),
         ];
+        if let Some(keep) = audit_retention {
+            tasks.push(tokio::spawn(crate::audit::retention(
+                store_for_audit,
+                clock_for_audit,
+                keep,
+                stop_rx,
+            )));
+        }
         // Sessions queued before a restart are scheduled as soon as runners reconnect; kick
         // once in case capacity is already there.
         bus.kick_scheduler();

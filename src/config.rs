@@ -15,6 +15,8 @@ pub struct Config {
     pub websocket: WebsocketConfig,
     pub auth: AuthConfig,
     pub webhooks: WebhooksConfig,
+    pub limits: LimitsConfig,
+    pub audit: AuditConfig,
     /// Keys that were given under an old name, as `(old, new)`: the server warns at start.
     pub renamed_keys: Vec<(&'static str, &'static str)>,
 }
@@ -84,6 +86,23 @@ pub struct WebhooksConfig {
 }
 
 #[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// Entries older than this are deleted; `None` keeps them all.
+    pub retention: Option<Duration>,
+}
+
+/// Request rate limits, in calls a minute (0: off). Bursts of a sixth of a minute's calls pass.
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// Every `/api` request from one client address.
+    pub per_ip_per_minute: u32,
+    /// Authenticated REST calls of one token, runner reports apart.
+    pub per_token_per_minute: u32,
+    /// Heartbeats, output, usage and state reports of one token over REST.
+    pub runner_reports_per_minute: u32,
+}
+
+#[derive(Debug, Clone)]
 pub struct AuthConfig {
     /// Every caller is treated as an admin, REST and WebSockets alike: for local trials only,
     /// and refused on any address but loopback.
@@ -129,6 +148,14 @@ impl Default for Config {
                 max_frame_bytes: 1024 * 1024,
             },
             auth: AuthConfig { disabled: false },
+            audit: AuditConfig {
+                retention: Some(Duration::from_secs(365 * 24 * 3600)),
+            },
+            limits: LimitsConfig {
+                per_ip_per_minute: 30_000,
+                per_token_per_minute: 6_000,
+                runner_reports_per_minute: 60_000,
+            },
             webhooks: WebhooksConfig {
                 allow_private_targets: false,
                 max_per_org: 25,
@@ -363,6 +390,26 @@ impl Config {
             "websocket.maxFrameBytes" => {
                 self.websocket.max_frame_bytes = count(&raw).map_err(bad)? as usize
             }
+            "limits.perIpPerMinute" => {
+                self.limits.per_ip_per_minute = per_minute(&raw).map_err(bad)?
+            }
+            "limits.perTokenPerMinute" => {
+                self.limits.per_token_per_minute = per_minute(&raw).map_err(bad)?
+            }
+            "limits.runnerReportsPerMinute" => {
+                self.limits.runner_reports_per_minute = per_minute(&raw).map_err(bad)?
+            }
+            "audit.retentionDays" => {
+                let days = number(&raw).map_err(bad)?;
+                if !(0.0..=36_500.0).contains(&days) {
+                    return Err(bad(format!(
+                        "{} is not a number of days from 0 to 36500",
+                        raw.describe()
+                    )));
+                }
+                self.audit.retention =
+                    (days > 0.0).then(|| Duration::from_secs_f64(days * 24.0 * 3600.0));
+            }
             "auth.disabled" => self.auth.disabled = boolean(&raw).map_err(bad)?,
             "webhooks.allowPrivateTargets" => {
                 self.webhooks.allow_private_targets = boolean(&raw).map_err(bad)?
@@ -437,6 +484,12 @@ fn duration(raw: &Raw<'_>, unit_ms: f64) -> Result<Duration, String> {
         return Err(format!("{} is too large", raw.describe()));
     }
     Ok(Duration::from_micros((ms * 1000.0).round() as u64))
+}
+
+/// A rate in calls a minute (0 turns the limit off).
+fn per_minute(raw: &Raw<'_>) -> Result<u32, String> {
+    let n = count(raw)?;
+    u32::try_from(n).map_err(|_| format!("{} is too large", raw.describe()))
 }
 
 fn rate(raw: &Raw<'_>) -> Result<f64, String> {

@@ -356,3 +356,37 @@ async fn a_revoke_whose_client_hangs_up_at_once_still_revokes() {
     }
     s.stop().await;
 }
+
+/// Entries older than `audit.retentionDays` are removed; the newest always stays, so numbering
+/// goes on without reuse.
+#[tokio::test]
+async fn the_audit_log_keeps_only_its_retention() {
+    let s = TestServer::start("[audit]\nretentionDays = 1\n").await;
+    let admin = s.admin();
+    for org in ["acme", "globex", "initech"] {
+        admin.create_token("org", Some(org)).await;
+    }
+    let seqs = |r: &common::Resp| -> Vec<u64> {
+        r.data()["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(seqs(&admin.get("/api/v1/audit").await), [1, 2, 3]);
+    // A day and a bit later: all three are past the retention, but the newest stays.
+    s.advance(25 * 3600 * 1000);
+    common::eventually(5, || async {
+        (seqs(&admin.get("/api/v1/audit").await) == [3]).then_some(())
+    })
+    .await;
+    admin.create_token("org", Some("umbrella")).await;
+    assert_eq!(seqs(&admin.get("/api/v1/audit").await), [3, 4]);
+    s.advance(25 * 3600 * 1000);
+    common::eventually(5, || async {
+        (seqs(&admin.get("/api/v1/audit").await) == [4]).then_some(())
+    })
+    .await;
+    s.stop().await;
+}

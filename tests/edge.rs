@@ -336,3 +336,71 @@ async fn thousands_of_idle_connections_do_not_slow_a_heartbeat() {
     drop(idle);
     drop(silent);
 }
+
+/// A raw `GET path` from the loopback address `source`; the status line's code.
+async fn status_from(source: [u8; 4], addr: SocketAddr, path: &str) -> u16 {
+    let mut s = connect_from(source, addr).await;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (got, _) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    let text = String::from_utf8_lossy(&got);
+    text.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_token_over_its_rate_gets_429_with_retry_after_and_its_reports_go_on() {
+    let (_keep, dir) = tmp_dir();
+    // 60 a minute: bursts of 10, then one a second.
+    let server = BinaryServer::spawn(&dir, &[("VILLAGE_LIMITS_PER_TOKEN_PER_MINUTE", "60")]);
+    let admin = server.admin();
+    let join = admin.create_token("runner_join", None).await;
+    let (runner, _) = register(&admin.with_token(&join), "limited-1", &["codex"], None, &[]).await;
+    let own = format!("/api/v1/runners/{}", runner.id);
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(runner.client.get(&own).await);
+    }
+    assert!(statuses[..10].iter().all(|r| r.status == 200));
+    let refused = statuses.last().unwrap();
+    refused.expect_error(429, "RATE_LIMITED");
+    let retry_after: u64 = refused.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "Retry-After: {retry_after}");
+    // Heartbeats are budgeted apart: the runner is not cut off from reporting.
+    for _ in 0..20 {
+        runner.heartbeat().await;
+    }
+    // Other tokens have their own budget.
+    assert_eq!(admin.get(&own).await.status, 200);
+    // And the budget comes back with time.
+    tokio::time::sleep(Duration::from_secs(retry_after)).await;
+    assert_eq!(runner.client.get(&own).await.status, 200);
+}
+
+#[tokio::test]
+async fn an_address_over_its_rate_gets_429_even_without_a_token() {
+    let (_keep, dir) = tmp_dir();
+    let server = BinaryServer::spawn(&dir, &[("VILLAGE_LIMITS_PER_IP_PER_MINUTE", "60")]);
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(status_from([127, 0, 0, 2], server.addr, "/api/v1/sessions").await);
+    }
+    assert!(statuses[..10].iter().all(|s| *s == 401), "{statuses:?}");
+    assert_eq!(statuses[11], 429, "{statuses:?}");
+    // Another address is not held back, and health checks are not limited.
+    assert_eq!(
+        status_from([127, 0, 0, 3], server.addr, "/api/v1/sessions").await,
+        401
+    );
+    assert_eq!(
+        status_from([127, 0, 0, 2], server.addr, "/healthz").await,
+        200
+    );
+}

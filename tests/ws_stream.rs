@@ -5,7 +5,9 @@ mod common;
 
 use common::runner::{Channel, Upgrade, register};
 use common::{Client, TestServer};
+use futures_util::SinkExt;
 use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
 
 async fn open(c: &Client) -> Channel {
     let mut ch = Channel::open(c, "/api/v1/ws").await;
@@ -105,8 +107,6 @@ async fn bad_frames_get_errors_and_the_connection_stays() {
     );
     s.stop().await;
 }
-
-use futures_util::SinkExt;
 
 #[tokio::test]
 async fn replay_then_live_has_no_gap_and_no_duplicate() {
@@ -250,6 +250,60 @@ async fn typing_reaches_the_runner() {
     let f = rch.expect("terminal_input").await;
     assert_eq!(f["sessionId"], id.as_str());
     assert_eq!(f["data"], "ls\n");
+    s.stop().await;
+}
+
+/// A burst of keystroke frames (a fast typist, a paste sent key by key) reaches the runner in
+/// order and whole, as far fewer commands than frames; every frame is still answered.
+#[tokio::test]
+async fn a_burst_of_typing_is_sent_as_few_commands() {
+    let s = TestServer::start("[runners]\nrestartGraceMs = 1\n").await;
+    let admin = s.admin();
+    let (runner, _) = register(&admin, "w", &["claude_code"], None, &[]).await;
+    let mut rch = runner.connect().await;
+    let id = admin.create_session("acme").await["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let assign = rch.expect("assign_session").await;
+    rch.ack(&assign).await;
+    rch.request(json!({"type": "session_state", "sessionId": id, "assignmentId": assign["assignmentId"], "state": "RUNNING"}))
+        .await;
+    let mut ch = signed_in(&admin).await;
+    ch.request(json!({"type": "subscribe_session", "sessionId": id}))
+        .await;
+    let keys: Vec<String> = (0..200).map(|i| format!("{}", i % 10)).collect();
+    // All 200 frames in one write: they are waiting when the server reads the first.
+    for (i, key) in keys.iter().enumerate() {
+        let frame = json!({"type": "terminal_input", "sessionId": id, "data": key, "messageId": i});
+        ch.ws.feed(Message::text(frame.to_string())).await.unwrap();
+    }
+    ch.ws.flush().await.unwrap();
+    let mut answered = Vec::new();
+    while answered.len() < keys.len() {
+        let f = ch
+            .recv_within(5_000)
+            .await
+            .expect("an answer for every frame");
+        if f["type"] == "event" && f["event"] == "input_sent" {
+            answered.push(f["messageId"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(
+        answered,
+        (0..200).collect::<Vec<u64>>(),
+        "answered in order"
+    );
+    let mut typed = String::new();
+    let mut commands = 0;
+    while typed.len() < keys.concat().len() {
+        let f = rch.expect("terminal_input").await;
+        rch.ack(&f).await;
+        typed.push_str(f["data"].as_str().unwrap());
+        commands += 1;
+    }
+    assert_eq!(typed, keys.concat(), "every key once, in order");
+    assert!(commands <= 20, "{commands} commands for 200 frames");
     s.stop().await;
 }
 

@@ -100,6 +100,7 @@ pub fn respond(ctx: &RequestCtx, now: Millis, result: ApiResult) -> Response {
         timestamp: format_ms(now),
         duration: (duration * 1000.0).round() / 1000.0,
     };
+    let mut retry_after = None;
     let (status, body) = match result {
         Ok(Success::Raw(response)) => return response,
         // Cannot fail: every key of a `Value` is a string.
@@ -109,6 +110,7 @@ pub fn respond(ctx: &RequestCtx, now: Millis, result: ApiResult) -> Response {
         ),
         Ok(Success::Json { status, json }) => (status, envelope(&json, &meta)),
         Err(e) => {
+            retry_after = e.retry_after_secs;
             let mut error = Map::new();
             error.insert("code".into(), Value::from(e.code));
             error.insert("message".into(), Value::from(e.message));
@@ -142,6 +144,9 @@ pub fn respond(ctx: &RequestCtx, now: Millis, result: ApiResult) -> Response {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
         headers.insert("x-request-id", v);
+    }
+    if let Some(secs) = retry_after {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.get()));
     }
     response
 }

@@ -13,6 +13,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub details: Option<Value>,
+    /// `Retry-After` (seconds) of a 429 `RATE_LIMITED`.
+    pub retry_after_secs: Option<std::num::NonZeroU16>,
 }
 
 impl ApiError {
@@ -27,6 +29,7 @@ impl ApiError {
             code,
             message: message.into(),
             details: None,
+            retry_after_secs: None,
         }
     }
 
@@ -101,6 +104,7 @@ impl From<DomainError> for ApiError {
                     code: "VALIDATION_ERROR",
                     message: format!("Request validation failed: {summary}"),
                     details: Some(json!({ "issues": list })),
+                    retry_after_secs: None,
                 }
             }
             DomainError::InvalidProvider(p) => ApiError::new(
@@ -147,6 +151,7 @@ impl From<DomainError> for ApiError {
                     code,
                     message,
                     details: details.map(|d| conflict_details(&d)),
+                    retry_after_secs: None,
                 }
             }
             DomainError::LimitExceeded { kind, message } => {

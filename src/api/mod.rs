@@ -7,6 +7,7 @@ mod envelope;
 pub mod error;
 mod health;
 mod input;
+pub mod limits;
 mod openapi;
 mod pipeline;
 mod runner_channel;
@@ -64,6 +65,8 @@ pub struct Services {
     pub realtime: ConnectionLimiter,
     /// Open TCP connections, counted against the `server.maxConnections*` caps.
     pub connections: Arc<edge::Connections>,
+    /// Request rate limits per address and per token.
+    pub limits: Arc<limits::RateLimits>,
     /// Turns true when the server is stopping: long-lived sockets close with 1001.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -99,7 +102,7 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
 fn api_v1(state: &AppState) -> BoxedFilter<(ApiResult,)> {
     // The dashboard stream authenticates by header, `?token=` or its first frame, so it is
     // matched before the bearer-token gate.
-    let gated = principal(state).map(|_| ()).untuple_one().and(
+    let gated = rate_limited_token(state).and(
         sessions::routes(state)
             .or(tokens::routes(state))
             .unify()
@@ -113,8 +116,51 @@ fn api_v1(state: &AppState) -> BoxedFilter<(ApiResult,)> {
             .unify(),
     );
     warp::path("v1")
+        .and(rate_limited_address(state))
         .and(ws::route(state).or(gated).unify())
         .boxed()
+}
+
+/// Every `/api` request counts against its client address's rate limit (before its token is
+/// looked at, so floods of bad tokens are limited too).
+fn rate_limited_address(
+    state: &AppState,
+) -> impl Filter<Extract = (), Error = Rejection> + Clone + use<> {
+    let limits = state.limits.clone();
+    warp::ext::optional::<edge::ClientAddr>()
+        .and_then(move |addr: Option<edge::ClientAddr>| {
+            let checked = match addr {
+                Some(edge::ClientAddr(addr)) => limits.check_ip(addr.ip()).map_err(reject),
+                None => Ok(()),
+            };
+            std::future::ready(checked)
+        })
+        .untuple_one()
+}
+
+/// The caller (see [`principal`]), whose call counts against its token's rate limit: runner
+/// reports against one budget, everything else against another.
+fn rate_limited_token(
+    state: &AppState,
+) -> impl Filter<Extract = (), Error = Rejection> + Clone + use<> {
+    let limits = state.limits.clone();
+    principal(state)
+        .and(warp::method())
+        .and(warp::path::full())
+        .and_then(
+            move |caller: Caller, method: warp::http::Method, path: warp::path::FullPath| {
+                // With authentication off every caller is the same anonymous admin: the
+                // address limit applies instead.
+                let checked = match caller.token_id.is_nil() {
+                    true => Ok(()),
+                    false => limits
+                        .check_token(caller.token_id, limits::budget_of(&method, path.as_str()))
+                        .map_err(reject),
+                };
+                std::future::ready(checked)
+            },
+        )
+        .untuple_one()
 }
 
 /// One header's raw value, if present (never rejects; no copy of the whole header map).

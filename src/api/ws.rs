@@ -9,8 +9,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use futures_util::stream::SplitSink;
-use futures_util::{SinkExt, StreamExt};
+use std::collections::VecDeque;
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_tungstenite::tungstenite::Message;
@@ -37,6 +39,31 @@ use crate::realtime::{Route, Slot, Subscriptions};
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Output replayed per store read during `subscribe_session`.
 const REPLAY_PAGE: u64 = 64;
+/// Keystrokes of several `terminal_input` frames stored as one command: at most this much.
+const MAX_COALESCED_INPUT: usize = 64 * 1024;
+/// Frames read ahead, without waiting, to find more input for the same session.
+const MAX_LOOKAHEAD: usize = 256;
+
+/// What the socket gave, read ahead of handling (the end and errors included, in order).
+type Incoming = Option<Result<Message, tokio_tungstenite::tungstenite::Error>>;
+
+/// The next thing from the socket: what was read ahead first.
+async fn next_incoming(
+    lookahead: &mut VecDeque<Incoming>,
+    stream: &mut SplitStream<Socket>,
+) -> Incoming {
+    match lookahead.pop_front() {
+        Some(incoming) => incoming,
+        None => stream.next().await,
+    }
+}
+
+/// Keystrokes for one session from one `terminal_input` frame.
+struct TypedInput {
+    session: Uuid,
+    data: String,
+    message_id: Option<Value>,
+}
 
 pub fn route(state: &AppState) -> warp::filters::BoxedFilter<(ApiResult,)> {
     let st = state.clone();
@@ -145,9 +172,10 @@ impl Connection {
         let mut ping = tokio::time::interval(interval);
         ping.tick().await;
         let mut last_pong = tokio::time::Instant::now();
+        let mut lookahead = VecDeque::new();
         while outcome.is_ok() {
             outcome = tokio::select! {
-                incoming = stream.next() => match incoming {
+                incoming = next_incoming(&mut lookahead, &mut stream) => match incoming {
                     Some(Ok(msg)) if msg.is_close() => Err(Close::Gone),
                     Some(Ok(msg)) if msg.is_pong() => {
                         last_pong = tokio::time::Instant::now();
@@ -156,7 +184,15 @@ impl Connection {
                     Some(Ok(msg)) if msg.is_ping() => Ok(()),
                     Some(Ok(_)) if conn.revoked() => Err(Close::With(1008, "token revoked")),
                     Some(Ok(msg)) => {
-                        let outcome = conn.on_frame(&msg).await;
+                        let outcome = match conn.as_input(&msg) {
+                            // Typing: what else was typed into the session meanwhile goes
+                            // with it, as one command.
+                            Some(first) => {
+                                let inputs = conn.gather_input(first, &mut lookahead, &mut stream);
+                                conn.type_input(inputs).await
+                            }
+                            None => conn.on_frame(&msg).await,
+                        };
                         if bus.is_none() && conn.caller.is_some() {
                             bus = Some(conn.st.bus.subscribe());
                         }
@@ -490,6 +526,106 @@ impl Connection {
         Ok(self
             .announce("input_sent", json!({"sessionId": id}), mid)
             .await)
+    }
+
+    /// `msg` as keystrokes this connection may send as they are: a `terminal_input` frame with
+    /// valid fields for a session it is subscribed to. Anything else (errors included) is
+    /// handled frame by frame.
+    fn as_input(&self, msg: &Message) -> Option<TypedInput> {
+        if self.caller.is_none() || msg.len() > self.st.config.websocket.max_frame_bytes {
+            return None;
+        }
+        let frame: Value = serde_json::from_str(msg.to_text().ok()?).ok()?;
+        if frame.get("type")?.as_str()? != "terminal_input" {
+            return None;
+        }
+        let session = session_id(&frame).ok()?;
+        if !self.subs.sessions.contains_key(&session) {
+            return None;
+        }
+        let data = frame.get("data")?.as_str().filter(|d| !d.is_empty())?;
+        Some(TypedInput {
+            session,
+            data: data.to_owned(),
+            message_id: frame.get("messageId").filter(|v| !v.is_null()).cloned(),
+        })
+    }
+
+    /// `first` and the input for the same session right behind it among the frames that have
+    /// already arrived (read ahead without waiting): a fast typist, or a paste sent as many
+    /// frames, costs one command, one audit entry and one commit instead of one per frame.
+    fn gather_input(
+        &self,
+        first: TypedInput,
+        lookahead: &mut VecDeque<Incoming>,
+        stream: &mut SplitStream<Socket>,
+    ) -> Vec<TypedInput> {
+        while lookahead.len() < MAX_LOOKAHEAD {
+            match stream.next().now_or_never() {
+                Some(incoming) => {
+                    let more = matches!(incoming, Some(Ok(_)));
+                    lookahead.push_back(incoming);
+                    if !more {
+                        break;
+                    }
+                }
+                None => break,
+            }
+        }
+        let mut size = first.data.len();
+        let mut inputs = vec![first];
+        loop {
+            let next = match lookahead.front() {
+                Some(Some(Ok(msg))) => self.as_input(msg),
+                _ => None,
+            };
+            match next {
+                Some(input)
+                    if input.session == inputs[0].session
+                        && size + input.data.len() <= MAX_COALESCED_INPUT =>
+                {
+                    size += input.data.len();
+                    inputs.push(input);
+                    lookahead.pop_front();
+                }
+                _ => return inputs,
+            }
+        }
+    }
+
+    /// Sends `inputs` (one session's, in order) as one command; each frame gets its answer.
+    async fn type_input(&mut self, inputs: Vec<TypedInput>) -> Result<(), Close> {
+        let Some((caller, _)) = &self.caller else {
+            return Ok(());
+        };
+        let caller = caller.clone();
+        let session = inputs[0].session;
+        let data: String = inputs.iter().map(|i| i.data.as_str()).collect();
+        match self
+            .st
+            .sessions
+            .terminal_input(&caller, session, data)
+            .await
+        {
+            Ok(()) => {
+                for input in &inputs {
+                    self.announce(
+                        "input_sent",
+                        json!({"sessionId": session}),
+                        input.message_id.as_ref(),
+                    )
+                    .await?;
+                }
+            }
+            Err(e) => {
+                let e = ApiError::from(e);
+                for input in &inputs {
+                    self.error(e.code, &e.message, input.message_id.as_ref())
+                        .await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn on_event(&mut self, event: &BusEvent) -> Result<(), Close> {

@@ -75,3 +75,46 @@ pub async fn list(
         .read(move |r| r.audit_after(after, limit as usize))
         .await?)
 }
+
+/// Entries removed per write while trimming, so other writes are not held up.
+const TRIM_BATCH: usize = 1_000;
+
+/// Deletes audit entries older than `keep` (`audit.retentionDays`), at start, then every hour
+/// and whenever the clock is moved (tests), until `stop`.
+pub async fn retention(
+    store: Store,
+    clock: crate::clock::SharedClock,
+    keep: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let before = clock.now_ms() - keep.as_millis() as i64;
+        loop {
+            let trimmed: Result<usize, crate::store::StoreError> =
+                store.write(move |w| w.trim_audit(before, TRIM_BATCH)).await;
+            match trimmed {
+                Ok(n) if n == TRIM_BATCH => continue,
+                Ok(0) => break,
+                Ok(n) => {
+                    tracing::info!(removed = n, "audit entries past their retention removed");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "trimming the audit log failed; trying again later");
+                    break;
+                }
+            }
+        }
+        let jumped = async {
+            match clock.jumped() {
+                Some(n) => n.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+            _ = jumped => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}

@@ -6,6 +6,7 @@ use super::codec::{decode, encode};
 use super::engine::{StoreResult, Tables, WriteCtx};
 use super::tables::*;
 use crate::audit::model::AuditEntry;
+use crate::clock::Millis;
 
 pub trait AuditReads {
     /// Audit entries after `after`, oldest first.
@@ -15,6 +16,10 @@ pub trait AuditReads {
 pub trait AuditWrites: AuditReads {
     /// Appends an audit entry with the next sequence number.
     fn append_audit(&mut self, entry: AuditEntry) -> StoreResult<u64>;
+
+    /// Removes entries recorded before `before`, oldest first, at most `limit` of them. The
+    /// newest entry always stays: the next sequence number follows it. Returns how many went.
+    fn trim_audit(&mut self, before: Millis, limit: usize) -> StoreResult<usize>;
 }
 
 impl<T: Tables> AuditReads for T {
@@ -47,5 +52,30 @@ impl AuditWrites for WriteCtx<'_> {
         self.hot_audit()?.insert(entry.seq, bytes.as_slice())?;
         self.audit_seq = Some(entry.seq);
         Ok(entry.seq)
+    }
+
+    fn trim_audit(&mut self, before: Millis, limit: usize) -> StoreResult<usize> {
+        let table = self.hot_audit()?;
+        let Some(newest) = table.last()?.map(|(k, _)| k.value()) else {
+            return Ok(0);
+        };
+        let mut doomed = Vec::new();
+        for entry in table.range(..newest)?.take(limit) {
+            let (seq, bytes) = entry?;
+            let recorded: AuditEntry = decode(bytes.value())?;
+            if recorded.at >= before {
+                break;
+            }
+            doomed.push(seq.value());
+        }
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        self.writes += 1;
+        let table = self.hot_audit()?;
+        for seq in &doomed {
+            table.remove(seq)?;
+        }
+        Ok(doomed.len())
     }
 }
