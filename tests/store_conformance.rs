@@ -1145,6 +1145,23 @@ mod checks {
         assert_eq!(h.read(move |r| r.outbox(r1)).await, vec![after.1.clone()]);
         assert_eq!(h.read(move |r| r.outbox(r2)).await.len(), 2);
 
+        // An ack removes one command by its message id, and only its own runner's.
+        let acked_id = after.1.message_id;
+        let acked = h
+            .write(move |w| {
+                let foreign = w.remove_command(r2, acked_id)?;
+                let own = w.remove_command(r1, acked_id)?;
+                let again = w.remove_command(r1, acked_id)?;
+                Ok((foreign, own, again))
+            })
+            .await;
+        assert_eq!(acked, (false, true, false));
+        assert!(h.read(move |r| r.outbox(r1)).await.is_empty());
+        assert_eq!(h.read(move |r| r.outbox(r2)).await.len(), 2);
+        let pending = h
+            .write(move |w| w.enqueue_command(r1, RunnerCommand::Drain, 3_005))
+            .await;
+
         // Deregistered: record, hostname, liveness and outbox go; the other runner stays.
         let a = h.read(move |r| r.get_runner(r1)).await.expect("runner a");
         h.write(move |w| w.delete_runner(&a)).await;
@@ -1153,6 +1170,11 @@ mod checks {
         assert_eq!(h.read(|r| r.runner_by_hostname("host-b")).await, Some(r2));
         assert!(h.read(move |r| r.outbox(r1)).await.is_empty());
         assert_eq!(h.read(move |r| r.outbox(r2)).await.len(), 2);
+        let pending_id = pending.message_id;
+        assert!(
+            !h.write(move |w| w.remove_command(r1, pending_id)).await,
+            "a deleted runner's commands cannot be acked"
+        );
         let live = h.read(|r| r.all_liveness()).await;
         assert_eq!(live.iter().map(|(r, _)| *r).collect::<Vec<_>>(), vec![r2]);
         assert_eq!(h.read(|r| r.all_runners()).await.len(), 1);
@@ -1160,7 +1182,7 @@ mod checks {
             .write(move |w| w.enqueue_command(r2, RunnerCommand::Drain, 3_006))
             .await;
         assert!(
-            last.seq > after.1.seq,
+            last.seq > pending.seq,
             "numbers go on after a runner is deleted"
         );
 
@@ -1176,6 +1198,7 @@ mod checks {
             .collect();
         let mut expected: Vec<(Uuid, u64)> = entries.iter().map(|e| (e.runner_id, e.seq)).collect();
         expected.push((r1, after.1.seq));
+        expected.push((r1, pending.seq));
         expected.push((r2, last.seq));
         assert_eq!(published, expected);
     }

@@ -988,14 +988,12 @@ impl RunnerService {
 
     /// Removes an acknowledged command from the runner's outbox.
     pub async fn acknowledge(&self, runner: Uuid, message_id: Uuid) -> DomainResult<bool> {
-        let removed = self
-            .store
+        self.store
             .write(move |w| {
-                w.remove_commands(runner, &mut |e| e.message_id == message_id)
+                w.remove_command(runner, message_id)
                     .map_err(DomainError::from)
             })
-            .await?;
-        Ok(removed > 0)
+            .await
     }
 
     pub async fn outbox(&self, runner: Uuid) -> DomainResult<Vec<OutboxEntry>> {

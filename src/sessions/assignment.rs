@@ -160,7 +160,7 @@ impl SessionService {
         }
         self.store
             .write(move |w| {
-                w.remove_commands(runner, &mut |e| e.message_id == message_id)?;
+                w.remove_command(runner, message_id)?;
                 Ok::<_, DomainError>(())
             })
             .await?;

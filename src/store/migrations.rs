@@ -21,6 +21,7 @@ const MIGRATIONS: &[Migration] = &[
     m004_webhooks,
     m005_pipeline,
     m006_usage_cost_and_approval_scope,
+    m007_outbox_by_message,
 ];
 
 pub const SCHEMA_VERSION: u64 = MIGRATIONS.len() as u64;
@@ -77,6 +78,20 @@ fn m006_usage_cost_and_approval_scope(txn: &WriteTransaction) -> Result<(), Stor
     rewrite(txn, SESSIONS, upgrade::<v1::Session, Session>)?;
     rewrite(txn, APPROVALS, upgrade::<v1::Approval, Approval>)?;
     rewrite(txn, RUNNER_OUTBOX, upgrade::<v1::OutboxEntry, OutboxEntry>)?;
+    Ok(())
+}
+
+/// Acks find their command by message id: the index is built from every command waiting in
+/// an outbox.
+fn m007_outbox_by_message(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let outbox = txn.open_table(RUNNER_OUTBOX)?;
+    let mut index = txn.open_table(RUNNER_OUTBOX_BY_MESSAGE)?;
+    for entry in outbox.iter()? {
+        let (key, value) = entry?;
+        let (runner, seq) = key.value();
+        let command: OutboxEntry = codec::decode(value.value())?;
+        index.insert((runner, command.message_id.as_u128()), seq)?;
+    }
     Ok(())
 }
 
@@ -554,6 +569,22 @@ mod tests {
 
         migrate(&db).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(current_version(&db).ok(), Some(SCHEMA_VERSION));
+
+        // Version 7 indexed the waiting commands by message id.
+        let txn = db.begin_read().unwrap_or_else(|e| panic!("{e}"));
+        let index = txn
+            .open_table(RUNNER_OUTBOX_BY_MESSAGE)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let indexed: Vec<((u128, u128), u64)> = index
+            .iter()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .map(|e| {
+                let (k, v) = e.unwrap_or_else(|e| panic!("{e}"));
+                (k.value(), v.value())
+            })
+            .collect();
+        assert_eq!(indexed, vec![((9, 101), 1), ((9, 102), 2), ((9, 103), 3)]);
+        drop((index, txn));
 
         let s: Session =
             codec::decode(&get_raw(&db, SESSIONS, 1u128)).unwrap_or_else(|e| panic!("{e}"));

@@ -50,7 +50,12 @@ pub trait RunnerWrites: RunnerReads {
         now: Millis,
     ) -> StoreResult<OutboxEntry>;
 
-    /// Drops outbox entries of a runner that `remove` picks. Returns how many.
+    /// Drops the command `message_id` from a runner's outbox (an ack), without reading the
+    /// rest of it. Returns whether it was there.
+    fn remove_command(&mut self, runner_id: Uuid, message_id: Uuid) -> StoreResult<bool>;
+
+    /// Drops outbox entries of a runner that `remove` picks (reads the whole outbox: for the
+    /// rare sweeps, not for acks). Returns how many.
     fn remove_commands(
         &mut self,
         runner_id: Uuid,
@@ -149,6 +154,8 @@ impl RunnerWrites for WriteCtx<'_> {
         self.open_mut(RUNNER_LIVENESS)?.remove(id)?;
         self.open_mut(RUNNER_OUTBOX)?
             .retain_in((id, 0u64)..=(id, u64::MAX), |_, _| false)?;
+        self.open_mut(RUNNER_OUTBOX_BY_MESSAGE)?
+            .retain_in((id, 0u128)..=(id, u128::MAX), |_, _| false)?;
         Ok(())
     }
 
@@ -184,8 +191,25 @@ impl RunnerWrites for WriteCtx<'_> {
         let bytes = encode(&entry)?;
         self.open_mut(RUNNER_OUTBOX)?
             .insert((runner_id.as_u128(), seq), bytes.as_slice())?;
+        self.open_mut(RUNNER_OUTBOX_BY_MESSAGE)?
+            .insert((runner_id.as_u128(), message_id.as_u128()), seq)?;
         self.commands.push(entry.clone());
         Ok(entry)
+    }
+
+    fn remove_command(&mut self, runner_id: Uuid, message_id: Uuid) -> StoreResult<bool> {
+        let runner = runner_id.as_u128();
+        let key = (runner, message_id.as_u128());
+        let Some(seq) = self
+            .table(RUNNER_OUTBOX_BY_MESSAGE)?
+            .get(key)?
+            .map(|v| v.value())
+        else {
+            return Ok(false);
+        };
+        self.open_mut(RUNNER_OUTBOX_BY_MESSAGE)?.remove(key)?;
+        self.open_mut(RUNNER_OUTBOX)?.remove((runner, seq))?;
+        Ok(true)
     }
 
     fn remove_commands(
@@ -193,15 +217,21 @@ impl RunnerWrites for WriteCtx<'_> {
         runner_id: Uuid,
         remove: &mut dyn FnMut(&OutboxEntry) -> bool,
     ) -> StoreResult<usize> {
-        let doomed: Vec<u64> = self
+        let doomed: Vec<(u64, Uuid)> = self
             .outbox(runner_id)?
             .into_iter()
             .filter(|e| remove(e))
-            .map(|e| e.seq)
+            .map(|e| (e.seq, e.message_id))
             .collect();
+        let runner = runner_id.as_u128();
         let mut t = self.open_mut(RUNNER_OUTBOX)?;
-        for seq in &doomed {
-            t.remove((runner_id.as_u128(), *seq))?;
+        for (seq, _) in &doomed {
+            t.remove((runner, *seq))?;
+        }
+        drop(t);
+        let mut index = self.open_mut(RUNNER_OUTBOX_BY_MESSAGE)?;
+        for (_, message_id) in &doomed {
+            index.remove((runner, message_id.as_u128()))?;
         }
         Ok(doomed.len())
     }

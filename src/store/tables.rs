@@ -55,6 +55,10 @@ pub const SESSION_QUEUE: TableDefinition<(u64, u128), ()> = TableDefinition::new
 /// (runner id, command seq) → `OutboxEntry`. Commands not yet acknowledged by the runner.
 pub const RUNNER_OUTBOX: TableDefinition<(u128, u64), &[u8]> =
     TableDefinition::new("runner_outbox-1");
+/// (runner id, message id) → the command's seq in `RUNNER_OUTBOX`: an ack finds its command
+/// without reading the outbox (schema version 7).
+pub const RUNNER_OUTBOX_BY_MESSAGE: TableDefinition<(u128, u128), u64> =
+    TableDefinition::new("runner_outbox_by_message-1");
 
 // ---- audit (schema version 3) -----------------------------------------------------------------
 
