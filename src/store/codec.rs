@@ -94,8 +94,13 @@ impl Record for OrgRuntimeConfig {
     const VERSION: u8 = 1;
 }
 
-fn config() -> bincode::config::Configuration {
-    bincode::config::standard()
+/// No record comes near this; a damaged length prefix claiming more fails before anything is
+/// allocated for it (without a limit, a flipped byte could ask for terabytes and abort the
+/// process: found by the fuzz tests below).
+const MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_RECORD_BYTES>()
 }
 
 pub fn encode<T: Record>(value: &T) -> Result<Vec<u8>, StoreError> {
@@ -197,5 +202,138 @@ mod tests {
             decode::<OutputChunk>(&short),
             Err(StoreError::Corrupt(_))
         ));
+    }
+
+    mod fuzz {
+        //! Whatever bytes a damaged file holds, decoding answers `Corrupt`: it never panics and
+        //! never allocates what a length prefix claims before the bytes are there.
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use crate::audit::model::AuditEntry;
+        use crate::auth::model::TokenRecord;
+        use crate::pipeline::model::{BuildRecord, Rollout};
+        use crate::runners::model::{OutboxEntry, RunnerCommand, RunnerRecord};
+        use crate::sessions::model::{Approval, OutputChunk, Session, SessionEvent};
+        use crate::webhooks::model::{Delivery, Webhook};
+
+        /// Decodes `bytes` as every record; each answer is a value or `Corrupt`.
+        fn decode_all(bytes: &[u8]) {
+            macro_rules! each {
+                ($($t:ty),*) => {$(
+                    match decode::<$t>(bytes) {
+                        Ok(_) | Err(StoreError::Corrupt(_)) => {}
+                        Err(e) => panic!("{}: {e}", <$t as Record>::NAME),
+                    }
+                )*};
+            }
+            each!(
+                Session,
+                Approval,
+                OutputChunk,
+                SessionEvent,
+                RunnerRecord,
+                OutboxEntry,
+                TokenRecord,
+                AuditEntry,
+                Webhook,
+                Delivery,
+                BuildRecord,
+                Rollout
+            );
+        }
+
+        fn outbox_entry() -> OutboxEntry {
+            OutboxEntry {
+                seq: 7,
+                message_id: uuid::Uuid::from_u128(1),
+                runner_id: uuid::Uuid::from_u128(2),
+                command: RunnerCommand::TerminalInput {
+                    session_id: uuid::Uuid::from_u128(3),
+                    data: "ls -la\n".into(),
+                },
+                created_at: 1_700_000_000_000,
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+            #[test]
+            fn arbitrary_bytes_decode_to_a_value_or_corrupt(
+                version in 0u8..4,
+                body in proptest::collection::vec(any::<u8>(), 0..300),
+            ) {
+                let mut bytes = vec![version];
+                bytes.extend_from_slice(&body);
+                decode_all(&bytes);
+            }
+
+            #[test]
+            fn damaged_records_decode_to_a_value_or_corrupt(
+                at in any::<prop::sample::Index>(),
+                byte in any::<u8>(),
+                keep in any::<prop::sample::Index>(),
+            ) {
+                let audit = AuditEntry::new(
+                    uuid::Uuid::from_u128(5), "admin", "ops", "session.create", "s-1",
+                    Some("acme"), 1_700_000_000_000,
+                );
+                for good in [
+                    encode(&outbox_entry()).unwrap_or_default(),
+                    encode(&audit).unwrap_or_default(),
+                    encode(&super::chunk()).unwrap_or_default(),
+                ] {
+                    let mut flipped = good.clone();
+                    let i = at.index(flipped.len());
+                    flipped[i] = byte;
+                    decode_all(&flipped);
+                    decode_all(&good[..keep.index(good.len() + 1)]);
+                }
+            }
+        }
+
+        /// The regression the fuzz tests found: one byte of a record changed into a varint
+        /// marker (251..=255) made a length prefix claim up to 2^64 bytes, and decoding aborted
+        /// the process trying to allocate them. Every such change, at every position.
+        #[test]
+        fn every_byte_turned_into_a_length_marker_decodes_to_a_value_or_corrupt() {
+            let audit = AuditEntry::new(
+                uuid::Uuid::from_u128(5),
+                "admin",
+                "ops",
+                "session.create",
+                "s-1",
+                Some("acme"),
+                1_700_000_000_000,
+            );
+            for good in [
+                encode(&outbox_entry()).unwrap_or_default(),
+                encode(&audit).unwrap_or_default(),
+            ] {
+                for i in 1..good.len() {
+                    for marker in 251..=255u8 {
+                        let mut bad = good.clone();
+                        bad[i] = marker;
+                        decode_all(&bad);
+                    }
+                }
+            }
+        }
+
+        /// A length prefix claiming far more than is there (u64::MAX, then 2^40) fails at once.
+        #[test]
+        fn a_huge_length_prefix_is_corrupt() {
+            for claim in [u64::MAX, 1 << 40] {
+                let mut bytes = vec![OutputChunk::VERSION, 3, 1];
+                bytes.push(255);
+                bytes.extend_from_slice(&claim.to_le_bytes());
+                bytes.extend_from_slice(b"hi");
+                assert!(matches!(
+                    decode::<OutputChunk>(&bytes),
+                    Err(StoreError::Corrupt(_))
+                ));
+            }
+        }
     }
 }
