@@ -404,3 +404,402 @@ async fn a_restart_never_marks_a_healthy_fleet_offline() {
     };
     assert_eq!(runner.heartbeat().await.data()["status"], "online");
 }
+
+/// What the load was told was done (acknowledged), across every round of the crash loop.
+#[derive(Default, Clone)]
+struct Acknowledged {
+    sessions: Vec<String>,
+    /// Sessions waiting to be started by a driver.
+    queued: Vec<String>,
+    running: HashSet<String>,
+    /// session → (seq, data) of each acknowledged output chunk.
+    output: std::collections::HashMap<String, Vec<(u64, String)>>,
+    approvals: HashSet<(String, String)>,
+    resolved: HashSet<(String, String)>,
+    rollouts: HashSet<String>,
+}
+
+/// A request that reports a dead server as `None`.
+async fn call(c: &Client, method: &str, path: &str, body: Option<Value>) -> Option<(u16, Value)> {
+    let stream = tokio::net::TcpStream::connect(c.addr).await.ok()?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .ok()?;
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", c.addr.to_string())
+        .header(
+            "authorization",
+            format!("Bearer {}", c.token.as_deref().unwrap_or("")),
+        );
+    let bytes = match body {
+        Some(b) => {
+            req = req.header("content-type", "application/json");
+            b.to_string()
+        }
+        None => String::new(),
+    };
+    let req = req
+        .body(http_body_util::Full::new(bytes::Bytes::from(bytes)))
+        .ok()?;
+    let resp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
+        .await
+        .ok()?
+        .ok()?;
+    let status = resp.status().as_u16();
+    use http_body_util::BodyExt;
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    Some((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+}
+
+/// Runs the mixed load against `c` until the server dies: sessions created, started, printing
+/// output by offset, asking and answering approvals, heartbeats, builds and rollouts.
+async fn mixed_load(c: Client, round: usize, acked: Arc<Mutex<Acknowledged>>) {
+    let mut workers = Vec::new();
+    for _ in 0..3 {
+        let (c, acked) = (c.clone(), acked.clone());
+        workers.push(tokio::spawn(async move {
+            let body =
+                json!({"orgId": "loop", "providerId": "codex", "repo": {"url": "https://x.org/a"}});
+            while let Some((status, v)) =
+                call(&c, "POST", "/api/v1/sessions", Some(body.clone())).await
+            {
+                if status == 201 {
+                    let id = v["data"]["sessionId"].as_str().unwrap().to_string();
+                    let mut a = acked.lock().unwrap();
+                    a.sessions.push(id.clone());
+                    a.queued.push(id);
+                }
+            }
+        }));
+    }
+    for _ in 0..2 {
+        let (c, acked) = (c.clone(), acked.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                let next = acked.lock().unwrap().queued.pop();
+                let Some(id) = next else {
+                    if call(&c, "GET", "/healthz", None).await.is_none() {
+                        return;
+                    }
+                    continue;
+                };
+                let base = format!("/api/v1/sessions/{id}");
+                let Some((status, _)) = call(
+                    &c,
+                    "POST",
+                    &format!("{base}/state"),
+                    Some(json!({"state": "RUNNING"})),
+                )
+                .await
+                else {
+                    return;
+                };
+                if status != 200 {
+                    continue;
+                }
+                acked.lock().unwrap().running.insert(id.clone());
+                let mut offset = 0u64;
+                for n in 0..5 {
+                    let data = format!("round {round} line {n} of {id}\n");
+                    let body = json!({"stream": "stdout", "data": data, "offset": offset});
+                    let Some((status, v)) =
+                        call(&c, "POST", &format!("{base}/output"), Some(body)).await
+                    else {
+                        return;
+                    };
+                    assert!(status == 200 || status == 201, "output: {status} {v}");
+                    let seq = v["data"]["seq"].as_u64().unwrap();
+                    acked
+                        .lock()
+                        .unwrap()
+                        .output
+                        .entry(id.clone())
+                        .or_default()
+                        .push((seq, data.clone()));
+                    offset += data.len() as u64;
+                }
+                let ask = json!({"action": "deploy", "description": format!("ship {id}")});
+                let Some((status, v)) =
+                    call(&c, "POST", &format!("{base}/approvals"), Some(ask)).await
+                else {
+                    return;
+                };
+                assert_eq!(status, 201, "{v}");
+                let approval = v["data"]["approvalId"].as_str().unwrap().to_string();
+                acked
+                    .lock()
+                    .unwrap()
+                    .approvals
+                    .insert((id.clone(), approval.clone()));
+                let path = format!("{base}/approvals/{approval}/resolve");
+                let Some((status, v)) =
+                    call(&c, "POST", &path, Some(json!({"decision": "allow"}))).await
+                else {
+                    return;
+                };
+                assert_eq!(status, 200, "{v}");
+                acked.lock().unwrap().resolved.insert((id, approval));
+            }
+        }));
+    }
+    {
+        let c = c.clone();
+        workers.push(tokio::spawn(async move {
+            let register = json!({"hostname": "loop-host", "capabilities": {"providers": ["codex"]}});
+            let Some((_, v)) = call(&c, "POST", "/api/v1/runners/register", Some(register)).await else {
+                return;
+            };
+            let Some(id) = v["data"]["runner"]["runnerId"].as_str().map(str::to_owned) else {
+                return;
+            };
+            let runner = Client::new(c.addr, v["data"]["runnerToken"].as_str());
+            let beat = json!({"runnerId": id, "timestamp": "2026-11-25T10:00:00.000Z", "activeSessions": [],
+                              "load": {"cpuPercent": 1, "memoryPercent": 2, "diskPercent": 3}});
+            while call(&runner, "POST", &format!("/api/v1/runners/{id}/heartbeat"), Some(beat.clone())).await.is_some() {}
+        }));
+    }
+    for worker in 0..2 {
+        let (c, acked) = (c.clone(), acked.clone());
+        workers.push(tokio::spawn(async move {
+            for n in 0.. {
+                let build = format!("b-{round}-{worker}-{n}");
+                let body = json!({"buildId": build, "runnerVersion": "1.0.0",
+                                  "builtAt": "2026-11-20T10:00:00.000Z", "runtimeVersions": {"codex": "1.0"}});
+                if call(&c, "POST", "/api/v1/builds", Some(body)).await.is_none() {
+                    return;
+                }
+                let body = json!({"buildId": build, "channel": "stable", "stages": [10, 100]});
+                let Some((status, v)) = call(&c, "POST", "/api/v1/rollouts", Some(body)).await else {
+                    return;
+                };
+                match status {
+                    201 => {
+                        let id = v["data"]["rolloutId"].as_str().unwrap().to_string();
+                        acked.lock().unwrap().rollouts.insert(id.clone());
+                        // Finish it now and then, so new rollouts keep being created.
+                        if n % 2 == 0 {
+                            let why = Some(json!({"reason": "crash loop"}));
+                            let (status, v) = call(&c, "POST", &format!("/api/v1/rollouts/{id}/cancel"), why)
+                                .await
+                                .unwrap_or((200, Value::Null));
+                            assert!(status == 200 || status == 409, "cancel: {status} {v}");
+                        }
+                    }
+                    409 => {
+                        assert_eq!(v["error"]["code"], "ROLLOUT_ALREADY_ACTIVE", "{v}");
+                        if let Some(active) = v["error"]["details"]["rolloutId"].as_str() {
+                            let why = Some(json!({"reason": "crash loop"}));
+                            call(&c, "POST", &format!("/api/v1/rollouts/{active}/cancel"), why).await;
+                        }
+                    }
+                    _ => panic!("rollout: {status} {v}"),
+                }
+            }
+        }));
+    }
+    for w in workers {
+        // A worker's assertion failing fails the test.
+        if let Err(e) = w.await
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+}
+
+/// After a restart: every acknowledged write is there and every invariant holds.
+async fn check_invariants(admin: &Client, acked: &Acknowledged, round: usize) {
+    let ok = |r: &common::Resp, what: &str| {
+        assert_eq!(r.status, 200, "round {round}, {what}: {}", r.text)
+    };
+    // One state per session: the org listing and each record agree, no session listed twice.
+    let mut listed = std::collections::HashMap::new();
+    for page in 1.. {
+        let r = admin
+            .get(&format!(
+                "/api/v1/sessions?orgId=loop&pageSize=100&page={page}"
+            ))
+            .await;
+        ok(&r, "list");
+        let items = r.data()["items"].as_array().unwrap().clone();
+        for s in &items {
+            let id = s["sessionId"].as_str().unwrap().to_string();
+            assert!(
+                listed.insert(id.clone(), s["state"].clone()).is_none(),
+                "round {round}: {id} listed twice"
+            );
+        }
+        if !r.data()["hasMore"].as_bool().unwrap() {
+            break;
+        }
+    }
+    for id in &acked.sessions {
+        assert!(
+            listed.contains_key(id),
+            "round {round}: acknowledged session {id} lost"
+        );
+    }
+    for id in &acked.running {
+        let r = admin.get(&format!("/api/v1/sessions/{id}")).await;
+        ok(&r, "session");
+        assert_eq!(
+            r.data()["state"],
+            listed[id],
+            "round {round}: {id}'s record and listing disagree"
+        );
+        assert_ne!(
+            r.data()["state"],
+            "QUEUED",
+            "round {round}: {id} acknowledged as started"
+        );
+    }
+    // Output: contiguous seqs from 1, every acknowledged chunk at its seq.
+    for (id, chunks) in &acked.output {
+        let r = admin
+            .get(&format!("/api/v1/sessions/{id}/output?limit=1000"))
+            .await;
+        ok(&r, "output");
+        let stored: Vec<(u64, String)> = r.data()["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["seq"].as_u64().unwrap(),
+                    c["data"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        for (i, (seq, _)) in stored.iter().enumerate() {
+            assert_eq!(
+                *seq,
+                i as u64 + 1,
+                "round {round}: {id}'s output seqs have a gap"
+            );
+        }
+        for chunk in chunks {
+            assert!(
+                stored.contains(chunk),
+                "round {round}: {id} lost acknowledged output {chunk:?}"
+            );
+        }
+    }
+    // Approvals: none both pending and resolved; acknowledged ones kept, resolutions too.
+    let sessions: HashSet<&String> = acked.approvals.iter().map(|(s, _)| s).collect();
+    for id in sessions {
+        let r = admin.get(&format!("/api/v1/sessions/{id}/approvals")).await;
+        ok(&r, "approvals");
+        let ids = |key: &str| -> HashSet<String> {
+            r.data()[key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a["approvalId"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let (pending, resolved) = (ids("pending"), ids("resolved"));
+        assert!(
+            pending.is_disjoint(&resolved),
+            "round {round}: {id} has an approval both pending and resolved"
+        );
+        for (s, a) in &acked.approvals {
+            if s == id {
+                assert!(
+                    pending.contains(a) || resolved.contains(a),
+                    "round {round}: approval {a} lost"
+                );
+            }
+        }
+        for (s, a) in &acked.resolved {
+            if s == id {
+                assert!(
+                    resolved.contains(a),
+                    "round {round}: resolution of {a} lost"
+                );
+            }
+        }
+    }
+    // At most one active rollout per channel; acknowledged rollouts kept.
+    let r = admin.get("/api/v1/rollouts").await;
+    ok(&r, "rollouts");
+    let all = r.data().as_array().unwrap().clone();
+    let active = all
+        .iter()
+        .filter(|r| {
+            r["channel"] == "stable"
+                && [
+                    "pending",
+                    "canary_testing",
+                    "canary_passed",
+                    "rolling_out",
+                    "paused",
+                ]
+                .contains(&r["state"].as_str().unwrap())
+        })
+        .count();
+    assert!(
+        active <= 1,
+        "round {round}: {active} active rollouts on one channel"
+    );
+    let stored: HashSet<String> = all
+        .iter()
+        .map(|r| r["rolloutId"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        acked.rollouts.is_subset(&stored),
+        "round {round}: an acknowledged rollout was lost"
+    );
+}
+
+/// Mixed load and `kill -9` at random moments, 20 times on one data dir: after every restart,
+/// everything acknowledged is there and the invariants hold.
+#[tokio::test]
+async fn a_crash_loop_under_mixed_load_loses_nothing_and_breaks_no_invariant() {
+    use rand::{Rng, SeedableRng};
+    let (_keep, dir) = tmp_dir();
+    let env = [
+        ("VILLAGE_SESSIONS_MAX_SESSIONS_PER_ORG", "1000000"),
+        ("VILLAGE_LIMITS_PER_TOKEN_PER_MINUTE", "0"),
+        ("VILLAGE_LIMITS_PER_IP_PER_MINUTE", "0"),
+        ("VILLAGE_LIMITS_RUNNER_REPORTS_PER_MINUTE", "0"),
+    ];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+    let acked: Arc<Mutex<Acknowledged>> = Arc::default();
+    for round in 0..20 {
+        let mut server = BinaryServer::spawn(&dir, &env);
+        let admin = server.admin();
+        // (Sessions left queued by the last round are started by this one's drivers.)
+        let snapshot = acked.lock().unwrap().clone();
+        check_invariants(&admin, &snapshot, round).await;
+        let load = tokio::spawn(mixed_load(admin.clone(), round, acked.clone()));
+        tokio::time::sleep(Duration::from_millis(rng.random_range(200..1200))).await;
+        server.kill9();
+        if let Err(e) = load.await
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+    let server = BinaryServer::spawn(&dir, &env);
+    let snapshot = acked.lock().unwrap().clone();
+    eprintln!(
+        "crash loop: {} sessions, {} started, {} with output, {} approvals ({} resolved), {} rollouts acknowledged",
+        snapshot.sessions.len(),
+        snapshot.running.len(),
+        snapshot.output.len(),
+        snapshot.approvals.len(),
+        snapshot.resolved.len(),
+        snapshot.rollouts.len()
+    );
+    assert!(
+        snapshot.sessions.len() > 200
+            && snapshot.resolved.len() > 20
+            && snapshot.rollouts.len() > 10,
+        "too little load to prove anything"
+    );
+    check_invariants(&server.admin(), &snapshot, 20).await;
+}
