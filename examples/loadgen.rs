@@ -162,8 +162,9 @@ async fn run() -> ExitCode {
         Some("stream-clients") => stream_clients().await,
         Some("runner") => runner_scenario().await,
         Some("runner-watch") => runner_watch().await,
+        Some("stale") => stale_scenario().await,
         _ => {
-            eprintln!("usage: loadgen sessions|fleet|stream|runner");
+            eprintln!("usage: loadgen sessions|fleet|stream|runner|stale");
             ExitCode::from(2)
         }
     }
@@ -2519,4 +2520,172 @@ async fn runner_watch() -> ExitCode {
                "p99_per_sec_ms": per_sec_p99})
     );
     ExitCode::SUCCESS
+}
+
+/// Chunks of the long session's output in the `stale` scenario.
+const STALE_HISTORY: usize = 20_000;
+/// Bytes per chunk (all the same text, so a chunk at any old offset is an exact repeat).
+const STALE_CHUNK: usize = 1024;
+/// Connections creating sessions, with and without the stale posts.
+const STALE_CREATORS: usize = 8;
+/// Connections posting stale-offset output meanwhile.
+const STALE_POSTERS: usize = 4;
+const STALE_PHASE: Duration = Duration::from_secs(6);
+/// At least this many stale posts must be made during the loaded phase.
+const STALE_POSTS_MIN: usize = 1_000;
+
+/// Offsets a runner resends after a lost ack: other clients must not pay for them. A session
+/// with 20 000 chunks of output; session creates by 8 connections alone, then again while 4
+/// connections post chunks at random old offsets (exact repeats, answered with the stored seq)
+/// and at offsets that match nothing (409). Passes when the creates' p99 under the stale posts
+/// stays within 1.5x of their p99 alone (or 5 ms above it) and at least 1 000 stale posts were
+/// made.
+async fn stale_scenario() -> ExitCode {
+    use rand::Rng;
+    let parent = std::env::temp_dir();
+    let clients = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(CLIENT_THREADS)
+        .thread_name(CLIENT_THREAD)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = BenchServer::start(&parent).await;
+    let admin = Call::new("/api/v1/sessions", &server.admin_token, &json!({}));
+    let mut client = Client::connect(server.addr, 0).await;
+    let created = client
+        .post_expecting(&session_create(&server), StatusCode::CREATED)
+        .await;
+    let created: Value = serde_json::from_slice(&created).unwrap();
+    let session = created["data"]["sessionId"].as_str().unwrap().to_string();
+    let state = Call {
+        body: Bytes::from(json!({"state": "RUNNING"}).to_string()),
+        ..admin.to(&format!("/api/v1/sessions/{session}/state"))
+    };
+    client.post_expecting(&state, StatusCode::OK).await;
+    let output = format!("/api/v1/sessions/{session}/output");
+    let data = "x".repeat(STALE_CHUNK - 1) + "\n";
+    let started = Instant::now();
+    let writers: Vec<JoinHandle<()>> = (0..16)
+        .map(|w| {
+            let (addr, data) = (server.addr, data.clone());
+            let call = Call {
+                body: Bytes::from(json!({"stream": "stdout", "data": data}).to_string()),
+                ..admin.to(&output)
+            };
+            clients.spawn(async move {
+                let mut c = Client::connect(addr, w + 1).await;
+                for _ in 0..STALE_HISTORY / 16 {
+                    c.post_expecting(&call, StatusCode::OK).await;
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    println!(
+        "a session with {} chunks of {STALE_CHUNK} bytes written in {:.1} s",
+        STALE_HISTORY / 16 * 16,
+        started.elapsed().as_secs_f64()
+    );
+    let held = (STALE_HISTORY / 16 * 16) as u64;
+
+    let (alone, elapsed) = send_raw_for(
+        clients.handle(),
+        server.addr,
+        &session_create(&server),
+        STALE_CREATORS,
+        STALE_PHASE,
+        StatusCode::CREATED,
+    )
+    .await;
+    let mut alone = alone;
+    alone.sort();
+    println!(
+        "creates alone: {} in {:.1} s, p50 {:.1} ms, p99 {:.1} ms",
+        alone.len(),
+        elapsed.as_secs_f64(),
+        millis(percentile(&alone, 0.50)),
+        millis(percentile(&alone, 0.99))
+    );
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let posters: Vec<JoinHandle<(usize, usize, Vec<Duration>)>> = (0..STALE_POSTERS)
+        .map(|p| {
+            let (addr, data, stop) = (server.addr, data.clone(), stop.clone());
+            let call = admin.to(&output);
+            clients.spawn(async move {
+                let mut c = Client::connect(addr, 100 + p).await;
+                let (mut repeats, mut refused, mut took) = (0, 0, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    let (chunk, off_by) = {
+                        let mut rng = rand::rng();
+                        (rng.random_range(0..held - 1), rng.random_range(0..2u64))
+                    };
+                    // An exact repeat of an old chunk, or an offset inside one (matches nothing).
+                    let offset = chunk * STALE_CHUNK as u64 + off_by * 7;
+                    let body = json!({"stream": "stdout", "data": data, "offset": offset});
+                    let call = Call {
+                        body: Bytes::from(body.to_string()),
+                        ..call.clone()
+                    };
+                    let sent = Instant::now();
+                    let (status, _) = c.post(&call).await;
+                    took.push(sent.elapsed());
+                    match status {
+                        StatusCode::OK => repeats += 1,
+                        StatusCode::CONFLICT => refused += 1,
+                        other => panic!("a stale post answered {other}"),
+                    }
+                }
+                (repeats, refused, took)
+            })
+        })
+        .collect();
+    let (loaded, elapsed) = send_raw_for(
+        clients.handle(),
+        server.addr,
+        &session_create(&server),
+        STALE_CREATORS,
+        STALE_PHASE,
+        StatusCode::CREATED,
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut repeats, mut refused, mut stale_took) = (0, 0, Vec::new());
+    for p in posters {
+        let (a, b, t) = p.await.unwrap();
+        repeats += a;
+        refused += b;
+        stale_took.extend(t);
+    }
+    stale_took.sort();
+    let mut loaded = loaded;
+    loaded.sort();
+    let (p99_alone, p99_loaded) = (percentile(&alone, 0.99), percentile(&loaded, 0.99));
+    println!(
+        "creates with stale posts: {} in {:.1} s, p50 {:.1} ms, p99 {:.1} ms",
+        loaded.len(),
+        elapsed.as_secs_f64(),
+        millis(percentile(&loaded, 0.50)),
+        millis(p99_loaded)
+    );
+    println!(
+        "stale posts: {} ({repeats} exact repeats answered 200, {refused} mismatches answered 409), \
+         p50 {:.1} ms, p99 {:.1} ms",
+        repeats + refused,
+        millis(percentile(&stale_took, 0.50)),
+        millis(percentile(&stale_took, 0.99))
+    );
+    let ratio = millis(p99_loaded) / millis(p99_alone).max(0.001);
+    let pass = repeats + refused >= STALE_POSTS_MIN
+        && (ratio <= 1.5 || p99_loaded <= p99_alone + Duration::from_millis(5));
+    println!(
+        "\ncreate p99 with / without stale posts: {ratio:.2}x (target <= 1.5x, or within 5 ms; \
+         >= {STALE_POSTS_MIN} stale posts): {}",
+        verdict(pass)
+    );
+    server.stop().await;
+    clients.shutdown_background();
+    exit_code(pass)
 }

@@ -53,6 +53,8 @@ pub struct RunnersConfig {
     pub default_capacity: u64,
     pub lost_after: Duration,
     pub restart_grace: Duration,
+    /// The orgs whose sessions shared (org-less) runners may run; `None`: every org.
+    pub shared_runner_orgs: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -63,6 +65,8 @@ pub struct PipelineConfig {
     pub max_failure_rate: f64,
     pub min_sessions_for_verdict: u64,
     pub max_offline_rate: f64,
+    /// Provider versions one runner's heartbeats may add to the version list per server start.
+    pub max_discovered_versions_per_runner: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -133,6 +137,7 @@ impl Default for Config {
                 default_capacity: 5,
                 lost_after: Duration::from_millis(300_000),
                 restart_grace: Duration::from_millis(300_000),
+                shared_runner_orgs: None,
             },
             pipeline: PipelineConfig {
                 enable_auto_rollout: false,
@@ -141,6 +146,7 @@ impl Default for Config {
                 max_failure_rate: 0.10,
                 min_sessions_for_verdict: 20,
                 max_offline_rate: 0.15,
+                max_discovered_versions_per_runner: 20,
             },
             websocket: WebsocketConfig {
                 heartbeat_interval: Duration::from_millis(30_000),
@@ -361,6 +367,9 @@ impl Config {
             "runners.restartGraceMs" => {
                 self.runners.restart_grace = duration(&raw, 1.0).map_err(bad)?
             }
+            "runners.sharedRunnerOrgs" => {
+                self.runners.shared_runner_orgs = Some(org_list(&raw).map_err(bad)?)
+            }
             "pipeline.enableAutoRollout" => {
                 self.pipeline.enable_auto_rollout = boolean(&raw).map_err(bad)?
             }
@@ -380,6 +389,10 @@ impl Config {
             }
             "pipeline.maxOfflineRate" => {
                 self.pipeline.max_offline_rate = rate(&raw).map_err(bad)?
+            }
+            "pipeline.maxDiscoveredVersionsPerRunner" => {
+                self.pipeline.max_discovered_versions_per_runner =
+                    count(&raw).map_err(bad)? as usize
             }
             "websocket.heartbeatIntervalMs" => {
                 self.websocket.heartbeat_interval = duration(&raw, 1.0).map_err(bad)?
@@ -486,6 +499,28 @@ fn duration(raw: &Raw<'_>, unit_ms: f64) -> Result<Duration, String> {
     Ok(Duration::from_micros((ms * 1000.0).round() as u64))
 }
 
+/// Org ids: a TOML array of strings, or a comma-separated list in the environment.
+fn org_list(raw: &Raw<'_>) -> Result<Vec<String>, String> {
+    let items: Vec<String> = match raw {
+        Raw::Toml(toml::Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned))
+            .collect::<Option<_>>()
+            .ok_or_else(|| format!("{} is not a list of org ids", raw.describe()))?,
+        Raw::Toml(_) => return Err(format!("{} is not a list of org ids", raw.describe())),
+        Raw::Env(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    };
+    match items.iter().find(|o| !crate::auth::is_org_slug(o)) {
+        Some(bad) => Err(format!("`{bad}` is not an org id")),
+        None => Ok(items),
+    }
+}
+
 /// A rate in calls a minute (0 turns the limit off).
 fn per_minute(raw: &Raw<'_>) -> Result<u32, String> {
     let n = count(raw)?;
@@ -567,6 +602,34 @@ mod tests {
         assert!(
             on.check_exposure().is_ok(),
             "with authentication on, any address"
+        );
+    }
+
+    #[test]
+    fn shared_runner_orgs_come_as_a_list_or_comma_separated() {
+        let mut cfg = Config::default();
+        assert_eq!(cfg.runners.shared_runner_orgs, None, "every org by default");
+        cfg.apply_toml("[runners]\nsharedRunnerOrgs = [\"acme\", \"globex\"]\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            cfg.runners.shared_runner_orgs,
+            Some(vec!["acme".to_string(), "globex".to_string()])
+        );
+        let cfg = Config::load(
+            None,
+            env(&[("VILLAGE_RUNNERS_SHARED_RUNNER_ORGS", "acme, initech")]),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            cfg.runners.shared_runner_orgs,
+            Some(vec!["acme".to_string(), "initech".to_string()])
+        );
+        let err = Config::default()
+            .apply_toml("[runners]\nsharedRunnerOrgs = [\"Not An Org!\"]\n")
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("runners.sharedRunnerOrgs"),
+            "{err}"
         );
     }
 

@@ -1173,3 +1173,49 @@ async fn a_healthy_canary_passes_and_waits_for_a_human_without_automation() {
     );
     s.stop().await;
 }
+
+/// A runner that reports a new version label on every heartbeat adds at most
+/// `pipeline.maxDiscoveredVersionsPerRunner` of them to the version list; others still can.
+#[tokio::test]
+async fn a_runner_cannot_fill_the_version_list() {
+    let s = TestServer::start("[pipeline]\nmaxDiscoveredVersionsPerRunner = 2\n").await;
+    let admin = s.admin();
+    let (noisy, _) = register(&admin, "noisy", &["codex"], None, &[]).await;
+    let (quiet, _) = register(&admin, "quiet", &["codex"], None, &[]).await;
+    let versions = || async {
+        let r = admin.get("/api/v1/providers/codex/versions").await;
+        r.data()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["version"].as_str().unwrap().to_string())
+            .collect::<std::collections::BTreeSet<String>>()
+    };
+    let beat = |r: &SimRunner, version: &str| {
+        let mut body = r.heartbeat_body(&[]);
+        body["runtimeVersions"] = json!({"codex": version});
+        (format!("/api/v1/runners/{}/heartbeat", r.id), body)
+    };
+    for (n, version) in ["9.0.1", "9.0.2", "9.0.3", "9.0.4"].iter().enumerate() {
+        let (path, body) = beat(&noisy, version);
+        assert_eq!(noisy.client.post(&path, body).await.status, 200);
+        if n < 2 {
+            // Each recorded before the next is reported.
+            common::eventually(5, || async {
+                versions().await.contains(*version).then_some(())
+            })
+            .await;
+        }
+    }
+    // Another runner's new version is recorded; by then the noisy runner's would have been.
+    let (path, body) = beat(&quiet, "9.1.0");
+    assert_eq!(quiet.client.post(&path, body).await.status, 200);
+    common::eventually(5, || async {
+        versions().await.contains("9.1.0").then_some(())
+    })
+    .await;
+    let all = versions().await;
+    assert!(all.contains("9.0.1") && all.contains("9.0.2"), "{all:?}");
+    assert!(!all.contains("9.0.3") && !all.contains("9.0.4"), "{all:?}");
+    s.stop().await;
+}

@@ -1019,3 +1019,28 @@ async fn sockets_of_a_revoked_token_are_closed() {
     assert_eq!(dash.close_code_within(3000).await, Some(1008));
     s.stop().await;
 }
+
+/// With `runners.sharedRunnerOrgs`, shared runners (which receive their sessions' env values)
+/// run only those orgs' sessions; other orgs' sessions wait for runners of their own.
+#[tokio::test]
+async fn shared_runners_serve_only_the_orgs_the_admin_allows() {
+    let s =
+        TestServer::start("[runners]\nrestartGraceMs = 1\nsharedRunnerOrgs = [\"acme\"]\n").await;
+    let admin = s.admin();
+    let (shared, _) = register(&admin, "shared-1", &["claude_code"], Some(1), &[]).await;
+    let mut ch = shared.connect().await;
+    // The older session is globex's: a runner allowed to take it would get it first.
+    let globex = admin.create_session("globex").await["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let acme = admin.create_session("acme").await["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let assign = ch.expect("assign_session").await;
+    assert_eq!(assign["session"]["sessionId"], acme.as_str());
+    assert_eq!(admin.session(&globex).await["state"], "QUEUED");
+    assert!(admin.session(&globex).await.get("runnerId").is_none());
+    s.stop().await;
+}

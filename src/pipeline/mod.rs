@@ -101,6 +101,11 @@ pub struct PipelineService {
     pending_counts: Arc<Mutex<BTreeMap<(Uuid, usize), StageCounts>>>,
     /// Versions being recorded right now (a fleet reports a new one many times at once).
     discovering: Arc<Mutex<HashSet<(Provider, String)>>>,
+    /// Versions each runner has had recorded since this start, and the most it may
+    /// (`pipeline.maxDiscoveredVersionsPerRunner`): a runner cannot fill the version list by
+    /// reporting a new label on every heartbeat.
+    discovered_by: Arc<Mutex<HashMap<Uuid, usize>>>,
+    max_discovered_per_runner: usize,
 }
 
 impl PipelineService {
@@ -133,6 +138,8 @@ impl PipelineService {
             writer: Arc::default(),
             pending_counts: Arc::default(),
             discovering: Arc::default(),
+            discovered_by: Arc::default(),
+            max_discovered_per_runner: cfg.max_discovered_versions_per_runner,
         })
     }
 
@@ -244,13 +251,31 @@ impl PipelineService {
             })
     }
 
+    /// Counts one more version discovered by `runner`; false once it has had its share (said
+    /// once in the log).
+    fn may_discover(&self, runner: Uuid) -> bool {
+        let mut counts = self.discovered_by.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(runner).or_default();
+        *count += 1;
+        if *count == self.max_discovered_per_runner + 1 {
+            tracing::warn!(
+                %runner,
+                limit = self.max_discovered_per_runner,
+                "a runner keeps reporting new versions; no more are recorded from it \
+                 (pipeline.maxDiscoveredVersionsPerRunner)"
+            );
+        }
+        *count <= self.max_discovered_per_runner
+    }
+
     fn discover(&self, provider: Provider, version: String, runner_id: Uuid) {
         let key = (provider, version);
         {
             let mut busy = self.discovering.lock().unwrap_or_else(|p| p.into_inner());
-            if !busy.insert(key.clone()) {
+            if busy.contains(&key) || !self.may_discover(runner_id) {
                 return;
             }
+            busy.insert(key.clone());
         }
         let service = self.clone();
         tokio::spawn(async move {

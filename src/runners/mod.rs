@@ -171,6 +171,9 @@ pub struct RunnerService {
     timing: Timing,
     default_capacity: u64,
     max_runners_per_org: u64,
+    /// `runners.sharedRunnerOrgs`: the orgs whose sessions shared runners may run (all when
+    /// `None`). A shared runner receives its sessions' env values.
+    shared_runner_orgs: Option<Arc<std::collections::HashSet<String>>>,
     fleet: Arc<Mutex<HashMap<Uuid, Entry>>>,
     /// Liveness records written by flushes since start (benchmarks and tests count them).
     liveness_written: Arc<std::sync::atomic::AtomicU64>,
@@ -227,9 +230,18 @@ impl RunnerService {
             timing,
             default_capacity: cfg.default_capacity,
             max_runners_per_org: cfg.max_runners_per_org,
+            shared_runner_orgs: cfg
+                .shared_runner_orgs
+                .as_ref()
+                .map(|orgs| Arc::new(orgs.iter().cloned().collect())),
             fleet: Arc::new(Mutex::new(fleet)),
             liveness_written: Arc::default(),
         })
+    }
+
+    /// The orgs shared runners may serve (`None`: every org).
+    pub fn shared_runner_orgs(&self) -> Option<Arc<std::collections::HashSet<String>>> {
+        self.shared_runner_orgs.clone()
     }
 
     pub fn now(&self) -> Millis {

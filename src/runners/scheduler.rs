@@ -4,7 +4,7 @@
 //! may free or add capacity happens (session created or ended, runner registered, online,
 //! undrained, connected), not on a polling interval.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use uuid::Uuid;
 
@@ -19,15 +19,20 @@ const PASS_SIZE: usize = 256;
 /// How far down the queue one pass looks.
 const MAX_QUEUE_SCAN: usize = 100_000;
 
-/// Picks the runner for a session, or none. `loads` is sessions held per runner.
+/// Picks the runner for a session, or none. `loads` is sessions held per runner;
+/// `shared_orgs` the orgs shared runners may serve (`None`: all).
 pub fn choose<'r>(
     session: &Session,
     runners: &'r [RunnerRecord],
     loads: &HashMap<Uuid, u64>,
+    shared_orgs: Option<&HashSet<String>>,
 ) -> Option<&'r RunnerRecord> {
     runners
         .iter()
-        .filter(|r| r.org_id.is_none() || r.org_id.as_deref() == Some(session.org_id.as_str()))
+        .filter(|r| match &r.org_id {
+            Some(org) => *org == session.org_id,
+            None => shared_orgs.is_none_or(|orgs| orgs.contains(&session.org_id)),
+        })
         .filter(|r| r.capabilities.providers.contains(&session.provider))
         .filter(|r| {
             session
@@ -56,6 +61,7 @@ pub async fn pass(store: &Store, runners: &RunnerService) -> Result<usize, Domai
     }
     let now = runners.now();
     let ids = runners.ids.clone();
+    let shared_orgs = runners.shared_runner_orgs();
     store
         .write(move |w| {
             let mut loads = w.runner_loads()?;
@@ -81,7 +87,7 @@ pub async fn pass(store: &Store, runners: &RunnerService) -> Result<usize, Domai
                 let Some(mut s) = w.get_session(id)? else {
                     continue;
                 };
-                let Some(runner) = choose(&s, &candidates, &loads) else {
+                let Some(runner) = choose(&s, &candidates, &loads, shared_orgs.as_deref()) else {
                     continue;
                 };
                 let runner_id = runner.id;
