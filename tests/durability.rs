@@ -332,32 +332,9 @@ async fn kill_9_loses_nothing_that_was_acknowledged() {
     );
 }
 
-/// POST that reports a dead server as `None` instead of panicking.
+/// A session create that reports a dead server as `None` instead of panicking.
 async fn try_post(c: &Client, body: Value) -> Option<(u16, String)> {
-    let stream = tokio::net::TcpStream::connect(c.addr).await.ok()?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .ok()?;
-    tokio::spawn(conn);
-    let req = hyper::Request::builder()
-        .method("POST")
-        .uri("/api/v1/sessions")
-        .header("host", c.addr.to_string())
-        .header(
-            "authorization",
-            format!("Bearer {}", c.token.as_deref().unwrap_or("")),
-        )
-        .header("content-type", "application/json")
-        .body(http_body_util::Full::new(bytes::Bytes::from(
-            body.to_string(),
-        )))
-        .ok()?;
-    let resp = sender.send_request(req).await.ok()?;
-    let status = resp.status().as_u16();
-    use http_body_util::BodyExt;
-    let bytes = resp.into_body().collect().await.ok()?.to_bytes();
-    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    let (status, v) = call(c, "POST", "/api/v1/sessions", Some(body)).await?;
     Some((
         status,
         v["data"]["sessionId"].as_str().unwrap_or("").to_string(),

@@ -222,8 +222,8 @@ async fn org_streams_carry_state_changes_and_approvals_of_their_org_only() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn typing_reaches_the_runner() {
+/// A server, a session of acme's started by a runner on its channel, and that channel.
+async fn session_on_a_runner() -> (TestServer, String, Channel) {
     let s = TestServer::start("[runners]\nrestartGraceMs = 1\n").await;
     let admin = s.admin();
     let (runner, _) = register(&admin, "w", &["claude_code"], None, &[]).await;
@@ -236,6 +236,13 @@ async fn typing_reaches_the_runner() {
     rch.ack(&assign).await;
     rch.request(json!({"type": "session_state", "sessionId": id, "assignmentId": assign["assignmentId"], "state": "RUNNING"}))
         .await;
+    (s, id, rch)
+}
+
+#[tokio::test]
+async fn typing_reaches_the_runner() {
+    let (s, id, mut rch) = session_on_a_runner().await;
+    let admin = s.admin();
     let mut ch = signed_in(&admin).await;
     let r = ch
         .request(json!({"type": "terminal_input", "sessionId": id, "data": "ls\n"}))
@@ -257,18 +264,8 @@ async fn typing_reaches_the_runner() {
 /// order and whole, as far fewer commands than frames; every frame is still answered.
 #[tokio::test]
 async fn a_burst_of_typing_is_sent_as_few_commands() {
-    let s = TestServer::start("[runners]\nrestartGraceMs = 1\n").await;
+    let (s, id, mut rch) = session_on_a_runner().await;
     let admin = s.admin();
-    let (runner, _) = register(&admin, "w", &["claude_code"], None, &[]).await;
-    let mut rch = runner.connect().await;
-    let id = admin.create_session("acme").await["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let assign = rch.expect("assign_session").await;
-    rch.ack(&assign).await;
-    rch.request(json!({"type": "session_state", "sessionId": id, "assignmentId": assign["assignmentId"], "state": "RUNNING"}))
-        .await;
     let mut ch = signed_in(&admin).await;
     ch.request(json!({"type": "subscribe_session", "sessionId": id}))
         .await;
