@@ -535,7 +535,12 @@ impl Connection {
         if self.caller.is_none() || msg.len() > self.st.config.websocket.max_frame_bytes {
             return None;
         }
-        let frame: Value = serde_json::from_str(msg.to_text().ok()?).ok()?;
+        let text = msg.to_text().ok()?;
+        // Most frames are not typing: skip parsing them twice.
+        if !text.contains("terminal_input") {
+            return None;
+        }
+        let frame: Value = serde_json::from_str(text).ok()?;
         if frame.get("type")?.as_str()? != "terminal_input" {
             return None;
         }

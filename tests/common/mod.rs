@@ -221,6 +221,11 @@ impl TestServer {
     pub async fn start_with(toml: &str, manual_clock: bool) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
         let mut config = Config::default();
+        // Tests drive whole fleets from one address and one admin token: rate limits are off
+        // unless a test sets them (the tests of the limits do).
+        config.limits.per_ip_per_minute = 0;
+        config.limits.per_token_per_minute = 0;
+        config.limits.runner_reports_per_minute = 0;
         config.apply_toml(toml).unwrap();
         config.server.data_dir = data_dir.path().to_path_buf();
         let manual = manual_clock.then(|| ManualClock::new(START_MS));
@@ -314,6 +319,10 @@ impl BinaryServer {
             .arg(data_dir)
             .env("VILLAGE_LOG", "info")
             .env("NO_COLOR", "1")
+            // As for `TestServer`: no rate limits unless the test sets them.
+            .env("VILLAGE_LIMITS_PER_IP_PER_MINUTE", "0")
+            .env("VILLAGE_LIMITS_PER_TOKEN_PER_MINUTE", "0")
+            .env("VILLAGE_LIMITS_RUNNER_REPORTS_PER_MINUTE", "0")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
