@@ -22,6 +22,8 @@ for tool in git python3; do
 done
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
+# Advisories, licences, duplicate versions, sources (deny.toml); installs cargo-deny once.
+./scripts/deny.sh
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --all-targets 2>&1 | tee "$log"

@@ -66,7 +66,8 @@ impl App {
         let bus = EventBus::new(4096);
         let store = {
             let bus = bus.clone();
-            tokio::task::spawn_blocking(move || Store::open(&db_path, bus))
+            let cache_bytes = config.server.store_cache_bytes;
+            tokio::task::spawn_blocking(move || Store::open_with_cache(&db_path, bus, cache_bytes))
                 .await
                 .map_err(|_| StoreError::Panicked)??
         };

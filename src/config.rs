@@ -36,6 +36,8 @@ pub struct ServerConfig {
     pub max_connections_per_ip: usize,
     /// `/readyz` fails while the data dir's filesystem has less free space than this.
     pub min_free_disk_bytes: u64,
+    /// Memory the database may use to cache its pages.
+    pub store_cache_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -124,6 +126,7 @@ impl Default for Config {
                 max_connections: 16_384,
                 max_connections_per_ip: 1_024,
                 min_free_disk_bytes: 64 * 1024 * 1024,
+                store_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
             },
             sessions: SessionsConfig {
                 max_sessions_per_org: 10,
@@ -341,6 +344,10 @@ impl Config {
             "server.minFreeDiskMb" => {
                 self.server.min_free_disk_bytes =
                     count(&raw).map_err(bad)?.saturating_mul(1024 * 1024)
+            }
+            "server.storeCacheMb" => {
+                let mb = usize::try_from(count(&raw).map_err(bad)?).unwrap_or(usize::MAX);
+                self.server.store_cache_bytes = mb.saturating_mul(1024 * 1024)
             }
             "sessions.maxSessionsPerOrg" => {
                 self.sessions.max_sessions_per_org = count(&raw).map_err(bad)?
@@ -580,6 +587,20 @@ mod tests {
             vec![("websocket.authRequired", "auth.disabled")]
         );
         assert_eq!(cfg.runners.default_capacity, 5);
+    }
+
+    #[test]
+    fn the_store_cache_is_bounded_by_default_and_configurable() {
+        let cfg = Config::load(None, env(&[])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.server.store_cache_bytes, 128 * 1024 * 1024);
+        let cfg = Config::load(None, env(&[("VILLAGE_SERVER_STORE_CACHE_MB", "32")]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.server.store_cache_bytes, 32 * 1024 * 1024);
+        let err = Config::load(None, env(&[("VILLAGE_SERVER_STORE_CACHE_MB", "lots")]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("server.storeCacheMb"), "{err}");
     }
 
     #[test]

@@ -1,11 +1,9 @@
 //! Village: the control plane for a fleet of AI coding agents. See ARCHITECTURE.md.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
-/// Every binary built on this crate (the server, its tests, the load generator) allocates with
-/// mimalloc: with glibc's malloc, allocating and freeing took about a fifth of the CPU of a
-/// session create (BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// glibc's malloc, not mimalloc (used until a day on a big fleet, BENCHMARKS.md): mimalloc kept
+// memory freed on one thread resident and the server grew without end under a steady load,
+// while glibc's malloc stays flat, for a few per cent more CPU.
 
 pub mod api;
 pub mod app;

@@ -128,6 +128,12 @@ struct ServeArgs {
     config: Option<PathBuf>,
 }
 
+/// Threads for the server's blocking work: every store read runs there. tokio's default (512)
+/// let bursts of reads start a thread each; threads kept alive after a burst hold on to their
+/// allocator's memory (a day on a big fleet grew to 90 threads and a third more memory), and
+/// more threads than a few per core run no read sooner.
+const BLOCKING_THREADS: usize = 16;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
@@ -189,6 +195,7 @@ fn main() -> ExitCode {
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
         .build()
     {
         Ok(r) => r,
@@ -246,6 +253,7 @@ fn demo_main(args: DemoArgs) -> ExitCode {
     init_logs();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
         .build()
     {
         Ok(r) => r,

@@ -225,9 +225,12 @@ impl DbSlot {
     }
 }
 
-/// Opens (or creates) the database file and brings its schema up to date.
-fn open_database(path: &Path) -> StoreResult<Database> {
-    let db = Database::create(path)?;
+/// Opens (or creates) the database file with a page cache of `cache_bytes` and brings its
+/// schema up to date.
+fn open_database(path: &Path, cache_bytes: usize) -> StoreResult<Database> {
+    let db = redb::Builder::new()
+        .set_cache_size(cache_bytes)
+        .create(path)?;
     migrations::migrate(&db)?;
     Ok(db)
 }
@@ -235,6 +238,7 @@ fn open_database(path: &Path) -> StoreResult<Database> {
 /// What the writer thread owns, kept across a restart of its loop.
 struct Writer {
     path: std::path::PathBuf,
+    cache_bytes: usize,
     slot: Arc<DbSlot>,
     /// The writer's own handle; `None` after a reopen failed (retried every second).
     db: Option<Arc<Database>>,
@@ -291,7 +295,7 @@ impl Writer {
                 }
             }
         }
-        match open_database(&self.path) {
+        match open_database(&self.path, self.cache_bytes) {
             Ok(db) => {
                 tracing::warn!("the database was reopened after a storage failure");
                 let db = Arc::new(db);
@@ -399,11 +403,25 @@ const MAX_BATCH: usize = 4096;
 const LINGER_MIN_BATCH: usize = 4;
 const LINGER: std::time::Duration = std::time::Duration::from_micros(150);
 
+/// The database's page cache unless configured: redb's own default (1 GiB) would grow the
+/// server's memory with the file for as long as it runs, on a host that runs other things.
+pub const DEFAULT_CACHE_BYTES: usize = 128 * 1024 * 1024;
+
 impl Store {
-    /// Opens (or creates) the database file, migrates it and starts the writer thread.
+    /// Opens (or creates) the database file, migrates it and starts the writer thread, with
+    /// the default page cache (`DEFAULT_CACHE_BYTES`).
     pub fn open(path: &Path, publisher: impl Publisher) -> StoreResult<Store> {
+        Self::open_with_cache(path, publisher, DEFAULT_CACHE_BYTES)
+    }
+
+    /// `open`, with a page cache of at most `cache_bytes` (`server.storeCacheMb`).
+    pub fn open_with_cache(
+        path: &Path,
+        publisher: impl Publisher,
+        cache_bytes: usize,
+    ) -> StoreResult<Store> {
         let bus: Arc<dyn Publisher> = Arc::new(publisher);
-        let db = Arc::new(open_database(path)?);
+        let db = Arc::new(open_database(path, cache_bytes)?);
         let slot = Arc::new(DbSlot::new(db.clone()));
         let (jobs, rx) = mpsc::channel::<Job>();
         let stats = Arc::new(WriterStats::default());
@@ -421,6 +439,7 @@ impl Store {
         });
         let writer = Writer {
             path: path.to_path_buf(),
+            cache_bytes,
             slot: slot.clone(),
             db: Some(db),
             rx,

@@ -24,7 +24,8 @@ mod webhooks;
 
 pub use audit::{AuditReads, AuditWrites};
 pub use engine::{
-    AfterCommit, Effects, Publisher, ReadCtx, Store, StoreError, StoreResult, WriteCtx, WriterStats,
+    AfterCommit, DEFAULT_CACHE_BYTES, Effects, Publisher, ReadCtx, Store, StoreError, StoreResult,
+    WriteCtx, WriterStats,
 };
 pub use pipeline::{PipelineReads, PipelineWrites};
 pub use runners::{RunnerReads, RunnerWrites};

@@ -5,6 +5,7 @@
 //! cargo run --release --example loadgen -- fleet
 //! cargo run --release --example loadgen -- stream
 //! cargo build --release --bin village --example loadgen && target/release/examples/loadgen runner
+//! target/release/examples/loadgen day [--minutes 3] [--sample-secs 15]
 //! ```
 //!
 //! `sessions` measures durable session creation. First a plain redb loop (one insert per
@@ -46,9 +47,15 @@
 //! the p99 with them is printed too. Back-to-back runs disturb each other on a small VM (the
 //! previous run's deleted files): leave half a minute between them.
 //!
+//! `day` (in `day.rs`) runs a day on a big fleet, compressed, against the `village` binary: 2 000
+//! runners, 500 printing sessions, 200 dashboards, approvals and a rollout; `--minutes 30` is the
+//! soak that checks memory and descriptors stay flat.
+//!
 //! The databases live in fresh directories under `std::env::temp_dir()` (so on the same disk),
 //! removed at the end.
 #![allow(clippy::unwrap_used)]
+
+mod day;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -163,8 +170,12 @@ async fn run() -> ExitCode {
         Some("runner") => runner_scenario().await,
         Some("runner-watch") => runner_watch().await,
         Some("stale") => stale_scenario().await,
+        Some("day") => {
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            day::day_scenario(&args).await
+        }
         _ => {
-            eprintln!("usage: loadgen sessions|fleet|stream|runner|stale");
+            eprintln!("usage: loadgen sessions|fleet|stream|runner|stale|day");
             ExitCode::from(2)
         }
     }
@@ -682,6 +693,11 @@ impl Client {
     async fn connect(addr: SocketAddr, index: usize) -> Self {
         let stream = TcpStream::connect(addr).await.unwrap();
         stream.set_nodelay(true).unwrap();
+        Self::over(stream, addr, index).await
+    }
+
+    /// A client on a connection already made (from a chosen local address, say).
+    async fn over(stream: TcpStream, addr: SocketAddr, index: usize) -> Self {
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .unwrap();
@@ -702,12 +718,28 @@ impl Client {
             request.method(),
             request.uri()
         );
+        self.try_send(request)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
+    }
+
+    /// `send`, with a connection error returned instead of stopping the run.
+    async fn try_send(
+        &mut self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, Bytes), hyper::Error> {
+        let what = format!(
+            "client {}: {} {}",
+            self.index,
+            request.method(),
+            request.uri()
+        );
         let exchange = async {
-            self.sender.ready().await.unwrap();
-            let response = self.sender.send_request(request).await.unwrap();
+            self.sender.ready().await?;
+            let response = self.sender.send_request(request).await?;
             let status = response.status();
-            let body = response.into_body().collect().await.unwrap().to_bytes();
-            (status, body)
+            let body = response.into_body().collect().await?.to_bytes();
+            Ok((status, body))
         };
         tokio::time::timeout(REQUEST_TIMEOUT, exchange)
             .await
