@@ -600,7 +600,7 @@ mod tests {
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(err.contains("server.storeCacheMb"), "{err}");
+        assert!(err.contains("VILLAGE_SERVER_STORE_CACHE_MB"), "{err}");
     }
 
     #[test]
