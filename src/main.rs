@@ -129,9 +129,9 @@ struct ServeArgs {
 }
 
 /// Threads for the server's blocking work: every store read runs there. tokio's default (512)
-/// let bursts of reads start a thread each; threads kept alive after a burst hold on to their
-/// allocator's memory (a day on a big fleet grew to 90 threads and a third more memory), and
-/// more threads than a few per core run no read sooner.
+/// let bursts of reads start a thread each (a day on a big fleet had 90 alive), each with its
+/// stack and allocator state kept after the burst; more threads than a few per core run no read
+/// sooner.
 const BLOCKING_THREADS: usize = 16;
 
 fn main() -> ExitCode {
