@@ -63,6 +63,7 @@ impl App {
             path: data_dir.display().to_string(),
             source,
         })?;
+        crate::backups::clear_staging(&data_dir);
         let bus = EventBus::new(4096);
         let store = {
             let bus = bus.clone();
@@ -112,6 +113,7 @@ impl App {
         let state = Arc::new(Services {
             config: Arc::new(config),
             clock: clock.clone(),
+            ids: ids.clone(),
             store: store.clone(),
             auth,
             sessions: sessions.clone(),

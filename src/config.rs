@@ -222,7 +222,7 @@ impl Config {
         }
         let mut vars: Vec<(String, String)> = env
             .into_iter()
-            .filter(|(k, _)| k.starts_with("VILLAGE_") && k != "VILLAGE_LOG")
+            .filter(|(k, _)| k.starts_with("VILLAGE_") && !is_command_variable(k))
             .collect();
         vars.sort();
         for (name, value) in vars {
@@ -447,6 +447,20 @@ impl Config {
     }
 }
 
+/// Variables the binary's other commands read (the runner's, the admin commands'), which a
+/// shell that runs them may also start a server from: not configuration keys.
+fn is_command_variable(name: &str) -> bool {
+    matches!(
+        name,
+        "VILLAGE_LOG"
+            | "VILLAGE_SERVER"
+            | "VILLAGE_TOKEN"
+            | "VILLAGE_JOIN_TOKEN"
+            | "VILLAGE_WORK_DIR"
+            | "VILLAGE_MAX_SESSIONS"
+    ) || name.starts_with("VILLAGE_RUNNER_")
+}
+
 /// `VILLAGE_SESSIONS_MAX_SESSIONS_PER_ORG` → (`sessions`, `maxSessionsPerOrg`).
 fn env_key(name: &str) -> Option<(String, String)> {
     let rest = name.strip_prefix("VILLAGE_")?;
@@ -592,10 +606,10 @@ mod tests {
     #[test]
     fn the_store_cache_is_bounded_by_default_and_configurable() {
         let cfg = Config::load(None, env(&[])).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(cfg.server.store_cache_bytes, 128 * 1024 * 1024);
-        let cfg = Config::load(None, env(&[("VILLAGE_SERVER_STORE_CACHE_MB", "32")]))
-            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cfg.server.store_cache_bytes, 32 * 1024 * 1024);
+        let cfg = Config::load(None, env(&[("VILLAGE_SERVER_STORE_CACHE_MB", "256")]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.server.store_cache_bytes, 256 * 1024 * 1024);
         let err = Config::load(None, env(&[("VILLAGE_SERVER_STORE_CACHE_MB", "lots")]))
             .err()
             .map(|e| e.to_string())
@@ -673,6 +687,12 @@ mod tests {
             err.to_string().contains("VILLAGE_RUNNERS_LOST_AFTER_MS"),
             "{err}"
         );
+        // The runner's and the admin commands' variables are not keys, and not errors.
+        Config::load(
+            None,
+            env(&[("VILLAGE_SERVER", "http://x:1"), ("VILLAGE_TOKEN", "t")]),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let err = Config::load(None, env(&[("VILLAGE_BOGUS_KEY", "1")])).unwrap_err();
         assert!(err.to_string().contains("VILLAGE_BOGUS_KEY"), "{err}");
         let err = cfg

@@ -10,9 +10,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::app::App;
+use crate::client::{ServerUrl, error_message, post_json};
 use crate::clock::{RandomIds, SystemClock};
 use crate::config::Config;
-use crate::runner::http::{ServerUrl, error_message, post_json};
 use crate::runner::{AgentSpec, RunnerConfig};
 
 /// The demo's org.

@@ -5,10 +5,13 @@
 // memory freed on one thread resident and the server grew without end under a steady load,
 // while glibc's malloc stays flat, for a few per cent more CPU.
 
+pub mod admin;
 pub mod api;
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod backups;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod demo;

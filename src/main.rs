@@ -1,5 +1,6 @@
 //! `village [serve] [--listen ADDR] [--data-dir DIR] [--config FILE]`, `village runner …`,
-//! `village approval request|claude-hook`.
+//! `village demo`, `village approval request|claude-hook`, and the operator's commands:
+//! `village token create|list|revoke`, `backup`, `restore`, `check-config`, `status`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -7,6 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
+use village::admin;
 use village::app::App;
 use village::clock::{RandomIds, SystemClock};
 use village::config::Config;
@@ -36,6 +38,17 @@ enum Command {
     /// Ask the runner for an approval from inside a session.
     #[command(subcommand)]
     Approval(ApprovalCommand),
+    /// Create, list and revoke API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Write a consistent copy of the database to a file, from a running server or a data dir.
+    Backup(BackupArgs),
+    /// Put a backup in place as a stopped server's database.
+    Restore(RestoreArgs),
+    /// Check a configuration file as `village serve` would load it; names the bad key.
+    CheckConfig(CheckConfigArgs),
+    /// A running server's health, readiness, fleet and sessions.
+    Status(StatusArgs),
     /// Internal: the per-session process guard the runner starts agents under.
     #[command(name = "__guard", hide = true)]
     Guard(GuardArgs),
@@ -89,6 +102,106 @@ struct RunnerArgs {
     stop_grace: u64,
 }
 
+/// Where an admin command acts: a running server, or the data dir of a stopped one.
+#[derive(Args)]
+struct AdminTarget {
+    /// A running server, e.g. http://127.0.0.1:8080. Without it the command opens the data dir's
+    /// database itself, which only works while no server has it open.
+    #[arg(long, env = "VILLAGE_SERVER")]
+    server: Option<String>,
+    /// An admin token for --server (default: the data dir's admin-token file).
+    #[arg(long, env = "VILLAGE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The server's data dir (server.dataDir).
+    #[arg(long, env = "VILLAGE_SERVER_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+}
+
+impl AdminTarget {
+    fn resolve(self) -> Result<admin::Target, admin::Failure> {
+        admin::target(self.server.as_deref(), self.token, &self.data_dir)
+    }
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print its secret (shown once).
+    Create {
+        /// admin, org or runner_join.
+        #[arg(long)]
+        kind: String,
+        /// What the token is for (shown in lists and the audit log).
+        #[arg(long)]
+        name: String,
+        /// The org of an org or runner_join token.
+        #[arg(long)]
+        org_id: Option<String>,
+        /// Print the API's JSON answer instead of the secret alone.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// List every token, oldest first (never a secret).
+    List {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Revoke a token by its id.
+    Revoke {
+        token_id: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+}
+
+#[derive(Args)]
+struct BackupArgs {
+    /// The file to write (must not exist; written private to this user).
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    target: AdminTarget,
+}
+
+#[derive(Args)]
+struct RestoreArgs {
+    /// A file `village backup` wrote.
+    #[arg(long)]
+    from: PathBuf,
+    /// The stopped server's data dir (server.dataDir).
+    #[arg(long, env = "VILLAGE_SERVER_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// Replace an existing database (kept beside it as village.redb.replaced-<unix time>).
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct CheckConfigArgs {
+    /// The TOML file.
+    file: PathBuf,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// The server.
+    #[arg(long, env = "VILLAGE_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// An admin or org token (default: the data dir's admin-token file).
+    #[arg(long, env = "VILLAGE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The server's data dir, to read its admin-token file.
+    #[arg(long, env = "VILLAGE_SERVER_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum ApprovalCommand {
     /// Ask for an approval and wait: exit 0 allowed, 1 denied (reason on stderr), 3 error.
@@ -134,6 +247,40 @@ struct ServeArgs {
 /// sooner.
 const BLOCKING_THREADS: usize = 16;
 
+fn token_main(command: TokenCommand) -> Result<(), admin::Failure> {
+    match command {
+        TokenCommand::Create {
+            kind,
+            name,
+            org_id,
+            json,
+            target,
+        } => admin::token_create(target.resolve()?, &kind, &name, org_id.as_deref(), json),
+        TokenCommand::List { json, target } => admin::token_list(target.resolve()?, json),
+        TokenCommand::Revoke { token_id, target } => {
+            admin::token_revoke(target.resolve()?, &token_id)
+        }
+    }
+}
+
+fn status_main(a: StatusArgs) -> Result<(), admin::Failure> {
+    match admin::target(Some(&a.server), a.token, &a.data_dir)? {
+        admin::Target::Server { url, token } => admin::status(url, token, a.json),
+        admin::Target::DataDir(_) => Err(admin::Failure::usage("status needs a running server")),
+    }
+}
+
+/// An admin command's exit: 0, or its message on stderr and its code.
+fn admin_main(outcome: Result<(), admin::Failure>) -> ExitCode {
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("village: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
@@ -155,6 +302,15 @@ fn main() -> ExitCode {
             let code = village::runner::local::claude_hook_main(&mut std::io::stdin());
             return ExitCode::from(code as u8);
         }
+        Some(Command::Token(command)) => return admin_main(token_main(command)),
+        Some(Command::Backup(a)) => {
+            return admin_main(a.target.resolve().and_then(|t| admin::backup(t, &a.out)));
+        }
+        Some(Command::Restore(a)) => {
+            return admin_main(admin::restore(&a.data_dir, &a.from, a.force));
+        }
+        Some(Command::CheckConfig(a)) => return admin_main(admin::check_config(&a.file)),
+        Some(Command::Status(a)) => return admin_main(status_main(a)),
         Some(Command::Guard(g)) => {
             let (program, args) = g
                 .command

@@ -71,6 +71,7 @@ const IMPLEMENTED: &[(&str, &str)] = &[
     ("DELETE", "/api/v1/webhooks/{webhookId}"),
     ("GET", "/api/v1/webhooks/{webhookId}/deliveries"),
     ("GET", "/api/v1/audit"),
+    ("GET", "/api/v1/admin/backup"),
 ];
 
 /// The WebSocket routes among them: documented with `x-websocket: true`, and probed with the

@@ -306,13 +306,9 @@ async fn rest(
                     serde_json::from_slice(&bytes).unwrap_or(Value::Null),
                 );
             }
-            // Closed by the server between the check and the request: once more, anew.
-            Err(e)
-                if attempt == 0
-                    && (e.is_canceled() || e.is_closed() || e.is_incomplete_message()) =>
-            {
-                client.connection = None
-            }
+            // Closed by the server between the check and the request (an idle keep-alive
+            // connection timing out, sometimes with a reset): once more, anew.
+            Err(e) if attempt == 0 && !e.is_timeout() => client.connection = None,
             Err(e) => panic!("{method} {path}: {e}"),
         }
     }

@@ -273,7 +273,10 @@ pub async fn serve(
             async move {
                 let response: Result<Response, Infallible> =
                     tower_service::Service::call(&mut service, request).await;
-                response
+                match response {
+                    Ok(response) => Ok::<_, Infallible>(super::download::finish(response).await),
+                    Err(never) => match never {},
+                }
             }
         });
         let connection = http.serve_connection(io, handler).with_upgrades();

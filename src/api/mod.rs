@@ -1,7 +1,9 @@
 //! HTTP edge: thin warp filters that parse a request, call the domain and wrap the answer in
 //! the envelope. The only code that knows warp or the JSON wire shapes.
 
+mod admin;
 mod audit;
+mod download;
 pub mod edge;
 mod envelope;
 pub mod error;
@@ -16,7 +18,7 @@ mod sessions;
 mod tokens;
 mod upgrade;
 mod webhooks;
-mod wire;
+pub(crate) mod wire;
 mod ws;
 
 use std::collections::HashMap;
@@ -32,7 +34,7 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use crate::auth::{AuthService, Caller, Principal};
-use crate::clock::SharedClock;
+use crate::clock::{SharedClock, SharedIds};
 use crate::config::Config;
 use crate::events::EventBus;
 use crate::pipeline::PipelineService;
@@ -54,6 +56,7 @@ pub type AppState = Arc<Services>;
 pub struct Services {
     pub config: Arc<Config>,
     pub clock: SharedClock,
+    pub ids: SharedIds,
     pub store: Store,
     pub auth: AuthService,
     pub sessions: SessionService,
@@ -113,6 +116,8 @@ fn api_v1(state: &AppState) -> BoxedFilter<(ApiResult,)> {
             .or(webhooks::routes(state))
             .unify()
             .or(pipeline::routes(state))
+            .unify()
+            .or(admin::routes(state))
             .unify(),
     );
     warp::path("v1")

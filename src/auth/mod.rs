@@ -70,6 +70,19 @@ impl Principal {
         }
     }
 
+    /// An operator at the server's host acting on its data dir directly (`village token` without
+    /// `--server`): admin, and recorded in the audit log under `name`.
+    pub fn local_operator(name: &str) -> Self {
+        Self {
+            token_id: Uuid::nil(),
+            kind: TokenKind::Admin,
+            name: name.into(),
+            org_id: None,
+            runner_id: None,
+            revoked: Arc::default(),
+        }
+    }
+
     pub fn is_admin(&self) -> bool {
         self.kind == TokenKind::Admin
     }

@@ -10,7 +10,6 @@ pub mod agents;
 pub mod broker;
 pub mod channel;
 pub mod host;
-pub mod http;
 pub mod identity;
 pub mod local;
 pub mod process;
@@ -25,10 +24,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
+use crate::client::ServerUrl;
 use agents::{Decision, Protocol};
 use channel::Up;
 use host::{HostLoad, Versions};
-use http::ServerUrl;
 use identity::{Identity, Registration};
 use session::{SessionCommand, SessionSpec};
 

@@ -405,7 +405,10 @@ const LINGER: std::time::Duration = std::time::Duration::from_micros(150);
 
 /// The database's page cache unless configured: redb's own default (1 GiB) would grow the
 /// server's memory with the file for as long as it runs, on a host that runs other things.
-pub const DEFAULT_CACHE_BYTES: usize = 128 * 1024 * 1024;
+/// The hot paths touch few pages (table roots, the newest sessions and output), and redb holds
+/// somewhat more page memory than its cache budget, so the default stays small (BENCHMARKS.md,
+/// "A day on a big fleet").
+pub const DEFAULT_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 impl Store {
     /// Opens (or creates) the database file, migrates it and starts the writer thread, with
@@ -537,6 +540,18 @@ impl Store {
         })
         .await
         .map_err(|_| E::from(StoreError::Panicked))?
+    }
+
+    /// Writes a backup of the database to the new file `out`: every table as of one read
+    /// snapshot, taken when this is called, while writes go on (`backup`).
+    pub async fn backup_to(&self, out: std::path::PathBuf) -> StoreResult<super::BackupSummary> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.get()?.begin_read()?;
+            super::backup::copy_snapshot(&txn, &out)
+        })
+        .await
+        .map_err(|_| StoreError::Panicked)?
     }
 
     /// `/readyz`: the database answers a read and takes a durable write.

@@ -26,6 +26,9 @@ const MIGRATIONS: &[Migration] = &[
 
 pub const SCHEMA_VERSION: u64 = MIGRATIONS.len() as u64;
 
+/// The `META` key holding the schema version.
+pub const SCHEMA_VERSION_KEY: &str = "schema_version";
+
 fn m001_initial_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(TOKENS)?;
     txn.open_table(TOKEN_HASHES)?;
@@ -357,7 +360,10 @@ pub fn current_version(db: &Database) -> Result<u64, StoreError> {
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
         Err(e) => return Err(e.into()),
     };
-    Ok(meta.get("schema_version")?.map(|v| v.value()).unwrap_or(0))
+    Ok(meta
+        .get(SCHEMA_VERSION_KEY)?
+        .map(|v| v.value())
+        .unwrap_or(0))
 }
 
 /// Brings the database to `SCHEMA_VERSION`.
@@ -379,7 +385,7 @@ fn migrate_to(db: &Database, target: u64) -> Result<(), StoreError> {
         MIGRATIONS[version as usize](&txn)?;
         {
             let mut meta = txn.open_table(META)?;
-            meta.insert("schema_version", version + 1)?;
+            meta.insert(SCHEMA_VERSION_KEY, version + 1)?;
         }
         txn.commit()?;
         version += 1;

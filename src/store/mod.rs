@@ -9,6 +9,7 @@
 //! blocking pool. Each area's file holds its trait and the redb implementation of it.
 //! `store/` imports nothing of the crate but records and the clock's types.
 
+pub mod backup;
 pub mod codec;
 mod engine;
 pub mod migrations;
@@ -23,6 +24,7 @@ mod tokens;
 mod webhooks;
 
 pub use audit::{AuditReads, AuditWrites};
+pub use backup::BackupSummary;
 pub use engine::{
     AfterCommit, DEFAULT_CACHE_BYTES, Effects, Publisher, ReadCtx, Store, StoreError, StoreResult,
     WriteCtx, WriterStats,
