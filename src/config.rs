@@ -453,6 +453,7 @@ fn is_command_variable(name: &str) -> bool {
     matches!(
         name,
         "VILLAGE_LOG"
+            | "VILLAGE_LOG_FORMAT"
             | "VILLAGE_SERVER"
             | "VILLAGE_TOKEN"
             | "VILLAGE_JOIN_TOKEN"

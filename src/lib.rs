@@ -2,8 +2,9 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 // glibc's malloc, not mimalloc (used until a day on a big fleet, BENCHMARKS.md): mimalloc kept
-// memory freed on one thread resident and the server grew without end under a steady load,
-// while glibc's malloc stays flat, for a few per cent more CPU.
+// memory freed on one thread resident and the server grew without end under a steady load.
+// glibc's malloc stays flat with two arenas, which `village serve` and `village demo` set for
+// themselves at start (`cap_malloc_arenas` in main.rs).
 
 pub mod admin;
 pub mod api;

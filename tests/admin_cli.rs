@@ -29,6 +29,13 @@ async fn village(args: &[&str]) -> Output {
     .unwrap()
 }
 
+/// `village ARGS --server URL --data-dir DIR`: a command through the test's running server.
+async fn village_via(url: &str, data_dir: &str, args: &[&str]) -> Output {
+    let mut all = args.to_vec();
+    all.extend(["--server", url, "--data-dir", data_dir]);
+    village(&all).await
+}
+
 fn out(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -52,20 +59,13 @@ async fn tokens_are_managed_through_a_running_server_and_on_a_stopped_data_dir()
     let (url, d) = (url(&server), path_str(&dir).to_owned());
 
     // Through the server, with the admin token read from the data dir's file.
-    let created = village(&[
-        "token",
-        "create",
-        "--kind",
-        "org",
-        "--name",
-        "ci",
-        "--org-id",
-        "acme",
-        "--server",
+    let created = village_via(
         &url,
-        "--data-dir",
         &d,
-    ])
+        &[
+            "token", "create", "--kind", "org", "--name", "ci", "--org-id", "acme",
+        ],
+    )
     .await;
     assert!(created.status.success(), "{}", err(&created));
     let secret = out(&created).trim().to_owned();
@@ -77,16 +77,7 @@ async fn tokens_are_managed_through_a_running_server_and_on_a_stopped_data_dir()
         (json!("org"), json!("acme"))
     );
 
-    let listed = village(&[
-        "token",
-        "list",
-        "--json",
-        "--server",
-        &url,
-        "--data-dir",
-        &d,
-    ])
-    .await;
+    let listed = village_via(&url, &d, &["token", "list", "--json"]).await;
     assert!(listed.status.success(), "{}", err(&listed));
     let items: Value = serde_json::from_str(&out(&listed)).unwrap();
     let items = items.as_array().unwrap();
@@ -101,7 +92,7 @@ async fn tokens_are_managed_through_a_running_server_and_on_a_stopped_data_dir()
         .unwrap()
         .to_owned();
     // The table has the same tokens.
-    let table = village(&["token", "list", "--server", &url, "--data-dir", &d]).await;
+    let table = village_via(&url, &d, &["token", "list"]).await;
     assert!(
         out(&table).contains(&ci_id) && out(&table).contains("bootstrap-admin"),
         "{}",
@@ -109,18 +100,11 @@ async fn tokens_are_managed_through_a_running_server_and_on_a_stopped_data_dir()
     );
 
     // Bad input: the server's validation error, nothing created.
-    let bad = village(&[
-        "token",
-        "create",
-        "--kind",
-        "org",
-        "--name",
-        "x",
-        "--server",
+    let bad = village_via(
         &url,
-        "--data-dir",
         &d,
-    ])
+        &["token", "create", "--kind", "org", "--name", "x"],
+    )
     .await;
     assert_eq!(bad.status.code(), Some(1));
     assert!(
@@ -128,15 +112,11 @@ async fn tokens_are_managed_through_a_running_server_and_on_a_stopped_data_dir()
         "{}",
         err(&bad)
     );
-    let unknown = village(&[
-        "token",
-        "revoke",
-        "0196a0b2-0000-7000-8000-000000000000",
-        "--server",
+    let unknown = village_via(
         &url,
-        "--data-dir",
         &d,
-    ])
+        &["token", "revoke", "0196a0b2-0000-7000-8000-000000000000"],
+    )
     .await;
     assert_eq!(unknown.status.code(), Some(1));
     assert!(
@@ -148,16 +128,7 @@ async fn tokens_are_managed_through_a_running_server_and_on_a_stopped_data_dir()
     assert_eq!(wrong.status.code(), Some(1));
     assert!(err(&wrong).contains("401"), "{}", err(&wrong));
 
-    let revoked = village(&[
-        "token",
-        "revoke",
-        &ci_id,
-        "--server",
-        &url,
-        "--data-dir",
-        &d,
-    ])
-    .await;
+    let revoked = village_via(&url, &d, &["token", "revoke", &ci_id]).await;
     assert!(revoked.status.success(), "{}", err(&revoked));
     assert_eq!(ci.get("/api/v1/me").await.status, 401);
 
@@ -279,16 +250,7 @@ async fn a_backup_taken_under_write_load_restores_every_write_acknowledged_befor
 
     let backup_file = out_dir.join("village.backup");
     let before: HashSet<String> = acked.lock().unwrap().iter().cloned().collect();
-    let backup = village(&[
-        "backup",
-        "--out",
-        path_str(&backup_file),
-        "--server",
-        &url,
-        "--data-dir",
-        &d,
-    ])
-    .await;
+    let backup = village_via(&url, &d, &["backup", "--out", path_str(&backup_file)]).await;
     let during = acked.lock().unwrap().len();
     assert!(backup.status.success(), "{}", err(&backup));
     assert!(
@@ -324,15 +286,15 @@ async fn a_backup_taken_under_write_load_restores_every_write_acknowledged_befor
 
     // Refusals change nothing: a live database, an existing database without --force, an
     // existing backup file, a caller who is not admin.
-    let live = village(&[
+    let restore_forced = [
         "restore",
         "--from",
         path_str(&backup_file),
         "--data-dir",
         &d,
         "--force",
-    ])
-    .await;
+    ];
+    let live = village(&restore_forced).await;
     assert_eq!(live.status.code(), Some(1));
     assert!(err(&live).contains("running process"), "{}", err(&live));
     assert_eq!(
@@ -343,16 +305,7 @@ async fn a_backup_taken_under_write_load_restores_every_write_acknowledged_befor
             .status,
         200
     );
-    let again = village(&[
-        "backup",
-        "--out",
-        path_str(&backup_file),
-        "--server",
-        &url,
-        "--data-dir",
-        &d,
-    ])
-    .await;
+    let again = village_via(&url, &d, &["backup", "--out", path_str(&backup_file)]).await;
     assert_eq!(again.status.code(), Some(2), "{}", err(&again));
     let org = server.admin().create_token("org", Some("load-0")).await;
     let forbidden = village(&[
@@ -382,15 +335,7 @@ async fn a_backup_taken_under_write_load_restores_every_write_acknowledged_befor
     assert!(err(&not_forced).contains("--force"), "{}", err(&not_forced));
 
     // Restored over the stopped server's data dir (the old file is kept beside it).
-    let restored = village(&[
-        "restore",
-        "--from",
-        path_str(&backup_file),
-        "--data-dir",
-        &d,
-        "--force",
-    ])
-    .await;
+    let restored = village(&restore_forced).await;
     assert!(restored.status.success(), "{}", err(&restored));
     let kept: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
@@ -523,14 +468,14 @@ async fn status_reports_a_running_server_and_fails_for_a_missing_one() {
     let server = BinaryServer::spawn(&dir, &[]);
     server.admin().create_session("acme").await;
     let (url, d) = (url(&server), path_str(&dir).to_owned());
-    let r = village(&["status", "--json", "--server", &url, "--data-dir", &d]).await;
+    let r = village_via(&url, &d, &["status", "--json"]).await;
     assert!(r.status.success(), "{}", err(&r));
     let status: Value = serde_json::from_str(&out(&r)).unwrap();
     assert_eq!(status["healthy"], true);
     assert_eq!(status["ready"], true);
     assert_eq!(status["fleet"]["online"], 0);
     assert_eq!(status["fleet"]["sessionsByState"]["QUEUED"], 1, "{status}");
-    let text = village(&["status", "--server", &url, "--data-dir", &d]).await;
+    let text = village_via(&url, &d, &["status"]).await;
     assert!(out(&text).contains("ready      yes"), "{}", out(&text));
     assert!(out(&text).contains("QUEUED 1"), "{}", out(&text));
 

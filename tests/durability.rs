@@ -780,3 +780,27 @@ async fn a_crash_loop_under_mixed_load_loses_nothing_and_breaks_no_invariant() {
     );
     check_invariants(&server.admin(), &snapshot, 20).await;
 }
+
+/// The server caps glibc's malloc arenas (they fragment under a long steady load) by running
+/// with `MALLOC_ARENA_MAX=2`, re-executing itself once at start; an operator's value is kept.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[tokio::test]
+async fn the_server_runs_with_few_malloc_arenas_unless_the_operator_chose() {
+    let environ = |pid: u32| {
+        let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        raw.split(|b| *b == 0)
+            .filter_map(|v| std::str::from_utf8(v).ok())
+            .filter(|v| v.starts_with("MALLOC_ARENA_MAX="))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let (_keep, dir) = tmp_dir();
+    let server = BinaryServer::spawn(&dir, &[]);
+    assert_eq!(environ(server.child.id()), ["MALLOC_ARENA_MAX=2"]);
+    // Still the child the test started (the same pid), serving.
+    assert_eq!(server.admin().get("/api/v1/me").await.status, 200);
+    drop(server);
+    let (_keep, dir) = tmp_dir();
+    let server = BinaryServer::spawn(&dir, &[("MALLOC_ARENA_MAX", "4")]);
+    assert_eq!(environ(server.child.id()), ["MALLOC_ARENA_MAX=4"]);
+}

@@ -32,6 +32,7 @@ use tokio::time::{Instant, Sleep};
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
+use super::{access_log, download};
 use crate::config::ServerConfig;
 
 /// The peer of the connection a request came on.
@@ -271,12 +272,22 @@ pub async fn serve(
             request.extensions_mut().insert(ClientAddr(peer));
             let mut service = service.clone();
             async move {
-                let response: Result<Response, Infallible> =
-                    tower_service::Service::call(&mut service, request).await;
-                match response {
-                    Ok(response) => Ok::<_, Infallible>(super::download::finish(response).await),
-                    Err(never) => match never {},
-                }
+                let (mut head, body) = request.into_parts();
+                let Some(log) = access_log::Request::begin(&mut head) else {
+                    let request = hyper::Request::from_parts(head, body);
+                    let routed: Result<Response, Infallible> =
+                        tower_service::Service::call(&mut service, request).await;
+                    let Ok(response) = routed;
+                    return Ok::<_, Infallible>(download::finish(response).await);
+                };
+                let request = hyper::Request::from_parts(head, body);
+                let (routed, caller) =
+                    access_log::Request::scope(tower_service::Service::call(&mut service, request))
+                        .await;
+                let Ok(response) = routed;
+                let (mut parts, body) = download::finish(response).await.into_parts();
+                log.finish(&mut parts, caller);
+                Ok(hyper::Response::from_parts(parts, body))
             }
         });
         let connection = http.serve_connection(io, handler).with_upgrades();

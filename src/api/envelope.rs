@@ -83,14 +83,18 @@ pub struct RequestCtx {
 /// A client's `X-Request-Id` is reused when it is 1–64 of `[A-Za-z0-9._-]`.
 pub fn request_id_from(header: Option<&HeaderValue>, fresh: impl FnOnce() -> String) -> String {
     header
+        .filter(|v| is_request_id(v))
         .and_then(|v| v.to_str().ok())
-        .filter(|s| {
-            (1..=64).contains(&s.len())
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        })
         .map(str::to_owned)
         .unwrap_or_else(fresh)
+}
+
+/// A client's `X-Request-Id` is used when it is 1–64 characters of `A-Za-z0-9._-`.
+pub fn is_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    (1..=64).contains(&b.len())
+        && b.iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 pub fn respond(ctx: &RequestCtx, now: Millis, result: ApiResult) -> Response {

@@ -1,6 +1,7 @@
 //! HTTP edge: thin warp filters that parse a request, call the domain and wrap the answer in
 //! the envelope. The only code that knows warp or the JSON wire shapes.
 
+pub mod access_log;
 mod admin;
 mod audit;
 mod download;
@@ -94,9 +95,6 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
         .unify()
         .or(crate::ui::routes())
         .unify()
-        .with(warp::log::custom(|info| {
-            tracing::debug!(method = %info.method(), path = info.path(), status = info.status().as_u16(), "request");
-        }))
         .map(Reply::into_response)
         .boxed()
 }
@@ -198,6 +196,7 @@ pub fn principal(
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .and_then(|token| state.auth.authenticate(token.trim()))
+                .inspect(|caller| access_log::note_caller(caller.token_id))
                 .ok_or_else(|| reject(ApiError::unauthorized()))
         } else {
             Ok(Arc::new(Principal::anonymous_admin()))

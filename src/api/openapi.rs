@@ -20,3 +20,16 @@ pub fn route() -> BoxedFilter<(Response,)> {
         })
         .boxed()
 }
+
+/// The documented paths (`/api/v1/sessions/{sessionId}`), for naming a request's route in logs
+/// and metrics. Empty if the document could not be read (a test fails first).
+pub fn paths() -> Vec<String> {
+    serde_json::from_str::<serde_json::Value>(DOCUMENT)
+        .ok()
+        .and_then(|doc| {
+            doc.get("paths")
+                .and_then(|p| p.as_object())
+                .map(|p| p.keys().cloned().collect())
+        })
+        .unwrap_or_default()
+}

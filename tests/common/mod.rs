@@ -341,7 +341,14 @@ impl BinaryServer {
                 let Ok(line) = line else { break };
                 log_sink.lock().unwrap().push_str(&format!("{line}\n"));
                 if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr = strip_ansi(rest).trim().parse().unwrap();
+                    // Text or JSON logs: the address ends at a space or a quote.
+                    let rest = strip_ansi(rest);
+                    let addr = rest
+                        .split(|c: char| c.is_whitespace() || c == '"')
+                        .next()
+                        .unwrap()
+                        .parse()
+                        .unwrap();
                     let _ = tx.send(addr);
                 }
             }
