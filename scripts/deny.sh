@@ -49,4 +49,7 @@ if [ "$(git -C "$db" log -1 --format=%s 2>/dev/null)" != "snapshot $commit" ]; t
     git -C "$db" -c user.name=village -c user.email=village@localhost commit -q -m "snapshot $commit"
 fi
 echo "cargo deny: GitHub cannot be reached; advisories from the snapshot of $date ($commit)"
+# Offline, cargo-deny reads the crate graph of every target, which needs crates a build for this
+# one never downloads (optional ones behind cfgs): fetch them from the registry first.
+cargo fetch --locked --quiet
 exec cargo deny --offline check
