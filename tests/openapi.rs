@@ -218,6 +218,19 @@ async fn openapi_document_describes_the_implemented_routes() {
                     upgrade.eq_ignore_ascii_case("websocket"),
                     "101 without `Upgrade: websocket`: {what}"
                 );
+            } else if path.starts_with("/api/v1/")
+                && op["responses"][resp.status.to_string()]["content"]
+                    .get("application/octet-stream")
+                    .is_some()
+            {
+                // A file (a backup), as documented: not enveloped, but with the request id.
+                let ct = resp
+                    .headers
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                assert_eq!(ct, "application/octet-stream", "{what}");
+                assert!(resp.headers.get("x-request-id").is_some(), "{what}");
             } else if path.starts_with("/api/v1/") {
                 // Enveloped, with the request id.
                 assert!(

@@ -106,7 +106,13 @@ pub fn respond(ctx: &RequestCtx, now: Millis, result: ApiResult) -> Response {
     };
     let mut retry_after = None;
     let (status, body) = match result {
-        Ok(Success::Raw(response)) => return response,
+        // A response of its own (an upgrade, a file) still names its request.
+        Ok(Success::Raw(mut response)) => {
+            if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
+                response.headers_mut().entry("x-request-id").or_insert(id);
+            }
+            return response;
+        }
         // Cannot fail: every key of a `Value` is a string.
         Ok(Success::Data { status, data }) => (
             status,
