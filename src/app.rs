@@ -16,6 +16,7 @@ use crate::clock::{SharedClock, SharedIds};
 use crate::config::Config;
 use crate::error::DomainError;
 use crate::events::EventBus;
+use crate::metrics::Metrics;
 use crate::pipeline::{self, PipelineService};
 use crate::runners::{self, RunnerService, scheduler};
 use crate::sessions::{SessionService, sweeper};
@@ -72,6 +73,11 @@ impl App {
                 .await
                 .map_err(|_| StoreError::Panicked)??
         };
+        let metrics = Arc::new(Metrics::new(store.stats.collectors()));
+        bus.observe({
+            let metrics = metrics.clone();
+            Arc::new(move |e| metrics.observe_event(e))
+        });
         let auth = AuthService::load(store.clone(), clock.clone(), ids.clone()).await?;
         let bootstrap_token = auth.bootstrap_admin().await?;
         if let Some(secret) = &bootstrap_token {
@@ -103,9 +109,14 @@ impl App {
             &config.pipeline,
         )
         .await?;
-        let webhooks =
-            WebhookService::load(store.clone(), clock.clone(), ids.clone(), &config.webhooks)
-                .await?;
+        let webhooks = WebhookService::load(
+            store.clone(),
+            clock.clone(),
+            ids.clone(),
+            &config.webhooks,
+            metrics.clone(),
+        )
+        .await?;
         let (stop, stop_rx) = watch::channel(false);
         let connections = api::edge::Connections::new(&config.server);
         let limits = api::limits::RateLimits::new(&config.limits);
@@ -124,6 +135,7 @@ impl App {
             connections,
             limits: limits.clone(),
             webhooks: webhooks.clone(),
+            metrics,
             shutdown: stop_rx.clone(),
         });
         let (store_for_audit, clock_for_audit) = (store.clone(), clock.clone());
@@ -184,6 +196,7 @@ impl App {
             routes,
             &limits,
             connections,
+            self.state.metrics.clone(),
             self.stop.subscribe(),
         )
         .await;

@@ -20,6 +20,7 @@ pub mod demo_agent;
 pub mod detach;
 pub mod error;
 pub mod events;
+pub mod metrics;
 pub mod paging;
 pub mod pipeline;
 pub mod realtime;

@@ -118,6 +118,11 @@ async fn a_full_disk_answers_503_keeps_reads_and_recovers_by_itself() {
     assert_eq!(readyz(&admin).await, 503, "/readyz passed on a full disk");
     let metrics = admin.get("/metrics").await.text;
     assert!(metrics.contains("village_store_failing 1"), "{metrics}");
+    let failures = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("village_store_commit_failures_total "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(failures.is_some_and(|n| n >= 3), "{metrics}");
 
     // Reads keep working meanwhile.
     for id in &acknowledged {

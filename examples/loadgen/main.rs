@@ -506,8 +506,8 @@ impl BenchServer {
     fn writer_counts(&self) -> WriterCounts {
         let stats = &self.state.store.stats;
         WriterCounts {
-            commits: stats.commits.load(Ordering::Relaxed),
-            jobs: stats.jobs.load(Ordering::Relaxed),
+            commits: stats.commits.get(),
+            jobs: stats.jobs.get(),
             job_micros: stats.job_micros.load(Ordering::Relaxed),
             commit_micros: stats.commit_micros.load(Ordering::Relaxed),
             linger_micros: stats.linger_micros.load(Ordering::Relaxed),

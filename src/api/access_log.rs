@@ -1,4 +1,4 @@
-//! One log line per request (`target: "village::request"`): request id, method, route template,
+//! The metrics of every request and one log line per request (`target: "village::request"`): request id, method, route template,
 //! status, duration, the caller's token id (never a secret) and the W3C trace context.
 //!
 //! The edge (`edge.rs`) wraps each request in [`Request::scope`]: it takes the request id from
@@ -15,6 +15,8 @@ use hyper::header::HeaderValue;
 use hyper::http::request::Parts;
 use uuid::Uuid;
 
+use crate::metrics::Metrics;
+
 tokio::task_local! {
     static CALLER: Cell<Option<Uuid>>;
 }
@@ -24,19 +26,90 @@ pub fn note_caller(token_id: Uuid) {
     let _ = CALLER.try_with(|c| c.set(Some(token_id)));
 }
 
-/// What the log line of one request needs, taken before the routes see it.
+/// What the metrics and the log line of one request need, taken before the routes see it.
 pub struct Request {
     started: Instant,
     method: hyper::Method,
     route: &'static str,
+    /// The log line's ids; `None` while the line is off (a server logging at `warn`), which
+    /// then costs nothing more per request.
+    line: Option<LineIds>,
+}
+
+struct LineIds {
     request_id: HeaderValue,
     traceparent: Option<HeaderValue>,
 }
 
 impl Request {
-    /// Reads (and completes) the request's head. `None` when the log line is off, so a server
-    /// logging at `warn` does no work per request.
-    pub fn begin(head: &mut Parts) -> Option<Self> {
+    /// Reads (and, for the log line, completes) the request's head.
+    pub fn begin(head: &mut Parts) -> Self {
+        Self {
+            started: Instant::now(),
+            method: head.method.clone(),
+            route: route_template(head.uri.path()),
+            line: LineIds::take(head),
+        }
+    }
+
+    /// Runs the routes' future with a place for the caller's token id.
+    pub async fn scope<F: Future>(future: F) -> (F::Output, Option<Uuid>) {
+        CALLER
+            .scope(Cell::new(None), async move {
+                let output = future.await;
+                (output, CALLER.with(Cell::get))
+            })
+            .await
+    }
+
+    /// Counts the request in `/metrics`; when the log line is on, echoes the ids on the
+    /// response and writes the line.
+    pub fn finish(
+        self,
+        response: &mut hyper::http::response::Parts,
+        caller: Option<Uuid>,
+        metrics: &Metrics,
+    ) {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        metrics.http_request(
+            self.method.as_str(),
+            self.route,
+            response.status.as_str(),
+            elapsed,
+        );
+        let Some(ids) = self.line else {
+            return;
+        };
+        response
+            .headers
+            .entry("x-request-id")
+            .or_insert(ids.request_id.clone());
+        if let Some(tp) = &ids.traceparent {
+            response.headers.insert("traceparent", tp.clone());
+        }
+        let trace_id = ids
+            .traceparent
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.get(3..35));
+        tracing::info!(
+            target: "village::request",
+            request_id = ids.request_id.to_str().unwrap_or(""),
+            method = %self.method,
+            route = self.route,
+            status = response.status.as_u16(),
+            duration_ms = (elapsed * 1000.0 * 1000.0).round() / 1000.0,
+            token_id = caller.map(tracing::field::display),
+            trace_id,
+            "request"
+        );
+    }
+}
+
+impl LineIds {
+    /// The request id from `X-Request-Id` (or a new one, set on the request so the envelope's
+    /// `meta.requestId` is the same) and a valid `traceparent`; `None` when the line is off.
+    fn take(head: &mut Parts) -> Option<Self> {
         if !tracing::enabled!(target: "village::request", tracing::Level::INFO) {
             return None;
         }
@@ -54,49 +127,9 @@ impl Request {
             .filter(|v| is_traceparent(v.as_bytes()))
             .cloned();
         Some(Self {
-            started: Instant::now(),
-            method: head.method.clone(),
-            route: route_template(head.uri.path()),
             request_id,
             traceparent,
         })
-    }
-
-    /// Runs the routes' future with a place for the caller's token id.
-    pub async fn scope<F: Future>(future: F) -> (F::Output, Option<Uuid>) {
-        CALLER
-            .scope(Cell::new(None), async move {
-                let output = future.await;
-                (output, CALLER.with(Cell::get))
-            })
-            .await
-    }
-
-    /// Echoes the ids on the response and writes the line.
-    pub fn finish(self, response: &mut hyper::http::response::Parts, caller: Option<Uuid>) {
-        response
-            .headers
-            .entry("x-request-id")
-            .or_insert(self.request_id.clone());
-        if let Some(tp) = &self.traceparent {
-            response.headers.insert("traceparent", tp.clone());
-        }
-        let trace_id = self
-            .traceparent
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.get(3..35));
-        tracing::info!(
-            target: "village::request",
-            request_id = self.request_id.to_str().unwrap_or(""),
-            method = %self.method,
-            route = self.route,
-            status = response.status.as_u16(),
-            duration_ms = (self.started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
-            token_id = caller.map(tracing::field::display),
-            trace_id,
-            "request"
-        );
     }
 }
 
@@ -135,13 +168,13 @@ pub fn route_template(path: &str) -> &'static str {
             })
             .collect()
     });
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let found = routes.iter().find(|(_, pattern)| {
-        pattern.len() == segments.len()
-            && pattern
-                .iter()
-                .zip(&segments)
-                .all(|(p, s)| p.starts_with('{') || p == s)
+        let mut segments = path.split('/').filter(|s| !s.is_empty());
+        pattern.iter().all(|p| {
+            segments
+                .next()
+                .is_some_and(|s| p.starts_with('{') || p == s)
+        }) && segments.next().is_none()
     });
     match found {
         Some((template, _)) => template.as_str(),

@@ -34,6 +34,7 @@ use warp::reply::Response;
 
 use super::{access_log, download};
 use crate::config::ServerConfig;
+use crate::metrics::Metrics;
 
 /// The peer of the connection a request came on.
 #[derive(Debug, Clone, Copy)]
@@ -243,6 +244,7 @@ pub async fn serve(
     routes: BoxedFilter<(Response,)>,
     limits: &ServerConfig,
     connections: Arc<Connections>,
+    metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -268,26 +270,22 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let io = TokioIo::new(EdgeStream::new(stream, idle_timeout, slot));
         let service = service.clone();
+        let metrics = metrics.clone();
         let handler = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(ClientAddr(peer));
             let mut service = service.clone();
+            let metrics = metrics.clone();
             async move {
                 let (mut head, body) = request.into_parts();
-                let Some(log) = access_log::Request::begin(&mut head) else {
-                    let request = hyper::Request::from_parts(head, body);
-                    let routed: Result<Response, Infallible> =
-                        tower_service::Service::call(&mut service, request).await;
-                    let Ok(response) = routed;
-                    return Ok::<_, Infallible>(download::finish(response).await);
-                };
+                let seen = access_log::Request::begin(&mut head);
                 let request = hyper::Request::from_parts(head, body);
                 let (routed, caller) =
                     access_log::Request::scope(tower_service::Service::call(&mut service, request))
                         .await;
                 let Ok(response) = routed;
                 let (mut parts, body) = download::finish(response).await.into_parts();
-                log.finish(&mut parts, caller);
-                Ok(hyper::Response::from_parts(parts, body))
+                seen.finish(&mut parts, caller, &metrics);
+                Ok::<_, Infallible>(hyper::Response::from_parts(parts, body))
             }
         });
         let connection = http.serve_connection(io, handler).with_upgrades();

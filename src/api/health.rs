@@ -1,7 +1,5 @@
 //! `/healthz`, `/readyz` (plain, no auth) and `/metrics`.
 
-use std::sync::atomic::Ordering;
-
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Reply};
@@ -9,6 +7,7 @@ use warp::{Filter, Reply};
 use super::AppState;
 use super::edge::ClientAddr;
 use super::error::ApiError;
+use crate::metrics::Census;
 
 /// Ready: the store takes a durable write (which fails while the disk is full or the database
 /// is being reopened, and succeeds again once storage works), and the data dir's filesystem has
@@ -34,6 +33,45 @@ async fn ready(st: &AppState) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The scrape-time values of `/metrics`, read from the state that holds them. A failing store
+/// leaves the session figures out (the scrape still answers, with `village_store_failing 1`).
+async fn census(st: &AppState) -> Census {
+    let now = st.clock.now_ms();
+    let sessions = match st.sessions.census().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the sessions for /metrics");
+            Default::default()
+        }
+    };
+    Census {
+        sessions_by_state: sessions
+            .by_state
+            .iter()
+            .map(|(state, n)| (state.as_str(), *n))
+            .collect(),
+        queued: sessions.waiting,
+        oldest_queued_seconds: sessions.oldest_waiting_since.map_or(0.0, |since| {
+            now.saturating_sub(since).max(0) as f64 / 1000.0
+        }),
+        approvals_pending: sessions.pending_approvals,
+        runners_by_status: st
+            .runners
+            .status_counts()
+            .into_iter()
+            .map(|(status, n)| (status.as_str(), n))
+            .collect(),
+        rollout_percentage_by_channel: st
+            .pipeline
+            .rollout_percentages()
+            .into_iter()
+            .map(|(channel, pct)| (channel.as_str(), u64::from(pct)))
+            .collect(),
+        connections_open: st.connections.open() as u64,
+        store_failing: st.store.is_failing(),
+    }
 }
 
 pub fn routes(state: &AppState) -> warp::filters::BoxedFilter<(Response,)> {
@@ -62,41 +100,26 @@ pub fn routes(state: &AppState) -> warp::filters::BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::ext::optional::<ClientAddr>())
-        .map(move |auth: Option<String>, remote: Option<ClientAddr>| {
-            let loopback_bind = st.config.server.listen.ip().is_loopback();
-            let admin = auth
-                .as_deref()
-                .and_then(|h| h.strip_prefix("Bearer "))
-                .and_then(|t| st.auth.authenticate(t.trim()))
-                .is_some_and(|p| p.is_admin());
-            if !(admin || (loopback_bind && remote.is_some_and(|ClientAddr(r)| r.ip().is_loopback()))) {
-                let e = ApiError::unauthorized();
-                return warp::reply::with_status(format!("{}\n", e.message), e.status).into_response();
+        .then(move |auth: Option<String>, remote: Option<ClientAddr>| {
+            let st = st.clone();
+            async move {
+                let loopback_bind = st.config.server.listen.ip().is_loopback();
+                let admin = auth
+                    .as_deref()
+                    .and_then(|h| h.strip_prefix("Bearer "))
+                    .and_then(|t| st.auth.authenticate(t.trim()))
+                    .is_some_and(|p| p.is_admin());
+                let local =
+                    loopback_bind && remote.is_some_and(|ClientAddr(r)| r.ip().is_loopback());
+                if !(admin || local) {
+                    let e = ApiError::unauthorized();
+                    return warp::reply::with_status(format!("{}\n", e.message), e.status)
+                        .into_response();
+                }
+                let body = st.metrics.render(&census(&st).await);
+                warp::reply::with_header(body, "content-type", "text/plain; version=0.0.4")
+                    .into_response()
             }
-            let stats = &st.store.stats;
-            let body = format!(
-                "# HELP village_store_commits_total Durable write transactions committed.\n\
-                 # TYPE village_store_commits_total counter\n\
-                 village_store_commits_total {}\n\
-                 # HELP village_store_write_jobs_total Write jobs applied (several share a commit).\n\
-                 # TYPE village_store_write_jobs_total counter\n\
-                 village_store_write_jobs_total {}\n\
-                 # HELP village_http_connections_open TCP connections open now, WebSockets included.\n\
-                 # TYPE village_http_connections_open gauge\n\
-                 village_http_connections_open {}\n\
-                 # HELP village_store_failing 1 while the last commit failed (storage unavailable).\n\
-                 # TYPE village_store_failing gauge\n\
-                 village_store_failing {}\n\
-                 # HELP village_store_writer_restarts_total Store writer panics outside a job, each restarted.\n\
-                 # TYPE village_store_writer_restarts_total counter\n\
-                 village_store_writer_restarts_total {}\n",
-                stats.commits.load(Ordering::Relaxed),
-                stats.jobs.load(Ordering::Relaxed),
-                st.connections.open(),
-                u8::from(st.store.is_failing()),
-                stats.writer_restarts.load(Ordering::Relaxed),
-            );
-            warp::reply::with_header(body, "content-type", "text/plain; version=0.0.4").into_response()
         });
     healthz.or(readyz).unify().or(metrics).unify().boxed()
 }

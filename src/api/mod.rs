@@ -38,6 +38,7 @@ use crate::auth::{AuthService, Caller, Principal};
 use crate::clock::{SharedClock, SharedIds};
 use crate::config::Config;
 use crate::events::EventBus;
+use crate::metrics::Metrics;
 use crate::pipeline::PipelineService;
 use crate::realtime::ConnectionLimiter;
 use crate::runners::RunnerService;
@@ -71,6 +72,8 @@ pub struct Services {
     pub connections: Arc<edge::Connections>,
     /// Request rate limits per address and per token.
     pub limits: Arc<limits::RateLimits>,
+    /// What `/metrics` reports.
+    pub metrics: Arc<Metrics>,
     /// Turns true when the server is stopping: long-lived sockets close with 1001.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }

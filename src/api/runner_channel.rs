@@ -34,6 +34,7 @@ use super::wire::frames::{CommandFrame, SocketError, error_frame};
 use crate::auth::{Caller, Principal};
 use crate::clock::format_ms;
 use crate::error::{Conflict, ConflictDetails, DomainError};
+use crate::metrics;
 use crate::runners::model::{OutboxEntry, RunnerCommand};
 
 static CONNECTIONS: AtomicU64 = AtomicU64::new(1);
@@ -89,6 +90,7 @@ fn close(code: u16, reason: &'static str) -> Message {
 }
 
 async fn serve(st: AppState, p: Caller, runner: Uuid, socket: Socket) {
+    let _counted = st.metrics.websocket_client(metrics::Socket::RunnerChannel);
     let (mut sink, mut stream) = socket.split();
     let connection = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
     let (tx, mut commands) = mpsc::unbounded_channel();

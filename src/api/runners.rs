@@ -15,6 +15,7 @@ use super::{AppState, json_body, principal, query, with_state};
 use crate::auth::{Caller, Principal};
 use crate::clock::parse_rfc3339;
 use crate::error::{DomainError, Entity};
+use crate::metrics::HeartbeatVia;
 use crate::runners::model::{Capabilities, Load, RunnerStatus};
 use crate::runners::{Heartbeat, Registration, RunnerFilter, RunnerService};
 use crate::sessions::model::Provider;
@@ -229,8 +230,10 @@ fn heartbeat_ack(
     p: &Principal,
     id: uuid::Uuid,
     hb: Heartbeat,
+    via: HeartbeatVia,
 ) -> Result<HeartbeatAck, DomainError> {
     let (reply, desired) = st.pipeline.heartbeat(p, id, hb)?;
+    st.metrics.heartbeat(via);
     Ok(HeartbeatAck::new(&reply, desired.map(Into::into)))
 }
 
@@ -241,13 +244,13 @@ pub fn beat(
     id: uuid::Uuid,
     hb: Heartbeat,
 ) -> Result<Value, DomainError> {
-    heartbeat_ack(st, p, id, hb).map(|ack| wire::to_value(&ack))
+    heartbeat_ack(st, p, id, hb, HeartbeatVia::Channel).map(|ack| wire::to_value(&ack))
 }
 
 async fn heartbeat(id: String, p: Caller, st: AppState, body: Body) -> ApiResult {
     let id = runner_id(&id)?;
     let hb = parse_heartbeat(&body)?;
-    Success::json(&heartbeat_ack(&st, &p, id, hb)?)
+    Success::json(&heartbeat_ack(&st, &p, id, hb, HeartbeatVia::Rest)?)
 }
 
 async fn list(p: Caller, st: AppState, q: HashMap<String, String>) -> ApiResult {

@@ -33,6 +33,7 @@ use crate::clock::format_ms;
 use crate::error::{DomainError, Entity};
 use crate::events::model::{BusEvent, DomainEvent};
 use crate::events::render;
+use crate::metrics;
 use crate::realtime::{Route, Slot, Subscriptions};
 
 /// A client whose socket takes no frame for this long is too slow.
@@ -146,6 +147,7 @@ struct Connection {
 
 impl Connection {
     async fn run(st: AppState, socket: Socket, caller: Option<Caller>) {
+        let _counted = st.metrics.websocket_client(metrics::Socket::Dashboard);
         let (sink, mut stream) = socket.split();
         // Subscribe to the bus once authenticated (nothing is sent before: an anonymous socket
         // is not woken by every event), and before anything is read from the store for it:
@@ -451,6 +453,7 @@ impl Connection {
                 if let Err(close) = self.deliver(Message::text(frame)).await {
                     return Ok(Err(close));
                 }
+                self.st.metrics.terminal_bytes_sent(c.data.len());
             }
             sent = last;
             self.subs.sessions.insert(id, sent);
@@ -649,7 +652,9 @@ impl Connection {
                 let text = event
                     .rendered
                     .get_or_init(|| render::terminal_frame(id, chunk).into());
-                self.deliver(Message::text(text.to_string())).await
+                self.deliver(Message::text(text.to_string())).await?;
+                self.st.metrics.terminal_bytes_sent(chunk.data.len());
+                Ok(())
             }
             Route::Session => self.send(render::session_frame(event)).await,
             Route::Fleet => self.send(render::fleet_frame(event)).await,

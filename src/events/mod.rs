@@ -33,6 +33,9 @@ const SCHEDULING_EVENTS: &[&str] = &[
 /// Where a connected runner's channel receives its new commands.
 pub type CommandSender = mpsc::UnboundedSender<Arc<OutboxEntry>>;
 
+/// Sees every event as it is published, before any subscriber (`/metrics` counts them).
+pub type Observer = Arc<dyn Fn(&BusEvent) + Send + Sync>;
+
 #[derive(Clone)]
 pub struct EventBus {
     tx: broadcast::Sender<Arc<BusEvent>>,
@@ -40,6 +43,7 @@ pub struct EventBus {
     scheduler: Arc<Notify>,
     /// A wake-up is already pending: a burst of events wakes the scheduler once.
     scheduler_pending: Arc<AtomicBool>,
+    observer: Arc<std::sync::OnceLock<Observer>>,
 }
 
 impl EventBus {
@@ -50,7 +54,13 @@ impl EventBus {
             channels: Arc::default(),
             scheduler: Arc::new(Notify::new()),
             scheduler_pending: Arc::new(AtomicBool::new(false)),
+            observer: Arc::default(),
         }
+    }
+
+    /// Sets the observer of every published event (once; later calls are ignored).
+    pub fn observe(&self, observer: Observer) {
+        let _ = self.observer.set(observer);
     }
 
     pub fn publish(&self, event: BusEvent) {
@@ -58,6 +68,9 @@ impl EventBus {
         // schedule (a channel that connects kicks the scheduler itself).
         if SCHEDULING_EVENTS.contains(&event.name()) && self.any_runner_attached() {
             self.kick_scheduler();
+        }
+        if let Some(observe) = self.observer.get() {
+            observe(&event);
         }
         // No subscriber is not an error: events are also kept per session in the store.
         let _ = self.tx.send(Arc::new(event));

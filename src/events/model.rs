@@ -170,6 +170,8 @@ pub enum SessionEventData {
         resolved_by: String,
         /// As the decider gave it (none from expiry or the session ending).
         scope: Option<ApprovalScope>,
+        /// When the approval was requested (its time to a decision, for `/metrics`).
+        requested_at: Millis,
     },
     Assigned {
         runner_id: Uuid,

@@ -89,6 +89,7 @@ fn session_data(e: &SessionEventData) -> Value {
             reason,
             resolved_by,
             scope,
+            ..
         } => {
             let mut data = json!({"approvalId": approval_id, "decision": decision.as_str(), "reason": reason, "resolvedBy": resolved_by});
             if let (Some(scope), Value::Object(m)) = (scope, &mut data) {

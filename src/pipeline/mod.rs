@@ -154,6 +154,24 @@ impl PipelineService {
             .clone()
     }
 
+    /// Per channel, the percentage of the fleet its active rollout's current stage targets (0
+    /// without an active rollout; `/metrics`).
+    pub fn rollout_percentages(&self) -> Vec<(Channel, u8)> {
+        let state = self.snapshot();
+        [Channel::Stable, Channel::Beta, Channel::Pinned]
+            .into_iter()
+            .map(|channel| {
+                let pct = state
+                    .channels
+                    .get(&channel)
+                    .and_then(|c| c.active_rollout)
+                    .and_then(|id| state.rollouts.get(&id))
+                    .map_or(0, |r| r.current_percentage);
+                (channel, pct)
+            })
+            .collect()
+    }
+
     /// Applies one change: rules on a copy, durable commit of what it touched, then the swap.
     async fn change<R: Send + 'static>(
         &self,

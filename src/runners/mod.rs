@@ -795,6 +795,23 @@ impl RunnerService {
         Ok(record)
     }
 
+    /// How many registered runners are online, draining and offline now (`/metrics`).
+    pub fn status_counts(&self) -> Vec<(RunnerStatus, u64)> {
+        let now = self.now();
+        let mut counts = [
+            (RunnerStatus::Online, 0),
+            (RunnerStatus::Draining, 0),
+            (RunnerStatus::Offline, 0),
+        ];
+        for e in self.fleet().values() {
+            let status = self.timing.status(e, now);
+            if let Some((_, n)) = counts.iter_mut().find(|(s, _)| *s == status) {
+                *n += 1;
+            }
+        }
+        counts.to_vec()
+    }
+
     /// Every registered runner's org and reported build (the update pipeline's view of the
     /// fleet).
     pub fn build_report(&self) -> Vec<RunnerBuild> {

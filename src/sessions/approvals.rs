@@ -213,6 +213,7 @@ pub(super) fn close_approval(
             reason,
             resolved_by: by,
             scope,
+            requested_at: approval.requested_at,
         },
         format!(
             "Approval {}: {}{reach}",

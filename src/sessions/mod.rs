@@ -210,6 +210,13 @@ impl SessionService {
             .await
     }
 
+    /// The sessions not yet ended, counted (`/metrics`).
+    pub async fn census(&self) -> DomainResult<crate::store::SessionCensus> {
+        self.store
+            .read(|r| r.session_census().map_err(DomainError::from))
+            .await
+    }
+
     /// A session as its runner is handed it (no access check: the caller already decided).
     pub async fn view_for_runner(&self, id: Uuid) -> DomainResult<Option<SessionView>> {
         self.store

@@ -32,6 +32,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 
+use prometheus::core::Collector;
+use prometheus::{Histogram, HistogramOpts, IntCounter};
 use redb::{
     Database, Key, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, Table,
     TableDefinition, TableHandle, Value, WriteTransaction,
@@ -141,12 +143,18 @@ pub trait Effects {
 type Finish = Box<dyn FnOnce(StoreResult<()>) + Send>;
 type Job = Box<dyn FnOnce(&mut WriteCtx<'_>) -> Finish + Send>;
 
-/// Counters of the writer, for benchmarks and metrics.
-#[derive(Default)]
+/// Counters of the writer, for benchmarks and `/metrics` (the `prometheus` types are the series
+/// it reports; the plain atomics are the benchmarks' finer split of the writer's time).
 pub struct WriterStats {
-    pub commits: AtomicU64,
-    pub jobs: AtomicU64,
-    /// Time spent running jobs, and in `commit()` (page writes + fsync), in microseconds.
+    /// Batches ended (committed, or failed: `commit_failures` counts those).
+    pub commits: IntCounter,
+    pub jobs: IntCounter,
+    pub commit_failures: IntCounter,
+    /// Seconds in `commit()` (page writes + fsync), per batch.
+    pub commit_seconds: Histogram,
+    /// Jobs per batch (group commit: several writes share one fsync).
+    pub batch_jobs: Histogram,
+    /// Time spent running jobs, and in `commit()`, in microseconds.
     pub job_micros: AtomicU64,
     pub commit_micros: AtomicU64,
     /// Time batches spent waiting for more jobs (`LINGER`), in microseconds.
@@ -156,12 +164,73 @@ pub struct WriterStats {
     pub slowest_jobs_micros: AtomicU64,
     pub slowest_commit_micros: AtomicU64,
     /// Times the writer thread panicked outside a job and was restarted.
-    pub writer_restarts: AtomicU64,
+    pub writer_restarts: IntCounter,
+}
+
+impl Default for WriterStats {
+    fn default() -> Self {
+        // The definitions are constants: they cannot fail.
+        let counter = |name: &str, help: &str| {
+            IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("{name}: {e}"))
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .unwrap_or_else(|e| unreachable!("{name}: {e}"))
+        };
+        Self {
+            commits: counter(
+                "village_store_commits_total",
+                "Write batches ended (each one durable commit, or a failure).",
+            ),
+            jobs: counter(
+                "village_store_write_jobs_total",
+                "Write jobs applied (several share a commit).",
+            ),
+            commit_failures: counter(
+                "village_store_commit_failures_total",
+                "Write batches that failed (storage errors, panicking or abandoned jobs).",
+            ),
+            commit_seconds: histogram(
+                "village_store_commit_duration_seconds",
+                "Time in one batch's durable commit (page writes and fsync).",
+                vec![
+                    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
+                ],
+            ),
+            batch_jobs: histogram(
+                "village_store_commit_batch_jobs",
+                "Write jobs per committed batch.",
+                vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+            ),
+            job_micros: AtomicU64::new(0),
+            commit_micros: AtomicU64::new(0),
+            linger_micros: AtomicU64::new(0),
+            slowest_jobs_micros: AtomicU64::new(0),
+            slowest_commit_micros: AtomicU64::new(0),
+            writer_restarts: counter(
+                "village_store_writer_restarts_total",
+                "Store writer panics outside a job, each restarted.",
+            ),
+        }
+    }
 }
 
 impl WriterStats {
+    /// The series `/metrics` registers.
+    pub fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        vec![
+            Box::new(self.commits.clone()),
+            Box::new(self.jobs.clone()),
+            Box::new(self.commit_failures.clone()),
+            Box::new(self.commit_seconds.clone()),
+            Box::new(self.batch_jobs.clone()),
+            Box::new(self.writer_restarts.clone()),
+        ]
+    }
+
     /// Adds one batch's time running its jobs and in `commit()`.
     fn batch_timed(&self, jobs: std::time::Duration, commit: std::time::Duration) {
+        self.commit_seconds.observe(commit.as_secs_f64());
         let (jobs, commit) = (jobs.as_micros() as u64, commit.as_micros() as u64);
         self.job_micros.fetch_add(jobs, Ordering::Relaxed);
         self.commit_micros.fetch_add(commit, Ordering::Relaxed);
@@ -264,7 +333,7 @@ impl Writer {
             match catch_unwind(AssertUnwindSafe(|| self.serve())) {
                 Ok(()) => return,
                 Err(_) => {
-                    self.stats.writer_restarts.fetch_add(1, Ordering::Relaxed);
+                    self.stats.writer_restarts.inc();
                     tracing::error!("the store writer panicked outside a job; restarting it");
                 }
             }
@@ -371,8 +440,13 @@ impl Writer {
                 Err(e) if e.is_unavailable() => self.slot.failing.store(true, Ordering::Relaxed),
                 Err(_) => {}
             }
-            self.stats.commits.fetch_add(1, Ordering::Relaxed);
-            self.stats.jobs.fetch_add(count, Ordering::Relaxed);
+            self.stats.commits.inc();
+            self.stats.jobs.inc_by(count);
+            if result.is_ok() {
+                self.stats.batch_jobs.observe(count as f64);
+            } else {
+                self.stats.commit_failures.inc();
+            }
             let outcome = Outcome {
                 finishes,
                 result,
@@ -907,7 +981,7 @@ mod tests {
             "the write in hand when the writer died: {lost:?}"
         );
         put(&store, "after", 3).await.unwrap();
-        assert_eq!(store.stats.writer_restarts.load(Ordering::Relaxed), 1);
+        assert_eq!(store.stats.writer_restarts.get(), 1);
         assert_eq!(get(&store, "before").await, Some(1));
         assert_eq!(get(&store, "lost").await, None);
         assert_eq!(get(&store, "after").await, Some(3));

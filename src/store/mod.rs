@@ -31,7 +31,7 @@ pub use engine::{
 };
 pub use pipeline::{PipelineReads, PipelineWrites};
 pub use runners::{RunnerReads, RunnerWrites};
-pub use sessions::{SessionReads, SessionWrites};
+pub use sessions::{SessionCensus, SessionReads, SessionWrites};
 pub use timers::{TimerReads, TimerWrites};
 pub use tokens::{TokenReads, TokenWrites};
 pub use webhooks::{WebhookReads, WebhookWrites};

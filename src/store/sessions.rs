@@ -1,14 +1,14 @@
 //! Storage of sessions: records and their indexes (org listing, active counts, queue, runner
 //! load), events, output and approvals.
 
-use redb::ReadableTable;
+use redb::{ReadableTable, ReadableTableMetadata};
 use uuid::Uuid;
 
 use super::codec::{decode, encode};
 use super::engine::{StoreResult, Tables, WriteCtx, last_seq, output_at_or_before, seq_range};
 use super::tables::*;
 use crate::clock::Millis;
-use crate::sessions::model::{Approval, OutputChunk, Session, SessionEvent};
+use crate::sessions::model::{Approval, OutputChunk, Session, SessionEvent, SessionState};
 
 /// What the domain reads of sessions, in a read snapshot or inside a write job.
 pub trait SessionReads {
@@ -57,6 +57,22 @@ pub trait SessionReads {
 
     /// Every session (for whole-fleet summaries).
     fn all_sessions(&self) -> StoreResult<Vec<Session>>;
+
+    /// The sessions not yet ended, counted (`/metrics`): reads the queue and the sessions held
+    /// by runners, never the finished ones.
+    fn session_census(&self) -> StoreResult<SessionCensus>;
+}
+
+/// Sessions not in a terminal state, as `SessionReads::session_census` counts them.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct SessionCensus {
+    /// Count per state, for the states that have any.
+    pub by_state: Vec<(SessionState, u64)>,
+    /// QUEUED without a runner.
+    pub waiting: u64,
+    /// Creation time of the oldest of those.
+    pub oldest_waiting_since: Option<Millis>,
+    pub pending_approvals: u64,
 }
 
 /// What a write job may change of sessions. Every write keeps the indexes in step.
@@ -224,6 +240,47 @@ impl<T: Tables> SessionReads for T {
             out.push(Uuid::from_u128(entry?.0.value().1));
         }
         Ok(out)
+    }
+
+    fn session_census(&self) -> StoreResult<SessionCensus> {
+        let queue = self.table(SESSION_QUEUE)?;
+        let waiting = queue.len()?;
+        let oldest_waiting_since = queue.first()?.map(|(k, _)| k.value().0 as Millis);
+        let mut counts: Vec<(SessionState, u64)> = Vec::new();
+        let mut count =
+            |state: SessionState, n: u64| match counts.iter_mut().find(|(s, _)| *s == state) {
+                Some((_, c)) => *c += n,
+                None => counts.push((state, n)),
+            };
+        if waiting > 0 {
+            count(SessionState::Queued, waiting);
+        }
+        let held = self.table(SESSIONS_BY_RUNNER)?;
+        let sessions = self.table(SESSIONS)?;
+        let approvals = self.table(APPROVALS)?;
+        let mut pending_approvals = 0;
+        for entry in held.iter()? {
+            let (_, session) = entry?.0.value();
+            let Some(v) = sessions.get(session)? else {
+                continue;
+            };
+            let s: Session = decode(v.value())?;
+            if s.state.is_terminal() {
+                continue;
+            }
+            count(s.state, 1);
+            for a in approvals.range((session, 0u128)..=(session, u128::MAX))? {
+                let a: Approval = decode(a?.1.value())?;
+                pending_approvals += u64::from(a.resolution.is_none());
+            }
+        }
+        counts.sort_by_key(|(s, _)| s.as_str());
+        Ok(SessionCensus {
+            by_state: counts,
+            waiting,
+            oldest_waiting_since,
+            pending_approvals,
+        })
     }
 
     fn all_sessions(&self) -> StoreResult<Vec<Session>> {

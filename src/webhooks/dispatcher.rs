@@ -12,6 +12,7 @@ use super::{
 };
 use crate::error::DomainError;
 use crate::events::EventBus;
+use crate::metrics::DeliveryOutcome;
 
 /// Attempts in flight at once.
 const CONCURRENCY: usize = 16;
@@ -208,6 +209,11 @@ async fn attempt(service: &WebhookService, mut d: Delivery) {
             d.next_attempt_at = now + retry_delay_ms(d.attempts);
         }
     }
+    service.metrics().webhook_delivery(match d.status {
+        DeliveryStatus::Delivered => DeliveryOutcome::Delivered,
+        DeliveryStatus::Failed => DeliveryOutcome::Failed,
+        DeliveryStatus::Pending => DeliveryOutcome::Retrying,
+    });
     let id = d.id;
     let webhook = d.webhook_id;
     let result = service

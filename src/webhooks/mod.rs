@@ -19,6 +19,7 @@ use crate::detach::detached;
 use crate::error::{DomainError, DomainResult, Entity, Issue};
 use crate::events::BusEvent;
 use crate::events::render;
+use crate::metrics::Metrics;
 use crate::store::Store;
 pub use model::{Delivery, DeliveryStatus, FIRST_RETRY_MS, LOG_SIZE, MAX_ATTEMPTS, Webhook};
 
@@ -110,6 +111,8 @@ pub struct WebhookService {
     max_per_org: usize,
     /// Creations one at a time, so the cap holds under concurrent calls.
     creating: Arc<tokio::sync::Mutex<()>>,
+    /// Delivery attempts by outcome (`/metrics`).
+    metrics: Arc<Metrics>,
 }
 
 impl WebhookService {
@@ -118,6 +121,7 @@ impl WebhookService {
         clock: SharedClock,
         ids: SharedIds,
         config: &crate::config::WebhooksConfig,
+        metrics: Arc<Metrics>,
     ) -> DomainResult<Self> {
         let hooks = store.read(|r| r.all_webhooks()).await?;
         Ok(Self {
@@ -130,6 +134,7 @@ impl WebhookService {
             allow_private: config.allow_private_targets,
             max_per_org: config.max_per_org,
             creating: Arc::default(),
+            metrics,
         })
     }
 
@@ -363,6 +368,10 @@ impl WebhookService {
 
     pub fn clock(&self) -> &SharedClock {
         &self.clock
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn store(&self) -> &Store {
