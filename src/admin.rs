@@ -420,6 +420,29 @@ pub fn restore(data_dir: &Path, from: &Path, force: bool) -> Outcome {
     Ok(())
 }
 
+/// `village compact`: gives a stopped server's free database pages back to the filesystem
+/// (after a purge of many sessions, say).
+pub fn compact(data_dir: &Path) -> Outcome {
+    let path = database_path(data_dir);
+    if !path.is_file() {
+        return Err(Failure::usage(format!(
+            "{}: no database (is --data-dir the server's data dir?)",
+            path.display()
+        )));
+    }
+    let started = std::time::Instant::now();
+    let done = backup::compact(&path).map_err(|e| Failure::new(format!("compact: {e}")))?;
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    eprintln!(
+        "compacted {}: {:.1} MiB -> {:.1} MiB in {:.1} s",
+        path.display(),
+        mib(done.bytes_before),
+        mib(done.bytes_after),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 // ---- configuration and status -----------------------------------------------------------------
 
 /// `village check-config FILE`: loads the file as `village serve` would (with this

@@ -60,6 +60,18 @@ impl ServerUrl {
 pub struct Reply {
     pub status: u16,
     pub body: Value,
+    /// `Retry-After` in whole seconds, when the answer has one (429, 503).
+    pub retry_after_secs: Option<u64>,
+}
+
+fn retry_after(headers: &hyper::HeaderMap) -> Option<u64> {
+    headers
+        .get(hyper::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// How long a REST call may take.
@@ -89,6 +101,7 @@ pub async fn call(
     let attempt = async {
         let resp = send(server, method, path, token, body).await?;
         let status = resp.status().as_u16();
+        let retry_after_secs = retry_after(resp.headers());
         let bytes = Limited::new(resp.into_body(), 16 * 1024 * 1024)
             .collect()
             .await
@@ -97,6 +110,7 @@ pub async fn call(
         Ok(Reply {
             status,
             body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            retry_after_secs,
         })
     };
     tokio::time::timeout(CALL_TIMEOUT, attempt)
@@ -122,6 +136,7 @@ pub async fn download(
     let resp = send(server, hyper::Method::GET, path, token, None).await?;
     let status = resp.status().as_u16();
     if status != 200 {
+        let retry_after_secs = retry_after(resp.headers());
         let bytes = Limited::new(resp.into_body(), 1024 * 1024)
             .collect()
             .await
@@ -130,6 +145,7 @@ pub async fn download(
         return Ok(Err(Reply {
             status,
             body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            retry_after_secs,
         }));
     }
     let headers = resp.headers().clone();

@@ -45,6 +45,8 @@ enum Command {
     Backup(BackupArgs),
     /// Put a backup in place as a stopped server's database.
     Restore(RestoreArgs),
+    /// Give a stopped server's free database pages back to the filesystem.
+    Compact(CompactArgs),
     /// Check a configuration file as `village serve` would load it; names the bad key.
     CheckConfig(CheckConfigArgs),
     /// A running server's health, readiness, fleet and sessions.
@@ -178,6 +180,13 @@ struct RestoreArgs {
     /// Replace an existing database (kept beside it as village.redb.replaced-<unix time>).
     #[arg(long)]
     force: bool,
+}
+
+#[derive(Args)]
+struct CompactArgs {
+    /// The stopped server's data dir (server.dataDir).
+    #[arg(long, env = "VILLAGE_SERVER_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
 }
 
 #[derive(Args)]
@@ -349,6 +358,7 @@ fn main() -> ExitCode {
         Some(Command::Restore(a)) => {
             return admin_main(admin::restore(&a.data_dir, &a.from, a.force));
         }
+        Some(Command::Compact(a)) => return admin_main(admin::compact(&a.data_dir)),
         Some(Command::CheckConfig(a)) => return admin_main(admin::check_config(&a.file)),
         Some(Command::Status(a)) => return admin_main(status_main(a)),
         Some(Command::Guard(g)) => {

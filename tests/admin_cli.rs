@@ -484,3 +484,113 @@ async fn status_reports_a_running_server_and_fails_for_a_missing_one() {
     assert_eq!(gone.status.code(), Some(1));
     assert!(err(&gone).contains("unreachable"), "{}", err(&gone));
 }
+
+/// Opens the data dir's database once no process holds it any more (a stopped server's, or a
+/// store this test dropped, whose writer lets go of the file on its own).
+async fn store_when_free(dir: &Path) -> village::store::Store {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match village::store::Store::open(
+            &dir.join("village.redb"),
+            village::events::EventBus::new(16),
+        ) {
+            Ok(store) => return store,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "still held: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn compact_gives_free_pages_back_and_refuses_a_live_database() {
+    use village::sessions::model::{OutputChunk, OutputStream, SessionState};
+    use village::store::StoreError;
+    let (_keep, dir) = tmp_dir();
+    let d = path_str(&dir).to_owned();
+    let mut server = BinaryServer::spawn(&dir, &[]);
+    let kept = server.admin().create_session("acme").await["sessionId"]
+        .as_str()
+        .unwrap()
+        .parse::<uuid::Uuid>()
+        .unwrap();
+    let r = village(&["compact", "--data-dir", &d]).await;
+    assert_eq!(r.status.code(), Some(1), "{}", err(&r));
+    assert!(err(&r).contains("stop it before compacting"), "{}", err(&r));
+    server.terminate();
+
+    // 400 finished sessions with 25 chunks of 4 KiB each (about 40 MiB), then purged.
+    let store = store_when_free(&dir).await;
+    let template = store
+        .read(move |r| r.get_session(kept))
+        .await
+        .map_err(|e: StoreError| e)
+        .unwrap()
+        .unwrap();
+    let mut doomed = Vec::new();
+    for batch in 0..8u128 {
+        let mut sessions = Vec::new();
+        for n in 0..50u128 {
+            let mut s = template.clone();
+            s.id = uuid::Uuid::from_u128(0x5e55_0000 + batch * 1000 + n);
+            s.state = SessionState::Completed;
+            sessions.push(s);
+        }
+        doomed.extend(sessions.clone());
+        store
+            .write(move |w| {
+                for s in &sessions {
+                    w.put_session(s)?;
+                    for seq in 1..=25u64 {
+                        let chunk = OutputChunk {
+                            seq,
+                            stream: OutputStream::Stdout,
+                            data: "x".repeat(4096),
+                            at: 0,
+                            offset: (seq - 1) * 4096,
+                        };
+                        w.put_output(s.id, &chunk)?;
+                    }
+                }
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+    }
+    store
+        .write(move |w| {
+            for s in &doomed {
+                w.delete_session(s)?;
+            }
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .unwrap();
+    drop(store);
+    // Its writer lets go of the file on its own, a moment later.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while let Err(e) = redb::Database::open(dir.join("village.redb")) {
+        assert!(std::time::Instant::now() < deadline, "still held: {e}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let size = || std::fs::metadata(dir.join("village.redb")).unwrap().len();
+    let before = size();
+    assert!(before > 30 << 20, "{before}");
+    let r = village(&["compact", "--data-dir", &d]).await;
+    assert!(r.status.success(), "{}", err(&r));
+    let after = size();
+    assert!(after < before / 4, "{before} -> {after}");
+
+    // The server starts on the compacted file with what it held.
+    let server = BinaryServer::spawn(&dir, &[]);
+    assert_eq!(
+        server.admin().session(&kept.to_string()).await["sessionId"],
+        kept.to_string().as_str()
+    );
+    // A missing database is named, not created.
+    let (_none, empty) = tmp_dir();
+    let r = village(&["compact", "--data-dir", path_str(&empty)]).await;
+    assert_eq!(r.status.code(), Some(2), "{}", err(&r));
+    assert!(!empty.join("village.redb").exists());
+}

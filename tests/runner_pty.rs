@@ -484,3 +484,52 @@ async fn a_revoked_runner_token_makes_the_runner_register_again_as_itself() {
     wait_state(&admin, &id, "COMPLETED", 30).await;
     assert!(output(&admin, &id).await.contains("after-revoke"));
 }
+
+/// A fleet enrolling at once meets the join token's rate limit: a runner whose first
+/// registration is answered 429 waits the `Retry-After` and registers; a join token the server
+/// refuses ends the runner at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_refused_429_at_registration_retries_and_a_bad_join_token_ends_it() {
+    let server = TestServer::start("[limits]\nperTokenPerMinute = 60\n").await;
+    let admin = server.admin();
+    let join = admin.create_token("runner_join", None).await;
+    let url = format!("http://{}", server.addr);
+    // Spend the join token's burst (every call counts, refused ones too).
+    let joiner = admin.with_token(&join);
+    eventually(10, || async {
+        (joiner.get("/api/v1/runners").await.status == 429).then_some(())
+    })
+    .await;
+    let (_dir, path) = tmp_dir();
+    let runner = RunnerProcess::spawn(
+        &url,
+        &join,
+        &path.join("runner"),
+        &["--agent", SCRIPT_AGENT],
+    );
+    runner.wait_online(&admin).await;
+    assert!(
+        runner.log().contains("cannot register yet"),
+        "the first registration was not refused:\n{}",
+        runner.log()
+    );
+
+    let (_bad_dir, bad_path) = tmp_dir();
+    let mut refused = RunnerProcess::spawn(
+        &url,
+        "not-a-token",
+        &bad_path.join("runner"),
+        &["--agent", SCRIPT_AGENT],
+    );
+    let code = eventually(10, || {
+        let status = refused.child.try_wait().unwrap();
+        async move { status.map(|s| s.code()) }
+    })
+    .await;
+    assert_ne!(code, Some(0), "{}", refused.log());
+    assert!(
+        !refused.log().contains("cannot register yet"),
+        "{}",
+        refused.log()
+    );
+}

@@ -75,6 +75,8 @@ conformance! {
     checks:
         sessions_round_trip_and_keep_their_indexes,
         delete_session_removes_everything_of_it,
+        purge_steps_are_bounded_and_end_with_the_session,
+        the_census_counts_the_sessions_not_yet_ended,
         events_and_output_are_numbered_per_session,
         approvals_list_in_request_order,
         tokens_round_trip,
@@ -633,6 +635,80 @@ mod checks {
         assert_eq!(h.read(|r| r.queued_sessions(10)).await, vec![id(1), id(3)]);
         assert_eq!(h.read(|r| r.org_active_sessions("beta")).await, 0);
         assert_eq!(h.read(|r| r.org_active_sessions("acme")).await, 3);
+    }
+
+    pub async fn purge_steps_are_bounded_and_end_with_the_session(open: OpenFn) {
+        use SessionState::*;
+        let h = Harness::new(open);
+        let ended = session(1, "acme", 1_000, Completed, None);
+        let other = session(2, "acme", 2_000, Completed, None);
+        let (e, o) = (ended.clone(), other.clone());
+        h.write(move |w| {
+            w.put_session(&e)?;
+            w.put_session(&o)?;
+            for seq in 1..=250 {
+                w.put_output(e.id, &chunk(seq, (seq - 1) * 2, "ab"))?;
+            }
+            w.put_output(o.id, &chunk(1, 0, "kept"))?;
+            for i in 0..5 {
+                w.append_event(e.id, "state_changed", format!("e{i}"), 100 + i, None)?;
+            }
+            Ok(())
+        })
+        .await;
+        let sid = ended.id;
+        // 255 rows in steps of at most 100: output first, oldest first, then the events.
+        let mut steps = Vec::new();
+        loop {
+            let e = ended.clone();
+            let step = h.write(move |w| w.purge_session_step(&e, 100)).await;
+            steps.push(step);
+            if step.1 {
+                break;
+            }
+            let left = h.read(move |r| r.output_after(sid, 0, 1000)).await;
+            assert!(left.iter().all(|c| c.seq > 100 * steps.len() as u64));
+            assert!(h.read(move |r| r.get_session(sid)).await.is_some());
+        }
+        assert_eq!(steps, vec![(100, false), (100, false), (55, true)]);
+        assert_eq!(h.read(move |r| r.get_session(sid)).await, None);
+        assert_eq!(h.read(move |r| r.last_event_seq(sid)).await, 0);
+        assert_eq!(ids(&h.read(|r| r.org_sessions("acme")).await), vec![id(2)]);
+        let oid = other.id;
+        assert_eq!(h.read(move |r| r.output_after(oid, 0, 10)).await.len(), 1);
+    }
+
+    pub async fn the_census_counts_the_sessions_not_yet_ended(open: OpenFn) {
+        use SessionState::*;
+        let h = Harness::new(open);
+        let r1 = id(0x100);
+        let waiting = [
+            session(1, "acme", 3_000, Queued, None),
+            session(2, "beta", 1_500, Queued, None),
+        ];
+        let held = [
+            session(3, "acme", 1_000, Queued, Some(r1)),
+            session(4, "acme", 1_100, Running, Some(r1)),
+            session(5, "acme", 1_200, WaitingForApproval, Some(r1)),
+        ];
+        let done = session(6, "acme", 900, Failed, None);
+        let (w1, h1, d) = (waiting.clone(), held.clone(), done.clone());
+        h.write(move |w| {
+            for s in w1.iter().chain(&h1).chain([&d]) {
+                w.put_session(s)?;
+            }
+            w.put_approval(&approval(0x300, h1[2].id, 1))?;
+            Ok(())
+        })
+        .await;
+        let census = h.read(|r| r.session_census()).await;
+        assert_eq!(
+            census.by_state,
+            vec![(Queued, 3), (Running, 1), (WaitingForApproval, 1)]
+        );
+        assert_eq!(census.waiting, 2);
+        assert_eq!(census.oldest_waiting_since, Some(1_500));
+        assert_eq!(census.pending_approvals, 1);
     }
 
     pub async fn delete_session_removes_everything_of_it(open: OpenFn) {

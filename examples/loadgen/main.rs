@@ -6,6 +6,8 @@
 //! cargo run --release --example loadgen -- stream
 //! cargo build --release --bin village --example loadgen && target/release/examples/loadgen runner
 //! target/release/examples/loadgen day [--minutes 3] [--sample-secs 15]
+//! target/release/examples/loadgen startup [--sessions 100000] [--chunks 10]
+//! target/release/examples/loadgen week [--runners 200] [--output-kib 32] [--days 7]
 //! ```
 //!
 //! `sessions` measures durable session creation. First a plain redb loop (one insert per
@@ -47,6 +49,10 @@
 //! the p99 with them is printed too. Back-to-back runs disturb each other on a small VM (the
 //! previous run's deleted files): leave half a minute between them.
 //!
+//! `startup` and `week` (in `retention.rs`) time the server's start on a database of 100 000
+//! sessions and a million output chunks, and run a week of a 200-runner fleet through the
+//! store and its purge (file size, purge jobs, `village compact`).
+//!
 //! `day` (in `day.rs`) runs a day on a big fleet, compressed, against the `village` binary: 2 000
 //! runners, 500 printing sessions, 200 dashboards, approvals and a rollout; `--minutes 30` is the
 //! soak that checks memory and descriptors stay flat.
@@ -56,6 +62,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod day;
+mod retention;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -174,8 +181,16 @@ async fn run() -> ExitCode {
             let args: Vec<String> = std::env::args().skip(2).collect();
             day::day_scenario(&args).await
         }
+        Some("startup") => {
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            retention::startup_scenario(&args).await
+        }
+        Some("week") => {
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            retention::week_scenario(&args).await
+        }
         _ => {
-            eprintln!("usage: loadgen sessions|fleet|stream|runner|stale|day");
+            eprintln!("usage: loadgen sessions|fleet|stream|runner|stale|day|startup|week");
             ExitCode::from(2)
         }
     }

@@ -58,11 +58,33 @@ pub struct Registration<'a> {
 
 /// Registers with the join token and returns the new identity (and the server's heartbeat
 /// interval, if it named one).
+/// Why a registration did not happen.
+#[derive(Debug)]
+pub enum RegisterError {
+    /// The server could not be reached, was overloaded (429) or failing (5xx): try again,
+    /// after `retry_after` when the server said how long.
+    Transient {
+        why: String,
+        retry_after: Option<std::time::Duration>,
+    },
+    /// The server said no (a bad join token, a hostname of another org, a bad request):
+    /// trying again changes nothing.
+    Refused(String),
+}
+
+impl std::fmt::Display for RegisterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Transient { why, .. } | Self::Refused(why) => f.write_str(why),
+        }
+    }
+}
+
 pub async fn register(
     server: &ServerUrl,
     join_token: &str,
     reg: &Registration<'_>,
-) -> Result<(Identity, Option<u64>), String> {
+) -> Result<(Identity, Option<u64>), RegisterError> {
     let body = json!({
         "hostname": reg.hostname,
         "capabilities": {
@@ -76,9 +98,26 @@ pub async fn register(
             "runnerVersion": env!("CARGO_PKG_VERSION"),
         },
     });
-    let reply = post_json(server, "/api/v1/runners/register", join_token, &body).await?;
-    if reply.status != 200 && reply.status != 201 {
-        return Err(format!("register: {}", error_message(&reply)));
+    let reply = post_json(server, "/api/v1/runners/register", join_token, &body)
+        .await
+        .map_err(|why| RegisterError::Transient {
+            why: format!("register: {why}"),
+            retry_after: None,
+        })?;
+    match reply.status {
+        200 | 201 => {}
+        429 | 500.. => {
+            return Err(RegisterError::Transient {
+                why: format!("register: {}", error_message(&reply)),
+                retry_after: reply.retry_after_secs.map(std::time::Duration::from_secs),
+            });
+        }
+        _ => {
+            return Err(RegisterError::Refused(format!(
+                "register: {}",
+                error_message(&reply)
+            )));
+        }
     }
     let data = &reply.body["data"];
     let id = data["runner"]["runnerId"].as_str();
@@ -92,6 +131,8 @@ pub async fn register(
             },
             data["heartbeatIntervalMs"].as_u64(),
         )),
-        _ => Err("register: the answer has no runner id or token".into()),
+        _ => Err(RegisterError::Refused(
+            "register: the answer has no runner id or token".into(),
+        )),
     }
 }

@@ -28,7 +28,7 @@ use crate::client::ServerUrl;
 use agents::{Decision, Protocol};
 use channel::Up;
 use host::{HostLoad, Versions};
-use identity::{Identity, Registration};
+use identity::{Identity, RegisterError, Registration};
 use session::{SessionCommand, SessionSpec};
 
 /// One `--agent PROVIDER=PROTOCOL:COMMAND`.
@@ -171,16 +171,16 @@ impl Runner {
     }
 
     /// The server refused the token: register again with the join token (same hostname, same id).
-    pub async fn register_again(&self) -> Result<(), String> {
-        let join = self
-            .cfg
-            .join_token
-            .as_deref()
-            .ok_or("the runner token was refused and no --join-token was given")?;
+    pub async fn register_again(&self) -> Result<(), RegisterError> {
+        let join = self.cfg.join_token.as_deref().ok_or_else(|| {
+            RegisterError::Refused(
+                "the runner token was refused and no --join-token was given".into(),
+            )
+        })?;
         let (identity, interval) =
             identity::register(&self.server, join, &self.registration()).await?;
         identity::save(&self.cfg.data_dir, &identity)
-            .map_err(|e| format!("cannot save the identity: {e}"))?;
+            .map_err(|e| RegisterError::Refused(format!("cannot save the identity: {e}")))?;
         if let Some(ms) = interval {
             self.interval_ms.store(ms.max(100), Ordering::Relaxed);
         }
@@ -399,6 +399,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
     let server = ServerUrl::parse(&cfg.server)?;
+    let mut shutdown = std::pin::pin!(shutdown);
     identity::prepare_data_dir(&cfg.data_dir)
         .map_err(|e| format!("cannot create {}: {e}", cfg.data_dir.display()))?;
     std::fs::create_dir_all(cfg.data_dir.join("sessions"))
@@ -448,14 +449,19 @@ pub async fn run(
         Some(i) if i.hostname == runner.cfg.hostname => {
             tracing::info!(runner = %i.runner_id, "using the saved identity");
         }
-        _ => runner.register_again().await?,
+        _ => {
+            tokio::select! {
+                registered = first_registration(&runner) => registered?,
+                () = &mut shutdown => return Ok(()),
+            }
+        }
     }
     let listener = local::bind(&runner.socket_path())
         .map_err(|e| format!("cannot open the approval socket: {e}"))?;
     tokio::spawn(local::serve(runner.clone(), listener));
     let channel = tokio::spawn(channel::run(runner.clone(), up_rx));
     tokio::select! {
-        _ = shutdown => {
+        () = &mut shutdown => {
             tracing::info!("shutting down: stopping sessions");
             runner.shutdown().await;
         }
@@ -464,6 +470,29 @@ pub async fn run(
     // Give the channel a moment to deliver the last reports.
     let _ = tokio::time::timeout(Duration::from_secs(5), channel).await;
     Ok(())
+}
+
+/// Registers a runner that has no identity yet. A server that cannot be reached, is overloaded
+/// (429: a fleet enrolling at once) or failing (5xx) is asked again, after its `Retry-After`
+/// or a growing backoff; a refusal (bad join token, a hostname of another org) ends the runner.
+async fn first_registration(runner: &Runner) -> Result<(), String> {
+    let mut failures = 0u32;
+    loop {
+        match runner.register_again().await {
+            Ok(()) => return Ok(()),
+            Err(RegisterError::Refused(why)) => return Err(why),
+            Err(RegisterError::Transient { why, retry_after }) => {
+                failures = failures.saturating_add(1);
+                let wait = retry_after.unwrap_or_else(|| channel::backoff(failures));
+                tracing::warn!(
+                    error = %why,
+                    retry_in_ms = wait.as_millis() as u64,
+                    "cannot register yet; trying again"
+                );
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
 }
 
 /// The default hostname: the system's.

@@ -16,6 +16,7 @@ mod output;
 pub mod rules;
 pub mod sweeper;
 mod timers;
+pub use timers::PURGE_ROWS_PER_SWEEP;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -25,8 +25,8 @@ pub async fn run(service: SessionService, clock: SharedClock, mut shutdown: watc
         }
         loop {
             match service.sweep().await {
-                Ok(n) if n >= 512 => continue,
-                Ok(_) => break,
+                Ok(true) => continue,
+                Ok(false) => break,
                 Err(e) => {
                     tracing::error!(error = %e, "sweeping timers failed");
                     break;

@@ -3,29 +3,54 @@
 
 use super::*;
 
+/// Timers one sweep handles (one write job).
+const TIMERS_PER_SWEEP: usize = 512;
+/// Rows (output chunks and events) the purges of one sweep may delete: a purge costs the writer
+/// a bounded job however long the session's output, and every other write gets its turn between
+/// two steps.
+pub const PURGE_ROWS_PER_SWEEP: usize = 4096;
+
 impl SessionService {
-    /// Applies every timer due by now. Returns how many were handled.
-    pub async fn sweep(&self) -> DomainResult<usize> {
+    /// Applies the timers due by now, up to a bounded amount of work. Returns whether more is
+    /// due at once (the sweeper goes on without waiting).
+    pub async fn sweep(&self) -> DomainResult<bool> {
         let now = self.now();
-        let due = self.store.read(move |r| r.due_timers(now, 512)).await?;
+        let due = self
+            .store
+            .read(move |r| r.due_timers(now, TIMERS_PER_SWEEP))
+            .await?;
         if due.is_empty() {
-            return Ok(0);
+            return Ok(false);
         }
         let rules = self.rules;
         self.store
             .write(move |w| {
+                let mut purge_budget = PURGE_ROWS_PER_SWEEP;
+                let mut unfinished = false;
                 for timer in &due {
                     // One timer that cannot fire (a state that moved on, a record that no
                     // longer decodes) must not keep every other timer from firing.
-                    if let Err(e) = fire(w, *timer, now, rules) {
-                        tracing::warn!(error = %e, ?timer, "timer dropped");
+                    match fire(w, *timer, now, rules, &mut purge_budget) {
+                        Ok(Fired::Done) => w.clear_timer(*timer)?,
+                        // Still due: the next sweep goes on with it.
+                        Ok(Fired::Unfinished) => unfinished = true,
+                        Err(e) => {
+                            tracing::warn!(error = %e, ?timer, "timer dropped");
+                            w.clear_timer(*timer)?;
+                        }
                     }
-                    w.clear_timer(*timer)?;
                 }
-                Ok::<_, DomainError>(due.len())
+                Ok::<_, DomainError>(unfinished || due.len() >= TIMERS_PER_SWEEP)
             })
             .await
     }
+}
+
+/// Whether a fired timer is done with.
+pub(super) enum Fired {
+    Done,
+    /// A purge that ran out of this sweep's budget: its timer stays.
+    Unfinished,
 }
 
 /// What a due timer does. A timer whose condition no longer holds does nothing.
@@ -34,9 +59,10 @@ pub(super) fn fire(
     timer: Timer,
     now: Millis,
     rules: Rules,
-) -> DomainResult<()> {
+    purge_budget: &mut usize,
+) -> DomainResult<Fired> {
     let Some(mut s) = w.get_session(timer.session_id)? else {
-        return Ok(());
+        return Ok(Fired::Done);
     };
     match timer.kind {
         TimerKind::SessionTimeout => {
@@ -74,9 +100,16 @@ pub(super) fn fire(
         }
         TimerKind::SessionPurge => {
             if s.state.is_terminal() {
-                w.delete_session(&s)?;
+                if *purge_budget == 0 {
+                    return Ok(Fired::Unfinished);
+                }
+                let (deleted, gone) = w.purge_session_step(&s, *purge_budget)?;
+                *purge_budget -= deleted;
+                if !gone {
+                    return Ok(Fired::Unfinished);
+                }
             }
         }
     }
-    Ok(())
+    Ok(Fired::Done)
 }

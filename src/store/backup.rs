@@ -341,6 +341,41 @@ fn io_error(e: std::io::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// What `compact` did: the database file's size before and after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compacted {
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
+
+/// Gives the free pages of a stopped server's database back to the filesystem (redb's
+/// `compact`: live pages move to the front of the file, which is then truncated). Refused while
+/// a process holds the database.
+pub fn compact(db_path: &Path) -> StoreResult<Compacted> {
+    let bytes_before = std::fs::metadata(db_path).map_err(io_error)?.len();
+    let mut db = match redb::Builder::new()
+        .set_cache_size(COPY_CACHE_BYTES)
+        .open(db_path)
+    {
+        Ok(db) => db,
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+            return Err(StoreError::Unavailable(format!(
+                "{} is open in a running process (a server?); stop it before compacting",
+                db_path.display()
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    db.compact()
+        .map_err(|e| StoreError::Unavailable(format!("compacting: {e}")))?;
+    drop(db);
+    let bytes_after = std::fs::metadata(db_path).map_err(io_error)?.len();
+    Ok(Compacted {
+        bytes_before,
+        bytes_after,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;

@@ -97,6 +97,16 @@ pub trait SessionWrites: SessionReads {
     /// sweep, which drops timers of sessions that are gone).
     fn delete_session(&mut self, session: &Session) -> StoreResult<()>;
 
+    /// Deletes up to `budget` of a finished session's output chunks and events, oldest first,
+    /// and the session itself once none is left: a purge in steps that each cost a bounded
+    /// write, so a session with a million chunks never holds the writer for long. Returns the
+    /// rows deleted and whether the session is gone.
+    fn purge_session_step(
+        &mut self,
+        session: &Session,
+        budget: usize,
+    ) -> StoreResult<(usize, bool)>;
+
     /// Appends an event with the next sequence number.
     fn append_event(
         &mut self,
@@ -397,6 +407,43 @@ impl SessionWrites for WriteCtx<'_> {
         Ok(())
     }
 
+    fn purge_session_step(
+        &mut self,
+        session: &Session,
+        budget: usize,
+    ) -> StoreResult<(usize, bool)> {
+        let id = session.id.as_u128();
+        let mut deleted = 0;
+        {
+            let mut output = self.open_mut(SESSION_OUTPUT)?;
+            let keys = first_keys(&output, (id, 0u64)..=(id, u64::MAX), budget + 1)?;
+            let more = keys.len() > budget;
+            for key in keys.into_iter().take(budget) {
+                output.remove(key)?;
+                deleted += 1;
+            }
+            if more {
+                return Ok((deleted, false));
+            }
+        }
+        {
+            let left = budget - deleted;
+            let events = self.hot_events()?;
+            let keys = first_keys(&*events, (id, 0u64)..=(id, u64::MAX), left + 1)?;
+            let more = keys.len() > left;
+            for key in keys.into_iter().take(left) {
+                events.remove(key)?;
+                deleted += 1;
+            }
+            if more {
+                return Ok((deleted, false));
+            }
+        }
+        // What is left (the record, its indexes, approvals) is small.
+        self.delete_session(session)?;
+        Ok((deleted, true))
+    }
+
     fn append_event(
         &mut self,
         session: Uuid,
@@ -473,4 +520,17 @@ impl WriteCtx<'_> {
         }
         Ok(())
     }
+}
+
+/// The first `n` keys of a `(session, seq)` range.
+fn first_keys(
+    t: &impl ReadableTable<(u128, u64), &'static [u8]>,
+    range: std::ops::RangeInclusive<(u128, u64)>,
+    n: usize,
+) -> StoreResult<Vec<(u128, u64)>> {
+    let mut keys = Vec::with_capacity(n.min(4096));
+    for entry in t.range(range)?.take(n) {
+        keys.push(entry?.0.value());
+    }
+    Ok(keys)
 }
