@@ -594,3 +594,50 @@ async fn compact_gives_free_pages_back_and_refuses_a_live_database() {
     assert_eq!(r.status.code(), Some(2), "{}", err(&r));
     assert!(!empty.join("village.redb").exists());
 }
+
+/// The example configuration shows every key docs/api.md documents, under its section (set,
+/// or in a comment where it has no default value), and nothing the docs do not know; old names
+/// still read are left out of both.
+#[test]
+fn the_example_configuration_shows_every_documented_key() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let docs = std::fs::read_to_string(root.join("docs/api.md")).unwrap();
+    let documented: HashSet<(String, String)> = docs
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `["))
+        // Old names still read, which the example mentions only in passing.
+        .filter(|l| !l.contains("The old name of"))
+        .filter_map(|l| l.split_once('`').map(|(k, _)| k.to_owned()))
+        .filter_map(|k| {
+            let (section, key) = k.split_once("] ")?;
+            Some((section.to_owned(), key.to_owned()))
+        })
+        .collect();
+    assert!(documented.len() >= 30, "{documented:?}");
+    let example = std::fs::read_to_string(root.join("packaging/village.toml")).unwrap();
+    let mut shown = HashSet::new();
+    let mut section = String::new();
+    for line in example.lines() {
+        let line = line.trim().trim_start_matches('#').trim();
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_owned();
+        } else {
+            // `key = value`, also inside a comment's example ("Example: key = [...]").
+            for part in line.split("Example: ") {
+                if let Some((key, _)) = part.split_once(" =")
+                    && !key.is_empty()
+                    && key.chars().all(|c| c.is_ascii_alphanumeric())
+                {
+                    shown.insert((section.clone(), key.to_owned()));
+                }
+            }
+        }
+    }
+    let missing: Vec<_> = documented.difference(&shown).collect();
+    assert!(
+        missing.is_empty(),
+        "not in packaging/village.toml: {missing:?}"
+    );
+    let unknown: Vec<_> = shown.difference(&documented).collect();
+    assert!(unknown.is_empty(), "not documented: {unknown:?}");
+}

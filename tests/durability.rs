@@ -804,3 +804,69 @@ async fn the_server_runs_with_few_malloc_arenas_unless_the_operator_chose() {
     let server = BinaryServer::spawn(&dir, &[("MALLOC_ARENA_MAX", "4")]);
     assert_eq!(environ(server.child.id()), ["MALLOC_ARENA_MAX=4"]);
 }
+
+/// SIGTERM on the real binary: a request already being read is finished and answered, the
+/// dashboard socket is closed with 1001, what was acknowledged is on disk at the next start,
+/// and the process exits 0 well within 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_requests_in_flight_closes_sockets_1001_and_exits_0() {
+    use std::io::{Read, Write};
+    let (_keep, dir) = tmp_dir();
+    let mut server = BinaryServer::spawn(&dir, &[]);
+    let admin = server.admin();
+    let mut dashboard = common::runner::Channel::open(&admin, "/api/v1/ws").await;
+    assert_eq!(dashboard.expect("event").await["event"], "connected");
+    assert_eq!(dashboard.expect("event").await["event"], "authenticated");
+
+    // A create whose body is half sent when the signal comes.
+    let body = json!({"orgId": "acme", "providerId": "claude_code",
+                      "repo": {"url": "https://github.com/acme/app.git"}, "task": "in flight"})
+    .to_string();
+    let (first, rest) = body.split_at(body.len() / 2);
+    let mut tcp = std::net::TcpStream::connect(server.addr).unwrap();
+    write!(
+        tcp,
+        "POST /api/v1/sessions HTTP/1.1\r\nHost: village\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{first}",
+        server.admin_token,
+        body.len()
+    )
+    .unwrap();
+    tcp.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
+    let signalled = std::time::Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(dashboard.close_code_within(5_000).await, Some(1001));
+    std::thread::sleep(Duration::from_millis(200));
+    tcp.write_all(rest.as_bytes()).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = String::new();
+    let _ = tcp.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    let id = answer
+        .split("\"sessionId\":\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_owned();
+
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(10),
+            "still running 10 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "{}", server.log());
+    assert!(std::net::TcpStream::connect(server.addr).is_err());
+
+    let again = BinaryServer::spawn(&dir, &[]);
+    assert_eq!(again.admin().session(&id).await["task"], "in flight");
+}
