@@ -24,6 +24,8 @@ cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 # Advisories, licences, duplicate versions, sources (deny.toml); installs cargo-deny once.
 ./scripts/deny.sh
+# cargo-deb at its pinned version: tests/packaging.rs builds the .deb of the binary under test.
+./scripts/deb.sh --install-only
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --all-targets 2>&1 | tee "$log"
