@@ -179,10 +179,10 @@ pub fn token_create(
                     name: name.to_owned(),
                     org_id: org_id.map(str::to_owned),
                 };
-                let issued = auth
-                    .create(&shell_operator(), new)
-                    .await
-                    .map_err(|e| Failure::new(format!("creating the token: {e}")))?;
+                let issued = auth.create(&shell_operator(), new).await;
+                store.close().await;
+                let issued =
+                    issued.map_err(|e| Failure::new(format!("creating the token: {e}")))?;
                 serde_json::to_value(Token::from(&issued))
                     .map_err(|e| Failure::new(e.to_string()))?
             }
@@ -231,10 +231,9 @@ pub fn token_list(target: Target, json: bool) -> Outcome {
                     page: 1,
                     page_size: u64::MAX,
                 };
-                let page = auth
-                    .list(&shell_operator(), all)
-                    .await
-                    .map_err(|e| Failure::new(format!("listing tokens: {e}")))?;
+                let page = auth.list(&shell_operator(), all).await;
+                store.close().await;
+                let page = page.map_err(|e| Failure::new(format!("listing tokens: {e}")))?;
                 page.items
                     .iter()
                     .map(|t| serde_json::to_value(Token::from(t)).unwrap_or(Value::Null))
@@ -289,9 +288,9 @@ pub fn token_revoke(target: Target, token_id: &str) -> Outcome {
             Target::DataDir(dir) => {
                 let store = open_data_dir(&dir)?;
                 let auth = auth_of(&store).await?;
-                auth.revoke(&shell_operator(), id)
-                    .await
-                    .map_err(|e| Failure::new(format!("revoking the token: {e}")))?;
+                let revoked = auth.revoke(&shell_operator(), id).await;
+                store.close().await;
+                revoked.map_err(|e| Failure::new(format!("revoking the token: {e}")))?;
             }
         }
         eprintln!("revoked token {id}");
@@ -315,10 +314,9 @@ pub fn backup(target: Target, out: &Path) -> Outcome {
         let summary = match target {
             Target::DataDir(dir) => {
                 let store = open_data_dir(&dir)?;
-                store
-                    .backup_to(out.to_path_buf())
-                    .await
-                    .map_err(|e| Failure::new(format!("backup: {e}")))?
+                let copied = store.backup_to(out.to_path_buf()).await;
+                store.close().await;
+                copied.map_err(|e| Failure::new(format!("backup: {e}")))?
             }
             Target::Server { url, token } => download_backup(&url, &token, out).await?,
         };

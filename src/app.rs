@@ -204,6 +204,9 @@ impl App {
         for task in self.tasks {
             let _ = task.await;
         }
+        // The background tasks wrote what a restart needs; a cleanly closed file opens
+        // without a repair pass.
+        self.state.store.close().await;
         tracing::info!("Village stopped");
     }
 }

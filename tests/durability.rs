@@ -870,3 +870,29 @@ async fn sigterm_finishes_requests_in_flight_closes_sockets_1001_and_exits_0() {
     let again = BinaryServer::spawn(&dir, &[]);
     assert_eq!(again.admin().session(&id).await["task"], "in flight");
 }
+
+/// Whether opening the database file needs redb's repair pass (an unclean close).
+fn needs_repair(db: &std::path::Path) -> bool {
+    let repaired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = repaired.clone();
+    let mut builder = redb::Builder::new();
+    builder.set_repair_callback(move |_| seen.store(true, std::sync::atomic::Ordering::SeqCst));
+    drop(builder.open(db).unwrap());
+    repaired.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// A stopped server leaves its database closed: the next start opens it without a repair pass
+/// (whose time grows with the file). A killed one leaves it to be repaired.
+#[tokio::test]
+async fn a_stopped_server_closes_its_database_cleanly() {
+    let (_keep, dir) = tmp_dir();
+    let mut server = BinaryServer::spawn(&dir, &[]);
+    server.admin().create_session("acme").await;
+    server.terminate();
+    assert!(!needs_repair(&dir.join("village.redb")));
+
+    let mut server = BinaryServer::spawn(&dir, &[]);
+    server.admin().create_session("acme").await;
+    server.kill9();
+    assert!(needs_repair(&dir.join("village.redb")));
+}

@@ -1,7 +1,7 @@
 //! Two scenarios of a database that has lived a while:
 //!
 //! `startup [--sessions 100000] [--chunks 10]` fills a database with `--sessions` sessions (1 %
-//! queued, the rest finished with their purge timers pending) and `--chunks` output chunks
+//! queued, the rest finished recently, their purge timers a day away) and `--chunks` output chunks
 //! each, written through the store as the server writes them, then times the real `village
 //! serve` from its start to its first `200` of `/readyz`: three starts after a clean stop
 //! (SIGTERM) and three after `kill -9` (redb repairs an unclean file at open). Target:
@@ -316,22 +316,11 @@ async fn time_starts(village: &Path, dir: &Path, runs: usize) -> Duration {
     clean.into_iter().chain(crashed).max().unwrap_or_default()
 }
 
-pub async fn startup_scenario(args: &[String]) -> ExitCode {
-    let Some(village) = village_or_exit() else {
-        return ExitCode::from(2);
-    };
-    let sessions = flag(args, "--sessions", 100_000);
-    let chunks = flag(args, "--chunks", 10);
-    let dir = scratch_dir("startup");
-    let db = dir.join("village.redb");
-    println!(
-        "startup: {sessions} sessions, {chunks} output chunks each ({} in all), 1 % queued",
-        sessions * chunks
-    );
-    let filled = Instant::now();
-    let store = Store::open(&db, EventBus::new(16)).expect("opening the database");
+/// Fills `db` with `sessions` sessions created one millisecond apart from `first_ms` on.
+async fn fill(db: &Path, sessions: u64, chunks: u64, first_ms: Millis) {
+    let store = Store::open(db, EventBus::new(16)).expect("opening the database");
     let ttl_ms = 24 * 3_600_000;
-    let mut at = WEEK_START_MS;
+    let mut at = first_ms;
     let batch = 1_000;
     for start in (0..sessions).step_by(batch) {
         let ids: Vec<(Uuid, Millis, bool)> = (start..(start + batch as u64).min(sessions))
@@ -347,21 +336,64 @@ pub async fn startup_scenario(args: &[String]) -> ExitCode {
         write_sessions(&store, ids, chunks, 120, ttl_ms).await;
     }
     drop(store);
-    wait_until_free(&db).await;
+    wait_until_free(db).await;
+}
+
+pub async fn startup_scenario(args: &[String]) -> ExitCode {
+    let Some(village) = village_or_exit() else {
+        return ExitCode::from(2);
+    };
+    let sessions = flag(args, "--sessions", 100_000);
+    let chunks = flag(args, "--chunks", 10);
+    let dir = scratch_dir("startup");
+    let db = dir.join("village.redb");
+    println!(
+        "startup: {sessions} sessions, {chunks} output chunks each ({} in all), 1 % queued",
+        sessions * chunks
+    );
+    let filled = Instant::now();
+    // Sessions of the last hours: none is due for its purge while the server runs.
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    fill(&db, sessions, chunks, now_ms - sessions as Millis).await;
     println!(
         "  filled in {:.1} s: {:.0} MiB",
         filled.elapsed().as_secs_f64(),
         mib(file_size(&db))
     );
     let slowest = time_starts(&village, &dir, 3).await;
-    let pass = slowest < STARTUP_TARGET;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // The same database two days later: every finished session is due for its purge.
+    let dir = scratch_dir("startup-backlog");
+    let db = dir.join("village.redb");
+    fill(&db, sessions, chunks, now_ms - 2 * 24 * 3_600_000).await;
+    println!("  with every finished session due for its purge:");
+    let started = Instant::now();
+    let mut server = Server::spawn(&village, &dir);
+    let backlog_ready = server.time_to_ready(started).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ready_while_purging = {
+        let t = Instant::now();
+        assert!(server.ready().await, "not ready while purging");
+        t.elapsed()
+    };
+    let stop = server.stop().await;
     println!(
-        "  slowest start {:.0} ms (target < {} ms): {}",
-        slowest.as_secs_f64() * 1000.0,
-        STARTUP_TARGET.as_millis(),
-        super::verdict(pass)
+        "  start to ready {:.0} ms; /readyz 1 s into the purge answered in {:.1} ms; SIGTERM to exit {:.0} ms",
+        backlog_ready.as_secs_f64() * 1000.0,
+        ready_while_purging.as_secs_f64() * 1000.0,
+        stop.as_secs_f64() * 1000.0
     );
     let _ = std::fs::remove_dir_all(&dir);
+    let slowest = slowest.max(backlog_ready);
+    let pass = slowest < STARTUP_TARGET && stop < Duration::from_secs(10);
+    println!(
+        "  slowest start {:.0} ms (target < {} ms), stop during the purge {:.0} ms (< 10 000): {}",
+        slowest.as_secs_f64() * 1000.0,
+        STARTUP_TARGET.as_millis(),
+        stop.as_secs_f64() * 1000.0,
+        super::verdict(pass)
+    );
     super::exit_code(pass)
 }
 
@@ -388,6 +420,8 @@ pub async fn week_scenario(args: &[String]) -> ExitCode {
         SessionService::new(store.clone(), shared, Arc::new(RandomIds), &config.sessions);
     let began = Instant::now();
     let mut sweep_times: Vec<Duration> = Vec::new();
+    // The longest a purge job ran in the writer (its commit aside), in microseconds.
+    let mut purge_job_max = 0u64;
     let mut created = 0u64;
     for hour in 0..days * 24 {
         let now = WEEK_START_MS + (hour * 3_600_000) as Millis;
@@ -410,8 +444,18 @@ pub async fn week_scenario(args: &[String]) -> ExitCode {
         clock.advance_ms(3_600_000);
         loop {
             let t = Instant::now();
+            store
+                .stats
+                .slowest_jobs_micros
+                .store(0, std::sync::atomic::Ordering::Relaxed);
             let more = sessions.sweep().await.expect("sweeping");
             sweep_times.push(t.elapsed());
+            purge_job_max = purge_job_max.max(
+                store
+                    .stats
+                    .slowest_jobs_micros
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            );
             if !more {
                 break;
             }
@@ -427,12 +471,8 @@ pub async fn week_scenario(args: &[String]) -> ExitCode {
     }
     sweep_times.sort();
     let p99 = sweep_times[sweep_times.len() * 99 / 100];
-    let slowest_job = store
-        .stats
-        .slowest_jobs_micros
-        .load(std::sync::atomic::Ordering::Relaxed);
     println!(
-        "  sweeps: {} (purge steps of at most {} rows), p99 {:.1} ms, longest {:.1} ms; longest write job of the week {:.1} ms",
+        "  sweeps: {} (purge steps of at most {} rows), each with its commit: p99 {:.1} ms, longest {:.1} ms; longest purge job in the writer {:.1} ms",
         sweep_times.len(),
         village::sessions::PURGE_ROWS_PER_SWEEP,
         p99.as_secs_f64() * 1000.0,
@@ -442,7 +482,7 @@ pub async fn week_scenario(args: &[String]) -> ExitCode {
             .unwrap_or_default()
             .as_secs_f64()
             * 1000.0,
-        slowest_job as f64 / 1000.0
+        purge_job_max as f64 / 1000.0
     );
     let live = (ttl_ms as u64 / 3_600_000 + 1) * per_hour * output_kib;
     println!(

@@ -23,7 +23,9 @@ pub async fn run(service: SessionService, clock: SharedClock, mut shutdown: watc
             _ = jumped => {}
             _ = shutdown.changed() => return,
         }
-        loop {
+        // A backlog (a server down for a day has a day of purges due) is worked off one bounded
+        // job after another, and a stop is heard between two of them.
+        while !*shutdown.borrow() {
             match service.sweep().await {
                 Ok(true) => continue,
                 Ok(false) => break,

@@ -143,6 +143,13 @@ pub trait Effects {
 type Finish = Box<dyn FnOnce(StoreResult<()>) + Send>;
 type Job = Box<dyn FnOnce(&mut WriteCtx<'_>) -> Finish + Send>;
 
+/// What the writer thread receives: a job, or the request to close the database (after the
+/// jobs sent before it), answered once the file is closed.
+enum Msg {
+    Job(Job),
+    Close(mpsc::Sender<()>),
+}
+
 /// Counters of the writer, for benchmarks and `/metrics` (the `prometheus` types are the series
 /// it reports; the plain atomics are the benchmarks' finer split of the writer's time).
 pub struct WriterStats {
@@ -243,7 +250,7 @@ impl WriterStats {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<DbSlot>,
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Msg>,
     pub stats: Arc<WriterStats>,
 }
 
@@ -311,7 +318,7 @@ struct Writer {
     slot: Arc<DbSlot>,
     /// The writer's own handle; `None` after a reopen failed (retried every second).
     db: Option<Arc<Database>>,
-    rx: mpsc::Receiver<Job>,
+    rx: mpsc::Receiver<Msg>,
     bus: Arc<dyn Publisher>,
     deliverer: Option<tokio::sync::mpsc::UnboundedSender<Outcome>>,
     stats: Arc<WriterStats>,
@@ -335,6 +342,40 @@ impl Writer {
                 Err(_) => {
                     self.stats.writer_restarts.inc();
                     tracing::error!("the store writer panicked outside a job; restarting it");
+                }
+            }
+        }
+    }
+
+    /// Closes the database file cleanly (its next open needs no repair): no read gets the
+    /// handle any more, and the writer's is dropped once reads in flight let go of it.
+    fn close(&mut self) {
+        self.slot.set(None);
+        if !self.release_handle() {
+            tracing::warn!("reads still hold the database; it is left to the process's exit");
+        }
+    }
+
+    /// Drops the writer's handle once nothing else holds it (waiting up to `REOPEN_WAIT`);
+    /// false when a read still had it then (the handle is kept).
+    fn release_handle(&mut self) -> bool {
+        let Some(mut old) = self.db.take() else {
+            return true;
+        };
+        let deadline = std::time::Instant::now() + REOPEN_WAIT;
+        loop {
+            match Arc::try_unwrap(old) {
+                Ok(db) => {
+                    drop(db);
+                    return true;
+                }
+                Err(shared) if std::time::Instant::now() < deadline => {
+                    old = shared;
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(shared) => {
+                    self.db = Some(shared);
+                    return false;
                 }
             }
         }
@@ -382,14 +423,22 @@ impl Writer {
             let first = if self.db.is_none() || !self.slot.is_open() {
                 self.reopen();
                 match self.rx.recv_timeout(REOPEN_RETRY) {
-                    Ok(job) => job,
+                    Ok(msg) => msg,
                     Err(mpsc::RecvTimeoutError::Timeout) => continue,
                     Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 }
             } else {
                 match self.rx.recv() {
-                    Ok(job) => job,
+                    Ok(msg) => msg,
                     Err(_) => return,
+                }
+            };
+            let first = match first {
+                Msg::Job(job) => job,
+                Msg::Close(done) => {
+                    self.close();
+                    let _ = done.send(());
+                    return;
                 }
             };
             #[cfg(test)]
@@ -397,9 +446,15 @@ impl Writer {
                 panic!("writer panic injected by a test");
             }
             let mut batch = vec![first];
+            // A close asked for behind some of this batch's jobs: done after the batch.
+            let mut close_after = None;
             while batch.len() < MAX_BATCH {
                 match self.rx.try_recv() {
-                    Ok(job) => batch.push(job),
+                    Ok(Msg::Job(job)) => batch.push(job),
+                    Ok(Msg::Close(done)) => {
+                        close_after = Some(done);
+                        break;
+                    }
                     Err(_) => break,
                 }
             }
@@ -408,13 +463,18 @@ impl Writer {
             // A lone writer never waits, and neither does a batch that is already as large as
             // the last one: when writers queue up behind the commits anyway, waiting only adds
             // a pause to every cycle.
-            if batch.len() >= LINGER_MIN_BATCH && batch.len() < last_batch {
+            if close_after.is_none() && batch.len() >= LINGER_MIN_BATCH && batch.len() < last_batch
+            {
                 let lingered = std::time::Instant::now();
                 let deadline = lingered + LINGER;
                 while batch.len() < last_batch.min(MAX_BATCH) {
                     let left = deadline.saturating_duration_since(std::time::Instant::now());
                     match self.rx.recv_timeout(left) {
-                        Ok(job) => batch.push(job),
+                        Ok(Msg::Job(job)) => batch.push(job),
+                        Ok(Msg::Close(done)) => {
+                            close_after = Some(done);
+                            break;
+                        }
                         Err(_) => break,
                     }
                 }
@@ -464,6 +524,11 @@ impl Writer {
                 }
                 None => outcome.deliver(&*self.bus),
             }
+            if let Some(done) = close_after {
+                self.close();
+                let _ = done.send(());
+                return;
+            }
             if storage_failed {
                 self.reopen();
             }
@@ -500,7 +565,7 @@ impl Store {
         let bus: Arc<dyn Publisher> = Arc::new(publisher);
         let db = Arc::new(open_database(path, cache_bytes)?);
         let slot = Arc::new(DbSlot::new(db.clone()));
-        let (jobs, rx) = mpsc::channel::<Job>();
+        let (jobs, rx) = mpsc::channel::<Msg>();
         let stats = Arc::new(WriterStats::default());
         // Inside a runtime, a task tells each batch's callers and the bus, so the writer goes
         // on to the next batch after one hand-over instead of waking every caller itself.
@@ -533,6 +598,20 @@ impl Store {
             jobs,
             stats,
         })
+    }
+
+    /// Closes the database file once the writes sent before this call are done, so that the
+    /// next open finds a cleanly closed file (an unclean one is repaired at open, which takes
+    /// time with the file's size). Later writes answer `Closed`, reads `Unavailable`.
+    pub async fn close(&self) {
+        let (done, closed) = mpsc::channel();
+        if self.jobs.send(Msg::Close(done)).is_err() {
+            return;
+        }
+        let _ = tokio::task::spawn_blocking(move || {
+            closed.recv_timeout(REOPEN_WAIT + std::time::Duration::from_secs(5))
+        })
+        .await;
     }
 
     /// A commit failed and none has succeeded since (`/readyz` fails meanwhile).
@@ -589,7 +668,7 @@ impl Store {
             }) as Finish
         });
         self.jobs
-            .send(job)
+            .send(Msg::Job(job))
             .map_err(|_| E::from(StoreError::Closed))?;
         // A job dropped unanswered was never committed: its batch could not start, or the
         // writer failed under it.
