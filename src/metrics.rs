@@ -12,10 +12,13 @@
 //!
 //! Names follow Prometheus' conventions (`_total` counters, base units: seconds and bytes).
 
+use std::collections::HashMap;
+
+use hyper::{Method, StatusCode};
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::events::model::{BusEvent, DomainEvent, SessionEventData};
@@ -50,8 +53,17 @@ impl Socket {
 /// How a heartbeat arrived.
 #[derive(Debug, Clone, Copy)]
 pub enum HeartbeatVia {
-    Rest,
-    Channel,
+    Rest = 0,
+    Channel = 1,
+}
+
+/// A request's series: its method, its route template (by address: templates are `'static`
+/// strings of one table) and its status.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct HttpKey {
+    method: Method,
+    route: usize,
+    status: u16,
 }
 
 /// What became of one webhook delivery attempt.
@@ -100,8 +112,12 @@ pub struct Metrics {
     http_duration: HistogramVec,
     websocket_clients: IntGaugeVec,
     terminal_bytes: IntCounterVec,
-    heartbeats: IntCounterVec,
+    /// Heartbeats by `via`, resolved once (a fleet beats thousands of times a second).
+    heartbeats: [IntCounter; 2],
     webhook_deliveries: IntCounterVec,
+    /// The series of each (method, route, status) met so far, so that a request costs one map
+    /// look-up of small keys instead of hashing its label strings twice.
+    http_series: std::sync::RwLock<HashMap<HttpKey, (IntCounter, Histogram)>>,
     sessions_created: IntCounter,
     sessions_ended: IntCounterVec,
     approvals_requested: IntCounter,
@@ -189,16 +205,20 @@ impl Metrics {
                     &["direction"],
                 ),
             ),
-            heartbeats: registered(
-                &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "village_runner_heartbeats_total",
-                        "Runner heartbeats answered, by how they came (rest, channel).",
+            heartbeats: {
+                let vec = registered(
+                    &r,
+                    IntCounterVec::new(
+                        Opts::new(
+                            "village_runner_heartbeats_total",
+                            "Runner heartbeats answered, by how they came (rest, channel).",
+                        ),
+                        &["via"],
                     ),
-                    &["via"],
-                ),
-            ),
+                );
+                ["rest", "channel"].map(|via| vec.with_label_values(&[via]))
+            },
+            http_series: Default::default(),
             webhook_deliveries: registered(
                 &r,
                 IntCounterVec::new(
@@ -305,14 +325,39 @@ impl Metrics {
         }
     }
 
-    /// One answered HTTP request.
-    pub fn http_request(&self, method: &str, route: &str, status: &str, seconds: f64) {
-        self.http_requests
-            .with_label_values(&[method, route, status])
-            .inc();
-        self.http_duration
-            .with_label_values(&[method, route])
-            .observe(seconds);
+    /// One answered HTTP request; `route` is a template (a few dozen of them), never a path.
+    pub fn http_request(
+        &self,
+        method: &Method,
+        route: &'static str,
+        status: StatusCode,
+        seconds: f64,
+    ) {
+        let key = HttpKey {
+            method: method.clone(),
+            route: route.as_ptr() as usize,
+            status: status.as_u16(),
+        };
+        {
+            let known = self.http_series.read().unwrap_or_else(|p| p.into_inner());
+            if let Some((count, duration)) = known.get(&key) {
+                count.inc();
+                duration.observe(seconds);
+                return;
+            }
+        }
+        let count =
+            self.http_requests
+                .with_label_values(&[method.as_str(), route, status.as_str()]);
+        let duration = self
+            .http_duration
+            .with_label_values(&[method.as_str(), route]);
+        count.inc();
+        duration.observe(seconds);
+        self.http_series
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, (count, duration));
     }
 
     /// Counts a WebSocket client while the returned guard lives.
@@ -330,11 +375,7 @@ impl Metrics {
     }
 
     pub fn heartbeat(&self, via: HeartbeatVia) {
-        let label = match via {
-            HeartbeatVia::Rest => "rest",
-            HeartbeatVia::Channel => "channel",
-        };
-        self.heartbeats.with_label_values(&[label]).inc();
+        self.heartbeats[via as usize].inc();
     }
 
     pub fn webhook_delivery(&self, outcome: DeliveryOutcome) {

@@ -500,6 +500,8 @@ impl BenchServer {
         config.limits.per_ip_per_minute = 0;
         config.limits.per_token_per_minute = 0;
         config.limits.runner_reports_per_minute = 0;
+        // 1 000 runner channels and the REST clients, all from 127.0.0.1.
+        config.server.max_connections_per_ip = config.server.max_connections;
         let app = App::start(config, Arc::new(SystemClock), Arc::new(RandomIds))
             .await
             .unwrap();

@@ -52,8 +52,12 @@ impl Request {
         }
     }
 
-    /// Runs the routes' future with a place for the caller's token id.
-    pub async fn scope<F: Future>(future: F) -> (F::Output, Option<Uuid>) {
+    /// Runs the routes' future, with a place for the caller's token id when the log line is
+    /// on (nothing reads it otherwise).
+    pub async fn scope<F: Future>(&self, future: F) -> (F::Output, Option<Uuid>) {
+        if self.line.is_none() {
+            return (future.await, None);
+        }
         CALLER
             .scope(Cell::new(None), async move {
                 let output = future.await;
@@ -71,12 +75,7 @@ impl Request {
         metrics: &Metrics,
     ) {
         let elapsed = self.started.elapsed().as_secs_f64();
-        metrics.http_request(
-            self.method.as_str(),
-            self.route,
-            response.status.as_str(),
-            elapsed,
-        );
+        metrics.http_request(&self.method, self.route, response.status, elapsed);
         let Some(ids) = self.line else {
             return;
         };
@@ -154,27 +153,33 @@ fn is_traceparent(v: &[u8]) -> bool {
 /// document's paths; `dashboard` for the embedded UI and `unmatched` for unknown API paths. Ids
 /// never reach the log line's route, so lines group by route.
 pub fn route_template(path: &str) -> &'static str {
-    static ROUTES: OnceLock<Vec<(String, Vec<String>)>> = OnceLock::new();
+    /// A documented route: its template and its segments.
+    type Route = (String, Vec<String>);
+    /// The documented routes, grouped by how many segments they have.
+    static ROUTES: OnceLock<Vec<Vec<Route>>> = OnceLock::new();
     let routes = ROUTES.get_or_init(|| {
-        super::openapi::paths()
-            .into_iter()
-            .map(|p| {
-                let pattern = p
-                    .split('/')
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned)
-                    .collect();
-                (p, pattern)
-            })
-            .collect()
+        let mut by_length: Vec<Vec<Route>> = Vec::new();
+        for p in super::openapi::paths() {
+            let pattern: Vec<String> = p
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
+            if by_length.len() <= pattern.len() {
+                by_length.resize_with(pattern.len() + 1, Vec::new);
+            }
+            by_length[pattern.len()].push((p, pattern));
+        }
+        by_length
     });
-    let found = routes.iter().find(|(_, pattern)| {
-        let mut segments = path.split('/').filter(|s| !s.is_empty());
-        pattern.iter().all(|p| {
-            segments
-                .next()
-                .is_some_and(|s| p.starts_with('{') || p == s)
-        }) && segments.next().is_none()
+    let length = path.split('/').filter(|s| !s.is_empty()).count();
+    let found = routes.get(length).and_then(|candidates| {
+        candidates.iter().find(|(_, pattern)| {
+            path.split('/')
+                .filter(|s| !s.is_empty())
+                .zip(pattern)
+                .all(|(s, p)| p.starts_with('{') || p == s)
+        })
     });
     match found {
         Some((template, _)) => template.as_str(),

@@ -279,9 +279,9 @@ pub async fn serve(
                 let (mut head, body) = request.into_parts();
                 let seen = access_log::Request::begin(&mut head);
                 let request = hyper::Request::from_parts(head, body);
-                let (routed, caller) =
-                    access_log::Request::scope(tower_service::Service::call(&mut service, request))
-                        .await;
+                let (routed, caller) = seen
+                    .scope(tower_service::Service::call(&mut service, request))
+                    .await;
                 let Ok(response) = routed;
                 let (mut parts, body) = download::finish(response).await.into_parts();
                 seen.finish(&mut parts, caller, &metrics);

@@ -89,7 +89,8 @@ pub async fn retention(
 ) {
     loop {
         let before = clock.now_ms() - keep.as_millis() as i64;
-        loop {
+        // Batches of bounded cost; a stop is heard between two of them.
+        while !*stop.borrow() {
             let trimmed: Result<usize, crate::store::StoreError> =
                 store.write(move |w| w.trim_audit(before, TRIM_BATCH)).await;
             match trimmed {
