@@ -413,31 +413,14 @@ impl SessionWrites for WriteCtx<'_> {
         budget: usize,
     ) -> StoreResult<(usize, bool)> {
         let id = session.id.as_u128();
-        let mut deleted = 0;
-        {
-            let mut output = self.open_mut(SESSION_OUTPUT)?;
-            let keys = first_keys(&output, (id, 0u64)..=(id, u64::MAX), budget + 1)?;
-            let more = keys.len() > budget;
-            for key in keys.into_iter().take(budget) {
-                output.remove(key)?;
-                deleted += 1;
-            }
-            if more {
-                return Ok((deleted, false));
-            }
+        let (from_output, more) = remove_first(&mut self.open_mut(SESSION_OUTPUT)?, id, budget)?;
+        if more {
+            return Ok((from_output, false));
         }
-        {
-            let left = budget - deleted;
-            let events = self.hot_events()?;
-            let keys = first_keys(&*events, (id, 0u64)..=(id, u64::MAX), left + 1)?;
-            let more = keys.len() > left;
-            for key in keys.into_iter().take(left) {
-                events.remove(key)?;
-                deleted += 1;
-            }
-            if more {
-                return Ok((deleted, false));
-            }
+        let (from_events, more) = remove_first(self.hot_events()?, id, budget - from_output)?;
+        let deleted = from_output + from_events;
+        if more {
+            return Ok((deleted, false));
         }
         // What is left (the record, its indexes, approvals) is small.
         self.delete_session(session)?;
@@ -520,6 +503,23 @@ impl WriteCtx<'_> {
         }
         Ok(())
     }
+}
+
+/// Removes up to `budget` of a session's rows from a `(session, seq)` table, oldest first;
+/// returns how many, and whether any is left.
+fn remove_first(
+    t: &mut redb::Table<'_, (u128, u64), &'static [u8]>,
+    id: u128,
+    budget: usize,
+) -> StoreResult<(usize, bool)> {
+    let keys = first_keys(&*t, (id, 0u64)..=(id, u64::MAX), budget + 1)?;
+    let more = keys.len() > budget;
+    let mut removed = 0;
+    for key in keys.into_iter().take(budget) {
+        t.remove(key)?;
+        removed += 1;
+    }
+    Ok((removed, more))
 }
 
 /// The first `n` keys of a `(session, seq)` range.
