@@ -131,6 +131,9 @@ pub struct Metrics {
     rollout_percentage: IntGaugeVec,
     connections_open: IntGauge,
     store_failing: IntGauge,
+    /// One scrape at a time sets the gauges and encodes them (two at once would mix their
+    /// censuses).
+    rendering: std::sync::Mutex<()>,
 }
 
 /// Builds a collector and registers it; the names are constants, so a failure is a bug that
@@ -321,6 +324,7 @@ impl Metrics {
                     "1 while the last commit failed (storage unavailable).",
                 ),
             ),
+            rendering: std::sync::Mutex::new(()),
             registry: r,
         }
     }
@@ -421,6 +425,7 @@ impl Metrics {
 
     /// The exposition: sets the scrape-time gauges from `census`, then encodes every series.
     pub fn render(&self, census: &Census) -> String {
+        let _one_at_a_time = self.rendering.lock().unwrap_or_else(|p| p.into_inner());
         self.sessions.reset();
         for (state, n) in &census.sessions_by_state {
             self.sessions.with_label_values(&[state]).set(gauge(*n));
