@@ -111,7 +111,9 @@ pub struct Metrics {
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
     websocket_clients: IntGaugeVec,
-    terminal_bytes: IntCounterVec,
+    /// Terminal bytes `in` and `out`, resolved once (every chunk, and every chunk sent to
+    /// every watcher, counts).
+    terminal_bytes: [IntCounter; 2],
     /// Heartbeats by `via`, resolved once (a fleet beats thousands of times a second).
     heartbeats: [IntCounter; 2],
     webhook_deliveries: IntCounterVec,
@@ -198,16 +200,19 @@ impl Metrics {
                     &["socket"],
                 ),
             ),
-            terminal_bytes: registered(
-                &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "village_terminal_bytes_total",
-                        "Terminal output bytes: `in` stored from runners, `out` sent to dashboard clients.",
+            terminal_bytes: {
+                let vec = registered(
+                    &r,
+                    IntCounterVec::new(
+                        Opts::new(
+                            "village_terminal_bytes_total",
+                            "Terminal output bytes: `in` stored from runners, `out` sent to dashboard clients.",
+                        ),
+                        &["direction"],
                     ),
-                    &["direction"],
-                ),
-            ),
+                );
+                ["in", "out"].map(|direction| vec.with_label_values(&[direction]))
+            },
             heartbeats: {
                 let vec = registered(
                     &r,
@@ -373,9 +378,7 @@ impl Metrics {
 
     /// Terminal output bytes sent to a dashboard client.
     pub fn terminal_bytes_sent(&self, bytes: usize) {
-        self.terminal_bytes
-            .with_label_values(&["out"])
-            .inc_by(bytes as u64);
+        self.terminal_bytes[1].inc_by(bytes as u64);
     }
 
     pub fn heartbeat(&self, via: HeartbeatVia) {
@@ -391,10 +394,9 @@ impl Metrics {
     /// Counts what a committed event tells (called by the event bus for every event).
     pub fn observe_event(&self, e: &BusEvent) {
         match &e.event {
-            DomainEvent::TerminalOutput(chunk) => self
-                .terminal_bytes
-                .with_label_values(&["in"])
-                .inc_by(chunk.data.len() as u64),
+            DomainEvent::TerminalOutput(chunk) => {
+                self.terminal_bytes[0].inc_by(chunk.data.len() as u64)
+            }
             DomainEvent::Session(SessionEventData::Created { .. }) => self.sessions_created.inc(),
             DomainEvent::Session(SessionEventData::Ended { state, .. }) => self
                 .sessions_ended
