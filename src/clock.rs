@@ -115,6 +115,45 @@ pub fn format_ms(ms: Millis) -> String {
     to_datetime(ms).to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// [`format_ms`] as it is written into a formatter (a response being serialised), without a
+/// `String` of its own.
+#[derive(Debug, Clone, Copy)]
+pub struct Rfc3339Ms(pub Millis);
+
+impl std::fmt::Display for Rfc3339Ms {
+    /// Digits written by hand: every API answer carries one of these, and a format string
+    /// would be parsed anew each time.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use chrono::{Datelike, Timelike};
+        let t = to_datetime(self.0);
+        let year = match u32::try_from(t.year()) {
+            Ok(year) if year <= 9999 => year,
+            _ => return f.write_str(&format_ms(self.0)),
+        };
+        let mut out = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, width: usize, mut value: u32| {
+            for i in (at..at + width).rev() {
+                out[i] = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        };
+        put(0, 4, year);
+        put(5, 2, t.month());
+        put(8, 2, t.day());
+        put(11, 2, t.hour());
+        put(14, 2, t.minute());
+        put(17, 2, t.second());
+        put(20, 3, t.timestamp_subsec_millis().min(999));
+        f.write_str(std::str::from_utf8(&out).map_err(|_| std::fmt::Error)?)
+    }
+}
+
+impl serde::Serialize for Rfc3339Ms {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 pub fn to_datetime(ms: Millis) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms)
         .single()
@@ -140,6 +179,22 @@ mod tests {
         assert_eq!(a.get_variant(), uuid::Variant::RFC4122);
         assert!(a < b);
         assert_ne!(RandomIds.ordered_uuid(5), RandomIds.ordered_uuid(5));
+    }
+
+    #[test]
+    fn written_timestamps_are_the_formatted_ones() {
+        for ms in [
+            0,
+            1,
+            999,
+            1_700_000_000_000,
+            1_795_000_000_123,
+            253_402_300_799_999,
+            253_402_300_800_000,
+            -1,
+        ] {
+            assert_eq!(Rfc3339Ms(ms).to_string(), format_ms(ms), "{ms}");
+        }
     }
 
     #[test]

@@ -119,7 +119,7 @@ pub struct Metrics {
     webhook_deliveries: IntCounterVec,
     /// The series of each (method, route, status) met so far, so that a request costs one map
     /// look-up of small keys instead of hashing its label strings twice.
-    http_series: std::sync::RwLock<HashMap<HttpKey, (IntCounter, Histogram)>>,
+    http_series: arc_swap::ArcSwap<HashMap<HttpKey, (IntCounter, Histogram)>>,
     sessions_created: IntCounter,
     sessions_ended: IntCounterVec,
     approvals_requested: IntCounter,
@@ -347,13 +347,10 @@ impl Metrics {
             route: route.as_ptr() as usize,
             status: status.as_u16(),
         };
-        {
-            let known = self.http_series.read().unwrap_or_else(|p| p.into_inner());
-            if let Some((count, duration)) = known.get(&key) {
-                count.inc();
-                duration.observe(seconds);
-                return;
-            }
+        if let Some((count, duration)) = self.http_series.load().get(&key) {
+            count.inc();
+            duration.observe(seconds);
+            return;
         }
         let count =
             self.http_requests
@@ -363,10 +360,12 @@ impl Metrics {
             .with_label_values(&[method.as_str(), route]);
         count.inc();
         duration.observe(seconds);
-        self.http_series
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, (count, duration));
+        // A new (method, route, status): copied on write, a few dozen times in a server's life.
+        self.http_series.rcu(|known| {
+            let mut known = HashMap::clone(known);
+            known.insert(key.clone(), (count.clone(), duration.clone()));
+            known
+        });
     }
 
     /// Counts a WebSocket client while the returned guard lives.

@@ -20,7 +20,7 @@
 //! other processes took, and a run where they took more than `DISTURBANCE_LIMIT` % does not
 //! count. `sessions --levels 64 --seconds 10 --no-baseline` runs one level alone, for profiling.
 //!
-//! `fleet` measures the runner side in three phases:
+//! `fleet` measures the runner side in four phases:
 //! 1. `FLEET_RUNNERS` runners register; then `LOAD_CONNECTIONS` keep-alive connections send
 //!    heartbeats for them (each connection cycling through its share of the runners) for
 //!    `LOAD_DURATION`. The server is stopped afterwards.
@@ -33,6 +33,11 @@
 //!    from just before the create request to the arrival of its `assign_session` frame at the
 //!    runner must stay under `TARGET_SCHEDULING_P99` at p99. Each simulated runner acks and
 //!    reports `RUNNING`, as a real one would.
+//! 4. On the same server and runners, `BURSTS` bursts of `BURST_SESSIONS` creates sent as fast
+//!    as they are answered over `BURST_CONNECTIONS` keep-alive connections, each burst once the
+//!    one before is assigned. A session's scheduling latency runs from its `201` (committed and
+//!    QUEUED) to its `assign_session` at a runner; its p99 must also stay under
+//!    `TARGET_SCHEDULING_P99`, with every session assigned.
 //!
 //! Each fleet phase also prints the CPU this process and everything else used meanwhile; a run
 //! where others took more than `DISTURBANCE_LIMIT` % is flagged as not counting.
@@ -59,10 +64,21 @@
 //!
 //! The databases live in fresh directories under `std::env::temp_dir()` (so on the same disk),
 //! removed at the end.
+//!
+//! Every scenario checks that it generated the load it names (clients and connections that
+//! carried requests, runners that beat, sessions created, rates produced: counted by the load
+//! generator itself, `load_check`) and fails with `NOT MEASURED` otherwise: a run short of its
+//! load proves nothing about that load.
+//!
+//! `--slow[=FACTOR]` (before or after the scenario; default 4) runs any scenario on 1/FACTOR of
+//! the machine: a CPU quota through a cgroup (`slow.rs`). The first line of every scenario's
+//! output says whether and how much the run was slowed.
 #![allow(clippy::unwrap_used)]
 
 mod day;
+mod mixed;
 mod retention;
+mod slow;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -123,8 +139,8 @@ const SETUP_CONNECTIONS: usize = 64;
 const LOAD_CONNECTIONS: usize = 64;
 /// How long heartbeats, and then echo requests, are sent.
 const LOAD_DURATION: Duration = Duration::from_secs(5);
-/// Required heartbeat throughput as a share of the echo route's.
-const TARGET_ECHO_SHARE: f64 = 0.60;
+/// Required heartbeat throughput as a share of the echo route's (on the whole machine and slowed).
+const TARGET_ECHO_SHARE: f64 = 0.75;
 /// Required heartbeat p99.
 const TARGET_HEARTBEAT_P99: Duration = Duration::from_millis(20);
 /// Runners online and connected while sessions are scheduled.
@@ -154,6 +170,17 @@ fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some("runner-agent") {
         return runner_agent();
     }
+    // `--slow[=FACTOR]`, before or after the scenario: the run goes on in a child process in a
+    // cgroup with 1/FACTOR of the machine (`slow.rs`), whose arguments are these less `--slow`.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match slow::parse(&args) {
+        Some(Ok((factor, rest))) => return slow::supervise(factor, rest),
+        Some(Err(e)) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+        None => {}
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -166,7 +193,16 @@ async fn run() -> ExitCode {
         .with_max_level(tracing::Level::WARN)
         .with_writer(std::io::stderr)
         .init();
-    match std::env::args().nth(1).as_deref() {
+    let scenario = std::env::args().nth(1);
+    // Every scenario's output starts with whether it ran slowed (the client processes' output
+    // is read by their parent).
+    if !matches!(
+        scenario.as_deref(),
+        None | Some("stream-clients" | "runner-watch")
+    ) {
+        println!("{}", slow::header());
+    }
+    match scenario.as_deref() {
         Some("sessions") => {
             let args: Vec<String> = std::env::args().skip(2).collect();
             sessions_scenario(SessionsArgs::parse(&args)).await
@@ -177,6 +213,7 @@ async fn run() -> ExitCode {
         Some("runner") => runner_scenario().await,
         Some("runner-watch") => runner_watch().await,
         Some("stale") => stale_scenario().await,
+        Some("mixed") => mixed::mixed_scenario().await,
         Some("day") => {
             let args: Vec<String> = std::env::args().skip(2).collect();
             day::day_scenario(&args).await
@@ -190,7 +227,9 @@ async fn run() -> ExitCode {
             retention::week_scenario(&args).await
         }
         _ => {
-            eprintln!("usage: loadgen sessions|fleet|stream|runner|stale|day|startup|week");
+            eprintln!(
+                "usage: loadgen [--slow[=FACTOR]] sessions|fleet|mixed|stream|runner|stale|day|startup|week"
+            );
             ExitCode::from(2)
         }
     }
@@ -282,6 +321,10 @@ async fn sessions_scenario(args: SessionsArgs) -> ExitCode {
                 .unwrap();
         baseline.print_row();
         baseline.disturbance = CpuSample::now().report_since(&cpu);
+        baseline.load_ok = load_check(
+            baseline.ops > 0,
+            format_args!("{} durable commits in the plain loop", baseline.ops),
+        );
         Some(baseline)
     } else {
         None
@@ -313,14 +356,30 @@ async fn sessions_scenario(args: SessionsArgs) -> ExitCode {
              CPU during a phase: these figures do not count; rerun on an idle machine"
         );
     }
+    let load_ok = baseline.iter().chain(&levels).all(|m| m.load_ok)
+        && levels
+            .iter()
+            .map(|m| m.clients)
+            .eq(args.levels.iter().copied());
+    println!(
+        "\nload: {} levels with their named client counts ({:?}), each client creating; the \
+         plain loop {}: {}",
+        levels.len(),
+        args.levels,
+        if baseline.is_some() { "ran" } else { "not run" },
+        if load_ok { "ok" } else { "NOT MEASURED" }
+    );
+    if !load_ok {
+        return ExitCode::FAILURE;
+    }
     let (Some(baseline), Some(top)) = (baseline, levels.last()) else {
-        println!("\n(no ratio: a profiling run)");
+        println!("(no ratio: a profiling run)");
         return ExitCode::SUCCESS;
     };
     let ratio = top.per_sec() / baseline.per_sec();
     let pass = ratio >= TARGET_RATIO;
     println!(
-        "\nratio: {:.0} creates/s at {} clients / {:.0} plain commits/s = {ratio:.2}x \
+        "ratio: {:.0} creates/s at {} clients / {:.0} plain commits/s = {ratio:.2}x \
          (target >= {TARGET_RATIO}x): {}{}",
         top.per_sec(),
         top.clients,
@@ -350,6 +409,8 @@ struct Measurement {
     /// Share of the machine's CPU (%) that other processes and the hypervisor took while the
     /// run went on, where it was measured.
     disturbance: f64,
+    /// Whether the run generated the load it names (`load_check`); true where not checked.
+    load_ok: bool,
 }
 
 impl Measurement {
@@ -371,6 +432,7 @@ impl Measurement {
             max: latencies.last().copied().unwrap_or_default(),
             jobs_per_commit,
             disturbance: 0.0,
+            load_ok: true,
         }
     }
 
@@ -592,7 +654,7 @@ async fn run_level(
     let before = server.writer_counts();
     let cpu = CpuSample::now();
     let threads = ThreadCpu::now();
-    let (latencies, elapsed) = send_raw_for(
+    let (latencies, elapsed, spread) = send_raw_for(
         runtime,
         server.addr,
         &session_create(server),
@@ -614,6 +676,13 @@ async fn run_level(
     after.report_since(&before, elapsed);
     threads.report(measurement.ops);
     measurement.disturbance = CpuSample::now().report_since(&cpu);
+    measurement.load_ok = load_check(
+        spread.active() == clients,
+        format_args!(
+            "{} of {clients} clients created sessions (needs all)",
+            spread.active()
+        ),
+    );
     measurement
 }
 
@@ -926,7 +995,7 @@ impl RawClient {
 
 /// `connections` raw connections on `runtime`, each sending `call` back to back for
 /// `duration`. Every answer must have status `expect`; none may take `REQUEST_TIMEOUT`.
-/// Returns all latencies and the time the load ran.
+/// Returns all latencies, the time the load ran and what each connection did.
 async fn send_raw_for(
     runtime: &tokio::runtime::Handle,
     addr: SocketAddr,
@@ -934,7 +1003,7 @@ async fn send_raw_for(
     connections: usize,
     duration: Duration,
     expect: StatusCode,
-) -> (Vec<Duration>, Duration) {
+) -> (Vec<Duration>, Duration, Spread) {
     let mut clients = Vec::with_capacity(connections);
     for index in 0..connections {
         let call = call.clone();
@@ -957,10 +1026,65 @@ async fn send_raw_for(
         })
         .collect();
     let mut latencies = Vec::new();
+    let mut spread = Spread::default();
     for task in tasks {
-        latencies.extend(task.await.unwrap());
+        let answered = task.await.unwrap();
+        spread.connections.push((answered.len(), 1));
+        latencies.extend(answered);
     }
-    (latencies, start.elapsed())
+    (latencies, start.elapsed(), spread)
+}
+
+/// What each connection of a load run did: (requests answered with the expected status,
+/// distinct requests in its share).
+#[derive(Default)]
+struct Spread {
+    connections: Vec<(usize, usize)>,
+}
+
+impl Spread {
+    /// Connections that carried at least one request.
+    fn active(&self) -> usize {
+        self.connections.iter().filter(|c| c.0 > 0).count()
+    }
+
+    /// Distinct requests (runners, say) answered at least once: a connection cycles through
+    /// its share in order, so it has sent each of them once it has made as many requests.
+    fn covered(&self) -> usize {
+        self.connections
+            .iter()
+            .map(|&(n, share)| n.min(share))
+            .sum()
+    }
+
+    /// Full cycles through its share that the slowest connection completed.
+    fn min_cycles(&self) -> usize {
+        self.connections
+            .iter()
+            .map(|&(n, share)| n / share.max(1))
+            .min()
+            .unwrap_or(0)
+    }
+}
+
+/// Prints whether a run generated the load it names (`    load: WHAT: ok`, or `NOT MEASURED`)
+/// and returns it. A run that fell short of its load proves nothing about that load: its
+/// scenario fails whatever its other figures.
+fn load_check(ok: bool, what: impl std::fmt::Display) -> bool {
+    println!(
+        "    load: {what}: {}",
+        if ok { "ok" } else { "NOT MEASURED" }
+    );
+    ok
+}
+
+/// A target's verdict, or NOT MEASURED when the load it is judged at was not generated.
+fn judged(load_ok: bool, pass: bool) -> &'static str {
+    if load_ok {
+        verdict(pass)
+    } else {
+        "NOT MEASURED"
+    }
 }
 
 /// `items` dealt round-robin into at most `hands` non-empty hands (item i to hand i % hands).
@@ -974,7 +1098,8 @@ fn deal<T>(items: Vec<T>, hands: usize) -> Vec<Vec<T>> {
 }
 
 /// `connections` connections, each cycling through its share of `calls`, for `duration`. Every
-/// answer must have status `expect`. Returns all latencies and the time the load ran.
+/// answer must have status `expect`. Returns all latencies, the time the load ran and what
+/// each connection did.
 async fn send_for(
     runtime: &tokio::runtime::Handle,
     addr: SocketAddr,
@@ -982,8 +1107,9 @@ async fn send_for(
     connections: usize,
     duration: Duration,
     expect: StatusCode,
-) -> (Vec<Duration>, Duration) {
+) -> (Vec<Duration>, Duration, Spread) {
     let hands = deal(calls, connections);
+    let shares: Vec<usize> = hands.iter().map(Vec::len).collect();
     let mut clients = Vec::with_capacity(hands.len());
     for index in 0..hands.len() {
         // Connected on `runtime`, so its socket and connection task live there.
@@ -997,10 +1123,13 @@ async fn send_for(
         .map(|(client, calls)| runtime.spawn(client.cycle_until(calls, deadline, expect)))
         .collect();
     let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await.unwrap());
+    let mut spread = Spread::default();
+    for (task, share) in tasks.into_iter().zip(shares) {
+        let answered = task.await.unwrap();
+        spread.connections.push((answered.len(), share));
+        latencies.extend(answered);
     }
-    (latencies, start.elapsed())
+    (latencies, start.elapsed(), spread)
 }
 
 /// Sends each of `calls` once over `connections` connections; every answer must have status
@@ -1050,32 +1179,41 @@ async fn fleet_scenario() -> ExitCode {
     println!(
         "{FLEET_RUNNERS} runners: heartbeats for {} s over {LOAD_CONNECTIONS} connections, \
          then an echo route the same way; then {SCHEDULING_RUNNERS} connected runners and \
-         {SCHEDULED_SESSIONS} sessions created one at a time\n",
+         {SCHEDULED_SESSIONS} sessions created one at a time, then {BURSTS} bursts of \
+         {BURST_SESSIONS} over {BURST_CONNECTIONS} connections\n",
         LOAD_DURATION.as_secs()
     );
     Measurement::print_header();
     let (heartbeats, calls) = heartbeat_phase(&parent).await;
     let echo = echo_phase(&calls).await;
-    let scheduling = scheduling_phase(&parent).await;
+    let (scheduling, bursts) = scheduling_phase(&parent).await;
 
     let share = heartbeats.per_sec() / echo.per_sec();
     let share_pass = share >= TARGET_ECHO_SHARE;
     let p99_pass = heartbeats.p99 < TARGET_HEARTBEAT_P99;
     let scheduling_pass =
         scheduling.p99 < TARGET_SCHEDULING_P99 && scheduling.ops == SCHEDULED_SESSIONS;
+    let bursts_pass = bursts.p99 < TARGET_SCHEDULING_P99 && bursts.ops == BURSTS * BURST_SESSIONS;
+    let phases = [&heartbeats, &echo, &scheduling, &bursts];
+    let load_ok = phases.iter().all(|m| m.load_ok);
     println!(
-        "\nheartbeats / echo: {:.0} / {:.0} per s = {:.1} % (target >= {:.0} %): {}",
+        "\nload: every phase generated the load it names (all runners beating over all \
+         connections, all runners connected, every session created): {}",
+        if load_ok { "ok" } else { "NOT MEASURED" }
+    );
+    println!(
+        "heartbeats / echo: {:.0} / {:.0} per s = {:.1} % (target >= {:.0} %): {}",
         heartbeats.per_sec(),
         echo.per_sec(),
         100.0 * share,
         100.0 * TARGET_ECHO_SHARE,
-        verdict(share_pass)
+        judged(heartbeats.load_ok && echo.load_ok, share_pass)
     );
     println!(
         "heartbeat p99: {:.2} ms (target < {} ms): {}",
         millis(heartbeats.p99),
         TARGET_HEARTBEAT_P99.as_millis(),
-        verdict(p99_pass)
+        judged(heartbeats.load_ok, p99_pass)
     );
     println!(
         "scheduling p99: {:.2} ms over {} of {SCHEDULED_SESSIONS} sessions assigned \
@@ -1083,19 +1221,25 @@ async fn fleet_scenario() -> ExitCode {
         millis(scheduling.p99),
         scheduling.ops,
         TARGET_SCHEDULING_P99.as_millis(),
-        verdict(scheduling_pass)
+        judged(scheduling.load_ok, scheduling_pass)
     );
-    let disturbance = [&heartbeats, &echo, &scheduling]
-        .iter()
-        .map(|m| m.disturbance)
-        .fold(0.0, f64::max);
+    println!(
+        "scheduling p99 in bursts of {BURST_SESSIONS}: {:.2} ms (from the 201 to the \
+         assign_session) over {} of {} sessions assigned (target < {} ms, all assigned): {}",
+        millis(bursts.p99),
+        bursts.ops,
+        BURSTS * BURST_SESSIONS,
+        TARGET_SCHEDULING_P99.as_millis(),
+        judged(bursts.load_ok, bursts_pass)
+    );
+    let disturbance = phases.iter().map(|m| m.disturbance).fold(0.0, f64::max);
     if disturbance > DISTURBANCE_LIMIT {
         println!(
             "\nWARNING: other processes or the hypervisor took up to {disturbance:.0} % of the \
              CPU during a phase: these figures do not count; rerun on an idle machine"
         );
     }
-    exit_code(share_pass && p99_pass && scheduling_pass)
+    exit_code(load_ok && share_pass && p99_pass && scheduling_pass && bursts_pass)
 }
 
 /// The soft limit on open files (Linux), or None when unknown or unlimited.
@@ -1290,7 +1434,7 @@ async fn heartbeat_phase(parent: &Path) -> (Measurement, Vec<Call>) {
     let calls: Vec<Call> = runners.iter().map(BenchRunner::heartbeat).collect();
     let before = server.writer_counts();
     let cpu = CpuSample::now();
-    let (latencies, elapsed) = send_for(
+    let (latencies, elapsed, spread) = send_for(
         &tokio::runtime::Handle::current(),
         server.addr,
         calls.clone(),
@@ -1304,6 +1448,7 @@ async fn heartbeat_phase(parent: &Path) -> (Measurement, Vec<Call>) {
     let mut measurement = Measurement::new(label, LOAD_CONNECTIONS, latencies, elapsed, None);
     measurement.print_row();
     measurement.disturbance = CpuSample::now().report_since(&cpu);
+    measurement.load_ok = fleet_load_check("heartbeats", runners.len(), &spread);
     after.report_since(&before, elapsed);
     server.report_upkeep().await;
     server.stop().await;
@@ -1324,9 +1469,10 @@ async fn echo_phase(calls: &[Call]) -> Measurement {
             .graceful(until_stopped(stopped))
             .run()
     });
-    let calls = calls.iter().map(|call| call.to("/echo")).collect();
+    let calls: Vec<Call> = calls.iter().map(|call| call.to("/echo")).collect();
+    let bodies = calls.len();
     let cpu = CpuSample::now();
-    let (latencies, elapsed) = send_for(
+    let (latencies, elapsed, spread) = send_for(
         &tokio::runtime::Handle::current(),
         addr,
         calls,
@@ -1340,7 +1486,27 @@ async fn echo_phase(calls: &[Call]) -> Measurement {
     let mut measurement = Measurement::new(label, LOAD_CONNECTIONS, latencies, elapsed, None);
     measurement.print_row();
     measurement.disturbance = CpuSample::now().report_since(&cpu);
+    measurement.load_ok = fleet_load_check("echo", bodies, &spread);
     measurement
+}
+
+/// The heartbeat and echo phases' load: every one of `FLEET_RUNNERS` runners' requests
+/// answered at least once, and every one of `LOAD_CONNECTIONS` connections carrying requests.
+fn fleet_load_check(what: &str, runners: usize, spread: &Spread) -> bool {
+    let ok = runners == FLEET_RUNNERS
+        && spread.covered() == FLEET_RUNNERS
+        && spread.active() == LOAD_CONNECTIONS;
+    load_check(
+        ok,
+        format_args!(
+            "{what}: {} of {FLEET_RUNNERS} runners answered 200 at least once (every connection \
+             through its share {} times or more), {} of {LOAD_CONNECTIONS} connections carried \
+             requests (needs all)",
+            spread.covered(),
+            spread.min_cycles(),
+            spread.active()
+        ),
+    )
 }
 
 /// What the simulated runners tell the scheduling phase.
@@ -1443,8 +1609,9 @@ async fn await_assignment(
 /// Phase 3: a fresh server, `SCHEDULING_RUNNERS` runners online with their channels open;
 /// sessions created one at a time, each timed from just before its create request to the
 /// arrival of its `assign_session` at a runner. Sessions never assigned are left out of the
-/// latencies (so `ops` falls short of `SCHEDULED_SESSIONS`).
-async fn scheduling_phase(parent: &Path) -> Measurement {
+/// latencies (so `ops` falls short of `SCHEDULED_SESSIONS`). Then, on the same server and
+/// runners, phase 4: `burst_phase`. Returns both measurements.
+async fn scheduling_phase(parent: &Path) -> (Measurement, Measurement) {
     let server = BenchServer::start(parent).await;
     let runners = server.register_runners(SCHEDULING_RUNNERS).await;
     let (arrivals, mut arrived) = mpsc::unbounded_channel();
@@ -1456,6 +1623,7 @@ async fn scheduling_phase(parent: &Path) -> Measurement {
     let heartbeats = runners.iter().map(BenchRunner::heartbeat).collect();
     send_each(server.addr, heartbeats, SETUP_CONNECTIONS, StatusCode::OK).await;
     server.wait_schedulable(runners.len()).await;
+    let schedulable = server.state.runners.schedulable().len();
 
     let create = session_create(&server);
     let mut client = Client::connect(server.addr, 0).await;
@@ -1487,6 +1655,15 @@ async fn scheduling_phase(parent: &Path) -> Measurement {
         measurement.ops,
         seen.len()
     );
+    measurement.load_ok = load_check(
+        schedulable >= SCHEDULING_RUNNERS && created == SCHEDULED_SESSIONS,
+        format_args!(
+            "{schedulable} of {SCHEDULING_RUNNERS} runners connected and schedulable, \
+             {created} of {SCHEDULED_SESSIONS} sessions created (needs all)"
+        ),
+    );
+    drop(client);
+    let bursts = burst_phase(&server, &mut arrived, &reports).await;
     drop(reports);
     server.stop().await;
     for player in players {
@@ -1497,6 +1674,173 @@ async fn scheduling_phase(parent: &Path) -> Measurement {
             eprintln!("a runner channel stayed open after the server stopped");
         }
     }
+    (measurement, bursts)
+}
+
+/// Sessions created in each burst of phase 4.
+const BURST_SESSIONS: usize = 1_000;
+/// Bursts in phase 4, each once every session of the one before is assigned (or after
+/// `ASSIGN_TIMEOUT`).
+const BURSTS: usize = 3;
+/// Keep-alive connections creating a burst's sessions.
+const BURST_CONNECTIONS: usize = 64;
+/// The load check's window: how many creates went out within it is printed.
+const BURST_OPENING: Duration = Duration::from_millis(100);
+
+/// One session of a burst: its id, when its create request went out and when its `201` came.
+struct BurstCreate {
+    session: String,
+    sent: Instant,
+    answered: Instant,
+}
+
+/// Phase 4, on the scheduling phase's server and runners (all connected, each with one
+/// session RUNNING): `BURSTS` bursts of `BURST_SESSIONS` creates sent as fast as they are
+/// answered over `BURST_CONNECTIONS` keep-alive connections. A session's scheduling latency
+/// runs from its `201` (the session is committed and QUEUED) to the arrival of its
+/// `assign_session` frame at a runner; an assignment that arrived before the `201` counts as
+/// 0. Returns the scheduling latencies of every assigned session (`ops` short of
+/// `BURSTS × BURST_SESSIONS` when some were not), the run's elapsed time being the bursts'
+/// spans (first create sent to last assignment).
+async fn burst_phase(
+    server: &BenchServer,
+    arrived: &mut mpsc::UnboundedReceiver<(String, Instant)>,
+    reports: &RunnerReports,
+) -> Measurement {
+    let capacity = Config::default().runners.default_capacity as usize * SCHEDULING_RUNNERS;
+    let needed = SCHEDULED_SESSIONS + BURSTS * BURST_SESSIONS;
+    let schedulable = server.state.runners.schedulable().len();
+    let create = session_create(server);
+    let mut clients = Vec::with_capacity(BURST_CONNECTIONS);
+    for index in 0..BURST_CONNECTIONS {
+        clients.push(Client::connect(server.addr, index).await);
+    }
+    // Assignments of the one-at-a-time phase not waited for.
+    while arrived.try_recv().is_ok() {}
+    let errors_before = reports.errors.load(Ordering::Relaxed);
+    let (mut latencies, mut creates_all) = (Vec::new(), Vec::new());
+    let (mut spans, mut created, mut assigned_all) = (Duration::ZERO, 0, 0);
+    let mut every_burst_full = true;
+    let cpu = CpuSample::now();
+    for burst in 1..=BURSTS {
+        let start = Instant::now();
+        let tasks: Vec<JoinHandle<(Client, Vec<BurstCreate>)>> = clients
+            .drain(..)
+            .enumerate()
+            .map(|(index, mut client)| {
+                let create = create.clone();
+                let share = BURST_SESSIONS / BURST_CONNECTIONS
+                    + usize::from(index < BURST_SESSIONS % BURST_CONNECTIONS);
+                tokio::spawn(async move {
+                    let mut done = Vec::with_capacity(share);
+                    for _ in 0..share {
+                        let sent = Instant::now();
+                        let body = client.post_expecting(&create, StatusCode::CREATED).await;
+                        let answered = Instant::now();
+                        let reply: Value = serde_json::from_slice(&body).unwrap();
+                        let session = reply["data"]["sessionId"].as_str().unwrap().to_owned();
+                        done.push(BurstCreate {
+                            session,
+                            sent,
+                            answered,
+                        });
+                    }
+                    (client, done)
+                })
+            })
+            .collect();
+        let mut creates = Vec::with_capacity(BURST_SESSIONS);
+        for task in tasks {
+            let (client, done) = task.await.unwrap();
+            clients.push(client);
+            creates.extend(done);
+        }
+        let last_answer = creates.iter().map(|c| c.answered).max().unwrap_or(start);
+        let opening = creates
+            .iter()
+            .filter(|c| c.sent < start + BURST_OPENING)
+            .count();
+        // Every session of the burst assigned, or `ASSIGN_TIMEOUT` after the last `201`.
+        let mut arrivals: HashMap<String, Instant> = HashMap::with_capacity(BURST_SESSIONS);
+        let wanted: std::collections::HashSet<&str> =
+            creates.iter().map(|c| c.session.as_str()).collect();
+        let deadline = tokio::time::Instant::from_std(last_answer + ASSIGN_TIMEOUT);
+        let mut of_burst = 0;
+        while of_burst < creates.len() {
+            let Ok(Some((id, at))) = tokio::time::timeout_at(deadline, arrived.recv()).await else {
+                break;
+            };
+            if wanted.contains(id.as_str()) {
+                of_burst += 1;
+            }
+            arrivals.insert(id, at);
+        }
+        let mut burst_latencies = Vec::with_capacity(creates.len());
+        let mut early = 0;
+        for c in &creates {
+            if let Some(&at) = arrivals.get(&c.session) {
+                if at < c.answered {
+                    early += 1;
+                }
+                burst_latencies.push(at.saturating_duration_since(c.answered));
+            }
+        }
+        let last_assignment = creates
+            .iter()
+            .filter_map(|c| arrivals.get(&c.session))
+            .max()
+            .copied()
+            .unwrap_or(start);
+        let span = last_assignment.saturating_duration_since(start);
+        spans += span;
+        let mut create_latencies: Vec<Duration> =
+            creates.iter().map(|c| c.answered - c.sent).collect();
+        create_latencies.sort_unstable();
+        burst_latencies.sort_unstable();
+        println!(
+            "    burst {burst}: {} creates in {:.0} ms ({opening} sent in the first {} ms), create \
+             p50 {:.2} / p99 {:.2} ms; {} of {} assigned, scheduling p50 {:.2} / p99 {:.2} / max \
+             {:.2} ms ({early} assigned before their 201 arrived); first create to last \
+             assignment {:.0} ms",
+            creates.len(),
+            millis(last_answer - start),
+            BURST_OPENING.as_millis(),
+            millis(percentile(&create_latencies, 50.0)),
+            millis(percentile(&create_latencies, 99.0)),
+            burst_latencies.len(),
+            creates.len(),
+            millis(percentile(&burst_latencies, 50.0)),
+            millis(percentile(&burst_latencies, 99.0)),
+            millis(burst_latencies.last().copied().unwrap_or_default()),
+            millis(span)
+        );
+        every_burst_full &= creates.len() == BURST_SESSIONS;
+        created += creates.len();
+        assigned_all += burst_latencies.len();
+        latencies.extend(burst_latencies);
+        creates_all.extend(create_latencies);
+    }
+    let label = format!("bursts of {BURST_SESSIONS}, {BURST_CONNECTIONS} conns");
+    let mut measurement = Measurement::new(label, BURST_CONNECTIONS, latencies, spans, None);
+    measurement.print_row();
+    measurement.disturbance = CpuSample::now().report_since(&cpu);
+    creates_all.sort_unstable();
+    println!(
+        "    all bursts: create p50 {:.2} / p99 {:.2} ms; {assigned_all} of {created} assigned; \
+         {} error frames at runners",
+        millis(percentile(&creates_all, 50.0)),
+        millis(percentile(&creates_all, 99.0)),
+        reports.errors.load(Ordering::Relaxed) - errors_before
+    );
+    measurement.load_ok = load_check(
+        schedulable >= SCHEDULING_RUNNERS && every_burst_full && capacity >= needed,
+        format_args!(
+            "{schedulable} of {SCHEDULING_RUNNERS} runners schedulable with {capacity} slots for \
+             {needed} sessions; {created} of {} sessions created, every burst complete, over \
+             {BURST_CONNECTIONS} connections (needs all)",
+            BURSTS * BURST_SESSIONS
+        ),
+    );
     measurement
 }
 
@@ -1567,6 +1911,7 @@ async fn stream_scenario() -> ExitCode {
         STREAM_DURATION
     );
     let clients = spawn_clients(&server, &session, "subscribe", STREAM_SUBSCRIBERS).await;
+    let subscribed = clients.connected.unwrap_or(0);
     let before = CpuSample::now();
     let wall = Instant::now();
     let sent = produce(&mut client, &server, &session).await;
@@ -1599,6 +1944,7 @@ async fn stream_scenario() -> ExitCode {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_before = rss_mib();
     let idle = spawn_clients(&server, &session, "idle", IDLE_CLIENTS).await;
+    let idle_connected = idle.connected.unwrap_or(0);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_after = rss_mib();
     let idle_delta = idle_after - idle_before;
@@ -1613,25 +1959,33 @@ async fn stream_scenario() -> ExitCode {
     // A run that did not produce the load it names proves nothing about that load: it fails
     // whatever its latency (the producer is one connection; a slow machine falls short).
     let produced_per_sec = sent as f64 / elapsed.as_secs_f64();
-    let load_ok = produced_per_sec >= LOAD_SHARE_NEEDED * CHUNKS_PER_SEC as f64;
+    let mib_per_sec = |chunks: f64| chunks * CHUNK_BYTES as f64 / 1048576.0;
+    let load_ok = produced_per_sec >= LOAD_SHARE_NEEDED * CHUNKS_PER_SEC as f64
+        && subscribed == STREAM_SUBSCRIBERS;
+    let idle_load_ok = idle_connected == IDLE_CLIENTS;
     let latency_ok = load_ok && complete && p99 < TARGET_STREAM_P99;
-    let memory_ok = idle_delta < TARGET_IDLE_MIB;
+    let memory_ok = idle_load_ok && idle_delta < TARGET_IDLE_MIB;
     println!();
     println!(
-        "load: {produced_per_sec:.0} of the {CHUNKS_PER_SEC} chunks/s named ({:.0} %, at least {:.0} % needed): {}",
+        "load: {:.2} of {:.2} MiB/s produced ({produced_per_sec:.0} of {CHUNKS_PER_SEC} chunks/s, \
+         {:.0} %, needs >= {:.0} %), {subscribed} of {STREAM_SUBSCRIBERS} subscribers connected \
+         (needs all): {}",
+        mib_per_sec(produced_per_sec),
+        mib_per_sec(CHUNKS_PER_SEC as f64),
         produced_per_sec * 100.0 / CHUNKS_PER_SEC as f64,
         LOAD_SHARE_NEEDED * 100.0,
-        verdict(load_ok)
+        if load_ok { "ok" } else { "NOT MEASURED" }
     );
     println!(
         "delivery p99 {:.2} ms, every frame once (target < {} ms, at the named load): {}",
         p99.as_secs_f64() * 1000.0,
         TARGET_STREAM_P99.as_millis(),
-        verdict(latency_ok)
+        judged(load_ok, complete && p99 < TARGET_STREAM_P99)
     );
     println!(
-        "idle memory +{idle_delta:.1} MiB for {IDLE_CLIENTS} clients (target < {TARGET_IDLE_MIB} MiB): {}",
-        verdict(memory_ok)
+        "idle memory +{idle_delta:.1} MiB for {idle_connected} of {IDLE_CLIENTS} clients connected \
+         (target < {TARGET_IDLE_MIB} MiB, all connected): {}",
+        judged(idle_load_ok, idle_delta < TARGET_IDLE_MIB)
     );
     exit_code(latency_ok && memory_ok)
 }
@@ -1670,6 +2024,8 @@ async fn produce(client: &mut Client, server: &BenchServer, session: &str) -> u6
 struct ClientProcess {
     child: tokio::process::Child,
     stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    /// The clients it reported connected (and subscribed, when subscribing), if it says.
+    connected: Option<usize>,
 }
 
 /// Org tokens for `count` dashboard users (a token may hold 10 connections).
@@ -1720,14 +2076,22 @@ impl ClientProcess {
             .spawn()
             .unwrap();
         let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut connected = None;
         loop {
             let line = tokio::time::timeout(Duration::from_secs(60), stdout.next_line())
                 .await
                 .unwrap_or_else(|_| panic!("`loadgen {}` was not ready in 60 s", args[0]))
                 .unwrap()
                 .unwrap_or_else(|| panic!("`loadgen {}` ended early", args[0]));
+            if let Some(n) = line.strip_prefix("CONNECTED ") {
+                connected = n.parse().ok();
+            }
             if line == "READY" {
-                return Self { child, stdout };
+                return Self {
+                    child,
+                    stdout,
+                    connected,
+                };
             }
         }
     }
@@ -1817,9 +2181,12 @@ async fn stream_clients() -> ExitCode {
         ready.push(ok_rx);
     }
     drop(frames_tx);
+    let mut connected = 0;
     for r in ready {
-        let _ = r.await;
+        connected += usize::from(r.await.is_ok());
     }
+    // How many got their `subscribed` (or `authenticated`): the parent checks its load.
+    println!("CONNECTED {connected}");
     println!("READY");
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     if !subscribe {
@@ -2399,11 +2766,12 @@ async fn runner_scenario() -> ExitCode {
     println!();
     println!(
         "load: produced {produced_per_sec:.2}, received {received_per_sec:.2} of the {named:.0} MiB/s named \
-         ({:.0} % / {:.0} %, at least {:.0} % needed): {}",
+         ({:.0} % / {:.0} %, needs >= {:.0} %), by {} of {RUNNER_SESSIONS} agents on 1 runner: {}",
         produced_per_sec * 100.0 / named,
         received_per_sec * 100.0 / named,
         LOAD_SHARE_NEEDED * 100.0,
-        verdict(load_ok)
+        agents.len(),
+        if load_ok { "ok" } else { "NOT MEASURED" }
     );
     println!(
         "every line stored and delivered once, every session COMPLETED: {}",
@@ -2413,7 +2781,7 @@ async fn runner_scenario() -> ExitCode {
         "latency p99 after the warm-up {:.2} ms (target < {} ms, at the named load): {}",
         p99.as_secs_f64() * 1000.0,
         TARGET_RUNNER_P99.as_millis(),
-        verdict(latency_ok)
+        judged(load_ok, latency_ok)
     );
     if !latency_ok {
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -2639,7 +3007,7 @@ async fn stale_scenario() -> ExitCode {
     );
     let held = (STALE_HISTORY / 16 * 16) as u64;
 
-    let (alone, elapsed) = send_raw_for(
+    let (alone, elapsed, alone_spread) = send_raw_for(
         clients.handle(),
         server.addr,
         &session_create(&server),
@@ -2659,6 +3027,7 @@ async fn stale_scenario() -> ExitCode {
     );
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    #[allow(clippy::type_complexity)]
     let posters: Vec<JoinHandle<(usize, usize, Vec<Duration>)>> = (0..STALE_POSTERS)
         .map(|p| {
             let (addr, data, stop) = (server.addr, data.clone(), stop.clone());
@@ -2691,7 +3060,7 @@ async fn stale_scenario() -> ExitCode {
             })
         })
         .collect();
-    let (loaded, elapsed) = send_raw_for(
+    let (loaded, elapsed, loaded_spread) = send_raw_for(
         clients.handle(),
         server.addr,
         &session_create(&server),
@@ -2702,10 +3071,12 @@ async fn stale_scenario() -> ExitCode {
     .await;
     stop.store(true, Ordering::Relaxed);
     let (mut repeats, mut refused, mut stale_took) = (0, 0, Vec::new());
+    let mut posting = 0;
     for p in posters {
         let (a, b, t) = p.await.unwrap();
         repeats += a;
         refused += b;
+        posting += usize::from(!t.is_empty());
         stale_took.extend(t);
     }
     stale_took.sort();
@@ -2727,12 +3098,26 @@ async fn stale_scenario() -> ExitCode {
         millis(percentile(&stale_took, 0.99))
     );
     let ratio = millis(p99_loaded) / millis(p99_alone).max(0.001);
-    let pass = repeats + refused >= STALE_POSTS_MIN
-        && (ratio <= 1.5 || p99_loaded <= p99_alone + Duration::from_millis(5));
+    println!();
+    let load_ok = load_check(
+        alone_spread.active() == STALE_CREATORS
+            && loaded_spread.active() == STALE_CREATORS
+            && posting == STALE_POSTERS
+            && repeats + refused >= STALE_POSTS_MIN,
+        format_args!(
+            "{} and {} of {STALE_CREATORS} creating connections created sessions alone and with \
+             the stale posts, {posting} of {STALE_POSTERS} posters posted, {} stale posts \
+             (needs all, and >= {STALE_POSTS_MIN} posts)",
+            alone_spread.active(),
+            loaded_spread.active(),
+            repeats + refused
+        ),
+    );
+    let pass = load_ok && (ratio <= 1.5 || p99_loaded <= p99_alone + Duration::from_millis(5));
     println!(
-        "\ncreate p99 with / without stale posts: {ratio:.2}x (target <= 1.5x, or within 5 ms; \
+        "create p99 with / without stale posts: {ratio:.2}x (target <= 1.5x, or within 5 ms; \
          >= {STALE_POSTS_MIN} stale posts): {}",
-        verdict(pass)
+        judged(load_ok, pass)
     );
     server.stop().await;
     clients.shutdown_background();

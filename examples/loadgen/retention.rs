@@ -360,6 +360,7 @@ pub async fn startup_scenario(args: &[String]) -> ExitCode {
         filled.elapsed().as_secs_f64(),
         mib(file_size(&db))
     );
+    let mut load_ok = holds_its_output(&db, sessions, chunks);
     let slowest = time_starts(&village, &dir, 3).await;
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -367,6 +368,7 @@ pub async fn startup_scenario(args: &[String]) -> ExitCode {
     let dir = scratch_dir("startup-backlog");
     let db = dir.join("village.redb");
     fill(&db, sessions, chunks, now_ms - 2 * 24 * 3_600_000).await;
+    load_ok &= holds_its_output(&db, sessions, chunks);
     println!("  with every finished session due for its purge:");
     let started = Instant::now();
     let mut server = Server::spawn(&village, &dir);
@@ -392,9 +394,24 @@ pub async fn startup_scenario(args: &[String]) -> ExitCode {
         slowest.as_secs_f64() * 1000.0,
         STARTUP_TARGET.as_millis(),
         stop.as_secs_f64() * 1000.0,
-        super::verdict(pass)
+        super::judged(load_ok, pass)
     );
-    super::exit_code(pass)
+    super::exit_code(load_ok && pass)
+}
+
+/// Whether the filled file is at least as large as the output chunks it should hold (120 bytes
+/// each): a fill that fell short would make the start-up look faster than it is.
+fn holds_its_output(db: &Path, sessions: u64, chunks: u64) -> bool {
+    let least = sessions * chunks * 120;
+    super::load_check(
+        file_size(db) >= least,
+        format_args!(
+            "the file holds {:.0} MiB, at least the {:.0} MiB of output of {sessions} sessions \
+             with {chunks} chunks each",
+            mib(file_size(db)),
+            mib(least)
+        ),
+    )
 }
 
 pub async fn week_scenario(args: &[String]) -> ExitCode {
@@ -484,6 +501,15 @@ pub async fn week_scenario(args: &[String]) -> ExitCode {
             * 1000.0,
         purge_job_max as f64 / 1000.0
     );
+    let load_ok = super::load_check(
+        created == days * 24 * per_hour && sweep_times.len() as u64 >= days * 24,
+        format_args!(
+            "{created} of {} sessions written, {} sweeps for {} hours",
+            days * 24 * per_hour,
+            sweep_times.len(),
+            days * 24
+        ),
+    );
     let live = (ttl_ms as u64 / 3_600_000 + 1) * per_hour * output_kib;
     println!(
         "  output kept at the end: about {:.0} MiB ({} h of sessions)",
@@ -508,8 +534,8 @@ pub async fn week_scenario(args: &[String]) -> ExitCode {
         "  slowest start {:.0} ms (target < {} ms): {}",
         slowest.as_secs_f64() * 1000.0,
         STARTUP_TARGET.as_millis(),
-        super::verdict(pass)
+        super::judged(load_ok, pass)
     );
     let _ = std::fs::remove_dir_all(&dir);
-    super::exit_code(pass)
+    super::exit_code(load_ok && pass)
 }

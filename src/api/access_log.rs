@@ -172,11 +172,23 @@ pub fn route_template(path: &str) -> &'static str {
         }
         by_length
     });
-    let length = path.split('/').filter(|s| !s.is_empty()).count();
+    // The path's segments, split once (every request comes here); no documented route has
+    // more than a handful.
+    const MAX_SEGMENTS: usize = 12;
+    let mut segments = [""; MAX_SEGMENTS];
+    let mut length = 0;
+    for segment in path.split('/').filter(|s| !s.is_empty()) {
+        if length == MAX_SEGMENTS {
+            length += 1;
+            break;
+        }
+        segments[length] = segment;
+        length += 1;
+    }
     let found = routes.get(length).and_then(|candidates| {
         candidates.iter().find(|(_, pattern)| {
-            path.split('/')
-                .filter(|s| !s.is_empty())
+            segments
+                .iter()
                 .zip(pattern)
                 .all(|(s, p)| p.starts_with('{') || p == s)
         })

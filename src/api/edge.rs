@@ -10,7 +10,7 @@
 //!   cap is closed as soon as it is accepted;
 //! - HTTP/1.1 only: nothing Village serves needs HTTP/2, so an HTTP/2 preface is refused.
 //!
-//! Each request carries its peer's address as a [`ClientAddr`] extension.
+//! The routes read the request's peer address with [`client_addr`].
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -39,6 +39,20 @@ use crate::metrics::Metrics;
 /// The peer of the connection a request came on.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
+
+tokio::task_local! {
+    /// The peer of the request being answered: set around the routes' future, so a request
+    /// carries it without an extension (an allocation) of its own.
+    static PEER: SocketAddr;
+}
+
+/// The peer of the connection the request came on (`None` for routes served without the
+/// edge).
+pub fn client_addr()
+-> impl warp::Filter<Extract = (Option<ClientAddr>,), Error = Infallible> + Clone {
+    use warp::Filter;
+    warp::any().map(|| PEER.try_with(|peer| ClientAddr(*peer)).ok())
+}
 
 /// How long a stopping server waits for open requests before it drops their connections.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -271,11 +285,10 @@ pub async fn serve(
         let io = TokioIo::new(EdgeStream::new(stream, idle_timeout, slot));
         let service = service.clone();
         let metrics = metrics.clone();
-        let handler = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-            request.extensions_mut().insert(ClientAddr(peer));
+        let handler = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let mut service = service.clone();
             let metrics = metrics.clone();
-            async move {
+            PEER.scope(peer, async move {
                 let (mut head, body) = request.into_parts();
                 let seen = access_log::Request::begin(&mut head);
                 let request = hyper::Request::from_parts(head, body);
@@ -286,7 +299,7 @@ pub async fn serve(
                 let (mut parts, body) = download::finish(response).await.into_parts();
                 seen.finish(&mut parts, caller, &metrics);
                 Ok::<_, Infallible>(hyper::Response::from_parts(parts, body))
-            }
+            })
         });
         let connection = http.serve_connection(io, handler).with_upgrades();
         let mut stop = stop.clone();

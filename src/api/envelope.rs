@@ -8,7 +8,7 @@ use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::Response;
 
 use super::error::ApiError;
-use crate::clock::{Millis, format_ms};
+use crate::clock::{Millis, Rfc3339Ms};
 
 /// A handler's successful answer: data for the envelope, or a response of its own (a
 /// WebSocket upgrade).
@@ -18,11 +18,12 @@ pub enum Success {
         status: StatusCode,
         data: Value,
     },
-    /// Data already written as JSON from a typed wire shape: hot paths skip building a
-    /// `Value` tree only to serialise it.
+    /// Data already written as JSON from a typed wire shape, after the envelope's opening
+    /// (`{"data":`), so the envelope is finished in the same buffer: hot paths skip building
+    /// a `Value` tree only to serialise it, and a copy of it.
     Json {
         status: StatusCode,
-        json: Vec<u8>,
+        opened: Vec<u8>,
     },
     Raw(Response),
 }
@@ -54,11 +55,13 @@ impl Success {
 
     /// `data` as JSON, written straight from its `Serialize` implementation.
     pub fn typed(status: StatusCode, data: &impl Serialize) -> Result<Self, ApiError> {
-        let json = serde_json::to_vec(data).map_err(|e| {
+        let mut opened = Vec::with_capacity(ENVELOPE_CAPACITY);
+        opened.extend_from_slice(DATA_OPENING);
+        serde_json::to_writer(&mut opened, data).map_err(|e| {
             tracing::error!(error = %e, "a response could not be serialised");
             ApiError::internal()
         })?;
-        Ok(Self::Json { status, json })
+        Ok(Self::Json { status, opened })
     }
 }
 
@@ -68,7 +71,7 @@ struct Meta<'a> {
     duration: f64,
     #[serde(rename = "requestId")]
     request_id: &'a str,
-    timestamp: String,
+    timestamp: Rfc3339Ms,
 }
 
 pub type ApiResult = Result<Success, ApiError>;
@@ -76,17 +79,30 @@ pub type ApiResult = Result<Success, ApiError>;
 /// Per-request facts the envelope needs.
 #[derive(Debug, Clone)]
 pub struct RequestCtx {
-    pub request_id: String,
+    /// Always a valid request id (ASCII), as sent back in `X-Request-Id`.
+    pub request_id: HeaderValue,
     pub started: Instant,
 }
 
-/// A client's `X-Request-Id` is reused when it is 1–64 of `[A-Za-z0-9._-]`.
-pub fn request_id_from(header: Option<&HeaderValue>, fresh: impl FnOnce() -> String) -> String {
-    header
-        .filter(|v| is_request_id(v))
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .unwrap_or_else(fresh)
+impl RequestCtx {
+    pub fn request_id(&self) -> &str {
+        self.request_id.to_str().unwrap_or_default()
+    }
+}
+
+/// A client's `X-Request-Id` is reused when it is 1–64 of `[A-Za-z0-9._-]`; otherwise a new
+/// UUID.
+pub fn request_id_from(header: Option<&HeaderValue>) -> HeaderValue {
+    match header {
+        Some(v) if is_request_id(v) => v.clone(),
+        _ => {
+            let mut buf = uuid::Uuid::encode_buffer();
+            let fresh = crate::clock::random_uuid()
+                .hyphenated()
+                .encode_lower(&mut buf);
+            HeaderValue::from_str(fresh).unwrap_or(HeaderValue::from_static("unknown"))
+        }
+    }
 }
 
 /// A client's `X-Request-Id` is used when it is 1–64 characters of `A-Za-z0-9._-`.
@@ -100,25 +116,28 @@ pub fn is_request_id(v: &HeaderValue) -> bool {
 pub fn respond(ctx: &RequestCtx, now: Millis, result: ApiResult) -> Response {
     let duration = ctx.started.elapsed().as_secs_f64() * 1000.0;
     let meta = Meta {
-        request_id: &ctx.request_id,
-        timestamp: format_ms(now),
+        request_id: ctx.request_id(),
+        timestamp: Rfc3339Ms(now),
         duration: (duration * 1000.0).round() / 1000.0,
     };
     let mut retry_after = None;
     let (status, body) = match result {
         // A response of its own (an upgrade, a file) still names its request.
         Ok(Success::Raw(mut response)) => {
-            if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
-                response.headers_mut().entry("x-request-id").or_insert(id);
-            }
+            response
+                .headers_mut()
+                .entry("x-request-id")
+                .or_insert(ctx.request_id.clone());
             return response;
         }
-        // Cannot fail: every key of a `Value` is a string.
-        Ok(Success::Data { status, data }) => (
-            status,
-            envelope(&serde_json::to_vec(&data).unwrap_or_default(), &meta),
-        ),
-        Ok(Success::Json { status, json }) => (status, envelope(&json, &meta)),
+        Ok(Success::Data { status, data }) => {
+            let mut opened = Vec::with_capacity(ENVELOPE_CAPACITY);
+            opened.extend_from_slice(DATA_OPENING);
+            // Cannot fail: every key of a `Value` is a string.
+            let _ = serde_json::to_writer(&mut opened, &data);
+            (status, close_envelope(opened, &meta))
+        }
+        Ok(Success::Json { status, opened }) => (status, close_envelope(opened, &meta)),
         Err(e) => {
             retry_after = e.retry_after_secs;
             let mut error = Map::new();
@@ -152,21 +171,21 @@ pub fn respond(ctx: &RequestCtx, now: Millis, result: ApiResult) -> Response {
         HeaderValue::from_static("application/json"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
-        headers.insert("x-request-id", v);
-    }
+    headers.insert("x-request-id", ctx.request_id.clone());
     if let Some(secs) = retry_after {
         headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.get()));
     }
     response
 }
 
-/// A successful envelope around `data` (JSON): `{"data":…,"meta":…,"success":true}`, the key
-/// order of the `Map` it was once built as.
-fn envelope(data: &[u8], meta: &Meta<'_>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len() + 128);
-    out.extend_from_slice(b"{\"data\":");
-    out.extend_from_slice(data);
+/// The start of a successful envelope: `{"data":…,"meta":…,"success":true}`, the key order of
+/// the `Map` it was once built as.
+const DATA_OPENING: &[u8] = b"{\"data\":";
+/// Room for most answers' data and the meta without growing the buffer.
+const ENVELOPE_CAPACITY: usize = 512;
+
+/// Finishes a successful envelope whose data follows [`DATA_OPENING`] in `opened`.
+fn close_envelope(mut out: Vec<u8>, meta: &Meta<'_>) -> Vec<u8> {
     out.extend_from_slice(b",\"meta\":");
     // Cannot fail: a struct of strings and a number.
     let _ = serde_json::to_writer(&mut out, meta);
@@ -189,16 +208,18 @@ mod tests {
         let meta = Meta {
             duration: 1.5,
             request_id: "req-1",
-            timestamp: format_ms(1_700_000_000_000),
+            timestamp: Rfc3339Ms(1_700_000_000_000),
         };
-        let data = serde_json::to_vec(&Shape { a: 1, b: "x" }).unwrap();
+        let Ok(Success::Json { opened, .. }) = Success::json(&Shape { a: 1, b: "x" }) else {
+            panic!("a typed answer");
+        };
         let expected = serde_json::json!({
             "success": true,
             "data": {"a": 1, "b": "x"},
             "meta": {"requestId": "req-1", "timestamp": "2023-11-14T22:13:20.000Z", "duration": 1.5},
         });
         assert_eq!(
-            envelope(&data, &meta),
+            close_envelope(opened, &meta),
             crate::api::wire::text(expected).into_bytes()
         );
     }

@@ -99,7 +99,7 @@ pub fn routes(state: &AppState) -> warp::filters::BoxedFilter<(Response,)> {
     let metrics = warp::path!("metrics")
         .and(warp::get())
         .and(warp::header::optional::<String>("authorization"))
-        .and(warp::ext::optional::<ClientAddr>())
+        .and(super::edge::client_addr())
         .then(move |auth: Option<String>, remote: Option<ClientAddr>| {
             let st = st.clone();
             async move {

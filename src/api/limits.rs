@@ -22,7 +22,40 @@ use warp::http::StatusCode;
 use super::error::ApiError;
 use crate::config::LimitsConfig;
 
-type Keyed<K> = RateLimiter<K, governor::state::keyed::DefaultKeyedStateStore<K>, DefaultClock>;
+type OneLock<K> = RateLimiter<K, governor::state::keyed::DefaultKeyedStateStore<K>, DefaultClock>;
+
+/// Limiters a key is spread over by its hash: governor's keyed store is one map behind one
+/// mutex, which every request of a busy fleet would take in turn. Each key stays in one shard,
+/// so its limit is exactly what one limiter would give it.
+const SHARDS: usize = 16;
+
+struct Keyed<K: std::hash::Hash + Eq + Clone> {
+    shards: Vec<OneLock<K>>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Keyed<K> {
+    fn shard(&self, key: &K) -> &OneLock<K> {
+        use std::hash::BuildHasher;
+        // Fixed keys: the spread only has to be even, not secret.
+        let hash =
+            std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+                .hash_one(key);
+        &self.shards[(hash as usize) % self.shards.len()]
+    }
+
+    fn check_key(
+        &self,
+        key: &K,
+    ) -> Result<(), governor::NotUntil<<DefaultClock as Clock>::Instant>> {
+        self.shard(key).check_key(key)
+    }
+
+    fn retain_recent(&self) {
+        for shard in &self.shards {
+            shard.retain_recent();
+        }
+    }
+}
 
 /// What a call is charged to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,9 +76,10 @@ pub struct RateLimits {
 fn limiter<K: Clone + std::hash::Hash + Eq>(per_minute: u32, burst: u32) -> Option<Keyed<K>> {
     let rate = NonZeroU32::new(per_minute)?;
     let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
-    Some(RateLimiter::hashmap(
-        Quota::per_minute(rate).allow_burst(burst),
-    ))
+    let quota = Quota::per_minute(rate).allow_burst(burst);
+    Some(Keyed {
+        shards: (0..SHARDS).map(|_| RateLimiter::hashmap(quota)).collect(),
+    })
 }
 
 impl RateLimits {

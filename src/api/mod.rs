@@ -80,18 +80,12 @@ pub struct Services {
 
 /// Every route the server answers.
 pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
-    let api = warp::path("api")
-        .and(request_ctx())
-        .and(api_v1(state).or_else(|r: Rejection| async move {
-            Ok::<_, Infallible>((Err::<Success, _>(error::from_rejection(&r)),))
-        }))
-        .map({
-            let clock = state.clock.clone();
-            move |ctx: RequestCtx, result: ApiResult| {
-                envelope::respond(&ctx, clock.now_ms(), result)
-            }
-        });
-    health::routes(state)
+    let api = warp::path("api").and(enveloped(state, api_v1(state)));
+    // A fleet's heartbeats are most of the requests a busy server answers: their route is
+    // tried first, so a beat does not walk the route tree (every `or` that rejects costs).
+    heartbeat_route(state)
+        .or(health::routes(state))
+        .unify()
         .or(openapi::route())
         .unify()
         .or(api)
@@ -102,25 +96,70 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
+/// An API answer in the envelope: `routes` settles the request (a rejection becomes its error
+/// envelope), with its request id and timing.
+fn enveloped(
+    state: &AppState,
+    routes: BoxedFilter<(ApiResult,)>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + use<> {
+    let clock = state.clock.clone();
+    request_ctx()
+        .and(routes.or_else(|r: Rejection| async move {
+            Ok::<_, Infallible>((Err::<Success, _>(error::from_rejection(&r)),))
+        }))
+        .map(move |ctx: RequestCtx, result: ApiResult| {
+            envelope::respond(&ctx, clock.now_ms(), result)
+        })
+}
+
+/// `POST /api/v1/runners/{runnerId}/heartbeat`, with the same limits, authentication, body
+/// checks and envelope as every other API route (see `api_v1`). Once its path and method match
+/// it answers, a refusal included, so nothing else is tried for a beat.
+fn heartbeat_route(state: &AppState) -> BoxedFilter<(Response,)> {
+    let admitted = rate_limited_address(state)
+        .and(rate_limited_caller(state))
+        .and(json_body())
+        .map(|caller: Caller, body: Body| Ok((caller, body)))
+        .or_else(|r: Rejection| async move { Ok::<_, Infallible>((Err(r),)) });
+    let st = state.clone();
+    warp::path!("api" / "v1" / "runners" / String / "heartbeat")
+        .and(warp::post())
+        .and(request_ctx())
+        .and(admitted)
+        .map(
+            move |id: String, ctx: RequestCtx, admitted: Result<(Caller, Body), Rejection>| {
+                let result = match admitted {
+                    Ok((caller, body)) => runners::heartbeat(&id, &caller, &st, &body),
+                    Err(r) => Err(error::from_rejection(&r)),
+                };
+                envelope::respond(&ctx, st.clock.now_ms(), result)
+            },
+        )
+        .boxed()
+}
+
 /// `/api/v1/...`: authentication first (401 before routing), then the domain routes.
 fn api_v1(state: &AppState) -> BoxedFilter<(ApiResult,)> {
     // The dashboard stream authenticates by header, `?token=` or its first frame, so it is
     // matched before the bearer-token gate.
-    let gated = rate_limited_token(state).and(
-        sessions::routes(state)
-            .or(tokens::routes(state))
-            .unify()
-            .or(runners::routes(state))
-            .unify()
-            .or(audit::routes(state))
-            .unify()
-            .or(webhooks::routes(state))
-            .unify()
-            .or(pipeline::routes(state))
-            .unify()
-            .or(admin::routes(state))
-            .unify(),
-    );
+    let gated = rate_limited_caller(state)
+        .map(|_: Caller| ())
+        .untuple_one()
+        .and(
+            sessions::routes(state)
+                .or(tokens::routes(state))
+                .unify()
+                .or(runners::routes(state))
+                .unify()
+                .or(audit::routes(state))
+                .unify()
+                .or(webhooks::routes(state))
+                .unify()
+                .or(pipeline::routes(state))
+                .unify()
+                .or(admin::routes(state))
+                .unify(),
+        );
     warp::path("v1")
         .and(rate_limited_address(state))
         .and(ws::route(state).or(gated).unify())
@@ -133,7 +172,7 @@ fn rate_limited_address(
     state: &AppState,
 ) -> impl Filter<Extract = (), Error = Rejection> + Clone + use<> {
     let limits = state.limits.clone();
-    warp::ext::optional::<edge::ClientAddr>()
+    edge::client_addr()
         .and_then(move |addr: Option<edge::ClientAddr>| {
             let checked = match addr {
                 Some(edge::ClientAddr(addr)) => limits.check_ip(addr.ip()).map_err(reject),
@@ -146,9 +185,9 @@ fn rate_limited_address(
 
 /// The caller (see [`principal`]), whose call counts against its token's rate limit: runner
 /// reports against one budget, everything else against another.
-fn rate_limited_token(
+fn rate_limited_caller(
     state: &AppState,
-) -> impl Filter<Extract = (), Error = Rejection> + Clone + use<> {
+) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone + use<> {
     let limits = state.limits.clone();
     principal(state)
         .and(warp::method())
@@ -158,15 +197,15 @@ fn rate_limited_token(
                 // With authentication off every caller is the same anonymous admin: the
                 // address limit applies instead.
                 let checked = match caller.token_id.is_nil() {
-                    true => Ok(()),
+                    true => Ok(caller),
                     false => limits
                         .check_token(caller.token_id, limits::budget_of(&method, path.as_str()))
+                        .map(|()| caller)
                         .map_err(reject),
                 };
                 std::future::ready(checked)
             },
         )
-        .untuple_one()
 }
 
 /// One header's raw value, if present (never rejects; no copy of the whole header map).
@@ -178,9 +217,7 @@ fn header_value(
 
 fn request_ctx() -> impl Filter<Extract = (RequestCtx,), Error = Infallible> + Clone {
     header_value("x-request-id").map(|id: Option<HeaderValue>| RequestCtx {
-        request_id: envelope::request_id_from(id.as_ref(), || {
-            crate::clock::random_uuid().to_string()
-        }),
+        request_id: envelope::request_id_from(id.as_ref()),
         started: Instant::now(),
     })
 }

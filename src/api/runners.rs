@@ -27,11 +27,6 @@ pub fn routes(s: &AppState) -> BoxedFilter<(ApiResult,)> {
         .and(p())
         .and(json_body())
         .then(register);
-    let heartbeat = path!("runners" / String / "heartbeat")
-        .and(warp::post())
-        .and(p())
-        .and(json_body())
-        .then(heartbeat);
     let channel = path!("runners" / String / "channel")
         .and(warp::get())
         .and(p())
@@ -63,9 +58,8 @@ pub fn routes(s: &AppState) -> BoxedFilter<(ApiResult,)> {
         .and(json_body())
         .then(|id, p, st, _body: Body| set_draining(id, p, st, false));
     let fleet = path!("fleet").and(warp::get()).and(p()).then(fleet);
+    // `POST /runners/{id}/heartbeat` is matched before the route tree (`super::routes`).
     register
-        .or(heartbeat)
-        .unify()
         .or(channel)
         .unify()
         .or(list)
@@ -224,17 +218,20 @@ pub fn parse_heartbeat(body: &Body) -> Result<Heartbeat, DomainError> {
     }
 }
 
-/// A heartbeat (REST or channel frame) and its reply, with the build the runner should run.
-fn heartbeat_ack(
+/// A heartbeat (REST or channel frame) and its reply, with the build the runner should run,
+/// handed to `render` (the reply borrows the pipeline snapshot the answer came from).
+fn heartbeat_ack<R>(
     st: &AppState,
     p: &Principal,
     id: uuid::Uuid,
     hb: Heartbeat,
     via: HeartbeatVia,
-) -> Result<HeartbeatAck, DomainError> {
-    let (reply, desired) = st.pipeline.heartbeat(p, id, hb)?;
+    render: impl FnOnce(&HeartbeatAck<'_>) -> R,
+) -> Result<R, DomainError> {
+    let state = st.pipeline.current();
+    let (reply, desired) = st.pipeline.heartbeat(p, id, hb, &state)?;
     st.metrics.heartbeat(via);
-    Ok(HeartbeatAck::new(&reply, desired.map(Into::into)))
+    Ok(render(&HeartbeatAck::new(&reply, desired.map(Into::into))))
 }
 
 /// The heartbeat reply as the runner channel sends it (it adds the frame's type and id).
@@ -244,13 +241,16 @@ pub fn beat(
     id: uuid::Uuid,
     hb: Heartbeat,
 ) -> Result<Value, DomainError> {
-    heartbeat_ack(st, p, id, hb, HeartbeatVia::Channel).map(|ack| wire::to_value(&ack))
+    heartbeat_ack(st, p, id, hb, HeartbeatVia::Channel, |ack| {
+        wire::to_value(ack)
+    })
 }
 
-async fn heartbeat(id: String, p: Caller, st: AppState, body: Body) -> ApiResult {
-    let id = runner_id(&id)?;
-    let hb = parse_heartbeat(&body)?;
-    Success::json(&heartbeat_ack(&st, &p, id, hb, HeartbeatVia::Rest)?)
+/// `POST /runners/{id}/heartbeat` (memory only: answered without waiting for anything).
+pub(super) fn heartbeat(id: &str, p: &Caller, st: &AppState, body: &Body) -> ApiResult {
+    let id = runner_id(id)?;
+    let hb = parse_heartbeat(body)?;
+    heartbeat_ack(st, p, id, hb, HeartbeatVia::Rest, |ack| Success::json(ack))?
 }
 
 async fn list(p: Caller, st: AppState, q: HashMap<String, String>) -> ApiResult {

@@ -170,30 +170,85 @@ pub struct AuthService {
     store: Store,
     clock: SharedClock,
     ids: SharedIds,
-    active: Arc<RwLock<HashMap<[u8; 32], Caller>>>,
+    active: Arc<ActiveTokens>,
+}
+
+/// The usable tokens by hash, in shards picked by the hash's first byte: every request looks
+/// one up, so no one lock is taken by all of them.
+struct ActiveTokens {
+    shards: Vec<RwLock<HashMap<[u8; 32], Caller>>>,
+}
+
+impl ActiveTokens {
+    const SHARDS: usize = 16;
+
+    fn new(tokens: impl IntoIterator<Item = ([u8; 32], Caller)>) -> Self {
+        let this = Self {
+            shards: (0..Self::SHARDS).map(|_| RwLock::default()).collect(),
+        };
+        for (hash, caller) in tokens {
+            this.insert(hash, caller);
+        }
+        this
+    }
+
+    fn shard(&self, hash: &[u8; 32]) -> &RwLock<HashMap<[u8; 32], Caller>> {
+        &self.shards[usize::from(hash[0]) % Self::SHARDS]
+    }
+
+    fn get(&self, hash: &[u8; 32]) -> Option<Caller> {
+        let shard = self.shard(hash).read().unwrap_or_else(|p| p.into_inner());
+        shard.get(hash).cloned()
+    }
+
+    fn insert(&self, hash: [u8; 32], caller: Caller) {
+        let mut shard = self.shard(&hash).write().unwrap_or_else(|p| p.into_inner());
+        shard.insert(hash, caller);
+    }
+
+    /// Removes a token and marks its principal revoked (a request holding it sees that).
+    fn revoke(&self, hash: &[u8; 32]) {
+        let mut shard = self.shard(hash).write().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = shard.remove(hash) {
+            p.mark_revoked();
+        }
+    }
+
+    /// Revokes every token of `token_id` (there is one).
+    fn revoke_id(&self, token_id: Uuid) {
+        for shard in &self.shards {
+            let mut shard = shard.write().unwrap_or_else(|p| p.into_inner());
+            shard.retain(|_, p| {
+                let keep = p.token_id != token_id;
+                if !keep {
+                    p.mark_revoked();
+                }
+                keep
+            });
+        }
+    }
 }
 
 impl AuthService {
     /// Loads every active token into memory.
     pub async fn load(store: Store, clock: SharedClock, ids: SharedIds) -> DomainResult<Self> {
         let tokens = store.read(|r| r.all_tokens()).await?;
-        let active = tokens
-            .iter()
-            .filter(|t| t.revoked_at.is_none())
-            .map(|t| (t.hash, Arc::new(Principal::from_record(t))))
-            .collect();
+        let active = ActiveTokens::new(
+            tokens
+                .iter()
+                .filter(|t| t.revoked_at.is_none())
+                .map(|t| (t.hash, Arc::new(Principal::from_record(t)))),
+        );
         Ok(Self {
             store,
             clock,
             ids,
-            active: Arc::new(RwLock::new(active)),
+            active: Arc::new(active),
         })
     }
 
     pub fn authenticate(&self, secret: &str) -> Option<Caller> {
-        let hash = hash_secret(secret);
-        let active = self.active.read().unwrap_or_else(|p| p.into_inner());
-        active.get(&hash).cloned()
+        self.active.get(&hash_secret(secret))
     }
 
     /// A runner token for a registration (its runner id is filled in by the caller).
@@ -210,23 +265,17 @@ impl AuthService {
 
     /// Makes a token committed elsewhere usable, and a replaced one unusable.
     pub fn remember_issued(&self, issued: &TokenRecord, replaced: Option<&TokenRecord>) {
-        let mut active = self.active.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = replaced.and_then(|old| active.remove(&old.hash)) {
-            p.mark_revoked();
+        // The new one first: there is no moment without a usable token.
+        self.active
+            .insert(issued.hash, Arc::new(Principal::from_record(issued)));
+        if let Some(old) = replaced {
+            self.active.revoke(&old.hash);
         }
-        active.insert(issued.hash, Arc::new(Principal::from_record(issued)));
     }
 
     /// Drops a token (revoked in the store by the caller) from the in-memory set.
     pub async fn forget(&self, token_id: Uuid) {
-        let mut active = self.active.write().unwrap_or_else(|p| p.into_inner());
-        active.retain(|_, p| {
-            let keep = p.token_id != token_id;
-            if !keep {
-                p.mark_revoked();
-            }
-            keep
-        });
+        self.active.revoke_id(token_id);
     }
 
     fn mint(&self, new: NewToken, runner_id: Option<Uuid>) -> IssuedToken {
@@ -245,8 +294,8 @@ impl AuthService {
     }
 
     fn remember(&self, record: &TokenRecord) {
-        let mut active = self.active.write().unwrap_or_else(|p| p.into_inner());
-        active.insert(record.hash, Arc::new(Principal::from_record(record)));
+        self.active
+            .insert(record.hash, Arc::new(Principal::from_record(record)));
     }
 
     /// Creates the first admin token when the database has none. Returns its secret.
@@ -403,10 +452,7 @@ impl AuthService {
                 Ok(token)
             })
             .await?;
-        let mut active = self.active.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = active.remove(&revoked.hash) {
-            p.mark_revoked();
-        }
+        self.active.revoke(&revoked.hash);
         Ok(revoked)
     }
 }

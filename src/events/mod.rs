@@ -122,6 +122,12 @@ impl EventBus {
         }
     }
 
+    /// The runners with a live channel now.
+    pub fn attached_runners(&self) -> Vec<Uuid> {
+        let channels = self.channels.read().unwrap_or_else(|p| p.into_inner());
+        channels.keys().copied().collect()
+    }
+
     pub fn is_attached(&self, runner: Uuid) -> bool {
         let channels = self.channels.read().unwrap_or_else(|p| p.into_inner());
         channels.contains_key(&runner)

@@ -20,7 +20,9 @@ mod rules;
 mod verdicts;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 use std::time::Duration;
 
 use tokio::sync::broadcast::error::RecvError;
@@ -41,14 +43,6 @@ pub use desired::*;
 use model::*;
 pub use rules::*;
 pub use verdicts::*;
-
-/// The build a runner is told to run.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DesiredBuild {
-    pub build_id: String,
-    pub runner_version: String,
-    pub runtime_versions: BTreeMap<String, String>,
-}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct VersionView {
@@ -94,7 +88,7 @@ pub struct PipelineService {
     ids: SharedIds,
     default_channel: Channel,
     rules: HealthRules,
-    snapshot: Arc<RwLock<Arc<PipelineState>>>,
+    snapshot: Arc<ArcSwap<PipelineState>>,
     /// One change at a time: each starts from the snapshot the previous one left.
     writer: Arc<tokio::sync::Mutex<()>>,
     /// Session outcomes per (rollout, stage) not yet folded into the rollouts.
@@ -134,7 +128,7 @@ impl PipelineService {
                 hold_ms: ms(cfg.canary_duration),
                 auto_advance: cfg.enable_auto_rollout,
             },
-            snapshot: Arc::new(RwLock::new(Arc::new(state))),
+            snapshot: Arc::new(ArcSwap::from_pointee(state)),
             writer: Arc::default(),
             pending_counts: Arc::default(),
             discovering: Arc::default(),
@@ -148,10 +142,12 @@ impl PipelineService {
     }
 
     pub fn snapshot(&self) -> Arc<PipelineState> {
-        self.snapshot
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.snapshot.load_full()
+    }
+
+    /// The snapshot for a moment (a heartbeat's answer): no lock, no reference count.
+    pub fn current(&self) -> arc_swap::Guard<Arc<PipelineState>> {
+        self.snapshot.load()
     }
 
     /// Per channel, the percentage of the fleet its active rollout's current stage targets (0
@@ -213,7 +209,7 @@ impl PipelineService {
                     Ok::<_, DomainError>(())
                 })
                 .await?;
-            *this.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+            this.snapshot.store(Arc::new(next));
             Ok(())
         })
         .await?;
@@ -223,50 +219,48 @@ impl PipelineService {
     // ---- heartbeats -------------------------------------------------------------------------
 
     /// A runner's heartbeat (REST or channel frame): its liveness noted in memory, and the
-    /// reply with the build it should run. Never waits for a disk write.
-    pub fn heartbeat(
+    /// reply with the build it should run, taken from `state` (the caller's
+    /// [`Self::snapshot`]; nothing is copied out of it). Never waits for a disk write.
+    pub fn heartbeat<'s>(
         &self,
         p: &Principal,
         runner_id: Uuid,
         hb: Heartbeat,
-    ) -> DomainResult<(HeartbeatReply, Option<DesiredBuild>)> {
-        let versions = hb.runtime_versions.clone();
-        let build = hb.build_id.clone();
-        let reply = self.runners.heartbeat(p, runner_id, hb)?;
-        let desired = self.on_heartbeat(
-            runner_id,
-            reply.org_id.as_deref(),
-            &versions,
-            build.as_deref(),
-        );
-        Ok((reply, desired))
+        state: &'s PipelineState,
+    ) -> DomainResult<(HeartbeatReply, Option<&'s BuildRecord>)> {
+        self.runners.heartbeat(p, runner_id, hb, |org_id, live| {
+            self.note_versions(state, runner_id, &live.runtime_versions);
+            state.desired_build(
+                org_id,
+                runner_id,
+                live.build_id.as_deref(),
+                self.default_channel,
+            )
+        })
     }
 
-    /// What a heartbeat's reply carries as `desiredBuild`; also records provider versions the
-    /// server has not seen (in the background: a heartbeat never waits for a disk write).
-    pub fn on_heartbeat(
+    /// Records provider versions the server has not seen (in the background: a heartbeat
+    /// never waits for a disk write).
+    fn note_versions(
         &self,
+        state: &PipelineState,
         runner_id: Uuid,
-        org_id: Option<&str>,
         runtime_versions: &BTreeMap<String, String>,
-        reported_build: Option<&str>,
-    ) -> Option<DesiredBuild> {
-        let state = self.snapshot();
+    ) {
         for (provider, version) in runtime_versions {
             let Some(p) = Provider::parse(provider) else {
                 continue;
             };
-            if is_label(version) && !state.versions.contains_key(&(p, version.clone())) {
+            // A provider has a few dozen versions: a scan, so a beat builds no key to look up.
+            let known = state
+                .versions
+                .range((p, String::new())..)
+                .take_while(|((q, _), _)| *q == p)
+                .any(|((_, v), _)| v == version);
+            if is_label(version) && !known {
                 self.discover(p, version.clone(), runner_id);
             }
         }
-        state
-            .desired_build(org_id, runner_id, reported_build, self.default_channel)
-            .map(|b| DesiredBuild {
-                build_id: b.build_id.clone(),
-                runner_version: b.runner_version.clone(),
-                runtime_versions: b.runtime_versions.clone(),
-            })
     }
 
     /// Counts one more version discovered by `runner`; false once it has had its share (said

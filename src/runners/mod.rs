@@ -10,7 +10,7 @@ pub mod model;
 pub mod scheduler;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -68,8 +68,6 @@ pub struct Heartbeat {
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeartbeatReply {
     pub status: RunnerStatus,
-    /// The runner's org (`None`: shared); its desired build depends on it.
-    pub org_id: Option<String>,
     pub drain: bool,
     pub heartbeat_interval_ms: u64,
 }
@@ -100,7 +98,8 @@ pub struct FleetSummary {
 }
 
 struct Entry {
-    record: RunnerRecord,
+    /// Shared, so that a scheduling pass takes the fleet without copying it.
+    record: Arc<RunnerRecord>,
     live: Liveness,
     /// Liveness changed since it was last written to disk (written at shutdown).
     unsaved: bool,
@@ -120,7 +119,7 @@ impl Entry {
     /// may finish in one order and reach memory in the other).
     fn adopt(&mut self, record: RunnerRecord) {
         if record.revision >= self.record.revision {
-            self.record = record;
+            self.record = Arc::new(record);
         }
     }
 }
@@ -174,7 +173,7 @@ pub struct RunnerService {
     /// `runners.sharedRunnerOrgs`: the orgs whose sessions shared runners may run (all when
     /// `None`). A shared runner receives its sessions' env values.
     shared_runner_orgs: Option<Arc<std::collections::HashSet<String>>>,
-    fleet: Arc<Mutex<HashMap<Uuid, Entry>>>,
+    fleet: Arc<Fleet>,
     /// Liveness records written by flushes since start (benchmarks and tests count them).
     liveness_written: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -201,7 +200,7 @@ impl RunnerService {
             restart_grace_ms: ms(cfg.restart_grace),
             booted_at,
         };
-        let fleet = records
+        let fleet: Vec<(Uuid, Entry)> = records
             .into_iter()
             .map(|record| {
                 let live = lives
@@ -209,7 +208,7 @@ impl RunnerService {
                     .unwrap_or_else(|| fresh_liveness(record.registered_at));
                 let saved_beat = live.last_heartbeat;
                 let mut entry = Entry {
-                    record,
+                    record: Arc::new(record),
                     live,
                     unsaved: false,
                     due: false,
@@ -234,7 +233,7 @@ impl RunnerService {
                 .shared_runner_orgs
                 .as_ref()
                 .map(|orgs| Arc::new(orgs.iter().cloned().collect())),
-            fleet: Arc::new(Mutex::new(fleet)),
+            fleet: Arc::new(Fleet::new(fleet)),
             liveness_written: Arc::default(),
         })
     }
@@ -248,8 +247,9 @@ impl RunnerService {
         self.clock.now_ms()
     }
 
-    fn fleet(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Entry>> {
-        self.fleet.lock().unwrap_or_else(|p| p.into_inner())
+    /// The shard of the in-memory fleet that holds runner `id`, locked.
+    fn fleet(&self, id: &Uuid) -> MutexGuard<'_, HashMap<Uuid, Entry>> {
+        self.fleet.shard(id)
     }
 
     /// How often runners should beat: a third of the offline timeout.
@@ -373,9 +373,9 @@ impl RunnerService {
                 w.put_token(&token)?;
                 w.put_runner(&mut record)?;
                 let registered = record.clone();
-                w.after_commit(fleet_hook(&fleet, move |f| {
+                w.after_commit(fleet_hook(&fleet, registered.id, move |f| {
                     let entry = f.entry(registered.id).or_insert_with(|| Entry {
-                        record: registered.clone(),
+                        record: Arc::new(registered.clone()),
                         live: fresh_liveness(now),
                         unsaved: true,
                         due: true,
@@ -407,7 +407,7 @@ impl RunnerService {
         self.auth
             .remember_issued(&issued.record, previous_token.as_ref());
         let view = {
-            let mut fleet = self.fleet();
+            let mut fleet = self.fleet(&record.id);
             let entry = fleet
                 .get_mut(&record.id)
                 .ok_or(DomainError::NotFound(Entity::Runner))?;
@@ -426,7 +426,7 @@ impl RunnerService {
 
     fn view_of(&self, e: &Entry, now: Millis, sessions: u64) -> RunnerView {
         RunnerView {
-            record: e.record.clone(),
+            record: RunnerRecord::clone(&e.record),
             live: e.live.clone(),
             status: self.timing.status(e, now),
             sessions,
@@ -435,9 +435,14 @@ impl RunnerService {
 
     /// Only the runner itself (or admin) may act for a runner id; an unknown id is 404.
     fn check_self(&self, p: &Principal, id: Uuid) -> DomainResult<()> {
-        if !self.fleet().contains_key(&id) {
+        if !self.fleet(&id).contains_key(&id) {
             return Err(DomainError::NotFound(Entity::Runner));
         }
+        Self::may_act_for(p, id)
+    }
+
+    /// The runner itself, or an admin.
+    fn may_act_for(p: &Principal, id: Uuid) -> DomainResult<()> {
         match p.kind {
             TokenKind::Admin => Ok(()),
             TokenKind::Runner if p.runner_id == Some(id) => Ok(()),
@@ -452,75 +457,84 @@ impl RunnerService {
         self.check_self(p, id)
     }
 
-    /// `POST /runners/{id}/heartbeat` (and the channel's `heartbeat` frame). Memory only.
-    pub fn heartbeat(
+    /// `POST /runners/{id}/heartbeat` (and the channel's `heartbeat` frame). Memory only: one
+    /// lock of the fleet, nothing cloned unless the runner comes back from offline. `answer`
+    /// runs under that lock with the runner's org and its liveness as just reported (the
+    /// update pipeline decides the build it should run from them).
+    pub fn heartbeat<T>(
         &self,
         p: &Principal,
         id: Uuid,
         hb: Heartbeat,
-    ) -> DomainResult<HeartbeatReply> {
-        self.check_self(p, id)?;
+        answer: impl FnOnce(Option<&str>, &Liveness) -> T,
+    ) -> DomainResult<(HeartbeatReply, T)> {
+        let now = self.now();
+        let mut fleet = self.fleet(&id);
+        let entry = fleet
+            .get_mut(&id)
+            .ok_or(DomainError::NotFound(Entity::Runner))?;
+        Self::may_act_for(p, id)?;
         if hb.runner_id != id {
             return Err(DomainError::invalid(
                 "runnerId",
                 "must be the runner id of the path",
             ));
         }
-        let now = self.now();
-        let reported = hb.active_sessions.clone();
-        let (came_back, record, reply) = {
-            let mut fleet = self.fleet();
-            let entry = fleet
-                .get_mut(&id)
-                .ok_or(DomainError::NotFound(Entity::Runner))?;
-            let was = entry.announced;
-            let restart_relevant = entry.live.build_id != hb.build_id
-                || entry.live.runtime_versions != hb.runtime_versions
-                || entry.live.active_sessions != hb.active_sessions;
-            entry.live = Liveness {
-                last_heartbeat: now,
-                load: hb.load,
-                runtime_versions: hb.runtime_versions,
-                build_id: hb.build_id,
-                active_sessions: hb.active_sessions,
-            };
-            entry.unsaved = true;
-            entry.due |=
-                restart_relevant || now.saturating_sub(entry.saved_beat) >= LIVENESS_REFRESH_MS;
-            let status = self.timing.status(entry, now);
-            entry.announced = status;
-            let reply = HeartbeatReply {
-                status,
-                org_id: entry.record.org_id.clone(),
-                drain: entry.record.draining,
-                heartbeat_interval_ms: self.heartbeat_interval_ms(),
-            };
-            (was == RunnerStatus::Offline, entry.record.clone(), reply)
+        let was = entry.announced;
+        let restart_relevant = entry.live.build_id != hb.build_id
+            || entry.live.runtime_versions != hb.runtime_versions
+            || entry.live.active_sessions != hb.active_sessions;
+        entry.live = Liveness {
+            last_heartbeat: now,
+            load: hb.load,
+            runtime_versions: hb.runtime_versions,
+            build_id: hb.build_id,
+            active_sessions: hb.active_sessions,
         };
-        if came_back {
+        entry.unsaved = true;
+        entry.due |=
+            restart_relevant || now.saturating_sub(entry.saved_beat) >= LIVENESS_REFRESH_MS;
+        let status = self.timing.status(entry, now);
+        entry.announced = status;
+        let reply = HeartbeatReply {
+            status,
+            drain: entry.record.draining,
+            heartbeat_interval_ms: self.heartbeat_interval_ms(),
+        };
+        let answered = answer(entry.record.org_id.as_deref(), &entry.live);
+        if was == RunnerStatus::Offline {
+            let record = RunnerRecord::clone(&entry.record);
+            let reported = entry.live.active_sessions.clone();
+            drop(fleet);
+            self.came_back(record, reported, now);
+        }
+        Ok((reply, answered))
+    }
+
+    /// A runner beat again after it was announced offline: announce it online, and stop
+    /// whatever it still runs that is no longer its own.
+    fn came_back(&self, record: RunnerRecord, reported: Vec<Uuid>, now: Millis) {
+        let id = record.id;
+        let service = self.clone();
+        let online = runner_event(RunnerEventKind::Online, &record, now);
+        tokio::spawn(async move {
+            if let Err(e) = service.announce(vec![online]).await {
+                // Not announced: the sweep sees it come back again and retries.
+                tracing::error!(error = %e, runner = %id, "announcing a returning runner failed");
+                if let Some(entry) = service.fleet(&id).get_mut(&id) {
+                    entry.announced = RunnerStatus::Offline;
+                }
+            }
+        });
+        // While it was away its sessions may have been failed or given to another runner.
+        if !reported.is_empty() {
             let service = self.clone();
-            let online = runner_event(RunnerEventKind::Online, &record, now);
             tokio::spawn(async move {
-                if let Err(e) = service.announce(vec![online]).await {
-                    // Not announced: the sweep sees it come back again and retries.
-                    tracing::error!(error = %e, runner = %id, "announcing a returning runner failed");
-                    if let Some(entry) = service.fleet().get_mut(&id) {
-                        entry.announced = RunnerStatus::Offline;
-                    }
+                if let Err(e) = service.stop_foreign_sessions(id, reported).await {
+                    tracing::error!(error = %e, runner = %id, "reconciling a returning runner failed");
                 }
             });
-            // While it was away its sessions may have been failed or given to another
-            // runner: whatever it still runs that is no longer its own is told to stop.
-            if !reported.is_empty() {
-                let service = self.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = service.stop_foreign_sessions(id, reported).await {
-                        tracing::error!(error = %e, runner = %id, "reconciling a returning runner failed");
-                    }
-                });
-            }
         }
-        Ok(reply)
     }
 
     /// Sends `stop_session` for each session the runner reports that is not assigned to it
@@ -559,7 +573,7 @@ impl RunnerService {
     pub async fn get(&self, p: &Principal, id: Uuid) -> DomainResult<RunnerView> {
         let now = self.now();
         let view = {
-            let fleet = self.fleet();
+            let fleet = self.fleet(&id);
             let e = fleet
                 .get(&id)
                 .ok_or(DomainError::NotFound(Entity::Runner))?;
@@ -591,12 +605,13 @@ impl RunnerService {
             _ => return Err(DomainError::forbidden("this token may not read the fleet")),
         }
         let now = self.now();
-        let fleet = self.fleet();
-        Ok(fleet
-            .values()
-            .filter(|e| self.visible(p, &e.record).is_ok())
-            .map(|e| self.view_of(e, now, loads.get(&e.record.id).copied().unwrap_or(0)))
-            .collect())
+        let mut views = Vec::new();
+        self.fleet.each(|e| {
+            if self.visible(p, &e.record).is_ok() {
+                views.push(self.view_of(e, now, loads.get(&e.record.id).copied().unwrap_or(0)));
+            }
+        });
+        Ok(views)
     }
 
     pub async fn list(
@@ -721,7 +736,7 @@ impl RunnerService {
                     };
                     // The scheduler reads the fleet when the event wakes it: memory first.
                     let changed = r.clone();
-                    w.after_commit(fleet_hook(&fleet, move |f| {
+                    w.after_commit(fleet_hook(&fleet, changed.id, move |f| {
                         if let Some(e) = f.get_mut(&changed.id) {
                             e.adopt(changed);
                         }
@@ -783,7 +798,7 @@ impl RunnerService {
                     w.put_token(&token)?;
                 }
                 w.delete_runner(&r)?;
-                w.after_commit(fleet_hook(&fleet, move |f| {
+                w.after_commit(fleet_hook(&fleet, id, move |f| {
                     f.remove(&id);
                 }));
                 w.emit(runner_event(RunnerEventKind::Deregistered, &r, now));
@@ -803,77 +818,81 @@ impl RunnerService {
             (RunnerStatus::Draining, 0),
             (RunnerStatus::Offline, 0),
         ];
-        for e in self.fleet().values() {
+        self.fleet.each(|e| {
             let status = self.timing.status(e, now);
             if let Some((_, n)) = counts.iter_mut().find(|(s, _)| *s == status) {
                 *n += 1;
             }
-        }
+        });
         counts.to_vec()
     }
 
     /// Every registered runner's org and reported build (the update pipeline's view of the
     /// fleet).
     pub fn build_report(&self) -> Vec<RunnerBuild> {
-        self.fleet()
-            .values()
-            .map(|e| RunnerBuild {
+        let mut out = Vec::new();
+        self.fleet.each(|e| {
+            out.push(RunnerBuild {
                 runner_id: e.record.id,
                 org_id: e.record.org_id.clone(),
                 build_id: e.live.build_id.clone(),
             })
-            .collect()
+        });
+        out
     }
 
     /// Each runner that reports a build: that build, its last heartbeat and whether it is
     /// offline now (the health verdicts' view of the fleet).
     pub fn build_liveness(&self) -> Vec<(String, Millis, bool)> {
         let now = self.now();
-        self.fleet()
-            .values()
-            .filter_map(|e| {
-                let build = e.live.build_id.clone()?;
-                Some((
-                    build,
+        let mut out = Vec::new();
+        self.fleet.each(|e| {
+            if let Some(build) = &e.live.build_id {
+                out.push((
+                    build.clone(),
                     e.live.last_heartbeat,
                     self.timing.is_offline(&e.live, now),
-                ))
-            })
-            .collect()
+                ));
+            }
+        });
+        out
     }
 
     /// How many online runners report each (provider, version).
     pub fn version_counts(&self) -> HashMap<(String, String), u64> {
         let now = self.now();
         let mut out = HashMap::new();
-        for e in self.fleet().values() {
-            if self.timing.is_offline(&e.live, now) {
-                continue;
+        self.fleet.each(|e| {
+            if !self.timing.is_offline(&e.live, now) {
+                for (p, v) in &e.live.runtime_versions {
+                    *out.entry((p.clone(), v.clone())).or_insert(0) += 1;
+                }
             }
-            for (p, v) in &e.live.runtime_versions {
-                *out.entry((p.clone(), v.clone())).or_insert(0) += 1;
-            }
-        }
+        });
         out
     }
 
     /// A runner's org and the build it last reported.
     pub fn org_and_build(&self, id: Uuid) -> Option<(Option<String>, Option<String>)> {
-        self.fleet()
+        self.fleet(&id)
             .get(&id)
             .map(|e| (e.record.org_id.clone(), e.live.build_id.clone()))
     }
 
     /// Whether a runner may be given work now (scheduling reads this).
-    pub fn schedulable(&self) -> Vec<(RunnerRecord, f64)> {
+    pub fn schedulable(&self) -> Vec<(Arc<RunnerRecord>, f64)> {
         let now = self.now();
-        let fleet = self.fleet();
-        fleet
-            .values()
-            .filter(|e| self.timing.status(e, now) == RunnerStatus::Online)
-            .filter(|e| self.bus.is_attached(e.record.id))
-            .map(|e| (e.record.clone(), e.live.load.cpu_percent))
-            .collect()
+        // Only runners with a live channel can be given work: start from those (a big fleet
+        // may have few of them), not from the whole fleet.
+        let mut out = Vec::new();
+        for id in self.bus.attached_runners() {
+            if let Some(e) = self.fleet(&id).get(&id)
+                && self.timing.status(e, now) == RunnerStatus::Online
+            {
+                out.push((e.record.clone(), e.live.load.cpu_percent));
+            }
+        }
+        out
     }
 
     /// Applies what the passage of time implies: offline/online events, giving up a lost
@@ -885,8 +904,7 @@ impl RunnerService {
         let mut lost = Vec::new();
         let mut draining = Vec::new();
         {
-            let mut fleet = self.fleet();
-            for e in fleet.values_mut() {
+            self.fleet.each_mut(|e| {
                 let status = self.timing.status(e, now);
                 if status != e.announced {
                     if status == RunnerStatus::Offline {
@@ -904,14 +922,13 @@ impl RunnerService {
                 if e.record.draining && e.record.drained_at.is_none() {
                     draining.push(e.record.id);
                 }
-            }
+            });
         }
         if let Err(e) = self.announce(announce).await {
             // Not announced: the next sweep sees the change again and retries.
             tracing::error!(error = %e, "announcing runner status changes failed");
-            let mut fleet = self.fleet();
             for (id, status) in was {
-                if let Some(entry) = fleet.get_mut(&id) {
+                if let Some(entry) = self.fleet(&id).get_mut(&id) {
                     entry.announced = status;
                 }
             }
@@ -956,7 +973,7 @@ impl RunnerService {
                     r.drained_at = Some(now);
                     w.put_runner(&mut r)?;
                     let drained = r.clone();
-                    w.after_commit(fleet_hook(&fleet, move |f| {
+                    w.after_commit(fleet_hook(&fleet, drained.id, move |f| {
                         if let Some(e) = f.get_mut(&drained.id) {
                             e.adopt(drained);
                         }
@@ -973,19 +990,15 @@ impl RunnerService {
     /// runner's that changed since it was written (at shutdown, so a clean restart loses
     /// nothing). Returns how many records were written.
     pub async fn flush_liveness(&self, all: bool) -> DomainResult<usize> {
-        let picked: Vec<(Uuid, Liveness)> = {
-            let mut fleet = self.fleet();
-            fleet
-                .values_mut()
-                .filter(|e| e.due || (all && e.unsaved))
-                .map(|e| {
-                    e.due = false;
-                    e.unsaved = false;
-                    e.saved_beat = e.live.last_heartbeat;
-                    (e.record.id, e.live.clone())
-                })
-                .collect()
-        };
+        let mut picked: Vec<(Uuid, Liveness)> = Vec::new();
+        self.fleet.each_mut(|e| {
+            if e.due || (all && e.unsaved) {
+                e.due = false;
+                e.unsaved = false;
+                e.saved_beat = e.live.last_heartbeat;
+                picked.push((e.record.id, e.live.clone()));
+            }
+        });
         let n = picked.len();
         // In small slices, so that a flush never holds up other writers for more than a few
         // milliseconds.
@@ -1100,9 +1113,49 @@ fn runner_event(kind: RunnerEventKind, r: &RunnerRecord, at: Millis) -> BusEvent
 /// `Effects::after_commit`): before the write's events reach anyone, and even if the caller
 /// stopped waiting.
 fn fleet_hook(
-    fleet: &Arc<Mutex<HashMap<Uuid, Entry>>>,
+    fleet: &Arc<Fleet>,
+    id: Uuid,
     update: impl FnOnce(&mut HashMap<Uuid, Entry>) + Send + 'static,
 ) -> AfterCommit {
     let fleet = fleet.clone();
-    Box::new(move || update(&mut fleet.lock().unwrap_or_else(|p| p.into_inner())))
+    Box::new(move || update(&mut fleet.shard(&id)))
+}
+
+/// The registered runners in memory, in shards by id: a heartbeat locks its own runner's shard
+/// only, so beats of different runners rarely wait on each other, and a sweep of the whole
+/// fleet holds one shard at a time.
+struct Fleet {
+    shards: Vec<Mutex<HashMap<Uuid, Entry>>>,
+}
+
+impl Fleet {
+    const SHARDS: usize = 32;
+
+    fn new(entries: impl IntoIterator<Item = (Uuid, Entry)>) -> Self {
+        let fleet = Self {
+            shards: (0..Self::SHARDS).map(|_| Mutex::default()).collect(),
+        };
+        for (id, entry) in entries {
+            fleet.shard(&id).insert(id, entry);
+        }
+        fleet
+    }
+
+    /// The shard that holds runner `id`, locked. (Runner ids are UUIDs with random low bits.)
+    fn shard(&self, id: &Uuid) -> MutexGuard<'_, HashMap<Uuid, Entry>> {
+        let index = (id.as_u128() % Self::SHARDS as u128) as usize;
+        self.shards[index].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every runner, one shard at a time.
+    fn each(&self, mut f: impl FnMut(&Entry)) {
+        self.each_mut(|e| f(e));
+    }
+
+    fn each_mut(&self, mut f: impl FnMut(&mut Entry)) {
+        for shard in &self.shards {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            shard.values_mut().for_each(&mut f);
+        }
+    }
 }

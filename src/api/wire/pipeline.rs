@@ -225,18 +225,18 @@ impl<'a> From<&'a OrgRuntimeConfig> for OrgConfig<'a> {
 /// The build a runner should run (the heartbeat answer's `desiredBuild`).
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct DesiredBuild {
-    build_id: String,
-    runner_version: String,
-    runtime_versions: BTreeMap<String, String>,
+pub struct DesiredBuild<'a> {
+    build_id: &'a str,
+    runner_version: &'a str,
+    runtime_versions: &'a BTreeMap<String, String>,
 }
 
-impl From<crate::pipeline::DesiredBuild> for DesiredBuild {
-    fn from(d: crate::pipeline::DesiredBuild) -> Self {
+impl<'a> From<&'a BuildRecord> for DesiredBuild<'a> {
+    fn from(b: &'a BuildRecord) -> Self {
         Self {
-            build_id: d.build_id,
-            runner_version: d.runner_version,
-            runtime_versions: d.runtime_versions,
+            build_id: &b.build_id,
+            runner_version: &b.runner_version,
+            runtime_versions: &b.runtime_versions,
         }
     }
 }

@@ -110,16 +110,16 @@ impl<'a> Registered<'a> {
 /// The answer to a heartbeat (REST, and the channel's `heartbeat_ack` frame).
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct HeartbeatAck {
+pub struct HeartbeatAck<'a> {
     /// `null` when the runner should keep what it runs.
-    desired_build: Option<DesiredBuild>,
+    desired_build: Option<DesiredBuild<'a>>,
     drain: bool,
     heartbeat_interval_ms: u64,
     status: &'static str,
 }
 
-impl HeartbeatAck {
-    pub fn new(reply: &HeartbeatReply, desired: Option<DesiredBuild>) -> Self {
+impl<'a> HeartbeatAck<'a> {
+    pub fn new(reply: &HeartbeatReply, desired: Option<DesiredBuild<'a>>) -> Self {
         Self {
             desired_build: desired,
             drain: reply.drain,
@@ -233,17 +233,21 @@ mod tests {
         }
         let reply = HeartbeatReply {
             status: RunnerStatus::Online,
-            org_id: None,
             drain: false,
             heartbeat_interval_ms: 10,
         };
         sorted_keys(&HeartbeatAck::new(&reply, None));
-        let desired = crate::pipeline::DesiredBuild {
+        let desired = crate::pipeline::model::BuildRecord {
             build_id: "b".into(),
             runner_version: "1".into(),
+            built_at: 0,
+            status: crate::pipeline::model::BuildStatus::Testing,
+            recommendation: crate::pipeline::model::Recommendation::Acceptable,
             runtime_versions: [("codex".to_string(), "1".to_string())].into(),
+            metadata_json: None,
+            registered_at: 0,
         };
-        let ack = HeartbeatAck::new(&reply, Some(desired.into()));
+        let ack = HeartbeatAck::new(&reply, Some((&desired).into()));
         sorted_keys(&ack);
         let fleet = FleetSummary {
             online: 1,
@@ -270,7 +274,6 @@ mod tests {
         assert!(json.contains(r#""diskPercent":0.0"#), "{json}");
         let reply = HeartbeatReply {
             status: RunnerStatus::Online,
-            org_id: None,
             drain: false,
             heartbeat_interval_ms: 10,
         };
