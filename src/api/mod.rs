@@ -118,8 +118,8 @@ fn enveloped(
 fn heartbeat_route(state: &AppState) -> BoxedFilter<(Response,)> {
     let admitted = rate_limited_address(state)
         .and(rate_limited_caller(state))
-        .and(json_body())
-        .map(|caller: Caller, body: Body| Ok((caller, body)))
+        .and(raw_json_body())
+        .map(|caller: Caller, body: RawJson| Ok((caller, body)))
         .or_else(|r: Rejection| async move { Ok::<_, Infallible>((Err(r),)) });
     let st = state.clone();
     warp::path!("api" / "v1" / "runners" / String / "heartbeat")
@@ -127,7 +127,7 @@ fn heartbeat_route(state: &AppState) -> BoxedFilter<(Response,)> {
         .and(request_ctx())
         .and(admitted)
         .map(
-            move |id: String, ctx: RequestCtx, admitted: Result<(Caller, Body), Rejection>| {
+            move |id: String, ctx: RequestCtx, admitted: Result<(Caller, RawJson), Rejection>| {
                 let result = match admitted {
                     Ok((caller, body)) => runners::heartbeat(&id, &caller, &st, &body),
                     Err(r) => Err(error::from_rejection(&r)),
@@ -260,17 +260,42 @@ pub fn query() -> impl Filter<Extract = (HashMap<String, String>,), Error = Reje
 /// The JSON body: at most 1 MiB (413), `application/json` when not empty (415), parsable (400
 /// `INVALID_JSON`). An empty body is allowed without a Content-Type.
 pub fn json_body() -> impl Filter<Extract = (Body,), Error = Rejection> + Clone {
+    raw_json_body().and_then(|raw: RawJson| async move { raw.parse().map_err(reject) })
+}
+
+/// The body's bytes with `json_body`'s checks of size and type, not yet parsed (the heartbeat
+/// reads its fields straight from them).
+fn raw_json_body() -> impl Filter<Extract = (RawJson,), Error = Rejection> + Clone {
     header_value("content-length")
         .and(header_value("content-type"))
         .and(warp::body::stream())
         .and_then(read_json_body)
 }
 
+/// A request body that passed the size and type checks; `None` when empty.
+pub struct RawJson(Option<BytesMut>);
+
+impl RawJson {
+    pub fn bytes(&self) -> Option<&[u8]> {
+        self.0.as_deref()
+    }
+
+    /// The body as JSON (400 `INVALID_JSON` when it is not).
+    pub fn parse(&self) -> Result<Body, ApiError> {
+        match &self.0 {
+            None => Ok(Body(None)),
+            Some(bytes) => serde_json::from_slice(bytes)
+                .map(|v| Body(Some(v)))
+                .map_err(|e| ApiError::invalid_json(format!("Body is not valid JSON: {e}"))),
+        }
+    }
+}
+
 async fn read_json_body<S, B>(
     content_length: Option<HeaderValue>,
     content_type: Option<HeaderValue>,
     stream: S,
-) -> Result<Body, Rejection>
+) -> Result<RawJson, Rejection>
 where
     S: futures_util::Stream<Item = Result<B, warp::Error>>,
     B: Buf,
@@ -293,7 +318,7 @@ where
         buf.extend_from_slice(chunk.chunk());
     }
     if buf.is_empty() {
-        return Ok(Body(None));
+        return Ok(RawJson(None));
     }
     let is_json = content_type
         .as_ref()
@@ -309,13 +334,7 @@ where
     if !is_json {
         return Err(reject(ApiError::unsupported_media_type()));
     }
-    serde_json::from_slice(&buf)
-        .map(|v| Body(Some(v)))
-        .map_err(|e| {
-            reject(ApiError::invalid_json(format!(
-                "Body is not valid JSON: {e}"
-            )))
-        })
+    Ok(RawJson(Some(buf)))
 }
 
 /// Converts a reply that is not enveloped (assets, documents) into a response.

@@ -7,6 +7,7 @@ use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::{Filter, path};
 
+use super::RawJson;
 use super::envelope::{ApiResult, Success};
 use super::input::{Body, Query, Reader, path_id};
 use super::wire::runners::{Deregistered, Fleet, HeartbeatAck, Registered, Runner};
@@ -247,10 +248,112 @@ pub fn beat(
 }
 
 /// `POST /runners/{id}/heartbeat` (memory only: answered without waiting for anything).
-pub(super) fn heartbeat(id: &str, p: &Caller, st: &AppState, body: &Body) -> ApiResult {
+pub(super) fn heartbeat(id: &str, p: &Caller, st: &AppState, body: &RawJson) -> ApiResult {
     let id = runner_id(id)?;
-    let hb = parse_heartbeat(body)?;
+    let hb = match body.bytes().and_then(read_usual_heartbeat) {
+        Some(hb) => hb,
+        None => parse_heartbeat(&body.parse()?)?,
+    };
     heartbeat_ack(st, p, id, hb, HeartbeatVia::Rest, |ack| Success::json(ack))?
+}
+
+/// A RunnerHeartbeat as runners send it, read straight from the body's bytes (no `Value`
+/// tree: a busy fleet sends thousands a second). `None` for anything else — a missing or null
+/// field, a wrong type, a value out of range, a duplicate key, a body that is not an object —
+/// which [`parse_heartbeat`] then reads from the parsed JSON and names each issue of; whatever
+/// this accepts, that reads the same (a test holds them to it).
+fn read_usual_heartbeat(bytes: &[u8]) -> Option<Heartbeat> {
+    use std::borrow::Cow;
+
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Beat<'a> {
+        #[serde(borrow)]
+        runner_id: Cow<'a, str>,
+        #[serde(borrow)]
+        timestamp: Cow<'a, str>,
+        #[serde(default, borrow)]
+        active_sessions: Vec<Cow<'a, str>>,
+        #[serde(deserialize_with = "load_object")]
+        load: [Option<f64>; 3],
+        #[serde(default)]
+        runtime_versions: BTreeMap<String, String>,
+        #[serde(default)]
+        build_id: Option<String>,
+    }
+
+    /// `load` only as an object (a struct would also take an array).
+    fn load_object<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[Option<f64>; 3], D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = [Option<f64>; 3];
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut m: M,
+            ) -> Result<Self::Value, M::Error> {
+                let mut load = [None; 3];
+                while let Some(key) = m.next_key::<Cow<'de, str>>()? {
+                    let slot = match key.as_ref() {
+                        "cpuPercent" => 0,
+                        "memoryPercent" => 1,
+                        "diskPercent" => 2,
+                        _ => {
+                            m.next_value::<serde::de::IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    if load[slot].is_some() {
+                        return Err(serde::de::Error::custom("duplicate key"));
+                    }
+                    load[slot] = Some(m.next_value::<Option<f64>>()?.unwrap_or(f64::NAN));
+                }
+                Ok(load)
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+
+    // A struct would also be read from an array.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    let beat: Beat<'_> = serde_json::from_slice(bytes).ok()?;
+    let mut load = Load::default();
+    for (value, slot) in beat.load.into_iter().zip([
+        &mut load.cpu_percent,
+        &mut load.memory_percent,
+        &mut load.disk_percent,
+    ]) {
+        match value {
+            None => {}
+            Some(v) if (0.0..=100.0).contains(&v) => *slot = v,
+            // Out of range, or null (the other reading says which).
+            Some(_) => return None,
+        }
+    }
+    if beat
+        .runtime_versions
+        .keys()
+        .any(|name| Provider::parse(name).is_none())
+    {
+        return None;
+    }
+    let active_sessions = beat
+        .active_sessions
+        .iter()
+        .map(|s| uuid::Uuid::parse_str(s).ok())
+        .collect::<Option<Vec<_>>>()?;
+    Some(Heartbeat {
+        runner_id: uuid::Uuid::parse_str(&beat.runner_id).ok()?,
+        timestamp: parse_rfc3339(&beat.timestamp)?,
+        active_sessions,
+        load,
+        runtime_versions: beat.runtime_versions,
+        build_id: beat.build_id,
+    })
 }
 
 async fn list(p: Caller, st: AppState, q: HashMap<String, String>) -> ApiResult {
@@ -298,4 +401,99 @@ async fn deregister(id: String, p: Caller, st: AppState, q: HashMap<String, Stri
 async fn fleet(p: Caller, st: AppState) -> ApiResult {
     let s = st.runners.summary(&p).await?;
     Success::json(&Fleet::from(&s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const RUNNER: &str = "0196a0b2-0000-7000-8000-000000000001";
+
+    /// Each field of a heartbeat body as runners send it, or broken in one of the ways a
+    /// client can break it (absent, null, wrong type, out of range, duplicated).
+    fn field(name: &str, variant: usize) -> Option<String> {
+        let value = match (name, variant) {
+            ("runnerId", 0) => format!("\"{RUNNER}\""),
+            ("runnerId", 1) => "\"not-a-uuid\"".into(),
+            ("runnerId", 2) => "5".into(),
+            ("timestamp", 0) => "\"2026-11-25T10:00:00.000Z\"".into(),
+            ("timestamp", 1) => "\"yesterday\"".into(),
+            ("timestamp", 2) => "\"2026-11-25T10:00:00\\u002e000Z\"".into(),
+            ("activeSessions", 0) => "[]".into(),
+            ("activeSessions", 1) => format!("[\"{RUNNER}\"]"),
+            ("activeSessions", 2) => "[\"x\"]".into(),
+            ("activeSessions", 3) => "\"x\"".into(),
+            ("load", 0) => r#"{"cpuPercent":12.5,"memoryPercent":40,"diskPercent":70}"#.into(),
+            ("load", 1) => "{}".into(),
+            ("load", 2) => r#"{"cpuPercent":150}"#.into(),
+            ("load", 3) => r#"{"cpuPercent":null,"diskPercent":1}"#.into(),
+            ("load", 4) => "[1,2,3]".into(),
+            ("load", 5) => r#"{"cpuPercent":"x"}"#.into(),
+            ("load", 6) => r#"{"cpuPercent":1,"cpuPercent":2,"other":[1]}"#.into(),
+            ("runtimeVersions", 0) => r#"{"codex":"0.9.1","claude_code":"2.1.0"}"#.into(),
+            ("runtimeVersions", 1) => "{}".into(),
+            ("runtimeVersions", 2) => r#"{"nope":"1"}"#.into(),
+            ("runtimeVersions", 3) => r#"{"codex":5}"#.into(),
+            ("runtimeVersions", 4) => r#"{"codex":"1","codex":"2"}"#.into(),
+            ("buildId", 0) => "\"build-1\"".into(),
+            ("buildId", 1) => "7".into(),
+            ("buildId", 2) => "\"b\\\"q\"".into(),
+            (_, 9) => "null".into(),
+            _ => return None,
+        };
+        Some(format!("\"{name}\":{value}"))
+    }
+
+    fn body(variants: &[usize; 6], extra: bool, duplicate_id: bool, array: bool) -> String {
+        let names = [
+            "runnerId",
+            "timestamp",
+            "activeSessions",
+            "load",
+            "runtimeVersions",
+            "buildId",
+        ];
+        let mut fields: Vec<String> = names
+            .iter()
+            .zip(variants)
+            .filter_map(|(name, v)| field(name, *v))
+            .collect();
+        if extra {
+            fields.push(r#""extra":[1,{"a":null}]"#.into());
+        }
+        if duplicate_id {
+            fields.push(r#""runnerId":"0196a0b2-0000-7000-8000-000000000002""#.into());
+        }
+        let object = format!("{{{}}}", fields.join(","));
+        if array { format!("[{object}]") } else { object }
+    }
+
+    #[test]
+    fn the_usual_body_is_read_without_a_value_tree() {
+        let bytes = body(&[0; 6], false, false, false);
+        let fast = read_usual_heartbeat(bytes.as_bytes()).expect("read directly");
+        let parsed = parse_heartbeat(&Body(Some(serde_json::from_str(&bytes).unwrap())));
+        assert_eq!(Ok(fast), parsed.map_err(|e| e.to_string()));
+    }
+
+    proptest! {
+        /// Whatever the direct reading accepts, the reading of the parsed JSON (which names
+        /// every issue) reads the same; what it refuses goes there.
+        #[test]
+        fn the_direct_reading_agrees_with_the_parsed_one(
+            variants in prop::array::uniform6(prop_oneof![0usize..7, Just(9usize), Just(20usize)]),
+            extra in any::<bool>(),
+            duplicate_id in any::<bool>(),
+            array in any::<bool>(),
+            padding in prop::sample::select(vec!["", " ", "\n\t "]),
+        ) {
+            let bytes = format!("{padding}{}", body(&variants, extra, duplicate_id, array));
+            let parsed: Value = serde_json::from_str(&bytes).unwrap();
+            let slow = parse_heartbeat(&Body(Some(parsed))).map_err(|e| e.to_string());
+            if let Some(fast) = read_usual_heartbeat(bytes.as_bytes()) {
+                prop_assert_eq!(Ok(fast), slow, "{}", bytes);
+            }
+        }
+    }
 }

@@ -55,7 +55,7 @@ pub struct Registration {
     pub metadata: Option<Value>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Heartbeat {
     pub runner_id: Uuid,
     pub timestamp: Millis,
