@@ -226,6 +226,12 @@ async fn unknown_routes_methods_and_ids_answer_in_the_envelope() {
         .raw("PUT", "/api/v1/sessions/abc/stop", &[], vec![])
         .await
         .expect_error(405, "METHOD_NOT_ALLOWED");
+    // The heartbeat's route is matched apart from the others (a fleet's beats are most of
+    // the traffic); its other methods still answer like every route's.
+    admin
+        .get("/api/v1/runners/abc/heartbeat")
+        .await
+        .expect_error(405, "METHOD_NOT_ALLOWED");
     admin
         .get("/api/v1/sessions/not-a-uuid")
         .await

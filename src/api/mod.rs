@@ -265,7 +265,7 @@ pub fn json_body() -> impl Filter<Extract = (Body,), Error = Rejection> + Clone 
 
 /// The body's bytes with `json_body`'s checks of size and type, not yet parsed (the heartbeat
 /// reads its fields straight from them).
-fn raw_json_body() -> impl Filter<Extract = (RawJson,), Error = Rejection> + Clone {
+pub(super) fn raw_json_body() -> impl Filter<Extract = (RawJson,), Error = Rejection> + Clone {
     header_value("content-length")
         .and(header_value("content-type"))
         .and(warp::body::stream())

@@ -28,6 +28,13 @@ pub fn routes(s: &AppState) -> BoxedFilter<(ApiResult,)> {
         .and(p())
         .and(json_body())
         .then(register);
+    // A POST is answered before the route tree (`super::heartbeat_route`); here the route
+    // only answers the other methods, as every route does (405).
+    let heartbeat = path!("runners" / String / "heartbeat")
+        .and(warp::post())
+        .and(p())
+        .and(super::raw_json_body())
+        .map(|id: String, p: Caller, st: AppState, body: RawJson| heartbeat(&id, &p, &st, &body));
     let channel = path!("runners" / String / "channel")
         .and(warp::get())
         .and(p())
@@ -59,8 +66,9 @@ pub fn routes(s: &AppState) -> BoxedFilter<(ApiResult,)> {
         .and(json_body())
         .then(|id, p, st, _body: Body| set_draining(id, p, st, false));
     let fleet = path!("fleet").and(warp::get()).and(p()).then(fleet);
-    // `POST /runners/{id}/heartbeat` is matched before the route tree (`super::routes`).
     register
+        .or(heartbeat)
+        .unify()
         .or(channel)
         .unify()
         .or(list)
