@@ -114,6 +114,7 @@ impl App {
             clock.clone(),
             ids.clone(),
             &config.webhooks,
+            config.server.public_url.clone(),
             metrics.clone(),
         )
         .await?;
@@ -135,6 +136,7 @@ impl App {
             connections,
             limits: limits.clone(),
             webhooks: webhooks.clone(),
+            policies: crate::policy::PolicyService::new(store.clone(), clock.clone()),
             metrics,
             shutdown: stop_rx.clone(),
         });
@@ -180,6 +182,7 @@ impl App {
     ) {
         let routes = api::routes(&self.state);
         if let Ok(addr) = listener.local_addr() {
+            self.state.webhooks.listening_on(addr);
             tracing::info!("Village listening on http://{addr}");
         }
         // Tell sockets and background tasks first, so upgraded connections close (1001) and

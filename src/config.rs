@@ -38,6 +38,9 @@ pub struct ServerConfig {
     pub min_free_disk_bytes: u64,
     /// Memory the database may use to cache its pages.
     pub store_cache_bytes: usize,
+    /// Where people reach this server (approval links start with it); `None`: `http://` and
+    /// the address it listens on.
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -127,6 +130,7 @@ impl Default for Config {
                 max_connections_per_ip: 1_024,
                 min_free_disk_bytes: 64 * 1024 * 1024,
                 store_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
+                public_url: None,
             },
             sessions: SessionsConfig {
                 max_sessions_per_org: 10,
@@ -323,6 +327,25 @@ impl Config {
                             raw.describe()
                         ))
                     })?;
+            }
+            "server.publicUrl" => {
+                let url = string(&raw)
+                    .map(|s| s.trim_end_matches('/').to_owned())
+                    .filter(|s| {
+                        let rest = s
+                            .strip_prefix("https://")
+                            .or_else(|| s.strip_prefix("http://"));
+                        rest.is_some_and(|r| {
+                            !r.is_empty() && !r.starts_with('/') && !r.contains(char::is_whitespace)
+                        })
+                    })
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "{} is not an http:// or https:// URL like https://village.example.com",
+                            raw.describe()
+                        ))
+                    })?;
+                self.server.public_url = Some(url);
             }
             "server.dataDir" => {
                 let s = string(&raw).filter(|s| !s.is_empty());

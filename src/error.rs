@@ -30,6 +30,8 @@ pub enum Entity {
     Version,
     Build,
     Rollout,
+    /// An approval link that was used, expired or never existed (never told apart).
+    ApprovalLink,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

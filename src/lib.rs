@@ -23,6 +23,7 @@ pub mod events;
 pub mod metrics;
 pub mod paging;
 pub mod pipeline;
+pub mod policy;
 pub mod realtime;
 pub mod runner;
 pub mod runners;

@@ -126,6 +126,8 @@ impl From<DomainError> for ApiError {
                     Entity::Version => ("VERSION_NOT_FOUND", "Version"),
                     Entity::Build => ("BUILD_NOT_FOUND", "Build"),
                     Entity::Rollout => ("ROLLOUT_NOT_FOUND", "Rollout"),
+                    // Used, expired and unknown links answer alike.
+                    Entity::ApprovalLink => ("NOT_FOUND", "Approval link"),
                 };
                 ApiError::new(S::NOT_FOUND, code, format!("{what} not found"))
             }

@@ -165,6 +165,37 @@ impl Reader {
         }
     }
 
+    /// An array of objects, each readable at its path (`rules[2]`).
+    pub fn objects<'v>(&mut self, o: &Obj<'v>, key: &str) -> Option<Vec<Obj<'v>>> {
+        match self.field(o, key) {
+            Some(Value::Array(items)) => {
+                let base = self.path(o, key);
+                let mut out = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    match item {
+                        Value::Object(m) => out.push(Obj {
+                            map: Some(m),
+                            prefix: format!("{base}[{i}]"),
+                        }),
+                        _ => self.issue(format!("{base}[{i}]"), "must be an object"),
+                    }
+                }
+                Some(out)
+            }
+            Some(_) => {
+                let p = self.path(o, key);
+                self.issue(p, "must be an array of objects");
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// The path of `key` in `o`, for an issue about it.
+    pub fn path_of(&self, o: &Obj<'_>, key: &str) -> String {
+        join(&o.prefix, key)
+    }
+
     /// A UUID in a string.
     pub fn uuid(&mut self, o: &Obj<'_>, key: &str, required: bool) -> Option<uuid::Uuid> {
         let raw = self.string(o, key, required)?;
@@ -321,6 +352,15 @@ pub fn path_id(raw: &str, not_found: DomainError) -> Result<uuid::Uuid, ApiError
 
 /// A path segment with its `%XX` escapes decoded (warp hands segments over as sent), or `None`
 /// when the escapes are malformed or not UTF-8.
+/// An org id from a path (`/orgs/{orgId}/…`).
+pub fn org_path(raw: &str) -> Result<String, DomainError> {
+    if crate::auth::is_org_slug(raw) {
+        Ok(raw.to_owned())
+    } else {
+        Err(DomainError::invalid("orgId", "must be an org slug"))
+    }
+}
+
 pub fn path_text(raw: &str) -> Option<String> {
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());

@@ -13,6 +13,7 @@ mod input;
 pub mod limits;
 mod openapi;
 mod pipeline;
+mod policies;
 mod runner_channel;
 mod runners;
 mod sessions;
@@ -66,6 +67,7 @@ pub struct Services {
     pub pipeline: PipelineService,
     pub bus: EventBus,
     pub webhooks: WebhookService,
+    pub policies: crate::policy::PolicyService,
     /// Open dashboard connections per token.
     pub realtime: ConnectionLimiter,
     /// Open TCP connections, counted against the `server.maxConnections*` caps.
@@ -157,12 +159,20 @@ fn api_v1(state: &AppState) -> BoxedFilter<(ApiResult,)> {
                 .unify()
                 .or(pipeline::routes(state))
                 .unify()
+                .or(policies::routes(state))
+                .unify()
                 .or(admin::routes(state))
                 .unify(),
         );
     warp::path("v1")
         .and(rate_limited_address(state))
-        .and(ws::route(state).or(gated).unify())
+        .and(
+            ws::route(state)
+                .or(policies::link_routes(state))
+                .unify()
+                .or(gated)
+                .unify(),
+        )
         .boxed()
 }
 

@@ -8,11 +8,11 @@ use warp::http::StatusCode;
 use warp::{Filter, path};
 
 use super::envelope::{ApiResult, Success};
-use super::input::{Body, Query, Reader, path_id, path_text};
+use super::input::{Body, Query, Reader, org_path, path_id, path_text};
 use super::wire::Page;
 use super::wire::pipeline::{Build, OrgConfig, Rollout, Version};
 use super::{AppState, json_body, principal, query, with_state};
-use crate::auth::{Caller, is_org_slug};
+use crate::auth::Caller;
 use crate::clock::parse_rfc3339;
 use crate::error::{DomainError, Entity};
 use crate::pipeline::model::{
@@ -446,14 +446,6 @@ async fn rollout_verb(id: String, verb: String, p: Caller, st: AppState, body: B
 }
 
 // ---- org runtime config ---------------------------------------------------------------------
-
-fn org_path(raw: &str) -> Result<String, DomainError> {
-    if is_org_slug(raw) {
-        Ok(raw.to_owned())
-    } else {
-        Err(DomainError::invalid("orgId", "must be an org slug"))
-    }
-}
 
 async fn get_org_config(org: String, p: Caller, st: AppState) -> ApiResult {
     let org = org_path(&org)?;

@@ -43,6 +43,29 @@ pub fn entry(
     )
 }
 
+/// Appends an entry for a decider that is not a token: a policy rule (`kind` `policy`, name
+/// `policy:<ruleId>`) or an approval link (`link`, `link:<targetId>`).
+pub fn record_as(
+    w: &mut dyn WriteTxn,
+    kind: &str,
+    name: &str,
+    action: &str,
+    target: impl ToString,
+    org_id: Option<&str>,
+    at: Millis,
+) -> DomainResult<()> {
+    w.append_audit(AuditEntry::new(
+        uuid::Uuid::nil(),
+        kind,
+        name,
+        action,
+        target,
+        org_id,
+        at,
+    ))?;
+    Ok(())
+}
+
 /// Appends an entry for something the server decided by itself (automation, health verdicts).
 pub fn record_system(
     w: &mut dyn WriteTxn,

@@ -188,3 +188,182 @@ pub fn webhook_body(delivery_id: Uuid, event: &BusEvent) -> String {
     }
     sorted_text(Value::Object(body))
 }
+
+/// What a notification adds to its event: the approval link (for `approval_requested`) and the
+/// session's repository.
+#[derive(Debug, Clone, Default)]
+pub struct NotificationExtras {
+    pub approval_url: Option<String>,
+    pub repo_url: Option<String>,
+}
+
+/// Slack limits a text object to 3000 characters and Discord a message to 2000.
+const SLACK_TEXT_CHARS: usize = 2_900;
+const DISCORD_CHARS: usize = 1_900;
+
+fn clip(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+/// Slack's mrkdwn treats `&`, `<` and `>` as markup.
+fn slack_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// The command or file an approval is about, from its context.
+fn approval_subject(context_json: Option<&str>) -> Option<(&'static str, String)> {
+    let ctx: Value = serde_json::from_str(context_json?).ok()?;
+    let input = ctx.get("input");
+    let command = input.and_then(|i| i.get("command")).and_then(|c| match c {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(parts) => Some(
+            parts
+                .iter()
+                .map(|p| p.as_str().map_or_else(|| p.to_string(), str::to_owned))
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        _ => None,
+    });
+    if let Some(c) = command {
+        return Some(("Command", c));
+    }
+    let path = input.and_then(|i| {
+        i.get("path")
+            .or_else(|| i.get("file_path"))
+            .and_then(Value::as_str)
+    });
+    if let Some(p) = path {
+        return Some(("File", p.to_owned()));
+    }
+    ctx.get("tool")
+        .and_then(Value::as_str)
+        .map(|t| ("Tool", t.to_owned()))
+}
+
+/// One line saying what happened, for chat messages.
+fn headline(event: &BusEvent) -> String {
+    let session = event.session_id.map(|s| s.to_string()).unwrap_or_default();
+    match &event.event {
+        DomainEvent::Session(SessionEventData::ApprovalRequested {
+            action,
+            description,
+            ..
+        }) => format!("Approval needed ({}): {description}", action.as_str()),
+        DomainEvent::Session(SessionEventData::Ended {
+            state,
+            error,
+            end_reason,
+            ..
+        }) => {
+            let why = error.as_deref().or(end_reason.as_deref());
+            match why {
+                Some(why) => format!("Session {session} {}: {why}", state.as_str()),
+                None => format!("Session {session} {}", state.as_str()),
+            }
+        }
+        DomainEvent::Runner { hostname, kind, .. } => {
+            format!("Runner {hostname}: {}", kind.name().replace('_', " "))
+        }
+        other => match event.session_id {
+            Some(s) => format!("{} (session {s})", other.name().replace('_', " ")),
+            None => other.name().replace('_', " "),
+        },
+    }
+}
+
+/// A notification's body as its target wants it: Slack incoming-webhook JSON (`text` and
+/// blocks), Discord (`content`), or the webhook delivery body (`generic`) with `approvalUrl`.
+pub fn notification_body(
+    kind: crate::webhooks::model::TargetKind,
+    delivery_id: Uuid,
+    event: &BusEvent,
+    extras: &NotificationExtras,
+) -> String {
+    use crate::webhooks::model::TargetKind;
+    let headline = headline(event);
+    let subject = match &event.event {
+        DomainEvent::Session(SessionEventData::ApprovalRequested { context_json, .. }) => {
+            approval_subject(context_json.as_deref())
+        }
+        _ => None,
+    };
+    let session = event.session_id.map(|s| s.to_string());
+    match kind {
+        TargetKind::Generic => {
+            let body = webhook_body(delivery_id, event);
+            match (&extras.approval_url, serde_json::from_str::<Value>(&body)) {
+                (Some(url), Ok(Value::Object(mut map))) => {
+                    map.insert("approvalUrl".into(), json!(url));
+                    sorted_text(Value::Object(map))
+                }
+                _ => body,
+            }
+        }
+        TargetKind::Slack => {
+            let mut fields = Vec::new();
+            if let Some((label, value)) = &subject {
+                fields.push(json!({"type": "mrkdwn", "text": format!("*{label}*\n`{}`", slack_escape(&clip(value, 1_000)))}));
+            }
+            if let Some(s) = &session {
+                fields.push(json!({"type": "mrkdwn", "text": format!("*Session*\n{s}")}));
+            }
+            if let Some(repo) = &extras.repo_url {
+                fields.push(json!({"type": "mrkdwn", "text": format!("*Repo*\n{}", slack_escape(&clip(repo, 500)))}));
+            }
+            if let Some(org) = &event.org_id {
+                fields.push(
+                    json!({"type": "mrkdwn", "text": format!("*Org*\n{}", slack_escape(org))}),
+                );
+            }
+            let mut blocks = vec![json!({
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": slack_escape(&clip(&headline, SLACK_TEXT_CHARS))},
+            })];
+            if !fields.is_empty() {
+                blocks.push(json!({"type": "section", "fields": fields}));
+            }
+            if let Some(url) = &extras.approval_url {
+                blocks.push(json!({
+                    "type": "actions",
+                    "elements": [{
+                        "type": "button",
+                        "text": {"type": "plain_text", "text": "Review and decide"},
+                        "style": "primary",
+                        "url": url,
+                    }],
+                }));
+            }
+            let mut text = clip(&headline, SLACK_TEXT_CHARS);
+            if let Some(url) = &extras.approval_url {
+                text.push_str(&format!(" — {url}"));
+            }
+            sorted_text(json!({"text": text, "blocks": blocks}))
+        }
+        TargetKind::Discord => {
+            let mut lines = vec![format!("**{}**", clip(&headline, 600))];
+            if let Some((label, value)) = &subject {
+                lines.push(format!("{label}: `{}`", clip(value, 600).replace('`', "'")));
+            }
+            let mut place = Vec::new();
+            if let Some(s) = &session {
+                place.push(format!("session {s}"));
+            }
+            if let Some(repo) = &extras.repo_url {
+                place.push(format!("repo {}", clip(repo, 300)));
+            }
+            if !place.is_empty() {
+                lines.push(place.join(" · "));
+            }
+            if let Some(url) = &extras.approval_url {
+                lines.push(format!("Review and decide: {url}"));
+            }
+            sorted_text(json!({"content": clip(&lines.join("\n"), DISCORD_CHARS)}))
+        }
+    }
+}

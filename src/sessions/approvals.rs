@@ -2,6 +2,7 @@
 //! runner as a command.
 
 use super::*;
+use crate::policy::{PolicyDecision, PolicyRequest};
 
 impl SessionService {
     /// A runner asks. A request identical (action, description, context) to one of the
@@ -32,7 +33,7 @@ impl SessionService {
                         s.state.as_str()
                     )));
                 }
-                let context_json = req.context.map(|c| c.to_string());
+                let context_json = req.context.as_ref().map(|c| c.to_string());
                 let approvals = w.approvals(s.id)?;
                 if let Some(same) = approvals.iter().find(|a| {
                     a.resolution.is_none()
@@ -42,6 +43,8 @@ impl SessionService {
                 }) {
                     return Ok(same.clone());
                 }
+                let policy = w.approval_policy(&s.org_id)?.unwrap_or_default();
+                let verdict = policy.evaluate(&PolicyRequest::new(req.action, req.context.as_ref()));
                 let approval = Approval {
                     id: approval_id,
                     seq: approvals.len() as u64 + 1,
@@ -74,12 +77,40 @@ impl SessionService {
                     format!("Approval requested: {} — {}", approval.action.as_str(), approval.description),
                     now,
                 )?;
-                if s.state == SessionState::Running {
-                    change_state(w, &mut s, SessionState::WaitingForApproval, Cause::Approval, now, rules)?;
-                }
+                audit::record(w, &p, "approval.request", approval.id, Some(&s.org_id), now)?;
+                let decision = match verdict.decision {
+                    PolicyDecision::Allow => Some(Decision::Allow),
+                    PolicyDecision::Deny => Some(Decision::Deny),
+                    PolicyDecision::Ask => None,
+                };
+                let approval = match decision {
+                    // Decided by the org's policy: recorded, audited and sent to the runner like
+                    // any decision, and the session never waits.
+                    Some(decision) => {
+                        let by = verdict.decided_by();
+                        let reason = match verdict.rule_id {
+                            Some(rule) => format!("rule {rule} of the org's approval policy"),
+                            None => "the org's approval policy (its default decision)".to_owned(),
+                        };
+                        audit::record_as(w, "policy", &by, "approval.resolve", approval.id, Some(&s.org_id), now)?;
+                        let answer = Answer {
+                            decision,
+                            reason: Some(reason),
+                            scope: None,
+                            by,
+                        };
+                        close_approval(w, &s, approval.clone(), answer, now)?;
+                        w.get_approval(s.id, approval.id)?.unwrap_or(approval)
+                    }
+                    None => {
+                        if s.state == SessionState::Running {
+                            change_state(w, &mut s, SessionState::WaitingForApproval, Cause::Approval, now, rules)?;
+                        }
+                        approval
+                    }
+                };
                 s.updated_at = now;
                 w.put_session(&s)?;
-                audit::record(w, &p, "approval.request", approval.id, Some(&s.org_id), now)?;
                 Ok(approval)
             })
             .await
@@ -138,6 +169,100 @@ impl SessionService {
     }
 }
 
+/// What an approval link opens: the approval and enough of its session to decide.
+#[derive(Debug, Clone)]
+pub struct LinkedApproval {
+    pub approval: Approval,
+    pub session: Session,
+    /// The hostname of the runner asking, if the session has one.
+    pub runner_hostname: Option<String>,
+}
+
+/// The link behind `secret` if it can still be used: stored (links go when their approval is
+/// decided), its approval pending and not expired. Every other case is the same `NotFound`, so
+/// a caller never learns whether a link existed.
+fn usable_link(
+    r: &dyn ReadTxn,
+    secret: &str,
+    now: Millis,
+) -> DomainResult<(ApprovalLink, Approval)> {
+    let gone = || DomainError::NotFound(Entity::ApprovalLink);
+    let link = r
+        .approval_link(&crate::auth::hash_secret(secret))?
+        .ok_or_else(gone)?;
+    let approval = r
+        .get_approval(link.session_id, link.approval_id)?
+        .filter(|a| a.resolution.is_none() && now < a.expires_at && now < link.expires_at)
+        .ok_or_else(gone)?;
+    Ok((link, approval))
+}
+
+impl SessionService {
+    /// `GET /approval-links/{linkToken}`: viewing does not use the link up.
+    pub async fn approval_by_link(&self, secret: String) -> DomainResult<LinkedApproval> {
+        let now = self.now();
+        self.store
+            .read(move |r| {
+                let (link, approval) = usable_link(r, &secret, now)?;
+                let session = r
+                    .get_session(link.session_id)?
+                    .ok_or(DomainError::NotFound(Entity::ApprovalLink))?;
+                let runner_hostname = match session.runner_id {
+                    Some(id) => r.get_runner(id)?.map(|runner| runner.hostname),
+                    None => None,
+                };
+                Ok(LinkedApproval {
+                    approval,
+                    session,
+                    runner_hostname,
+                })
+            })
+            .await
+    }
+
+    /// `POST /approval-links/{linkToken}`: decides the approval as `link:<targetId>`, audited
+    /// like any decision; the link (and every other link of the approval) is used up.
+    pub async fn resolve_by_link(
+        &self,
+        secret: String,
+        decision: Decision,
+        reason: Option<String>,
+    ) -> DomainResult<Approval> {
+        let now = self.now();
+        let rules = self.rules;
+        self.store
+            .write(move |w| {
+                let (link, approval) = usable_link(w, &secret, now)?;
+                let mut s = w
+                    .get_session(link.session_id)?
+                    .ok_or(DomainError::NotFound(Entity::ApprovalLink))?;
+                let by = format!("link:{}", link.target_id);
+                let approval_id = approval.id;
+                audit::record_as(
+                    w,
+                    "link",
+                    &by,
+                    "approval.resolve",
+                    approval_id,
+                    Some(&s.org_id),
+                    now,
+                )?;
+                let answer = Answer {
+                    decision,
+                    reason,
+                    scope: None,
+                    by,
+                };
+                resolve(w, &mut s, approval, answer, now, rules)?;
+                s.updated_at = now;
+                w.put_session(&s)?;
+                w.get_approval(s.id, approval_id)?
+                    .ok_or(DomainError::NotFound(Entity::ApprovalLink))
+            })
+            .await
+    }
+}
+
 /// A decision on an approval, and who made it.
 pub(super) struct Answer {
     pub decision: Decision,
@@ -187,6 +312,8 @@ pub(super) fn close_approval(
         scope,
     });
     w.put_approval(&approval)?;
+    // A decided approval's links are used up, whoever decided.
+    w.delete_approval_links(s.id, approval.id)?;
     if let (Some(runner), false) = (s.runner_id, s.state.is_terminal()) {
         w.enqueue_command(
             runner,

@@ -38,6 +38,7 @@ use model::*;
 use model::{Timer, TimerKind};
 
 use access::*;
+pub use approvals::LinkedApproval;
 use approvals::*;
 use assignment::*;
 pub use assignment::{ASSIGNMENT_CONFIRM_MS, Release, assign};

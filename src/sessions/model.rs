@@ -450,3 +450,15 @@ mod tests {
         }
     }
 }
+
+/// A single-use capability to decide one approval without signing in, sent in a notification.
+/// Stored under the SHA-256 of its secret; removed when the approval is resolved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalLink {
+    pub session_id: Uuid,
+    pub approval_id: Uuid,
+    pub org_id: String,
+    /// The notification target it was sent to.
+    pub target_id: String,
+    pub expires_at: Millis,
+}

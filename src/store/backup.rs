@@ -66,6 +66,10 @@ macro_rules! for_every_table {
         $copy!(ROLLOUTS);
         $copy!(CHANNELS);
         $copy!(ORG_RUNTIME_CONFIGS);
+        $copy!(APPROVAL_POLICIES);
+        $copy!(ORG_NOTIFICATIONS);
+        $copy!(APPROVAL_LINKS);
+        $copy!(APPROVAL_LINKS_BY_APPROVAL);
     };
 }
 

@@ -12,9 +12,10 @@ use crate::auth::model::TokenRecord;
 use crate::pipeline::model::{
     BuildRecord, ChannelRecord, OrgRuntimeConfig, Rollout, VersionRecord,
 };
+use crate::policy::model::ApprovalPolicy;
 use crate::runners::model::{Liveness, OutboxEntry, RunnerRecord};
-use crate::sessions::model::{Approval, OutputChunk, Session, SessionEvent};
-use crate::webhooks::model::{Delivery, Webhook};
+use crate::sessions::model::{Approval, ApprovalLink, OutputChunk, Session, SessionEvent};
+use crate::webhooks::model::{Delivery, OrgNotifications, Webhook};
 
 /// A type stored as a value, with the version of its current encoding.
 pub trait Record: Serialize + DeserializeOwned {
@@ -91,6 +92,19 @@ impl Record for ChannelRecord {
 }
 impl Record for OrgRuntimeConfig {
     const NAME: &'static str = "org runtime config";
+    const VERSION: u8 = 1;
+}
+
+impl Record for ApprovalPolicy {
+    const NAME: &'static str = "approval policy";
+    const VERSION: u8 = 1;
+}
+impl Record for OrgNotifications {
+    const NAME: &'static str = "notification targets";
+    const VERSION: u8 = 1;
+}
+impl Record for ApprovalLink {
+    const NAME: &'static str = "approval link";
     const VERSION: u8 = 1;
 }
 
@@ -213,9 +227,10 @@ mod tests {
         use crate::audit::model::AuditEntry;
         use crate::auth::model::TokenRecord;
         use crate::pipeline::model::{BuildRecord, Rollout};
+        use crate::policy::model::ApprovalPolicy;
         use crate::runners::model::{OutboxEntry, RunnerCommand, RunnerRecord};
-        use crate::sessions::model::{Approval, OutputChunk, Session, SessionEvent};
-        use crate::webhooks::model::{Delivery, Webhook};
+        use crate::sessions::model::{Approval, ApprovalLink, OutputChunk, Session, SessionEvent};
+        use crate::webhooks::model::{Delivery, OrgNotifications, Webhook};
 
         /// Decodes `bytes` as every record; each answer is a value or `Corrupt`.
         fn decode_all(bytes: &[u8]) {
@@ -239,7 +254,10 @@ mod tests {
                 Webhook,
                 Delivery,
                 BuildRecord,
-                Rollout
+                Rollout,
+                ApprovalPolicy,
+                OrgNotifications,
+                ApprovalLink
             );
         }
 

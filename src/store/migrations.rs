@@ -22,6 +22,7 @@ const MIGRATIONS: &[Migration] = &[
     m005_pipeline,
     m006_usage_cost_and_approval_scope,
     m007_outbox_by_message,
+    m008_policies_notifications_links,
 ];
 
 pub const SCHEMA_VERSION: u64 = MIGRATIONS.len() as u64;
@@ -95,6 +96,14 @@ fn m007_outbox_by_message(txn: &WriteTransaction) -> Result<(), StoreError> {
         let command: OutboxEntry = codec::decode(value.value())?;
         index.insert((runner, command.message_id.as_u128()), seq)?;
     }
+    Ok(())
+}
+
+fn m008_policies_notifications_links(txn: &WriteTransaction) -> Result<(), StoreError> {
+    txn.open_table(APPROVAL_POLICIES)?;
+    txn.open_table(ORG_NOTIFICATIONS)?;
+    txn.open_table(APPROVAL_LINKS)?;
+    txn.open_table(APPROVAL_LINKS_BY_APPROVAL)?;
     Ok(())
 }
 

@@ -17,6 +17,7 @@ pub mod tables;
 
 mod audit;
 mod pipeline;
+mod policies;
 mod runners;
 mod sessions;
 mod timers;
@@ -30,6 +31,7 @@ pub use engine::{
     WriteCtx, WriterStats,
 };
 pub use pipeline::{PipelineReads, PipelineWrites};
+pub use policies::{PolicyReads, PolicyWrites};
 pub use runners::{RunnerReads, RunnerWrites};
 pub use sessions::{SessionCensus, SessionReads, SessionWrites};
 pub use timers::{TimerReads, TimerWrites};
@@ -38,7 +40,14 @@ pub use webhooks::{WebhookReads, WebhookWrites};
 
 /// Everything the domain may read, from one consistent snapshot.
 pub trait ReadTxn:
-    SessionReads + RunnerReads + TokenReads + WebhookReads + AuditReads + TimerReads + PipelineReads
+    SessionReads
+    + RunnerReads
+    + TokenReads
+    + WebhookReads
+    + AuditReads
+    + TimerReads
+    + PipelineReads
+    + PolicyReads
 {
 }
 
@@ -52,6 +61,7 @@ pub trait WriteTxn:
     + AuditWrites
     + TimerWrites
     + PipelineWrites
+    + PolicyWrites
     + Effects
 {
 }

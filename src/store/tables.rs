@@ -89,3 +89,18 @@ pub const CHANNELS: TableDefinition<&str, &[u8]> = TableDefinition::new("channel
 /// org id → `OrgRuntimeConfig`. Orgs without one follow `pipeline.defaultChannel`.
 pub const ORG_RUNTIME_CONFIGS: TableDefinition<&str, &[u8]> =
     TableDefinition::new("org_runtime_configs-1");
+
+// ---- approval policies, notifications and approval links (schema version 8) ------------------
+
+/// org id → `ApprovalPolicy`. Orgs without one ask a human about everything.
+pub const APPROVAL_POLICIES: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("approval_policies-1");
+/// org id → `OrgNotifications` (the org's notification targets).
+pub const ORG_NOTIFICATIONS: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("org_notifications-1");
+/// SHA-256 of an approval link's secret → `ApprovalLink`. Only links still usable are kept.
+pub const APPROVAL_LINKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("approval_links-1");
+/// (session id, approval id, link hash) → (): the links of one approval, removed with it when
+/// it is resolved.
+pub const APPROVAL_LINKS_BY_APPROVAL: TableDefinition<(u128, u128, &[u8]), ()> =
+    TableDefinition::new("approval_links_by_approval-1");

@@ -21,7 +21,41 @@ use crate::events::BusEvent;
 use crate::events::render;
 use crate::metrics::Metrics;
 use crate::store::Store;
-pub use model::{Delivery, DeliveryStatus, FIRST_RETRY_MS, LOG_SIZE, MAX_ATTEMPTS, Webhook};
+pub use model::{
+    Delivery, DeliveryStatus, FIRST_RETRY_MS, LOG_SIZE, MAX_ATTEMPTS, NotificationTarget,
+    OrgNotifications, TargetKind, Webhook,
+};
+
+/// Notification targets one org may have.
+pub const MAX_TARGETS_PER_ORG: usize = 20;
+
+/// A notification target as a PUT names it.
+pub struct NewTarget {
+    pub id: String,
+    pub kind: TargetKind,
+    pub url: String,
+    pub events: Vec<String>,
+}
+
+impl NotificationTarget {
+    /// The target as the dispatcher sees a webhook: where to post, for which org, unsigned.
+    fn as_webhook(&self, org_id: &str) -> Webhook {
+        Webhook {
+            id: self.delivery_id,
+            url: self.url.clone(),
+            events: self.events.clone(),
+            org_id: Some(org_id.to_owned()),
+            secret: None,
+            created_at: 0,
+        }
+    }
+
+    fn wants(&self, org_id: &str, event: &BusEvent) -> bool {
+        self.events.iter().any(|e| e == "*" || e == event.name())
+            && event.org_id.as_deref() == Some(org_id)
+            && crate::events::is_public(event.name())
+    }
+}
 
 impl Webhook {
     fn wants(&self, event: &BusEvent) -> bool {
@@ -113,6 +147,10 @@ pub struct WebhookService {
     creating: Arc<tokio::sync::Mutex<()>>,
     /// Delivery attempts by outcome (`/metrics`).
     metrics: Arc<Metrics>,
+    /// Every org's notification targets, mirrored like `hooks`.
+    notifications: Arc<RwLock<HashMap<String, OrgNotifications>>>,
+    /// `server.publicUrl`, or `http://` and the bound address once the server listens.
+    public_url: Arc<RwLock<String>>,
 }
 
 impl WebhookService {
@@ -121,10 +159,19 @@ impl WebhookService {
         clock: SharedClock,
         ids: SharedIds,
         config: &crate::config::WebhooksConfig,
+        public_url: Option<String>,
         metrics: Arc<Metrics>,
     ) -> DomainResult<Self> {
         let hooks = store.read(|r| r.all_webhooks()).await?;
+        let notifications = store.read(|r| r.all_notifications()).await?;
         Ok(Self {
+            notifications: Arc::new(RwLock::new(
+                notifications
+                    .into_iter()
+                    .map(|n| (n.org_id.clone(), n))
+                    .collect(),
+            )),
+            public_url: Arc::new(RwLock::new(public_url.unwrap_or_default())),
             store,
             clock,
             ids,
@@ -336,34 +383,230 @@ impl WebhookService {
                 }
             }
         }
-        let n = deliveries.len();
+        let mut messages = Vec::new();
+        {
+            let notifications = self.notifications();
+            for event in events {
+                let Some(org) = event.org_id.as_deref() else {
+                    continue;
+                };
+                let Some(n) = notifications.get(org) else {
+                    continue;
+                };
+                for t in n.targets.iter().filter(|t| t.wants(org, event)) {
+                    messages.push((t.clone(), event.clone(), self.ids.ordered_uuid(now)));
+                }
+            }
+        }
+        let n = deliveries.len() + messages.len();
         if n == 0 {
             return Ok(0);
         }
-        self.store
+        let ids = self.ids.clone();
+        let public_url = self.public_url();
+        let written = self
+            .store
             .write(move |w| {
+                for (target, event, id) in &messages {
+                    if let Some(d) = notification(w, target, event, *id, now, &*ids, &public_url)? {
+                        deliveries.push(d);
+                    }
+                }
                 for d in &deliveries {
                     w.put_delivery(d, None)?;
                     // Each webhook keeps twice its log size of finished deliveries.
                     w.trim_deliveries(d.webhook_id, LOG_SIZE * 2)?;
                 }
-                Ok::<_, DomainError>(())
+                Ok::<_, DomainError>(deliveries.len())
             })
             .await?;
         self.wake.notify_one();
-        Ok(n)
+        Ok(written)
+    }
+
+    fn notifications(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, OrgNotifications>> {
+        self.notifications.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn public_url(&self) -> String {
+        self.public_url
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Where links point when `server.publicUrl` is not set: the address the server listens on.
+    pub fn listening_on(&self, addr: std::net::SocketAddr) {
+        let mut url = self.public_url.write().unwrap_or_else(|p| p.into_inner());
+        if url.is_empty() {
+            *url = format!("http://{addr}");
+        }
+    }
+
+    /// `GET /orgs/{orgId}/notifications` (org, admin).
+    pub fn org_notifications(
+        &self,
+        p: &Principal,
+        org_id: &str,
+    ) -> DomainResult<Option<OrgNotifications>> {
+        may_manage_org(p, org_id)?;
+        Ok(self.notifications().get(org_id).cloned())
+    }
+
+    /// `PUT /orgs/{orgId}/notifications`: replaces the org's targets as a whole (audited
+    /// `notifications.update`). A target that keeps its id keeps its pending deliveries.
+    /// Runs to its end even if the caller stops waiting (see `detach`).
+    pub async fn put_notifications(
+        &self,
+        p: &Principal,
+        org_id: &str,
+        targets: Vec<NewTarget>,
+    ) -> DomainResult<OrgNotifications> {
+        let (this, p, org) = (self.clone(), p.clone(), org_id.to_owned());
+        detached(async move { this.put_notifications_now(&p, &org, targets).await }).await
+    }
+
+    async fn put_notifications_now(
+        &self,
+        p: &Principal,
+        org_id: &str,
+        targets: Vec<NewTarget>,
+    ) -> DomainResult<OrgNotifications> {
+        may_manage_org(p, org_id)?;
+        let mut issues = Vec::new();
+        if targets.len() > MAX_TARGETS_PER_ORG {
+            issues.push(Issue::new(
+                "targets",
+                format!("must hold at most {MAX_TARGETS_PER_ORG} targets"),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, t) in targets.iter().enumerate() {
+            if !crate::policy::is_rule_id(&t.id) {
+                issues.push(Issue::new(
+                    format!("targets[{i}].id"),
+                    "must match ^[a-z0-9_-]{1,64}$",
+                ));
+            } else if !seen.insert(t.id.as_str()) {
+                issues.push(Issue::new(
+                    format!("targets[{i}].id"),
+                    format!(
+                        "`{}` is the id of an earlier target; ids must be unique",
+                        t.id
+                    ),
+                ));
+            }
+            self.check_url(&t.url, &format!("targets[{i}].url"), &mut issues)
+                .await;
+            if t.events.is_empty() {
+                issues.push(Issue::new(
+                    format!("targets[{i}].events"),
+                    "must name at least one event, or \"*\"",
+                ));
+            }
+            for (j, e) in t.events.iter().enumerate() {
+                if e != "*" && !crate::events::is_public(e) {
+                    issues.push(Issue::new(
+                        format!("targets[{i}].events[{j}]"),
+                        format!("unknown event `{e}`"),
+                    ));
+                }
+            }
+        }
+        if !issues.is_empty() {
+            return Err(DomainError::Validation(issues));
+        }
+        let _one_at_a_time = self.creating.lock().await;
+        let before = self.notifications().get(org_id).cloned();
+        let kept = |id: &str| {
+            before
+                .as_ref()
+                .and_then(|b| b.targets.iter().find(|t| t.id == id))
+                .map(|t| t.delivery_id)
+        };
+        let record = OrgNotifications {
+            org_id: org_id.to_owned(),
+            targets: targets
+                .into_iter()
+                .map(|t| NotificationTarget {
+                    delivery_id: kept(&t.id).unwrap_or_else(|| self.ids.uuid()),
+                    id: t.id,
+                    kind: t.kind,
+                    url: t.url,
+                    events: t.events,
+                })
+                .collect(),
+        };
+        let (saved, who, now) = (record.clone(), p.clone(), self.clock.now_ms());
+        self.store
+            .write(move |w| {
+                w.put_notifications(&saved)?;
+                crate::audit::record(
+                    w,
+                    &who,
+                    "notifications.update",
+                    &saved.org_id,
+                    Some(&saved.org_id),
+                    now,
+                )
+            })
+            .await?;
+        self.notifications
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(org_id.to_owned(), record.clone());
+        self.registered.notify_one();
+        Ok(record)
+    }
+
+    /// A target URL's checks, as for webhooks: `http://` with a host, and no private or
+    /// reserved address unless `webhooks.allowPrivateTargets`.
+    async fn check_url(&self, url: &str, path: &str, issues: &mut Vec<Issue>) {
+        match client::Target::parse(url) {
+            None => issues.push(Issue::new(path, "must be an http:// URL with a host")),
+            // A host that does not resolve now is accepted: deliveries check again, every time.
+            Some(target) => {
+                if let Err(why) = client::resolve(&target, self.allow_private).await
+                    && why.contains("private or reserved")
+                {
+                    issues.push(Issue::new(
+                        path,
+                        format!(
+                            "must not point at a loopback, private, link-local or other reserved \
+                             address ({why}; an admin may allow them with webhooks.allowPrivateTargets)"
+                        ),
+                    ));
+                }
+            }
+        }
     }
 
     /// Each registered webhook's org (`None` for the admin's org-less ones).
     pub fn orgs_of_webhooks(&self) -> HashMap<Uuid, Option<String>> {
-        self.hooks()
+        let mut orgs: HashMap<Uuid, Option<String>> = self
+            .hooks()
             .values()
             .map(|h| (h.id, h.org_id.clone()))
-            .collect()
+            .collect();
+        for n in self.notifications().values() {
+            for t in &n.targets {
+                orgs.insert(t.delivery_id, Some(n.org_id.clone()));
+            }
+        }
+        orgs
     }
 
+    /// The webhook, or the notification target, that deliveries stored under `id` go to.
     pub fn webhook(&self, id: Uuid) -> Option<Webhook> {
-        self.hooks().get(&id).cloned()
+        if let Some(hook) = self.hooks().get(&id) {
+            return Some(hook.clone());
+        }
+        self.notifications().values().find_map(|n| {
+            n.targets
+                .iter()
+                .find(|t| t.delivery_id == id)
+                .map(|t| t.as_webhook(&n.org_id))
+        })
     }
 
     pub fn clock(&self) -> &SharedClock {
@@ -379,7 +622,7 @@ impl WebhookService {
     }
 
     pub fn has_hooks(&self) -> bool {
-        !self.hooks().is_empty()
+        !self.hooks().is_empty() || self.notifications().values().any(|n| !n.targets.is_empty())
     }
 
     pub fn registered(&self) -> Arc<tokio::sync::Notify> {
@@ -389,6 +632,81 @@ impl WebhookService {
     pub fn wakeup(&self) -> Arc<tokio::sync::Notify> {
         self.wake.clone()
     }
+}
+
+/// Who may read and replace an org's notification targets: its org tokens and admins.
+fn may_manage_org(p: &Principal, org_id: &str) -> DomainResult<()> {
+    match p.kind {
+        TokenKind::Admin => Ok(()),
+        TokenKind::Org if p.sees_org(org_id) => Ok(()),
+        TokenKind::Org => Err(DomainError::forbidden(
+            "an org token may manage its own org's notifications only",
+        )),
+        _ => Err(DomainError::forbidden(
+            "notifications need an admin or org token",
+        )),
+    }
+}
+
+/// The delivery of `event` to a notification target, inside the enqueue's write job. An
+/// `approval_requested` message gets a fresh approval link, stored hashed; an approval that is
+/// already decided (the org's policy decided it as it was asked, or a human was quicker)
+/// sends no message at all.
+fn notification(
+    w: &mut dyn crate::store::WriteTxn,
+    target: &NotificationTarget,
+    event: &BusEvent,
+    id: Uuid,
+    now: crate::clock::Millis,
+    ids: &dyn crate::clock::IdSource,
+    public_url: &str,
+) -> DomainResult<Option<Delivery>> {
+    use crate::events::model::{DomainEvent, SessionEventData};
+    let mut extras = render::NotificationExtras::default();
+    if let Some(session_id) = event.session_id {
+        extras.repo_url = w.get_session(session_id)?.map(|s| s.repo.url);
+    }
+    if let (
+        DomainEvent::Session(SessionEventData::ApprovalRequested { approval_id, .. }),
+        Some(session_id),
+        Some(org_id),
+    ) = (&event.event, event.session_id, event.org_id.as_deref())
+    {
+        let Some(approval) = w
+            .get_approval(session_id, *approval_id)?
+            .filter(|a| a.resolution.is_none() && a.expires_at > now)
+        else {
+            return Ok(None);
+        };
+        let secret = format!("vlk_{}", hex(&ids.secret_bytes()));
+        w.put_approval_link(
+            &crate::auth::hash_secret(&secret),
+            &crate::sessions::model::ApprovalLink {
+                session_id,
+                approval_id: approval.id,
+                org_id: org_id.to_owned(),
+                target_id: target.id.clone(),
+                expires_at: approval.expires_at,
+            },
+        )?;
+        extras.approval_url = Some(format!("{public_url}/approve/{secret}"));
+    }
+    Ok(Some(Delivery {
+        id,
+        webhook_id: target.delivery_id,
+        event: event.name().to_owned(),
+        body: render::notification_body(target.kind, id, event, &extras),
+        status: DeliveryStatus::Pending,
+        attempts: 0,
+        last_status_code: None,
+        last_attempt_at: None,
+        next_attempt_at: now,
+        created_at: now,
+    }))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -56,3 +56,53 @@ pub struct Delivery {
     pub next_attempt_at: Millis,
     pub created_at: Millis,
 }
+
+/// How a notification target wants its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TargetKind {
+    /// A Slack incoming webhook: `text` and blocks.
+    Slack,
+    /// A Discord webhook: `content`.
+    Discord,
+    /// The webhook delivery body, with `approvalUrl` on `approval_requested`.
+    Generic,
+}
+
+impl TargetKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Slack => "slack",
+            Self::Discord => "discord",
+            Self::Generic => "generic",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "slack" => Some(Self::Slack),
+            "discord" => Some(Self::Discord),
+            "generic" => Some(Self::Generic),
+            _ => None,
+        }
+    }
+}
+
+/// Where an org's people hear of its events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NotificationTarget {
+    /// The org's name for it (`[a-z0-9_-]{1,64}`), in `resolvedBy: "link:<id>"`.
+    pub id: String,
+    pub kind: TargetKind,
+    pub url: String,
+    /// Event names, or `*` for all.
+    pub events: Vec<String>,
+    /// The id its deliveries are stored and retried under, kept while the target keeps its id.
+    pub delivery_id: Uuid,
+}
+
+/// An org's notification targets, replaced as a whole.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrgNotifications {
+    pub org_id: String,
+    pub targets: Vec<NotificationTarget>,
+}

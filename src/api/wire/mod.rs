@@ -17,6 +17,7 @@ pub mod audit;
 pub mod frames;
 pub mod paging;
 pub mod pipeline;
+pub mod policies;
 pub mod runners;
 pub mod sessions;
 pub mod tokens;

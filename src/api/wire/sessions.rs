@@ -204,21 +204,29 @@ pub struct ApprovalRequest<'a> {
     /// What the runner attached, as it sent it.
     #[serde(skip_serializing_if = "Option::is_none")]
     context: Option<Value>,
+    /// Only when it is already decided: the org's approval policy decided it as it was asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decision: Option<&'static str>,
     description: &'a str,
     expires_at: String,
     requested_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resolved_by: Option<&'a str>,
     session_id: Uuid,
 }
 
 impl<'a> From<&'a Approval> for ApprovalRequest<'a> {
     fn from(a: &'a Approval) -> Self {
+        let r = a.resolution.as_ref();
         Self {
             action: a.action.as_str(),
             approval_id: a.id,
             context: stored_json(a.context_json.as_deref()),
+            decision: r.map(|r| r.decision.as_str()),
             description: &a.description,
             expires_at: timestamp(a.expires_at),
             requested_at: timestamp(a.requested_at),
+            resolved_by: r.map(|r| r.resolved_by.as_str()),
             session_id: a.session_id,
         }
     }

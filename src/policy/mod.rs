@@ -1,0 +1,473 @@
+//! Approval policies: per org, ordered rules over an approval request's action, tool, command
+//! and path that allow or deny it at once, or leave it to a human. `sessions` evaluates the
+//! policy inside the write job that records the request, so a decided request never waits.
+//!
+//! A rule fits a request when its actions name the request's action (or are `*`) and every
+//! glob it has fits the matching field of the request's context. Globs match the whole string,
+//! `*` any run of characters (`/` included), `?` one character, case-sensitively. The first rule
+//! that fits decides; none → the policy's default.
+
+pub mod model;
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+
+use serde_json::Value;
+
+use crate::audit;
+use crate::auth::{Principal, TokenKind};
+use crate::clock::SharedClock;
+use crate::error::{DomainError, DomainResult, Issue};
+use crate::sessions::model::ApprovalAction;
+use crate::store::Store;
+pub use model::*;
+
+/// An approval request as rules see it: its action and the three fields globs match.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyRequest<'a> {
+    pub action: ApprovalAction,
+    /// `context.tool`.
+    pub tool: Option<&'a str>,
+    /// `context.input.command`: a string, or an array of them joined by spaces.
+    pub command: Option<Cow<'a, str>>,
+    /// `context.input.path`, else `context.input.file_path`.
+    pub path: Option<&'a str>,
+}
+
+impl<'a> PolicyRequest<'a> {
+    pub fn new(action: ApprovalAction, context: Option<&'a Value>) -> Self {
+        let tool = context.and_then(|c| c.get("tool")).and_then(Value::as_str);
+        let input = context.and_then(|c| c.get("input"));
+        let command = input.and_then(|i| i.get("command")).and_then(|c| match c {
+            Value::String(s) => Some(Cow::Borrowed(s.as_str())),
+            Value::Array(parts) => Some(Cow::Owned(
+                parts
+                    .iter()
+                    .map(|p| match p {
+                        Value::String(s) => Cow::Borrowed(s.as_str()),
+                        other => Cow::Owned(other.to_string()),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )),
+            _ => None,
+        });
+        let path = input.and_then(|i| {
+            i.get("path")
+                .and_then(Value::as_str)
+                .or_else(|| i.get("file_path").and_then(Value::as_str))
+        });
+        Self {
+            action,
+            tool,
+            command,
+            path,
+        }
+    }
+}
+
+/// What a policy decided, and which rule decided it (`None`: the default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict<'p> {
+    pub decision: PolicyDecision,
+    pub rule_id: Option<&'p str>,
+}
+
+impl Verdict<'_> {
+    /// `policy:<ruleId>` or `policy:default`: who decided, as an approval records it.
+    pub fn decided_by(&self) -> String {
+        format!("policy:{}", self.rule_id.unwrap_or("default"))
+    }
+}
+
+impl PolicyRule {
+    /// Whether this rule alone fits the request.
+    pub fn fits(&self, req: &PolicyRequest<'_>) -> bool {
+        let action = self
+            .actions
+            .as_ref()
+            .is_none_or(|actions| actions.contains(&req.action));
+        let field = |glob: &Option<String>, value: Option<&str>| match glob {
+            None => true,
+            Some(g) => value.is_some_and(|v| glob_matches(g, v)),
+        };
+        action
+            && field(&self.tool, req.tool)
+            && field(&self.command, req.command.as_deref())
+            && field(&self.path, req.path)
+    }
+}
+
+impl ApprovalPolicy {
+    pub fn evaluate(&self, req: &PolicyRequest<'_>) -> Verdict<'_> {
+        match self.rules.iter().find(|r| r.fits(req)) {
+            Some(rule) => Verdict {
+                decision: rule.decision,
+                rule_id: Some(&rule.id),
+            },
+            None => Verdict {
+                decision: self.default_decision,
+                rule_id: None,
+            },
+        }
+    }
+
+    /// What a saved policy must meet beyond its shape: at most `MAX_RULES` rules with unique
+    /// ids of `[a-z0-9_-]{1,64}`, globs of at most `MAX_GLOB_CHARS`, and examples that behave:
+    /// every `match` example fits its rule alone, no `notMatch` one does. Every failing example
+    /// is named (`rules[i].examples.match[j]`).
+    pub fn check(&self, issues: &mut Vec<Issue>) {
+        if self.rules.len() > MAX_RULES {
+            issues.push(Issue::new(
+                "rules",
+                format!("must hold at most {MAX_RULES} rules"),
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            if !is_rule_id(&rule.id) {
+                issues.push(Issue::new(
+                    format!("rules[{i}].id"),
+                    "must match ^[a-z0-9_-]{1,64}$",
+                ));
+            } else if !seen.insert(rule.id.as_str()) {
+                issues.push(Issue::new(
+                    format!("rules[{i}].id"),
+                    format!(
+                        "`{}` is the id of an earlier rule; ids must be unique",
+                        rule.id
+                    ),
+                ));
+            }
+            for (name, glob) in [
+                ("tool", &rule.tool),
+                ("command", &rule.command),
+                ("path", &rule.path),
+            ] {
+                if glob
+                    .as_ref()
+                    .is_some_and(|g| g.chars().count() > MAX_GLOB_CHARS)
+                {
+                    issues.push(Issue::new(
+                        format!("rules[{i}].match.{name}"),
+                        format!("must be at most {MAX_GLOB_CHARS} characters"),
+                    ));
+                }
+            }
+            let Some(examples) = &rule.examples else {
+                continue;
+            };
+            if examples.matches.len() + examples.not_matches.len() > MAX_EXAMPLES_PER_RULE {
+                issues.push(Issue::new(
+                    format!("rules[{i}].examples"),
+                    format!("must hold at most {MAX_EXAMPLES_PER_RULE} examples"),
+                ));
+                continue;
+            }
+            for (list, examples, should_fit) in [
+                ("match", &examples.matches, true),
+                ("notMatch", &examples.not_matches, false),
+            ] {
+                for (j, example) in examples.iter().enumerate() {
+                    let context = example
+                        .context_json
+                        .as_deref()
+                        .and_then(|c| serde_json::from_str::<Value>(c).ok());
+                    let req = PolicyRequest::new(example.action, context.as_ref());
+                    if rule.fits(&req) != should_fit {
+                        issues.push(Issue::new(
+                            format!("rules[{i}].examples.{list}[{j}]"),
+                            if should_fit {
+                                format!("this rule (`{}`) does not fit this example", rule.id)
+                            } else {
+                                format!(
+                                    "this rule (`{}`) fits this example, which it must not",
+                                    rule.id
+                                )
+                            },
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `[a-z0-9_-]{1,64}`: rule and notification target ids.
+pub fn is_rule_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Whether `glob` matches the whole of `text`: `*` any run of characters (`/` included), `?`
+/// exactly one character, everything else itself (case-sensitive).
+///
+/// Linear in practice: on a mismatch it goes back only to the last `*`, never further (a later
+/// star can only match what an earlier one could). Bytes are compared; `?` and a star's
+/// extension step over a whole UTF-8 character, so both stay on character boundaries.
+pub fn glob_matches(glob: &str, text: &str) -> bool {
+    let (p, t) = (glob.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti) = (0, 0);
+    // The last star seen, and where in the text its match currently ends.
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match p.get(pi) {
+            Some(b'*') => {
+                star = Some((pi, ti));
+                pi += 1;
+            }
+            Some(b'?') => {
+                pi += 1;
+                ti += utf8_len(t[ti]);
+            }
+            Some(&c) if c == t[ti] => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    let next = st + utf8_len(t[st]);
+                    star = Some((sp, next));
+                    pi = sp + 1;
+                    ti = next;
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi.min(p.len())..].iter().all(|&c| c == b'*')
+}
+
+/// The length of the UTF-8 character that starts with `first`.
+fn utf8_len(first: u8) -> usize {
+    match first {
+        0xF0.. => 4,
+        0xE0.. => 3,
+        0xC0.. => 2,
+        _ => 1,
+    }
+}
+
+/// The approval policies' use-cases: read, replace (checked, audited), dry-run.
+#[derive(Clone)]
+pub struct PolicyService {
+    store: Store,
+    clock: SharedClock,
+}
+
+impl PolicyService {
+    pub fn new(store: Store, clock: SharedClock) -> Self {
+        Self { store, clock }
+    }
+
+    /// Org tokens of the org and admins; others are refused.
+    fn may_see(p: &Principal, org_id: &str) -> DomainResult<()> {
+        match p.kind {
+            TokenKind::Admin => Ok(()),
+            TokenKind::Org if p.sees_org(org_id) => Ok(()),
+            TokenKind::Org => Err(DomainError::forbidden(
+                "an org token may read and change its own org's policy only",
+            )),
+            _ => Err(DomainError::forbidden(
+                "approval policies need an admin or org token",
+            )),
+        }
+    }
+
+    /// The org's saved policy, or the default (`ask` for everything).
+    pub async fn get(&self, p: &Principal, org_id: &str) -> DomainResult<ApprovalPolicy> {
+        Self::may_see(p, org_id)?;
+        let org = org_id.to_owned();
+        let saved = self.store.read(move |r| r.approval_policy(&org)).await?;
+        Ok(saved.unwrap_or_default())
+    }
+
+    /// Replaces the org's policy; refused as a whole (nothing saved) when `check` finds anything.
+    pub async fn put(
+        &self,
+        p: &Principal,
+        org_id: &str,
+        policy: ApprovalPolicy,
+    ) -> DomainResult<ApprovalPolicy> {
+        Self::may_see(p, org_id)?;
+        let mut issues = Vec::new();
+        policy.check(&mut issues);
+        if !issues.is_empty() {
+            return Err(DomainError::Validation(issues));
+        }
+        let (who, org, now) = (p.clone(), org_id.to_owned(), self.clock.now_ms());
+        let saved = policy.clone();
+        self.store
+            .write(move |w| {
+                w.put_approval_policy(&org, &saved)?;
+                audit::record(w, &who, "policy.update", &org, Some(&org), now)
+            })
+            .await?;
+        Ok(policy)
+    }
+
+    /// A dry run: what `draft` (or else the saved policy) decides for a request. Changes
+    /// nothing and writes no audit entry.
+    pub async fn evaluate(
+        &self,
+        p: &Principal,
+        org_id: &str,
+        action: ApprovalAction,
+        context: Option<Value>,
+        draft: Option<ApprovalPolicy>,
+    ) -> DomainResult<(PolicyDecision, Option<String>)> {
+        let policy = match draft {
+            Some(d) => {
+                Self::may_see(p, org_id)?;
+                d
+            }
+            None => self.get(p, org_id).await?,
+        };
+        let verdict = policy.evaluate(&PolicyRequest::new(action, context.as_ref()));
+        Ok((verdict.decision, verdict.rule_id.map(str::to_owned)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    /// The plain recursive reading of the glob rules, to hold the fast matcher to.
+    fn reference(p: &[char], t: &[char]) -> bool {
+        match p.split_first() {
+            None => t.is_empty(),
+            Some(('*', rest)) => (0..=t.len()).any(|i| reference(rest, &t[i..])),
+            Some(('?', rest)) => !t.is_empty() && reference(rest, &t[1..]),
+            Some((c, rest)) => t.first() == Some(c) && reference(rest, &t[1..]),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn the_matcher_agrees_with_the_plain_rules(
+            glob in "[ab*?/é]{0,8}",
+            text in "[ab/é]{0,10}",
+        ) {
+            let p: Vec<char> = glob.chars().collect();
+            let t: Vec<char> = text.chars().collect();
+            prop_assert_eq!(glob_matches(&glob, &text), reference(&p, &t));
+        }
+    }
+
+    #[test]
+    fn globs_match_the_whole_string_case_sensitively() {
+        assert!(glob_matches("git status*", "git status --short"));
+        assert!(!glob_matches("git status", "git status --short"));
+        assert!(glob_matches("src/*", "src/a/b.rs"), "* crosses /");
+        assert!(glob_matches("?.rs", "é.rs"), "? is one character");
+        assert!(!glob_matches("?.rs", "ab.rs"));
+        assert!(!glob_matches("Git*", "git push"));
+        assert!(glob_matches("*", ""));
+        assert!(!glob_matches("?", ""));
+    }
+
+    fn rule(id: &str, decision: PolicyDecision) -> PolicyRule {
+        PolicyRule {
+            id: id.into(),
+            actions: None,
+            tool: None,
+            command: None,
+            path: None,
+            decision,
+            examples: None,
+        }
+    }
+
+    #[test]
+    fn the_first_rule_that_fits_decides_and_the_default_otherwise() {
+        let mut push = rule("no-push", PolicyDecision::Deny);
+        push.actions = Some(vec![ApprovalAction::Command]);
+        push.command = Some("git push*".into());
+        let mut git = rule("git", PolicyDecision::Allow);
+        git.command = Some("git *".into());
+        let mut edits = rule("src-edits", PolicyDecision::Allow);
+        edits.actions = Some(vec![ApprovalAction::FileChange]);
+        edits.tool = Some("Edit".into());
+        edits.path = Some("src/*".into());
+        let policy = ApprovalPolicy {
+            rules: vec![push, git, edits],
+            default_decision: PolicyDecision::Ask,
+        };
+        let ask = |action, ctx: Value| {
+            let v = policy.evaluate(&PolicyRequest::new(action, Some(&ctx)));
+            (v.decision, v.rule_id.map(str::to_owned))
+        };
+        assert_eq!(
+            ask(
+                ApprovalAction::Command,
+                json!({"input": {"command": ["git", "push", "-f"]}})
+            ),
+            (PolicyDecision::Deny, Some("no-push".into())),
+            "an array command is joined by spaces, and order decides"
+        );
+        assert_eq!(
+            ask(
+                ApprovalAction::Command,
+                json!({"input": {"command": "git log"}})
+            ),
+            (PolicyDecision::Allow, Some("git".into()))
+        );
+        assert_eq!(
+            ask(
+                ApprovalAction::FileChange,
+                json!({"tool": "Edit", "input": {"file_path": "src/a.rs"}})
+            ),
+            (PolicyDecision::Allow, Some("src-edits".into())),
+            "file_path stands in for path"
+        );
+        assert_eq!(
+            ask(
+                ApprovalAction::FileChange,
+                json!({"tool": "Write", "input": {"path": "src/a.rs"}})
+            ),
+            (PolicyDecision::Ask, None),
+            "every glob must fit: the tool does not"
+        );
+        assert_eq!(
+            ask(ApprovalAction::Network, json!({})),
+            (PolicyDecision::Ask, None),
+            "a rule with a glob does not fit a request without that field"
+        );
+    }
+
+    #[test]
+    fn examples_that_do_not_behave_are_named() {
+        let mut r = rule("git", PolicyDecision::Allow);
+        r.command = Some("git *".into());
+        let ex = |cmd: &str| PolicyExample {
+            action: ApprovalAction::Command,
+            context_json: Some(json!({"input": {"command": cmd}}).to_string()),
+        };
+        r.examples = Some(PolicyExamples {
+            matches: vec![ex("git log"), ex("ls")],
+            not_matches: vec![ex("rm -rf /"), ex("git push")],
+        });
+        let dup = rule("git", PolicyDecision::Deny);
+        let bad = rule("Bad Id", PolicyDecision::Deny);
+        let policy = ApprovalPolicy {
+            rules: vec![r, dup, bad],
+            default_decision: PolicyDecision::Ask,
+        };
+        let mut issues = Vec::new();
+        policy.check(&mut issues);
+        let paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "rules[0].examples.match[1]",
+                "rules[0].examples.notMatch[1]",
+                "rules[1].id",
+                "rules[2].id"
+            ]
+        );
+    }
+}
