@@ -113,35 +113,79 @@ async fn rules_decide_in_order_and_the_session_never_waits_for_them() {
 
     let (mut ch, id, assignment) = running(&admin, &org).await;
     // Rule order: the force push is denied by the first rule although `git *` fits it too.
-    let a = ask(&mut ch, &id, &assignment, "command", json!({"tool": "Bash", "input": {"command": "git push origin --force"}})).await;
-    assert_eq!((a["decision"].as_str(), a["resolvedBy"].as_str()), (Some("deny"), Some("policy:no-force-push")));
+    let a = ask(
+        &mut ch,
+        &id,
+        &assignment,
+        "command",
+        json!({"tool": "Bash", "input": {"command": "git push origin --force"}}),
+    )
+    .await;
+    assert_eq!(
+        (a["decision"].as_str(), a["resolvedBy"].as_str()),
+        (Some("deny"), Some("policy:no-force-push"))
+    );
     let f = ch.expect("approval_resolved").await;
-    assert_eq!((f["approvalId"].clone(), f["decision"].clone()), (a["approvalId"].clone(), json!("deny")));
+    assert_eq!(
+        (f["approvalId"].clone(), f["decision"].clone()),
+        (a["approvalId"].clone(), json!("deny"))
+    );
     ch.ack(&f).await;
     // The command glob, with an array command.
-    let a = ask(&mut ch, &id, &assignment, "command", json!({"input": {"command": ["git", "status"]}})).await;
+    let a = ask(
+        &mut ch,
+        &id,
+        &assignment,
+        "command",
+        json!({"input": {"command": ["git", "status"]}}),
+    )
+    .await;
     assert_eq!(a["resolvedBy"], "policy:git");
     let f = ch.expect("approval_resolved").await;
-    assert_eq!((f["approvalId"].clone(), f["decision"].clone()), (a["approvalId"].clone(), json!("allow")));
+    assert_eq!(
+        (f["approvalId"].clone(), f["decision"].clone()),
+        (a["approvalId"].clone(), json!("allow"))
+    );
     ch.ack(&f).await;
     // Tool and path globs: both must fit; `file_path` stands in for `path`.
-    let a = ask(&mut ch, &id, &assignment, "file_change", json!({"tool": "Edit", "input": {"file_path": "src/lib.rs"}})).await;
+    let a = ask(
+        &mut ch,
+        &id,
+        &assignment,
+        "file_change",
+        json!({"tool": "Edit", "input": {"file_path": "src/lib.rs"}}),
+    )
+    .await;
     assert_eq!(a["resolvedBy"], "policy:src-edits");
     let f = ch.expect("approval_resolved").await;
     ch.ack(&f).await;
     // `?` is one character, `*` in actions is every action.
-    let a = ask(&mut ch, &id, &assignment, "network", json!({"input": {"path": ".env"}})).await;
-    assert_eq!((a["decision"].as_str(), a["resolvedBy"].as_str()), (Some("deny"), Some("policy:secrets")));
+    let a = ask(
+        &mut ch,
+        &id,
+        &assignment,
+        "network",
+        json!({"input": {"path": ".env"}}),
+    )
+    .await;
+    assert_eq!(
+        (a["decision"].as_str(), a["resolvedBy"].as_str()),
+        (Some("deny"), Some("policy:secrets"))
+    );
     let f = ch.expect("approval_resolved").await;
     ch.ack(&f).await;
     // Decided requests never took the session out of RUNNING.
     let detail = org.session(&id).await;
     assert_eq!(detail["state"], "RUNNING");
     assert_eq!(detail["pendingApprovals"], json!([]));
-    let events = org.get(&format!("/api/v1/sessions/{id}/events?limit=100")).await;
+    let events = org
+        .get(&format!("/api/v1/sessions/{id}/events?limit=100"))
+        .await;
     let items = events.data()["items"].as_array().unwrap().clone();
     assert!(
-        !items.iter().any(|e| e["data"]["to"] == "WAITING_FOR_APPROVAL"),
+        !items
+            .iter()
+            .any(|e| e["data"]["to"] == "WAITING_FOR_APPROVAL"),
         "{items:?}"
     );
     let resolved: Vec<&Value> = items
@@ -151,7 +195,10 @@ async fn rules_decide_in_order_and_the_session_never_waits_for_them() {
     assert_eq!(resolved.len(), 4);
     assert_eq!(resolved[0]["data"]["resolvedBy"], "policy:no-force-push");
     assert!(
-        resolved[0]["data"]["reason"].as_str().unwrap().contains("no-force-push"),
+        resolved[0]["data"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no-force-push"),
         "the timeline says why: {}",
         resolved[0]
     );
@@ -163,12 +210,24 @@ async fn rules_decide_in_order_and_the_session_never_waits_for_them() {
         .iter()
         .filter(|e| e["action"] == "approval.resolve")
         .collect();
-    assert_eq!(by_rule.len(), 4, "{}", audit.text.chars().take(3000).collect::<String>());
+    assert_eq!(
+        by_rule.len(),
+        4,
+        "{}",
+        audit.text.chars().take(3000).collect::<String>()
+    );
     assert_eq!(by_rule[0]["actor"]["name"], "policy:no-force-push");
     assert_eq!(by_rule[0]["actor"]["kind"], "policy");
 
     // Nothing fits (the tool glob does not): the default asks, and the session waits.
-    let a = ask(&mut ch, &id, &assignment, "file_change", json!({"tool": "Write", "input": {"path": "src/lib.rs"}})).await;
+    let a = ask(
+        &mut ch,
+        &id,
+        &assignment,
+        "file_change",
+        json!({"tool": "Write", "input": {"path": "src/lib.rs"}}),
+    )
+    .await;
     assert!(a.get("decision").is_none(), "{a}");
     assert_eq!(org.session(&id).await["state"], "WAITING_FOR_APPROVAL");
     s.stop().await;
@@ -186,7 +245,10 @@ async fn the_default_decides_when_no_rule_fits() {
     .await;
     let (mut ch, id, assignment) = running(&admin, &org).await;
     let a = ask(&mut ch, &id, &assignment, "deploy", json!({})).await;
-    assert_eq!((a["decision"].as_str(), a["resolvedBy"].as_str()), (Some("allow"), Some("policy:default")));
+    assert_eq!(
+        (a["decision"].as_str(), a["resolvedBy"].as_str()),
+        (Some("allow"), Some("policy:default"))
+    );
     let f = ch.expect("approval_resolved").await;
     assert_eq!(f["decision"], "allow");
     assert_eq!(org.session(&id).await["state"], "RUNNING");
@@ -235,7 +297,11 @@ async fn examples_that_fail_refuse_the_policy_and_evaluate_changes_nothing() {
         "{}",
         r.text
     );
-    assert_eq!(org.get(path).await.data(), &policy(), "the saved policy stays");
+    assert_eq!(
+        org.get(path).await.data(),
+        &policy(),
+        "the saved policy stays"
+    );
 
     let audit_before = admin.get("/api/v1/audit?limit=200").await.data()["items"]
         .as_array()
@@ -313,7 +379,14 @@ async fn a_notification_carries_a_link_that_decides_once_and_grants_nothing_else
     assert_eq!(bad.issue_paths(), ["targets[0].kind"], "{}", bad.text);
 
     let (mut ch, id, assignment) = running(&admin, &org).await;
-    let a = ask(&mut ch, &id, &assignment, "command", json!({"tool": "Bash", "input": {"command": "rm -rf build"}})).await;
+    let a = ask(
+        &mut ch,
+        &id,
+        &assignment,
+        "command",
+        json!({"tool": "Bash", "input": {"command": "rm -rf build"}}),
+    )
+    .await;
     let approval = a["approvalId"].as_str().unwrap().to_string();
     // Slack: text and blocks with the command, session, repo and the link.
     let message = eventually(10, || {
@@ -322,8 +395,17 @@ async fn a_notification_carries_a_link_that_decides_once_and_grants_nothing_else
     })
     .await;
     let text = message.to_string();
-    assert!(message["text"].as_str().unwrap().contains("Approval needed (command)"), "{text}");
-    assert!(text.contains("rm -rf build") && text.contains(&id) && text.contains("github.com/acme/app"), "{text}");
+    assert!(
+        message["text"]
+            .as_str()
+            .unwrap()
+            .contains("Approval needed (command)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("rm -rf build") && text.contains(&id) && text.contains("github.com/acme/app"),
+        "{text}"
+    );
     let blocks = message["blocks"].as_array().unwrap();
     let button = &blocks.last().unwrap()["elements"][0];
     let slack_link = button["url"].as_str().unwrap().to_string();
@@ -347,7 +429,11 @@ async fn a_notification_carries_a_link_that_decides_once_and_grants_nothing_else
 
     // The link grants nothing else: as a bearer token it is 401 everywhere.
     let as_bearer = s.anonymous().with_token(&token);
-    for route in ["/api/v1/sessions", &format!("/api/v1/sessions/{id}"), "/api/v1/me"] {
+    for route in [
+        "/api/v1/sessions",
+        &format!("/api/v1/sessions/{id}"),
+        "/api/v1/me",
+    ] {
         as_bearer.get(route).await.expect_error(401, "UNAUTHORIZED");
     }
     as_bearer
@@ -365,22 +451,37 @@ async fn a_notification_carries_a_link_that_decides_once_and_grants_nothing_else
         let v = anon.get(&api(&token)).await;
         assert_eq!(v.status, 200, "{}", v.text);
         assert_eq!(v.data()["approval"]["approvalId"], approval.as_str());
-        assert_eq!(v.data()["session"]["repo"]["url"], "https://github.com/acme/app.git");
+        assert_eq!(
+            v.data()["session"]["repo"]["url"],
+            "https://github.com/acme/app.git"
+        );
         assert_eq!(v.data()["runner"]["hostname"], "worker");
     }
     assert_eq!(org.session(&id).await["state"], "WAITING_FOR_APPROVAL");
     // Deciding through it resolves the approval once, recorded as the target's link.
-    let r = anon.post(&api(&token), json!({"decision": "allow", "reason": "from my phone"})).await;
+    let r = anon
+        .post(
+            &api(&token),
+            json!({"decision": "allow", "reason": "from my phone"}),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.data()["resolvedBy"], "link:pager");
     let f = ch.expect("approval_resolved").await;
-    assert_eq!((f["approvalId"].as_str(), f["decision"].as_str()), (Some(approval.as_str()), Some("allow")));
+    assert_eq!(
+        (f["approvalId"].as_str(), f["decision"].as_str()),
+        (Some(approval.as_str()), Some("allow"))
+    );
     assert_eq!(org.session(&id).await["state"], "RUNNING");
     let audit = admin.get("/api/v1/audit?limit=200").await;
     assert!(
-        audit.data()["items"].as_array().unwrap().iter().any(|e| e["action"] == "approval.resolve"
-            && e["actor"]["name"] == "link:pager"
-            && e["actor"]["kind"] == "link"),
+        audit.data()["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "approval.resolve"
+                && e["actor"]["name"] == "link:pager"
+                && e["actor"]["kind"] == "link"),
         "{}",
         audit.text
     );
@@ -411,9 +512,14 @@ async fn a_notification_carries_a_link_that_decides_once_and_grants_nothing_else
     let token_b = link_b.rsplit('/').next().unwrap().to_string();
     assert_eq!(anon.get(&api(&token_b)).await.status, 200);
     s.advance(25 * 3600 * 1000);
-    let expired = anon.post(&api(&token_b), json!({"decision": "allow"})).await;
+    let expired = anon
+        .post(&api(&token_b), json!({"decision": "allow"}))
+        .await;
     expired.expect_error(404, "NOT_FOUND");
-    assert_eq!(expired.json["error"]["message"], used.json["error"]["message"]);
+    assert_eq!(
+        expired.json["error"]["message"],
+        used.json["error"]["message"]
+    );
     s.stop().await;
 }
 
@@ -434,20 +540,39 @@ async fn an_approval_the_policy_decides_sends_no_notification() {
     )
     .await;
     let (mut ch, id, assignment) = running(&admin, &org).await;
-    ask(&mut ch, &id, &assignment, "command", json!({"input": {"command": "ls -la"}})).await;
-    ask(&mut ch, &id, &assignment, "command", json!({"input": {"command": "make"}})).await;
+    ask(
+        &mut ch,
+        &id,
+        &assignment,
+        "command",
+        json!({"input": {"command": "ls -la"}}),
+    )
+    .await;
+    ask(
+        &mut ch,
+        &id,
+        &assignment,
+        "command",
+        json!({"input": {"command": "make"}}),
+    )
+    .await;
     let message = eventually(10, || {
         let generic = generic.clone();
         async move { generic.messages().into_iter().next() }
     })
     .await;
     let content = message["content"].as_str().unwrap();
-    assert!(content.contains("`make`") && content.contains("/approve/vlk_"), "{content}");
+    assert!(
+        content.contains("`make`") && content.contains("/approve/vlk_"),
+        "{content}"
+    );
     // The failed session's message comes after; the request the policy decided (asked first)
     // never sent one.
     let r = ch
-        .request(json!({"type": "session_state", "sessionId": id, "assignmentId": assignment,
-                        "state": "FAILED", "error": "agent crashed"}))
+        .request(
+            json!({"type": "session_state", "sessionId": id, "assignmentId": assignment,
+                        "state": "FAILED", "error": "agent crashed"}),
+        )
         .await;
     assert_eq!(r["type"], "ack", "{r}");
     let all = eventually(10, || {
@@ -460,7 +585,13 @@ async fn an_approval_the_policy_decides_sends_no_notification() {
     .await;
     assert_eq!(all.len(), 2, "{all:?}");
     let failed = all[1]["content"].as_str().unwrap();
-    assert!(failed.contains(&id) && failed.contains("agent crashed"), "{all:?}");
-    assert!(!all.iter().any(|m| m.to_string().contains("ls -la")), "{all:?}");
+    assert!(
+        failed.contains(&id) && failed.contains("agent crashed"),
+        "{all:?}"
+    );
+    assert!(
+        !all.iter().any(|m| m.to_string().contains("ls -la")),
+        "{all:?}"
+    );
     s.stop().await;
 }

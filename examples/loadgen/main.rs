@@ -54,6 +54,9 @@
 //! the p99 with them is printed too. Back-to-back runs disturb each other on a small VM (the
 //! previous run's deleted files): leave half a minute between them.
 //!
+//! `policy` (in `policy.rs`) times the evaluation of a 200-rule approval policy and an agent's
+//! request decided by a rule, end to end over the runner channel.
+//!
 //! `startup` and `week` (in `retention.rs`) time the server's start on a database of 100 000
 //! sessions and a million output chunks, and run a week of a 200-runner fleet through the
 //! store and its purge (file size, purge jobs, `village compact`).
@@ -77,6 +80,7 @@
 
 mod day;
 mod mixed;
+mod policy;
 mod retention;
 mod slow;
 
@@ -214,6 +218,7 @@ async fn run() -> ExitCode {
         Some("runner-watch") => runner_watch().await,
         Some("stale") => stale_scenario().await,
         Some("mixed") => mixed::mixed_scenario().await,
+        Some("policy") => policy::policy_scenario().await,
         Some("day") => {
             let args: Vec<String> = std::env::args().skip(2).collect();
             day::day_scenario(&args).await
@@ -228,7 +233,7 @@ async fn run() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: loadgen [--slow[=FACTOR]] sessions|fleet|mixed|stream|runner|stale|day|startup|week"
+                "usage: loadgen [--slow[=FACTOR]] sessions|fleet|mixed|policy|stream|runner|stale|day|startup|week"
             );
             ExitCode::from(2)
         }

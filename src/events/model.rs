@@ -162,6 +162,9 @@ pub enum SessionEventData {
         context_json: Option<String>,
         requested_at: Millis,
         expires_at: Millis,
+        /// The org's approval policy decided it in the same transaction (`approval_resolved`
+        /// follows): nobody is asked, so the dashboard gets no `approval_required` for it.
+        decided_at_once: bool,
     },
     ApprovalResolved {
         approval_id: Uuid,

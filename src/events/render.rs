@@ -75,6 +75,7 @@ fn session_data(e: &SessionEventData) -> Value {
             context_json,
             requested_at,
             expires_at,
+            ..
         } => json!({
             "approvalId": approval_id,
             "action": action.as_str(),
@@ -149,7 +150,10 @@ pub fn session_frame(event: &BusEvent) -> Value {
         DomainEvent::Session(SessionEventData::Ended { .. }) => {
             json!({"type": "session", "sessionId": id, "action": "completed", "data": data})
         }
-        DomainEvent::Session(SessionEventData::ApprovalRequested { .. }) => {
+        DomainEvent::Session(SessionEventData::ApprovalRequested {
+            decided_at_once: false,
+            ..
+        }) => {
             let mut approval = data;
             approval["sessionId"] = json!(id);
             if approval.get("context").is_some_and(Value::is_null)

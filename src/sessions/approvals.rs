@@ -56,6 +56,11 @@ impl SessionService {
                     expires_at: now.saturating_add(rules.approval_timeout_ms),
                     resolution: None,
                 };
+                let decision = match verdict.decision {
+                    PolicyDecision::Allow => Some(Decision::Allow),
+                    PolicyDecision::Deny => Some(Decision::Deny),
+                    PolicyDecision::Ask => None,
+                };
                 w.put_approval(&approval)?;
                 w.set_timer(Timer {
                     due: approval.expires_at,
@@ -73,16 +78,12 @@ impl SessionService {
                         context_json: approval.context_json.clone(),
                         requested_at: approval.requested_at,
                         expires_at: approval.expires_at,
+                        decided_at_once: decision.is_some(),
                     },
                     format!("Approval requested: {} — {}", approval.action.as_str(), approval.description),
                     now,
                 )?;
                 audit::record(w, &p, "approval.request", approval.id, Some(&s.org_id), now)?;
-                let decision = match verdict.decision {
-                    PolicyDecision::Allow => Some(Decision::Allow),
-                    PolicyDecision::Deny => Some(Decision::Deny),
-                    PolicyDecision::Ask => None,
-                };
                 let approval = match decision {
                     // Decided by the org's policy: recorded, audited and sent to the runner like
                     // any decision, and the session never waits.

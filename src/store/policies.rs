@@ -1,5 +1,8 @@
 //! Storage of approval policies, notification targets and approval links.
 
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+
 use redb::ReadableTable;
 use uuid::Uuid;
 
@@ -11,8 +14,9 @@ use crate::sessions::model::ApprovalLink;
 use crate::webhooks::model::OrgNotifications;
 
 pub trait PolicyReads {
-    /// The org's saved approval policy, if it saved one.
-    fn approval_policy(&self, org_id: &str) -> StoreResult<Option<ApprovalPolicy>>;
+    /// The org's saved approval policy, if it saved one. Shared: every approval request reads
+    /// it, and decoding 200 rules costs more than evaluating them.
+    fn approval_policy(&self, org_id: &str) -> StoreResult<Option<Arc<ApprovalPolicy>>>;
     /// Every org's notification targets.
     fn all_notifications(&self) -> StoreResult<Vec<OrgNotifications>>;
     fn notifications(&self, org_id: &str) -> StoreResult<Option<OrgNotifications>>;
@@ -29,9 +33,9 @@ pub trait PolicyWrites: PolicyReads {
 }
 
 impl<T: Tables> PolicyReads for T {
-    fn approval_policy(&self, org_id: &str) -> StoreResult<Option<ApprovalPolicy>> {
+    fn approval_policy(&self, org_id: &str) -> StoreResult<Option<Arc<ApprovalPolicy>>> {
         match self.table(APPROVAL_POLICIES)?.get(org_id)? {
-            Some(v) => Ok(Some(decode(v.value())?)),
+            Some(v) => decoded_policy(org_id, v.value()).map(Some),
             None => Ok(None),
         }
     }
@@ -57,6 +61,29 @@ impl<T: Tables> PolicyReads for T {
             None => Ok(None),
         }
     }
+}
+
+/// Policies decoded before, by org, with the bytes they were decoded from. A stored value that
+/// equals the remembered bytes is that policy, whichever transaction or database it was read
+/// in, so nothing ever invalidates an entry: a changed policy simply misses and replaces it.
+static DECODED_POLICIES: LazyLock<Mutex<HashMap<String, (Vec<u8>, Arc<ApprovalPolicy>)>>> =
+    LazyLock::new(Mutex::default);
+/// Orgs remembered at most; past this the memory starts over.
+const DECODED_POLICIES_KEPT: usize = 1_024;
+
+fn decoded_policy(org_id: &str, bytes: &[u8]) -> StoreResult<Arc<ApprovalPolicy>> {
+    let mut decoded = DECODED_POLICIES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((seen, policy)) = decoded.get(org_id)
+        && seen.as_slice() == bytes
+    {
+        return Ok(policy.clone());
+    }
+    let policy: Arc<ApprovalPolicy> = Arc::new(decode(bytes)?);
+    if decoded.len() >= DECODED_POLICIES_KEPT {
+        decoded.clear();
+    }
+    decoded.insert(org_id.to_owned(), (bytes.to_vec(), policy.clone()));
+    Ok(policy)
 }
 
 impl PolicyWrites for WriteCtx<'_> {

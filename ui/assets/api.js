@@ -48,10 +48,14 @@ export function query(params) {
   return s ? `?${s}` : '';
 }
 
-/** One call. `token` overrides the stored one (sign-in checks a token before keeping it). */
-export async function request(method, path, body, { token } = {}) {
+/**
+ * One call. `token` overrides the stored one (sign-in checks a token before keeping it).
+ * `anonymous` sends no token at all: an approval link is its own credential, and whoever opens
+ * one may not be signed in, or signed in as someone else.
+ */
+export async function request(method, path, body, { token, anonymous = false } = {}) {
   const headers = { Accept: 'application/json' };
-  const bearer = token ?? storedToken();
+  const bearer = anonymous ? '' : token ?? storedToken();
   if (bearer) headers.Authorization = `Bearer ${bearer}`;
   const init = { method, headers, cache: 'no-store' };
   if (body !== undefined) {
@@ -75,7 +79,7 @@ export async function request(method, path, body, { token } = {}) {
   const err = e
     ? new ApiError(response.status, e.code, e.message, e.details?.issues || [], e.details || null)
     : new ApiError(response.status, 'HTTP_' + response.status, `The server answered ${response.status} ${response.statusText || ''}`.trim());
-  if (response.status === 401 && token === undefined) for (const fn of listeners) fn(err);
+  if (response.status === 401 && token === undefined && !anonymous) for (const fn of listeners) fn(err);
   return Promise.reject(err);
 }
 

@@ -10,7 +10,9 @@ import * as newSession from './views/new-session.js';
 import * as runners from './views/runners.js';
 import * as pipeline from './views/pipeline.js';
 import * as admin from './views/admin.js';
+import * as policy from './views/policy.js';
 import { dashboardRefusal, signIn } from './views/signin.js';
+import { approvalAnswered, notifyApproval } from './notify.js';
 
 const ORG_KEY = 'village.org';
 const RECENT_ORGS_KEY = 'village.recentOrgs';
@@ -22,6 +24,7 @@ const ROUTES = [
   { pattern: /^\/sessions\/([0-9a-fA-F-]{36})$/, nav: 'sessions', title: 'Session', load: () => import('./views/session.js') },
   { pattern: /^\/sessions$/, nav: 'sessions', title: 'Sessions', load: () => sessions },
   { pattern: /^\/runners$/, nav: 'runners', title: 'Runners', load: () => runners },
+  { pattern: /^\/policy$/, nav: 'policy', title: 'Approval policy', load: () => policy },
   { pattern: /^\/pipeline$/, nav: 'pipeline', title: 'Pipeline', load: () => pipeline },
   { pattern: /^\/admin(?:\/(tokens|webhooks|audit))?$/, nav: 'admin', title: 'Admin', load: () => admin, adminOnly: true },
 ];
@@ -30,6 +33,7 @@ const NAV = [
   { id: 'overview', href: '/', label: 'Overview' },
   { id: 'sessions', href: '/sessions', label: 'Sessions' },
   { id: 'runners', href: '/runners', label: 'Runners' },
+  { id: 'policy', href: '/policy', label: 'Policy' },
   { id: 'pipeline', href: '/pipeline', label: 'Pipeline' },
   { id: 'admin', href: '/admin', label: 'Admin', adminOnly: true },
 ];
@@ -246,13 +250,42 @@ function start(token, who) {
   stream = new Stream(token);
   stream.addEventListener('status', onStatus);
   stream.addEventListener('unauthorized', (e) => signOut(null, e.detail.message));
+  stream.onFrameOf((f) => {
+    if (f.type === 'approval_required') notifyApproval(f, () => navigate('/'));
+    else if (f.type === 'event' && f.event === 'approval_resolved') approvalAnswered(f.data?.approvalId);
+  });
   stream.setOrg(org);
   stream.start();
   shell = null;
   route();
 }
 
+/** The token of an approval link (`/approve/<token>`), if this is one. */
+function approvalLink() {
+  const m = location.pathname.match(/^\/approve\/([^/]+)\/?$/);
+  if (!m) return null;
+  try {
+    return decodeURIComponent(m[1]);
+  } catch {
+    return m[1];
+  }
+}
+
 async function boot() {
+  // An approval link works without signing in (and whatever token this browser holds): the
+  // link is the credential. It is its own small page, not part of the signed-in app.
+  const link = approvalLink();
+  if (link !== null) {
+    try {
+      const page = await import('./views/approve.js');
+      page.mount(root, link);
+    } catch (e) {
+      console.warn('approval page failed to load', e);
+      root.removeAttribute('aria-busy');
+      fill(root, h('div', { class: 'alert bad', role: 'alert' }, 'This page could not be loaded. Reload the page to try again.'));
+    }
+    return;
+  }
   window.addEventListener('popstate', route);
   document.addEventListener('click', (e) => {
     const a = e.target.closest?.('a[href]');

@@ -1,14 +1,26 @@
 // Overview: what needs a human now (pending approvals first, answerable here; failed sessions;
 // offline runners), then the state of sessions, fleet and rollouts. Everything follows the
 // stream: approvals appear from their `approval_required` frame, the rest reloads on events.
-import { age, badge, debounce, empty, errorBox, fill, patch, h, humanize, loading, meter, number } from '../dom.js';
+import { age, badge, debounce, empty, errorBox, fill, patch, h, humanize, loading, meter, number, toast } from '../dom.js';
 import { ACTIVE_ROLLOUT_STATES, SESSION_STATES, approvalList, rolloutProgress, sessionLink } from './parts.js';
+import { askPermission, notificationState } from '../notify.js';
 
 export async function mount(main, ctx) {
   const { api, org } = ctx;
   const approvalsBox = h('div', { class: 'approval-list', id: 'pending-approvals' });
   const approvalsBody = h('div', null, loading('Loading approvals…'));
   const approvalsCount = h('span', { class: 'badge warn', id: 'approvals-count' }, '…');
+  // Approvals asked while this tab is in the background become browser notifications (see
+  // notify.js), once the browser allows them.
+  const notifyButton = h('button', {
+    class: 'btn small', type: 'button', id: 'enable-notifications', hidden: notificationState() !== 'default',
+    title: 'Show a browser notification when an agent asks for approval while this tab is in the background',
+    onclick: async () => {
+      const state = await askPermission({ force: true });
+      notifyButton.hidden = state !== 'default';
+      if (state === 'denied') toast('Notifications are blocked for this site; the browser\'s site settings can allow them.', 'bad');
+    },
+  }, 'Enable notifications');
   const failedBox = h('div', null, loading());
   const offlineBox = h('div', null, loading());
   const statesBox = h('div', null, loading());
@@ -23,7 +35,7 @@ export async function mount(main, ctx) {
     !org ? h('div', { class: 'alert info', role: 'status' }, 'Choose an org in the top bar to see its sessions and answer its approvals.') : null,
     h('div', { class: 'attention' },
       h('section', { class: 'card', 'aria-labelledby': 'approvals-title' },
-        h('div', { class: 'card-head' }, h('h2', { id: 'approvals-title' }, 'Pending approvals'), approvalsCount),
+        h('div', { class: 'card-head' }, h('h2', { id: 'approvals-title' }, 'Pending approvals'), approvalsCount, h('span', { class: 'spacer' }), notifyButton),
         approvalsBody),
       h('section', { class: 'card', 'aria-labelledby': 'attention-title' },
         h('div', { class: 'card-head' }, h('h2', { id: 'attention-title' }, 'Needs attention')),
@@ -45,9 +57,18 @@ export async function mount(main, ctx) {
       h('div', { class: 'card-head' }, h('h2', { id: 'rollouts-title' }, 'Active rollouts'), h('span', { class: 'spacer' }), h('a', { href: '/pipeline', class: 'small' }, 'Pipeline')),
       rolloutsBox));
 
+  // The first click on the overview asks for notifications, once per browser (a prompt needs a
+  // click to answer to).
+  const askOnce = async () => {
+    const state = await askPermission();
+    notifyButton.hidden = state !== 'default';
+  };
+  main.addEventListener('click', askOnce, { once: true });
+  ctx.cleanup(() => main.removeEventListener('click', askOnce));
+
   // ---- approvals ---------------------------------------------------------------------------
   const pending = new Map();
-  const renderCards = approvalList(approvalsBox, { onResolved: (id) => { pending.delete(id); showApprovals(); } });
+  const renderCards = approvalList(approvalsBox, { orgId: org, onResolved: (id) => { pending.delete(id); showApprovals(); } });
   function showApprovals() {
     approvalsCount.textContent = String(pending.size);
     approvalsCount.className = pending.size ? 'badge warn' : 'badge';

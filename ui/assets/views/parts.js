@@ -1,7 +1,10 @@
 // Pieces shown on more than one page: approval cards (with what an agent asks), rollout
 // progress, session links.
 import { api } from '../api.js';
-import { age, badge, h, humanize, number, shortId } from '../dom.js';
+import { age, badge, h, number, shortId } from '../dom.js';
+import { ACTION_LABEL, actionLabel, allowAlwaysDialog } from './rules.js';
+
+export { ACTION_LABEL, actionLabel };
 
 export const SESSION_STATES = ['CREATED', 'QUEUED', 'RUNNING', 'WAITING_FOR_APPROVAL', 'PAUSED_BY_HUMAN', 'COMPLETED', 'FAILED', 'TIMED_OUT'];
 export const TERMINAL_STATES = new Set(['COMPLETED', 'FAILED', 'TIMED_OUT']);
@@ -19,15 +22,6 @@ export function providerLabel(id) {
 
 export function sessionLink(id, text) {
   return h('a', { href: `/sessions/${id}`, class: 'mono', title: id }, text || shortId(id));
-}
-
-export const ACTION_LABEL = {
-  merge: 'Merge', deps_add: 'Add dependency', secrets: 'Use secrets', deploy: 'Deploy',
-  command: 'Run a command', file_change: 'Change files', network: 'Network access', other: 'Use a tool',
-};
-
-export function actionLabel(action) {
-  return ACTION_LABEL[action] || humanize(action);
 }
 
 /** A word of a command line as a shell would need it written. */
@@ -73,10 +67,12 @@ export function requestView(context) {
 
 /**
  * A pending approval that can be answered in place: allow (this request), allow for the rest of
- * the session (the runner then allows the same action and tool without asking), or deny.
- * `onResolved(approvalId)` runs once it is answered (here or elsewhere).
+ * the session (the runner then allows the same action and tool without asking), allow always
+ * (a policy rule for requests like it, then this one allowed), or deny.
+ * `onResolved(approvalId)` runs once it is answered (here or elsewhere). `orgId` is the org of
+ * the approval's session, for the policy rule (looked up when not given).
  */
-export function approvalCard(approval, { showSession = true, onResolved } = {}) {
+export function approvalCard(approval, { showSession = true, onResolved, orgId } = {}) {
   const reasonId = `reason-${approval.approvalId}`;
   const reason = h('input', { id: reasonId, type: 'text', name: 'reason', placeholder: 'Reason (optional)', autocomplete: 'off', maxLength: 1000 });
   const error = h('div', { class: 'error', role: 'alert' });
@@ -86,8 +82,12 @@ export function approvalCard(approval, { showSession = true, onResolved } = {}) 
     class: 'btn small allow-session', type: 'button', 'data-decision': 'allow', 'data-scope': 'session',
     title: `Allow this and, for the rest of this session, every request to ${actionLabel(approval.action).toLowerCase()}${tool ? ` with ${tool}` : ''} without asking`,
   }, 'Allow for this session');
+  const allowAlways = h('button', {
+    class: 'btn small allow-always', type: 'button', 'data-action': 'allow-always', 'aria-haspopup': 'dialog',
+    title: 'Add a policy rule that allows requests like this one without asking, then allow this one',
+  }, 'Allow always like this…');
   const deny = h('button', { class: 'btn danger small', type: 'button', 'data-decision': 'deny' }, 'Deny');
-  const buttons = [allow, allowSession, deny];
+  const buttons = [allow, allowSession, allowAlways, deny];
   const hasContext = approval.context !== undefined && approval.context !== null
     && !(typeof approval.context === 'object' && !Object.keys(approval.context).length);
   const card = h('article', { class: 'approval', 'data-approval-id': approval.approvalId, 'data-action': approval.action, 'aria-label': `Approval: ${approval.description}` },
@@ -107,12 +107,13 @@ export function approvalCard(approval, { showSession = true, onResolved } = {}) 
       h('label', { for: reasonId, class: 'sr-only' }, 'Reason'),
       reason, ...buttons),
     error);
-  const decide = async (decision, scope) => {
+  const decide = async (decision, scope, fallbackReason) => {
     for (const b of buttons) b.disabled = true;
     error.textContent = '';
     const body = { decision };
     if (scope) body.scope = scope;
-    if (reason.value.trim()) body.reason = reason.value.trim();
+    const why = reason.value.trim() || fallbackReason;
+    if (why) body.reason = why;
     try {
       await api.post(`/sessions/${approval.sessionId}/approvals/${approval.approvalId}/resolve`, body);
       card.dataset.resolved = decision;
@@ -130,6 +131,10 @@ export function approvalCard(approval, { showSession = true, onResolved } = {}) 
   allow.addEventListener('click', () => decide('allow'));
   allowSession.addEventListener('click', () => decide('allow', 'session'));
   deny.addEventListener('click', () => decide('deny'));
+  allowAlways.addEventListener('click', async () => {
+    const saved = await allowAlwaysDialog(approval, { orgId });
+    if (saved) decide('allow', undefined, `allowed always: policy rule ${saved.rule.id}`);
+  });
   return card;
 }
 

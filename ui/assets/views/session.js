@@ -4,6 +4,7 @@ import { Terminal } from '../../vendor/xterm/xterm.mjs';
 import { FitAddon } from '../../vendor/addon-fit/addon-fit.mjs';
 import { age, badge, confirmDialog, dateTime, debounce, duration, empty, errorBox, fill, h, patch, loading, number, time, toast, usd } from '../dom.js';
 import { TERMINAL_STATES, actionLabel, approvalList, providerLabel } from './parts.js';
+import { resolverLabel } from './rules.js';
 
 export async function mount(main, ctx) {
   const { api, stream } = ctx;
@@ -162,6 +163,7 @@ export async function mount(main, ctx) {
   const pending = new Map();
   const renderPending = approvalList(pendingBox, {
     showSession: false,
+    orgId: session.orgId,
     onResolved: (approvalId) => {
       pending.delete(approvalId);
       showPending();
@@ -187,7 +189,7 @@ export async function mount(main, ctx) {
           h('span', null, badge(r.decision), ' ', actionLabel(r.action),
             r.scope === 'session' ? [' ', h('span', { class: 'badge info', 'data-scope': 'session' }, 'for the session')] : null,
             r.reason ? h('span', { class: 'muted small' }, ` — ${r.reason}`) : null),
-          h('span', { class: 'muted small' }, `by ${r.resolvedBy} `, age(r.resolvedAt)))))]
+          h('span', { class: 'muted small', 'data-resolved-by': r.resolvedBy }, `by ${resolverLabel(r.resolvedBy)} `, age(r.resolvedAt)))))]
         : null);
     } catch (e) {
       fill(approvalsBody, errorBox(e));
@@ -205,7 +207,7 @@ export async function mount(main, ctx) {
           for (const ev of page.items) {
             timeline.prepend(h('li', { 'data-seq': ev.seq, 'data-type': ev.type },
               h('time', { dateTime: ev.timestamp, title: dateTime(ev.timestamp) }, time(ev.timestamp)),
-              h('span', null, ev.summary)));
+              h('span', null, ev.summary, decidedBy(ev))));
           }
           eventsAfter = page.nextSeq;
           if (page.items.length < 1000) break;
@@ -247,6 +249,13 @@ export async function mount(main, ctx) {
 
   render();
   await Promise.all([loadApprovals(), loadEvents()]);
+}
+
+/** Who answered, for an `approval_resolved` entry (policy rules and links answer too). */
+function decidedBy(ev) {
+  const by = ev.type === 'approval_resolved' ? ev.data?.resolvedBy : null;
+  if (!by) return null;
+  return h('span', { class: 'muted', 'data-resolved-by': by }, ` — by ${resolverLabel(by)}`);
 }
 
 function backLink() {
