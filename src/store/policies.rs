@@ -66,8 +66,9 @@ impl<T: Tables> PolicyReads for T {
 /// Policies decoded before, by org, with the bytes they were decoded from. A stored value that
 /// equals the remembered bytes is that policy, whichever transaction or database it was read
 /// in, so nothing ever invalidates an entry: a changed policy simply misses and replaces it.
-static DECODED_POLICIES: LazyLock<Mutex<HashMap<String, (Vec<u8>, Arc<ApprovalPolicy>)>>> =
-    LazyLock::new(Mutex::default);
+static DECODED_POLICIES: LazyLock<Mutex<HashMap<String, Decoded>>> = LazyLock::new(Mutex::default);
+/// A policy and the stored bytes it was decoded from.
+type Decoded = (Vec<u8>, Arc<ApprovalPolicy>);
 /// Orgs remembered at most; past this the memory starts over.
 const DECODED_POLICIES_KEPT: usize = 1_024;
 
