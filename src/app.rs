@@ -109,12 +109,19 @@ impl App {
             &config.pipeline,
         )
         .await?;
+        let tls = crate::webhooks::client::tls_config(config.webhooks.ca_file.as_deref()).map_err(
+            |message| crate::config::ConfigError::BadValue {
+                key: "webhooks.caFile".into(),
+                message,
+            },
+        )?;
         let webhooks = WebhookService::load(
             store.clone(),
             clock.clone(),
             ids.clone(),
             &config.webhooks,
             config.server.public_url.clone(),
+            tls,
             metrics.clone(),
         )
         .await?;

@@ -92,6 +92,9 @@ pub struct WebhooksConfig {
     pub allow_private_targets: bool,
     /// Webhooks one org may register (and the admin, org-less).
     pub max_per_org: usize,
+    /// PEM certificates of authorities trusted for `https://` targets besides the Mozilla
+    /// roots built in (an internal CA).
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -172,6 +175,7 @@ impl Default for Config {
             webhooks: WebhooksConfig {
                 allow_private_targets: false,
                 max_per_org: 25,
+                ca_file: None,
             },
             renamed_keys: Vec::new(),
         }
@@ -458,6 +462,12 @@ impl Config {
                 self.webhooks.allow_private_targets = boolean(&raw).map_err(bad)?
             }
             "webhooks.maxPerOrg" => self.webhooks.max_per_org = count(&raw).map_err(bad)? as usize,
+            "webhooks.caFile" => {
+                let s = string(&raw).filter(|s| !s.is_empty());
+                self.webhooks.ca_file = Some(PathBuf::from(
+                    s.ok_or_else(|| bad("expected a path".into()))?,
+                ));
+            }
             // The old name of `auth.disabled`, inverted; it still works, with a warning.
             "websocket.authRequired" => {
                 self.auth.disabled = !boolean(&raw).map_err(bad)?;

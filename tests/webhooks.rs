@@ -143,7 +143,7 @@ async fn registration_is_validated_and_scoped() {
     let r = admin
         .post(
             "/api/v1/webhooks",
-            json!({"url": "https://ci.example/x", "events": ["nope"]}),
+            json!({"url": "ftp://ci.example/x", "events": ["nope"]}),
         )
         .await;
     r.expect_error(400, "VALIDATION_ERROR");
@@ -409,4 +409,179 @@ async fn a_hung_receiver_does_not_hold_up_other_orgs_deliveries() {
         4,
         "acme's hung receiver holds more than its share of the slots"
     );
+}
+
+/// A certificate authority and a certificate it signed for 127.0.0.1.
+struct TestPki {
+    ca_pem: String,
+    server: Arc<rustls::ServerConfig>,
+}
+
+impl TestPki {
+    fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::from_params(&ca_params, &ca_key);
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let private = rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], private)
+        .unwrap();
+        TestPki {
+            ca_pem: ca_cert.pem(),
+            server: Arc::new(server),
+        }
+    }
+}
+
+/// An `https://` receiver on loopback: records each request's body, answers 200.
+async fn tls_receiver(pki: &TestPki) -> (String, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/hooks", listener.local_addr().unwrap());
+    let bodies: Arc<Mutex<Vec<String>>> = Arc::default();
+    let acceptor = tokio_rustls::TlsAcceptor::from(pki.server.clone());
+    let sink = bodies.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, sink) = (acceptor.clone(), sink.clone());
+            tokio::spawn(async move {
+                // A client that does not trust the certificate gives up in the handshake.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                let body = loop {
+                    let Ok(n) = tls.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&request).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse().ok())?
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= length {
+                            break body.to_string();
+                        }
+                    }
+                };
+                sink.lock().unwrap().push(body);
+                let _ = tls
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (url, bodies)
+}
+
+#[tokio::test]
+async fn https_targets_are_reached_only_with_a_trusted_certificate() {
+    let pki = TestPki::new();
+    let (url, bodies) = tls_receiver(&pki).await;
+
+    // Not trusted (a private CA the server was not told of): every attempt fails in the
+    // handshake, nothing is delivered.
+    let s = TestServer::start(LOCAL_RECEIVERS).await;
+    let admin = s.admin();
+    let hook = add_hook(&admin, json!({"url": url, "events": ["session_created"]})).await;
+    let hook_id = hook["webhookId"].as_str().unwrap().to_string();
+    admin.create_session("acme").await;
+    let attempt = eventually(10, || {
+        let admin = admin.clone();
+        let hook_id = hook_id.clone();
+        async move {
+            let d = admin
+                .get(&format!("/api/v1/webhooks/{hook_id}/deliveries"))
+                .await;
+            let first = d.data()["items"][0].clone();
+            (first["attempts"].as_u64() >= Some(1)).then_some(first)
+        }
+    })
+    .await;
+    assert_eq!(attempt["status"], "pending", "{attempt}");
+    assert!(attempt.get("lastStatusCode").is_none(), "{attempt}");
+    assert!(bodies.lock().unwrap().is_empty());
+    s.stop().await;
+
+    // Trusted through `webhooks.caFile`: a Slack notification arrives over TLS.
+    let (_dir, path) = common::tmp_dir();
+    let ca_file = path.join("ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+    let s = TestServer::start(&format!(
+        "{LOCAL_RECEIVERS}caFile = {:?}\n",
+        ca_file.display().to_string()
+    ))
+    .await;
+    let admin = s.admin();
+    let r = admin
+        .put(
+            "/api/v1/orgs/acme/notifications",
+            json!({"targets": [{"id": "slack", "kind": "slack", "url": url, "events": ["session_created"]}]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let id = admin.create_session("acme").await["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = eventually(10, || {
+        let bodies = bodies.clone();
+        async move { bodies.lock().unwrap().first().cloned() }
+    })
+    .await;
+    let message: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        message["text"]
+            .as_str()
+            .unwrap()
+            .contains("session created"),
+        "{message}"
+    );
+    assert!(body.contains(&id), "{body}");
+    s.stop().await;
+}
+
+#[test]
+fn a_ca_file_that_holds_no_certificate_stops_the_start() {
+    let (_dir, path) = common::tmp_dir();
+    let ca_file = path.join("ca.pem");
+    std::fs::write(&ca_file, "not a certificate\n").unwrap();
+    let err = village::webhooks::client::tls_config(Some(&ca_file)).unwrap_err();
+    assert!(err.contains("no PEM certificate"), "{err}");
+    let missing =
+        village::webhooks::client::tls_config(Some(&path.join("absent.pem"))).unwrap_err();
+    assert!(missing.contains("absent.pem"), "{missing}");
 }

@@ -1,6 +1,8 @@
-//! The HTTP/1.1 client webhook deliveries use: one connection per attempt, plain `http://`.
+//! The HTTP/1.1 client webhook and notification deliveries use: one connection per attempt,
+//! `http://` or `https://` (rustls, the Mozilla roots compiled in plus `webhooks.caFile`).
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,11 +16,17 @@ pub struct Target {
     pub port: u16,
     /// Path and query, starting with `/`.
     pub path: String,
+    /// `https://`: the connection is TLS, the host's certificate checked.
+    pub tls: bool,
 }
 
 impl Target {
     pub fn parse(url: &str) -> Option<Target> {
-        let rest = url.strip_prefix("http://")?;
+        let (rest, tls) = match url.strip_prefix("https://") {
+            Some(rest) => (rest, true),
+            None => (url.strip_prefix("http://")?, false),
+        };
+        let default_port = if tls { 443 } else { 80 };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -31,13 +39,13 @@ impl Target {
         {
             let (host, rest) = authority.split_at(close + 1);
             match rest {
-                "" => (host, 80),
+                "" => (host, default_port),
                 _ => (host, rest.strip_prefix(':')?.parse().ok()?),
             }
         } else {
             match authority.rsplit_once(':') {
                 Some((h, p)) => (h, p.parse().ok()?),
-                None => (authority, 80),
+                None => (authority, default_port),
             }
         };
         if host.is_empty() {
@@ -47,8 +55,52 @@ impl Target {
             host: host.to_owned(),
             port,
             path: path.to_owned(),
+            tls,
         })
     }
+
+    /// The `Host` header: the port only when it is not the scheme's default.
+    fn host_header(&self) -> String {
+        match (self.tls, self.port) {
+            (true, 443) | (false, 80) => self.host.clone(),
+            _ => format!("{}:{}", self.host, self.port),
+        }
+    }
+}
+
+/// How deliveries check `https://` targets: the Mozilla roots, plus the authorities of
+/// `webhooks.caFile` (an internal CA, or a test's).
+pub type TlsConfig = Arc<rustls::ClientConfig>;
+
+/// The TLS client configuration, with the PEM certificates in `ca_file` trusted too. An error
+/// names the file and what is wrong with it.
+pub fn tls_config(ca_file: Option<&std::path::Path>) -> Result<TlsConfig, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = ca_file {
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{}: no PEM certificate in it", path.display()));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// How an attempt ended: the status code, or why there was none.
@@ -117,12 +169,42 @@ pub async fn post(
     body: String,
     timeout: Duration,
     allow_private: bool,
+    tls: &TlsConfig,
 ) -> Outcome {
     let attempt = async {
         let addrs = resolve(target, allow_private).await?;
         let stream = tokio::net::TcpStream::connect(addrs.as_slice())
             .await
             .map_err(|e| format!("connect: {e}"))?;
+        if target.tls {
+            let host = target.host.trim_start_matches('[').trim_end_matches(']');
+            let name = rustls_pki_types::ServerName::try_from(host.to_owned())
+                .map_err(|e| format!("tls: {host}: {e}"))?;
+            let stream = tokio_rustls::TlsConnector::from(tls.clone())
+                .connect(name, stream)
+                .await
+                .map_err(|e| format!("tls: {e}"))?;
+            exchange(target, headers, body, stream).await
+        } else {
+            exchange(target, headers, body, stream).await
+        }
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or_else(|_| Err("timed out".into()))
+}
+
+/// One request and its answer on a connected stream (plain or TLS).
+async fn exchange<S>(
+    target: &Target,
+    headers: &[(&str, String)],
+    body: String,
+    stream: S,
+) -> Outcome
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| format!("handshake: {e}"))?;
@@ -130,7 +212,7 @@ pub async fn post(
             let _ = conn.await;
         });
         let mut req = hyper::Request::post(target.path.as_str())
-            .header("host", format!("{}:{}", target.host, target.port))
+            .header("host", target.host_header())
             .header("content-type", "application/json")
             .header("user-agent", concat!("village/", env!("CARGO_PKG_VERSION")));
         for (name, value) in headers {
@@ -151,10 +233,7 @@ pub async fn post(
             .collect()
             .await;
         Ok(status)
-    };
-    tokio::time::timeout(timeout, attempt)
-        .await
-        .unwrap_or_else(|_| Err("timed out".into()))
+    }
 }
 
 #[cfg(test)]
@@ -162,20 +241,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_http_urls_only() {
+    fn parses_http_and_https_urls() {
         assert_eq!(
             Target::parse("http://127.0.0.1:9000/hooks?x=1"),
             Some(Target {
                 host: "127.0.0.1".into(),
                 port: 9000,
-                path: "/hooks?x=1".into()
+                path: "/hooks?x=1".into(),
+                tls: false,
             })
         );
         assert_eq!(
-            Target::parse("http://ci.local").map(|t| (t.port, t.path)),
-            Some((80, "/".into()))
+            Target::parse("http://ci.local").map(|t| (t.port, t.host_header(), t.path)),
+            Some((80, "ci.local".into(), "/".into()))
         );
-        assert!(Target::parse("https://ci.local/x").is_none());
+        assert_eq!(
+            Target::parse("https://hooks.slack.com/services/T0/B0/x").map(|t| (
+                t.port,
+                t.tls,
+                t.host_header()
+            )),
+            Some((443, true, "hooks.slack.com".into()))
+        );
+        assert_eq!(
+            Target::parse("https://ci.local:8443/x").map(|t| t.host_header()),
+            Some("ci.local:8443".into())
+        );
+        assert!(Target::parse("ftp://ci.local/x").is_none());
         assert!(Target::parse("http://").is_none());
         assert!(Target::parse("http://user@host/").is_none());
         assert!(Target::parse("http://host:notaport/").is_none());

@@ -185,6 +185,7 @@ async fn attempt(service: &WebhookService, mut d: Delivery) {
                 d.body.clone(),
                 ATTEMPT_TIMEOUT,
                 service.allows_private_targets(),
+                service.tls(),
             )
             .await
         }

@@ -1,7 +1,7 @@
 //! Webhooks: external systems get events as signed HTTP POSTs without holding a
 //! socket. Each matching event becomes a delivery record in redb; a dispatcher posts it and
 //! retries with exponential backoff up to `MAX_ATTEMPTS`, so pending deliveries survive a
-//! restart. Only `http://` targets are supported (no TLS stack is built in).
+//! restart. Targets are `http://` or `https://` (see `client`).
 
 pub mod client;
 pub mod dispatcher;
@@ -98,7 +98,10 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
 /// The rules of a webhook's fields, for the API to report with any other bad field.
 pub fn check(url: &str, events: &[String], org_id: Option<&str>, issues: &mut Vec<Issue>) {
     if client::Target::parse(url).is_none() {
-        issues.push(Issue::new("url", "must be an http:// URL with a host"));
+        issues.push(Issue::new(
+            "url",
+            "must be an http:// or https:// URL with a host",
+        ));
     }
     if events.is_empty() {
         issues.push(Issue::new(
@@ -151,6 +154,8 @@ pub struct WebhookService {
     notifications: Arc<RwLock<HashMap<String, OrgNotifications>>>,
     /// `server.publicUrl`, or `http://` and the bound address once the server listens.
     public_url: Arc<RwLock<String>>,
+    /// How `https://` targets are checked.
+    tls: client::TlsConfig,
 }
 
 impl WebhookService {
@@ -160,6 +165,7 @@ impl WebhookService {
         ids: SharedIds,
         config: &crate::config::WebhooksConfig,
         public_url: Option<String>,
+        tls: client::TlsConfig,
         metrics: Arc<Metrics>,
     ) -> DomainResult<Self> {
         let hooks = store.read(|r| r.all_webhooks()).await?;
@@ -172,6 +178,7 @@ impl WebhookService {
                     .collect(),
             )),
             public_url: Arc::new(RwLock::new(public_url.unwrap_or_default())),
+            tls,
             store,
             clock,
             ids,
@@ -187,6 +194,10 @@ impl WebhookService {
 
     pub fn allows_private_targets(&self) -> bool {
         self.allow_private
+    }
+
+    pub fn tls(&self) -> &client::TlsConfig {
+        &self.tls
     }
 
     fn scope(&self, p: &Principal) -> DomainResult<Option<String>> {
@@ -225,7 +236,10 @@ impl WebhookService {
         };
         let mut issues = Vec::new();
         match client::Target::parse(&new.url) {
-            None => issues.push(Issue::new("url", "must be an http:// URL with a host")),
+            None => issues.push(Issue::new(
+                "url",
+                "must be an http:// or https:// URL with a host",
+            )),
             // A host that does not resolve now is accepted: deliveries check again, every time.
             Some(target) => match client::resolve(&target, self.allow_private).await {
                 Err(why) if why.contains("private or reserved") => issues.push(Issue::new(
@@ -563,7 +577,10 @@ impl WebhookService {
     /// reserved address unless `webhooks.allowPrivateTargets`.
     async fn check_url(&self, url: &str, path: &str, issues: &mut Vec<Issue>) {
         match client::Target::parse(url) {
-            None => issues.push(Issue::new(path, "must be an http:// URL with a host")),
+            None => issues.push(Issue::new(
+                path,
+                "must be an http:// or https:// URL with a host",
+            )),
             // A host that does not resolve now is accepted: deliveries check again, every time.
             Some(target) => {
                 if let Err(why) = client::resolve(&target, self.allow_private).await
