@@ -427,22 +427,56 @@ async fn a_notification_carries_a_link_that_decides_once_and_grants_nothing_else
     assert_ne!(link, slack_link, "one link per message");
     let token = link.rsplit('/').next().unwrap().to_string();
 
-    // The link grants nothing else: as a bearer token it is 401 everywhere.
+    // The link grants nothing else: as a bearer token, every documented operation that needs
+    // a token answers 401 (the link's own routes need none).
     let as_bearer = s.anonymous().with_token(&token);
-    for route in [
-        "/api/v1/sessions",
-        &format!("/api/v1/sessions/{id}"),
-        "/api/v1/me",
-    ] {
-        as_bearer.get(route).await.expect_error(401, "UNAUTHORIZED");
+    let doc = s.anonymous().get("/api/v1/openapi.json").await.json;
+    let mut tried = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let public = op["security"]
+                .as_array()
+                .is_some_and(|alts| alts.is_empty());
+            if !["get", "post", "put", "delete"].contains(&method.as_str())
+                || public
+                || !path.starts_with("/api/v1/")
+            {
+                continue;
+            }
+            let url = path
+                .replace("{sessionId}", &id)
+                .replace("{approvalId}", &approval)
+                .replace("{orgId}", "acme")
+                .replace(['{', '}'], "");
+            // A WebSocket is asked for as one, so the upgrade itself is refused.
+            let headers: &[(&str, &str)] = if op["x-websocket"] == json!(true) {
+                &[
+                    ("connection", "Upgrade"),
+                    ("upgrade", "websocket"),
+                    ("sec-websocket-version", "13"),
+                    ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                ]
+            } else {
+                &[("content-type", "application/json")]
+            };
+            let body = if method == "get" {
+                Vec::new()
+            } else {
+                b"{}".to_vec()
+            };
+            let r = as_bearer
+                .raw(&method.to_ascii_uppercase(), &url, headers, body)
+                .await;
+            assert_eq!(
+                (r.status, r.code()),
+                (401, "UNAUTHORIZED"),
+                "{method} {url}: {}",
+                r.text
+            );
+            tried += 1;
+        }
     }
-    as_bearer
-        .post(
-            &format!("/api/v1/sessions/{id}/approvals/{approval}/resolve"),
-            json!({"decision": "allow"}),
-        )
-        .await
-        .expect_error(401, "UNAUTHORIZED");
+    assert!(tried > 50, "only {tried} operations tried");
 
     // Viewing needs no token and does not use the link up.
     let anon = s.anonymous();

@@ -218,6 +218,14 @@ mod tests {
         assert_eq!(route_template("/healthz"), "/healthz");
         assert_eq!(route_template("/api/v1/nope/1/2"), "unmatched");
         assert_eq!(route_template("/sessions/abc"), "dashboard");
+        // An approval link's secret never reaches a log line: its API route and its page log
+        // their template.
+        let secret = "vlk_00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        assert_eq!(
+            route_template(&format!("/api/v1/approval-links/{secret}")),
+            "/api/v1/approval-links/{linkToken}"
+        );
+        assert_eq!(route_template(&format!("/approve/{secret}")), "dashboard");
     }
 
     #[test]
