@@ -79,6 +79,7 @@ conformance! {
         the_census_counts_the_sessions_not_yet_ended,
         events_and_output_are_numbered_per_session,
         approvals_list_in_request_order,
+        approval_seqs_are_counted_per_session,
         tokens_round_trip,
         runners_hostnames_liveness_and_outbox,
         webhooks_and_deliveries,
@@ -1027,6 +1028,41 @@ mod checks {
         let listed = h.read(move |r| r.approvals(sid)).await;
         assert_eq!(listed.len(), 3, "an update adds no approval");
         assert_eq!(listed[1], resolved);
+        // The pending ones, in request order, without the resolved one.
+        assert_eq!(
+            h.read(move |r| r.pending_approvals(sid)).await,
+            vec![requested[0].clone(), requested[2].clone()]
+        );
+        assert!(h.read(|r| r.pending_approvals(id(3))).await.is_empty());
+    }
+
+    pub async fn approval_seqs_are_counted_per_session(open: OpenFn) {
+        let h = Harness::new(open);
+        let s = session(1, "acme", 1_000, SessionState::Running, None);
+        let sid = s.id;
+        let seqs = h
+            .write(move |w| {
+                w.put_session(&s)?;
+                let first = w.next_approval_seq(sid)?;
+                let second = w.next_approval_seq(sid)?;
+                let elsewhere = w.next_approval_seq(id(2))?;
+                Ok((first, second, elsewhere))
+            })
+            .await;
+        assert_eq!(seqs, (1, 2, 1));
+        let third = h.write(move |w| w.next_approval_seq(sid)).await;
+        assert_eq!(third, 3, "the count is stored");
+        // Deleting the session forgets its count and its pending approvals.
+        let pending = approval(0x500, sid, 3);
+        let gone = h.read(move |r| r.get_session(sid)).await;
+        let gone = gone.unwrap();
+        h.write(move |w| {
+            w.put_approval(&pending)?;
+            w.delete_session(&gone)
+        })
+        .await;
+        assert!(h.read(move |r| r.pending_approvals(sid)).await.is_empty());
+        assert_eq!(h.write(move |w| w.next_approval_seq(sid)).await, 1);
     }
 
     pub async fn tokens_round_trip(open: OpenFn) {

@@ -97,11 +97,7 @@ pub(super) fn load(
 
 pub(super) fn view(r: &dyn ReadTxn, session: Session) -> DomainResult<SessionView> {
     let recent_events = r.recent_events(session.id, RECENT_EVENTS)?;
-    let pending_approvals = r
-        .approvals(session.id)?
-        .into_iter()
-        .filter(|a| a.resolution.is_none())
-        .collect();
+    let pending_approvals = r.pending_approvals(session.id)?;
     Ok(SessionView {
         session,
         recent_events,

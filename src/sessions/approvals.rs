@@ -34,8 +34,8 @@ impl SessionService {
                     )));
                 }
                 let context_json = req.context.as_ref().map(|c| c.to_string());
-                let approvals = w.approvals(s.id)?;
-                if let Some(same) = approvals.iter().find(|a| {
+                let pending = w.pending_approvals(s.id)?;
+                if let Some(same) = pending.iter().find(|a| {
                     a.resolution.is_none()
                         && a.action == req.action
                         && a.description == req.description
@@ -47,7 +47,7 @@ impl SessionService {
                 let verdict = policy.evaluate(&PolicyRequest::new(req.action, req.context.as_ref()));
                 let approval = Approval {
                     id: approval_id,
-                    seq: approvals.len() as u64 + 1,
+                    seq: w.next_approval_seq(s.id)?,
                     session_id: s.id,
                     action: req.action,
                     description: req.description,
@@ -364,9 +364,9 @@ pub(super) fn resolve(
     let approval_id = approval.id;
     close_approval(w, s, approval, answer, now)?;
     let still_pending = w
-        .approvals(s.id)?
+        .pending_approvals(s.id)?
         .iter()
-        .any(|a| a.id != approval_id && a.resolution.is_none());
+        .any(|a| a.id != approval_id);
     if !still_pending && s.state == SessionState::WaitingForApproval {
         change_state(w, s, SessionState::Running, Cause::Approval, now, rules)?;
     }

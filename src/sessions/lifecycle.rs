@@ -275,10 +275,8 @@ pub(super) fn change_state(
         if s.started_running_at.is_some() {
             w.clear_timer(timeout_timer(s))?;
         }
-        for approval in w.approvals(s.id)? {
-            if approval.resolution.is_none() {
-                close_approval(w, s, approval, Answer::system_deny("session ended"), now)?;
-            }
+        for approval in w.pending_approvals(s.id)? {
+            close_approval(w, s, approval, Answer::system_deny("session ended"), now)?;
         }
         w.set_timer(Timer {
             due: now.saturating_add(rules.ttl_ms),

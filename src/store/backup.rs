@@ -70,6 +70,8 @@ macro_rules! for_every_table {
         $copy!(ORG_NOTIFICATIONS);
         $copy!(APPROVAL_LINKS);
         $copy!(APPROVAL_LINKS_BY_APPROVAL);
+        $copy!(PENDING_APPROVALS);
+        $copy!(APPROVAL_COUNTS);
     };
 }
 

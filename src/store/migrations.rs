@@ -23,6 +23,7 @@ const MIGRATIONS: &[Migration] = &[
     m006_usage_cost_and_approval_scope,
     m007_outbox_by_message,
     m008_policies_notifications_links,
+    m009_pending_approvals,
 ];
 
 pub const SCHEMA_VERSION: u64 = MIGRATIONS.len() as u64;
@@ -104,6 +105,27 @@ fn m008_policies_notifications_links(txn: &WriteTransaction) -> Result<(), Store
     txn.open_table(ORG_NOTIFICATIONS)?;
     txn.open_table(APPROVAL_LINKS)?;
     txn.open_table(APPROVAL_LINKS_BY_APPROVAL)?;
+    Ok(())
+}
+
+/// A session's pending approvals and its count of approvals get tables of their own, built from
+/// every stored approval.
+fn m009_pending_approvals(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let approvals = txn.open_table(APPROVALS)?;
+    let mut pending = txn.open_table(PENDING_APPROVALS)?;
+    let mut counts = txn.open_table(APPROVAL_COUNTS)?;
+    for entry in approvals.iter()? {
+        let (key, value) = entry?;
+        let (session, id) = key.value();
+        let a: Approval = codec::decode(value.value())?;
+        if a.resolution.is_none() {
+            pending.insert((session, id), ())?;
+        }
+        let seen = counts.get(session)?.map_or(0, |c| c.value());
+        if a.seq > seen {
+            counts.insert(session, a.seq)?;
+        }
+    }
     Ok(())
 }
 
@@ -599,6 +621,22 @@ mod tests {
             })
             .collect();
         assert_eq!(indexed, vec![((9, 101), 1), ((9, 102), 2), ((9, 103), 3)]);
+        // Version 9 indexed the pending approvals and counted each session's approvals.
+        let pending: Vec<(u128, u128)> = txn
+            .open_table(PENDING_APPROVALS)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .iter()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .map(|e| e.unwrap_or_else(|e| panic!("{e}")).0.value())
+            .collect();
+        assert_eq!(pending, vec![(1, 2)], "the resolved one is not pending");
+        let count = txn
+            .open_table(APPROVAL_COUNTS)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .get(1u128)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .map(|c| c.value());
+        assert_eq!(count, Some(3), "the highest seq of the session's approvals");
         drop((index, txn));
 
         let s: Session =

@@ -50,6 +50,10 @@ pub trait SessionReads {
     /// Every approval of a session, in the order they were requested.
     fn approvals(&self, session: Uuid) -> StoreResult<Vec<Approval>>;
 
+    /// The session's approvals still pending, in the order they were requested. Reads only
+    /// those, however many the session has asked.
+    fn pending_approvals(&self, session: Uuid) -> StoreResult<Vec<Approval>>;
+
     fn get_approval(&self, session: Uuid, approval: Uuid) -> StoreResult<Option<Approval>>;
 
     /// Sessions waiting for a runner, oldest first.
@@ -120,7 +124,11 @@ pub trait SessionWrites: SessionReads {
     /// Appends an output chunk; its `seq` must be the next one (the caller read it).
     fn put_output(&mut self, session: Uuid, chunk: &OutputChunk) -> StoreResult<()>;
 
+    /// Writes an approval and keeps the session's pending ones in step.
     fn put_approval(&mut self, approval: &Approval) -> StoreResult<()>;
+
+    /// The `seq` of the session's next approval (1, 2, …), counted in the store.
+    fn next_approval_seq(&mut self, session: Uuid) -> StoreResult<u64>;
 }
 
 impl<T: Tables> SessionReads for T {
@@ -237,6 +245,21 @@ impl<T: Tables> SessionReads for T {
         Ok(out)
     }
 
+    fn pending_approvals(&self, session: Uuid) -> StoreResult<Vec<Approval>> {
+        let pending = self.table(PENDING_APPROVALS)?;
+        let approvals = self.table(APPROVALS)?;
+        let id = session.as_u128();
+        let mut out: Vec<Approval> = Vec::new();
+        for entry in pending.range((id, 0u128)..=(id, u128::MAX))? {
+            let key = entry?.0.value();
+            if let Some(v) = approvals.get(key)? {
+                out.push(decode(v.value())?);
+            }
+        }
+        out.sort_by_key(|a| a.seq);
+        Ok(out)
+    }
+
     fn get_approval(&self, session: Uuid, approval: Uuid) -> StoreResult<Option<Approval>> {
         let t = self.table(APPROVALS)?;
         let v = t.get((session.as_u128(), approval.as_u128()))?;
@@ -267,7 +290,7 @@ impl<T: Tables> SessionReads for T {
         }
         let held = self.table(SESSIONS_BY_RUNNER)?;
         let sessions = self.table(SESSIONS)?;
-        let approvals = self.table(APPROVALS)?;
+        let pending = self.table(PENDING_APPROVALS)?;
         let mut pending_approvals = 0;
         for entry in held.iter()? {
             let (_, session) = entry?.0.value();
@@ -279,9 +302,9 @@ impl<T: Tables> SessionReads for T {
                 continue;
             }
             count(s.state, 1);
-            for a in approvals.range((session, 0u128)..=(session, u128::MAX))? {
-                let a: Approval = decode(a?.1.value())?;
-                pending_approvals += u64::from(a.resolution.is_none());
+            for entry in pending.range((session, 0u128)..=(session, u128::MAX))? {
+                entry?;
+                pending_approvals += 1;
             }
         }
         counts.sort_by_key(|(s, _)| s.as_str());
@@ -402,6 +425,9 @@ impl SessionWrites for WriteCtx<'_> {
             .retain_in((id, 0u64)..=(id, u64::MAX), |_, _| false)?;
         self.open_mut(APPROVALS)?
             .retain_in((id, 0u128)..=(id, u128::MAX), |_, _| false)?;
+        self.open_mut(PENDING_APPROVALS)?
+            .retain_in((id, 0u128)..=(id, u128::MAX), |_, _| false)?;
+        self.open_mut(APPROVAL_COUNTS)?.remove(id)?;
         // A finished session's only timer left is its purge timer, which the sweep clears;
         // scanning the whole timer table here would stall every writer.
         Ok(())
@@ -469,11 +495,21 @@ impl SessionWrites for WriteCtx<'_> {
 
     fn put_approval(&mut self, approval: &Approval) -> StoreResult<()> {
         let bytes = encode(approval)?;
-        self.open_mut(APPROVALS)?.insert(
-            (approval.session_id.as_u128(), approval.id.as_u128()),
-            bytes.as_slice(),
-        )?;
+        let key = (approval.session_id.as_u128(), approval.id.as_u128());
+        self.open_mut(APPROVALS)?.insert(key, bytes.as_slice())?;
+        let mut pending = self.open_mut(PENDING_APPROVALS)?;
+        match approval.resolution {
+            None => pending.insert(key, ())?,
+            Some(_) => pending.remove(key)?,
+        };
         Ok(())
+    }
+
+    fn next_approval_seq(&mut self, session: Uuid) -> StoreResult<u64> {
+        let mut counts = self.open_mut(APPROVAL_COUNTS)?;
+        let next = counts.get(session.as_u128())?.map_or(0, |c| c.value()) + 1;
+        counts.insert(session.as_u128(), next)?;
+        Ok(next)
     }
 }
 

@@ -104,3 +104,12 @@ pub const APPROVAL_LINKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("
 /// it is resolved.
 pub const APPROVAL_LINKS_BY_APPROVAL: TableDefinition<(u128, u128, &[u8]), ()> =
     TableDefinition::new("approval_links_by_approval-1");
+
+// ---- approvals at scale (schema version 9) -----------------------------------------------------
+
+/// (session id, approval id) → (): the session's approvals still pending. A request, a decision
+/// and a session's detail read these, not every approval the session ever asked.
+pub const PENDING_APPROVALS: TableDefinition<(u128, u128), ()> =
+    TableDefinition::new("pending_approvals-1");
+/// session id → how many approvals the session has asked (the last one's `seq`).
+pub const APPROVAL_COUNTS: TableDefinition<u128, u64> = TableDefinition::new("approval_counts-1");
