@@ -23,8 +23,8 @@ const RULES: usize = 200;
 const NEAR_END: usize = RULES - 5;
 const EVALUATIONS: usize = 200_000;
 const TARGET_EVALUATION_P99: Duration = Duration::from_micros(50);
-const SESSIONS: usize = 5;
-const ASKS_PER_SESSION: usize = 400;
+const SESSIONS: usize = 2;
+const ASKS_PER_SESSION: usize = 1_000;
 /// Asks of a session compared at each end for a trend.
 const ASK_WINDOW: usize = 50;
 
