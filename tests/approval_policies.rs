@@ -4,54 +4,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-
+use common::receiver::Receiver;
 use common::runner::{Channel, register};
 use common::{Client, TestServer, eventually};
 use serde_json::{Value, json};
-use warp::Filter;
 
 const LOCAL_RECEIVERS: &str = "[webhooks]\nallowPrivateTargets = true\n";
-
-/// Records every POST body and answers 200.
-#[derive(Clone)]
-struct Receiver {
-    addr: SocketAddr,
-    bodies: Arc<Mutex<Vec<String>>>,
-}
-
-impl Receiver {
-    async fn start() -> Receiver {
-        let bodies: Arc<Mutex<Vec<String>>> = Arc::default();
-        let sink = bodies.clone();
-        let route = warp::post()
-            .and(warp::body::bytes())
-            .map(move |body: bytes::Bytes| {
-                sink.lock()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(&body).to_string());
-                "ok"
-            });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(warp::serve(route).incoming(listener).run());
-        Receiver { addr, bodies }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/notify", self.addr)
-    }
-
-    fn messages(&self) -> Vec<Value> {
-        self.bodies
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|b| serde_json::from_str(b).unwrap())
-            .collect()
-    }
-}
 
 /// A session of org `acme` RUNNING on a simulated runner on the channel.
 async fn running(admin: &Client, org: &Client) -> (Channel, String, String) {
@@ -113,67 +71,55 @@ async fn rules_decide_in_order_and_the_session_never_waits_for_them() {
 
     let (mut ch, id, assignment) = running(&admin, &org).await;
     // Rule order: the force push is denied by the first rule although `git *` fits it too.
-    let a = ask(
-        &mut ch,
-        &id,
-        &assignment,
-        "command",
-        json!({"tool": "Bash", "input": {"command": "git push origin --force"}}),
-    )
-    .await;
-    assert_eq!(
-        (a["decision"].as_str(), a["resolvedBy"].as_str()),
-        (Some("deny"), Some("policy:no-force-push"))
-    );
-    let f = ch.expect("approval_resolved").await;
-    assert_eq!(
-        (f["approvalId"].clone(), f["decision"].clone()),
-        (a["approvalId"].clone(), json!("deny"))
-    );
-    ch.ack(&f).await;
-    // The command glob, with an array command.
-    let a = ask(
-        &mut ch,
-        &id,
-        &assignment,
-        "command",
-        json!({"input": {"command": ["git", "status"]}}),
-    )
-    .await;
-    assert_eq!(a["resolvedBy"], "policy:git");
-    let f = ch.expect("approval_resolved").await;
-    assert_eq!(
-        (f["approvalId"].clone(), f["decision"].clone()),
-        (a["approvalId"].clone(), json!("allow"))
-    );
-    ch.ack(&f).await;
-    // Tool and path globs: both must fit; `file_path` stands in for `path`.
-    let a = ask(
-        &mut ch,
-        &id,
-        &assignment,
-        "file_change",
-        json!({"tool": "Edit", "input": {"file_path": "src/lib.rs"}}),
-    )
-    .await;
-    assert_eq!(a["resolvedBy"], "policy:src-edits");
-    let f = ch.expect("approval_resolved").await;
-    ch.ack(&f).await;
-    // `?` is one character, `*` in actions is every action.
-    let a = ask(
-        &mut ch,
-        &id,
-        &assignment,
-        "network",
-        json!({"input": {"path": ".env"}}),
-    )
-    .await;
-    assert_eq!(
-        (a["decision"].as_str(), a["resolvedBy"].as_str()),
-        (Some("deny"), Some("policy:secrets"))
-    );
-    let f = ch.expect("approval_resolved").await;
-    ch.ack(&f).await;
+    let force_push = json!({"tool": "Bash", "input": {"command": "git push origin --force"}});
+    let git_status = json!({"input": {"command": ["git", "status"]}});
+    let edit = json!({"tool": "Edit", "input": {"file_path": "src/lib.rs"}});
+    let env_file = json!({"input": {"path": ".env"}});
+    for (action, context, decision, rule, what) in [
+        (
+            "command",
+            force_push,
+            "deny",
+            "no-force-push",
+            "the first rule that fits",
+        ),
+        (
+            "command",
+            git_status,
+            "allow",
+            "git",
+            "an array command, joined",
+        ),
+        (
+            "file_change",
+            edit,
+            "allow",
+            "src-edits",
+            "tool and path; file_path for path",
+        ),
+        (
+            "network",
+            env_file,
+            "deny",
+            "secrets",
+            "`?` is one character; `*` any action",
+        ),
+    ] {
+        let a = ask(&mut ch, &id, &assignment, action, context).await;
+        assert_eq!(
+            (a["decision"].as_str(), a["resolvedBy"].as_str()),
+            (Some(decision), Some(format!("policy:{rule}").as_str())),
+            "{what}: {a}"
+        );
+        // The decision reaches the runner like a human's.
+        let f = ch.expect("approval_resolved").await;
+        assert_eq!(
+            (&f["approvalId"], f["decision"].as_str()),
+            (&a["approvalId"], Some(decision)),
+            "{what}"
+        );
+        ch.ack(&f).await;
+    }
     // Decided requests never took the session out of RUNNING.
     let detail = org.session(&id).await;
     assert_eq!(detail["state"], "RUNNING");

@@ -10,16 +10,11 @@ mod common;
 #[path = "common/webdriver.rs"]
 mod webdriver;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::runner::register;
+use common::live_runner::{LiveRunner, running_session, wait_state};
 use common::{BinaryServer, Client, eventually};
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
 use webdriver::Browser;
 
 const WIDE: (u32, u32) = (1280, 900);
@@ -118,137 +113,6 @@ const SERVER_ENV: &[(&str, &str)] = &[
     ("VILLAGE_WEBHOOKS_ALLOW_PRIVATE_TARGETS", "true"),
 ];
 
-// ---- a runner on its channel, answered in the background -------------------------------------
-
-/// A simulated runner whose channel is read all the time: it acknowledges every command,
-/// starts every session it is assigned, and hands the frames to the test.
-struct LiveRunner {
-    id: String,
-    hostname: String,
-    to_server: mpsc::UnboundedSender<Value>,
-    from_server: mpsc::UnboundedReceiver<Value>,
-    assignments: Arc<Mutex<HashMap<String, String>>>,
-    written: HashMap<String, u64>,
-}
-
-impl LiveRunner {
-    async fn start(admin: &Client, hostname: &str) -> LiveRunner {
-        let (runner, _) = register(admin, hostname, &["claude_code", "codex"], Some(4), &[]).await;
-        runner.heartbeat().await;
-        let channel = runner.connect().await;
-        let (mut sink, mut stream) = channel.ws.split();
-        let (to_server, mut outgoing) = mpsc::unbounded_channel::<Value>();
-        let (inbox, from_server) = mpsc::unbounded_channel::<Value>();
-        let assignments: Arc<Mutex<HashMap<String, String>>> = Arc::default();
-        let seen = assignments.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    msg = stream.next() => {
-                        let Some(Ok(msg)) = msg else { break };
-                        let Message::Text(text) = msg else { continue };
-                        let frame: Value = serde_json::from_str(text.as_str()).unwrap();
-                        let kind = frame["type"].as_str().unwrap_or("").to_string();
-                        if frame["messageId"].is_string() && kind != "ack" && kind != "error" {
-                            let ack = json!({"type": "ack", "messageId": frame["messageId"]});
-                            if sink.send(Message::text(ack.to_string())).await.is_err() { break }
-                        }
-                        if kind == "assign_session" {
-                            let session = frame["session"]["sessionId"].as_str().unwrap().to_string();
-                            let assignment = frame["assignmentId"].as_str().unwrap().to_string();
-                            seen.lock().unwrap().insert(session.clone(), assignment.clone());
-                            let running = json!({"type": "session_state", "sessionId": session,
-                                "assignmentId": assignment, "state": "RUNNING",
-                                "messageId": village::clock::random_uuid().to_string()});
-                            if sink.send(Message::text(running.to_string())).await.is_err() { break }
-                        }
-                        if inbox.send(frame).is_err() { break }
-                    }
-                    out = outgoing.recv() => {
-                        let Some(out) = out else { break };
-                        if sink.send(Message::text(out.to_string())).await.is_err() { break }
-                    }
-                }
-            }
-        });
-        LiveRunner {
-            id: runner.id,
-            hostname: hostname.to_string(),
-            to_server,
-            from_server,
-            assignments,
-            written: HashMap::new(),
-        }
-    }
-
-    fn assignment(&self, session: &str) -> String {
-        self.assignments.lock().unwrap()[session].clone()
-    }
-
-    fn send(&self, mut frame: Value) {
-        frame["messageId"] = json!(village::clock::random_uuid().to_string());
-        self.to_server.send(frame).unwrap();
-    }
-
-    /// Writes terminal output of `session` (offsets count the bytes sent before).
-    fn write(&mut self, session: &str, data: &str) {
-        let assignment = self.assignment(session);
-        let offset = self.written.entry(session.to_string()).or_default();
-        let frame = json!({"type": "terminal_output", "sessionId": session,
-            "assignmentId": assignment, "stream": "stdout", "data": data, "offset": *offset});
-        *offset += data.len() as u64;
-        self.send(frame);
-    }
-
-    fn ask_approval(&self, session: &str, action: &str, description: &str) {
-        self.send(json!({"type": "approval_request", "sessionId": session,
-            "assignmentId": self.assignment(session), "action": action, "description": description,
-            "context": {"pullRequest": 7}}));
-    }
-
-    /// Relays an agent's own permission request, with the context a runner attaches to one.
-    fn ask_permission(&self, session: &str, action: &str, description: &str, context: Value) {
-        self.send(json!({"type": "approval_request", "sessionId": session,
-            "assignmentId": self.assignment(session), "action": action, "description": description,
-            "context": context}));
-    }
-
-    /// The next frame of `kind` that `matches`, within `secs`.
-    async fn expect(&mut self, kind: &str, secs: u64, matches: impl Fn(&Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-        loop {
-            let frame = tokio::time::timeout_at(deadline, self.from_server.recv())
-                .await
-                .unwrap_or_else(|_| panic!("runner {}: no `{kind}` in {secs} s", self.hostname))
-                .expect("runner channel closed");
-            if frame["type"] == kind && matches(&frame) {
-                return frame;
-            }
-        }
-    }
-}
-
-/// A session of `ORG` created over the API and running on a live runner.
-async fn running_session(admin: &Client, task: &str) -> String {
-    let r = admin
-        .post(
-            "/api/v1/sessions",
-            json!({"orgId": ORG, "providerId": "claude_code",
-                   "repo": {"url": "https://github.com/acme/app.git", "branch": "main"}, "task": task}),
-        )
-        .await;
-    let id = r.data()["sessionId"].as_str().unwrap().to_string();
-    wait_state(admin, &id, "RUNNING").await;
-    id
-}
-
-async fn wait_state(admin: &Client, id: &str, state: &str) {
-    eventually(10, || async {
-        (admin.session(id).await["state"] == state).then_some(())
-    })
-    .await;
-}
-
 // ---- the tests ---------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,7 +185,7 @@ async fn sign_in_wrong_token_sign_out_and_a_revoked_token() {
 async fn an_approval_appears_on_the_overview_within_a_second_and_is_allowed_there() {
     let env = Env::start().await;
     let mut runner = LiveRunner::start(&env.admin, "build-01").await;
-    let session = running_session(&env.admin, "upgrade the payment SDK").await;
+    let session = running_session(&env.admin, ORG, "upgrade the payment SDK").await;
     env.sign_in(&env.server.admin_token, Some(ORG)).await;
     let b = &env.browser;
     b.wait_for_text("#approvals-title", "Pending approvals", 5)
@@ -376,7 +240,7 @@ async fn an_approval_appears_on_the_overview_within_a_second_and_is_allowed_ther
 async fn an_agent_permission_request_shows_its_tool_and_is_allowed_for_the_session() {
     let env = Env::start().await;
     let mut runner = LiveRunner::start(&env.admin, "build-01").await;
-    let session = running_session(&env.admin, "make the tests pass").await;
+    let session = running_session(&env.admin, ORG, "make the tests pass").await;
     let usage = env
         .admin
         .post(
@@ -462,7 +326,7 @@ async fn the_terminal_replays_streams_reconnects_and_sends_typing_to_the_runner(
     let server = BinaryServer::spawn_at(data.path(), &listen, SERVER_ENV);
     let mut env = Env::with(server, data, turn).await;
     let mut runner = LiveRunner::start(&env.admin, "build-01").await;
-    let session = running_session(&env.admin, "fix the flaky test").await;
+    let session = running_session(&env.admin, ORG, "fix the flaky test").await;
     runner.write(
         &session,
         "\u{1b}[32m$ cargo test\u{1b}[0m\nbuilding village v0.1.0\n",
@@ -745,7 +609,7 @@ async fn every_view_renders_at_desktop_and_phone_widths() {
     let admin = &env.admin;
     let mut runner = LiveRunner::start(admin, "build-01").await;
     let _idle = LiveRunner::start(admin, "build-02").await;
-    let busy = running_session(admin, "Upgrade the payment SDK to v5").await;
+    let busy = running_session(admin, ORG, "Upgrade the payment SDK to v5").await;
     runner.write(&busy, "\u{1b}[1;34m==>\u{1b}[0m cloning https://github.com/acme/app.git\n\u{1b}[32m✔\u{1b}[0m 1,204 tests passed\n");
     runner.ask_approval(&busy, "merge", "Merge PR #7 into main");
     runner
@@ -763,7 +627,7 @@ async fn every_view_renders_at_desktop_and_phone_widths() {
         .expect("ack", 5, |f| f["data"]["action"] == "file_change")
         .await;
     for task in ["Fix the flaky checkout test", "Add a dark mode toggle"] {
-        running_session(admin, task).await;
+        running_session(admin, ORG, task).await;
     }
     admin
         .post(

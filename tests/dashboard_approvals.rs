@@ -12,18 +12,12 @@ mod common;
 #[path = "common/webdriver.rs"]
 mod webdriver;
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::runner::register;
+use common::live_runner::{LiveRunner, running_session, wait_state};
+use common::receiver::Receiver;
 use common::{BinaryServer, Client, eventually};
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
-use warp::Filter;
 use webdriver::Browser;
 
 const WIDE: (u32, u32) = (1280, 900);
@@ -119,113 +113,6 @@ impl Env {
     }
 }
 
-// ---- a runner on its channel, answered in the background -------------------------------------
-
-/// A simulated runner whose channel is read all the time: it acknowledges every command,
-/// starts every session it is assigned, and hands the frames to the test.
-struct LiveRunner {
-    hostname: String,
-    to_server: mpsc::UnboundedSender<Value>,
-    from_server: mpsc::UnboundedReceiver<Value>,
-    assignments: Arc<Mutex<HashMap<String, String>>>,
-}
-
-impl LiveRunner {
-    async fn start(admin: &Client, hostname: &str) -> LiveRunner {
-        let (runner, _) = register(admin, hostname, &["claude_code", "codex"], Some(4), &[]).await;
-        runner.heartbeat().await;
-        let channel = runner.connect().await;
-        let (mut sink, mut stream) = channel.ws.split();
-        let (to_server, mut outgoing) = mpsc::unbounded_channel::<Value>();
-        let (inbox, from_server) = mpsc::unbounded_channel::<Value>();
-        let assignments: Arc<Mutex<HashMap<String, String>>> = Arc::default();
-        let seen = assignments.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    msg = stream.next() => {
-                        let Some(Ok(msg)) = msg else { break };
-                        let Message::Text(text) = msg else { continue };
-                        let frame: Value = serde_json::from_str(text.as_str()).unwrap();
-                        let kind = frame["type"].as_str().unwrap_or("").to_string();
-                        if frame["messageId"].is_string() && kind != "ack" && kind != "error" {
-                            let ack = json!({"type": "ack", "messageId": frame["messageId"]});
-                            if sink.send(Message::text(ack.to_string())).await.is_err() { break }
-                        }
-                        if kind == "assign_session" {
-                            let session = frame["session"]["sessionId"].as_str().unwrap().to_string();
-                            let assignment = frame["assignmentId"].as_str().unwrap().to_string();
-                            seen.lock().unwrap().insert(session.clone(), assignment.clone());
-                            let running = json!({"type": "session_state", "sessionId": session,
-                                "assignmentId": assignment, "state": "RUNNING",
-                                "messageId": village::clock::random_uuid().to_string()});
-                            if sink.send(Message::text(running.to_string())).await.is_err() { break }
-                        }
-                        if inbox.send(frame).is_err() { break }
-                    }
-                    out = outgoing.recv() => {
-                        let Some(out) = out else { break };
-                        if sink.send(Message::text(out.to_string())).await.is_err() { break }
-                    }
-                }
-            }
-        });
-        LiveRunner {
-            hostname: hostname.to_string(),
-            to_server,
-            from_server,
-            assignments,
-        }
-    }
-
-    fn assignment(&self, session: &str) -> String {
-        self.assignments.lock().unwrap()[session].clone()
-    }
-
-    /// Relays an agent's own permission request, with the context a runner attaches to one.
-    fn ask_permission(&self, session: &str, action: &str, description: &str, context: Value) {
-        let frame = json!({"type": "approval_request", "sessionId": session,
-            "assignmentId": self.assignment(session), "action": action, "description": description,
-            "context": context, "messageId": village::clock::random_uuid().to_string()});
-        self.to_server.send(frame).unwrap();
-    }
-
-    /// The next frame of `kind` that `matches`, within `secs`.
-    async fn expect(&mut self, kind: &str, secs: u64, matches: impl Fn(&Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-        loop {
-            let frame = tokio::time::timeout_at(deadline, self.from_server.recv())
-                .await
-                .unwrap_or_else(|_| panic!("runner {}: no `{kind}` in {secs} s", self.hostname))
-                .expect("runner channel closed");
-            if frame["type"] == kind && matches(&frame) {
-                return frame;
-            }
-        }
-    }
-}
-
-/// A session of `ORG` created over the API and running on a live runner.
-async fn running_session(admin: &Client, task: &str) -> String {
-    let r = admin
-        .post(
-            "/api/v1/sessions",
-            json!({"orgId": ORG, "providerId": "claude_code",
-                   "repo": {"url": "https://github.com/acme/app.git", "branch": "main"}, "task": task}),
-        )
-        .await;
-    let id = r.data()["sessionId"].as_str().unwrap().to_string();
-    wait_state(admin, &id, "RUNNING").await;
-    id
-}
-
-async fn wait_state(admin: &Client, id: &str, state: &str) {
-    eventually(10, || async {
-        (admin.session(id).await["state"] == state).then_some(())
-    })
-    .await;
-}
-
 /// The resolved approvals of a session.
 async fn resolved(admin: &Client, session: &str) -> Vec<Value> {
     let r = admin
@@ -261,48 +148,6 @@ async fn no_sideways_scrolling(b: &Browser, what: &str) {
 }
 
 // ---- a notification receiver ------------------------------------------------------------------
-
-/// Records the JSON body of every POST it receives, answering 200.
-struct Receiver {
-    addr: SocketAddr,
-    bodies: Arc<Mutex<Vec<Value>>>,
-}
-
-impl Receiver {
-    async fn start() -> Receiver {
-        let bodies: Arc<Mutex<Vec<Value>>> = Arc::default();
-        let sink = bodies.clone();
-        let route = warp::post()
-            .and(warp::body::bytes())
-            .map(move |body: bytes::Bytes| {
-                let value = serde_json::from_slice(&body)
-                    .unwrap_or_else(|_| json!(String::from_utf8_lossy(&body)));
-                sink.lock().unwrap().push(value);
-                "ok"
-            });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(warp::serve(route).incoming(listener).run());
-        Receiver { addr, bodies }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/hooks/approvals", self.addr)
-    }
-
-    /// The first body of `event` that `matches`, within 10 s.
-    async fn expect(&self, event: &str, matches: impl Fn(&Value) -> bool) -> Value {
-        eventually(10, || async {
-            self.bodies
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|b| b["event"] == event && matches(b))
-                .cloned()
-        })
-        .await
-    }
-}
 
 /// Stands in for the browser's notifications: records what is shown, grants permission when
 /// asked (counting the asks), and lets the test say whether the tab is hidden.
@@ -531,7 +376,7 @@ async fn allow_always_like_this_adds_a_rule_first_and_allows_the_request() {
         .await;
     assert_eq!(put.status, 200, "{}", put.text);
     let mut runner = LiveRunner::start(&env.admin, "build-01").await;
-    let session = running_session(&env.admin, "tidy the repository").await;
+    let session = running_session(&env.admin, ORG, "tidy the repository").await;
     env.sign_in().await;
     let b = &env.browser;
 
@@ -714,7 +559,7 @@ async fn an_approval_link_is_answered_on_a_phone_without_signing_in() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     let mut runner = LiveRunner::start(&env.admin, "build-07").await;
-    let session = running_session(&env.admin, "publish the release notes").await;
+    let session = running_session(&env.admin, ORG, "publish the release notes").await;
     runner.ask_permission(
         &session,
         "command",

@@ -103,25 +103,28 @@ pub fn check(url: &str, events: &[String], org_id: Option<&str>, issues: &mut Ve
             "must be an http:// or https:// URL with a host",
         ));
     }
-    if events.is_empty() {
-        issues.push(Issue::new(
-            "events",
-            "must name at least one event, or \"*\"",
-        ));
-    }
-    for (i, e) in events.iter().enumerate() {
-        if e != "*" && !crate::events::is_public(e) {
-            issues.push(Issue::new(
-                format!("events[{i}]"),
-                format!("unknown event `{e}`"),
-            ));
-        }
-    }
+    check_events(events, "events", issues);
     if org_id.is_some_and(|o| !crate::auth::is_org_slug(o)) {
         issues.push(Issue::new(
             "orgId",
             "must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
         ));
+    }
+}
+
+/// Event names a webhook or notification target subscribes to, at `path`: at least one, each
+/// a public event or `*`.
+fn check_events(events: &[String], path: &str, issues: &mut Vec<Issue>) {
+    if events.is_empty() {
+        issues.push(Issue::new(path, "must name at least one event, or \"*\""));
+    }
+    for (i, e) in events.iter().enumerate() {
+        if e != "*" && !crate::events::is_public(e) {
+            issues.push(Issue::new(
+                format!("{path}[{i}]"),
+                format!("unknown event `{e}`"),
+            ));
+        }
     }
 }
 
@@ -235,37 +238,8 @@ impl WebhookService {
             (None, named) => named,
         };
         let mut issues = Vec::new();
-        match client::Target::parse(&new.url) {
-            None => issues.push(Issue::new(
-                "url",
-                "must be an http:// or https:// URL with a host",
-            )),
-            // A host that does not resolve now is accepted: deliveries check again, every time.
-            Some(target) => match client::resolve(&target, self.allow_private).await {
-                Err(why) if why.contains("private or reserved") => issues.push(Issue::new(
-                    "url",
-                    format!(
-                        "must not point at a loopback, private, link-local or other reserved \
-                         address ({why}; an admin may allow them with webhooks.allowPrivateTargets)"
-                    ),
-                )),
-                _ => {}
-            },
-        }
-        if new.events.is_empty() {
-            issues.push(Issue::new(
-                "events",
-                "must name at least one event, or \"*\"",
-            ));
-        }
-        for (i, e) in new.events.iter().enumerate() {
-            if e != "*" && !crate::events::is_public(e) {
-                issues.push(Issue::new(
-                    format!("events[{i}]"),
-                    format!("unknown event `{e}`"),
-                ));
-            }
-        }
+        self.check_url(&new.url, "url", &mut issues).await;
+        check_events(&new.events, "events", &mut issues);
         if !issues.is_empty() {
             return Err(DomainError::Validation(issues));
         }
@@ -512,20 +486,7 @@ impl WebhookService {
             }
             self.check_url(&t.url, &format!("targets[{i}].url"), &mut issues)
                 .await;
-            if t.events.is_empty() {
-                issues.push(Issue::new(
-                    format!("targets[{i}].events"),
-                    "must name at least one event, or \"*\"",
-                ));
-            }
-            for (j, e) in t.events.iter().enumerate() {
-                if e != "*" && !crate::events::is_public(e) {
-                    issues.push(Issue::new(
-                        format!("targets[{i}].events[{j}]"),
-                        format!("unknown event `{e}`"),
-                    ));
-                }
-            }
+            check_events(&t.events, &format!("targets[{i}].events"), &mut issues);
         }
         if !issues.is_empty() {
             return Err(DomainError::Validation(issues));

@@ -19,6 +19,8 @@ use village::clock::{Clock, ManualClock, RandomIds, SharedClock, SystemClock};
 use village::config::Config;
 
 pub mod agent_runner;
+pub mod live_runner;
+pub mod receiver;
 pub mod runner;
 
 pub const START_MS: i64 = 1_795_000_000_000;
