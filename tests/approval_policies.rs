@@ -543,7 +543,7 @@ async fn an_approval_the_policy_decides_sends_no_notification() {
     .await;
     let content = message["content"].as_str().unwrap();
     assert!(
-        content.contains("`make`") && content.contains("/approve/vlk_"),
+        content.contains("Command: make") && content.contains("/approve/vlk_"),
         "{content}"
     );
     // The failed session's message comes after; the request the policy decided (asked first)

@@ -212,42 +212,66 @@ fn clip(text: &str, max: usize) -> String {
     }
 }
 
-/// Slack's mrkdwn treats `&`, `<` and `>` as markup.
-fn slack_escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+/// Text for Slack's mrkdwn, at most `max` characters once escaped: `&`, `<` and `>` are markup
+/// there (`<!channel>`, `<url|label>`), so they become entities, and the text is cut before the
+/// escaping could take it over the limit (an entity is never cut in two).
+fn slack_text(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    let mut chars = 0;
+    for c in text.chars() {
+        let piece = match c {
+            '&' => "&amp;",
+            '<' => "&lt;",
+            '>' => "&gt;",
+            _ => "",
+        };
+        let width = if piece.is_empty() { 1 } else { piece.len() };
+        if chars + width > max {
+            out.push('…');
+            break;
+        }
+        if piece.is_empty() {
+            out.push(c);
+        } else {
+            out.push_str(piece);
+        }
+        chars += width;
+    }
+    out
 }
 
-/// The command or file an approval is about, from its context.
-fn approval_subject(context_json: Option<&str>) -> Option<(&'static str, String)> {
-    let ctx: Value = serde_json::from_str(context_json?).ok()?;
-    let input = ctx.get("input");
-    let command = input.and_then(|i| i.get("command")).and_then(|c| match c {
-        Value::String(s) => Some(s.clone()),
-        Value::Array(parts) => Some(
-            parts
-                .iter()
-                .map(|p| p.as_str().map_or_else(|| p.to_string(), str::to_owned))
-                .collect::<Vec<_>>()
-                .join(" "),
-        ),
-        _ => None,
-    });
-    if let Some(c) = command {
-        return Some(("Command", c));
+/// Text for a Discord message: markdown and mentions are shown as typed (a backslash before
+/// each markdown character; `@` followed by a zero-width space), so an agent's words cannot
+/// ping a channel or dress a link up as another.
+fn discord_text(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in clip(text, max).chars() {
+        match c {
+            '\\' | '*' | '_' | '~' | '`' | '|' | '>' | '[' | ']' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '@' => out.push_str("@\u{200b}"),
+            _ => out.push(c),
+        }
     }
-    let path = input.and_then(|i| {
-        i.get("path")
-            .or_else(|| i.get("file_path"))
-            .and_then(Value::as_str)
-    });
-    if let Some(p) = path {
+    out
+}
+
+/// The command or file an approval is about, read from its context as policies read it.
+fn approval_subject(
+    action: crate::sessions::model::ApprovalAction,
+    context_json: Option<&str>,
+) -> Option<(&'static str, String)> {
+    let ctx: Value = serde_json::from_str(context_json?).ok()?;
+    let req = crate::policy::PolicyRequest::new(action, Some(&ctx));
+    if let Some(c) = req.command {
+        return Some(("Command", c.into_owned()));
+    }
+    if let Some(p) = req.path {
         return Some(("File", p.to_owned()));
     }
-    ctx.get("tool")
-        .and_then(Value::as_str)
-        .map(|t| ("Tool", t.to_owned()))
+    req.tool.map(|t| ("Tool", t.to_owned()))
 }
 
 /// One line saying what happened, for chat messages.
@@ -292,12 +316,18 @@ pub fn notification_body(
     use crate::webhooks::model::TargetKind;
     let headline = headline(event);
     let subject = match &event.event {
-        DomainEvent::Session(SessionEventData::ApprovalRequested { context_json, .. }) => {
-            approval_subject(context_json.as_deref())
-        }
+        DomainEvent::Session(SessionEventData::ApprovalRequested {
+            action,
+            context_json,
+            ..
+        }) => approval_subject(*action, context_json.as_deref()),
         _ => None,
     };
     let session = event.session_id.map(|s| s.to_string());
+    let repo = extras
+        .repo_url
+        .as_deref()
+        .map(crate::sessions::model::url_without_credentials);
     match kind {
         TargetKind::Generic => {
             let body = webhook_body(delivery_id, event);
@@ -312,22 +342,24 @@ pub fn notification_body(
         TargetKind::Slack => {
             let mut fields = Vec::new();
             if let Some((label, value)) = &subject {
-                fields.push(json!({"type": "mrkdwn", "text": format!("*{label}*\n`{}`", slack_escape(&clip(value, 1_000)))}));
+                fields.push(json!({"type": "mrkdwn", "text": format!("*{label}*\n`{}`", slack_text(value, 1_000))}));
             }
             if let Some(s) = &session {
                 fields.push(json!({"type": "mrkdwn", "text": format!("*Session*\n{s}")}));
             }
-            if let Some(repo) = &extras.repo_url {
-                fields.push(json!({"type": "mrkdwn", "text": format!("*Repo*\n{}", slack_escape(&clip(repo, 500)))}));
+            if let Some(repo) = &repo {
+                fields.push(
+                    json!({"type": "mrkdwn", "text": format!("*Repo*\n{}", slack_text(repo, 500))}),
+                );
             }
             if let Some(org) = &event.org_id {
                 fields.push(
-                    json!({"type": "mrkdwn", "text": format!("*Org*\n{}", slack_escape(org))}),
+                    json!({"type": "mrkdwn", "text": format!("*Org*\n{}", slack_text(org, 100))}),
                 );
             }
             let mut blocks = vec![json!({
                 "type": "section",
-                "text": {"type": "mrkdwn", "text": slack_escape(&clip(&headline, SLACK_TEXT_CHARS))},
+                "text": {"type": "mrkdwn", "text": slack_text(&headline, SLACK_TEXT_CHARS)},
             })];
             if !fields.is_empty() {
                 blocks.push(json!({"type": "section", "fields": fields}));
@@ -343,23 +375,23 @@ pub fn notification_body(
                     }],
                 }));
             }
-            let mut text = clip(&headline, SLACK_TEXT_CHARS);
+            let mut text = slack_text(&headline, SLACK_TEXT_CHARS);
             if let Some(url) = &extras.approval_url {
                 text.push_str(&format!(" — {url}"));
             }
             sorted_text(json!({"text": text, "blocks": blocks}))
         }
         TargetKind::Discord => {
-            let mut lines = vec![format!("**{}**", clip(&headline, 600))];
+            let mut lines = vec![format!("**{}**", discord_text(&headline, 600))];
             if let Some((label, value)) = &subject {
-                lines.push(format!("{label}: `{}`", clip(value, 600).replace('`', "'")));
+                lines.push(format!("{label}: {}", discord_text(value, 600)));
             }
             let mut place = Vec::new();
             if let Some(s) = &session {
                 place.push(format!("session {s}"));
             }
-            if let Some(repo) = &extras.repo_url {
-                place.push(format!("repo {}", clip(repo, 300)));
+            if let Some(repo) = &repo {
+                place.push(format!("repo {}", discord_text(repo, 300)));
             }
             if !place.is_empty() {
                 lines.push(place.join(" · "));
@@ -367,7 +399,79 @@ pub fn notification_body(
             if let Some(url) = &extras.approval_url {
                 lines.push(format!("Review and decide: {url}"));
             }
-            sorted_text(json!({"content": clip(&lines.join("\n"), DISCORD_CHARS)}))
+            // Nobody is pinged, whatever the text says.
+            sorted_text(json!({
+                "content": clip(&lines.join("\n"), DISCORD_CHARS),
+                "allowed_mentions": {"parse": []},
+            }))
         }
+    }
+}
+
+#[cfg(test)]
+mod notification_tests {
+    use super::*;
+    use crate::sessions::model::ApprovalAction;
+    use crate::webhooks::model::TargetKind;
+
+    fn asked(description: &str, command: &str) -> BusEvent {
+        BusEvent::new(
+            0,
+            Some("acme".into()),
+            Some(Uuid::from_u128(7)),
+            DomainEvent::Session(SessionEventData::ApprovalRequested {
+                approval_id: Uuid::from_u128(8),
+                action: ApprovalAction::Command,
+                description: description.into(),
+                context_json: Some(json!({"input": {"command": command}}).to_string()),
+                requested_at: 0,
+                expires_at: 1,
+                decided_at_once: false,
+            }),
+        )
+    }
+
+    fn extras() -> NotificationExtras {
+        NotificationExtras {
+            approval_url: Some("http://v.example/approve/vlk_x".into()),
+            repo_url: Some("https://x-access-token:ghp_secret@github.com/acme/app.git".into()),
+        }
+    }
+
+    #[test]
+    fn slack_messages_escape_the_agents_words_and_stay_within_slacks_limits() {
+        let event = asked(
+            "<!channel> & <https://evil|Approve>",
+            &"a && b < c ".repeat(400),
+        );
+        let body = notification_body(TargetKind::Slack, Uuid::nil(), &event, &extras());
+        let message: Value = serde_json::from_str(&body).unwrap();
+        let text = message["text"].as_str().unwrap();
+        assert!(
+            text.contains("&lt;!channel&gt; &amp; &lt;https://evil|Approve&gt;"),
+            "{text}"
+        );
+        assert!(
+            !body.contains("ghp_secret"),
+            "credentials of the repo URL never leave"
+        );
+        assert!(body.contains("https://github.com/acme/app.git"), "{body}");
+        for field in message["blocks"][1]["fields"].as_array().unwrap() {
+            let chars = field["text"].as_str().unwrap().chars().count();
+            assert!(chars <= 2_000, "a field of {chars} characters");
+        }
+    }
+
+    #[test]
+    fn discord_messages_ping_nobody_and_show_markdown_as_typed() {
+        let event = asked("@everyone look [here](https://evil)", "rm -rf `pwd`");
+        let body = notification_body(TargetKind::Discord, Uuid::nil(), &event, &extras());
+        let message: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(message["allowed_mentions"], json!({"parse": []}));
+        let content = message["content"].as_str().unwrap();
+        assert!(!content.contains("@everyone"), "{content}");
+        assert!(content.contains("\\[here\\](https://evil)"), "{content}");
+        assert!(content.contains("rm -rf \\`pwd\\`"), "{content}");
+        assert!(!content.contains("ghp_secret"), "{content}");
     }
 }

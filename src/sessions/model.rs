@@ -131,6 +131,22 @@ pub struct Repo {
     pub commit: String,
 }
 
+/// A repository URL without the user and password some carry (`https://token@host/…`), for
+/// what leaves the server or is shown without sign-in. `git@host:path` has no scheme and its
+/// user is no secret: it stays.
+pub fn url_without_credentials(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let host_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..host_end].rfind('@') {
+                Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+                None => url.to_owned(),
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionOptions {
     /// As asked for; `None` means the configured default applied.

@@ -157,7 +157,8 @@ pub struct LinkRunner<'a> {
 #[derive(Debug, Serialize)]
 pub struct LinkRepo<'a> {
     branch: &'a str,
-    url: &'a str,
+    /// Without credentials: the page needs no sign-in.
+    url: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -189,7 +190,7 @@ impl<'a> From<&'a LinkedApproval> for LinkView<'a> {
                 provider: s.provider.as_str(),
                 repo: LinkRepo {
                     branch: &s.repo.branch,
-                    url: &s.repo.url,
+                    url: crate::sessions::model::url_without_credentials(&s.repo.url),
                 },
                 session_id: s.id,
                 state: s.state.as_str(),

@@ -64,6 +64,12 @@ export function ruleIdFor(parts, taken = []) {
   }
 }
 
+/** `text` as a glob that matches exactly it: `*`, `?` and `\` escaped with a backslash (an
+ *  agent's `rm -rf build/*` must not become a rule that allows any command starting so). */
+export function literalGlob(text) {
+  return text.replace(/[\\*?]/g, (c) => `\\${c}`);
+}
+
 /** The rule that "Allow always like this…" proposes for a request. */
 export function ruleFromApproval(approval, taken = []) {
   const context = approval.context;
@@ -71,9 +77,9 @@ export function ruleFromApproval(approval, taken = []) {
   const command = contextCommand(context);
   const path = command ? '' : contextPath(context);
   const match = {};
-  if (tool) match.tool = tool;
-  if (command) match.command = command;
-  if (path) match.path = path;
+  if (tool) match.tool = literalGlob(tool);
+  if (command) match.command = literalGlob(command);
+  if (path) match.path = literalGlob(path);
   const rule = {
     id: ruleIdFor(['allow', approval.action, command || path || tool], taken),
     actions: [approval.action],
@@ -239,7 +245,7 @@ export function allowAlwaysDialog(approval, { orgId } = {}) {
       h('p', { class: 'small muted' },
         'Adds a rule at the top of the approval policy of ', h('strong', null, org),
         ': requests like this one are then allowed without asking anyone. This request is allowed too. ',
-        'In the globs, * matches any run of characters (also “/”) and ? one character; the whole value must match.'),
+        'In the globs, * matches any run of characters (also “/”) and ? one character; \\*, \\? and \\\\ match those characters themselves; the whole value must match.'),
       formError,
       h('div', { class: 'form-grid' },
         field('id', 'Rule id', id, 'a–z, 0–9, “-” and “_”'),
