@@ -404,7 +404,7 @@ async fn allow_always_like_this_adds_a_rule_first_and_allows_the_request() {
     // notification; clicking it opens the overview.
     env.open("/sessions", "sessions").await;
     b.exec("window.__hidden = true;", json!([])).await;
-    let context = json!({"tool": "Bash", "input": {"command": ["git", "status"], "cwd": "/work/app"},
+    let context = json!({"tool": "Bash", "input": {"command": ["git", "status"], "cwd": "/home/dev/app"},
                          "agent": {"protocol": "acp"}});
     runner.ask_permission(&session, "command", "Run git status", context.clone());
     let ack = runner
