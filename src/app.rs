@@ -125,6 +125,7 @@ impl App {
             metrics.clone(),
         )
         .await?;
+        let spend = crate::spend::SpendService::new(store.clone(), clock.clone());
         let (stop, stop_rx) = watch::channel(false);
         let connections = api::edge::Connections::new(&config.server);
         let limits = api::limits::RateLimits::new(&config.limits);
@@ -144,6 +145,7 @@ impl App {
             limits: limits.clone(),
             webhooks: webhooks.clone(),
             policies: crate::policy::PolicyService::new(store.clone(), clock.clone()),
+            spend: spend.clone(),
             metrics,
             shutdown: stop_rx.clone(),
         });
@@ -151,6 +153,12 @@ impl App {
         let mut tasks = vec![
             tokio::spawn(sweeper::run(sessions, clock, stop_rx.clone())),
             tokio::spawn(pipeline::run(pipeline, stop_rx.clone())),
+            tokio::spawn(crate::spend::run(
+                spend,
+                bus.clone(),
+                runners.clone(),
+                stop_rx.clone(),
+            )),
             tokio::spawn(runners::background(runners.clone(), stop_rx.clone())),
             tokio::spawn(scheduler::run(store, runners, stop_rx.clone())),
             tokio::spawn(dispatcher::intake(

@@ -46,6 +46,8 @@ pub enum Conflict {
     RolloutAlreadyActive,
     BuildAlreadyExists,
     BuildNotEligible,
+    /// Resuming a session while it is over a budget limit.
+    BudgetExceeded,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +55,8 @@ pub enum Limit {
     Sessions,
     Runners,
     Webhooks,
+    /// The org's monthly budget is spent.
+    Budget,
 }
 
 /// What a conflict tells the caller besides its code, for the caller to act on.

@@ -28,6 +28,7 @@ pub mod realtime;
 pub mod runner;
 pub mod runners;
 pub mod sessions;
+pub mod spend;
 pub mod store;
 pub mod ui;
 pub mod webhooks;

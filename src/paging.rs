@@ -60,6 +60,17 @@ impl<T> Page<T> {
             has_more: self.has_more,
         }
     }
+
+    /// `map` with a step that may fail: the first failure is the answer.
+    pub fn try_map<U, E>(self, f: impl FnMut(T) -> Result<U, E>) -> Result<Page<U>, E> {
+        Ok(Page {
+            items: self.items.into_iter().map(f).collect::<Result<_, _>>()?,
+            total: self.total,
+            page: self.page,
+            page_size: self.page_size,
+            has_more: self.has_more,
+        })
+    }
 }
 
 #[cfg(test)]

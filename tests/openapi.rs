@@ -35,6 +35,7 @@ const IMPLEMENTED: &[(&str, &str)] = &[
     ("GET", "/api/v1/sessions/{sessionId}/events"),
     ("GET", "/api/v1/sessions/{sessionId}/output"),
     ("POST", "/api/v1/sessions/{sessionId}/output"),
+    ("GET", "/api/v1/sessions/{sessionId}/recording"),
     ("POST", "/api/v1/sessions/{sessionId}/state"),
     ("POST", "/api/v1/sessions/{sessionId}/usage"),
     ("POST", "/api/v1/runners/register"),

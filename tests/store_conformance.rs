@@ -80,6 +80,7 @@ conformance! {
         events_and_output_are_numbered_per_session,
         approvals_list_in_request_order,
         approval_seqs_are_counted_per_session,
+        spend_is_added_per_day_and_month_and_org,
         tokens_round_trip,
         runners_hostnames_liveness_and_outbox,
         webhooks_and_deliveries,
@@ -1063,6 +1064,103 @@ mod checks {
         .await;
         assert!(h.read(move |r| r.pending_approvals(sid)).await.is_empty());
         assert_eq!(h.write(move |w| w.next_approval_seq(sid)).await, 1);
+    }
+
+    pub async fn spend_is_added_per_day_and_month_and_org(open: OpenFn) {
+        use village::spend::model::{
+            Budget, BudgetHold, BuildOutcomes, UsageDelta, UsageTotals, days_of_month, month_of_day,
+        };
+        let h = Harness::new(open);
+        // 2026-11-30, the last day of a month, and 2026-12-01.
+        let (nov30, dec1) = (20_787u32, 20_788u32);
+        let (nov, dec) = (month_of_day(nov30), month_of_day(dec1));
+        assert_ne!(nov, dec);
+        let spend = |cost: f64, tokens: i64, sessions: u64| UsageDelta {
+            cost_usd: cost,
+            tokens_in: tokens,
+            tokens_out: 0,
+            sessions,
+        };
+        let after = h
+            .write(move |w| {
+                w.add_usage("acme", nov30, "codex", &spend(1.5, 100, 1))?;
+                w.add_usage("acme", nov30, "claude_code", &spend(2.0, 10, 1))?;
+                w.add_usage("acme", nov30, "codex", &spend(-0.5, -40, 0))?;
+                w.add_usage("globex", nov30, "codex", &spend(9.0, 9, 1))?;
+                w.add_usage("acme", dec1, "codex", &spend(4.0, 1, 0))
+            })
+            .await;
+        assert_eq!(
+            after,
+            UsageTotals {
+                cost_usd: 4.0,
+                tokens_in: 1,
+                tokens_out: 0,
+                sessions: 0
+            },
+            "add_usage answers the month's total"
+        );
+        let month = h.read(move |r| r.month_usage("acme", nov)).await;
+        assert_eq!(
+            (month.cost_usd, month.tokens_in, month.sessions),
+            (3.0, 70, 2)
+        );
+        let (first, end) = days_of_month(nov);
+        let days = h.read(move |r| r.daily_usage("acme", first, end)).await;
+        let rows: Vec<(u32, String, f64, u64)> = days
+            .into_iter()
+            .map(|(d, p, t)| (d, p, t.cost_usd, t.tokens_in))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                (nov30, "claude_code".into(), 2.0, 10),
+                (nov30, "codex".into(), 1.0, 60)
+            ]
+        );
+        assert_eq!(
+            h.read(move |r| r.month_usage("acme", dec + 1)).await,
+            UsageTotals::default()
+        );
+
+        // Budgets, holds and build outcomes round-trip; a hold is cleared by `None`.
+        let budget = Budget {
+            monthly_usd: Some(10.0),
+            session_usd: None,
+            session_tokens: Some(5),
+        };
+        let (b, sid) = (budget.clone(), id(0x600));
+        let mut counted = BuildOutcomes::default();
+        counted.count(true, 2.0);
+        counted.count(false, 1.0);
+        let c = counted.clone();
+        h.write(move |w| {
+            w.put_budget("acme", &b)?;
+            w.set_budget_hold(sid, Some(BudgetHold::Paused))?;
+            w.merge_build_outcomes("acme", dec, "b-1", &c)?;
+            w.merge_build_outcomes("acme", dec, "b-1", &c)?;
+            w.merge_build_outcomes("acme", nov, "b-0", &c)
+        })
+        .await;
+        assert_eq!(h.read(|r| r.budget("acme")).await, Some(budget));
+        assert_eq!(h.read(|r| r.budget("globex")).await, None);
+        assert_eq!(
+            h.read(move |r| r.budget_hold(sid)).await,
+            Some(BudgetHold::Paused)
+        );
+        let builds = h.read(move |r| r.build_outcomes("acme", dec)).await;
+        assert_eq!(builds.len(), 1);
+        assert_eq!(builds[0].0, "b-1");
+        assert_eq!(
+            (
+                builds[0].1.sessions,
+                builds[0].1.completed,
+                builds[0].1.cost_usd
+            ),
+            (4, 2, 6.0)
+        );
+        h.write(move |w| w.set_budget_hold(sid, None)).await;
+        assert_eq!(h.read(move |r| r.budget_hold(sid)).await, None);
     }
 
     pub async fn tokens_round_trip(open: OpenFn) {

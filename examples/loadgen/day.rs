@@ -178,15 +178,16 @@ fn loopback(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
 }
 
-/// `village serve` as a child process on a free port, with its data in `data_dir`.
-struct ServerProcess {
+/// `village serve` as a child process on a free port, with its data in `data_dir` (the
+/// `recording` scenario uses it too).
+pub(super) struct ServerProcess {
     child: tokio::process::Child,
-    addr: SocketAddr,
-    admin_token: String,
+    pub(super) addr: SocketAddr,
+    pub(super) admin_token: String,
 }
 
 impl ServerProcess {
-    async fn start(village: &Path, data_dir: &Path, log: &Path) -> Self {
+    pub(super) async fn start(village: &Path, data_dir: &Path, log: &Path) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -234,12 +235,12 @@ impl ServerProcess {
         }
     }
 
-    fn pid(&self) -> u32 {
+    pub(super) fn pid(&self) -> u32 {
         self.child.id().unwrap_or(0)
     }
 
     /// SIGTERM, and how long the server took to exit.
-    async fn stop(mut self) -> Duration {
+    pub(super) async fn stop(mut self) -> Duration {
         let began = Instant::now();
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])

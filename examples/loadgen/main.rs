@@ -8,6 +8,7 @@
 //! target/release/examples/loadgen day [--minutes 3] [--sample-secs 15]
 //! target/release/examples/loadgen startup [--sessions 100000] [--chunks 10]
 //! target/release/examples/loadgen week [--runners 200] [--output-kib 32] [--days 7]
+//! cargo build --release --bin village --example loadgen && target/release/examples/loadgen recording
 //! ```
 //!
 //! `sessions` measures durable session creation. First a plain redb loop (one insert per
@@ -57,6 +58,10 @@
 //! `policy` (in `policy.rs`) times the evaluation of a 200-rule approval policy and an agent's
 //! request decided by a rule, end to end over the runner channel.
 //!
+//! `recording` (in `recording.rs`) writes a session of 100 MiB of output to the `village`
+//! binary and reads its recording (asciicast) back, sampling the server's RSS meanwhile: the
+//! stream must keep the server's memory flat and bring back every byte.
+//!
 //! `startup` and `week` (in `retention.rs`) time the server's start on a database of 100 000
 //! sessions and a million output chunks, and run a week of a 200-runner fleet through the
 //! store and its purge (file size, purge jobs, `village compact`).
@@ -81,6 +86,7 @@
 mod day;
 mod mixed;
 mod policy;
+mod recording;
 mod retention;
 mod slow;
 
@@ -219,6 +225,7 @@ async fn run() -> ExitCode {
         Some("stale") => stale_scenario().await,
         Some("mixed") => mixed::mixed_scenario().await,
         Some("policy") => policy::policy_scenario().await,
+        Some("recording") => recording::recording_scenario().await,
         Some("day") => {
             let args: Vec<String> = std::env::args().skip(2).collect();
             day::day_scenario(&args).await
@@ -233,7 +240,7 @@ async fn run() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: loadgen [--slow[=FACTOR]] sessions|fleet|mixed|policy|stream|runner|stale|day|startup|week"
+                "usage: loadgen [--slow[=FACTOR]] sessions|fleet|mixed|policy|recording|stream|runner|stale|day|startup|week"
             );
             ExitCode::from(2)
         }

@@ -1,18 +1,40 @@
-//! Responses whose body is a file streamed from disk (a backup), which can be far larger than
-//! memory. warp's bodies cannot stream, so a handler answers with an empty response carrying a
-//! [`FileDownload`] extension, and the edge (`edge.rs`) swaps in a [`ResponseBody::File`] that
-//! reads the file in chunks as the client takes them.
+//! Responses whose body is streamed: a file from disk (a backup) or bytes made as they are sent
+//! (a session's recording), either of which can be far larger than memory. warp's bodies cannot
+//! stream, so a handler answers with an empty response carrying a [`FileDownload`] or a
+//! [`StreamedBody`] extension, and the edge (`edge.rs`) swaps in a [`ResponseBody::File`] that
+//! reads the file in chunks as the client takes them, or a [`ResponseBody::Stream`] that polls
+//! the stream for its next bytes only when the connection has room for them.
 
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures_util::Stream;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, ReadBuf};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Bytes made as they are sent; an error ends the response abruptly (the client sees a cut
+/// body, never a complete-looking one).
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, BoxError>> + Send>>;
+
+/// A stream to send as a response's body, taken out by the edge (a response's extensions must
+/// be cloneable and shareable, hence the lock around the one stream).
+#[derive(Clone)]
+pub struct StreamedBody(Arc<Mutex<Option<ByteStream>>>);
+
+impl StreamedBody {
+    pub fn new(stream: ByteStream) -> Self {
+        Self(Arc::new(Mutex::new(Some(stream))))
+    }
+
+    fn take(&self) -> Option<ByteStream> {
+        self.0.lock().ok().and_then(|mut s| s.take())
+    }
+}
 
 /// How much of the file one frame carries.
 const CHUNK: usize = 256 * 1024;
@@ -41,10 +63,11 @@ impl FileDownload {
     }
 }
 
-/// The body of every response the edge sends: what the routes built, or a file.
+/// The body of every response the edge sends: what the routes built, a file or a stream.
 pub enum ResponseBody<B> {
     Routed(B),
     File(FileBody),
+    Stream(ByteStream),
 }
 
 /// A file, read in [`CHUNK`]s.
@@ -54,10 +77,17 @@ pub struct FileBody {
     buffer: Vec<u8>,
 }
 
-/// Turns a response of the routes into the edge's, opening the file of a [`FileDownload`].
+/// Turns a response of the routes into the edge's, opening the file of a [`FileDownload`] or
+/// taking the stream of a [`StreamedBody`].
 pub async fn finish<B: From<&'static str>>(
     mut response: hyper::Response<B>,
 ) -> hyper::Response<ResponseBody<B>> {
+    if let Some(streamed) = response.extensions_mut().remove::<StreamedBody>()
+        && let Some(stream) = streamed.take()
+    {
+        let (parts, _) = response.into_parts();
+        return hyper::Response::from_parts(parts, ResponseBody::Stream(stream));
+    }
     let Some(FileDownload(file)) = response.extensions_mut().remove::<FileDownload>() else {
         return response.map(ResponseBody::Routed);
     };
@@ -99,6 +129,10 @@ where
                 .poll_frame(cx)
                 .map(|frame| frame.map(|f| f.map_err(Into::into))),
             ResponseBody::File(file) => file.poll_chunk(cx),
+            ResponseBody::Stream(stream) => stream
+                .as_mut()
+                .poll_next(cx)
+                .map(|next| next.map(|bytes| bytes.map(Frame::data))),
         }
     }
 
@@ -106,6 +140,7 @@ where
         match self {
             ResponseBody::Routed(body) => body.is_end_stream(),
             ResponseBody::File(file) => file.remaining == 0,
+            ResponseBody::Stream(_) => false,
         }
     }
 
@@ -113,6 +148,7 @@ where
         match self {
             ResponseBody::Routed(body) => body.size_hint(),
             ResponseBody::File(file) => SizeHint::with_exact(file.remaining),
+            ResponseBody::Stream(_) => SizeHint::default(),
         }
     }
 }

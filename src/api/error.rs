@@ -147,6 +147,7 @@ impl From<DomainError> for ApiError {
                     Conflict::RolloutAlreadyActive => "ROLLOUT_ALREADY_ACTIVE",
                     Conflict::BuildAlreadyExists => "BUILD_ALREADY_EXISTS",
                     Conflict::BuildNotEligible => "BUILD_NOT_ELIGIBLE",
+                    Conflict::BudgetExceeded => "BUDGET_EXCEEDED",
                 };
                 ApiError {
                     status: S::CONFLICT,
@@ -161,6 +162,7 @@ impl From<DomainError> for ApiError {
                     Limit::Sessions => "SESSION_LIMIT_EXCEEDED",
                     Limit::Runners => "RUNNER_LIMIT_EXCEEDED",
                     Limit::Webhooks => "WEBHOOK_LIMIT_EXCEEDED",
+                    Limit::Budget => "BUDGET_EXCEEDED",
                 };
                 ApiError::new(S::TOO_MANY_REQUESTS, code, message)
             }

@@ -4,6 +4,7 @@
 pub mod access_log;
 mod admin;
 mod audit;
+mod budgets;
 mod download;
 pub mod edge;
 mod envelope;
@@ -14,6 +15,7 @@ pub mod limits;
 mod openapi;
 mod pipeline;
 mod policies;
+mod recording;
 mod runner_channel;
 mod runners;
 mod sessions;
@@ -68,6 +70,7 @@ pub struct Services {
     pub bus: EventBus,
     pub webhooks: WebhookService,
     pub policies: crate::policy::PolicyService,
+    pub spend: crate::spend::SpendService,
     /// Open dashboard connections per token.
     pub realtime: ConnectionLimiter,
     /// Open TCP connections, counted against the `server.maxConnections*` caps.
@@ -160,6 +163,8 @@ fn api_v1(state: &AppState) -> BoxedFilter<(ApiResult,)> {
                 .or(pipeline::routes(state))
                 .unify()
                 .or(policies::routes(state))
+                .unify()
+                .or(budgets::routes(state))
                 .unify()
                 .or(admin::routes(state))
                 .unify(),

@@ -83,6 +83,10 @@ pub fn routes(s: &AppState) -> BoxedFilter<(ApiResult,)> {
             .and(json_body())
             .then(append_output))
         .unify();
+    let recording = path!("sessions" / String / "recording")
+        .and(warp::get())
+        .and(p())
+        .then(recording);
     let state = path!("sessions" / String / "state")
         .and(warp::post())
         .and(p())
@@ -109,6 +113,8 @@ pub fn routes(s: &AppState) -> BoxedFilter<(ApiResult,)> {
         .or(events)
         .unify()
         .or(output)
+        .unify()
+        .or(recording)
         .unify()
         .or(state)
         .unify()
@@ -214,7 +220,9 @@ async fn list(p: Caller, st: AppState, q: HashMap<String, String>) -> ApiResult 
     };
     let now = st.sessions.now();
     let page = st.sessions.list(&p, filter, page).await?;
-    Success::json(&Page::of(&page, |s| SessionSummary::new(s, now)))
+    Success::json(&Page::of(&page, |s| {
+        SessionSummary::new(&s.session, s.paused_for_budget, now)
+    }))
 }
 
 async fn get(id: String, p: Caller, st: AppState) -> ApiResult {
@@ -239,8 +247,12 @@ async fn pause(id: String, p: Caller, st: AppState, _body: Body) -> ApiResult {
     detail_reply(StatusCode::OK, &view, st.sessions.now())
 }
 
-async fn resume(id: String, p: Caller, st: AppState, _body: Body) -> ApiResult {
-    let view = st.sessions.resume(&p, session_id(&id)?).await?;
+async fn resume(id: String, p: Caller, st: AppState, body: Body) -> ApiResult {
+    let mut r = Reader::new();
+    let root = r.root(&body);
+    let force = r.boolean(&root, "force").unwrap_or(false);
+    r.finish()?;
+    let view = st.sessions.resume(&p, session_id(&id)?, force).await?;
     detail_reply(StatusCode::OK, &view, st.sessions.now())
 }
 
@@ -365,6 +377,12 @@ async fn output(id: String, p: Caller, st: AppState, q: HashMap<String, String>)
         items.iter().map(Output::from).collect(),
         next,
     ))
+}
+
+/// The session's output and timeline as an asciicast file, streamed (`api/recording.rs`).
+async fn recording(id: String, p: Caller, st: AppState) -> ApiResult {
+    let (start, reader) = st.sessions.recording(&p, session_id(&id)?).await?;
+    Ok(Success::Raw(super::recording::response(&start, reader)))
 }
 
 /// A chunk of terminal output as a runner reports it.

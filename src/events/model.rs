@@ -11,6 +11,7 @@ use crate::clock::Millis;
 use crate::sessions::model::{
     ApprovalAction, ApprovalScope, Decision, OutputChunk, Provider, SessionState,
 };
+use crate::spend::model::Overrun;
 
 /// Events about sessions and approvals (dashboard session/org streams, webhooks).
 pub const SESSION_EVENTS: &[&str] = &[
@@ -21,6 +22,7 @@ pub const SESSION_EVENTS: &[&str] = &[
     "session_started",
     "session_completed",
     "session_failed",
+    "budget_reached",
 ];
 
 /// Events about runners and the update pipeline (dashboard org streams, webhooks).
@@ -132,6 +134,19 @@ impl DomainEvent {
             _ => None,
         }
     }
+
+    /// For a session that ended on a runner: the runner, whether it completed, and its cost.
+    pub fn ended_with_cost(&self) -> Option<(Uuid, bool, f64)> {
+        match self {
+            Self::Session(SessionEventData::Ended {
+                runner_id: Some(r),
+                state,
+                cost_usd,
+                ..
+            }) => Some((*r, *state == SessionState::Completed, *cost_usd)),
+            _ => None,
+        }
+    }
 }
 
 /// What a session's timeline records.
@@ -153,7 +168,11 @@ pub enum SessionEventData {
         error: Option<String>,
         /// The runner it ended on: the update pipeline judges builds by it.
         runner_id: Option<Uuid>,
+        /// What it had spent by then (spend per build).
+        cost_usd: f64,
     },
+    /// A budget limit was reached and the session paused for it.
+    BudgetReached(Overrun),
     ApprovalRequested {
         approval_id: Uuid,
         action: ApprovalAction,
@@ -198,6 +217,7 @@ impl SessionEventData {
             Self::ApprovalResolved { .. } => "approval_resolved",
             Self::Assigned { .. } => "session_assigned",
             Self::Requeued { .. } => "session_requeued",
+            Self::BudgetReached(_) => "budget_reached",
         }
     }
 }

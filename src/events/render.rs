@@ -65,9 +65,16 @@ fn session_data(e: &SessionEventData) -> Value {
             end_reason,
             error,
             runner_id,
+            ..
         } => {
             json!({"state": state.as_str(), "endReason": end_reason, "error": error, "runnerId": runner_id})
         }
+        SessionEventData::BudgetReached(o) => json!({
+            "scope": o.scope.as_str(),
+            "metric": o.metric.as_str(),
+            "limit": o.limit,
+            "spent": o.spent,
+        }),
         SessionEventData::ApprovalRequested {
             approval_id,
             action,
@@ -294,6 +301,20 @@ fn headline(event: &BusEvent) -> String {
                 Some(why) => format!("Session {session} {}: {why}", state.as_str()),
                 None => format!("Session {session} {}", state.as_str()),
             }
+        }
+        DomainEvent::Session(SessionEventData::BudgetReached(o)) => {
+            let (limit, spent) = match o.metric {
+                crate::spend::model::BudgetMetric::CostUsd => {
+                    (format!("${:.2}", o.limit), format!("${:.2}", o.spent))
+                }
+                crate::spend::model::BudgetMetric::Tokens => {
+                    (format!("{} tokens", o.limit), format!("{} tokens", o.spent))
+                }
+            };
+            format!(
+                "Budget reached ({} limit {limit}, spent {spent}): session {session} paused",
+                o.scope.as_str()
+            )
         }
         DomainEvent::Runner { hostname, kind, .. } => {
             format!("Runner {hostname}: {}", kind.name().replace('_', " "))

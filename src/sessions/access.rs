@@ -98,9 +98,11 @@ pub(super) fn load(
 pub(super) fn view(r: &dyn ReadTxn, session: Session) -> DomainResult<SessionView> {
     let recent_events = r.recent_events(session.id, RECENT_EVENTS)?;
     let pending_approvals = r.pending_approvals(session.id)?;
+    let paused_for_budget = budget::paused_for_budget(r, &session)?;
     Ok(SessionView {
         session,
         recent_events,
         pending_approvals,
+        paused_for_budget,
     })
 }

@@ -77,19 +77,22 @@ impl SessionService {
         .await
     }
 
-    pub async fn resume(&self, p: &Principal, id: Uuid) -> DomainResult<SessionView> {
+    /// Resumes a paused session. Over a budget limit it is refused unless an admin `force`s it.
+    pub async fn resume(&self, p: &Principal, id: Uuid, force: bool) -> DomainResult<SessionView> {
+        let who = p.clone();
         self.update(
             p,
             id,
             Access::Manage,
             Some("session.resume"),
-            |w, s, now, rules| {
+            move |w, s, now, rules| {
                 if s.state != SessionState::PausedByHuman {
                     return Err(DomainError::invalid_state(format!(
                         "only a PAUSED_BY_HUMAN session can be resumed; this one is {}",
                         s.state.as_str()
                     )));
                 }
+                budget::before_resume(w, &who, s, force, now)?;
                 change_state(w, s, SessionState::Running, Cause::Human, now, rules)
             },
         )
@@ -144,7 +147,8 @@ impl SessionService {
             id,
             Access::Runner(assignment),
             None,
-            move |_, s, _, _| {
+            move |w, s, now, rules| {
+                let before = s.usage.clone();
                 if let Some(v) = u.tokens_in {
                     s.usage.tokens_in = v;
                 }
@@ -160,7 +164,7 @@ impl SessionService {
                 if let Some(v) = u.cost_usd {
                     s.usage.cost_usd = v;
                 }
-                Ok(())
+                budget::usage_reported(w, s, &before, now, rules)
             },
         )
         .await
@@ -240,10 +244,11 @@ pub(super) fn change_state(
             "Session started".into(),
             now,
         )?;
+        budget::count_start(w, s, now)?;
     }
     if let Some(runner) = s.runner_id {
         let command = match (cause, to) {
-            (Cause::Human, SessionState::PausedByHuman) => {
+            (Cause::Human | Cause::Budget, SessionState::PausedByHuman) => {
                 Some(RunnerCommand::PauseSession { session_id: s.id })
             }
             (Cause::Human, SessionState::Running) => {
@@ -270,7 +275,11 @@ pub(super) fn change_state(
             w.enqueue_command(runner, command, now)?;
         }
     }
+    if to == SessionState::Running {
+        budget::on_running(w, s, now, rules)?;
+    }
     if to.is_terminal() {
+        budget::on_end(w, s)?;
         s.completed_at = Some(now);
         if s.started_running_at.is_some() {
             w.clear_timer(timeout_timer(s))?;
@@ -297,6 +306,7 @@ pub(super) fn change_state(
                 end_reason: s.end_reason.clone(),
                 error: s.error.clone(),
                 runner_id: s.runner_id,
+                cost_usd: s.usage.cost_usd,
             },
             summary,
             now,

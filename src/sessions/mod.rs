@@ -4,15 +4,18 @@
 //!
 //! `mod.rs` holds the service and creation; `access.rs` who may do what, `lifecycle.rs` state
 //! changes and the timeline, `approvals.rs`, `output.rs` (events, terminal output and input),
-//! `timers.rs`, `assignment.rs` (runners taking sessions and giving them up), and `rules.rs`
-//! what a new session and reported data must meet.
+//! `recording.rs` (output and timeline merged in time order, page by page), `timers.rs`,
+//! `assignment.rs` (runners taking sessions and giving them up), and `rules.rs` what a new
+//! session and reported data must meet.
 
 mod access;
 mod approvals;
 mod assignment;
+mod budget;
 mod lifecycle;
 pub mod model;
 mod output;
+mod recording;
 pub mod rules;
 pub mod sweeper;
 mod timers;
@@ -43,6 +46,7 @@ use approvals::*;
 use assignment::*;
 pub use assignment::{ASSIGNMENT_CONFIRM_MS, Release, assign};
 use lifecycle::*;
+pub use recording::{RecordingItem, RecordingReader, RecordingStart};
 pub use rules::*;
 
 /// A session with what its detail view shows besides the record.
@@ -51,6 +55,15 @@ pub struct SessionView {
     pub session: Session,
     pub recent_events: Vec<SessionEvent>,
     pub pending_approvals: Vec<Approval>,
+    /// Paused because a budget limit was reached (`pauseReason: budget`).
+    pub paused_for_budget: bool,
+}
+
+/// A session in a list, with its pause reason.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListedSession {
+    pub session: Session,
+    pub paused_for_budget: bool,
 }
 
 /// A create request after its shape was checked.
@@ -168,6 +181,7 @@ impl SessionService {
         let audit_entry = audit::entry(p, "session.create", id, Some(&session.org_id), now);
         self.store
             .write(move |w| {
+                budget::check_org_can_start(w, &session.org_id, now)?;
                 let active = w.active_sessions_of(&session.org_id)?;
                 if active >= rules.max_sessions_per_org {
                     return Err(DomainError::LimitExceeded {
@@ -197,6 +211,7 @@ impl SessionService {
                     recent_events,
                     session,
                     pending_approvals: Vec::new(),
+                    paused_for_budget: false,
                 })
             })
             .await
@@ -234,7 +249,7 @@ impl SessionService {
         p: &Principal,
         filter: SessionFilter,
         page: PageRequest,
-    ) -> DomainResult<Page<Session>> {
+    ) -> DomainResult<Page<ListedSession>> {
         p.require_org_or_admin()?;
         let org_id = p.resolve_org(filter.org_id.as_deref(), "orgId")?;
         self.store
@@ -245,7 +260,14 @@ impl SessionService {
                     .filter(|s| filter.state.is_none_or(|st| s.state == st))
                     .filter(|s| filter.provider.is_none_or(|pr| s.provider == pr))
                     .collect();
-                Ok(page.slice(all))
+                // Only the page's paused sessions are looked up for their reason.
+                page.slice(all).try_map(|session| {
+                    let paused_for_budget = budget::paused_for_budget(r, &session)?;
+                    Ok(ListedSession {
+                        session,
+                        paused_for_budget,
+                    })
+                })
             })
             .await
     }

@@ -72,6 +72,8 @@ pub enum Cause {
     Approval,
     /// The server's timers (timeout) or runner loss.
     Server,
+    /// A budget limit was reached (the session is paused, never ended).
+    Budget,
 }
 
 /// Exactly these transitions (docs/api.md, the session lifecycle).
@@ -92,7 +94,7 @@ pub fn transition_allowed(from: SessionState, to: SessionState, cause: Cause) ->
         (Cause::Server, Running | WaitingForApproval | PausedByHuman, TimedOut) => true,
         (Cause::Approval, Running, WaitingForApproval) => true,
         (Cause::Approval, WaitingForApproval, Running) => true,
-        (Cause::Human, Running, PausedByHuman) => true,
+        (Cause::Human | Cause::Budget, Running, PausedByHuman) => true,
         (Cause::Human, PausedByHuman, Running) => true,
         (Cause::Human, from, Completed) => !from.is_terminal(),
         _ => false,

@@ -72,6 +72,11 @@ macro_rules! for_every_table {
         $copy!(APPROVAL_LINKS_BY_APPROVAL);
         $copy!(PENDING_APPROVALS);
         $copy!(APPROVAL_COUNTS);
+        $copy!(ORG_BUDGETS);
+        $copy!(USAGE_BY_DAY);
+        $copy!(USAGE_BY_MONTH);
+        $copy!(BUILD_OUTCOMES);
+        $copy!(BUDGET_HOLDS);
     };
 }
 

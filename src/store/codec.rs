@@ -15,6 +15,7 @@ use crate::pipeline::model::{
 use crate::policy::model::ApprovalPolicy;
 use crate::runners::model::{Liveness, OutboxEntry, RunnerRecord};
 use crate::sessions::model::{Approval, ApprovalLink, OutputChunk, Session, SessionEvent};
+use crate::spend::model::{Budget, BuildOutcomes, UsageTotals};
 use crate::webhooks::model::{Delivery, OrgNotifications, Webhook};
 
 /// A type stored as a value, with the version of its current encoding.
@@ -105,6 +106,19 @@ impl Record for OrgNotifications {
 }
 impl Record for ApprovalLink {
     const NAME: &'static str = "approval link";
+    const VERSION: u8 = 1;
+}
+
+impl Record for Budget {
+    const NAME: &'static str = "budget";
+    const VERSION: u8 = 1;
+}
+impl Record for UsageTotals {
+    const NAME: &'static str = "usage totals";
+    const VERSION: u8 = 1;
+}
+impl Record for BuildOutcomes {
+    const NAME: &'static str = "build outcomes";
     const VERSION: u8 = 1;
 }
 
@@ -230,6 +244,7 @@ mod tests {
         use crate::policy::model::ApprovalPolicy;
         use crate::runners::model::{OutboxEntry, RunnerCommand, RunnerRecord};
         use crate::sessions::model::{Approval, ApprovalLink, OutputChunk, Session, SessionEvent};
+        use crate::spend::model::{Budget, BuildOutcomes, UsageTotals};
         use crate::webhooks::model::{Delivery, OrgNotifications, Webhook};
 
         /// Decodes `bytes` as every record; each answer is a value or `Corrupt`.
@@ -257,7 +272,10 @@ mod tests {
                 Rollout,
                 ApprovalPolicy,
                 OrgNotifications,
-                ApprovalLink
+                ApprovalLink,
+                Budget,
+                UsageTotals,
+                BuildOutcomes
             );
         }
 

@@ -24,6 +24,7 @@ const MIGRATIONS: &[Migration] = &[
     m007_outbox_by_message,
     m008_policies_notifications_links,
     m009_pending_approvals,
+    m010_budgets_and_spend,
 ];
 
 pub const SCHEMA_VERSION: u64 = MIGRATIONS.len() as u64;
@@ -124,6 +125,35 @@ fn m009_pending_approvals(txn: &WriteTransaction) -> Result<(), StoreError> {
         let seen = counts.get(session)?.map_or(0, |c| c.value());
         if a.seq > seen {
             counts.insert(session, a.seq)?;
+        }
+    }
+    Ok(())
+}
+
+/// Budgets, spend per day and month, build outcomes and budget holds. The spend of the sessions
+/// already stored is counted in: each one's usage on the day it was last updated, and the session
+/// itself on the day it first ran. (Which builds they ended on was never recorded.)
+fn m010_budgets_and_spend(txn: &WriteTransaction) -> Result<(), StoreError> {
+    use crate::spend::model::{UsageDelta, day_of};
+    txn.open_table(ORG_BUDGETS)?;
+    txn.open_table(BUILD_OUTCOMES)?;
+    txn.open_table(BUDGET_HOLDS)?;
+    let sessions = txn.open_table(SESSIONS)?;
+    let mut days = txn.open_table(USAGE_BY_DAY)?;
+    let mut months = txn.open_table(USAGE_BY_MONTH)?;
+    for entry in sessions.iter()? {
+        let s: Session = codec::decode(entry?.1.value())?;
+        let provider = s.provider.as_str();
+        let spent = UsageDelta::between(&Default::default(), &s.usage);
+        if !spent.is_zero() {
+            let day = day_of(s.updated_at);
+            super::spend::add_to_day(&mut days, &s.org_id, day, provider, &spent)?;
+            super::spend::add_to_month(&mut months, &s.org_id, day, &spent)?;
+        }
+        if let Some(started) = s.started_running_at {
+            let (day, one) = (day_of(started), UsageDelta::one_session());
+            super::spend::add_to_day(&mut days, &s.org_id, day, provider, &one)?;
+            super::spend::add_to_month(&mut months, &s.org_id, day, &one)?;
         }
     }
     Ok(())
@@ -637,6 +667,18 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"))
             .map(|c| c.value());
         assert_eq!(count, Some(3), "the highest seq of the session's approvals");
+        // Version 10 counted the stored sessions' spend in.
+        let month = crate::spend::model::month_of(1_700_000_002_000);
+        let spent: crate::spend::model::UsageTotals = txn
+            .open_table(USAGE_BY_MONTH)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .get(("acme", month))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .map(|v| codec::decode(v.value()))
+            .transpose()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_default();
+        assert_eq!((spent.tokens_in, spent.cost_usd), (100, 0.0));
         drop((index, txn));
 
         let s: Session =

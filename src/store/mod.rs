@@ -1,7 +1,7 @@
 //! Storage: the only code that touches redb.
 //!
 //! The domain reaches storage through per-area traits (`SessionReads`/`SessionWrites`,
-//! `RunnerReads`/`RunnerWrites`, tokens, webhooks, audit, timers, pipeline), bundled as
+//! `RunnerReads`/`RunnerWrites`, tokens, webhooks, audit, timers, pipeline, policies, spend), bundled as
 //! `ReadTxn` (a consistent snapshot) and `WriteTxn` (a write job's transaction, plus `Effects`
 //! for what becomes visible after commit). The traits speak only of records (`*/model.rs`), so a
 //! second engine could implement them inside its own transaction without the domain changing.
@@ -20,6 +20,7 @@ mod pipeline;
 mod policies;
 mod runners;
 mod sessions;
+mod spend;
 mod timers;
 mod tokens;
 mod webhooks;
@@ -34,6 +35,7 @@ pub use pipeline::{PipelineReads, PipelineWrites};
 pub use policies::{PolicyReads, PolicyWrites};
 pub use runners::{RunnerReads, RunnerWrites};
 pub use sessions::{SessionCensus, SessionReads, SessionWrites};
+pub use spend::{SpendReads, SpendWrites};
 pub use timers::{TimerReads, TimerWrites};
 pub use tokens::{TokenReads, TokenWrites};
 pub use webhooks::{WebhookReads, WebhookWrites};
@@ -48,6 +50,7 @@ pub trait ReadTxn:
     + TimerReads
     + PipelineReads
     + PolicyReads
+    + SpendReads
 {
 }
 
@@ -62,6 +65,7 @@ pub trait WriteTxn:
     + TimerWrites
     + PipelineWrites
     + PolicyWrites
+    + SpendWrites
     + Effects
 {
 }

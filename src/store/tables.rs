@@ -113,3 +113,22 @@ pub const PENDING_APPROVALS: TableDefinition<(u128, u128), ()> =
     TableDefinition::new("pending_approvals-1");
 /// session id → how many approvals the session has asked (the last one's `seq`).
 pub const APPROVAL_COUNTS: TableDefinition<u128, u64> = TableDefinition::new("approval_counts-1");
+
+// ---- budgets and spend (schema version 10) -----------------------------------------------------
+
+/// org id → `Budget`. Orgs without one have no limits.
+pub const ORG_BUDGETS: TableDefinition<&str, &[u8]> = TableDefinition::new("org_budgets-1");
+/// (org id, UTC day, provider id) → `UsageTotals`: what the org's sessions of that provider
+/// spent that day. Kept when sessions are purged.
+pub const USAGE_BY_DAY: TableDefinition<(&str, u32, &str), &[u8]> =
+    TableDefinition::new("usage_by_day-1");
+/// (org id, UTC month) → `UsageTotals` of every provider: the monthly limit reads one row.
+pub const USAGE_BY_MONTH: TableDefinition<(&str, u32), &[u8]> =
+    TableDefinition::new("usage_by_month-1");
+/// (org id, UTC month, build id) → `BuildOutcomes` of the sessions that ended that month on
+/// runners of that build.
+pub const BUILD_OUTCOMES: TableDefinition<(&str, u32, &str), &[u8]> =
+    TableDefinition::new("build_outcomes-1");
+/// session id → `BudgetHold` as a byte: sessions paused for budget, or resumed over it by an
+/// admin. Absent for every other session.
+pub const BUDGET_HOLDS: TableDefinition<u128, u8> = TableDefinition::new("budget_holds-1");

@@ -93,6 +93,8 @@ type Ws =
 
 pub struct Channel {
     pub ws: Ws,
+    /// Frames `request_keeping_others` passed over, read first by the next receive.
+    kept: std::collections::VecDeque<Value>,
 }
 
 /// How a WebSocket upgrade attempt ended.
@@ -120,7 +122,10 @@ impl Channel {
     pub async fn try_open(client: &Client, path: &str) -> Upgrade {
         let req = upgrade_request(client, path);
         match tokio_tungstenite::connect_async(req).await {
-            Ok((ws, _)) => Upgrade::Open(Box::new(Channel { ws })),
+            Ok((ws, _)) => Upgrade::Open(Box::new(Channel {
+                ws,
+                kept: Default::default(),
+            })),
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 Upgrade::Refused(resp.status().as_u16())
             }
@@ -139,7 +144,10 @@ impl Channel {
             tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(stream))
                 .await
                 .unwrap();
-        Channel { ws }
+        Channel {
+            ws,
+            kept: Default::default(),
+        }
     }
 
     pub async fn open(client: &Client, path: &str) -> Channel {
@@ -155,6 +163,9 @@ impl Channel {
 
     /// The next JSON frame within `ms`, or None. Pings are answered by tungstenite.
     pub async fn recv_within(&mut self, ms: u64) -> Option<Value> {
+        if let Some(f) = self.kept.pop_front() {
+            return Some(f);
+        }
         let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -215,6 +226,30 @@ impl Channel {
                 return f;
             }
         }
+    }
+
+    /// `request`, keeping the other frames that arrive before the reply for the next receive
+    /// (a command the request caused may come first).
+    pub async fn request_keeping_others(&mut self, mut frame: Value) -> Value {
+        let id = village::clock::random_uuid().to_string();
+        frame["messageId"] = json!(id);
+        self.send(frame).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut others = std::collections::VecDeque::new();
+        let reply = loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let f = self
+                .recv_within(left.as_millis() as u64)
+                .await
+                .expect("no reply");
+            if f["messageId"] == json!(id) {
+                break f;
+            }
+            others.push_back(f);
+        };
+        others.append(&mut self.kept);
+        self.kept = others;
+        reply
     }
 
     pub async fn close(mut self) {

@@ -13,6 +13,7 @@
 //! keep insertion order. So sorting is not left to the map: stored JSON is sorted when it is
 //! read back (`stored_json`), and frames built as `Value`s are written with `text`.
 
+pub mod asciicast;
 pub mod audit;
 pub mod frames;
 pub mod paging;
@@ -20,6 +21,7 @@ pub mod pipeline;
 pub mod policies;
 pub mod runners;
 pub mod sessions;
+pub mod spend;
 pub mod tokens;
 pub mod webhooks;
 

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::stored_json;
 use crate::clock::Millis;
-use crate::sessions::model::{Approval, ApprovalScope, OutputChunk, Session};
+use crate::sessions::model::{Approval, ApprovalScope, OutputChunk, Session, SessionState};
 use crate::sessions::{SessionView, masked_env, timestamp};
 
 /// A session in a list.
@@ -17,8 +17,11 @@ use crate::sessions::{SessionView, masked_env, timestamp};
 pub struct SessionSummary<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     completed_at: Option<String>,
+    cost_usd: f64,
     duration_seconds: i64,
     org_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pause_reason: Option<&'static str>,
     provider_id: &'static str,
     repo_url: &'a str,
     session_id: Uuid,
@@ -29,11 +32,13 @@ pub struct SessionSummary<'a> {
 }
 
 impl<'a> SessionSummary<'a> {
-    pub fn new(s: &'a Session, now: Millis) -> Self {
+    pub fn new(s: &'a Session, paused_for_budget: bool, now: Millis) -> Self {
         Self {
             completed_at: s.completed_at.map(timestamp),
+            cost_usd: s.usage.cost_usd,
             duration_seconds: s.duration_seconds(now),
             org_id: &s.org_id,
+            pause_reason: pause_reason(s, paused_for_budget),
             provider_id: s.provider.as_str(),
             repo_url: &s.repo.url,
             session_id: s.id,
@@ -51,6 +56,7 @@ impl<'a> SessionSummary<'a> {
 pub struct SessionDetail<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     completed_at: Option<String>,
+    cost_usd: f64,
     duration_seconds: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     end_reason: Option<&'a str>,
@@ -58,6 +64,8 @@ pub struct SessionDetail<'a> {
     error: Option<&'a str>,
     options: DetailOptions<'a>,
     org_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pause_reason: Option<&'static str>,
     pending_approvals: Vec<ApprovalRequest<'a>>,
     provider_id: &'static str,
     recent_events: Vec<RecentEvent<'a>>,
@@ -142,6 +150,7 @@ impl<'a> SessionDetail<'a> {
         let s = &v.session;
         Self {
             completed_at: s.completed_at.map(timestamp),
+            cost_usd: s.usage.cost_usd,
             duration_seconds: s.duration_seconds(now),
             end_reason: s.end_reason.as_deref(),
             error: s.error.as_deref(),
@@ -152,6 +161,7 @@ impl<'a> SessionDetail<'a> {
                 timeout_minutes: s.timeout_ms as f64 / 60_000.0,
             },
             org_id: &s.org_id,
+            pause_reason: pause_reason(s, v.paused_for_budget),
             pending_approvals: v
                 .pending_approvals
                 .iter()
@@ -192,6 +202,15 @@ impl<'a> SessionDetail<'a> {
                 size_bytes: s.workspace_size_bytes,
             },
         }
+    }
+}
+
+/// Why a PAUSED_BY_HUMAN session is paused: a budget limit, or a person (absent otherwise).
+fn pause_reason(s: &Session, paused_for_budget: bool) -> Option<&'static str> {
+    match (s.state, paused_for_budget) {
+        (SessionState::PausedByHuman, true) => Some("budget"),
+        (SessionState::PausedByHuman, false) => Some("human"),
+        _ => None,
     }
 }
 
@@ -376,6 +395,7 @@ mod tests {
                 data_json: None,
             }],
             pending_approvals: Vec::new(),
+            paused_for_budget: false,
         }
     }
 
@@ -408,6 +428,7 @@ mod tests {
             "repoUrl": "https://example.com/a.git",
             "startedAt": "2023-11-14T22:13:20.000Z",
             "completedAt": "2023-11-14T22:14:21.500Z",
+            "costUsd": 0.37,
             "durationSeconds": 61,
             "taskSummary": "fix \"it\"",
             "repo": {"url": "https://example.com/a.git", "branch": "main", "commit": "abc"},
@@ -449,13 +470,15 @@ mod tests {
         let mut v = view(Uuid::from_u128(1), Uuid::from_u128(2));
         v.pending_approvals = vec![approval(None, Some(r#"{"b":1,"a":[true]}"#))];
         sorted_keys(&SessionDetail::new(&v, 0));
-        sorted_keys(&SessionSummary::new(&v.session, 0));
+        sorted_keys(&SessionSummary::new(&v.session, false, 0));
         v.session.completed_at = None;
         v.session.task = None;
         v.session.runner_id = None;
         v.session.workspace_size_bytes = None;
+        v.session.state = SessionState::PausedByHuman;
+        v.paused_for_budget = true;
         sorted_keys(&SessionDetail::new(&v, 0));
-        sorted_keys(&SessionSummary::new(&v.session, 0));
+        sorted_keys(&SessionSummary::new(&v.session, true, 0));
 
         let resolved = approval(
             Some(Resolution {
