@@ -660,6 +660,7 @@ async fn every_view_renders_at_desktop_and_phone_widths() {
         ("/sessions/new", "sessions", "new-session"),
         (&*format!("/sessions/{busy}"), "sessions", "session-detail"),
         ("/runners", "runners", "runners"),
+        ("/spend", "spend", "spend"),
         ("/pipeline", "pipeline", "pipeline"),
         ("/admin/tokens", "admin", "admin-tokens"),
         ("/admin/webhooks", "admin", "admin-webhooks"),

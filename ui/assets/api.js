@@ -83,9 +83,38 @@ export async function request(method, path, body, { token, anonymous = false } =
   return Promise.reject(err);
 }
 
+/**
+ * A response that is not enveloped (a session's recording): its body as text when it succeeds.
+ * A failure is answered in the envelope and becomes an ApiError, as with `request`.
+ */
+export async function requestText(path, { token } = {}) {
+  const headers = {};
+  const bearer = token ?? storedToken();
+  if (bearer) headers.Authorization = `Bearer ${bearer}`;
+  let response;
+  try {
+    response = await fetch(`/api/v1${path}`, { headers, cache: 'no-store' });
+  } catch {
+    throw new ApiError(0, 'NETWORK', 'The Village server cannot be reached. Check that it is running and your connection.');
+  }
+  if (response.ok) return response.text();
+  let e = null;
+  try {
+    e = (await response.json())?.error;
+  } catch {
+    e = null;
+  }
+  const err = e
+    ? new ApiError(response.status, e.code, e.message, e.details?.issues || [], e.details || null)
+    : new ApiError(response.status, 'HTTP_' + response.status, `The server answered ${response.status} ${response.statusText || ''}`.trim());
+  if (response.status === 401 && token === undefined) for (const fn of listeners) fn(err);
+  throw err;
+}
+
 export const api = {
   get: (path, params) => request('GET', path + query(params)),
   post: (path, body) => request('POST', path, body),
   put: (path, body) => request('PUT', path, body),
   del: (path, params) => request('DELETE', path + query(params)),
+  text: (path, params) => requestText(path + query(params)),
 };

@@ -11,8 +11,10 @@ import * as runners from './views/runners.js';
 import * as pipeline from './views/pipeline.js';
 import * as admin from './views/admin.js';
 import * as policy from './views/policy.js';
+import * as spend from './views/spend.js';
 import { dashboardRefusal, signIn } from './views/signin.js';
 import { approvalAnswered, notifyApproval } from './notify.js';
+import { reachedText } from './views/budget.js';
 
 const ORG_KEY = 'village.org';
 const RECENT_ORGS_KEY = 'village.recentOrgs';
@@ -24,6 +26,7 @@ const ROUTES = [
   { pattern: /^\/sessions\/([0-9a-fA-F-]{36})$/, nav: 'sessions', title: 'Session', load: () => import('./views/session.js') },
   { pattern: /^\/sessions$/, nav: 'sessions', title: 'Sessions', load: () => sessions },
   { pattern: /^\/runners$/, nav: 'runners', title: 'Runners', load: () => runners },
+  { pattern: /^\/spend$/, nav: 'spend', title: 'Spend', load: () => spend },
   { pattern: /^\/policy$/, nav: 'policy', title: 'Approval policy', load: () => policy },
   { pattern: /^\/pipeline$/, nav: 'pipeline', title: 'Pipeline', load: () => pipeline },
   { pattern: /^\/admin(?:\/(tokens|webhooks|audit))?$/, nav: 'admin', title: 'Admin', load: () => admin, adminOnly: true },
@@ -33,6 +36,7 @@ const NAV = [
   { id: 'overview', href: '/', label: 'Overview' },
   { id: 'sessions', href: '/sessions', label: 'Sessions' },
   { id: 'runners', href: '/runners', label: 'Runners' },
+  { id: 'spend', href: '/spend', label: 'Spend' },
   { id: 'policy', href: '/policy', label: 'Policy' },
   { id: 'pipeline', href: '/pipeline', label: 'Pipeline' },
   { id: 'admin', href: '/admin', label: 'Admin', adminOnly: true },
@@ -253,6 +257,7 @@ function start(token, who) {
   stream.onFrameOf((f) => {
     if (f.type === 'approval_required') notifyApproval(f, () => navigate('/'));
     else if (f.type === 'event' && f.event === 'approval_resolved') approvalAnswered(f.data?.approvalId);
+    else if (f.type === 'event' && f.event === 'budget_reached') toast(reachedText(f.data), 'bad');
   });
   stream.setOrg(org);
   stream.start();

@@ -1,9 +1,10 @@
-// Overview: what needs a human now (pending approvals first, answerable here; failed sessions;
-// offline runners), then the state of sessions, fleet and rollouts. Everything follows the
+// Overview: what needs a human now (pending approvals first, answerable here; sessions paused
+// by their budget, raised and resumed here by admins; failed sessions; offline runners), then the state of sessions, fleet and rollouts. Everything follows the
 // stream: approvals appear from their `approval_required` frame, the rest reloads on events.
-import { age, badge, debounce, empty, errorBox, fill, patch, h, humanize, loading, meter, number, toast } from '../dom.js';
+import { age, badge, debounce, empty, errorBox, fill, patch, h, humanize, loading, meter, number, toast, usd } from '../dom.js';
 import { ACTIVE_ROLLOUT_STATES, SESSION_STATES, approvalList, rolloutProgress, sessionLink } from './parts.js';
 import { askPermission, notificationState } from '../notify.js';
+import { budgetPath, limitText, raiseAndResume, stoppedBy, tokensOf, usagePath } from './budget.js';
 
 export async function mount(main, ctx) {
   const { api, org } = ctx;
@@ -21,6 +22,7 @@ export async function mount(main, ctx) {
       if (state === 'denied') toast('Notifications are blocked for this site; the browser\'s site settings can allow them.', 'bad');
     },
   }, 'Enable notifications');
+  const budgetBox = h('div', { id: 'budget-paused' }, loading());
   const failedBox = h('div', null, loading());
   const offlineBox = h('div', null, loading());
   const statesBox = h('div', null, loading());
@@ -39,7 +41,8 @@ export async function mount(main, ctx) {
         approvalsBody),
       h('section', { class: 'card', 'aria-labelledby': 'attention-title' },
         h('div', { class: 'card-head' }, h('h2', { id: 'attention-title' }, 'Needs attention')),
-        h('h3', null, 'Failed sessions'), failedBox,
+        h('h3', null, 'Paused for budget'), budgetBox,
+        h('h3', { class: 'section-gap' }, 'Failed sessions'), failedBox,
         h('h3', { class: 'section-gap' }, 'Offline runners'), offlineBox)),
     h('div', { class: 'grid overview-stats section' },
       h('section', { class: 'card', 'aria-labelledby': 'states-title' },
@@ -95,6 +98,53 @@ export async function mount(main, ctx) {
       showApprovals();
     } catch (e) {
       fill(approvalsBody, errorBox(e, 'Approvals could not be loaded'));
+    }
+  }
+
+  // ---- sessions paused by their budget --------------------------------------------------------
+  async function loadBudgetPaused() {
+    if (!org) return fill(budgetBox, h('p', { class: 'muted small' }, 'Choose an org.'));
+    try {
+      const paused = await api.get('/sessions', { orgId: org, state: 'PAUSED_BY_HUMAN', pageSize: 100 });
+      const items = paused.items.filter((s) => s.pauseReason === 'budget');
+      if (!items.length) {
+        patch(budgetBox, h('p', { class: 'muted small' }, 'No session is paused for budget.'));
+        return;
+      }
+      // Which limit stopped each one: its usage against the budget (and the month's spend).
+      const [details, budget] = await Promise.all([
+        Promise.all(items.map((s) => api.get(`/sessions/${s.sessionId}`).catch(() => null))),
+        api.get(budgetPath(org)).catch(() => null),
+      ]);
+      const month = typeof budget?.monthlyUsd === 'number' ? await api.get(usagePath(org)).catch(() => null) : null;
+      patch(budgetBox, h('ul', { class: 'issue-list budget-list' }, items.map((s, i) => {
+        const detail = details[i] || s;
+        const stop = budget ? stoppedBy(detail, budget, month?.costUsd) : null;
+        const spent = detail.usage?.costUsd ?? s.costUsd ?? 0;
+        return h('li', { 'data-session-id': s.sessionId },
+          h('span', null, sessionLink(s.sessionId), ' ', h('span', { class: 'muted small' }, s.taskSummary || s.repoUrl)),
+          h('span', { class: 'row' },
+            h('span', { class: 'small', 'data-spent': spent },
+              `spent ${usd(spent)}`,
+              stop?.key === 'sessionTokens' ? ` · ${number(tokensOf(detail.usage))} tokens` : '',
+              stop ? h('span', { class: 'muted' }, ` · ${stop.key === 'monthlyUsd' ? 'monthly budget' : 'session cap'} ${limitText(stop.key, stop.limit)}`) : null),
+            ctx.isAdmin
+              ? h('button', {
+                class: 'btn small primary', type: 'button', 'data-action': 'raise-resume', 'aria-haspopup': 'dialog',
+                title: stop ? 'Raise the limit that stopped this session, then resume it' : 'No limit holds it back any more: resume it',
+                onclick: async (e) => {
+                  const button = e.currentTarget;
+                  button.disabled = true;
+                  const resumed = await raiseAndResume(s.sessionId, org);
+                  button.disabled = false;
+                  if (resumed) loadBudgetPaused();
+                },
+              }, stop ? 'Raise and resume…' : 'Resume')
+              : null));
+      })),
+      ctx.isAdmin ? null : h('p', { class: 'small muted' }, 'An admin can raise the budget and resume them.'));
+    } catch (e) {
+      fill(budgetBox, errorBox(e));
     }
   }
 
@@ -173,7 +223,7 @@ export async function mount(main, ctx) {
     }
   }
 
-  const reloadSessions = debounce(() => { loadFailed(); loadFleet(); }, 250);
+  const reloadSessions = debounce(() => { loadFailed(); loadFleet(); loadBudgetPaused(); }, 250);
   const reloadApprovals = debounce(loadApprovals, 250);
   const reloadFleet = debounce(() => { loadFleet(); loadOffline(); }, 250);
   const reloadRollouts = debounce(loadRollouts, 250);
@@ -193,11 +243,11 @@ export async function mount(main, ctx) {
       reloadFleet();
     } else if (f.type === 'event' && /^rollout_/.test(f.event)) {
       reloadRollouts();
-    } else if (f.type === 'event' && f.event === 'session_created') {
+    } else if (f.type === 'event' && (f.event === 'session_created' || f.event === 'budget_reached')) {
       reloadSessions();
     }
   });
-  ctx.onResync(() => { loadApprovals(); loadFailed(); loadOffline(); loadFleet(); loadRollouts(); });
+  ctx.onResync(() => { loadApprovals(); loadBudgetPaused(); loadFailed(); loadOffline(); loadFleet(); loadRollouts(); });
 
-  await Promise.all([loadApprovals(), loadFailed(), loadOffline(), loadFleet(), loadRollouts()]);
+  await Promise.all([loadApprovals(), loadBudgetPaused(), loadFailed(), loadOffline(), loadFleet(), loadRollouts()]);
 }

@@ -20,6 +20,16 @@ export function providerLabel(id) {
   return PROVIDERS.find((p) => p.id === id)?.label || id;
 }
 
+/** A session's state as a badge; a session paused by its budget says so ("Paused: budget"). */
+export function sessionStateBadge(s) {
+  if (s?.state === 'PAUSED_BY_HUMAN' && s.pauseReason === 'budget') {
+    const el = badge(s.state, 'Paused: budget');
+    el.dataset.pauseReason = 'budget';
+    return el;
+  }
+  return badge(s?.state);
+}
+
 export function sessionLink(id, text) {
   return h('a', { href: `/sessions/${id}`, class: 'mono', title: id }, text || shortId(id));
 }

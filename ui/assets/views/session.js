@@ -1,10 +1,14 @@
 // One session: its live terminal (xterm.js; scrollback replayed from the stream, typing sent
-// to the runner), state and controls, approvals, the event timeline and usage.
+// to the runner), its recording's player (player.js), state and controls, approvals, the event
+// timeline and usage.
 import { Terminal } from '../../vendor/xterm/xterm.mjs';
 import { FitAddon } from '../../vendor/addon-fit/addon-fit.mjs';
 import { age, badge, confirmDialog, dateTime, debounce, duration, empty, errorBox, fill, h, patch, loading, number, time, toast, usd } from '../dom.js';
 import { TERMINAL_STATES, actionLabel, approvalList, providerLabel } from './parts.js';
 import { resolverLabel } from './rules.js';
+import { recordingCard } from './player.js';
+import { sessionStateBadge } from './parts.js';
+import { raiseAndResume } from './budget.js';
 
 export async function mount(main, ctx) {
   const { api, stream } = ctx;
@@ -44,6 +48,7 @@ export async function mount(main, ctx) {
         h('section', { class: 'card terminal-card', 'aria-labelledby': 'terminal-title' },
           h('div', { class: 'card-head' }, h('h2', { id: 'terminal-title' }, 'Terminal'), h('span', { class: 'spacer' }), termHint),
           termBox),
+        recordingCard(ctx, id),
         h('section', { class: 'card', 'aria-labelledby': 'timeline-title' },
           h('div', { class: 'card-head' }, h('h2', { id: 'timeline-title' }, 'Timeline')),
           timelineBody)),
@@ -123,12 +128,12 @@ export async function mount(main, ctx) {
   }
 
   function render() {
-    patch(stateBadge, badge(session.state));
+    patch(stateBadge, sessionStateBadge(session));
     stateBadge.dataset.state = session.state;
     const ended = TERMINAL_STATES.has(session.state);
     patch(controls,
       session.state === 'RUNNING' ? act('Pause', 'pause') : null,
-      session.state === 'PAUSED_BY_HUMAN' ? act('Resume', 'resume') : null,
+      session.state === 'PAUSED_BY_HUMAN' ? (session.pauseReason === 'budget' ? budgetPaused() : act('Resume', 'resume')) : null,
       !ended ? act('Stop', 'stop', undefined, 'The agent is told to stop and the session ends as completed. This cannot be undone.') : null);
     termHint.textContent = ended ? 'Session ended: read only' : session.state === 'RUNNING' || session.state === 'WAITING_FOR_APPROVAL' || session.state === 'PAUSED_BY_HUMAN'
       ? 'Click the terminal and type: keys go to the runner'
@@ -157,6 +162,24 @@ export async function mount(main, ctx) {
       session.options?.requiredFeatures?.length ? kv('Features', session.options.requiredFeatures.join(', ')) : null,
       session.workspace?.path ? kv('Workspace', h('span', { class: 'mono' }, session.workspace.path)) : null,
       session.task ? kv('Task', h('span', { class: 'task' }, session.task)) : null));
+  }
+
+  /** Paused by its budget: what it spent; an admin raises the limit and resumes it. */
+  function budgetPaused() {
+    return [
+      h('span', { class: 'small muted', id: 'pause-reason' }, `Paused: budget · spent ${usd(session.usage?.costUsd ?? 0)}`),
+      ctx.isAdmin
+        ? h('button', {
+          class: 'btn primary', type: 'button', id: 'session-raise-resume', 'aria-haspopup': 'dialog',
+          onclick: async (e) => {
+            const button = e.currentTarget;
+            button.disabled = true;
+            if (await raiseAndResume(id, session.orgId)) reloadAll();
+            button.disabled = false;
+          },
+        }, 'Raise and resume…')
+        : act('Resume', 'resume'),
+    ];
   }
 
   // ---- approvals -----------------------------------------------------------------------------

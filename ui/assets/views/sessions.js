@@ -1,7 +1,8 @@
 // Sessions of the chosen org: filters by state and provider (kept in the URL), pages, and
-// live updates (a state change or a new session reloads the page shown).
-import { age, badge, debounce, duration, empty, errorBox, fill, patch, h, humanize, loading, pager, table } from '../dom.js';
-import { PROVIDERS, SESSION_STATES, providerLabel, sessionLink } from './parts.js';
+// live updates (a state change or a new session reloads the page shown). Each shows what it cost
+// so far, and a session paused by its budget says so.
+import { age, debounce, duration, empty, errorBox, fill, patch, h, humanize, loading, pager, table, usd } from '../dom.js';
+import { PROVIDERS, SESSION_STATES, providerLabel, sessionLink, sessionStateBadge } from './parts.js';
 
 const PAGE_SIZE = 20;
 
@@ -63,7 +64,7 @@ export async function mount(main, ctx) {
   const reload = debounce(load, 250);
   ctx.cleanup(reload.cancel);
   ctx.onFrame((f) => {
-    if (f.type === 'session' || (f.type === 'event' && (f.event === 'session_created' || f.event === 'session_started'))) reload();
+    if (f.type === 'session' || (f.type === 'event' && (f.event === 'session_created' || f.event === 'session_started' || f.event === 'budget_reached'))) reload();
   });
   ctx.onResync(load);
   await load();
@@ -72,12 +73,13 @@ export async function mount(main, ctx) {
 function tableOf(items) {
   const columns = [
     { label: 'Session', cell: (s) => sessionLink(s.sessionId) },
-    { label: 'State', cell: (s) => badge(s.state) },
+    { label: 'State', cell: (s) => sessionStateBadge(s) },
     { label: 'Provider', cell: (s) => providerLabel(s.providerId) },
     { label: 'Repository', cell: (s) => h('span', { class: 'ellipsis mono', title: s.repoUrl }, s.repoUrl) },
     { label: 'Task', cell: (s) => h('span', { class: 'ellipsis', title: s.taskSummary || '' }, s.taskSummary || '—') },
     { label: 'Started', cell: (s) => age(s.startedAt) },
     { label: 'Duration', class: 'num', cell: (s) => duration(s.durationSeconds || 0) },
+    { label: 'Cost', class: 'num', cell: (s) => h('span', { class: 'nowrap', 'data-cost-usd': s.costUsd ?? 0 }, usd(s.costUsd ?? 0)) },
   ];
   return table(columns, items, { caption: 'Sessions', rowAttrs: (s) => ({ 'data-session-id': s.sessionId, 'data-state': s.state }) });
 }
