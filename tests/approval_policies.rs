@@ -5,7 +5,7 @@
 mod common;
 
 use common::receiver::Receiver;
-use common::runner::{Channel, register};
+use common::runner::{Channel, running_on_channel};
 use common::{Client, TestServer, eventually};
 use serde_json::{Value, json};
 
@@ -13,20 +13,7 @@ const LOCAL_RECEIVERS: &str = "[webhooks]\nallowPrivateTargets = true\n";
 
 /// A session of org `acme` RUNNING on a simulated runner on the channel.
 async fn running(admin: &Client, org: &Client) -> (Channel, String, String) {
-    let (r, _) = register(admin, "worker", &["claude_code"], None, &[]).await;
-    let mut ch = r.connect().await;
-    let id = org.create_session("acme").await["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let f = ch.expect("assign_session").await;
-    ch.ack(&f).await;
-    let assignment = f["assignmentId"].as_str().unwrap().to_string();
-    let r = ch
-        .request(json!({"type": "session_state", "sessionId": id, "assignmentId": assignment, "state": "RUNNING"}))
-        .await;
-    assert_eq!(r["type"], "ack", "{r}");
-    (ch, id, assignment)
+    running_on_channel(admin, org, "worker").await
 }
 
 async fn ask(ch: &mut Channel, id: &str, assignment: &str, action: &str, context: Value) -> Value {

@@ -6,27 +6,9 @@
 mod common;
 
 use chrono::{Datelike, TimeZone, Utc};
-use common::runner::{Channel, register};
+use common::runner::{Channel, register, running_on_channel};
 use common::{BinaryServer, Client, TestServer, eventually, tmp_dir};
 use serde_json::{Value, json};
-
-/// A session of `org` RUNNING on a simulated runner on the channel.
-async fn running(admin: &Client, org: &Client, hostname: &str) -> (Channel, String, String) {
-    let (r, _) = register(admin, hostname, &["claude_code"], None, &[]).await;
-    let mut ch = r.connect().await;
-    let id = org.create_session("acme").await["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let f = ch.expect("assign_session").await;
-    ch.ack(&f).await;
-    let assignment = f["assignmentId"].as_str().unwrap().to_string();
-    let r = ch
-        .request(json!({"type": "session_state", "sessionId": id, "assignmentId": assignment, "state": "RUNNING"}))
-        .await;
-    assert_eq!(r["type"], "ack", "{r}");
-    (ch, id, assignment)
-}
 
 async fn report(ch: &mut Channel, id: &str, assignment: &str, usage: Value) {
     let mut frame = json!({"type": "usage", "sessionId": id, "assignmentId": assignment});
@@ -64,7 +46,7 @@ async fn a_session_reaching_its_cost_limit_is_paused_once_and_resumes_when_raise
     let admin = s.admin();
     let org = admin.with_token(&admin.create_token("org", Some("acme")).await);
     put_budget(&admin, "acme", json!({"sessionUsd": 1.0})).await;
-    let (mut ch, id, a) = running(&admin, &org, "worker").await;
+    let (mut ch, id, a) = running_on_channel(&admin, &org, "worker").await;
 
     report(&mut ch, &id, &a, json!({"costUsd": 0.4, "tokensIn": 10})).await;
     report(&mut ch, &id, &a, json!({"costUsd": 0.99})).await;
@@ -134,7 +116,7 @@ async fn a_session_reaching_its_token_limit_is_paused_and_an_admin_may_force_it_
     let admin = s.admin();
     let org = admin.with_token(&admin.create_token("org", Some("acme")).await);
     put_budget(&admin, "acme", json!({"sessionTokens": 1000})).await;
-    let (mut ch, id, a) = running(&admin, &org, "worker").await;
+    let (mut ch, id, a) = running_on_channel(&admin, &org, "worker").await;
 
     report(&mut ch, &id, &a, json!({"tokensIn": 600, "tokensOut": 399})).await;
     assert_eq!(org.session(&id).await["state"], "RUNNING");
@@ -168,8 +150,8 @@ async fn the_monthly_limit_refuses_new_sessions_and_pauses_every_running_one() {
     let org = admin.with_token(&admin.create_token("org", Some("acme")).await);
     let other = admin.with_token(&admin.create_token("org", Some("globex")).await);
     put_budget(&admin, "acme", json!({"monthlyUsd": 10})).await;
-    let (mut ch1, id1, a1) = running(&admin, &org, "w1").await;
-    let (mut ch2, id2, a2) = running(&admin, &org, "w2").await;
+    let (mut ch1, id1, a1) = running_on_channel(&admin, &org, "w1").await;
+    let (mut ch2, id2, a2) = running_on_channel(&admin, &org, "w2").await;
 
     report(&mut ch1, &id1, &a1, json!({"costUsd": 6})).await;
     report(&mut ch2, &id2, &a2, json!({"costUsd": 3.5})).await;
@@ -499,13 +481,7 @@ async fn budget_reached_reaches_the_stream_webhooks_and_notifications_and_builds
             .as_str()
             .unwrap()
             .to_string();
-        let f = ch.expect("assign_session").await;
-        ch.ack(&f).await;
-        let a = f["assignmentId"].as_str().unwrap().to_string();
-        let r = ch
-            .request_keeping_others(json!({"type": "session_state", "sessionId": id, "assignmentId": a, "state": "RUNNING"}))
-            .await;
-        assert_eq!(r["type"], "ack", "{r}");
+        let a = ch.start_next_assignment(&id).await;
         sessions.push((id, a));
     }
     put_budget(&admin, "acme", json!({"sessionUsd": 2})).await;

@@ -7,6 +7,8 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "common/dashboard_env.rs"]
+mod dashboard_env;
 #[path = "common/webdriver.rs"]
 mod webdriver;
 
@@ -14,97 +16,9 @@ use std::time::{Duration, Instant};
 
 use common::live_runner::{LiveRunner, running_session, wait_state};
 use common::{BinaryServer, Client, eventually};
+use dashboard_env::{Env, ORG, PHONE, WIDE, no_sideways_scrolling, resize, take_turn};
 use serde_json::{Value, json};
 use webdriver::Browser;
-
-const WIDE: (u32, u32) = (1280, 900);
-const PHONE: (u32, u32) = (390, 844);
-const ORG: &str = "acme";
-
-/// Tests take turns with the browser (an async lock: it is held across awaits).
-static ONE_BROWSER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A server, an admin client and a browser, for one test.
-struct Env {
-    server: BinaryServer,
-    data: tempfile::TempDir,
-    base: String,
-    admin: Client,
-    browser: Browser,
-    /// API answers this test provokes on purpose (see `assert_no_console_errors`).
-    expected_errors: Vec<(&'static str, u16)>,
-    _turn: tokio::sync::MutexGuard<'static, ()>,
-}
-
-impl Env {
-    async fn start() -> Env {
-        let turn = ONE_BROWSER_AT_A_TIME.lock().await;
-        let data = tempfile::tempdir().unwrap();
-        let server = BinaryServer::spawn(data.path(), SERVER_ENV);
-        Self::with(server, data, turn).await
-    }
-
-    async fn with(
-        server: BinaryServer,
-        data: tempfile::TempDir,
-        turn: tokio::sync::MutexGuard<'static, ()>,
-    ) -> Env {
-        let admin = server.admin();
-        let base = format!("http://{}", server.addr);
-        let browser = Browser::start(WIDE.0, WIDE.1).await;
-        // Until the update pipeline is on the server, the dashboard's pipeline calls are 404s.
-        let mut expected_errors = Vec::new();
-        if admin.get("/api/v1/rollouts").await.status == 404 {
-            expected_errors.push(("/api/v1/rollouts", 404));
-        }
-        Env {
-            server,
-            data,
-            base,
-            admin,
-            browser,
-            expected_errors,
-            _turn: turn,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// Signs in through the form and picks `org` (admins choose one; org tokens have theirs).
-    async fn sign_in(&self, token: &str, org: Option<&str>) {
-        let b = &self.browser;
-        b.goto(&self.url("/")).await;
-        b.fill("#token", token).await;
-        b.click("#sign-in").await;
-        b.wait_ready("overview").await;
-        if let Some(org) = org {
-            b.fill("#org-input", org).await;
-            b.click(".org-picker button[type=submit]").await;
-            b.wait_ready("overview").await;
-            b.wait_for_text(".page-head", org, 5).await;
-        }
-    }
-
-    /// Opens an app page the way a user does: through the app's router (no page reload).
-    async fn open(&self, path: &str, view: &str) {
-        self.browser
-            .exec(
-                "history.pushState(null, '', arguments[0]); dispatchEvent(new PopStateEvent('popstate'));",
-                json!([path]),
-            )
-            .await;
-        self.browser.wait_ready(view).await;
-    }
-
-    async fn finish(mut self) {
-        let expected = self.expected_errors.clone();
-        self.browser.assert_no_console_errors(&expected).await;
-        self.browser.quit().await;
-        self.server.terminate();
-    }
-}
 
 /// Pings every second, so a revoked token's socket closes within a second or two.
 const SERVER_ENV: &[(&str, &str)] = &[
@@ -117,8 +31,8 @@ const SERVER_ENV: &[(&str, &str)] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_in_wrong_token_sign_out_and_a_revoked_token() {
-    let mut env = Env::start().await;
-    env.expected_errors.push(("/api/v1/me", 401));
+    let mut env = Env::start(SERVER_ENV).await;
+    env.expect_error("/api/v1/me", 401);
     let b = &env.browser;
     b.goto(&env.url("/")).await;
     b.wait_for("#token", 10).await;
@@ -135,7 +49,7 @@ async fn sign_in_wrong_token_sign_out_and_a_revoked_token() {
     );
 
     // The admin token signs in; it is kept in the browser and survives a reload.
-    env.sign_in(&env.server.admin_token, Some(ORG)).await;
+    env.sign_in_admin(ORG).await;
     let b = &env.browser;
     assert_eq!(
         b.exec("return localStorage.getItem('village.token')", json!([]))
@@ -183,10 +97,10 @@ async fn sign_in_wrong_token_sign_out_and_a_revoked_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approval_appears_on_the_overview_within_a_second_and_is_allowed_there() {
-    let env = Env::start().await;
+    let env = Env::start(SERVER_ENV).await;
     let mut runner = LiveRunner::start(&env.admin, "build-01").await;
     let session = running_session(&env.admin, ORG, "upgrade the payment SDK").await;
-    env.sign_in(&env.server.admin_token, Some(ORG)).await;
+    env.sign_in_admin(ORG).await;
     let b = &env.browser;
     b.wait_for_text("#approvals-title", "Pending approvals", 5)
         .await;
@@ -238,7 +152,7 @@ async fn an_approval_appears_on_the_overview_within_a_second_and_is_allowed_ther
 /// list says so, and the session's cost is shown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_permission_request_shows_its_tool_and_is_allowed_for_the_session() {
-    let env = Env::start().await;
+    let env = Env::start(SERVER_ENV).await;
     let mut runner = LiveRunner::start(&env.admin, "build-01").await;
     let session = running_session(&env.admin, ORG, "make the tests pass").await;
     let usage = env
@@ -249,7 +163,7 @@ async fn an_agent_permission_request_shows_its_tool_and_is_allowed_for_the_sessi
         )
         .await;
     assert_eq!(usage.status, 200, "{}", usage.text);
-    env.sign_in(&env.server.admin_token, Some(ORG)).await;
+    env.sign_in_admin(ORG).await;
     env.open(&format!("/sessions/{session}"), "sessions").await;
     let b = &env.browser;
     b.wait_for_text("#usage-cost", "$1.25", 5).await;
@@ -312,7 +226,7 @@ async fn terminal_shows(b: &Browser, needle: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_terminal_replays_streams_reconnects_and_sends_typing_to_the_runner() {
-    let turn = ONE_BROWSER_AT_A_TIME.lock().await;
+    let turn = take_turn().await;
     let data = tempfile::tempdir().unwrap();
     // A fixed port, so the server can restart under the open page.
     let listen = format!(
@@ -324,7 +238,7 @@ async fn the_terminal_replays_streams_reconnects_and_sends_typing_to_the_runner(
             .port()
     );
     let server = BinaryServer::spawn_at(data.path(), &listen, SERVER_ENV);
-    let mut env = Env::with(server, data, turn).await;
+    let mut env = Env::with(server, None, turn).await;
     let mut runner = LiveRunner::start(&env.admin, "build-01").await;
     let session = running_session(&env.admin, ORG, "fix the flaky test").await;
     runner.write(
@@ -332,7 +246,7 @@ async fn the_terminal_replays_streams_reconnects_and_sends_typing_to_the_runner(
         "\u{1b}[32m$ cargo test\u{1b}[0m\nbuilding village v0.1.0\n",
     );
 
-    env.sign_in(&env.server.admin_token, Some(ORG)).await;
+    env.sign_in_admin(ORG).await;
     env.open(&format!("/sessions/{session}"), "sessions").await;
     let b = &env.browser;
     b.wait_for_text("#session-state", "Running", 5).await;
@@ -376,7 +290,7 @@ async fn the_terminal_replays_streams_reconnects_and_sends_typing_to_the_runner(
         10,
     )
     .await;
-    env.server = BinaryServer::spawn_at(env.data.path(), &listen, SERVER_ENV);
+    env.server = BinaryServer::spawn_at(data.path(), &listen, SERVER_ENV);
     env.admin = env.server.admin();
     b.wait_for_text("#connection", "Live", 20).await;
     let r = env
@@ -427,9 +341,9 @@ async fn the_terminal_replays_streams_reconnects_and_sends_typing_to_the_runner(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_is_created_from_the_form_and_a_bad_one_shows_the_api_errors() {
-    let mut env = Env::start().await;
-    env.expected_errors.push(("/api/v1/sessions", 400));
-    env.sign_in(&env.server.admin_token, Some(ORG)).await;
+    let mut env = Env::start(SERVER_ENV).await;
+    env.expect_error("/api/v1/sessions", 400);
+    env.sign_in_admin(ORG).await;
     env.open("/sessions", "sessions").await;
     let b = &env.browser;
     b.wait_for_text("main", "No sessions yet", 5).await;
@@ -477,11 +391,11 @@ async fn a_session_is_created_from_the_form_and_a_bad_one_shows_the_api_errors()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runner_is_drained_and_another_deregistered_from_the_runners_page() {
-    let env = Env::start().await;
+    let env = Env::start(SERVER_ENV).await;
     let _a = LiveRunner::start(&env.admin, "build-01").await;
     let second = LiveRunner::start(&env.admin, "build-02").await;
     let third = LiveRunner::start(&env.admin, "build-03").await;
-    env.sign_in(&env.server.admin_token, Some(ORG)).await;
+    env.sign_in_admin(ORG).await;
     env.open("/runners", "runners").await;
     let b = &env.browser;
     let row = |host: &str| format!("#runners-table tr[data-hostname='{host}']");
@@ -535,7 +449,7 @@ async fn a_runner_is_drained_and_another_deregistered_from_the_runners_page() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_is_started_and_advanced_from_the_pipeline_page() {
-    let env = Env::start().await;
+    let env = Env::start(SERVER_ENV).await;
     let r = env
         .admin
         .post(
@@ -546,7 +460,7 @@ async fn a_rollout_is_started_and_advanced_from_the_pipeline_page() {
         )
         .await;
     assert_eq!(r.status, 201, "the update pipeline is needed: {}", r.text);
-    env.sign_in(&env.server.admin_token, Some(ORG)).await;
+    env.sign_in_admin(ORG).await;
     env.open("/pipeline", "pipeline").await;
     let b = &env.browser;
     b.wait_for("[data-build-id='runner-2.4.0']", 5).await;
@@ -568,8 +482,8 @@ async fn a_rollout_is_started_and_advanced_from_the_pipeline_page() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_creates_a_token_sees_its_secret_once_and_revokes_it() {
-    let env = Env::start().await;
-    env.sign_in(&env.server.admin_token, Some(ORG)).await;
+    let env = Env::start(SERVER_ENV).await;
+    env.sign_in_admin(ORG).await;
     env.open("/admin/tokens", "admin").await;
     let b = &env.browser;
     b.fill("#token-name", "acme CI").await;
@@ -605,7 +519,7 @@ async fn an_admin_creates_a_token_sees_its_secret_once_and_revokes_it() {
 /// on a phone, no console errors.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_view_renders_at_desktop_and_phone_widths() {
-    let env = Env::start().await;
+    let env = Env::start(SERVER_ENV).await;
     let admin = &env.admin;
     let mut runner = LiveRunner::start(admin, "build-01").await;
     let _idle = LiveRunner::start(admin, "build-02").await;
@@ -653,7 +567,7 @@ async fn every_view_renders_at_desktop_and_phone_widths() {
             .await;
     }
 
-    env.sign_in(&env.server.admin_token, Some(ORG)).await;
+    env.sign_in_admin(ORG).await;
     let views = [
         ("/", "overview", "overview"),
         ("/sessions", "sessions", "sessions"),
@@ -667,30 +581,14 @@ async fn every_view_renders_at_desktop_and_phone_widths() {
         ("/admin/audit", "admin", "admin-audit"),
     ];
     let b = &env.browser;
-    for (width, height, suffix) in [(WIDE.0, WIDE.1, "1280"), (PHONE.0, PHONE.1, "390")] {
-        b.set_window(width, height).await;
-        b.wait_until(
-            "the window takes its size",
-            "return window.innerWidth === arguments[0]",
-            json!([width]),
-            5,
-        )
-        .await;
+    for (size, suffix) in [(WIDE, "1280"), (PHONE, "390")] {
+        resize(b, size).await;
         for (path, view, name) in &views {
             env.open(path, view).await;
             if name == &"session-detail" {
                 terminal_shows(b, "tests passed").await;
             }
-            let overflow = b
-                .exec(
-                    "return document.documentElement.scrollWidth - window.innerWidth",
-                    json!([]),
-                )
-                .await;
-            assert!(
-                overflow.as_i64().unwrap() <= 0,
-                "{path} scrolls sideways at {width} px by {overflow} px"
-            );
+            no_sideways_scrolling(b, &format!("{path} at {} px", size.0)).await;
             b.screenshot(&format!("{name}-{suffix}")).await;
         }
     }
@@ -702,7 +600,7 @@ async fn every_view_renders_at_desktop_and_phone_widths() {
 /// warm cache. Reported in BENCHMARKS.md.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_load_time_is_reported() {
-    let turn = ONE_BROWSER_AT_A_TIME.lock().await;
+    let turn = take_turn().await;
     let data = tempfile::tempdir().unwrap();
     let server = BinaryServer::spawn(data.path(), SERVER_ENV);
     let base = format!("http://{}", server.addr);
@@ -770,7 +668,7 @@ fn base64_decodes_screenshots() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_runs_end_to_end_in_the_browser() {
     use std::io::BufRead;
-    let _turn = ONE_BROWSER_AT_A_TIME.lock().await;
+    let _turn = take_turn().await;
     let started = Instant::now();
     let data = tempfile::tempdir().unwrap();
     let mut demo = std::process::Command::new(env!("CARGO_BIN_EXE_village"))

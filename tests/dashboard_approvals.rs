@@ -5,10 +5,12 @@
 //! sign-in. Each test also fails on any browser console error it did not provoke on purpose.
 //! Screenshots go to `target/screenshots/`.
 //!
-//! One browser runs at a time (the tests take turns), as in `tests/dashboard.rs`.
+//! One browser runs at a time (the tests take turns): see `tests/common/dashboard_env.rs`.
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "common/dashboard_env.rs"]
+mod dashboard_env;
 #[path = "common/webdriver.rs"]
 mod webdriver;
 
@@ -16,100 +18,20 @@ use std::time::Duration;
 
 use common::live_runner::{LiveRunner, running_session, wait_state};
 use common::receiver::Receiver;
-use common::{BinaryServer, Client, eventually};
+use common::{Client, eventually};
+use dashboard_env::{Env, ORG, PHONE, no_sideways_scrolling, resize, value_of};
 use serde_json::{Value, json};
-use webdriver::Browser;
 
-const WIDE: (u32, u32) = (1280, 900);
-const PHONE: (u32, u32) = (390, 844);
-const ORG: &str = "acme";
 const POLICY: &str = "/api/v1/orgs/acme/approval-policy";
-
-/// Tests take turns with the browser (an async lock: it is held across awaits).
-static ONE_BROWSER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Notifications reach a receiver on loopback, which the server allows only when told to.
 const SERVER_ENV: &[(&str, &str)] = &[("VILLAGE_WEBHOOKS_ALLOW_PRIVATE_TARGETS", "true")];
 
-/// A server, an admin client and a browser, for one test.
-struct Env {
-    server: BinaryServer,
-    _data: tempfile::TempDir,
-    base: String,
-    admin: Client,
-    browser: Browser,
-    /// API answers this test provokes on purpose (see `assert_no_console_errors`).
-    expected_errors: Vec<(String, u16)>,
-    _turn: tokio::sync::MutexGuard<'static, ()>,
-}
-
 impl Env {
-    async fn start() -> Env {
-        let turn = ONE_BROWSER_AT_A_TIME.lock().await;
-        let data = tempfile::tempdir().unwrap();
-        let server = BinaryServer::spawn(data.path(), SERVER_ENV);
-        let admin = server.admin();
-        let base = format!("http://{}", server.addr);
-        let browser = Browser::start(WIDE.0, WIDE.1).await;
-        // Until the update pipeline is on the server, the overview's rollout call is a 404.
-        let mut expected_errors = Vec::new();
-        if admin.get("/api/v1/rollouts").await.status == 404 {
-            expected_errors.push(("/api/v1/rollouts".to_string(), 404));
-        }
-        Env {
-            server,
-            _data: data,
-            base,
-            admin,
-            browser,
-            expected_errors,
-            _turn: turn,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// Signs in through the form as the admin and picks `ORG`.
-    async fn sign_in(&self) {
-        let b = &self.browser;
-        b.goto(&self.url("/")).await;
-        b.fill("#token", &self.server.admin_token).await;
-        b.click("#sign-in").await;
-        b.wait_ready("overview").await;
-        b.fill("#org-input", ORG).await;
-        b.click(".org-picker button[type=submit]").await;
-        b.wait_ready("overview").await;
-        b.wait_for_text(".page-head", ORG, 5).await;
-    }
-
-    /// Opens an app page the way a user does: through the app's router (no page reload).
-    async fn open(&self, path: &str, view: &str) {
-        self.browser
-            .exec(
-                "history.pushState(null, '', arguments[0]); dispatchEvent(new PopStateEvent('popstate'));",
-                json!([path]),
-            )
-            .await;
-        self.browser.wait_ready(view).await;
-    }
-
     async fn policy(&self) -> Value {
         let r = self.admin.get(POLICY).await;
         assert_eq!(r.status, 200, "{}", r.text);
         r.data().clone()
-    }
-
-    async fn finish(mut self) {
-        let expected: Vec<(&str, u16)> = self
-            .expected_errors
-            .iter()
-            .map(|(p, s)| (p.as_str(), *s))
-            .collect();
-        self.browser.assert_no_console_errors(&expected).await;
-        self.browser.quit().await;
-        self.server.terminate();
     }
 }
 
@@ -119,32 +41,6 @@ async fn resolved(admin: &Client, session: &str) -> Vec<Value> {
         .get(&format!("/api/v1/sessions/{session}/approvals"))
         .await;
     r.data()["resolved"].as_array().cloned().unwrap_or_default()
-}
-
-/// The value of the form control matching `css`.
-async fn value_of(b: &Browser, css: &str) -> String {
-    b.exec(
-        "const el = document.querySelector(arguments[0]); return el ? el.value : null;",
-        json!([css]),
-    )
-    .await
-    .as_str()
-    .unwrap_or_else(|| panic!("no `{css}`"))
-    .to_string()
-}
-
-/// Waits until the page does not scroll sideways.
-async fn no_sideways_scrolling(b: &Browser, what: &str) {
-    let overflow = b
-        .exec(
-            "return document.documentElement.scrollWidth - window.innerWidth",
-            json!([]),
-        )
-        .await;
-    assert!(
-        overflow.as_i64().unwrap() <= 0,
-        "{what} scrolls sideways by {overflow} px"
-    );
 }
 
 // ---- a notification receiver ------------------------------------------------------------------
@@ -176,9 +72,9 @@ const FAKE_NOTIFICATIONS: &str = "
 /// rule does not honour shows ✗, and saving shows the server's refusal at that very example.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_policy_editor_checks_examples_live_and_saves_rules_in_order() {
-    let mut env = Env::start().await;
-    env.expected_errors.push((POLICY.to_string(), 400));
-    env.sign_in().await;
+    let mut env = Env::start(SERVER_ENV).await;
+    env.expect_error(POLICY, 400);
+    env.sign_in_admin(ORG).await;
     env.open("/policy", "policy").await;
     let b = &env.browser;
     b.wait_for("a[data-nav=policy][aria-current=page]", 5).await;
@@ -345,14 +241,7 @@ async fn the_policy_editor_checks_examples_live_and_saves_rules_in_order() {
     );
 
     // The editor fits a phone.
-    b.set_window(PHONE.0, PHONE.1).await;
-    b.wait_until(
-        "the window takes its size",
-        "return window.innerWidth === arguments[0]",
-        json!([PHONE.0]),
-        5,
-    )
-    .await;
+    resize(b, PHONE).await;
     no_sideways_scrolling(b, "the policy editor").await;
     b.screenshot("policy-editor-390").await;
     env.finish().await;
@@ -364,7 +253,7 @@ async fn the_policy_editor_checks_examples_live_and_saves_rules_in_order() {
 /// notification while the tab is in the background.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allow_always_like_this_adds_a_rule_first_and_allows_the_request() {
-    let env = Env::start().await;
+    let env = Env::start(SERVER_ENV).await;
     let put = env
         .admin
         .put(
@@ -377,7 +266,7 @@ async fn allow_always_like_this_adds_a_rule_first_and_allows_the_request() {
     assert_eq!(put.status, 200, "{}", put.text);
     let mut runner = LiveRunner::start(&env.admin, "build-01").await;
     let session = running_session(&env.admin, ORG, "tidy the repository").await;
-    env.sign_in().await;
+    env.sign_in_admin(ORG).await;
     let b = &env.browser;
 
     // Browser notifications, with the browser's part played by a stand-in (headless Chromium
@@ -547,7 +436,7 @@ async fn allow_always_like_this_adds_a_rule_first_and_allows_the_request() {
 /// on. The link then no longer works, and says so in one neutral sentence, as does a made-up one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approval_link_is_answered_on_a_phone_without_signing_in() {
-    let mut env = Env::start().await;
+    let mut env = Env::start(SERVER_ENV).await;
     let receiver = Receiver::start().await;
     let r = env
         .admin
@@ -588,20 +477,11 @@ async fn an_approval_link_is_answered_on_a_phone_without_signing_in() {
     let path = url[at..].to_string();
     let token = path.trim_start_matches("/approve/").to_string();
     assert!(!token.is_empty() && !token.contains('/'), "{url}");
-    env.expected_errors
-        .push((format!("/api/v1/approval-links/{token}"), 404));
-    env.expected_errors
-        .push(("/api/v1/approval-links/not-a-real-link".to_string(), 404));
+    env.expect_error(format!("/api/v1/approval-links/{token}"), 404);
+    env.expect_error("/api/v1/approval-links/not-a-real-link", 404);
 
     let b = &env.browser;
-    b.set_window(PHONE.0, PHONE.1).await;
-    b.wait_until(
-        "the window takes its size",
-        "return window.innerWidth === arguments[0]",
-        json!([PHONE.0]),
-        5,
-    )
-    .await;
+    resize(b, PHONE).await;
     b.goto(&env.url(&path)).await;
     b.wait_ready("approve").await;
     b.wait_for_text("#approve-description", "Publish the package", 5)

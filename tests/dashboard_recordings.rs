@@ -6,16 +6,15 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "common/dashboard_env.rs"]
+mod dashboard_env;
 #[path = "common/webdriver.rs"]
 mod webdriver;
 
-use common::{Client, TestServer};
+use common::TestServer;
+use dashboard_env::{Env, ORG, PHONE};
 use serde_json::json;
 use webdriver::Browser;
-
-const WIDE: (u32, u32) = (1280, 900);
-const PHONE: (u32, u32) = (390, 844);
-const ORG: &str = "acme";
 
 /// The text the player's terminal shows (xterm.js's DOM renderer keeps rows as text).
 const PLAYER_TEXT: &str = "const rows = document.querySelector('#player-terminal .xterm-rows'); \
@@ -25,16 +24,6 @@ const PLAYER_TEXT: &str = "const rows = document.querySelector('#player-terminal
 const SEEK_TO: &str = "const s = document.querySelector('#player-seek'); \
                        s.value = String(arguments[0] === 'end' ? s.max : arguments[0]); \
                        s.dispatchEvent(new Event('input', { bubbles: true }));";
-
-async fn output(admin: &Client, id: &str, data: &str) {
-    let r = admin
-        .post(
-            &format!("/api/v1/sessions/{id}/output"),
-            json!({"stream": "stdout", "data": data}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
-}
 
 /// A finished session of `ORG`, 40 s long from its start: output at 1 s, 10 s and 38 s, an
 /// approval asked at 20 s and allowed at 25 s.
@@ -47,35 +36,25 @@ async fn finished_session(s: &TestServer) -> String {
     s.advance(5_000);
     admin.start_session(&id).await;
     s.advance(1_000);
-    output(&admin, &id, "\u{1b}[32mline one\u{1b}[0m\r\n").await;
+    admin
+        .output(&id, "stdout", "\u{1b}[32mline one\u{1b}[0m\r\n")
+        .await;
     s.advance(9_000);
-    output(&admin, &id, "compiling the project\r\n").await;
+    admin
+        .output(&id, "stdout", "compiling the project\r\n")
+        .await;
     s.advance(10_000);
-    let asked = admin
-        .post(
-            &format!("/api/v1/sessions/{id}/approvals"),
-            json!({"action": "merge", "description": "Merge PR #12"}),
-        )
-        .await;
-    let approval = asked.data()["approvalId"].as_str().unwrap().to_string();
+    let approval = admin.ask_approval(&id, "merge", "Merge PR #12").await;
     s.advance(5_000);
-    let r = admin
-        .post(
-            &format!("/api/v1/sessions/{id}/approvals/{approval}/resolve"),
-            json!({"decision": "allow"}),
-        )
+    admin
+        .resolve_approval(&id, &approval, json!({"decision": "allow"}))
         .await;
-    assert_eq!(r.status, 200, "{}", r.text);
     s.advance(13_000);
-    output(&admin, &id, "RECORDED-END all tests passed\r\n").await;
-    s.advance(2_000);
-    let r = admin
-        .post(
-            &format!("/api/v1/sessions/{id}/state"),
-            json!({"state": "COMPLETED"}),
-        )
+    admin
+        .output(&id, "stdout", "RECORDED-END all tests passed\r\n")
         .await;
-    assert_eq!(r.status, 200, "{}", r.text);
+    s.advance(2_000);
+    admin.set_state(&id, "COMPLETED").await;
     id
 }
 
@@ -95,27 +74,12 @@ async fn position(b: &Browser) -> f64 {
 async fn the_player_seeks_plays_and_steps_through_approvals() {
     let s = TestServer::start("").await;
     let id = finished_session(&s).await;
-    let base = format!("http://{}", s.addr);
-    let mut b = Browser::start(WIDE.0, WIDE.1).await;
-    let mut expected = Vec::new();
-    if s.admin().get("/api/v1/rollouts").await.status == 404 {
-        expected.push(("/api/v1/rollouts", 404));
-    }
+    let env = Env::on(s).await;
+    let b = &env.browser;
 
     // Sign in and open the session.
-    b.goto(&format!("{base}/")).await;
-    b.fill("#token", &s.admin_token).await;
-    b.click("#sign-in").await;
-    b.wait_ready("overview").await;
-    b.fill("#org-input", ORG).await;
-    b.click(".org-picker button[type=submit]").await;
-    b.wait_ready("overview").await;
-    b.exec(
-        "history.pushState(null, '', arguments[0]); dispatchEvent(new PopStateEvent('popstate'));",
-        json!([format!("/sessions/{id}")]),
-    )
-    .await;
-    b.wait_ready("sessions").await;
+    env.sign_in_admin(ORG).await;
+    env.open(&format!("/sessions/{id}"), "sessions").await;
 
     // Open the player: 40 s long, at 0, nothing printed yet; a tick per marker, two approvals.
     b.click("#recording-open").await;
@@ -134,8 +98,8 @@ async fn the_player_seeks_plays_and_steps_through_approvals() {
             json!([]),
         )
         .await;
-    let events = s
-        .admin()
+    let events = env
+        .admin
         .get(&format!("/api/v1/sessions/{id}/events?limit=1000"))
         .await
         .data()["items"]
@@ -181,7 +145,7 @@ async fn the_player_seeks_plays_and_steps_through_approvals() {
         5,
     )
     .await;
-    assert_eq!(position(&b).await, 20.0);
+    assert_eq!(position(b).await, 20.0);
     b.wait_for_text("#player-time", "0:20.0 / 0:40.0", 5).await;
     let text = b.exec(PLAYER_TEXT, json!([])).await;
     assert!(text.as_str().unwrap().contains("compiling the project"));
@@ -189,11 +153,11 @@ async fn the_player_seeks_plays_and_steps_through_approvals() {
     b.click("#player-next-approval").await;
     b.wait_for_text("#player-marker", "approval_resolved: allow by", 5)
         .await;
-    assert_eq!(position(&b).await, 25.0);
+    assert_eq!(position(b).await, 25.0);
     b.click("#player-next-approval").await;
     b.wait_for_text("body", "No approval after this point", 5)
         .await;
-    assert_eq!(position(&b).await, 25.0);
+    assert_eq!(position(b).await, 25.0);
 
     // Play at 8× from the start: time moves on, about 8 s per second.
     b.exec(SEEK_TO, json!([0])).await;
@@ -202,7 +166,7 @@ async fn the_player_seeks_plays_and_steps_through_approvals() {
     b.wait_for("#player[data-playing=\"true\"]", 5).await;
     let began = std::time::Instant::now();
     tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
-    let at = position(&b).await;
+    let at = position(b).await;
     let real = began.elapsed().as_secs_f64();
     assert!(
         at >= 4.0 && at <= 8.0 * (real + 0.5),
@@ -218,12 +182,12 @@ async fn the_player_seeks_plays_and_steps_through_approvals() {
     .await;
     // It plays to the end and stops there.
     b.wait_for("#player[data-playing=\"false\"]", 10).await;
-    assert_eq!(position(&b).await, 40.0);
+    assert_eq!(position(b).await, 40.0);
     b.click("#player-play").await;
     b.wait_for("#player[data-playing=\"true\"]", 5).await;
     b.click("#player-play").await;
     b.wait_for("#player[data-playing=\"false\"]", 5).await;
-    assert!(position(&b).await < 40.0, "play from the end starts over");
+    assert!(position(b).await < 40.0, "play from the end starts over");
 
     // On a phone the page does not scroll sideways.
     b.set_window(PHONE.0, PHONE.1).await;
@@ -244,8 +208,5 @@ async fn the_player_seeks_plays_and_steps_through_approvals() {
     )
     .await;
     b.screenshot("recording-phone").await;
-
-    b.assert_no_console_errors(&expected).await;
-    b.quit().await;
-    s.stop().await;
+    env.finish().await;
 }

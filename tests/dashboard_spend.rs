@@ -5,111 +5,33 @@
 //! by its budget raised and resumed from the overview. Each test also fails on any browser
 //! console error it did not provoke on purpose. Screenshots go to `target/screenshots/`.
 //!
-//! One browser runs at a time (the tests take turns), as in `tests/dashboard.rs`.
+//! One browser runs at a time (the tests take turns): see `tests/common/dashboard_env.rs`.
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "common/dashboard_env.rs"]
+mod dashboard_env;
 #[path = "common/webdriver.rs"]
 mod webdriver;
 
 use common::live_runner::{LiveRunner, running_session, wait_state};
-use common::{BinaryServer, Client, eventually};
+use common::{Client, eventually};
+use dashboard_env::{Env, ORG, PHONE, WIDE, no_sideways_scrolling, resize, value_of};
 use serde_json::{Value, json};
 use webdriver::Browser;
 
-const WIDE: (u32, u32) = (1280, 900);
-const PHONE: (u32, u32) = (390, 844);
-const ORG: &str = "acme";
 const BUDGET: &str = "/api/v1/orgs/acme/budget";
 const USAGE: &str = "/api/v1/orgs/acme/usage";
 const BUILD: &str = "build-1";
 
-/// Tests take turns with the browser (an async lock: it is held across awaits).
-static ONE_BROWSER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 /// The simulated runner beats once: keep it online for the whole test.
 const SERVER_ENV: &[(&str, &str)] = &[("VILLAGE_RUNNERS_HEARTBEAT_TIMEOUT_MS", "600000")];
 
-/// A server, an admin client and a browser, for one test.
-struct Env {
-    server: BinaryServer,
-    _data: tempfile::TempDir,
-    base: String,
-    admin: Client,
-    browser: Browser,
-    /// API answers this test provokes on purpose (see `assert_no_console_errors`).
-    expected_errors: Vec<(String, u16)>,
-    _turn: tokio::sync::MutexGuard<'static, ()>,
-}
-
 impl Env {
-    async fn start() -> Env {
-        let turn = ONE_BROWSER_AT_A_TIME.lock().await;
-        let data = tempfile::tempdir().unwrap();
-        let server = BinaryServer::spawn(data.path(), SERVER_ENV);
-        let admin = server.admin();
-        let base = format!("http://{}", server.addr);
-        let browser = Browser::start(WIDE.0, WIDE.1).await;
-        let mut expected_errors = Vec::new();
-        if admin.get("/api/v1/rollouts").await.status == 404 {
-            expected_errors.push(("/api/v1/rollouts".to_string(), 404));
-        }
-        Env {
-            server,
-            _data: data,
-            base,
-            admin,
-            browser,
-            expected_errors,
-            _turn: turn,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// Signs in through the form; an admin then picks `ORG` (an org token has its own).
-    async fn sign_in(&self, token: &str, pick_org: bool) {
-        let b = &self.browser;
-        b.goto(&self.url("/")).await;
-        b.fill("#token", token).await;
-        b.click("#sign-in").await;
-        b.wait_ready("overview").await;
-        if pick_org {
-            b.fill("#org-input", ORG).await;
-            b.click(".org-picker button[type=submit]").await;
-            b.wait_ready("overview").await;
-        }
-        b.wait_for_text(".page-head", ORG, 5).await;
-    }
-
-    /// Opens an app page the way a user does: through the app's router (no page reload).
-    async fn open(&self, path: &str, view: &str) {
-        self.browser
-            .exec(
-                "history.pushState(null, '', arguments[0]); dispatchEvent(new PopStateEvent('popstate'));",
-                json!([path]),
-            )
-            .await;
-        self.browser.wait_ready(view).await;
-    }
-
     async fn budget(&self) -> Value {
         let r = self.admin.get(BUDGET).await;
         assert_eq!(r.status, 200, "{}", r.text);
         r.data().clone()
-    }
-
-    async fn finish(mut self) {
-        let expected: Vec<(&str, u16)> = self
-            .expected_errors
-            .iter()
-            .map(|(p, s)| (p.as_str(), *s))
-            .collect();
-        self.browser.assert_no_console_errors(&expected).await;
-        self.browser.quit().await;
-        self.server.terminate();
     }
 }
 
@@ -153,44 +75,6 @@ async fn end(admin: &Client, runner: &LiveRunner, session: &str, state: &str) {
     runner.send(json!({"type": "session_state", "sessionId": session,
         "assignmentId": runner.assignment(session), "state": state, "error": null}));
     wait_state(admin, session, state).await;
-}
-
-/// The value of the form control matching `css`.
-async fn value_of(b: &Browser, css: &str) -> String {
-    b.exec(
-        "const el = document.querySelector(arguments[0]); return el ? el.value : null;",
-        json!([css]),
-    )
-    .await
-    .as_str()
-    .unwrap_or_else(|| panic!("no `{css}`"))
-    .to_string()
-}
-
-/// Sets the window's size and waits until the page has it.
-async fn resize(b: &Browser, (width, height): (u32, u32)) {
-    b.set_window(width, height).await;
-    b.wait_until(
-        "the window takes its size",
-        "return window.innerWidth === arguments[0]",
-        json!([width]),
-        5,
-    )
-    .await;
-}
-
-/// Asserts the page does not scroll sideways.
-async fn no_sideways_scrolling(b: &Browser, what: &str) {
-    let overflow = b
-        .exec(
-            "return document.documentElement.scrollWidth - window.innerWidth",
-            json!([]),
-        )
-        .await;
-    assert!(
-        overflow.as_i64().unwrap() <= 0,
-        "{what} scrolls sideways by {overflow} px"
-    );
 }
 
 fn close(a: f64, b: f64) -> bool {
@@ -263,8 +147,8 @@ async fn drawn_segments(b: &Browser) -> Vec<(String, String, f64, f64)> {
 /// limit; an earlier month is empty; the page fits a phone; an org token reads the budget only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_spend_page_charts_the_month_and_the_budget_editor_saves() {
-    let mut env = Env::start().await;
-    env.expected_errors.push((BUDGET.to_string(), 400));
+    let mut env = Env::start(SERVER_ENV).await;
+    env.expect_error(BUDGET, 400);
     let admin = env.admin.clone();
     let r = admin
         .post(
@@ -322,7 +206,7 @@ async fn the_spend_page_charts_the_month_and_the_budget_editor_saves() {
         "{build}"
     );
 
-    env.sign_in(&env.server.admin_token, true).await;
+    env.sign_in_admin(ORG).await;
     env.open("/spend", "spend").await;
     let b = &env.browser;
     b.wait_for("a[data-nav=spend][aria-current=page]", 5).await;
@@ -525,7 +409,9 @@ async fn the_spend_page_charts_the_month_and_the_budget_editor_saves() {
     let org_token = admin.create_token("org", Some(ORG)).await;
     b.click("#sign-out").await;
     b.wait_for("#token", 5).await;
-    env.sign_in(&org_token, false).await;
+    // An org token has its own org.
+    env.sign_in(&org_token, None).await;
+    b.wait_for_text(".page-head", ORG, 5).await;
     env.open("/spend", "spend").await;
     let b = &env.browser;
     b.wait_for("#spend-svg", 5).await;
@@ -548,7 +434,7 @@ async fn the_spend_page_charts_the_month_and_the_budget_editor_saves() {
 /// again past the new cap, "Resume without raising" resumes it and leaves the budget alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_paused_by_its_budget_is_raised_and_resumed_from_the_overview() {
-    let env = Env::start().await;
+    let env = Env::start(SERVER_ENV).await;
     let admin = env.admin.clone();
     let put = admin
         .put(BUDGET, json!({"monthlyUsd": 50, "sessionUsd": 1}))
@@ -556,7 +442,7 @@ async fn a_session_paused_by_its_budget_is_raised_and_resumed_from_the_overview(
     assert_eq!(put.status, 200, "{}", put.text);
     let mut runner = LiveRunner::start(&admin, "spend-02").await;
     let session = running_session(&admin, ORG, "Refactor the billing module").await;
-    env.sign_in(&env.server.admin_token, true).await;
+    env.sign_in_admin(ORG).await;
     let b = &env.browser;
     b.wait_for_text("#budget-paused", "No session is paused for budget", 5)
         .await;

@@ -100,16 +100,6 @@ fn ms(rfc3339: &str) -> i64 {
         .timestamp_millis()
 }
 
-async fn output(admin: &Client, id: &str, stream: &str, data: &str) {
-    let r = admin
-        .post(
-            &format!("/api/v1/sessions/{id}/output"),
-            json!({"stream": stream, "data": data}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
-}
-
 async fn create(admin: &Client, url: &str) -> String {
     let r = admin
         .post(
@@ -135,55 +125,47 @@ async fn a_finished_session_replays_every_chunk_and_event_in_time() {
     let origin = START_MS + 2_000;
 
     s.advance(1_500);
-    output(&admin, &id, "stdout", "hello\r\n").await;
+    admin.output(&id, "stdout", "hello\r\n").await;
     s.advance(500);
-    output(
-        &admin,
+    admin
+        .output(
+            &id,
+            "stderr",
+            "warn: \u{1b}[31mred\u{1b}[0m \"quoted\" \\ back\ttab\n",
+        )
+        .await;
+    s.advance(1_000);
+    let approval = admin.ask_approval(&id, "merge", "Merge PR #12").await;
+    s.advance(1_250);
+    org.resolve_approval(
         &id,
-        "stderr",
-        "warn: \u{1b}[31mred\u{1b}[0m \"quoted\" \\ back\ttab\n",
+        &approval,
+        json!({"decision": "allow", "reason": "looks good"}),
     )
     .await;
-    s.advance(1_000);
-    let asked = admin
-        .post(
-            &format!("/api/v1/sessions/{id}/approvals"),
-            json!({"action": "merge", "description": "Merge PR #12"}),
-        )
-        .await;
-    assert_eq!(asked.status, 201, "{}", asked.text);
-    let approval = asked.data()["approvalId"].as_str().unwrap().to_string();
-    s.advance(1_250);
-    let r = org
-        .post(
-            &format!("/api/v1/sessions/{id}/approvals/{approval}/resolve"),
-            json!({"decision": "allow", "reason": "looks good"}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
     s.advance(250);
-    output(&admin, &id, "stdout", "after the approval ✓ — ünïcode\n").await;
+    admin
+        .output(&id, "stdout", "after the approval ✓ — ünïcode\n")
+        .await;
     // More chunks and events than one page of either, interleaved in time.
     for i in 0..150 {
         s.advance(10);
-        output(&admin, &id, "stdout", &format!("line {i} running\n")).await;
+        admin
+            .output(&id, "stdout", &format!("line {i} running\n"))
+            .await;
         org.post_empty(&format!("/api/v1/sessions/{id}/pause"))
             .await;
         s.advance(10);
-        output(&admin, &id, "stdout", &format!("line {i} paused\n")).await;
+        admin
+            .output(&id, "stdout", &format!("line {i} paused\n"))
+            .await;
         let r = org
             .post_empty(&format!("/api/v1/sessions/{id}/resume"))
             .await;
         assert_eq!(r.status, 200, "{}", r.text);
     }
     s.advance(1_000);
-    let r = admin
-        .post(
-            &format!("/api/v1/sessions/{id}/state"),
-            json!({"state": "COMPLETED"}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
+    admin.set_state(&id, "COMPLETED").await;
 
     let cast = Cast::parse(&org.get(&recording(&id)).await);
     assert_eq!(
@@ -296,7 +278,7 @@ async fn a_live_session_records_what_is_stored_so_far() {
     s.advance(61_000);
     admin.start_session(&id).await;
     s.advance(2_000);
-    output(&admin, &id, "stdout", "first\n").await;
+    admin.output(&id, "stdout", "first\n").await;
     s.advance(1_000);
     admin
         .post(
@@ -321,7 +303,7 @@ async fn a_live_session_records_what_is_stored_so_far() {
 
     // Asked again later, it holds what was stored since.
     s.advance(500);
-    output(&admin, &id, "stderr", "second\n").await;
+    admin.output(&id, "stderr", "second\n").await;
     let later = Cast::parse(&org.get(&recording(&id)).await);
     assert_eq!(later.output(), "first\nsecond\n");
     assert_eq!(
@@ -343,7 +325,7 @@ async fn large_chunks_arrive_whole() {
         // 250 KiB with escapes in it: about 260 KiB of JSON per line.
         let line = format!("\u{1b}[1mchunk {i:02}\u{1b}[0m \"{}\"\n", "x".repeat(60));
         let data: String = line.repeat(250 * 1024 / line.len());
-        output(&admin, &id, "stdout", &data).await;
+        admin.output(&id, "stdout", &data).await;
         expected.push_str(&data);
     }
     let cast = Cast::parse(&admin.get(&recording(&id)).await);

@@ -98,6 +98,17 @@ async fn signed_deliveries_are_retried_until_they_land_once() {
         s.advance(1);
         eventually(5, || async { (receiver.count() == attempts).then_some(()) }).await;
     }
+    // The receiver has the 4th attempt; wait until the dispatcher has recorded its answer too
+    // before moving the clock on (else the clock could overtake the attempt still in flight).
+    let log_path = format!(
+        "/api/v1/webhooks/{}/deliveries",
+        hook["webhookId"].as_str().unwrap()
+    );
+    eventually(5, || async {
+        let log = acme.get(&log_path).await;
+        (log.data()["items"][0]["status"] == "delivered").then_some(())
+    })
+    .await;
     s.advance(60_000);
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     assert_eq!(receiver.count(), 4, "delivered again after a 2xx");
@@ -120,12 +131,7 @@ async fn signed_deliveries_are_retried_until_they_land_once() {
     }
     assert!(receiver.bodies().iter().all(|b| b["orgId"] == "acme"));
 
-    let log = acme
-        .get(&format!(
-            "/api/v1/webhooks/{}/deliveries",
-            hook["webhookId"].as_str().unwrap()
-        ))
-        .await;
+    let log = acme.get(&log_path).await;
     let d = &log.data()["items"][0];
     assert_eq!(d["status"], "delivered");
     assert_eq!(d["attempts"], 4);

@@ -105,6 +105,21 @@ impl Principal {
         }
     }
 
+    /// Admin, or an org token of `org_id`: the callers of an org's own settings (`what`: its
+    /// approval policy, notifications, budget). Another org's token is refused by name.
+    pub fn require_org_member_or_admin(&self, org_id: &str, what: &str) -> DomainResult<()> {
+        match self.kind {
+            TokenKind::Admin => Ok(()),
+            TokenKind::Org if self.sees_org(org_id) => Ok(()),
+            TokenKind::Org => Err(DomainError::forbidden(format!(
+                "an org token may reach its own org's {what} only"
+            ))),
+            _ => Err(DomainError::forbidden(format!(
+                "an org's {what} needs an admin or org token"
+            ))),
+        }
+    }
+
     /// Whether this caller may see objects of `org_id` (a miss is reported as not-found).
     pub fn sees_org(&self, org_id: &str) -> bool {
         self.is_admin() || (self.kind == TokenKind::Org && self.org_id.as_deref() == Some(org_id))

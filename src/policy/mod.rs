@@ -15,7 +15,7 @@ use std::collections::HashSet;
 use serde_json::Value;
 
 use crate::audit;
-use crate::auth::{Principal, TokenKind};
+use crate::auth::Principal;
 use crate::clock::SharedClock;
 use crate::error::{DomainError, DomainResult, Issue};
 use crate::sessions::model::ApprovalAction;
@@ -363,16 +363,7 @@ impl PolicyService {
 
     /// Org tokens of the org and admins; others are refused.
     fn may_see(p: &Principal, org_id: &str) -> DomainResult<()> {
-        match p.kind {
-            TokenKind::Admin => Ok(()),
-            TokenKind::Org if p.sees_org(org_id) => Ok(()),
-            TokenKind::Org => Err(DomainError::forbidden(
-                "an org token may read and change its own org's policy only",
-            )),
-            _ => Err(DomainError::forbidden(
-                "approval policies need an admin or org token",
-            )),
-        }
+        p.require_org_member_or_admin(org_id, "approval policy")
     }
 
     /// The org's saved policy, or the default (`ask` for everything).

@@ -16,9 +16,9 @@ use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::audit;
-use crate::auth::{Principal, TokenKind};
+use crate::auth::Principal;
 use crate::clock::SharedClock;
-use crate::error::{DomainError, DomainResult};
+use crate::error::DomainResult;
 use crate::events::EventBus;
 use crate::runners::RunnerService;
 use crate::store::Store;
@@ -61,16 +61,7 @@ impl SpendService {
 
     /// Org tokens of that org read; admins read and write.
     fn may_read(p: &Principal, org_id: &str) -> DomainResult<()> {
-        match p.kind {
-            TokenKind::Admin => Ok(()),
-            TokenKind::Org if p.sees_org(org_id) => Ok(()),
-            TokenKind::Org => Err(DomainError::forbidden(
-                "an org token may read its own org's budget and spend only",
-            )),
-            _ => Err(DomainError::forbidden(
-                "budgets and spend need an admin or org token",
-            )),
-        }
+        p.require_org_member_or_admin(org_id, "budget and spend")
     }
 
     pub async fn budget(&self, p: &Principal, org_id: &str) -> DomainResult<Budget> {
@@ -87,9 +78,7 @@ impl SpendService {
         org_id: &str,
         budget: Budget,
     ) -> DomainResult<Budget> {
-        if p.kind != TokenKind::Admin {
-            return Err(DomainError::forbidden("only an admin may change a budget"));
-        }
+        p.require_admin()?;
         let (who, org, now) = (p.clone(), org_id.to_owned(), self.clock.now_ms());
         let saved = budget.clone();
         self.store

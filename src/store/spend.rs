@@ -147,15 +147,10 @@ impl SpendWrites for WriteCtx<'_> {
         counted: &BuildOutcomes,
     ) -> StoreResult<()> {
         let mut t = self.open_mut(BUILD_OUTCOMES)?;
-        let key = (org_id, month, build);
-        let mut outcomes: BuildOutcomes = match t.get(key)? {
-            Some(v) => decode(v.value())?,
-            None => BuildOutcomes::default(),
-        };
-        outcomes.merge(counted);
-        let bytes = encode(&outcomes)?;
-        t.insert(key, bytes.as_slice())?;
-        Ok(())
+        update(&mut t, (org_id, month, build), |o: &mut BuildOutcomes| {
+            o.merge(counted)
+        })
+        .map(drop)
     }
 
     fn set_budget_hold(&mut self, session: Uuid, hold: Option<BudgetHold>) -> StoreResult<()> {
@@ -176,15 +171,10 @@ pub(super) fn add_to_day(
     provider: &str,
     delta: &UsageDelta,
 ) -> StoreResult<()> {
-    let key = (org_id, day, provider);
-    let mut totals: UsageTotals = match t.get(key)? {
-        Some(v) => decode(v.value())?,
-        None => UsageTotals::default(),
-    };
-    totals.apply(delta);
-    let bytes = encode(&totals)?;
-    t.insert(key, bytes.as_slice())?;
-    Ok(())
+    update(t, (org_id, day, provider), |totals: &mut UsageTotals| {
+        totals.apply(delta)
+    })
+    .map(drop)
 }
 
 /// Adds a change to the row of the month `day` is in; returns the month's total after it.
@@ -194,13 +184,30 @@ pub(super) fn add_to_month(
     day: Day,
     delta: &UsageDelta,
 ) -> StoreResult<UsageTotals> {
-    let key = (org_id, month_of_day(day));
-    let mut totals: UsageTotals = match t.get(key)? {
+    update(
+        t,
+        (org_id, month_of_day(day)),
+        |totals: &mut UsageTotals| totals.apply(delta),
+    )
+}
+
+/// Reads the record at `key` (its default when absent), changes it and writes it back.
+fn update<K, R>(
+    t: &mut Table<'_, K, &'static [u8]>,
+    key: K::SelfType<'_>,
+    change: impl FnOnce(&mut R),
+) -> StoreResult<R>
+where
+    K: redb::Key + 'static,
+    R: super::codec::Record + Default,
+    for<'a> K::SelfType<'a>: Copy,
+{
+    let mut record: R = match t.get(key)? {
         Some(v) => decode(v.value())?,
-        None => UsageTotals::default(),
+        None => R::default(),
     };
-    totals.apply(delta);
-    let bytes = encode(&totals)?;
+    change(&mut record);
+    let bytes = encode(&record)?;
     t.insert(key, bytes.as_slice())?;
-    Ok(totals)
+    Ok(record)
 }

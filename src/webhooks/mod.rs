@@ -614,16 +614,7 @@ impl WebhookService {
 
 /// Who may read and replace an org's notification targets: its org tokens and admins.
 fn may_manage_org(p: &Principal, org_id: &str) -> DomainResult<()> {
-    match p.kind {
-        TokenKind::Admin => Ok(()),
-        TokenKind::Org if p.sees_org(org_id) => Ok(()),
-        TokenKind::Org => Err(DomainError::forbidden(
-            "an org token may manage its own org's notifications only",
-        )),
-        _ => Err(DomainError::forbidden(
-            "notifications need an admin or org token",
-        )),
-    }
+    p.require_org_member_or_admin(org_id, "notifications")
 }
 
 /// The delivery of `event` to a notification target, inside the enqueue's write job. An

@@ -187,20 +187,48 @@ impl Client {
 
     /// Moves a QUEUED session to RUNNING acting as its runner (admin).
     pub async fn start_session(&self, id: &str) -> Value {
-        let r = self
-            .post(
-                &format!("/api/v1/sessions/{id}/state"),
-                json!({"state": "RUNNING"}),
-            )
-            .await;
-        assert_eq!(r.status, 200, "{}", r.text);
-        r.data().clone()
+        self.set_state(id, "RUNNING").await
     }
 
     pub async fn session(&self, id: &str) -> Value {
         let r = self.get(&format!("/api/v1/sessions/{id}")).await;
         assert_eq!(r.status, 200, "{}", r.text);
         r.data().clone()
+    }
+
+    /// Moves a session to `state` acting as its runner (admin).
+    pub async fn set_state(&self, id: &str, state: &str) -> Value {
+        let path = format!("/api/v1/sessions/{id}/state");
+        let r = self.post_expect(&path, json!({"state": state}), 200).await;
+        r.data().clone()
+    }
+
+    /// Adds `data` to a session's `stream` (`stdout` or `stderr`) acting as its runner (admin).
+    pub async fn output(&self, id: &str, stream: &str, data: &str) {
+        let path = format!("/api/v1/sessions/{id}/output");
+        let body = json!({"stream": stream, "data": data});
+        self.post_expect(&path, body, 200).await;
+    }
+
+    /// Asks for an approval in a session acting as its runner (admin); the approval's id.
+    pub async fn ask_approval(&self, id: &str, action: &str, description: &str) -> String {
+        let path = format!("/api/v1/sessions/{id}/approvals");
+        let body = json!({"action": action, "description": description});
+        let r = self.post_expect(&path, body, 201).await;
+        r.data()["approvalId"].as_str().unwrap().to_string()
+    }
+
+    /// Answers an approval of a session: `answer` holds `decision` and maybe `reason`.
+    pub async fn resolve_approval(&self, id: &str, approval: &str, answer: Value) {
+        let path = format!("/api/v1/sessions/{id}/approvals/{approval}/resolve");
+        self.post_expect(&path, answer, 200).await;
+    }
+
+    /// A POST that must answer `status`; panics with the body otherwise.
+    pub async fn post_expect(&self, path: &str, body: Value, status: u16) -> Resp {
+        let r = self.post(path, body).await;
+        assert_eq!(r.status, status, "{}", r.text);
+        r
     }
 }
 

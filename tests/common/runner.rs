@@ -47,6 +47,23 @@ pub async fn register(
     (runner, r)
 }
 
+/// A session of org `acme` RUNNING on a new simulated runner `hostname` (offering
+/// `claude_code`), with the runner's channel: (channel, session id, assignment id).
+pub async fn running_on_channel(
+    admin: &Client,
+    org: &Client,
+    hostname: &str,
+) -> (Channel, String, String) {
+    let (r, _) = register(admin, hostname, &["claude_code"], None, &[]).await;
+    let mut ch = r.connect().await;
+    let id = org.create_session("acme").await["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let assignment = ch.start_next_assignment(&id).await;
+    (ch, id, assignment)
+}
+
 impl SimRunner {
     pub fn heartbeat_body(&self, active: &[&str]) -> Value {
         json!({
@@ -250,6 +267,21 @@ impl Channel {
         others.append(&mut self.kept);
         self.kept = others;
         reply
+    }
+
+    /// Takes the next `assign_session` (for `session`), acks it and reports RUNNING; returns
+    /// the assignment id.
+    pub async fn start_next_assignment(&mut self, session: &str) -> String {
+        let f = self.expect("assign_session").await;
+        assert_eq!(f["session"]["sessionId"], session, "{f}");
+        self.ack(&f).await;
+        let assignment = f["assignmentId"].as_str().unwrap().to_string();
+        let r = self
+            .request_keeping_others(json!({"type": "session_state", "sessionId": session,
+                                           "assignmentId": assignment, "state": "RUNNING"}))
+            .await;
+        assert_eq!(r["type"], "ack", "{r}");
+        assignment
     }
 
     pub async fn close(mut self) {

@@ -3,8 +3,7 @@
 // timeline's markers (approvals stand out), "Next approval", and the time. Seeking resets the
 // terminal and writes everything printed up to that time at once. A live session's recording is
 // what was stored when it was loaded; "Reload" takes what came since.
-import { Terminal } from '../../vendor/xterm/xterm.mjs';
-import { FitAddon } from '../../vendor/addon-fit/addon-fit.mjs';
+import { fittedTerminal } from './terminal.js';
 import { errorBox, fill, h, loading, toast } from '../dom.js';
 
 const SPEEDS = [1, 2, 8];
@@ -119,28 +118,7 @@ function makePlayer(cast, body, reload) {
     markerLabel,
     termBox);
 
-  const term = new Terminal({
-    convertEol: true,
-    disableStdin: true,
-    cursorBlink: false,
-    scrollback: 10000,
-    fontSize: 13,
-    fontFamily: 'ui-monospace, SFMono-Regular, "DejaVu Sans Mono", Menlo, Consolas, monospace',
-    theme: { background: '#0d1117', foreground: '#e6edf3', cursor: '#e6edf3' },
-  });
-  const fit = new FitAddon();
-  term.loadAddon(fit);
-  term.open(termBox);
-  const refit = () => {
-    try {
-      fit.fit();
-    } catch {
-      // Not laid out yet: the next resize fits it.
-    }
-  };
-  refit();
-  const resize = new ResizeObserver(() => refit());
-  resize.observe(termBox);
+  const { term, dispose: disposeTerminal } = fittedTerminal(termBox, { input: false });
 
   function writeUpTo(t) {
     let text = '';
@@ -230,8 +208,7 @@ function makePlayer(cast, body, reload) {
     position: () => position,
     dispose() {
       pause();
-      resize.disconnect();
-      term.dispose();
+      disposeTerminal();
     },
   };
 }

@@ -1,8 +1,7 @@
 // One session: its live terminal (xterm.js; scrollback replayed from the stream, typing sent
 // to the runner), its recording's player (player.js), state and controls, approvals, the event
 // timeline and usage.
-import { Terminal } from '../../vendor/xterm/xterm.mjs';
-import { FitAddon } from '../../vendor/addon-fit/addon-fit.mjs';
+import { fittedTerminal } from './terminal.js';
 import { age, badge, confirmDialog, dateTime, debounce, duration, empty, errorBox, fill, h, patch, loading, number, time, toast, usd } from '../dom.js';
 import { TERMINAL_STATES, actionLabel, approvalList, providerLabel } from './parts.js';
 import { resolverLabel } from './rules.js';
@@ -62,30 +61,9 @@ export async function mount(main, ctx) {
           h('div', { class: 'card-head' }, h('h2', { id: 'details-title' }, 'Details')), detailsBox))));
 
   // ---- terminal ------------------------------------------------------------------------------
-  const term = new Terminal({
-    convertEol: true,
-    cursorBlink: true,
-    scrollback: 10000,
-    fontSize: 13,
-    fontFamily: 'ui-monospace, SFMono-Regular, "DejaVu Sans Mono", Menlo, Consolas, monospace',
-    theme: { background: '#0d1117', foreground: '#e6edf3', cursor: '#e6edf3' },
-  });
-  const fit = new FitAddon();
-  term.loadAddon(fit);
-  term.open(termBox);
-  const refit = () => {
-    try {
-      fit.fit();
-    } catch {
-      // Not laid out yet (hidden or zero-sized): the next resize fits it.
-    }
-  };
-  refit();
-  const resize = new ResizeObserver(() => refit());
-  resize.observe(termBox);
+  const { term, dispose: disposeTerminal } = fittedTerminal(termBox, { input: true });
   ctx.cleanup(() => {
-    resize.disconnect();
-    term.dispose();
+    disposeTerminal();
   });
   let sawOutput = false;
   const unsubscribe = stream.subscribeSession(id, (frame) => {
