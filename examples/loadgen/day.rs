@@ -110,6 +110,12 @@ impl Kind {
 
 #[derive(Default)]
 struct Counters {
+    /// Runners whose channel opened.
+    runners_connected: AtomicU64,
+    /// Dashboards whose org subscription was confirmed.
+    dashboards_subscribed: AtomicU64,
+    /// Sessions a runner was assigned and started.
+    sessions_started: AtomicU64,
     error_frames: AtomicU64,
     resyncs: AtomicU64,
     gaps: AtomicU64,
@@ -397,6 +403,9 @@ fn heartbeat_frame(runner: &BenchRunner, link: &RunnerLink) -> Value {
 async fn play_day_runner(day: Arc<Day>, runner: BenchRunner, local: IpAddr) {
     let path = format!("/api/v1/runners/{}/channel", runner.id);
     let socket = open_socket(local, day.addr, &path, &runner.token).await;
+    day.counters
+        .runners_connected
+        .fetch_add(1, Ordering::Relaxed);
     let (mut sink, mut frames) = socket.split();
     let (out, mut outgoing) = mpsc::unbounded_channel::<String>();
     tokio::spawn(async move {
@@ -523,6 +532,9 @@ async fn play_session(
         json!({"type": "session_state", "state": "RUNNING"}),
         None,
     );
+    day.counters
+        .sessions_started
+        .fetch_add(1, Ordering::Relaxed);
     let life = Duration::from_secs(rand::random_range(SESSION_LIFE_SECS));
     let began = Instant::now();
     let mut tick = tokio::time::interval(CHUNK_EVERY);
@@ -742,6 +754,11 @@ async fn play_dashboard(
             frame["event"].as_str(),
             frame["action"].as_str(),
         ) {
+            (Some("event"), Some("subscribed"), _) if frame["data"]["orgId"].is_string() => {
+                day.counters
+                    .dashboards_subscribed
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             (Some("event"), Some("session_created"), _) => {
                 let session = frame["data"]["sessionId"].as_str().unwrap().to_owned();
                 let parity = session.bytes().map(usize::from).sum::<usize>() % 2;
@@ -1313,10 +1330,22 @@ fn summarize(
         count(&c.create_retries),
         count(&c.unexpected_status),
     );
-    let load_ok = beats >= 0.95 * expected_beats;
+    let (runners_in, dashboards_in, started) = (
+        count(&c.runners_connected),
+        count(&c.dashboards_subscribed),
+        count(&c.sessions_started),
+    );
+    let sessions_needed = (DAY_ORGS * SESSIONS_PER_ORG) as u64;
+    let load_ok = beats >= 0.95 * expected_beats
+        && runners_in == DAY_RUNNERS as u64
+        && dashboards_in == (DAY_ORGS * DASHBOARDS_PER_ORG) as u64
+        && started >= sessions_needed;
     println!(
-        "load: {beats:.0} of {expected_beats:.0} heartbeats answered ({:.1} %, at least 95 % needed): {}",
+        "load: {beats:.0} of {expected_beats:.0} heartbeats answered ({:.1} %, at least 95 % needed), \
+         {runners_in} of {DAY_RUNNERS} runners connected, {dashboards_in} of {} dashboards subscribed \
+         (all needed), {started} sessions started (at least the {sessions_needed} running at once needed): {}",
         100.0 * beats / expected_beats,
+        DAY_ORGS * DASHBOARDS_PER_ORG,
         if load_ok {
             "ok"
         } else {
