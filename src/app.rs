@@ -100,6 +100,8 @@ impl App {
             &config.runners,
         )
         .await?;
+        // A session that a connected runner can take is assigned in the commit that queues it.
+        store.set_placement(scheduler::placement_step(runners.placement_view()));
         let pipeline = PipelineService::load(
             store.clone(),
             bus.clone(),
@@ -212,6 +214,7 @@ impl App {
         api::edge::serve(
             listener,
             routes,
+            api::HeartbeatAtEdge::new(&self.state),
             &limits,
             connections,
             self.state.metrics.clone(),

@@ -213,6 +213,105 @@ async fn heartbeats_are_validated_authorised_and_kept_off_the_disk() {
     s.stop().await;
 }
 
+/// Behind a long queue of sessions no runner can take, a session a runner can take is still
+/// placed: the commit that queues it looks only at the head of the queue, and wakes the
+/// scheduler for the rest.
+#[tokio::test]
+async fn a_session_behind_a_long_queue_of_waiting_ones_is_placed() {
+    let s = TestServer::start(&format!("{FAST}[sessions]\nmaxSessionsPerOrg = 1000\n")).await;
+    let admin = s.admin();
+    let (runner, _) = register(&admin, "only-codex", &["codex"], Some(2), &[]).await;
+    let mut ch = runner.connect().await;
+    let first = create(&admin, "acme-long", "codex", &[]).await;
+    start(&mut ch, &first).await;
+    // More sessions than one placement step looks at, for a provider nobody offers.
+    // (Each a millisecond after the one before: the queue is in order of creation.)
+    for _ in 0..300 {
+        s.advance(1);
+        create(&admin, "acme-long", "omnara", &[]).await;
+    }
+    s.advance(1);
+    let id = create(&admin, "acme-long", "codex", &[]).await;
+    let f = ch.expect("assign_session").await;
+    assert_eq!(f["session"]["sessionId"], id.as_str());
+    s.stop().await;
+}
+
+/// A beat is answered by the edge before the route tree; the forms of the path it leaves to the
+/// tree (a trailing slash) must get the same answer, refusals included, with the same
+/// envelope and request id.
+#[tokio::test]
+async fn a_heartbeat_is_answered_alike_by_the_edge_and_the_route_tree() {
+    // Bursts of 12 runner reports (72 a minute): the cases below use 10.
+    let s = TestServer::start("[limits]\nrunnerReportsPerMinute = 72\n").await;
+    let admin = s.admin();
+    let (a, _) = register(&admin, "edge-beat", &["codex"], None, &[]).await;
+    let edge = format!("/api/v1/runners/{}/heartbeat", a.id);
+    let tree = format!("{edge}/");
+    let body = serde_json::to_vec(&a.heartbeat_body(&[])).unwrap();
+    let json = ("content-type", "application/json");
+    let huge = vec![b' '; 2 * 1024 * 1024];
+    let anonymous = s.anonymous();
+    type Case<'c> = (&'c Client, Vec<(&'c str, &'c str)>, Vec<u8>, u16, &'c str);
+    let cases: Vec<Case> = vec![
+        (
+            &a.client,
+            vec![json, ("x-request-id", "beat-1")],
+            body.clone(),
+            200,
+            "",
+        ),
+        (&anonymous, vec![json], body.clone(), 401, "UNAUTHORIZED"),
+        (
+            &a.client,
+            vec![("content-type", "text/plain")],
+            body.clone(),
+            415,
+            "UNSUPPORTED_MEDIA_TYPE",
+        ),
+        (
+            &a.client,
+            vec![json],
+            b"{not json".to_vec(),
+            400,
+            "INVALID_JSON",
+        ),
+        (
+            &a.client,
+            vec![json],
+            b"[]".to_vec(),
+            400,
+            "VALIDATION_ERROR",
+        ),
+        (&a.client, vec![json], huge, 413, "PAYLOAD_TOO_LARGE"),
+    ];
+    for (client, headers, body, status, code) in &cases {
+        for path in [&edge, &tree] {
+            let r = client.raw("POST", path, headers, body.clone()).await;
+            assert_eq!(r.status, *status, "{path}: {}", r.text);
+            if *status == 200 {
+                assert_eq!(r.data()["status"], "online", "{}", r.text);
+                assert!(r.data()["heartbeatIntervalMs"].is_u64(), "{}", r.text);
+                assert_eq!(r.headers["x-request-id"], "beat-1");
+                assert_eq!(r.json["meta"]["requestId"], "beat-1");
+            } else {
+                r.expect_error(*status, code);
+            }
+        }
+    }
+    // The edge charges the runner reports' budget like the route tree (5 charged so far).
+    let mut limited = 0;
+    for _ in 0..10 {
+        let r = a.client.raw("POST", &edge, &[json], body.clone()).await;
+        if r.status == 429 {
+            r.expect_error(429, "RATE_LIMITED");
+            limited += 1;
+        }
+    }
+    assert!(limited >= 3, "{limited} beats limited");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn offline_after_the_timeout_and_back_online_on_a_heartbeat() {
     let s = TestServer::start("[runners]\nrestartGraceMs = 1\nheartbeatTimeoutMs = 30000\n").await;
@@ -319,6 +418,38 @@ async fn lowest_utilisation_wins_and_only_connected_runners_get_work() {
     assert_eq!((on_small, on_large), (1, 5));
     small_ch.expect("assign_session").await;
     large_ch.expect("assign_session").await;
+    s.stop().await;
+}
+
+/// A session that a connected runner can take is assigned in the commit that queues it: by the
+/// time its creator hears `201`, the session already names its runner (no scheduling pass in
+/// between), and a session that no runner can take stays queued until one can.
+#[tokio::test]
+async fn a_session_is_assigned_in_the_commit_that_queues_it() {
+    let s = TestServer::start(FAST).await;
+    let admin = s.admin();
+    let (runner, _) = register(&admin, "at-once", &["codex"], Some(3), &[]).await;
+    let mut ch = runner.connect().await;
+    // The first assignment proves the channel is attached.
+    let first = create(&admin, "acme-now", "codex", &[]).await;
+    let first_assignment = start(&mut ch, &first).await;
+    for _ in 0..2 {
+        let id = create(&admin, "acme-now", "codex", &[]).await;
+        let detail = state_of(&admin, &id).await;
+        assert_eq!(detail["runnerId"], runner.id.as_str(), "{detail}");
+        let f = ch.expect("assign_session").await;
+        assert_eq!(f["session"]["sessionId"], id.as_str());
+    }
+    // Full (3 of 3): the next one waits in the queue, and gets the slot the first one frees.
+    let waiting = create(&admin, "acme-now", "codex", &[]).await;
+    assert!(state_of(&admin, &waiting).await.get("runnerId").is_none());
+    let r = ch
+        .request(json!({"type": "session_state", "sessionId": first,
+            "assignmentId": first_assignment, "state": "COMPLETED"}))
+        .await;
+    assert_eq!(r["type"], "ack", "{r}");
+    let f = ch.expect("assign_session").await;
+    assert_eq!(f["session"]["sessionId"], waiting.as_str());
     s.stop().await;
 }
 

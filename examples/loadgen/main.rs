@@ -43,8 +43,10 @@
 //! Each fleet phase also prints the CPU this process and everything else used meanwhile; a run
 //! where others took more than `DISTURBANCE_LIMIT` % is flagged as not counting.
 //!
-//! `stream` measures the dashboard WebSocket: 500 watchers of one session fed 1 MiB/s over
-//! REST, and the memory of 1 000 idle connections.
+//! `stream` measures the dashboard WebSocket: 500 watchers of one session that prints 1 MiB/s
+//! of timestamped lines, stored over REST as a runner sends output (what was printed while the
+//! previous chunk was stored, up to 64 KiB), each line timed to each watcher; and the memory of
+//! 1 000 idle connections. Slowed, the watchers' process runs outside the quota.
 //!
 //! `runner` measures the runner's output path end to end: one real `village runner` (the
 //! `village` binary built next to this example, or `$VILLAGE_BIN`) runs `RUNNER_SESSIONS` `pty`
@@ -1878,9 +1880,13 @@ fn print_trend(latencies: &[Duration]) {
 const STREAM_SUBSCRIBERS: usize = 500;
 /// Idle connections for the memory figure.
 const IDLE_CLIENTS: usize = 1_000;
-/// Output chunk size and rate: 4 KiB chunks at 1 MiB/s.
-const CHUNK_BYTES: usize = 4 * 1024;
-const CHUNKS_PER_SEC: u64 = 256;
+/// The terminal's output: 1 KiB lines, each starting with the time it was printed, 1 024 a
+/// second (1 MiB/s).
+const STREAM_LINE_BYTES: usize = 1024;
+const STREAM_LINES_PER_SEC: u64 = 1024;
+/// The most one chunk carries, as `village runner` sends output: what the agent printed while
+/// the previous chunk was being stored, up to its channel's chunk size.
+const MAX_CHUNK_BYTES: usize = 64 * 1024;
 const STREAM_DURATION: Duration = Duration::from_secs(10);
 const TARGET_STREAM_P99: Duration = Duration::from_millis(100);
 const TARGET_IDLE_MIB: f64 = 50.0;
@@ -1917,40 +1923,59 @@ async fn stream_scenario() -> ExitCode {
     client.post_expecting(&start, StatusCode::OK).await;
 
     println!(
-        "one session producing {} KiB chunks at {} KiB/s for {:?} to {STREAM_SUBSCRIBERS} subscribed dashboard clients (clients in a child process)",
-        CHUNK_BYTES / 1024,
-        CHUNK_BYTES as u64 * CHUNKS_PER_SEC / 1024,
-        STREAM_DURATION
+        "one session printing {} KiB lines at {} KiB/s for {:?}, sent as a runner sends them \
+         (what gathered while the previous chunk was stored, up to {} KiB), to \
+         {STREAM_SUBSCRIBERS} subscribed dashboard clients (clients in a child process{})",
+        STREAM_LINE_BYTES / 1024,
+        STREAM_LINE_BYTES as u64 * STREAM_LINES_PER_SEC / 1024,
+        STREAM_DURATION,
+        MAX_CHUNK_BYTES / 1024,
+        if slow::is_slowed() {
+            ", outside the quota: they are the viewers' browsers"
+        } else {
+            ""
+        }
     );
     let clients = spawn_clients(&server, &session, "subscribe", STREAM_SUBSCRIBERS).await;
     let subscribed = clients.connected.unwrap_or(0);
     let before = CpuSample::now();
     let wall = Instant::now();
-    let sent = produce(&mut client, &server, &session).await;
+    let produced = produce(&mut client, &server, &session).await;
     let cpu_secs = (CpuSample::now().own - before.own) as f64 / clock_ticks_per_sec();
     let elapsed = wall.elapsed();
-    let summary = clients.finish(sent).await;
+    let summary = clients.finish(produced.chunks).await;
     let p99 = Duration::from_micros(summary["p99_us"].as_u64().unwrap_or(u64::MAX));
+    let lines_expected = produced.lines * STREAM_SUBSCRIBERS as u64;
+    let lines_delivered = summary["lines"].as_u64().unwrap_or(0);
     println!(
-        "    produced {sent} chunks ({:.2} MiB/s); delivered {} frames, missing {}, duplicated {}",
-        (sent as usize * CHUNK_BYTES) as f64 / 1048576.0 / elapsed.as_secs_f64(),
+        "    printed {} lines ({:.2} MiB/s), stored as {} chunks (average {:.1} KiB); delivered {} \
+         frames, missing {}, duplicated {}; {lines_delivered} of {lines_expected} lines",
+        produced.lines,
+        (produced.lines as usize * STREAM_LINE_BYTES) as f64 / 1048576.0 / elapsed.as_secs_f64(),
+        produced.chunks,
+        (produced.lines as usize * STREAM_LINE_BYTES) as f64
+            / 1024.0
+            / produced.chunks.max(1) as f64,
         summary["frames"],
         summary["missing"],
         summary["duplicates"]
     );
     println!(
-        "    delivery latency: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "    line latency (printed to on the screen): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         summary["p50_us"].as_f64().unwrap_or(0.0) / 1000.0,
         summary["p99_us"].as_f64().unwrap_or(0.0) / 1000.0,
         summary["max_us"].as_f64().unwrap_or(0.0) / 1000.0
     );
+    let frames_delivered = summary["frames"].as_f64().unwrap_or(0.0);
     println!(
-        "    server process CPU (server + the one producer connection): {:.2} cores ({:.1} s over {:.1} s)",
+        "    server process CPU (server + the one producer connection): {:.2} cores ({:.1} s over {:.1} s), {:.1} µs per frame delivered",
         cpu_secs / elapsed.as_secs_f64(),
         cpu_secs,
-        elapsed.as_secs_f64()
+        elapsed.as_secs_f64(),
+        cpu_secs * 1e6 / frames_delivered.max(1.0)
     );
-    let complete = summary["missing"] == 0 && summary["duplicates"] == 0;
+    let complete =
+        summary["missing"] == 0 && summary["duplicates"] == 0 && lines_delivered == lines_expected;
 
     // Memory of idle connections.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -1970,26 +1995,26 @@ async fn stream_scenario() -> ExitCode {
 
     // A run that did not produce the load it names proves nothing about that load: it fails
     // whatever its latency (the producer is one connection; a slow machine falls short).
-    let produced_per_sec = sent as f64 / elapsed.as_secs_f64();
-    let mib_per_sec = |chunks: f64| chunks * CHUNK_BYTES as f64 / 1048576.0;
-    let load_ok = produced_per_sec >= LOAD_SHARE_NEEDED * CHUNKS_PER_SEC as f64
+    let produced_per_sec = produced.lines as f64 / elapsed.as_secs_f64();
+    let mib_per_sec = |lines: f64| lines * STREAM_LINE_BYTES as f64 / 1048576.0;
+    let load_ok = produced_per_sec >= LOAD_SHARE_NEEDED * STREAM_LINES_PER_SEC as f64
         && subscribed == STREAM_SUBSCRIBERS;
     let idle_load_ok = idle_connected == IDLE_CLIENTS;
     let latency_ok = load_ok && complete && p99 < TARGET_STREAM_P99;
     let memory_ok = idle_load_ok && idle_delta < TARGET_IDLE_MIB;
     println!();
     println!(
-        "load: {:.2} of {:.2} MiB/s produced ({produced_per_sec:.0} of {CHUNKS_PER_SEC} chunks/s, \
-         {:.0} %, needs >= {:.0} %), {subscribed} of {STREAM_SUBSCRIBERS} subscribers connected \
-         (needs all): {}",
+        "load: {:.2} of {:.2} MiB/s printed and stored ({produced_per_sec:.0} of {STREAM_LINES_PER_SEC} \
+         lines/s, {:.0} %, needs >= {:.0} %), {subscribed} of {STREAM_SUBSCRIBERS} subscribers \
+         connected (needs all): {}",
         mib_per_sec(produced_per_sec),
-        mib_per_sec(CHUNKS_PER_SEC as f64),
-        produced_per_sec * 100.0 / CHUNKS_PER_SEC as f64,
+        mib_per_sec(STREAM_LINES_PER_SEC as f64),
+        produced_per_sec * 100.0 / STREAM_LINES_PER_SEC as f64,
         LOAD_SHARE_NEEDED * 100.0,
         if load_ok { "ok" } else { "NOT MEASURED" }
     );
     println!(
-        "delivery p99 {:.2} ms, every frame once (target < {} ms, at the named load): {}",
+        "line delivery p99 {:.2} ms, every frame and line once (target < {} ms, at the named load): {}",
         p99.as_secs_f64() * 1000.0,
         TARGET_STREAM_P99.as_millis(),
         judged(load_ok, complete && p99 < TARGET_STREAM_P99)
@@ -2007,29 +2032,74 @@ fn clock_ticks_per_sec() -> f64 {
     100.0
 }
 
-/// Posts timestamped chunks at the target rate; returns how many were stored.
-async fn produce(client: &mut Client, server: &BenchServer, session: &str) -> u64 {
+/// What `produce` printed and stored.
+struct Produced {
+    lines: u64,
+    chunks: u64,
+}
+
+/// Prints timestamped lines at the target rate (a task, as an agent prints) and stores them as
+/// `village runner` sends output: one chunk in flight at a time, the next carrying everything
+/// printed meanwhile (up to `MAX_CHUNK_BYTES`). A server that keeps up gets many small chunks;
+/// one that falls behind gets fewer, larger ones, and the rate printed stays the rate named.
+/// Returns once the last line printed is stored.
+async fn produce(client: &mut Client, server: &BenchServer, session: &str) -> Produced {
     let call = Call::new(
         format!("/api/v1/sessions/{session}/output"),
         &server.admin_token,
         &json!({}),
     );
-    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / CHUNKS_PER_SEC));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let deadline = Instant::now() + STREAM_DURATION;
-    let mut sent = 0;
-    while Instant::now() < deadline {
-        tick.tick().await;
-        let stamp = format!("{:020}|", epoch_micros());
-        let data = format!("{stamp}{}", "x".repeat(CHUNK_BYTES - stamp.len()));
+    let (lines_tx, mut lines_rx) = mpsc::unbounded_channel::<String>();
+    let printer = tokio::spawn(async move {
+        let started = Instant::now();
+        let mut printed = 0u64;
+        let mut tick = tokio::time::interval(Duration::from_millis(2));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        while started.elapsed() < STREAM_DURATION {
+            tick.tick().await;
+            // The lines due by now, each stamped when it is printed.
+            let due = started.elapsed().as_micros() as u64 * STREAM_LINES_PER_SEC / 1_000_000;
+            while printed < due {
+                let stamp = format!("{:020}|", epoch_micros());
+                let line = format!(
+                    "{stamp}{}\n",
+                    "x".repeat(STREAM_LINE_BYTES - stamp.len() - 1)
+                );
+                if lines_tx.send(line).is_err() {
+                    return;
+                }
+                printed += 1;
+            }
+        }
+    });
+    let mut produced = Produced {
+        lines: 0,
+        chunks: 0,
+    };
+    let mut chunk = String::with_capacity(MAX_CHUNK_BYTES);
+    while let Some(line) = lines_rx.recv().await {
+        chunk.push_str(&line);
+        let mut lines = 1;
+        while chunk.len() + STREAM_LINE_BYTES <= MAX_CHUNK_BYTES {
+            match lines_rx.try_recv() {
+                Ok(line) => {
+                    chunk.push_str(&line);
+                    lines += 1;
+                }
+                Err(_) => break,
+            }
+        }
         let call = Call {
-            body: Bytes::from(json!({"stream": "stdout", "data": data}).to_string()),
+            body: Bytes::from(json!({"stream": "stdout", "data": chunk}).to_string()),
             ..call.to(&call.path)
         };
         client.post_expecting(&call, StatusCode::OK).await;
-        sent += 1;
+        produced.lines += lines;
+        produced.chunks += 1;
+        chunk.clear();
     }
-    sent
+    let _ = printer.await;
+    produced
 }
 
 /// The child process running the WebSocket clients.
@@ -2087,6 +2157,13 @@ impl ClientProcess {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
+        // Slowed, the dashboard clients are the viewers' browsers, on their own machines: they
+        // share this machine's cores but not the server's quota.
+        if let Some(pid) = child.id()
+            && let Err(e) = slow::release(pid)
+        {
+            panic!("could not move the clients out of the quota: {e}");
+        }
         let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
         let mut connected = None;
         loop {
@@ -2152,7 +2229,7 @@ async fn stream_clients() -> ExitCode {
     let count: usize = args[6].parse().unwrap();
     let subscribe = mode == "subscribe";
     let mut ready = Vec::with_capacity(count);
-    let (frames_tx, mut frames_rx) = mpsc::unbounded_channel::<(u64, u64)>();
+    let (frames_tx, mut frames_rx) = mpsc::unbounded_channel::<(u64, Vec<u64>)>();
     for i in 0..count {
         let token = tokens[i % tokens.len()];
         let mut ws = dashboard_socket(addr, token).await;
@@ -2179,15 +2256,24 @@ async fn stream_clients() -> ExitCode {
                     continue;
                 }
                 let now = epoch_micros();
-                // 500 clients × 256 frames/s: read the two fields directly instead of parsing
-                // 4 KiB of JSON each time, so the clients leave the CPU to the server.
+                // 500 clients × 1 MiB/s: read the seq and each line's stamp directly instead of
+                // parsing the JSON, so the clients leave the CPU to the server.
                 let seq = field_after(text, "\"seq\":", 20)
                     .and_then(|t| t.parse().ok())
                     .unwrap_or(0);
-                let sent: u128 = field_after(text, "\"data\":\"", 20)
-                    .and_then(|t| t.parse().ok())
-                    .unwrap_or(now);
-                let _ = tx.send((seq, now.saturating_sub(sent) as u64));
+                let mut latencies = Vec::new();
+                if let Some(start) = text.find("\"data\":\"") {
+                    // Lines are `<20-digit stamp>|x…x\n`, the newline escaped in the JSON.
+                    let mut data = &text[start + 8..];
+                    while let Some(stamp) = data.get(..20).and_then(|t| t.parse::<u128>().ok()) {
+                        latencies.push(now.saturating_sub(stamp) as u64);
+                        match data.find("\\n") {
+                            Some(end) => data = &data[end + 2..],
+                            None => break,
+                        }
+                    }
+                }
+                let _ = tx.send((seq, latencies));
             }
         });
         ready.push(ok_rx);
@@ -2208,14 +2294,16 @@ async fn stream_clients() -> ExitCode {
     }
     // Collect frames until the parent says which seq was last and every client has it.
     let mut latencies: Vec<u64> = Vec::new();
+    let mut frames = 0u64;
     let mut seen: HashMap<u64, usize> = HashMap::new();
     let mut last: Option<u64> = None;
     let mut last_line = Box::pin(stdin.next_line());
     loop {
         tokio::select! {
             frame = frames_rx.recv() => {
-                let Some((seq, micros)) = frame else { break };
-                latencies.push(micros);
+                let Some((seq, lines)) = frame else { break };
+                frames += 1;
+                latencies.extend(lines);
                 *seen.entry(seq).or_default() += 1;
             }
             line = &mut last_line, if last.is_none() => {
@@ -2239,7 +2327,7 @@ async fn stream_clients() -> ExitCode {
     let us = |d: Duration| d.as_micros() as u64;
     println!(
         "{}",
-        json!({"frames": latencies.len(), "missing": missing, "duplicates": duplicates,
+        json!({"frames": frames, "lines": latencies.len(), "missing": missing, "duplicates": duplicates,
                "p50_us": us(percentile(&latencies, 50.0)), "p99_us": us(percentile(&latencies, 99.0)),
                "max_us": us(latencies.last().copied().unwrap_or_default())})
     );

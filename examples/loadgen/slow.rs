@@ -62,6 +62,24 @@ pub(crate) fn parse(args: &[String]) -> Option<Result<(f64, Vec<String>), String
     Some(factor.map(|f| (f, rest)))
 }
 
+/// Set in the child's environment: the cgroup the supervisor came from (unslowed).
+const UNSLOWED_ENV: &str = "VILLAGE_LOADGEN_UNSLOWED_CGROUP";
+
+/// Whether this run is slowed (inside the quota).
+pub(crate) fn is_slowed() -> bool {
+    std::env::var_os(SLOWED_ENV).is_some()
+}
+
+/// Moves process `pid` out of the quota, back to the cgroup the supervisor came from: for
+/// processes that stand for other machines (the `stream` scenario's 500 viewers). Nothing to
+/// do when this run is not slowed.
+pub(crate) fn release(pid: u32) -> Result<(), String> {
+    match std::env::var_os(UNSLOWED_ENV) {
+        Some(dir) => write(&Path::new(&dir).join("cgroup.procs"), &pid.to_string()),
+        None => Ok(()),
+    }
+}
+
 /// The first line of every scenario's output: whether this run was slowed, and how much.
 pub(crate) fn header() -> String {
     match std::env::var(SLOWED_ENV) {
@@ -326,7 +344,10 @@ pub(crate) fn supervise(factor: f64, args: Vec<String>) -> ExitCode {
         return ExitCode::from(2);
     }
     let mut command = std::process::Command::new(std::env::current_exe().unwrap());
-    command.args(&args).env(SLOWED_ENV, &line);
+    command
+        .args(&args)
+        .env(SLOWED_ENV, &line)
+        .env(UNSLOWED_ENV, &cgroup.parent);
     if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
         command.env("TOKIO_WORKER_THREADS", cores.to_string());
     }

@@ -256,6 +256,7 @@ impl AsyncWrite for EdgeStream {
 pub async fn serve(
     listener: TcpListener,
     routes: BoxedFilter<(Response,)>,
+    heartbeat: super::HeartbeatAtEdge,
     limits: &ServerConfig,
     connections: Arc<Connections>,
     metrics: Arc<Metrics>,
@@ -285,17 +286,25 @@ pub async fn serve(
         let io = TokioIo::new(EdgeStream::new(stream, idle_timeout, slot));
         let service = service.clone();
         let metrics = metrics.clone();
+        let heartbeat = heartbeat.clone();
         let handler = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let mut service = service.clone();
             let metrics = metrics.clone();
+            let heartbeat = heartbeat.clone();
             PEER.scope(peer, async move {
                 let (mut head, body) = request.into_parts();
                 let seen = access_log::Request::begin(&mut head);
-                let request = hyper::Request::from_parts(head, body);
-                let (routed, caller) = seen
-                    .scope(tower_service::Service::call(&mut service, request))
-                    .await;
-                let Ok(response) = routed;
+                let (response, caller) = if super::HeartbeatAtEdge::answers(&head) {
+                    let body = http_body_util::BodyDataStream::new(body);
+                    seen.scope(heartbeat.answer(&head, body, peer)).await
+                } else {
+                    let request = hyper::Request::from_parts(head, body);
+                    let (routed, caller) = seen
+                        .scope(tower_service::Service::call(&mut service, request))
+                        .await;
+                    let Ok(response) = routed;
+                    (response, caller)
+                };
                 let (mut parts, body) = download::finish(response).await.into_parts();
                 seen.finish(&mut parts, caller, &metrics);
                 Ok::<_, Infallible>(hyper::Response::from_parts(parts, body))

@@ -28,8 +28,9 @@ pub fn routes(s: &AppState) -> BoxedFilter<(ApiResult,)> {
         .and(p())
         .and(json_body())
         .then(register);
-    // A POST is answered before the route tree (`super::heartbeat_route`); here the route
-    // only answers the other methods, as every route does (405).
+    // The edge answers a beat before the route tree (`super::HeartbeatAtEdge`); this route
+    // answers the forms of the path it leaves to the tree (a trailing slash, an escaped id)
+    // the same way, and other methods 405 as every route does.
     let heartbeat = path!("runners" / String / "heartbeat")
         .and(warp::post())
         .and(p())

@@ -15,8 +15,8 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use uuid::Uuid;
 use warp::Filter;
 use warp::http::{HeaderMap, header};
@@ -649,10 +649,15 @@ impl Connection {
                     return Ok(());
                 };
                 self.subs.sessions.insert(id, chunk.seq);
-                let text = event
-                    .rendered
-                    .get_or_init(|| render::terminal_frame(id, chunk).into());
-                self.deliver(Message::text(text.to_string())).await?;
+                // Rendered once for every watcher; each sends the same bytes (no copy here).
+                let shared = event.rendered.get_or_init(|| {
+                    std::sync::Arc::new(Utf8Bytes::from(render::terminal_frame(id, chunk)))
+                });
+                let text = match shared.downcast_ref::<Utf8Bytes>() {
+                    Some(text) => text.clone(),
+                    None => Utf8Bytes::from(render::terminal_frame(id, chunk)),
+                };
+                self.deliver(Message::Text(text)).await?;
                 self.st.metrics.terminal_bytes_sent(chunk.data.len());
                 Ok(())
             }

@@ -21,8 +21,9 @@ pub use model::{BusEvent, DomainEvent, FLEET_EVENTS, SESSION_EVENTS, is_public};
 
 /// Events after which a queued session may find a runner.
 const SCHEDULING_EVENTS: &[&str] = &[
-    "session_created",
-    "session_requeued",
+    // A session created or requeued is placed in the commit that queued it (the store's
+    // placement step, `runners::scheduler::placement_step`), which wakes the scheduler itself
+    // when it leaves work for a whole pass.
     "session_completed",
     "session_failed",
     "runner_registered",

@@ -57,9 +57,10 @@ pub struct BusEvent {
     pub org_id: Option<String>,
     pub session_id: Option<Uuid>,
     pub event: DomainEvent,
-    /// The event as a dashboard frame, rendered by the first connection that sends it and
-    /// shared by all the others (terminal output goes to many watchers).
-    pub rendered: OnceLock<Arc<str>>,
+    /// The event as the dashboard stream sends it, made by the first connection that sends it
+    /// and shared by all the others (terminal output goes to many watchers). Opaque here: the
+    /// stream keeps its own message type in it, so a watcher sends the frame without a copy.
+    pub rendered: OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl BusEvent {

@@ -178,6 +178,54 @@ pub struct RunnerService {
     liveness_written: Arc<std::sync::atomic::AtomicU64>,
 }
 
+/// What scheduling reads of the fleet: the runners with a live channel and their status, the
+/// clock, ids and the shared runners' orgs. It holds no store, so the store's writer thread
+/// can keep one for the placement step without keeping itself alive.
+#[derive(Clone)]
+pub struct PlacementView {
+    bus: EventBus,
+    fleet: Arc<Fleet>,
+    timing: Timing,
+    clock: SharedClock,
+    ids: SharedIds,
+    shared_runner_orgs: Option<Arc<std::collections::HashSet<String>>>,
+}
+
+impl PlacementView {
+    /// The runners that may be given work now, with their last reported CPU load.
+    pub fn schedulable(&self) -> Vec<(Arc<RunnerRecord>, f64)> {
+        let now = self.clock.now_ms();
+        // Only runners with a live channel can be given work: start from those (a big fleet
+        // may have few of them), not from the whole fleet.
+        let mut out = Vec::new();
+        for id in self.bus.attached_runners() {
+            if let Some(e) = self.fleet.shard(&id).get(&id)
+                && self.timing.status(e, now) == RunnerStatus::Online
+            {
+                out.push((e.record.clone(), e.live.load.cpu_percent));
+            }
+        }
+        out
+    }
+
+    pub fn now(&self) -> Millis {
+        self.clock.now_ms()
+    }
+
+    /// Wakes the scheduler task for a pass over the whole queue.
+    pub fn kick_scheduler(&self) {
+        self.bus.kick_scheduler();
+    }
+
+    pub fn ids(&self) -> &SharedIds {
+        &self.ids
+    }
+
+    pub fn shared_runner_orgs(&self) -> Option<Arc<std::collections::HashSet<String>>> {
+        self.shared_runner_orgs.clone()
+    }
+}
+
 impl RunnerService {
     /// Loads every registered runner and its last known liveness.
     pub async fn load(
@@ -881,18 +929,19 @@ impl RunnerService {
 
     /// Whether a runner may be given work now (scheduling reads this).
     pub fn schedulable(&self) -> Vec<(Arc<RunnerRecord>, f64)> {
-        let now = self.now();
-        // Only runners with a live channel can be given work: start from those (a big fleet
-        // may have few of them), not from the whole fleet.
-        let mut out = Vec::new();
-        for id in self.bus.attached_runners() {
-            if let Some(e) = self.fleet(&id).get(&id)
-                && self.timing.status(e, now) == RunnerStatus::Online
-            {
-                out.push((e.record.clone(), e.live.load.cpu_percent));
-            }
+        self.placement_view().schedulable()
+    }
+
+    /// What scheduling reads of the fleet, without the store (see [`PlacementView`]).
+    pub fn placement_view(&self) -> PlacementView {
+        PlacementView {
+            bus: self.bus.clone(),
+            fleet: self.fleet.clone(),
+            timing: self.timing,
+            clock: self.clock.clone(),
+            ids: self.ids.clone(),
+            shared_runner_orgs: self.shared_runner_orgs.clone(),
         }
-        out
     }
 
     /// Applies what the passage of time implies: offline/online events, giving up a lost

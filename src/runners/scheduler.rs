@@ -10,16 +10,19 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use super::RunnerService;
 use super::model::RunnerRecord;
+use super::{PlacementView, RunnerService};
 use crate::error::DomainError;
 use crate::sessions::{self, model::Session};
-use crate::store::Store;
+use crate::store::{PlacementStep, Store, WriteTxn};
 
 /// How many sessions one pass assigns at most (the next pass follows at once).
 const PASS_SIZE: usize = 256;
 /// How far down the queue one pass looks.
 const MAX_QUEUE_SCAN: usize = 100_000;
+/// How far down the queue the placement step looks (it runs in every batch that queues a
+/// session, so it must stay cheap when the head of the queue is sessions no runner can take).
+const IN_BATCH_SCAN: usize = 256;
 
 /// Whether `runner` may take `session` at all: its org (or shared, for the orgs shared runners
 /// serve), the provider and every required feature. `shared_orgs`: `None` is every org.
@@ -154,68 +157,140 @@ fn choose<'r>(
         })
 }
 
-/// One pass over the queue. Returns how many sessions were assigned.
-pub async fn pass(store: &Store, runners: &RunnerService) -> Result<usize, DomainError> {
-    let candidates: Vec<Arc<RunnerRecord>> =
-        runners.schedulable().into_iter().map(|(r, _)| r).collect();
-    if candidates.is_empty() {
-        return Ok(0);
-    }
-    let now = runners.now();
-    let ids = runners.ids.clone();
-    let shared_orgs = runners.shared_runner_orgs();
-    store
-        .write(move |w| {
-            let mut loads = w.runner_loads()?;
-            let mut free: u64 = candidates
-                .iter()
-                .map(|r| {
-                    let held = loads.get(&r.id).copied().unwrap_or(0);
-                    r.capabilities.max_concurrent_sessions.saturating_sub(held)
-                })
-                .sum();
-            let mut index = EligibleIndex::new(&candidates, shared_orgs.as_deref());
-            // The snapshot was taken outside this transaction: a runner is checked against the
-            // store (drained or deregistered since?) the first time it is picked.
-            let mut checked: HashMap<Uuid, bool> = HashMap::new();
-            let mut assigned = 0;
-            // The whole queue, oldest first: sessions no runner can take must not hide the
-            // ones behind them.
-            for id in w.queued_sessions(MAX_QUEUE_SCAN)? {
-                if free == 0 || assigned >= PASS_SIZE {
-                    break;
-                }
-                let Some(mut s) = w.get_session(id)? else {
-                    continue;
-                };
-                let runner_id = loop {
-                    let Some(runner) = index.best(&s, &loads) else {
-                        break None;
-                    };
-                    let usable = match checked.get(&runner) {
-                        Some(usable) => *usable,
-                        None => {
-                            let usable = w.get_runner(runner)?.is_some_and(|r| !r.draining);
-                            checked.insert(runner, usable);
-                            usable
-                        }
-                    };
-                    if usable {
-                        break Some(runner);
-                    }
-                    index.exclude(runner);
-                };
-                let Some(runner_id) = runner_id else {
-                    continue;
-                };
-                sessions::assign(w, &mut s, runner_id, ids.uuid(), now)?;
-                *loads.entry(runner_id).or_default() += 1;
-                free = free.saturating_sub(1);
-                assigned += 1;
-            }
-            Ok(assigned)
+/// What one pass assigns from: the runners that may take work, as the fleet stood when the pass
+/// began (each is checked against the store when first picked), and the pass's clock and ids.
+struct Plan {
+    candidates: Vec<Arc<RunnerRecord>>,
+    view: PlacementView,
+}
+
+impl Plan {
+    /// `None` when no runner can take work (nothing to do).
+    fn of(view: &PlacementView) -> Option<Plan> {
+        let candidates: Vec<Arc<RunnerRecord>> =
+            view.schedulable().into_iter().map(|(r, _)| r).collect();
+        (!candidates.is_empty()).then(|| Plan {
+            candidates,
+            view: view.clone(),
         })
-        .await
+    }
+
+    /// Assigns queued sessions, oldest first, looking at most `scan` sessions down the queue.
+    /// Returns how many were assigned.
+    fn assign_queued(&self, w: &mut dyn WriteTxn, scan: usize) -> Result<Placed, DomainError> {
+        let queue = w.queued_sessions(scan)?;
+        let mut placed = Placed {
+            assigned: 0,
+            // Sessions past the scan, or past one pass's worth, are for another pass.
+            more: queue.len() >= scan,
+        };
+        if queue.is_empty() {
+            return Ok(placed);
+        }
+        let mut loads = w.runner_loads()?;
+        let mut free: u64 = self
+            .candidates
+            .iter()
+            .map(|r| {
+                let held = loads.get(&r.id).copied().unwrap_or(0);
+                r.capabilities.max_concurrent_sessions.saturating_sub(held)
+            })
+            .sum();
+        if free == 0 {
+            return Ok(placed);
+        }
+        let shared_orgs = self.view.shared_runner_orgs();
+        let now = self.view.now();
+        let mut index = EligibleIndex::new(&self.candidates, shared_orgs.as_deref());
+        // The candidates were read outside this transaction: a runner is checked against the
+        // store (drained or deregistered since?) the first time it is picked.
+        let mut checked: HashMap<Uuid, bool> = HashMap::new();
+        // The queue, oldest first: sessions no runner can take must not hide the ones behind
+        // them.
+        for id in queue {
+            if free == 0 {
+                break;
+            }
+            if placed.assigned >= PASS_SIZE {
+                placed.more = true;
+                break;
+            }
+            let Some(mut s) = w.get_session(id)? else {
+                continue;
+            };
+            let runner_id = loop {
+                let Some(runner) = index.best(&s, &loads) else {
+                    break None;
+                };
+                let usable = match checked.get(&runner) {
+                    Some(usable) => *usable,
+                    None => {
+                        let usable = w.get_runner(runner)?.is_some_and(|r| !r.draining);
+                        checked.insert(runner, usable);
+                        usable
+                    }
+                };
+                if usable {
+                    break Some(runner);
+                }
+                index.exclude(runner);
+            };
+            let Some(runner_id) = runner_id else {
+                continue;
+            };
+            sessions::assign(w, &mut s, runner_id, self.view.ids().uuid(), now)?;
+            *loads.entry(runner_id).or_default() += 1;
+            free = free.saturating_sub(1);
+            placed.assigned += 1;
+        }
+        Ok(placed)
+    }
+}
+
+/// What a pass did.
+struct Placed {
+    assigned: usize,
+    /// It stopped before the end of the queue: another pass may assign more.
+    more: bool,
+}
+
+/// One pass over the whole queue in a write job of its own. Returns how many sessions were
+/// assigned.
+pub async fn pass(store: &Store, runners: &RunnerService) -> Result<usize, DomainError> {
+    let Some(plan) = Plan::of(&runners.placement_view()) else {
+        return Ok(0);
+    };
+    let placed = store
+        .write(move |w| plan.assign_queued(w, MAX_QUEUE_SCAN))
+        .await?;
+    Ok(placed.assigned)
+}
+
+/// The store's placement step (`Store::set_placement`): at the end of a write batch that queued
+/// a session, a pass over the head of the queue in the same transaction. A session that a
+/// runner can take is then assigned in the commit that queued it, and its `assign_session`
+/// reaches the runner as its creator hears `201`, instead of one commit later (which, with the
+/// writer busy in a burst of creates, was most of a session's wait). So a session created or
+/// requeued does not wake the scheduler task; the step wakes it when it leaves sessions it did
+/// not look at (a queue longer than `IN_BATCH_SCAN`, more than a pass) or fails.
+pub fn placement_step(view: PlacementView) -> PlacementStep {
+    Box::new(move |w: &mut dyn WriteTxn| {
+        let Some(plan) = Plan::of(&view) else {
+            // No runner can take work: one that connects wakes the scheduler.
+            return Ok(());
+        };
+        match plan.assign_queued(w, IN_BATCH_SCAN) {
+            Ok(placed) if !placed.more => Ok(()),
+            Ok(_) => {
+                view.kick_scheduler();
+                Ok(())
+            }
+            Err(e) => {
+                view.kick_scheduler();
+                Err(e.into())
+            }
+        }
+    })
 }
 
 /// Runs passes whenever woken, until shutdown.

@@ -143,10 +143,20 @@ pub trait Effects {
 type Finish = Box<dyn FnOnce(StoreResult<()>) + Send>;
 type Job = Box<dyn FnOnce(&mut WriteCtx<'_>) -> Finish + Send>;
 
-/// What the writer thread receives: a job, or the request to close the database (after the
-/// jobs sent before it), answered once the file is closed.
+/// What a placement step reports when it fails (it is logged; the batch's other writes stand
+/// unless the step failed after writing).
+pub type PlacementError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The placement step (`Store::set_placement`): runs at the end of a batch in which a session
+/// entered the queue, in the batch's transaction, so a session that a runner can take at once
+/// is assigned in the same commit that queued it.
+pub type PlacementStep = Box<dyn FnMut(&mut dyn WriteTxn) -> Result<(), PlacementError> + Send>;
+
+/// What the writer thread receives: a job, the placement step, or the request to close the
+/// database (after the jobs sent before it), answered once the file is closed.
 enum Msg {
     Job(Job),
+    Placement(PlacementStep),
     Close(mpsc::Sender<()>),
 }
 
@@ -322,6 +332,8 @@ struct Writer {
     bus: Arc<dyn Publisher>,
     deliverer: Option<tokio::sync::mpsc::UnboundedSender<Outcome>>,
     stats: Arc<WriterStats>,
+    /// Run after the jobs of a batch that queued a session (`Store::set_placement`).
+    placement: Option<PlacementStep>,
 }
 
 /// How long a reopen waits for reads in flight to drop the old handle.
@@ -350,6 +362,8 @@ impl Writer {
     /// Closes the database file cleanly (its next open needs no repair): no read gets the
     /// handle any more, and the writer's is dropped once reads in flight let go of it.
     fn close(&mut self) {
+        // The step may hold services that hold this store's sender: let them go.
+        self.placement = None;
         self.slot.set(None);
         if !self.release_handle() {
             tracing::warn!("reads still hold the database; it is left to the process's exit");
@@ -435,6 +449,10 @@ impl Writer {
             };
             let first = match first {
                 Msg::Job(job) => job,
+                Msg::Placement(step) => {
+                    self.placement = Some(step);
+                    continue;
+                }
                 Msg::Close(done) => {
                     self.close();
                     let _ = done.send(());
@@ -451,6 +469,7 @@ impl Writer {
             while batch.len() < MAX_BATCH {
                 match self.rx.try_recv() {
                     Ok(Msg::Job(job)) => batch.push(job),
+                    Ok(Msg::Placement(step)) => self.placement = Some(step),
                     Ok(Msg::Close(done)) => {
                         close_after = Some(done);
                         break;
@@ -471,6 +490,7 @@ impl Writer {
                     let left = deadline.saturating_duration_since(std::time::Instant::now());
                     match self.rx.recv_timeout(left) {
                         Ok(Msg::Job(job)) => batch.push(job),
+                        Ok(Msg::Placement(step)) => self.placement = Some(step),
                         Ok(Msg::Close(done)) => {
                             close_after = Some(done);
                             break;
@@ -485,7 +505,7 @@ impl Writer {
             last_batch = batch.len();
             let count = batch.len() as u64;
             let (finishes, result, committed) = match &self.db {
-                Some(db) => run_batch(db, batch, &self.stats),
+                Some(db) => run_batch(db, batch, self.placement.as_mut(), &self.stats),
                 None => (
                     Vec::new(),
                     Err(StoreError::Unavailable(
@@ -588,6 +608,7 @@ impl Store {
             bus,
             deliverer,
             stats: stats.clone(),
+            placement: None,
         };
         std::thread::Builder::new()
             .name("village-store-writer".into())
@@ -598,6 +619,13 @@ impl Store {
             jobs,
             stats,
         })
+    }
+
+    /// Sets the step that runs at the end of every batch in which a session entered the queue,
+    /// inside that batch's transaction (see `PlacementStep`). It is dropped when the store
+    /// closes.
+    pub fn set_placement(&self, step: PlacementStep) {
+        let _ = self.jobs.send(Msg::Placement(step));
     }
 
     /// Closes the database file once the writes sent before this call are done, so that the
@@ -640,24 +668,7 @@ impl Store {
     {
         let (tx, rx) = oneshot::channel::<Result<R, E>>();
         let job: Job = Box::new(move |ctx: &mut WriteCtx<'_>| {
-            let marks = (
-                ctx.events.len(),
-                ctx.commands.len(),
-                ctx.writes,
-                ctx.after_commit.len(),
-            );
-            let outcome = f(ctx);
-            ctx.followed = None;
-            if outcome.is_err() {
-                ctx.events.truncate(marks.0);
-                ctx.commands.truncate(marks.1);
-                ctx.after_commit.truncate(marks.3);
-                // Jobs check before they write; one that failed after writing (a storage
-                // error, a bug) may have left half a change: the batch is abandoned.
-                if ctx.writes != marks.2 {
-                    ctx.poisoned = true;
-                }
-            }
+            let outcome = ctx.guarded(f);
             Box::new(move |commit: StoreResult<()>| {
                 let reply = match (outcome, commit) {
                     (Err(e), _) => Err(e),
@@ -776,6 +787,7 @@ impl Outcome {
 fn run_batch(
     db: &Database,
     batch: Vec<Job>,
+    placement: Option<&mut PlacementStep>,
     stats: &WriterStats,
 ) -> (Vec<Finish>, StoreResult<()>, Committed) {
     let started = std::time::Instant::now();
@@ -796,6 +808,7 @@ fn run_batch(
         followed: None,
         writes: 0,
         poisoned: false,
+        queued: false,
     };
     let mut panicked = false;
     for job in batch {
@@ -808,6 +821,25 @@ fn run_batch(
             Ok(finish) => finishes.push(finish),
             Err(_) => {
                 tracing::error!("a write job panicked; its batch is abandoned");
+                panicked = true;
+            }
+        }
+    }
+    if let Some(step) = placement
+        && ctx.queued
+        && !panicked
+        && !ctx.poisoned
+    {
+        let placed = catch_unwind(AssertUnwindSafe(|| {
+            ctx.guarded(|w: &mut WriteCtx<'_>| step(w))
+        }));
+        match placed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "placing queued sessions in the batch failed")
+            }
+            Err(_) => {
+                tracing::error!("the placement step panicked; its batch is abandoned");
                 panicked = true;
             }
         }
@@ -931,6 +963,8 @@ pub struct WriteCtx<'a> {
     pub(super) writes: u64,
     /// A job failed after writing: the batch must not commit.
     pub(super) poisoned: bool,
+    /// A session entered the queue in this batch: the placement step runs after the jobs.
+    pub(super) queued: bool,
 }
 
 /// The tables every session create (and most session updates) writes, kept open for the whole
@@ -994,6 +1028,30 @@ impl Tables for WriteCtx<'_> {
 }
 
 impl<'a> WriteCtx<'a> {
+    /// Runs one job (or the placement step) so that a failure takes back what it would have
+    /// made known: its events, commands and after-commit updates. Jobs check before they
+    /// write; one that failed after writing (a storage error, a bug) may have left half a
+    /// change, so the batch is abandoned.
+    fn guarded<R, E>(&mut self, f: impl FnOnce(&mut Self) -> Result<R, E>) -> Result<R, E> {
+        let marks = (
+            self.events.len(),
+            self.commands.len(),
+            self.writes,
+            self.after_commit.len(),
+        );
+        let outcome = f(self);
+        self.followed = None;
+        if outcome.is_err() {
+            self.events.truncate(marks.0);
+            self.commands.truncate(marks.1);
+            self.after_commit.truncate(marks.3);
+            if self.writes != marks.2 {
+                self.poisoned = true;
+            }
+        }
+        outcome
+    }
+
     /// Opens a table for writing, noting that this job has written.
     pub(super) fn open_mut<K: Key + 'static, V: Value + 'static>(
         &mut self,
@@ -1064,6 +1122,68 @@ mod tests {
         assert_eq!(get(&store, "before").await, Some(1));
         assert_eq!(get(&store, "lost").await, None);
         assert_eq!(get(&store, "after").await, Some(3));
+    }
+
+    /// A job that queues a session (here: sets the flag `put_session` sets) makes the placement
+    /// step run once after the batch's jobs, in the same transaction; a failing step leaves
+    /// the jobs' writes standing, a panicking one abandons the batch; jobs that queue nothing
+    /// never run it.
+    #[tokio::test]
+    async fn the_placement_step_runs_in_the_batch_that_queued_a_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("v.redb"), Nowhere).unwrap();
+        let mode = Arc::new(AtomicU64::new(0));
+        let step_mode = mode.clone();
+        store.set_placement(Box::new(move |w: &mut dyn WriteTxn| {
+            match step_mode.load(Ordering::SeqCst) {
+                0 => {
+                    let placed = w.due_timers(Millis::MAX, 100)?.len() as u128;
+                    w.set_timer(crate::sessions::model::Timer {
+                        due: 0,
+                        kind: crate::sessions::model::TimerKind::AssignmentLapse,
+                        session_id: Uuid::from_u128(placed + 1),
+                        other_id: Uuid::nil(),
+                    })?;
+                    Ok(())
+                }
+                1 => Err("no runner answers".into()),
+                _ => panic!("a bug in the placement step"),
+            }
+        }));
+        let queue = |key: &'static str, value: u64, queued: bool| {
+            store.write_in(move |w: &mut WriteCtx<'_>| {
+                w.open_mut(META)?.insert(key, value)?;
+                w.queued |= queued;
+                Ok::<_, StoreError>(())
+            })
+        };
+        let placed = || {
+            store.read(|r| Ok::<_, StoreError>(Some(r.due_timers(Millis::MAX, 100)?.len() as u64)))
+        };
+        let commits = store.stats.commits.get();
+        queue("a", 1, true).await.unwrap();
+        // Answered after the commit that holds both the job's write and the step's.
+        assert_eq!(placed().await.unwrap(), Some(1));
+        assert_eq!(store.stats.commits.get(), commits + 1);
+        queue("b", 2, false).await.unwrap();
+        assert_eq!(placed().await.unwrap(), Some(1), "nothing queued");
+        mode.store(1, Ordering::SeqCst);
+        queue("c", 3, true).await.unwrap();
+        assert_eq!(
+            get(&store, "c").await,
+            Some(3),
+            "a failed step keeps the batch"
+        );
+        mode.store(2, Ordering::SeqCst);
+        assert!(queue("d", 4, true).await.is_err());
+        assert_eq!(
+            get(&store, "d").await,
+            None,
+            "a panicking step abandons the batch"
+        );
+        mode.store(0, Ordering::SeqCst);
+        queue("e", 5, true).await.unwrap();
+        assert_eq!(placed().await.unwrap(), Some(2));
     }
 
     #[tokio::test]

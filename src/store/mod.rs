@@ -28,8 +28,8 @@ mod webhooks;
 pub use audit::{AuditReads, AuditWrites};
 pub use backup::BackupSummary;
 pub use engine::{
-    AfterCommit, DEFAULT_CACHE_BYTES, Effects, Publisher, ReadCtx, Store, StoreError, StoreResult,
-    WriteCtx, WriterStats,
+    AfterCommit, DEFAULT_CACHE_BYTES, Effects, PlacementError, PlacementStep, Publisher, ReadCtx,
+    Store, StoreError, StoreResult, WriteCtx, WriterStats,
 };
 pub use pipeline::{PipelineReads, PipelineWrites};
 pub use policies::{PolicyReads, PolicyWrites};

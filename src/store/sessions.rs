@@ -378,6 +378,7 @@ impl SessionWrites for WriteCtx<'_> {
                 queue.remove((created, id))?;
             } else {
                 queue.insert((created, id), ())?;
+                self.queued = true;
             }
         }
         let old_runner = old.as_ref().and_then(Session::occupies_runner);
