@@ -164,8 +164,10 @@ pub async fn housekeeping(limits: Arc<RateLimits>, mut stop: tokio::sync::watch:
 }
 
 /// The budget of a REST call: runner reports are POSTs to a runner's heartbeat or to a
-/// session's output, usage or state.
+/// session's output, usage or state (with or without a trailing slash, which the routes
+/// accept).
 pub fn budget_of(method: &warp::http::Method, path: &str) -> Budget {
+    let path = path.strip_suffix('/').unwrap_or(path);
     let report = method == warp::http::Method::POST
         && (path.ends_with("/heartbeat")
             || (path.starts_with("/api/v1/sessions/")
@@ -192,6 +194,8 @@ mod tests {
             "/api/v1/sessions/s1/output",
             "/api/v1/sessions/s1/usage",
             "/api/v1/sessions/s1/state",
+            "/api/v1/runners/r1/heartbeat/",
+            "/api/v1/sessions/s1/output/",
         ] {
             assert_eq!(budget_of(&post, path), Budget::RunnerReports, "{path}");
         }
