@@ -187,7 +187,7 @@ impl Plan {
         if queue.is_empty() {
             return Ok(placed);
         }
-        let mut loads = w.runner_loads()?;
+        let mut loads = w.active_loads()?;
         let mut free: u64 = self
             .candidates
             .iter()

@@ -12,8 +12,8 @@
 //! The writer is the one serial step every write waits for, so it does as little as it can: the
 //! tables of the session paths stay open for the whole batch (`hot_tables!`), sequence numbers
 //! already known in the batch are not looked up again, and a committed batch is handed to a
-//! runtime task that wakes its callers and publishes its events (in commit order) while the
-//! writer starts on the next batch.
+//! runtime task that hands its runner commands to their channels, wakes its callers and
+//! publishes its events (in commit order) while the writer starts on the next batch.
 //!
 //! Reads run on the blocking pool, each in its own read transaction (a consistent snapshot).
 //! No redb call ever runs on the async reactor.
@@ -334,7 +334,13 @@ struct Writer {
     stats: Arc<WriterStats>,
     /// Run after the jobs of a batch that queued a session (`Store::set_placement`).
     placement: Option<PlacementStep>,
+    /// Every runner's active-session count as last committed (`WriteCtx::loads`); `None`
+    /// until a batch reads it, and again after a batch that did not commit.
+    loads: Option<RunnerLoads>,
 }
+
+/// Active sessions per runner (runners with none are absent), as `RUNNER_ACTIVE_SESSIONS`.
+pub(super) type RunnerLoads = HashMap<Uuid, u64>;
 
 /// How long a reopen waits for reads in flight to drop the old handle.
 const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -397,6 +403,7 @@ impl Writer {
 
     /// Drops the failed handle, waits for readers to let go of it, and opens the file again.
     fn reopen(&mut self) {
+        self.loads = None;
         self.slot.set(None);
         if let Some(mut old) = self.db.take() {
             let deadline = std::time::Instant::now() + REOPEN_WAIT;
@@ -505,7 +512,13 @@ impl Writer {
             last_batch = batch.len();
             let count = batch.len() as u64;
             let (finishes, result, committed) = match &self.db {
-                Some(db) => run_batch(db, batch, self.placement.as_mut(), &self.stats),
+                Some(db) => run_batch(
+                    db,
+                    batch,
+                    self.placement.as_mut(),
+                    &mut self.loads,
+                    &self.stats,
+                ),
                 None => (
                     Vec::new(),
                     Err(StoreError::Unavailable(
@@ -609,6 +622,7 @@ impl Store {
             deliverer,
             stats: stats.clone(),
             placement: None,
+            loads: None,
         };
         std::thread::Builder::new()
             .name("village-store-writer".into())
@@ -752,9 +766,10 @@ impl Outcome {
             committed,
             jobs,
         } = self;
-        // Callers first (they are waiting), then the runners' channels and the bus.
-        // Memory first (it mirrors what was committed), then the callers (they are waiting),
-        // then the runners' channels and the bus.
+        // Memory first (it mirrors what was committed), then the runners' commands, then the
+        // callers, then the bus. A runner's channel task is woken before the callers' request
+        // tasks, so under a burst of creates an assignment does not queue behind the answers
+        // of a whole batch (BENCHMARKS.md, "bursts").
         if result.is_ok() {
             for update in committed.after_commit {
                 // A panicking update must not take the callers' answers (or, in the delivery
@@ -762,6 +777,9 @@ impl Outcome {
                 if catch_unwind(AssertUnwindSafe(update)).is_err() {
                     tracing::error!("an after-commit update panicked");
                 }
+            }
+            for command in committed.commands {
+                bus.publish_command(command);
             }
         }
         for finish in finishes {
@@ -772,9 +790,6 @@ impl Outcome {
         }
         match &result {
             Ok(()) => {
-                for command in committed.commands {
-                    bus.publish_command(command);
-                }
                 for event in committed.events {
                     bus.publish(event);
                 }
@@ -788,6 +803,7 @@ fn run_batch(
     db: &Database,
     batch: Vec<Job>,
     placement: Option<&mut PlacementStep>,
+    loads: &mut Option<RunnerLoads>,
     stats: &WriterStats,
 ) -> (Vec<Finish>, StoreResult<()>, Committed) {
     let started = std::time::Instant::now();
@@ -809,6 +825,7 @@ fn run_batch(
         writes: 0,
         poisoned: false,
         queued: false,
+        loads: loads.take(),
     };
     let mut panicked = false;
     for job in batch {
@@ -850,6 +867,7 @@ fn run_batch(
         after_commit: std::mem::take(&mut ctx.after_commit),
     };
     let poisoned = ctx.poisoned;
+    let batch_loads = ctx.loads.take();
     drop(ctx);
     if poisoned && !panicked {
         tracing::error!("a write job failed after writing; its batch is abandoned");
@@ -864,7 +882,12 @@ fn run_batch(
     let outcome = txn.commit();
     stats.batch_timed(jobs_done - started, jobs_done.elapsed());
     match outcome {
-        Ok(()) => (finishes, Ok(()), committed),
+        Ok(()) => {
+            // Only a committed batch's counts stand; after any other the next batch that needs
+            // them reads the table again.
+            *loads = batch_loads;
+            (finishes, Ok(()), committed)
+        }
         Err(e) => (finishes, Err(e.into()), Committed::default()),
     }
 }
@@ -965,6 +988,10 @@ pub struct WriteCtx<'a> {
     pub(super) poisoned: bool,
     /// A session entered the queue in this batch: the placement step runs after the jobs.
     pub(super) queued: bool,
+    /// Every runner's active-session count as this batch stands, once read: kept with the
+    /// table by `adjust_runner_load`, and carried from batch to batch by the writer, so that
+    /// placing a session does not scan the table (a pass needs every runner's count).
+    pub(super) loads: Option<RunnerLoads>,
 }
 
 /// The tables every session create (and most session updates) writes, kept open for the whole
@@ -1184,6 +1211,104 @@ mod tests {
         mode.store(0, Ordering::SeqCst);
         queue("e", 5, true).await.unwrap();
         assert_eq!(placed().await.unwrap(), Some(2));
+    }
+
+    /// The writer's copy of every runner's active-session count (what a scheduling pass reads
+    /// instead of the table) follows the table through committed batches, and a batch that
+    /// does not commit leaves no trace in it.
+    #[tokio::test]
+    async fn the_writers_runner_loads_follow_the_table() {
+        use crate::store::runners::RunnerWrites;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("v.redb"), Nowhere).unwrap();
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        // Reads the copy first, so the job's changes must reach it.
+        let adjust = |changes: Vec<(Uuid, bool)>, fail: bool| {
+            store.write_in(move |w: &mut WriteCtx<'_>| {
+                w.active_loads()?;
+                for (runner, up) in changes {
+                    w.adjust_runner_load(runner, up)?;
+                }
+                if fail {
+                    return Err(StoreError::Unavailable(
+                        "the job fails after writing".into(),
+                    ));
+                }
+                Ok(())
+            })
+        };
+        let both = || async {
+            let copy = store
+                .write_in(|w: &mut WriteCtx<'_>| w.active_loads())
+                .await
+                .unwrap();
+            let table = store.read(|r| r.runner_loads()).await.unwrap();
+            assert_eq!(copy, table, "the writer's copy against the table");
+            table
+        };
+        adjust(vec![(a, true), (a, true), (b, true)], false)
+            .await
+            .unwrap();
+        assert_eq!(both().await, HashMap::from([(a, 2), (b, 1)]));
+        assert!(adjust(vec![(a, false)], true).await.is_err());
+        assert_eq!(
+            both().await,
+            HashMap::from([(a, 2), (b, 1)]),
+            "an abandoned batch"
+        );
+        adjust(vec![(b, false), (a, false)], false).await.unwrap();
+        assert_eq!(both().await, HashMap::from([(a, 1)]));
+    }
+
+    /// A committed batch updates memory, then hands its runner commands to their channels,
+    /// then answers its callers: under a burst of creates an assignment does not wait behind
+    /// the answers of a whole batch.
+    #[test]
+    fn a_batch_hands_over_its_runner_commands_before_it_answers_its_callers() {
+        type Log = Arc<std::sync::Mutex<Vec<&'static str>>>;
+        struct Recorder(Log);
+        impl Publisher for Recorder {
+            fn publish_command(&self, _: OutboxEntry) {
+                self.0.lock().unwrap().push("command");
+            }
+            fn publish(&self, _: BusEvent) {
+                self.0.lock().unwrap().push("event");
+            }
+        }
+        let log: Log = Arc::default();
+        let entry = OutboxEntry {
+            seq: 1,
+            message_id: Uuid::from_u128(1),
+            runner_id: Uuid::from_u128(2),
+            command: crate::runners::model::RunnerCommand::Drain,
+            created_at: 0,
+        };
+        let (memory, answer) = (log.clone(), log.clone());
+        let outcome = |result: StoreResult<()>| Outcome {
+            finishes: vec![Box::new({
+                let answer = answer.clone();
+                move |_: StoreResult<()>| answer.lock().unwrap().push("answer")
+            })],
+            result,
+            committed: Committed {
+                events: Vec::new(),
+                commands: vec![entry.clone()],
+                after_commit: vec![Box::new({
+                    let memory = memory.clone();
+                    move || memory.lock().unwrap().push("memory")
+                })],
+            },
+            jobs: 1,
+        };
+        outcome(Ok(())).deliver(&Recorder(log.clone()));
+        assert_eq!(*log.lock().unwrap(), ["memory", "command", "answer"]);
+        log.lock().unwrap().clear();
+        outcome(Err(StoreError::Unavailable("disk gone".into()))).deliver(&Recorder(log.clone()));
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["answer"],
+            "a failed batch hands nothing over"
+        );
     }
 
     #[tokio::test]

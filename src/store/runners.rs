@@ -50,6 +50,12 @@ pub trait RunnerWrites: RunnerReads {
         now: Millis,
     ) -> StoreResult<OutboxEntry>;
 
+    /// How many non-terminal sessions each runner holds (runners with none are absent), as
+    /// this transaction stands: `RunnerReads::runner_loads` without reading the table, from
+    /// the writer's own copy (a scheduling pass in every batch that queues a session needs
+    /// every runner's count).
+    fn active_loads(&mut self) -> StoreResult<std::collections::HashMap<Uuid, u64>>;
+
     /// Drops the command `message_id` from a runner's outbox (an ack), without reading the
     /// rest of it. Returns whether it was there.
     fn remove_command(&mut self, runner_id: Uuid, message_id: Uuid) -> StoreResult<bool>;
@@ -136,6 +142,15 @@ impl<T: Tables> RunnerReads for T {
 }
 
 impl RunnerWrites for WriteCtx<'_> {
+    fn active_loads(&mut self) -> StoreResult<std::collections::HashMap<Uuid, u64>> {
+        if let Some(loads) = &self.loads {
+            return Ok(loads.clone());
+        }
+        let loads = self.runner_loads()?;
+        self.loads = Some(loads.clone());
+        Ok(loads)
+    }
+
     fn put_runner(&mut self, runner: &mut RunnerRecord) -> StoreResult<()> {
         runner.revision = self.get_runner(runner.id)?.map_or(0, |r| r.revision) + 1;
         let bytes = encode(&*runner)?;

@@ -515,7 +515,7 @@ impl SessionWrites for WriteCtx<'_> {
 }
 
 impl WriteCtx<'_> {
-    fn adjust_runner_load(&mut self, runner: Uuid, up: bool) -> StoreResult<()> {
+    pub(super) fn adjust_runner_load(&mut self, runner: Uuid, up: bool) -> StoreResult<()> {
         let mut t = self.open_mut(RUNNER_ACTIVE_SESSIONS)?;
         let key = runner.as_u128();
         let n = t.get(key)?.map(|v| v.value()).unwrap_or(0);
@@ -524,6 +524,13 @@ impl WriteCtx<'_> {
             t.remove(key)?;
         } else {
             t.insert(key, n)?;
+        }
+        if let Some(loads) = &mut self.loads {
+            if n == 0 {
+                loads.remove(&runner);
+            } else {
+                loads.insert(runner, n);
+            }
         }
         Ok(())
     }
