@@ -1713,7 +1713,18 @@ impl RunnerFleet {
             .iter()
             .map(|r| format!("{} {}\n", r.id, r.token))
             .collect();
-        write_whole(&credentials, &text);
+        // Runner tokens: readable by this user only, and gone once the fleet has read them.
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&credentials)
+                .unwrap();
+            file.write_all(text.as_bytes()).unwrap();
+        }
         // Both processes read the same system clock: an arrival's µs since the epoch becomes
         // an `Instant` of this process through one pair of readings.
         let (base_instant, base_micros) = (Instant::now(), epoch_micros());
