@@ -546,6 +546,12 @@ impl Writer {
                 committed,
                 jobs: count,
             };
+            // A failed commit leaves the handle refusing every call: take it out of reads'
+            // reach before the callers hear of the failure, so a read they make next waits for
+            // the reopen instead of meeting the dead handle.
+            if storage_failed {
+                self.slot.set(None);
+            }
             // Batches are handed over in commit order and delivered one after another, so
             // events still reach the bus in commit order.
             match &self.deliverer {
