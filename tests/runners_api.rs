@@ -454,6 +454,75 @@ async fn a_session_is_assigned_in_the_commit_that_queues_it() {
     s.stop().await;
 }
 
+/// A runner sends its ack, its RUNNING report and its agent's first approval request at once,
+/// without waiting for answers (as the real runner does). The server hands each to the store
+/// as it arrives instead of storing one before reading the next: the request still sees the
+/// session RUNNING, and the answers come back in the order the frames were sent, a refused
+/// ack's error included.
+#[tokio::test]
+async fn frames_sent_at_once_are_stored_and_answered_in_order() {
+    let s = TestServer::start(FAST).await;
+    let admin = s.admin();
+    let (runner, _) = register(&admin, "at-once-frames", &["codex"], None, &[]).await;
+    let mut ch = runner.connect().await;
+    let id = create(&admin, "acme-frames", "codex", &[]).await;
+    let f = ch.expect("assign_session").await;
+    assert_eq!(f["session"]["sessionId"], id.as_str());
+    let assignment = f["assignmentId"].as_str().unwrap().to_string();
+    let frames = [
+        json!({"type": "ack", "messageId": "not-a-command"}),
+        json!({"type": "ack", "messageId": f["messageId"]}),
+        json!({"type": "session_state", "messageId": "state-1", "sessionId": id,
+               "assignmentId": assignment, "state": "RUNNING"}),
+        json!({"type": "approval_request", "messageId": "ask-1", "sessionId": id,
+               "assignmentId": assignment, "action": "merge", "description": "Merge PR #8"}),
+    ];
+    for frame in frames {
+        ch.send(frame).await;
+    }
+    let refused = ch
+        .recv_within(5_000)
+        .await
+        .expect("an answer to the bad ack");
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["code"], "VALIDATION_ERROR", "{refused}");
+    assert_eq!(refused["messageId"], "not-a-command", "{refused}");
+    let state = ch
+        .recv_within(5_000)
+        .await
+        .expect("an answer to the report");
+    assert_eq!(state["type"], "ack", "{state}");
+    assert_eq!(state["messageId"], "state-1", "{state}");
+    let ask = ch
+        .recv_within(5_000)
+        .await
+        .expect("an answer to the request");
+    assert_eq!(ask["type"], "ack", "{ask}");
+    assert_eq!(ask["messageId"], "ask-1", "{ask}");
+    let approval = ask["data"]["approvalId"].as_str().unwrap().to_string();
+    let detail = state_of(&admin, &id).await;
+    assert_eq!(detail["state"], "WAITING_FOR_APPROVAL", "{detail}");
+    assert_eq!(
+        detail["pendingApprovals"][0]["approvalId"],
+        approval.as_str(),
+        "{detail}"
+    );
+    // The assignment was acked: a new connection is not sent it again. (What is still in the
+    // outbox is sent on connecting, before any frame is read, so before the beat's answer.)
+    ch.close().await;
+    let mut again = runner.connect().await;
+    let hb = again
+        .request_keeping_others(
+            json!({"type": "heartbeat", "runnerId": runner.id, "timestamp": "2026-11-25T10:00:00Z",
+                   "load": {"cpuPercent": 1, "memoryPercent": 2, "diskPercent": 3}}),
+        )
+        .await;
+    assert_eq!(hb["type"], "heartbeat_ack", "{hb}");
+    let before_the_answer = again.recv_within(0).await;
+    assert!(before_the_answer.is_none(), "{before_the_answer:?}");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn a_full_session_driven_by_a_runner() {
     let s = TestServer::start(FAST).await;

@@ -64,8 +64,18 @@ pub async fn open(
 /// until the oldest is answered.
 const STORING_AT_ONCE: usize = 64;
 
-/// Reports that are one store write each, handed to the writer as they arrive (see `serve`).
-const STORED_IN_ORDER: &[&str] = &["terminal_output", "usage", "session_state"];
+/// Frames that are one store write each, handed to the writer as they arrive (see `serve`).
+/// Acks and approval requests are among them: a runner acks a command and then reports what
+/// it did (an `assign_session` is acked, `session_state` RUNNING follows, and an agent's first
+/// `approval_request` soon after). Stored one after another, each waiting for the commit of
+/// the one before it was read, such a run of frames cost a commit each, back to back.
+const STORED_IN_ORDER: &[&str] = &[
+    "ack",
+    "terminal_output",
+    "usage",
+    "session_state",
+    "approval_request",
+];
 
 /// A runner whose socket takes no frame for this long is treated as gone.
 const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -121,10 +131,11 @@ async fn serve(st: AppState, p: Caller, runner: Uuid, socket: Socket) {
     tracing::info!(%runner, connection, "runner channel connected");
     st.bus.kick_scheduler();
 
-    // Output, usage and state reports do not wait for the one before to be stored: each hands
-    // its write to the store writer as it arrives (so in order), and what a runner's sessions
-    // reported meanwhile goes into one durable commit instead of one commit per frame. Their
-    // answers still go in order, and any other frame waits until those before it are answered.
+    // Acks, output, usage, state reports and approval requests do not wait for the one before
+    // to be stored: each hands its write to the store writer as it arrives (so in order), and
+    // what a runner's sessions reported meanwhile goes into one durable commit instead of one
+    // commit per frame. Their answers still go in order, and any other frame waits until those
+    // before it are answered.
     // (Usage reports of every session come at the same moment; handled one at a time, each
     // would hold up the output behind it for a commit.)
     let mut storing: FuturesOrdered<BoxFuture<'static, Vec<Value>>> = FuturesOrdered::new();
