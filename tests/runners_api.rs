@@ -454,6 +454,17 @@ async fn a_session_is_assigned_in_the_commit_that_queues_it() {
     s.stop().await;
 }
 
+/// The channel's next frame, checked to be a reply of `kind` to the frame `message_id`.
+async fn next_reply(ch: &mut Channel, kind: &str, message_id: &str) -> Value {
+    let reply = ch
+        .recv_within(5_000)
+        .await
+        .unwrap_or_else(|| panic!("no reply to {message_id}"));
+    assert_eq!(reply["type"], kind, "{reply}");
+    assert_eq!(reply["messageId"], message_id, "{reply}");
+    reply
+}
+
 /// A runner sends its ack, its RUNNING report and its agent's first approval request at once,
 /// without waiting for answers (as the real runner does). The server hands each to the store
 /// as it arrives instead of storing one before reading the next: the request still sees the
@@ -480,25 +491,10 @@ async fn frames_sent_at_once_are_stored_and_answered_in_order() {
     for frame in frames {
         ch.send(frame).await;
     }
-    let refused = ch
-        .recv_within(5_000)
-        .await
-        .expect("an answer to the bad ack");
-    assert_eq!(refused["type"], "error", "{refused}");
+    let refused = next_reply(&mut ch, "error", "not-a-command").await;
     assert_eq!(refused["code"], "VALIDATION_ERROR", "{refused}");
-    assert_eq!(refused["messageId"], "not-a-command", "{refused}");
-    let state = ch
-        .recv_within(5_000)
-        .await
-        .expect("an answer to the report");
-    assert_eq!(state["type"], "ack", "{state}");
-    assert_eq!(state["messageId"], "state-1", "{state}");
-    let ask = ch
-        .recv_within(5_000)
-        .await
-        .expect("an answer to the request");
-    assert_eq!(ask["type"], "ack", "{ask}");
-    assert_eq!(ask["messageId"], "ask-1", "{ask}");
+    next_reply(&mut ch, "ack", "state-1").await;
+    let ask = next_reply(&mut ch, "ack", "ask-1").await;
     let approval = ask["data"]["approvalId"].as_str().unwrap().to_string();
     let detail = state_of(&admin, &id).await;
     assert_eq!(detail["state"], "WAITING_FOR_APPROVAL", "{detail}");

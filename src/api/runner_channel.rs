@@ -134,8 +134,8 @@ async fn serve(st: AppState, p: Caller, runner: Uuid, socket: Socket) {
     // Acks, output, usage, state reports and approval requests do not wait for the one before
     // to be stored: each hands its write to the store writer as it arrives (so in order), and
     // what a runner's sessions reported meanwhile goes into one durable commit instead of one
-    // commit per frame. Their answers still go in order, and any other frame waits until those
-    // before it are answered.
+    // commit per frame. Their answers still go in order, any other frame waits until those
+    // before it are answered, and a command that comes meanwhile goes after them.
     // (Usage reports of every session come at the same moment; handled one at a time, each
     // would hold up the output behind it for a commit.)
     let mut storing: FuturesOrdered<BoxFuture<'static, Vec<Value>>> = FuturesOrdered::new();
@@ -194,6 +194,17 @@ async fn serve(st: AppState, p: Caller, runner: Uuid, socket: Socket) {
                     continue;
                 }
                 sent_upto = entry.seq;
+                if !storing.is_empty() {
+                    // The command may come from the commit of a frame still waiting here for
+                    // its answer (an approval request that a policy decided at once): it goes
+                    // after that answer, so a runner learns the approval's id before its
+                    // decision, as when frames were stored one at a time.
+                    let st = st.clone();
+                    storing.push_back(Box::pin(async move {
+                        render(&st, &entry).await.into_iter().collect()
+                    }));
+                    continue;
+                }
                 if let Some(frame) = render(&st, &entry).await
                     && send(&mut sink, Message::text(wire::text(frame))).await.is_err()
                 {
