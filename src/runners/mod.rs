@@ -35,9 +35,9 @@ pub const MAX_HOSTNAME_CHARS: usize = 253;
 /// A runner's stored last-seen time is refreshed at least this often while it beats.
 pub const LIVENESS_REFRESH_MS: Millis = 300_000;
 /// Liveness records per write job of the periodic flush. Runner ids are random, so each record
-/// of a slice lands on a page of its own: 64 made a commit about four times a create's, which
-/// held up other writers for ~10 ms on a slow machine; 16 keep a slice's commit near an
-/// ordinary one.
+/// of a slice lands on a page of its own: 64 added about four times a create's pages to the
+/// batch that carried them, and the writers in that batch waited for it; 16 keep a slice near
+/// what an ordinary batch writes.
 const LIVENESS_SLICE: usize = 16;
 /// Liveness records per write job of the flush at shutdown, when nobody waits behind it.
 const LIVENESS_SLICE_AT_SHUTDOWN: usize = 256;
