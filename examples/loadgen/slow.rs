@@ -32,11 +32,22 @@ use std::time::{Duration, Instant};
 
 /// The factor when `--slow` has none.
 const DEFAULT_FACTOR: f64 = 4.0;
-/// The quota's period. Short, so that a throttled process waits a few milliseconds at a time
-/// (the rest of the period after its share is used up) rather than tens of milliseconds: the
-/// default 100 ms period would add stalls of up to 75 ms to single requests at factor 4, far
-/// coarser than the latencies measured, where a small VM's hypervisor slices much finer.
-const PERIOD_MICROS: u64 = 10_000;
+/// The smallest quota the kernel accepts per period (cgroup v1 `cpu.cfs_quota_us` and v2
+/// `cpu.max` both refuse less than 1 ms).
+const MIN_QUOTA_MICROS: u64 = 1_000;
+
+/// The quota's period: the shortest whose quota the kernel accepts (`cores` × period / `factor`
+/// ≥ 1 ms; 2 ms for factor 4 on 2 cores). A throttled process runs at full speed until its
+/// share of the period is used up and then waits for the rest of it, so the period bounds each
+/// stall: a slower machine has no such stalls at all, it is slower all the time, and the
+/// shorter the period the closer the quota comes to that. With a 10 ms period (what this used
+/// before) stalls of up to 5 ms made the p99 of single fast requests (BENCHMARKS.md, "Hot
+/// paths, fifth pass"); the default 100 ms would add up to 75 ms.
+fn period_micros(cores: usize, factor: f64) -> u64 {
+    (MIN_QUOTA_MICROS as f64 * factor / cores as f64)
+        .ceil()
+        .max(MIN_QUOTA_MICROS as f64) as u64
+}
 /// The largest accepted difference between the measured slowdown and the factor.
 const FACTOR_TOLERANCE: f64 = 0.25;
 /// About how long the fixed CPU job takes on the machine at full speed.
@@ -120,13 +131,8 @@ impl Cgroup {
     /// Makes `loadgen-slow-<pid>` under this process's cpu cgroup with 1/`factor` of `cores`
     /// CPUs (quota = `cores` × period / `factor`).
     fn create(cores: usize, factor: f64) -> Result<(Self, String), String> {
-        let quota = (cores as f64 * PERIOD_MICROS as f64 / factor).round() as u64;
-        if quota < 1_000 {
-            return Err(format!(
-                "a quota of {quota} µs per {PERIOD_MICROS} µs is below the kernel's minimum \
-                 (1 000 µs): use a smaller factor"
-            ));
-        }
+        let period = period_micros(cores, factor);
+        let quota = (cores as f64 * period as f64 / factor).round() as u64;
         let own = std::fs::read_to_string("/proc/self/cgroup")
             .map_err(|e| format!("/proc/self/cgroup: {e}"))?;
         let v2_root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
@@ -174,25 +180,17 @@ impl Cgroup {
             } else {
                 write(&subtree, "+cpu")
             };
-            enable.and_then(|()| {
-                write(
-                    &cgroup.dir.join("cpu.max"),
-                    &format!("{quota} {PERIOD_MICROS}"),
-                )
-            })
+            enable.and_then(|()| write(&cgroup.dir.join("cpu.max"), &format!("{quota} {period}")))
         } else {
-            write(
-                &cgroup.dir.join("cpu.cfs_period_us"),
-                &PERIOD_MICROS.to_string(),
-            )
-            .and_then(|()| write(&cgroup.dir.join("cpu.cfs_quota_us"), &quota.to_string()))
+            write(&cgroup.dir.join("cpu.cfs_period_us"), &period.to_string())
+                .and_then(|()| write(&cgroup.dir.join("cpu.cfs_quota_us"), &quota.to_string()))
         };
         if let Err(e) = configured {
             cgroup.remove();
             return Err(e);
         }
         let what = format!(
-            "cgroup {} {}: {quota} µs of CPU per {PERIOD_MICROS} µs period",
+            "cgroup {} {}: {quota} µs of CPU per {period} µs period",
             if v2 { "v2" } else { "v1" },
             cgroup.dir.display()
         );
