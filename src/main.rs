@@ -293,36 +293,9 @@ fn admin_main(outcome: Result<(), admin::Failure>) -> ExitCode {
     }
 }
 
-/// glibc's malloc gives threads that allocate arenas of their own, up to eight per core, and under
-/// a server's steady load those arenas fragment: a day on a big fleet grew ~2 MiB a minute for as
-/// long as it ran with the default, and stayed flat, with less CPU, with two arenas
-/// (BENCHMARKS.md). glibc reads `MALLOC_ARENA_MAX` only when the process starts, so the server
-/// (`serve`, `demo`) re-executes itself once with it when it is not set (same pid, arguments and
-/// descriptors). An operator's own setting is kept.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn cap_malloc_arenas() {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
-        return;
-    }
-    let to_c = |bytes: &[u8]| CString::new(bytes).ok();
-    let Some(exe) = to_c(b"/proc/self/exe") else {
-        return;
-    };
-    let args: Option<Vec<CString>> = std::env::args_os().map(|a| to_c(a.as_bytes())).collect();
-    let mut env: Option<Vec<CString>> = std::env::vars_os()
-        .map(|(k, v)| to_c(&[k.as_bytes(), b"=", v.as_bytes()].concat()))
-        .collect();
-    if let (Some(args), Some(env)) = (args, env.as_mut()) {
-        env.extend(to_c(b"MALLOC_ARENA_MAX=2"));
-        // Returns only if the exec failed: then run as we are.
-        let _ = nix::unistd::execve(&exe, &args, env);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn cap_malloc_arenas() {}
+/// jemalloc (see Cargo.toml for why): the server, the runner and the admin commands.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -330,7 +303,7 @@ fn main() -> ExitCode {
         cli.command,
         None | Some(Command::Serve(_) | Command::Demo(_))
     ) {
-        cap_malloc_arenas();
+        village::memory::return_freed_memory_in_background();
     }
     let args = match cli.command {
         Some(Command::Serve(args)) => args,

@@ -178,6 +178,10 @@ const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
 
 const PLAIN_TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("plain");
 
+/// The allocator of the `village` binary, so that the in-process server measures as served.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     // The agents of the `runner` scenario are this program too; each prints its lines from a
     // plain thread, without a runtime of its own.
@@ -195,6 +199,7 @@ fn main() -> ExitCode {
         }
         None => {}
     }
+    village::memory::return_freed_memory_in_background();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
