@@ -1047,6 +1047,14 @@ hot_tables! {
     hot_queue: SESSION_QUEUE, (u64, u128), ();
     hot_events: SESSION_EVENTS, (u128, u64), &'static [u8];
     hot_audit: AUDIT, u64, &'static [u8];
+    // An assignment, its ack and the runner's first report: a burst of a thousand sessions
+    // writes these a few thousand times in a few batches.
+    hot_meta: META, &'static str, u64;
+    hot_timers: TIMERS, (u64, u8, u128, u128), ();
+    hot_outbox: RUNNER_OUTBOX, (u128, u64), &'static [u8];
+    hot_outbox_by_message: RUNNER_OUTBOX_BY_MESSAGE, (u128, u128), u64;
+    hot_sessions_by_runner: SESSIONS_BY_RUNNER, (u128, u128), ();
+    hot_runner_active: RUNNER_ACTIVE_SESSIONS, u128, u64;
 }
 
 impl Tables for WriteCtx<'_> {

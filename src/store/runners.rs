@@ -189,13 +189,13 @@ impl RunnerWrites for WriteCtx<'_> {
     ) -> StoreResult<OutboxEntry> {
         // The id only has to be unique; nothing depends on its value.
         let message_id = crate::clock::random_uuid();
-        let mut meta = self.open_mut(META)?;
+        self.writes += 1;
+        let meta = self.hot_meta()?;
         let seq = meta
             .get("next_command_seq")?
             .map(|v| v.value())
             .unwrap_or(1);
         meta.insert("next_command_seq", seq + 1)?;
-        drop(meta);
         let entry = OutboxEntry {
             seq,
             message_id,
@@ -204,9 +204,9 @@ impl RunnerWrites for WriteCtx<'_> {
             created_at: now,
         };
         let bytes = encode(&entry)?;
-        self.open_mut(RUNNER_OUTBOX)?
+        self.hot_outbox()?
             .insert((runner_id.as_u128(), seq), bytes.as_slice())?;
-        self.open_mut(RUNNER_OUTBOX_BY_MESSAGE)?
+        self.hot_outbox_by_message()?
             .insert((runner_id.as_u128(), message_id.as_u128()), seq)?;
         self.commands.push(entry.clone());
         Ok(entry)
@@ -215,15 +215,12 @@ impl RunnerWrites for WriteCtx<'_> {
     fn remove_command(&mut self, runner_id: Uuid, message_id: Uuid) -> StoreResult<bool> {
         let runner = runner_id.as_u128();
         let key = (runner, message_id.as_u128());
-        let Some(seq) = self
-            .table(RUNNER_OUTBOX_BY_MESSAGE)?
-            .get(key)?
-            .map(|v| v.value())
-        else {
+        let Some(seq) = self.hot_outbox_by_message()?.get(key)?.map(|v| v.value()) else {
             return Ok(false);
         };
-        self.open_mut(RUNNER_OUTBOX_BY_MESSAGE)?.remove(key)?;
-        self.open_mut(RUNNER_OUTBOX)?.remove((runner, seq))?;
+        self.writes += 1;
+        self.hot_outbox_by_message()?.remove(key)?;
+        self.hot_outbox()?.remove((runner, seq))?;
         Ok(true)
     }
 

@@ -385,12 +385,11 @@ impl SessionWrites for WriteCtx<'_> {
         let new_runner = session.occupies_runner();
         if old_runner != new_runner {
             if let Some(r) = old_runner {
-                self.open_mut(SESSIONS_BY_RUNNER)?
-                    .remove((r.as_u128(), id))?;
+                self.hot_sessions_by_runner()?.remove((r.as_u128(), id))?;
                 self.adjust_runner_load(r, false)?;
             }
             if let Some(r) = new_runner {
-                self.open_mut(SESSIONS_BY_RUNNER)?
+                self.hot_sessions_by_runner()?
                     .insert((r.as_u128(), id), ())?;
                 self.adjust_runner_load(r, true)?;
             }
@@ -516,7 +515,8 @@ impl SessionWrites for WriteCtx<'_> {
 
 impl WriteCtx<'_> {
     pub(super) fn adjust_runner_load(&mut self, runner: Uuid, up: bool) -> StoreResult<()> {
-        let mut t = self.open_mut(RUNNER_ACTIVE_SESSIONS)?;
+        self.writes += 1;
+        let t = self.hot_runner_active()?;
         let key = runner.as_u128();
         let n = t.get(key)?.map(|v| v.value()).unwrap_or(0);
         let n = if up { n + 1 } else { n.saturating_sub(1) };

@@ -44,12 +44,14 @@ impl<T: Tables> TimerReads for T {
 
 impl TimerWrites for WriteCtx<'_> {
     fn set_timer(&mut self, timer: Timer) -> StoreResult<()> {
-        self.open_mut(TIMERS)?.insert(timer_key(&timer), ())?;
+        self.writes += 1;
+        self.hot_timers()?.insert(timer_key(&timer), ())?;
         Ok(())
     }
 
     fn clear_timer(&mut self, timer: Timer) -> StoreResult<()> {
-        self.open_mut(TIMERS)?.remove(timer_key(&timer))?;
+        self.writes += 1;
+        self.hot_timers()?.remove(timer_key(&timer))?;
         Ok(())
     }
 }
