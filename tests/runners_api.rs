@@ -21,6 +21,35 @@ async fn create(c: &Client, org: &str, provider: &str, features: &[&str]) -> Str
     r.data()["sessionId"].as_str().unwrap().to_string()
 }
 
+/// A server with one codex runner connected and one session of `org` assigned to it (not yet
+/// acked): where the tests of a single assignment start.
+struct OneAssigned {
+    s: TestServer,
+    admin: Client,
+    runner: SimRunner,
+    ch: Channel,
+    session: String,
+    assign: Value,
+}
+
+async fn one_assigned(hostname: &str, org: &str) -> OneAssigned {
+    let s = TestServer::start(FAST).await;
+    let admin = s.admin();
+    let (runner, _) = register(&admin, hostname, &["codex"], None, &[]).await;
+    let mut ch = runner.connect().await;
+    let session = create(&admin, org, "codex", &[]).await;
+    let assign = ch.expect("assign_session").await;
+    assert_eq!(assign["session"]["sessionId"], session.as_str());
+    OneAssigned {
+        s,
+        admin,
+        runner,
+        ch,
+        session,
+        assign,
+    }
+}
+
 async fn state_of(c: &Client, id: &str) -> Value {
     c.session(id).await
 }
@@ -472,13 +501,14 @@ async fn next_reply(ch: &mut Channel, kind: &str, message_id: &str) -> Value {
 /// ack's error included.
 #[tokio::test]
 async fn frames_sent_at_once_are_stored_and_answered_in_order() {
-    let s = TestServer::start(FAST).await;
-    let admin = s.admin();
-    let (runner, _) = register(&admin, "at-once-frames", &["codex"], None, &[]).await;
-    let mut ch = runner.connect().await;
-    let id = create(&admin, "acme-frames", "codex", &[]).await;
-    let f = ch.expect("assign_session").await;
-    assert_eq!(f["session"]["sessionId"], id.as_str());
+    let OneAssigned {
+        s,
+        admin,
+        runner,
+        mut ch,
+        session: id,
+        assign: f,
+    } = one_assigned("at-once-frames", "acme-frames").await;
     let assignment = f["assignmentId"].as_str().unwrap().to_string();
     let frames = [
         json!({"type": "ack", "messageId": "not-a-command"}),
@@ -1151,12 +1181,14 @@ async fn a_hostname_cannot_be_taken_over_from_another_org() {
 
 #[tokio::test]
 async fn a_runner_may_fail_an_assignment_it_cannot_start() {
-    let s = TestServer::start(FAST).await;
-    let admin = s.admin();
-    let (r, _) = register(&admin, "w", &["codex"], None, &[]).await;
-    let mut ch = r.connect().await;
-    let id = create(&admin, "acme", "codex", &[]).await;
-    let f = ch.expect("assign_session").await;
+    let OneAssigned {
+        s,
+        admin,
+        mut ch,
+        session: id,
+        assign: f,
+        ..
+    } = one_assigned("w", "acme").await;
     ch.ack(&f).await;
     let reply = ch
         .request(
