@@ -4,14 +4,42 @@
 //! each; Cargo.toml says why). The library does not set an allocator itself, so a test binary
 //! can count allocations with its own.
 
-/// Starts jemalloc's background threads: memory freed by the server goes back to the system
-/// after jemalloc's decay time (10 s) whether or not the server keeps allocating, so an idle
-/// server shrinks after a burst and a busy one stays flat. Without them jemalloc purges only
-/// while it allocates. `village serve` and `village demo` call this first thing.
+/// jemalloc's configuration variable (the crate builds jemalloc with the `_rjem_` prefix).
+const JEMALLOC_CONF: &str = "_RJEM_MALLOC_CONF";
+
+/// Makes sure jemalloc runs its background threads: memory freed by the server goes back to the
+/// system after jemalloc's decay time (10 s) whether or not the server keeps allocating, so an
+/// idle server shrinks after a burst and a busy one stays flat; without them jemalloc purges only
+/// while it allocates. jemalloc reads its configuration once, when the process starts, so when
+/// `_RJEM_MALLOC_CONF` is not set the process re-executes itself once with
+/// `background_thread:true` (same pid, arguments and descriptors). An operator's own setting is
+/// kept as it is. `village serve` and `village demo` call this first thing.
+#[cfg(target_os = "linux")]
 pub fn return_freed_memory_in_background() {
-    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
-        // Only when jemalloc is not the allocator or cannot start threads: the server runs on,
-        // keeping freed memory until its next allocations purge it.
-        eprintln!("village: jemalloc background threads not started: {e}");
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    if std::env::var_os(JEMALLOC_CONF).is_some() {
+        return;
+    }
+    let to_c = |bytes: &[u8]| CString::new(bytes).ok();
+    let args: Option<Vec<CString>> = std::env::args_os().map(|a| to_c(a.as_bytes())).collect();
+    let mut env: Option<Vec<CString>> = std::env::vars_os()
+        .map(|(k, v)| to_c(&[k.as_bytes(), b"=", v.as_bytes()].concat()))
+        .collect();
+    let (Some(args), Some(env)) = (args, env.as_mut()) else {
+        return;
+    };
+    env.extend(to_c(b"_RJEM_MALLOC_CONF=background_thread:true"));
+    // The binary's own path first, so that the process keeps its name (`ps`, `top`); then
+    // /proc/self/exe, which still works when the file was replaced since it started. `execve`
+    // returns only when it failed: then the process runs on as it is, purging while allocating.
+    let own_path = std::env::current_exe()
+        .ok()
+        .and_then(|p| to_c(p.as_os_str().as_bytes()));
+    for exe in own_path.into_iter().chain(to_c(b"/proc/self/exe")) {
+        let _ = nix::unistd::execve(&exe, &args, env);
     }
 }
+
+#[cfg(not(target_os = "linux"))]
+pub fn return_freed_memory_in_background() {}

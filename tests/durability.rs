@@ -781,9 +781,11 @@ async fn a_crash_loop_under_mixed_load_loses_nothing_and_breaks_no_invariant() {
     check_invariants(&server.admin(), &snapshot, 20).await;
 }
 
-/// The server allocates with jemalloc and starts its background threads, which give freed
-/// memory back to the system while the server runs (so a steady load stays flat and an idle
-/// server shrinks). jemalloc names them `jemalloc_bg_thd`.
+/// The server allocates with jemalloc and runs its background threads, which give freed memory
+/// back to the system while the server runs (so a steady load stays flat and an idle server
+/// shrinks). jemalloc reads its configuration only at start, so the server re-executes itself
+/// once with `_RJEM_MALLOC_CONF=background_thread:true` (same pid); jemalloc names the threads
+/// `jemalloc_bg_thd`. An operator's own configuration is kept as given.
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn the_server_gives_freed_memory_back_with_jemalloc_background_threads() {
@@ -798,10 +800,23 @@ async fn the_server_gives_freed_memory_back_with_jemalloc_background_threads() {
             })
             .unwrap_or_default()
     };
+    let jemalloc_conf = |pid: u32| {
+        let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        raw.split(|b| *b == 0)
+            .filter_map(|v| std::str::from_utf8(v).ok())
+            .filter(|v| v.starts_with("_RJEM_MALLOC_CONF="))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
     let (_keep, dir) = tmp_dir();
     let server = BinaryServer::spawn(&dir, &[]);
+    // Still the child the test started (the same pid), serving.
     assert_eq!(server.admin().get("/api/v1/me").await.status, 200);
     let pid = server.child.id();
+    assert_eq!(
+        jemalloc_conf(pid),
+        ["_RJEM_MALLOC_CONF=background_thread:true"]
+    );
     common::eventually(10, || async {
         thread_names(pid)
             .iter()
@@ -809,6 +824,14 @@ async fn the_server_gives_freed_memory_back_with_jemalloc_background_threads() {
             .then_some(())
     })
     .await;
+    drop(server);
+    let (_keep, dir) = tmp_dir();
+    let server = BinaryServer::spawn(&dir, &[("_RJEM_MALLOC_CONF", "dirty_decay_ms:1000")]);
+    assert_eq!(server.admin().get("/api/v1/me").await.status, 200);
+    assert_eq!(
+        jemalloc_conf(server.child.id()),
+        ["_RJEM_MALLOC_CONF=dirty_decay_ms:1000"]
+    );
 }
 
 /// SIGTERM on the real binary: a request already being read is finished and answered, the

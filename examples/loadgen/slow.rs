@@ -48,6 +48,7 @@ fn period_micros(cores: usize, factor: f64) -> u64 {
         .ceil()
         .max(MIN_QUOTA_MICROS as f64) as u64
 }
+
 /// The largest accepted difference between the measured slowdown and the factor.
 const FACTOR_TOLERANCE: f64 = 0.25;
 /// About how long the fixed CPU job takes on the machine at full speed.
