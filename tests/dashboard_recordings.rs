@@ -147,9 +147,17 @@ async fn the_player_seeks_plays_and_steps_through_approvals() {
     .await;
     assert_eq!(position(b).await, 20.0);
     b.wait_for_text("#player-time", "0:20.0 / 0:40.0", 5).await;
-    let text = b.exec(PLAYER_TEXT, json!([])).await;
-    assert!(text.as_str().unwrap().contains("compiling the project"));
-    assert!(!text.as_str().unwrap().contains("RECORDED-END"));
+    // The terminal is redrawn from the start up to the new position; xterm.js writes
+    // asynchronously, so its rows may lag the clock by a frame.
+    b.wait_until(
+        "the player shows the output up to the approval, and none after it",
+        "const rows = document.querySelector('#player-terminal .xterm-rows'); \
+         return !!rows && rows.textContent.includes('compiling the project') \
+           && !rows.textContent.includes('RECORDED-END');",
+        json!([]),
+        5,
+    )
+    .await;
     b.click("#player-next-approval").await;
     b.wait_for_text("#player-marker", "approval_resolved: allow by", 5)
         .await;
