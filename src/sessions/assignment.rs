@@ -153,7 +153,17 @@ impl SessionService {
         session_id: Uuid,
         assignment_id: Uuid,
     ) -> DomainResult<Option<SessionView>> {
-        if let Some(v) = self.view_for_runner(session_id).await?
+        // Read here rather than on the blocking pool: the session was committed a moment ago,
+        // and the assignment is the latency that counts (`Store::read_here`).
+        let find = move |r: &dyn ReadTxn| match r.get_session(session_id)? {
+            Some(s) => view(r, s).map(Some),
+            None => Ok::<_, DomainError>(None),
+        };
+        let current = match self.store.read_here(find) {
+            Some(read) => read?,
+            None => self.store.read(find).await?,
+        };
+        if let Some(v) = current
             && v.session.assignment_id == Some(assignment_id)
         {
             return Ok(Some(v));

@@ -234,16 +234,6 @@ impl SessionService {
             .await
     }
 
-    /// A session as its runner is handed it (no access check: the caller already decided).
-    pub async fn view_for_runner(&self, id: Uuid) -> DomainResult<Option<SessionView>> {
-        self.store
-            .read(move |r| match r.get_session(id)? {
-                Some(s) => view(r, s).map(Some),
-                None => Ok(None),
-            })
-            .await
-    }
-
     pub async fn list(
         &self,
         p: &Principal,

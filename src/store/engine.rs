@@ -298,6 +298,14 @@ impl DbSlot {
             .ok_or_else(|| StoreError::Unavailable("the database is being reopened".into()))
     }
 
+    /// The open database, or None while it is being reopened (without waiting).
+    fn now(&self) -> Option<Arc<Database>> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     fn is_open(&self) -> bool {
         self.current
             .lock()
@@ -724,6 +732,26 @@ impl Store {
         })
         .await
         .map_err(|_| E::from(StoreError::Panicked))?
+    }
+
+    /// `read` on the calling thread, for a read of a few records that were just committed (so
+    /// in redb's cache or the page cache, not waiting for the disk). On a saturated runtime the
+    /// hop to the blocking pool and back queues the caller behind every other task twice (the
+    /// pool's thread, then the runtime's queue for tasks woken from outside it), which costs far
+    /// more than such a read: an `assign_session` waited 20–40 ms on it in bursts on a slow
+    /// machine (BENCHMARKS.md, "Hot paths, sixth pass").
+    /// `None` while the database is being reopened: this does not wait for it, the caller uses
+    /// `read`, which does.
+    pub fn read_here<R, E, F>(&self, f: F) -> Option<Result<R, E>>
+    where
+        F: FnOnce(&dyn ReadTxn) -> Result<R, E>,
+        E: From<StoreError>,
+    {
+        let db = self.db.now()?;
+        Some(match db.begin_read() {
+            Ok(txn) => f(&ReadCtx { txn }),
+            Err(e) => Err(E::from(StoreError::from(e))),
+        })
     }
 
     /// Writes a backup of the database to the new file `out`: every table as of one read
@@ -1163,6 +1191,33 @@ mod tests {
         assert_eq!(get(&store, "before").await, Some(1));
         assert_eq!(get(&store, "lost").await, None);
         assert_eq!(get(&store, "after").await, Some(3));
+    }
+
+    /// `read_here` reads the last commit on the calling thread, and while the database is being
+    /// reopened answers `None` at once (its caller then waits in `read`) rather than holding a
+    /// runtime thread for up to `READ_WAITS_FOR_REOPEN`.
+    #[tokio::test]
+    async fn a_read_here_sees_the_last_commit_and_does_not_wait_for_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("v.redb"), Nowhere).unwrap();
+        let due = |r: &dyn ReadTxn| r.due_timers(Millis::MAX, 10).map(|t| t.len());
+        assert_eq!(store.read_here(due).map(Result::unwrap), Some(0));
+        let timer = crate::sessions::model::Timer {
+            due: 5,
+            kind: crate::sessions::model::TimerKind::AssignmentLapse,
+            session_id: Uuid::from_u128(1),
+            other_id: Uuid::nil(),
+        };
+        store.write(move |w| w.set_timer(timer)).await.unwrap();
+        assert_eq!(store.read_here(due).map(Result::unwrap), Some(1));
+
+        let open = store.db.now();
+        store.db.set(None);
+        let asked = std::time::Instant::now();
+        assert!(store.read_here(due).is_none());
+        assert!(asked.elapsed() < READ_WAITS_FOR_REOPEN / 2);
+        store.db.set(open);
+        assert_eq!(store.read_here(due).map(Result::unwrap), Some(1));
     }
 
     /// A job that queues a session (here: sets the flag `put_session` sets) makes the placement
