@@ -224,6 +224,12 @@ async fn org_streams_carry_state_changes_and_approvals_of_their_org_only() {
 
 /// A server, a session of acme's started by a runner on its channel, and that channel.
 async fn session_on_a_runner() -> (TestServer, String, Channel) {
+    let (s, id, _, rch) = session_and_assignment_on_a_runner().await;
+    (s, id, rch)
+}
+
+/// `session_on_a_runner`, with the session's assignment id.
+async fn session_and_assignment_on_a_runner() -> (TestServer, String, String, Channel) {
     let s = TestServer::start("[runners]\nrestartGraceMs = 1\n").await;
     let admin = s.admin();
     let (runner, _) = register(&admin, "w", &["claude_code"], None, &[]).await;
@@ -236,7 +242,64 @@ async fn session_on_a_runner() -> (TestServer, String, Channel) {
     rch.ack(&assign).await;
     rch.request(json!({"type": "session_state", "sessionId": id, "assignmentId": assign["assignmentId"], "state": "RUNNING"}))
         .await;
-    (s, id, rch)
+    let assignment = assign["assignmentId"].as_str().unwrap().to_string();
+    (s, id, assignment, rch)
+}
+
+/// Commands reach the runner once each and in the order they were committed, whichever way
+/// they go: written at once after their commit while the runner's channel has nothing in hand,
+/// or through the channel's queue while frames of the runner await their answers. Keystrokes
+/// typed one after another reach a runner that prints without waiting for its acks, so its
+/// channel keeps switching between the two.
+#[tokio::test]
+async fn keystrokes_reach_a_busy_runner_once_each_in_the_order_typed() {
+    const KEYS: usize = 150;
+    let (s, id, assignment, mut rch) = session_and_assignment_on_a_runner().await;
+    let admin = s.admin();
+    let mut ch = signed_in(&admin).await;
+    ch.request(json!({"type": "subscribe_session", "sessionId": id}))
+        .await;
+    let typed = id.clone();
+    let typist = tokio::spawn(async move {
+        for key in 0..KEYS {
+            let r = ch
+                .request(json!({"type": "terminal_input", "sessionId": typed, "data": format!("{key} ")}))
+                .await;
+            assert_eq!(r["event"], "input_sent", "key {key}: {r}");
+        }
+    });
+    let (mut received, mut offset, mut printed) = (Vec::new(), 0u64, 0);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while received.len() < KEYS {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {KEYS} keystrokes arrived: {received:?}",
+            received.len()
+        );
+        // Not waiting for the answer: the next line goes while this one is being stored.
+        let line = format!("line {printed}\n");
+        rch.send(
+            json!({"type": "terminal_output", "sessionId": id, "assignmentId": assignment,
+                        "stream": "stdout", "data": line, "offset": offset}),
+        )
+        .await;
+        offset += line.len() as u64;
+        printed += 1;
+        while let Some(f) = rch.recv_within(if printed % 8 == 0 { 5 } else { 0 }).await {
+            assert_ne!(f["type"], "error", "{f}");
+            if f["type"] == "terminal_input" {
+                received.push(f["data"].as_str().unwrap().to_string());
+                rch.send(json!({"type": "ack", "messageId": f["messageId"]}))
+                    .await;
+            }
+        }
+    }
+    typist.await.unwrap();
+    let expected: Vec<String> = (0..KEYS).map(|key| format!("{key} ")).collect();
+    assert_eq!(received, expected);
+    // Nothing came twice.
+    rch.expect_none("terminal_input", 300).await;
+    s.stop().await;
 }
 
 #[tokio::test]

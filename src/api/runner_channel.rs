@@ -5,12 +5,15 @@
 //! was not acknowledged. Up: state, output, usage, approval requests and heartbeats, each
 //! handled by the same domain calls as the REST endpoints.
 
+use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesOrdered;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::stream::SplitSink;
+use futures_util::{Sink, SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -34,8 +37,10 @@ use super::wire::frames::{CommandFrame, SocketError, error_frame};
 use crate::auth::{Caller, Principal};
 use crate::clock::format_ms;
 use crate::error::{Conflict, ConflictDetails, DomainError};
+use crate::events::RunnerLink;
 use crate::metrics;
 use crate::runners::model::{OutboxEntry, RunnerCommand};
+use crate::sessions::SessionView;
 
 static CONNECTIONS: AtomicU64 = AtomicU64::new(1);
 
@@ -82,13 +87,158 @@ const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Sends one frame; a socket that stays full past `SEND_TIMEOUT` counts as a failed send, so a
 /// runner that stopped reading cannot stall its channel (and its ping check) forever.
-async fn send(
-    sink: &mut futures_util::stream::SplitSink<Socket, Message>,
-    msg: Message,
-) -> Result<(), ()> {
+async fn send(outlet: &Outlet, msg: Message) -> Result<(), ()> {
+    let mut sink = outlet.sink.lock().await;
     match tokio::time::timeout(SEND_TIMEOUT, sink.send(msg)).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
+    }
+}
+
+/// Flushes what the delivery left in the socket's buffer (`Delivery::Flush`).
+async fn flush(outlet: &Outlet) -> Result<(), ()> {
+    let mut sink = outlet.sink.lock().await;
+    match tokio::time::timeout(SEND_TIMEOUT, sink.flush()).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+/// A runner's socket as its channel task and the store's delivery task share it.
+///
+/// A command committed while the channel has nothing else in hand is written by the delivery
+/// itself, right after its commit and before the callers of that commit are answered. Handed
+/// to the channel task, it would wait for that task's turn on a worker thread, and on a
+/// saturated machine a worker thread that the system keeps off its CPU holds up every task
+/// queued on it, for 10–30 ms (BENCHMARKS.md, "Hot paths, sixth pass"). Everything else goes
+/// through the channel task as before: its queue keeps commands in commit order, and while a
+/// frame of the runner awaits its answer a command waits for that answer (a runner learns an
+/// approval's id before its decision).
+struct Outlet {
+    st: AppState,
+    sink: tokio::sync::Mutex<SplitSink<Socket, Message>>,
+    state: std::sync::Mutex<OutletState>,
+    queue: mpsc::UnboundedSender<Delivery>,
+}
+
+#[derive(Default)]
+struct OutletState {
+    /// Commands up to this `seq` are sent, dropped, or in the channel task's hands.
+    sent_upto: u64,
+    /// The delivery may write commands itself: the backlog is out and no frame of the runner
+    /// awaits its answer (the channel task says).
+    direct: bool,
+    /// Commands handed to the channel task and not sent yet: later ones go after them.
+    queued: usize,
+}
+
+/// What the delivery hands the channel task.
+enum Delivery {
+    Command(Arc<OutboxEntry>),
+    /// A command the delivery wrote is not all on the socket yet.
+    Flush,
+}
+
+/// Which way a command the delivery hands over goes.
+#[derive(Debug, PartialEq)]
+enum Route {
+    /// Sent already (the backlog had it).
+    Skip,
+    /// The delivery writes it, if it can without waiting.
+    Write,
+    /// Through the channel task's queue.
+    Queue,
+}
+
+impl OutletState {
+    fn route(&self, seq: u64) -> Route {
+        if seq <= self.sent_upto {
+            Route::Skip
+        } else if self.direct && self.queued == 0 {
+            Route::Write
+        } else {
+            Route::Queue
+        }
+    }
+
+    /// The channel task takes the command `seq` from its queue: false when it went out
+    /// already (the backlog had it).
+    fn take(&mut self, seq: u64) -> bool {
+        let fresh = seq > self.sent_upto;
+        self.sent_upto = self.sent_upto.max(seq);
+        fresh
+    }
+
+    /// A command the channel task took from its queue went out (or was dropped).
+    fn sent(&mut self) {
+        self.queued = self.queued.saturating_sub(1);
+    }
+}
+
+impl RunnerLink for Outlet {
+    fn command(&self, entry: OutboxEntry) {
+        let mut state = self.state();
+        match state.route(entry.seq) {
+            Route::Skip => return,
+            Route::Write => {
+                if let Some(flushed) = self.write_now(&entry) {
+                    state.sent_upto = entry.seq;
+                    if !flushed {
+                        let _ = self.queue.send(Delivery::Flush);
+                    }
+                    return;
+                }
+            }
+            Route::Queue => {}
+        }
+        state.queued += 1;
+        let _ = self.queue.send(Delivery::Command(Arc::new(entry)));
+    }
+}
+
+impl Outlet {
+    fn state(&self) -> std::sync::MutexGuard<'_, OutletState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the delivery may write commands itself (see `OutletState::direct`).
+    fn set_direct(&self, direct: bool) {
+        self.state().direct = direct;
+    }
+
+    fn take_queued(&self, seq: u64) -> bool {
+        self.state().take(seq)
+    }
+
+    fn sent_queued(&self) {
+        self.state().sent();
+    }
+
+    /// Writes `entry`'s frame if that can be done without waiting for anything. Returns
+    /// whether the frame is all on the socket, or `None` when the channel task must send it
+    /// (the socket's buffer is full, the task is sending, the assignment moved on). A failed
+    /// socket counts as written: the channel task finds out on its own, and the command
+    /// stays in the outbox for the runner's next connection.
+    fn write_now(&self, entry: &OutboxEntry) -> Option<bool> {
+        let mut sink = self.sink.try_lock().ok()?;
+        let mut sink = Pin::new(&mut *sink);
+        // Nothing is woken through this context: what `poll_flush` leaves in the buffer is
+        // flushed by the channel task (`Delivery::Flush`), with its own.
+        let mut cx = Context::from_waker(Waker::noop());
+        match sink.as_mut().poll_ready(&mut cx) {
+            Poll::Pending => return None,
+            Poll::Ready(Err(_)) => return Some(true),
+            Poll::Ready(Ok(())) => {}
+        }
+        let frame = frame_now(&self.st, entry)?;
+        if sink
+            .as_mut()
+            .start_send(Message::text(wire::text(frame)))
+            .is_err()
+        {
+            return Some(true);
+        }
+        Some(!matches!(sink.poll_flush(&mut cx), Poll::Pending))
     }
 }
 
@@ -101,13 +251,18 @@ fn close(code: u16, reason: &'static str) -> Message {
 
 async fn serve(st: AppState, p: Caller, runner: Uuid, socket: Socket) {
     let _counted = st.metrics.websocket_client(metrics::Socket::RunnerChannel);
-    let (mut sink, mut stream) = socket.split();
+    let (sink, mut stream) = socket.split();
     let connection = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
     let (tx, mut commands) = mpsc::unbounded_channel();
+    let outlet = Arc::new(Outlet {
+        st: st.clone(),
+        sink: tokio::sync::Mutex::new(sink),
+        state: Default::default(),
+        queue: tx,
+    });
     // Attach before reading the outbox: a command committed in between arrives both ways and
     // is sent once (by seq).
-    st.bus.attach_runner(runner, connection, tx);
-    let mut sent_upto = 0u64;
+    st.bus.attach_runner(runner, connection, outlet.clone());
     let mut shutdown = st.shutdown.clone();
     let interval = st.config.websocket.heartbeat_interval;
     let max_frame = st.config.websocket.max_frame_bytes;
@@ -118,9 +273,9 @@ async fn serve(st: AppState, p: Caller, runner: Uuid, socket: Socket) {
     let backlog = st.runners.outbox(runner).await.unwrap_or_default();
     let mut alive = true;
     for entry in backlog {
-        sent_upto = entry.seq;
+        outlet.take_queued(entry.seq);
         if let Some(frame) = render(&st, &entry).await
-            && send(&mut sink, Message::text(wire::text(frame)))
+            && send(&outlet, Message::text(wire::text(frame)))
                 .await
                 .is_err()
         {
@@ -140,9 +295,10 @@ async fn serve(st: AppState, p: Caller, runner: Uuid, socket: Socket) {
     // would hold up the output behind it for a commit.)
     let mut storing: FuturesOrdered<BoxFuture<'static, Vec<Value>>> = FuturesOrdered::new();
     while alive {
+        outlet.set_direct(storing.is_empty());
         tokio::select! {
             Some(replies) = storing.next(), if !storing.is_empty() => {
-                alive = send_all(&mut sink, replies).await;
+                alive = send_all(&outlet, replies).await;
             }
             incoming = stream.next(), if storing.len() < STORING_AT_ONCE => {
                 let Some(Ok(msg)) = incoming else { break };
@@ -150,7 +306,7 @@ async fn serve(st: AppState, p: Caller, runner: Uuid, socket: Socket) {
                     break;
                 }
                 if p.is_revoked() {
-                    let _ = send(&mut sink, close(1008, "token revoked")).await;
+                    let _ = send(&outlet, close(1008, "token revoked")).await;
                     break;
                 }
                 if msg.is_pong() {
@@ -163,13 +319,16 @@ async fn serve(st: AppState, p: Caller, runner: Uuid, socket: Socket) {
                     match parse(msg.to_text().unwrap_or("")) {
                         Err(replies) => replies,
                         Ok(frame) if frame.get("type").and_then(Value::as_str).is_some_and(|t| STORED_IN_ORDER.contains(&t)) => {
+                            // Before the write reaches the store: a command its commit makes
+                            // goes after its answer.
+                            outlet.set_direct(false);
                             storing.push_back(start_storing(&st, &p, runner, frame).await);
                             continue;
                         }
                         Ok(frame) => {
                             // Whatever came before it is answered first.
                             while let Some(replies) = storing.next().await {
-                                alive = alive && send_all(&mut sink, replies).await;
+                                alive = alive && send_all(&outlet, replies).await;
                             }
                             if !alive {
                                 break;
@@ -183,67 +342,80 @@ async fn serve(st: AppState, p: Caller, runner: Uuid, socket: Socket) {
                     vec![error_frame(SocketError::InvalidMessage.code(), "frames must be JSON text", None)]
                 };
                 if storing.is_empty() {
-                    alive = send_all(&mut sink, replies).await;
+                    alive = send_all(&outlet, replies).await;
                 } else {
                     // After the answers to the output before it.
                     storing.push_back(Box::pin(std::future::ready(replies)));
                 }
             }
-            Some(entry) = commands.recv() => {
-                if entry.seq <= sent_upto {
+            Some(delivery) = commands.recv() => {
+                let entry = match delivery {
+                    Delivery::Command(entry) => entry,
+                    Delivery::Flush => {
+                        if flush(&outlet).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                };
+                if !outlet.take_queued(entry.seq) {
+                    outlet.sent_queued();
                     continue;
                 }
-                sent_upto = entry.seq;
                 if !storing.is_empty() {
                     // The command may come from the commit of a frame still waiting here for
                     // its answer (an approval request that a policy decided at once): it goes
                     // after that answer, so a runner learns the approval's id before its
-                    // decision, as when frames were stored one at a time.
-                    let st = st.clone();
+                    // decision, as when frames were stored one at a time. (The delivery writes
+                    // nothing itself until `storing` is empty and answered.)
+                    let (st, outlet) = (st.clone(), outlet.clone());
                     storing.push_back(Box::pin(async move {
-                        render(&st, &entry).await.into_iter().collect()
+                        let frame = render(&st, &entry).await;
+                        outlet.sent_queued();
+                        frame.into_iter().collect()
                     }));
                     continue;
                 }
                 if let Some(frame) = render(&st, &entry).await
-                    && send(&mut sink, Message::text(wire::text(frame))).await.is_err()
+                    && send(&outlet, Message::text(wire::text(frame))).await.is_err()
                 {
                     break;
                 }
+                outlet.sent_queued();
             }
             _ = ping.tick() => {
                 if p.is_revoked() {
-                    let _ = send(&mut sink, close(1008, "token revoked")).await;
+                    let _ = send(&outlet, close(1008, "token revoked")).await;
                     break;
                 }
                 if last_pong.elapsed() > interval * 2 {
                     tracing::warn!(%runner, "runner channel missed its pongs; closing");
-                    let _ = send(&mut sink, close(1001, "ping timeout")).await;
+                    let _ = send(&outlet, close(1001, "ping timeout")).await;
                     break;
                 }
-                if send(&mut sink, Message::Ping(Default::default())).await.is_err() {
+                if send(&outlet, Message::Ping(Default::default())).await.is_err() {
                     break;
                 }
             }
             _ = shutdown.changed() => {
-                let _ = send(&mut sink, close(1001, "server shutting down")).await;
+                let _ = send(&outlet, close(1001, "server shutting down")).await;
                 break;
             }
         }
     }
+    outlet.set_direct(false);
     st.bus.detach_runner(runner, connection);
     tracing::info!(%runner, connection, "runner channel closed");
 }
 
 /// The frame for an outbox entry. An assignment whose session moved on is dropped.
 async fn render(st: &AppState, entry: &OutboxEntry) -> Option<Value> {
-    let mut frame = match &entry.command {
+    let assigned = match &entry.command {
         RunnerCommand::AssignSession {
             session_id,
             assignment_id,
-        } => {
-            let view = st
-                .sessions
+        } => Some(
+            st.sessions
                 .assignment_to_send(
                     entry.runner_id,
                     entry.message_id,
@@ -252,14 +424,39 @@ async fn render(st: &AppState, entry: &OutboxEntry) -> Option<Value> {
                 )
                 .await
                 .ok()
-                .flatten()?;
-            json!({
-                "type": "assign_session",
-                "assignmentId": assignment_id,
-                "session": session_detail_for_runner(&view, st.clock.now_ms()),
-            })
-        }
-        command => CommandFrame::of(command)?.to_value(),
+                .flatten()?,
+        ),
+        _ => None,
+    };
+    command_frame(st, entry, assigned.as_ref())
+}
+
+/// `render` without waiting for anything; `None` when it would have to (an assignment that
+/// moved on is withdrawn by `render`).
+fn frame_now(st: &AppState, entry: &OutboxEntry) -> Option<Value> {
+    let assigned = match &entry.command {
+        RunnerCommand::AssignSession {
+            session_id,
+            assignment_id,
+        } => Some(st.sessions.assignment_now(*session_id, *assignment_id)?),
+        _ => None,
+    };
+    command_frame(st, entry, assigned.as_ref())
+}
+
+/// An outbox entry's frame; `assigned` is the session an `assign_session` hands over.
+fn command_frame(
+    st: &AppState,
+    entry: &OutboxEntry,
+    assigned: Option<&SessionView>,
+) -> Option<Value> {
+    let mut frame = match (&entry.command, assigned) {
+        (RunnerCommand::AssignSession { assignment_id, .. }, Some(view)) => json!({
+            "type": "assign_session",
+            "assignmentId": assignment_id,
+            "session": session_detail_for_runner(view, st.clock.now_ms()),
+        }),
+        (command, _) => CommandFrame::of(command)?.to_value(),
     };
     frame["messageId"] = json!(entry.message_id);
     frame["timestamp"] = json!(format_ms(st.clock.now_ms()));
@@ -278,12 +475,12 @@ fn ack(message_id: Option<&Value>, data: Option<Value>) -> Vec<Value> {
 }
 
 /// Sends `replies` in order; false once the socket failed.
-async fn send_all(
-    sink: &mut futures_util::stream::SplitSink<Socket, Message>,
-    replies: Vec<Value>,
-) -> bool {
+async fn send_all(outlet: &Outlet, replies: Vec<Value>) -> bool {
     for reply in replies {
-        if send(sink, Message::text(wire::text(reply))).await.is_err() {
+        if send(outlet, Message::text(wire::text(reply)))
+            .await
+            .is_err()
+        {
             return false;
         }
     }
@@ -436,5 +633,51 @@ async fn handle(st: &AppState, p: &Principal, runner: Uuid, frame: Value) -> Vec
             }
             vec![f]
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The delivery writes a command itself only while the channel task has nothing in hand:
+    /// not before the backlog is out, not while a frame of the runner awaits its answer, and
+    /// not while a command handed to the task before is unsent (it would overtake it).
+    #[test]
+    fn the_delivery_writes_a_command_only_when_nothing_would_go_before_it() {
+        let mut s = OutletState::default();
+        assert_eq!(s.route(1), Route::Queue, "the backlog is not out yet");
+        assert!(s.take(1));
+        s.sent();
+        s.direct = true;
+        assert_eq!(s.route(2), Route::Write);
+        s.sent_upto = 2;
+        assert_eq!(s.route(2), Route::Skip, "written already");
+
+        // Command 3 came while a frame awaited its answer: queued.
+        s.direct = false;
+        assert_eq!(s.route(3), Route::Queue);
+        s.queued += 1;
+        // The answer went out; 3 is still in the queue, so 4 goes after it.
+        s.direct = true;
+        assert_eq!(s.route(4), Route::Queue);
+        s.queued += 1;
+        assert!(s.take(3));
+        s.sent();
+        assert_eq!(s.route(5), Route::Queue, "4 is still queued");
+        s.queued += 1;
+        assert!(s.take(4));
+        s.sent();
+        assert!(s.take(5));
+        s.sent();
+        assert_eq!(s.route(6), Route::Write);
+
+        // What the backlog sent is skipped when it also comes live.
+        let mut s = OutletState::default();
+        assert!(s.take(7));
+        s.sent();
+        assert_eq!(s.route(7), Route::Skip);
+        s.queued += 1;
+        assert!(!s.take(7), "a queued copy of a command the backlog sent");
     }
 }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::sync::{Notify, broadcast};
 use uuid::Uuid;
 
 use crate::runners::model::OutboxEntry;
@@ -31,8 +31,14 @@ const SCHEDULING_EVENTS: &[&str] = &[
     "runner_undrained",
 ];
 
+/// A connected runner's channel, as the bus hands it each command once it is committed (in
+/// commit order, from the store's delivery task: it must not block).
+pub trait RunnerLink: Send + Sync {
+    fn command(&self, entry: OutboxEntry);
+}
+
 /// Where a connected runner's channel receives its new commands.
-pub type CommandSender = mpsc::UnboundedSender<Arc<OutboxEntry>>;
+pub type CommandSender = Arc<dyn RunnerLink>;
 
 /// Sees every event as it is published, before any subscriber (`/metrics` counts them).
 pub type Observer = Arc<dyn Fn(&BusEvent) + Send + Sync>;
@@ -103,9 +109,12 @@ impl EventBus {
     /// Hands a committed command to its runner's live channel, if one is connected. The command
     /// is in the outbox either way, so a runner that is away gets it when it reconnects.
     pub fn publish_command(&self, entry: OutboxEntry) {
-        let channels = self.channels.read().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, tx)) = channels.get(&entry.runner_id) {
-            let _ = tx.send(Arc::new(entry));
+        let link = {
+            let channels = self.channels.read().unwrap_or_else(|p| p.into_inner());
+            channels.get(&entry.runner_id).map(|(_, link)| link.clone())
+        };
+        if let Some(link) = link {
+            link.command(entry);
         }
     }
 

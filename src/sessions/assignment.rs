@@ -142,7 +142,29 @@ pub(super) fn release_runner_sessions(
     Ok(())
 }
 
+/// Reads a session as its runner is handed it.
+fn runner_view(
+    session_id: Uuid,
+) -> impl Fn(&dyn ReadTxn) -> DomainResult<Option<SessionView>> + Copy + Send + 'static {
+    move |r| match r.get_session(session_id)? {
+        Some(s) => view(r, s).map(Some),
+        None => Ok(None),
+    }
+}
+
 impl SessionService {
+    /// `assignment_to_send` when it can answer without waiting for anything: the session while
+    /// the assignment holds. `None` when it moved on or the database is being reopened; the
+    /// caller then goes through `assignment_to_send`, which withdraws the command or waits.
+    pub fn assignment_now(&self, session_id: Uuid, assignment_id: Uuid) -> Option<SessionView> {
+        let current = self
+            .store
+            .read_here(runner_view(session_id))?
+            .ok()
+            .flatten()?;
+        (current.session.assignment_id == Some(assignment_id)).then_some(current)
+    }
+
     /// The session an `assign_session` command hands over, while that assignment still holds.
     /// An assignment whose session moved on (stopped, re-queued, given to another runner) is
     /// withdrawn from the runner's outbox instead, and nothing is sent: `None`.
@@ -155,10 +177,7 @@ impl SessionService {
     ) -> DomainResult<Option<SessionView>> {
         // Read here rather than on the blocking pool: the session was committed a moment ago,
         // and the assignment is the latency that counts (`Store::read_here`).
-        let find = move |r: &dyn ReadTxn| match r.get_session(session_id)? {
-            Some(s) => view(r, s).map(Some),
-            None => Ok::<_, DomainError>(None),
-        };
+        let find = runner_view(session_id);
         let current = match self.store.read_here(find) {
             Some(read) => read?,
             None => self.store.read(find).await?,

@@ -801,9 +801,10 @@ impl Outcome {
             jobs,
         } = self;
         // Memory first (it mirrors what was committed), then the runners' commands, then the
-        // callers, then the bus. A runner's channel task is woken before the callers' request
-        // tasks, so under a burst of creates an assignment does not queue behind the answers
-        // of a whole batch (BENCHMARKS.md, "bursts").
+        // callers, then the bus. A command goes out to an idle runner's socket right here (or
+        // its channel task is woken) before the callers' request tasks are, so under a burst
+        // of creates an assignment does not queue behind the answers of a whole batch
+        // (BENCHMARKS.md, "bursts").
         if result.is_ok() {
             for update in committed.after_commit {
                 // A panicking update must not take the callers' answers (or, in the delivery
