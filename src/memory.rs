@@ -6,6 +6,8 @@
 
 /// jemalloc's configuration variable (the crate builds jemalloc with the `_rjem_` prefix).
 const JEMALLOC_CONF: &str = "_RJEM_MALLOC_CONF";
+/// What the server sets it to when the operator did not.
+const BACKGROUND_THREADS: &str = "background_thread:true";
 
 /// Makes sure jemalloc runs its background threads: memory freed by the server goes back to the
 /// system after jemalloc's decay time (10 s) whether or not the server keeps allocating, so an
@@ -29,7 +31,9 @@ pub fn return_freed_memory_in_background() {
     let (Some(args), Some(env)) = (args, env.as_mut()) else {
         return;
     };
-    env.extend(to_c(b"_RJEM_MALLOC_CONF=background_thread:true"));
+    env.extend(to_c(
+        format!("{JEMALLOC_CONF}={BACKGROUND_THREADS}").as_bytes(),
+    ));
     // The binary's own path first, so that the process keeps its name (`ps`, `top`); then
     // /proc/self/exe, which still works when the file was replaced since it started. `execve`
     // returns only when it failed: then the process runs on as it is, purging while allocating.

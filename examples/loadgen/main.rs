@@ -2886,8 +2886,10 @@ async fn runner_scenario() -> ExitCode {
     let runner_peak = process_mib(runner_pid, "VmHWM");
 
     // The end: agents exit, the runner reports each session COMPLETED after its last byte is
-    // stored; then every stored line is read back.
+    // stored; then every stored line is read back. On a new connection: the setup's idled
+    // through the run, past the server's idle timeout (`server.idleTimeoutMs`).
     write_whole(&signals.join("quit"), "");
+    let mut client = Client::connect(server.addr, 0).await;
     let mut completed = 0;
     let mut stored = LineCheck::default();
     let mut stored_missing = 0;
