@@ -169,8 +169,14 @@ impl OutletState {
         fresh
     }
 
+    /// A command goes into the channel task's queue.
+    fn queue_one(&mut self) {
+        self.queued += 1;
+    }
+
     /// A command the channel task took from its queue went out (or was dropped).
     fn sent(&mut self) {
+        debug_assert!(self.queued > 0, "a queued command sent twice");
         self.queued = self.queued.saturating_sub(1);
     }
 }
@@ -191,7 +197,7 @@ impl RunnerLink for Outlet {
             }
             Route::Queue => {}
         }
-        state.queued += 1;
+        state.queue_one();
         let _ = self.queue.send(Delivery::Command(Arc::new(entry)));
     }
 }
@@ -216,9 +222,11 @@ impl Outlet {
 
     /// Writes `entry`'s frame if that can be done without waiting for anything. Returns
     /// whether the frame is all on the socket, or `None` when the channel task must send it
-    /// (the socket's buffer is full, the task is sending, the assignment moved on). A failed
-    /// socket counts as written: the channel task finds out on its own, and the command
-    /// stays in the outbox for the runner's next connection.
+    /// (the socket's buffer is full, the task is sending, the assignment moved on; also once
+    /// the delivery task has used up tokio's I/O budget for one poll, in a large batch). A
+    /// failed socket counts as written: the channel task finds out on its own, and the
+    /// command stays in the outbox for the runner's next connection. (The `state` lock is
+    /// held meanwhile: a read of a few records and one `write`.)
     fn write_now(&self, entry: &OutboxEntry) -> Option<bool> {
         let mut sink = self.sink.try_lock().ok()?;
         let mut sink = Pin::new(&mut *sink);
@@ -263,6 +271,12 @@ async fn serve(st: AppState, p: Caller, runner: Uuid, socket: Socket) {
     // Attach before reading the outbox: a command committed in between arrives both ways and
     // is sent once (by seq).
     st.bus.attach_runner(runner, connection, outlet.clone());
+    let attachment = Attachment {
+        st: st.clone(),
+        outlet: outlet.clone(),
+        runner,
+        connection,
+    };
     let mut shutdown = st.shutdown.clone();
     let interval = st.config.websocket.heartbeat_interval;
     let max_frame = st.config.websocket.max_frame_bytes;
@@ -295,6 +309,11 @@ async fn serve(st: AppState, p: Caller, runner: Uuid, socket: Socket) {
     // would hold up the output behind it for a commit.)
     let mut storing: FuturesOrdered<BoxFuture<'static, Vec<Value>>> = FuturesOrdered::new();
     while alive {
+        // Only here does the delivery get to write again: after the answers to every stored
+        // frame went out (`send_all` flushes), so a command that such a frame's commit made
+        // (routed while `direct` was false, hence queued) can never go before that answer.
+        // Frames outside `STORED_IN_ORDER` (heartbeats) change nothing a command could follow
+        // from; one that commits must join that list or clear `direct` before it is handled.
         outlet.set_direct(storing.is_empty());
         tokio::select! {
             Some(replies) = storing.next(), if !storing.is_empty() => {
@@ -403,9 +422,25 @@ async fn serve(st: AppState, p: Caller, runner: Uuid, socket: Socket) {
             }
         }
     }
-    outlet.set_direct(false);
-    st.bus.detach_runner(runner, connection);
+    drop(attachment);
     tracing::info!(%runner, connection, "runner channel closed");
+}
+
+/// Detaches a channel from the bus however `serve` ends, a panic included: the delivery stops
+/// writing to it, and the socket closes with the last handle to its sending half (otherwise a
+/// runner whose channel task died would stay attached, sent commands and never read).
+struct Attachment {
+    st: AppState,
+    outlet: Arc<Outlet>,
+    runner: Uuid,
+    connection: u64,
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        self.outlet.set_direct(false);
+        self.st.bus.detach_runner(self.runner, self.connection);
+    }
 }
 
 /// The frame for an outbox entry. An assignment whose session moved on is dropped.
@@ -646,8 +681,13 @@ mod tests {
     #[test]
     fn the_delivery_writes_a_command_only_when_nothing_would_go_before_it() {
         let mut s = OutletState::default();
+        // Committed while the backlog is read: queued, and its copy dropped after the backlog
+        // sent it.
         assert_eq!(s.route(1), Route::Queue, "the backlog is not out yet");
-        assert!(s.take(1));
+        s.queue_one();
+        assert!(s.take(1), "the backlog sends 1");
+        assert_eq!(s.route(1), Route::Skip);
+        assert!(!s.take(1), "the queued copy of 1 is dropped");
         s.sent();
         s.direct = true;
         assert_eq!(s.route(2), Route::Write);
@@ -657,27 +697,19 @@ mod tests {
         // Command 3 came while a frame awaited its answer: queued.
         s.direct = false;
         assert_eq!(s.route(3), Route::Queue);
-        s.queued += 1;
+        s.queue_one();
         // The answer went out; 3 is still in the queue, so 4 goes after it.
         s.direct = true;
         assert_eq!(s.route(4), Route::Queue);
-        s.queued += 1;
+        s.queue_one();
         assert!(s.take(3));
         s.sent();
         assert_eq!(s.route(5), Route::Queue, "4 is still queued");
-        s.queued += 1;
+        s.queue_one();
         assert!(s.take(4));
         s.sent();
         assert!(s.take(5));
         s.sent();
-        assert_eq!(s.route(6), Route::Write);
-
-        // What the backlog sent is skipped when it also comes live.
-        let mut s = OutletState::default();
-        assert!(s.take(7));
-        s.sent();
-        assert_eq!(s.route(7), Route::Skip);
-        s.queued += 1;
-        assert!(!s.take(7), "a queued copy of a command the backlog sent");
+        assert_eq!(s.route(6), Route::Write, "nothing left in the queue");
     }
 }

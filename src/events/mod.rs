@@ -114,7 +114,16 @@ impl EventBus {
             channels.get(&entry.runner_id).map(|(_, link)| link.clone())
         };
         if let Some(link) = link {
-            link.command(entry);
+            // It runs in the store's delivery task: a panic here must not take down the
+            // delivery of this batch's answers and events, nor of every later batch. The
+            // command stays in the outbox; the runner gets it on its next connection.
+            let runner = entry.runner_id;
+            let handed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                link.command(entry);
+            }));
+            if handed.is_err() {
+                tracing::error!(%runner, "handing a command to a runner's channel panicked");
+            }
         }
     }
 
