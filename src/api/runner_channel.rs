@@ -308,13 +308,19 @@ async fn serve(st: AppState, p: Caller, runner: Uuid, socket: Socket) {
     // (Usage reports of every session come at the same moment; handled one at a time, each
     // would hold up the output behind it for a commit.)
     let mut storing: FuturesOrdered<BoxFuture<'static, Vec<Value>>> = FuturesOrdered::new();
+    // What the outlet was last told, so that a run of output frames takes its lock only when
+    // the answer changes rather than once per frame.
+    let mut direct = false;
     while alive {
         // Only here does the delivery get to write again: after the answers to every stored
         // frame went out (`send_all` flushes), so a command that such a frame's commit made
         // (routed while `direct` was false, hence queued) can never go before that answer.
         // Frames outside `STORED_IN_ORDER` (heartbeats) change nothing a command could follow
         // from; one that commits must join that list or clear `direct` before it is handled.
-        outlet.set_direct(storing.is_empty());
+        if direct != storing.is_empty() {
+            direct = storing.is_empty();
+            outlet.set_direct(direct);
+        }
         tokio::select! {
             Some(replies) = storing.next(), if !storing.is_empty() => {
                 alive = send_all(&outlet, replies).await;
@@ -340,7 +346,10 @@ async fn serve(st: AppState, p: Caller, runner: Uuid, socket: Socket) {
                         Ok(frame) if frame.get("type").and_then(Value::as_str).is_some_and(|t| STORED_IN_ORDER.contains(&t)) => {
                             // Before the write reaches the store: a command its commit makes
                             // goes after its answer.
-                            outlet.set_direct(false);
+                            if direct {
+                                direct = false;
+                                outlet.set_direct(false);
+                            }
                             storing.push_back(start_storing(&st, &p, runner, frame).await);
                             continue;
                         }
