@@ -3,7 +3,7 @@
 //!
 //! Three kinds of series:
 //! - counters and histograms moved where things happen: the edge (HTTP requests), the sockets
-//!   (clients, bytes sent), heartbeats, webhook deliveries, and the store's writer (its own
+//!   (clients, bytes sent), heartbeats, commands sent to runners, webhook deliveries, and the store's writer (its own
 //!   histograms, since `store/` depends on no other module);
 //! - counters moved by committed events ([`Metrics::observe_event`], called by the event bus):
 //!   sessions created and ended, output received, approvals and their time to a decision;
@@ -55,6 +55,19 @@ impl Socket {
 pub enum HeartbeatVia {
     Rest = 0,
     Channel = 1,
+}
+
+/// Who wrote a command to a runner's channel.
+#[derive(Debug, Clone, Copy)]
+pub enum CommandPath {
+    /// The store's delivery, right after the commit that made it (the channel had nothing
+    /// else in hand).
+    Commit = 0,
+    /// The channel's own task: it had frames of the runner to answer first, or other commands
+    /// ahead of it.
+    Channel = 1,
+    /// The channel's task as the runner connected: what was still unacknowledged.
+    Backlog = 2,
 }
 
 /// A request's series: its method, its route template (by address: templates are `'static`
@@ -116,6 +129,8 @@ pub struct Metrics {
     terminal_bytes: [IntCounter; 2],
     /// Heartbeats by `via`, resolved once (a fleet beats thousands of times a second).
     heartbeats: [IntCounter; 2],
+    /// Commands written to runner channels by `path`, resolved once.
+    runner_commands: [IntCounter; 3],
     webhook_deliveries: IntCounterVec,
     /// The series of each (method, route, status) met so far, so that a request costs one map
     /// look-up of small keys instead of hashing its label strings twice.
@@ -225,6 +240,19 @@ impl Metrics {
                     ),
                 );
                 ["rest", "channel"].map(|via| vec.with_label_values(&[via]))
+            },
+            runner_commands: {
+                let vec = registered(
+                    &r,
+                    IntCounterVec::new(
+                        Opts::new(
+                            "village_runner_commands_sent_total",
+                            "Commands written to runner channels, by who wrote them (commit, channel, backlog).",
+                        ),
+                        &["path"],
+                    ),
+                );
+                ["commit", "channel", "backlog"].map(|path| vec.with_label_values(&[path]))
             },
             http_series: Default::default(),
             webhook_deliveries: registered(
@@ -382,6 +410,10 @@ impl Metrics {
 
     pub fn heartbeat(&self, via: HeartbeatVia) {
         self.heartbeats[via as usize].inc();
+    }
+
+    pub fn runner_command_sent(&self, path: CommandPath) {
+        self.runner_commands[path as usize].inc();
     }
 
     pub fn webhook_delivery(&self, outcome: DeliveryOutcome) {

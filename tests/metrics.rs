@@ -328,6 +328,7 @@ async fn metrics_parse_and_follow_the_traffic() {
         "village_websocket_clients",
         "village_terminal_bytes_total",
         "village_runner_heartbeats_total",
+        "village_runner_commands_sent_total",
         "village_webhook_deliveries_total",
         "village_sessions",
         "village_sessions_created_total",
@@ -414,4 +415,63 @@ fn series_names(expr: &str) -> Vec<String> {
         rest = &tail[end..];
     }
     names
+}
+
+/// Who wrote each command to a runner: the store, right after the commit, when the channel had
+/// nothing else in hand; the channel's task, when the runner's own frame was ahead of it; and
+/// the backlog, when the runner reconnected with a command not yet acknowledged.
+#[tokio::test]
+async fn commands_to_runners_are_counted_by_who_wrote_them() {
+    let s = TestServer::start("").await;
+    let admin = s.admin();
+    let org = admin.with_token(&admin.create_token("org", Some("acme")).await);
+    let r = org
+        .put(
+            "/api/v1/orgs/acme/approval-policy",
+            json!({"rules": [], "defaultDecision": "allow"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let sent = |m: Scrape| {
+        ["commit", "channel", "backlog"]
+            .map(|path| m.get("village_runner_commands_sent_total", &[("path", path)]))
+    };
+    assert_eq!(sent(scrape(&admin).await), [0.0; 3]);
+
+    let (runner, _) = register(&admin, "worker-1", &["claude_code"], None, &[]).await;
+    let mut ch = runner.connect().await;
+    // Answered, so the channel is past its backlog and idle.
+    let mut beat = runner.heartbeat_body(&[]);
+    beat["type"] = json!("heartbeat");
+    assert_eq!(ch.request(beat).await["type"], "heartbeat_ack");
+    let id = create_session(&org, "acme").await;
+    let first = ch.expect("assign_session").await;
+    assert_eq!(sent(scrape(&admin).await), [1.0, 0.0, 0.0]);
+
+    // Not acknowledged: the next connection gets it again, from the backlog.
+    ch.close().await;
+    let mut ch = runner.connect().await;
+    let again = ch.expect("assign_session").await;
+    assert_eq!(again["messageId"], first["messageId"]);
+    assert_eq!(sent(scrape(&admin).await), [1.0, 0.0, 1.0]);
+    let assignment = again["assignmentId"].as_str().unwrap().to_owned();
+    ch.ack(&again).await;
+    let r = ch
+        .request(json!({"type": "session_state", "sessionId": id,
+                        "assignmentId": assignment, "state": "RUNNING"}))
+        .await;
+    assert_eq!(r["type"], "ack", "{r}");
+
+    // The policy decides the approval in the commit that stores the request: its decision
+    // goes after the request's answer, through the channel's task.
+    let ask = ch
+        .request_keeping_others(json!({"type": "approval_request", "sessionId": id,
+                                       "assignmentId": assignment, "action": "deploy",
+                                       "description": "deploy it"}))
+        .await;
+    assert_eq!(ask["data"]["decision"], "allow", "{ask}");
+    let resolved = ch.expect("approval_resolved").await;
+    assert_eq!(resolved["decision"], "allow");
+    assert_eq!(sent(scrape(&admin).await), [1.0, 1.0, 1.0]);
+    s.stop().await;
 }

@@ -256,6 +256,7 @@ async fn keystrokes_reach_a_busy_runner_once_each_in_the_order_typed() {
     const KEYS: usize = 150;
     let (s, id, assignment, mut rch) = session_and_assignment_on_a_runner().await;
     let admin = s.admin();
+    let before = commands_sent(&admin).await;
     let mut ch = signed_in(&admin).await;
     ch.request(json!({"type": "subscribe_session", "sessionId": id}))
         .await;
@@ -285,7 +286,14 @@ async fn keystrokes_reach_a_busy_runner_once_each_in_the_order_typed() {
         .await;
         offset += line.len() as u64;
         printed += 1;
-        while let Some(f) = rch.recv_within(if printed % 8 == 0 { 5 } else { 0 }).await {
+        // Now and then a pause, in which the output is all answered and a keystroke can be
+        // written right after its commit.
+        let pause = match printed {
+            p if p % 64 == 0 => 50,
+            p if p % 8 == 0 => 5,
+            _ => 0,
+        };
+        while let Some(f) = rch.recv_within(pause).await {
             assert_ne!(f["type"], "error", "{f}");
             if f["type"] == "terminal_input" {
                 received.push(f["data"].as_str().unwrap().to_string());
@@ -299,7 +307,29 @@ async fn keystrokes_reach_a_busy_runner_once_each_in_the_order_typed() {
     assert_eq!(received, expected);
     // Nothing came twice.
     rch.expect_none("terminal_input", 300).await;
+    // Both ways were taken: written right after their commit while the runner's output was
+    // answered, and queued behind output still being stored.
+    let after = commands_sent(&admin).await;
+    let [commit, channel] = [0, 1].map(|i| after[i] - before[i]);
+    println!("keystrokes written after their commit: {commit}, by the channel: {channel}");
+    assert_eq!(commit + channel, KEYS as u64);
+    assert!(commit > 0 && channel > 0, "{commit} and {channel}");
     s.stop().await;
+}
+
+/// Commands written to runner channels so far (`/metrics`): right after their commit, and by
+/// the channel's task.
+async fn commands_sent(admin: &Client) -> [u64; 2] {
+    let r = admin.get("/metrics").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    ["commit", "channel"].map(|path| {
+        let series = format!("village_runner_commands_sent_total{{path=\"{path}\"}} ");
+        r.text
+            .lines()
+            .find_map(|line| line.strip_prefix(series.as_str()))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series}in {}", r.text))
+    })
 }
 
 #[tokio::test]

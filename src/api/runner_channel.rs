@@ -134,7 +134,7 @@ struct OutletState {
 
 /// What the delivery hands the channel task.
 enum Delivery {
-    Command(Arc<OutboxEntry>),
+    Command(OutboxEntry),
     /// A command the delivery wrote is not all on the socket yet.
     Flush,
 }
@@ -198,7 +198,7 @@ impl RunnerLink for Outlet {
             Route::Queue => {}
         }
         state.queue_one();
-        let _ = self.queue.send(Delivery::Command(Arc::new(entry)));
+        let _ = self.queue.send(Delivery::Command(entry));
     }
 }
 
@@ -246,6 +246,9 @@ impl Outlet {
         {
             return Some(true);
         }
+        self.st
+            .metrics
+            .runner_command_sent(metrics::CommandPath::Commit);
         Some(!matches!(sink.poll_flush(&mut cx), Poll::Pending))
     }
 }
@@ -288,13 +291,16 @@ async fn serve(st: AppState, p: Caller, runner: Uuid, socket: Socket) {
     let mut alive = true;
     for entry in backlog {
         outlet.take_queued(entry.seq);
-        if let Some(frame) = render(&st, &entry).await
-            && send(&outlet, Message::text(wire::text(frame)))
+        if let Some(frame) = render(&st, &entry).await {
+            if send(&outlet, Message::text(wire::text(frame)))
                 .await
                 .is_err()
-        {
-            alive = false;
-            break;
+            {
+                alive = false;
+                break;
+            }
+            st.metrics
+                .runner_command_sent(metrics::CommandPath::Backlog);
         }
     }
     tracing::info!(%runner, connection, "runner channel connected");
@@ -400,14 +406,18 @@ async fn serve(st: AppState, p: Caller, runner: Uuid, socket: Socket) {
                     storing.push_back(Box::pin(async move {
                         let frame = render(&st, &entry).await;
                         outlet.sent_queued();
+                        if frame.is_some() {
+                            st.metrics.runner_command_sent(metrics::CommandPath::Channel);
+                        }
                         frame.into_iter().collect()
                     }));
                     continue;
                 }
-                if let Some(frame) = render(&st, &entry).await
-                    && send(&outlet, Message::text(wire::text(frame))).await.is_err()
-                {
-                    break;
+                if let Some(frame) = render(&st, &entry).await {
+                    if send(&outlet, Message::text(wire::text(frame))).await.is_err() {
+                        break;
+                    }
+                    st.metrics.runner_command_sent(metrics::CommandPath::Channel);
                 }
                 outlet.sent_queued();
             }
