@@ -152,7 +152,7 @@ const SETUP_CONNECTIONS: usize = 64;
 /// Connections sending heartbeats, and then echo requests.
 const LOAD_CONNECTIONS: usize = 64;
 /// How long heartbeats, and then echo requests, are sent.
-const LOAD_DURATION: Duration = Duration::from_secs(5);
+const LOAD_DURATION: Duration = Duration::from_secs(10);
 /// Required heartbeat throughput as a share of the echo route's (on the whole machine and slowed).
 const TARGET_ECHO_SHARE: f64 = 0.75;
 /// Required heartbeat p99.
@@ -1230,6 +1230,11 @@ fn rss_mib() -> f64 {
 #[derive(Clone, Copy)]
 struct CpuSample {
     machine_busy: u64,
+    /// Of that, time in interrupts (`irq`, `softirq`): the kernel charges it to no process.
+    /// On an idle machine it is this process's own traffic, mostly loopback TCP delivered in
+    /// softirq context (5–7 % of the machine in `fleet --slow`'s heartbeat phase, where top
+    /// shows no other process at work).
+    machine_interrupts: u64,
     /// Time the hypervisor gave to other guests while this one wanted to run.
     machine_steal: u64,
     machine_total: u64,
@@ -1265,6 +1270,7 @@ impl CpuSample {
         let after_name = own_stat.rsplit_once(')').map_or("", |(_, rest)| rest);
         Self {
             machine_busy: m(0) + m(1) + m(2) + m(5) + m(6),
+            machine_interrupts: m(5) + m(6),
             machine_steal: m(7),
             machine_total: (0..8).map(m).sum(),
             own: ticks(after_name, 11, 2).iter().sum(),
@@ -1274,6 +1280,7 @@ impl CpuSample {
 
     /// Prints how busy the machine was since `before` and how much of that was this process;
     /// returns the share (%) others took: other processes, or the hypervisor (steal).
+    /// Interrupts are printed apart and not counted as others (see `machine_interrupts`).
     fn report_since(&self, before: &CpuSample) -> f64 {
         let total = (self.machine_total - before.machine_total).max(1) as f64;
         let share = |ticks: u64| 100.0 * ticks as f64 / total;
@@ -1282,17 +1289,19 @@ impl CpuSample {
             Some((pid, ticks)) => process_cpu_ticks(pid).saturating_sub(ticks),
             None => 0,
         };
-        let busy = self.machine_busy - before.machine_busy;
+        let interrupts = self.machine_interrupts - before.machine_interrupts;
+        let busy = (self.machine_busy - before.machine_busy).saturating_sub(interrupts);
         let helper_share = match before.helper {
             Some(_) => format!(", the runners' process {:.0} %", share(helper)),
             None => String::new(),
         };
         println!(
             "    cpu: this process {:.0} % of the machine{helper_share}, other processes {:.0} %, \
-             steal {:.0} %",
+             steal {:.0} %, interrupts {:.0} %",
             share(own),
             share(busy.saturating_sub(own + helper)),
-            share(self.machine_steal - before.machine_steal)
+            share(self.machine_steal - before.machine_steal),
+            share(interrupts)
         );
         share((busy + self.machine_steal - before.machine_steal).saturating_sub(own + helper))
     }
@@ -1472,6 +1481,7 @@ async fn heartbeat_and_echo_phase(parent: &Path) -> (Measurement, Measurement) {
             calls: [beats, echoes],
             next: [0, 0],
             latencies: [Vec::new(), Vec::new()],
+            per_slice: Vec::new(),
         });
     }
 
@@ -1491,8 +1501,12 @@ async fn heartbeat_and_echo_phase(parent: &Path) -> (Measurement, Measurement) {
         .collect();
     let mut latencies = [Vec::new(), Vec::new()];
     let mut spreads = [Spread::default(), Spread::default()];
+    let mut per_slice = [0usize; FLEET_SLICES];
     for task in tasks {
         let t = task.await.unwrap();
+        for (total, n) in per_slice.iter_mut().zip(&t.per_slice) {
+            *total += n;
+        }
         for kind in 0..2 {
             spreads[kind]
                 .connections
@@ -1514,6 +1528,33 @@ async fn heartbeat_and_echo_phase(parent: &Path) -> (Measurement, Measurement) {
         slice.as_millis(),
         elapsed.as_secs()
     );
+    // Each pair of neighbouring slices holds one of each kind.
+    let mut pair_shares: Vec<f64> = schedule
+        .chunks(2)
+        .zip(per_slice.chunks(2))
+        .map(|(kinds, counts)| {
+            let beats = if kinds[0].1 == 0 {
+                counts[0]
+            } else {
+                counts[1]
+            };
+            let echoes = if kinds[0].1 == 0 {
+                counts[1]
+            } else {
+                counts[0]
+            };
+            100.0 * beats as f64 / echoes.max(1) as f64
+        })
+        .collect();
+    pair_shares.sort_by(f64::total_cmp);
+    println!(
+        "    heartbeats / echo in each of the {} pairs of slices: min {:.1} %, median {:.1} %, \
+         max {:.1} %",
+        pair_shares.len(),
+        pair_shares[0],
+        pair_shares[pair_shares.len() / 2],
+        pair_shares[pair_shares.len() - 1]
+    );
     let disturbance = CpuSample::now().report_since(&cpu);
     beats.disturbance = disturbance;
     echoes.disturbance = disturbance;
@@ -1527,7 +1568,7 @@ async fn heartbeat_and_echo_phase(parent: &Path) -> (Measurement, Measurement) {
 }
 
 /// Slices in which heartbeats and the echo route take turns (half each).
-const FLEET_SLICES: usize = 10;
+const FLEET_SLICES: usize = 20;
 
 /// One connection of the interleaved heartbeat/echo phases: a client to each server, its share
 /// of each kind's requests (cycled through across slices) and the latencies of each kind.
@@ -1538,13 +1579,16 @@ struct Turns {
     calls: [Vec<Call>; 2],
     next: [usize; 2],
     latencies: [Vec<Duration>; 2],
+    /// Requests answered in each slice of the schedule.
+    per_slice: Vec<usize>,
 }
 
 impl Turns {
     /// Sends the kind of each slice of `schedule` (its end and kind: 0 heartbeats, 1 echo)
     /// until the slice ends.
     async fn take(mut self, schedule: Arc<Vec<(Instant, usize)>>) -> Self {
-        for &(end, kind) in schedule.iter() {
+        self.per_slice = vec![0; schedule.len()];
+        for (slice, &(end, kind)) in schedule.iter().enumerate() {
             while Instant::now() < end {
                 let call = &self.calls[kind][self.next[kind]];
                 self.next[kind] = (self.next[kind] + 1) % self.calls[kind].len();
@@ -1556,6 +1600,7 @@ impl Turns {
                 let began = Instant::now();
                 client.post_expecting(call, StatusCode::OK).await;
                 self.latencies[kind].push(began.elapsed());
+                self.per_slice[slice] += 1;
             }
         }
         self
