@@ -214,7 +214,7 @@ impl App {
         api::edge::serve(
             listener,
             routes,
-            api::HeartbeatAtEdge::new(&self.state),
+            api::EdgeRoutes::new(&self.state),
             &limits,
             connections,
             self.state.metrics.clone(),

@@ -1187,3 +1187,102 @@ async fn finished_sessions_are_purged_after_the_ttl() {
     assert_eq!(count_sessions(&admin, "acme").await, 1);
     s.stop().await;
 }
+
+/// A create and a runner's output are answered by the edge before the route tree; the forms of
+/// their paths it leaves to the tree (a trailing slash) must get the same answer, refusals
+/// included, with the same envelope and request id.
+#[tokio::test]
+async fn creates_and_output_are_answered_alike_by_the_edge_and_the_route_tree() {
+    let s = TestServer::start("").await;
+    let admin = s.admin();
+    let anonymous = s.anonymous();
+    let json = ("content-type", "application/json");
+    let huge = vec![b' '; 2 * 1024 * 1024];
+    let new_session = serde_json::to_vec(&json!({
+        "orgId": "acme",
+        "providerId": "codex",
+        "repo": {"url": "https://github.com/acme/app"},
+    }))
+    .unwrap();
+    let running = sid(&admin.create_session("acme").await);
+    admin.start_session(&running).await;
+    let output = format!("/api/v1/sessions/{running}/output");
+    // (path at the edge, body that succeeds, status of success, body the route refuses)
+    let routes = [
+        (
+            "/api/v1/sessions".to_owned(),
+            new_session,
+            201,
+            b"[]".to_vec(),
+        ),
+        (
+            output,
+            b"{\"stream\": \"stdout\", \"data\": \"x\"}".to_vec(),
+            200,
+            b"{\"stream\": \"video\"}".to_vec(),
+        ),
+    ];
+    for (edge, good, created, refused) in &routes {
+        let tree = format!("{edge}/");
+        type Case<'c> = (&'c Client, Vec<(&'c str, &'c str)>, &'c [u8], u16, &'c str);
+        let cases: Vec<Case> = vec![
+            (
+                &admin,
+                vec![json, ("x-request-id", "edge-1")],
+                good,
+                *created,
+                "",
+            ),
+            (&anonymous, vec![json], good, 401, "UNAUTHORIZED"),
+            (
+                &admin,
+                vec![("content-type", "text/plain")],
+                good,
+                415,
+                "UNSUPPORTED_MEDIA_TYPE",
+            ),
+            (&admin, vec![json], b"{not json", 400, "INVALID_JSON"),
+            (&admin, vec![json], refused, 400, "VALIDATION_ERROR"),
+            (&admin, vec![json], &huge, 413, "PAYLOAD_TOO_LARGE"),
+        ];
+        for (client, headers, body, status, code) in &cases {
+            let mut answers = Vec::new();
+            for path in [edge, &tree] {
+                let r = client.raw("POST", path, headers, body.to_vec()).await;
+                assert_eq!(r.status, *status, "{path}: {}", r.text);
+                if r.status == *created {
+                    assert_eq!(r.headers["x-request-id"], "edge-1");
+                    assert_eq!(r.json["meta"]["requestId"], "edge-1");
+                } else {
+                    r.expect_error(*status, code);
+                }
+                // The same answer but for what differs from one call to the next.
+                let mut data = r.json["data"].clone();
+                for key in [
+                    "sessionId",
+                    "createdAt",
+                    "updatedAt",
+                    "workspace",
+                    "seq",
+                    "recentEvents",
+                ] {
+                    data.as_object_mut().map(|d| d.remove(key));
+                }
+                answers.push((data, r.json["error"]["details"].clone()));
+            }
+            assert_eq!(answers[0], answers[1], "{edge} answered {status}");
+        }
+    }
+    // Both forms of a create made a session; both appends were stored, in order.
+    assert_eq!(count_sessions(&admin, "acme").await, 3);
+    let r = admin
+        .get(&format!("/api/v1/sessions/{running}/output"))
+        .await;
+    let seqs: Vec<u64> = r.data()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 2]);
+}

@@ -256,7 +256,7 @@ impl AsyncWrite for EdgeStream {
 pub async fn serve(
     listener: TcpListener,
     routes: BoxedFilter<(Response,)>,
-    heartbeat: super::HeartbeatAtEdge,
+    hot: super::EdgeRoutes,
     limits: &ServerConfig,
     connections: Arc<Connections>,
     metrics: Arc<Metrics>,
@@ -286,17 +286,17 @@ pub async fn serve(
         let io = TokioIo::new(EdgeStream::new(stream, idle_timeout, slot));
         let service = service.clone();
         let metrics = metrics.clone();
-        let heartbeat = heartbeat.clone();
+        let hot = hot.clone();
         let handler = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let mut service = service.clone();
             let metrics = metrics.clone();
-            let heartbeat = heartbeat.clone();
+            let hot = hot.clone();
             PEER.scope(peer, async move {
                 let (mut head, body) = request.into_parts();
                 let seen = access_log::Request::begin(&mut head);
-                let (response, caller) = if super::HeartbeatAtEdge::answers(&head) {
+                let (response, caller) = if super::EdgeRoutes::answers(&head) {
                     let body = http_body_util::BodyDataStream::new(body);
-                    seen.scope(heartbeat.answer(&head, body, peer)).await
+                    seen.scope(hot.answer(&head, body, peer)).await
                 } else {
                     let request = hyper::Request::from_parts(head, body);
                     let (routed, caller) = seen

@@ -87,7 +87,7 @@ pub struct Services {
 pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
     let api = warp::path("api").and(enveloped(state, api_v1(state)));
     // A fleet's heartbeats are most of the requests a busy server answers: the edge answers
-    // them before these routes (`HeartbeatAtEdge`).
+    // them before these routes (`EdgeRoutes`), as it does creates and output.
     health::routes(state)
         .or(openapi::route())
         .unify()
@@ -115,36 +115,53 @@ fn enveloped(
         })
 }
 
-/// `POST /api/v1/runners/{runnerId}/heartbeat`, answered by the edge before warp's filter
-/// chain: a fleet's beats are most of what a busy server answers, and the chain's per-request
-/// work (boxed filters, header extraction one filter at a time, rejections) was a fifth of a
-/// beat's cost. The same address and token limits, authentication, body checks and envelope
-/// as every API route, through the same functions. Any other form of the path (a trailing
-/// slash, an escaped id) goes through the route tree, which answers it the same way.
+/// The API's hottest routes, answered by the edge before warp's filter chain: a fleet's
+/// heartbeats, session creates and the output runners send. The chain's per-request work
+/// (boxed filters tried one after another, header extraction one filter at a time, futures
+/// moved from state to state, rejections) was a fifth of a beat's cost and a tenth of a
+/// create's (BENCHMARKS.md, "Hot paths"). The same address and token limits, authentication,
+/// body checks, handlers and envelope as every API route, through the same functions. Any
+/// other form of these paths (a trailing slash, an escaped id) goes through the route tree,
+/// which answers it the same way.
 #[derive(Clone)]
-pub struct HeartbeatAtEdge(AppState);
+pub struct EdgeRoutes(AppState);
 
-impl HeartbeatAtEdge {
+/// A request [`EdgeRoutes`] answers.
+enum EdgeRoute<'a> {
+    /// `POST /api/v1/runners/{runnerId}/heartbeat`
+    Heartbeat(&'a str),
+    /// `POST /api/v1/sessions`
+    CreateSession,
+    /// `POST /api/v1/sessions/{sessionId}/output`
+    AppendOutput(&'a str),
+}
+
+impl<'a> EdgeRoute<'a> {
+    fn of(head: &'a warp::http::request::Parts) -> Option<Self> {
+        if head.method != warp::http::Method::POST {
+            return None;
+        }
+        let rest = head.uri.path().strip_prefix("/api/v1/")?;
+        let id = |id: &'a str| (!id.is_empty() && !id.contains(['/', '%'])).then_some(id);
+        if rest == "sessions" {
+            Some(Self::CreateSession)
+        } else if let Some(runner) = rest.strip_prefix("runners/") {
+            id(runner.strip_suffix("/heartbeat")?).map(Self::Heartbeat)
+        } else {
+            let session = rest.strip_prefix("sessions/")?.strip_suffix("/output")?;
+            id(session).map(Self::AppendOutput)
+        }
+    }
+}
+
+impl EdgeRoutes {
     pub fn new(state: &AppState) -> Self {
         Self(state.clone())
     }
 
-    /// The runner id, when `head` is a heartbeat this answers.
-    fn runner_id(head: &warp::http::request::Parts) -> Option<&str> {
-        if head.method != warp::http::Method::POST {
-            return None;
-        }
-        let id = head
-            .uri
-            .path()
-            .strip_prefix("/api/v1/runners/")?
-            .strip_suffix("/heartbeat")?;
-        (!id.is_empty() && !id.contains(['/', '%'])).then_some(id)
-    }
-
     /// Whether this answers the request with head `head`.
     pub fn answers(head: &warp::http::request::Parts) -> bool {
-        Self::runner_id(head).is_some()
+        EdgeRoute::of(head).is_some()
     }
 
     /// The answer to a request that [`Self::answers`], from `peer`.
@@ -162,7 +179,10 @@ impl HeartbeatAtEdge {
             request_id: envelope::request_id_from(head.headers.get("x-request-id")),
             started: Instant::now(),
         };
-        let id = Self::runner_id(head).unwrap_or_default();
+        // Only a request that `answers` accepted is handed here.
+        let Some(route) = EdgeRoute::of(head) else {
+            return envelope::respond(&ctx, st.clock.now_ms(), Err(ApiError::no_route()));
+        };
         let header = |name: &str| head.headers.get(name);
         let admitted = async {
             st.limits.check_ip(peer.ip())?;
@@ -173,8 +193,20 @@ impl HeartbeatAtEdge {
             Ok::<_, ApiError>((caller, body))
         };
         let result = match admitted.await {
-            Ok((caller, body)) => runners::heartbeat(id, &caller, st, &body),
             Err(e) => Err(e),
+            Ok((caller, body)) => match route {
+                EdgeRoute::Heartbeat(id) => runners::heartbeat(id, &caller, st, &body),
+                EdgeRoute::CreateSession => match body.parse() {
+                    Ok(body) => sessions::create(caller, st.clone(), body).await,
+                    Err(e) => Err(e),
+                },
+                EdgeRoute::AppendOutput(id) => match body.parse() {
+                    Ok(body) => {
+                        sessions::append_output(id.to_owned(), caller, st.clone(), body).await
+                    }
+                    Err(e) => Err(e),
+                },
+            },
         };
         envelope::respond(&ctx, st.clock.now_ms(), result)
     }

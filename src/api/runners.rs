@@ -28,7 +28,7 @@ pub fn routes(s: &AppState) -> BoxedFilter<(ApiResult,)> {
         .and(p())
         .and(json_body())
         .then(register);
-    // The edge answers a beat before the route tree (`super::HeartbeatAtEdge`); this route
+    // The edge answers a beat before the route tree (`super::EdgeRoutes`); this route
     // answers the forms of the path it leaves to the tree (a trailing slash, an escaped id)
     // the same way, and other methods 405 as every route does.
     let heartbeat = path!("runners" / String / "heartbeat")

@@ -132,7 +132,7 @@ fn detail_reply(status: StatusCode, view: &SessionView, now: Millis) -> ApiResul
     Success::typed(status, &SessionDetail::new(view, now))
 }
 
-async fn create(p: Caller, st: AppState, body: Body) -> ApiResult {
+pub(super) async fn create(p: Caller, st: AppState, body: Body) -> ApiResult {
     // An admin must name the org; an org token acts on its own.
     let new = parse_new_session(&body, p.kind == crate::auth::TokenKind::Admin)?;
     let view = st.sessions.create(&p, new).await?;
@@ -422,7 +422,7 @@ pub fn parse_output(body: &Body) -> Result<OutputReport, DomainError> {
     }
 }
 
-async fn append_output(id: String, p: Caller, st: AppState, body: Body) -> ApiResult {
+pub(super) async fn append_output(id: String, p: Caller, st: AppState, body: Body) -> ApiResult {
     let o = parse_output(&body)?;
     let seq = st
         .sessions

@@ -22,8 +22,12 @@ pub(super) fn overrun(w: &dyn ReadTxn, s: &Session, now: Millis) -> DomainResult
 }
 
 /// A new session is refused while its org's monthly limit is reached.
-pub(super) fn check_org_can_start(w: &dyn ReadTxn, org_id: &str, now: Millis) -> DomainResult<()> {
-    let Some(limit) = w.budget(org_id)?.and_then(|b| b.monthly_usd) else {
+pub(super) fn check_org_can_start(
+    w: &mut dyn WriteTxn,
+    org_id: &str,
+    now: Millis,
+) -> DomainResult<()> {
+    let Some(limit) = w.budget_in_batch(org_id)?.and_then(|b| b.monthly_usd) else {
         return Ok(());
     };
     let spent = w.month_usage(org_id, month_of(now))?.cost_usd;

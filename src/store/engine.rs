@@ -1076,6 +1076,8 @@ hot_tables! {
     hot_queue: SESSION_QUEUE, (u64, u128), ();
     hot_events: SESSION_EVENTS, (u128, u64), &'static [u8];
     hot_audit: AUDIT, u64, &'static [u8];
+    // Read by every create (the org's monthly limit), written rarely.
+    hot_budgets: ORG_BUDGETS, &'static str, &'static [u8];
     // An assignment, its ack and the runner's first report: a burst of a thousand sessions
     // writes these a few thousand times in a few batches.
     hot_meta: META, &'static str, u64;

@@ -37,6 +37,10 @@ pub trait SpendReads {
 }
 
 pub trait SpendWrites: SpendReads {
+    /// The org's budget, as `budget` reads it, through the batch's open handle of the table:
+    /// every session create reads it.
+    fn budget_in_batch(&mut self, org_id: &str) -> StoreResult<Option<Budget>>;
+
     fn put_budget(&mut self, org_id: &str, budget: &Budget) -> StoreResult<()>;
 
     /// Adds a change to the org's spend on `day` for `provider` and to that day's month;
@@ -115,6 +119,13 @@ impl<T: Tables> SpendReads for T {
 }
 
 impl SpendWrites for WriteCtx<'_> {
+    fn budget_in_batch(&mut self, org_id: &str) -> StoreResult<Option<Budget>> {
+        match self.hot_budgets()?.get(org_id)? {
+            Some(v) => Ok(Some(decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
     fn put_budget(&mut self, org_id: &str, budget: &Budget) -> StoreResult<()> {
         let bytes = encode(budget)?;
         self.open_mut(ORG_BUDGETS)?
