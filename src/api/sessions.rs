@@ -24,6 +24,9 @@ use crate::sessions::{
 };
 
 pub fn routes(s: &AppState) -> BoxedFilter<(ApiResult,)> {
+    // The edge answers `POST /sessions` and `POST /sessions/{id}/output` before these routes
+    // (`super::EdgeRoutes`); they answer the forms of those paths it leaves to the tree (a
+    // trailing slash, an escaped id) the same way, through the same handlers.
     let p = || principal(s).and(with_state(s));
     let sessions = path!("sessions").and(
         warp::post()
