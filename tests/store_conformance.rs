@@ -95,6 +95,7 @@ conformance! {
         only_committed_batches_are_published_in_commit_order,
         after_commit_updates_run_before_callers_hear_and_only_for_committed_jobs,
         a_failed_commit_is_reported_and_committed_data_stays,
+        a_command_withdrawn_in_its_own_batch_is_not_handed_to_its_runner,
 }
 
 // ------------------------------------------------------------------------------------------
@@ -2328,6 +2329,64 @@ mod checks {
         expected.push(ev("after"));
         expected.push(ev("end"));
         assert_eq!(h.published_through("end").await, expected);
+    }
+
+    /// A command enqueued and withdrawn in the same batch (a scheduler pass assigns a session,
+    /// then a stop of the still-queued session withdraws the assignment) was never committed, so
+    /// it must not reach its runner's channel either; the batch's other commands still do.
+    pub async fn a_command_withdrawn_in_its_own_batch_is_not_handed_to_its_runner(open: OpenFn) {
+        let mut h = Harness::new(open);
+        let (r1, r2) = (id(0x101), id(0x102));
+        let (s1, s2, s3) = (id(0x201), id(0x202), id(0x203));
+        let assign = |session_id, assignment_id| RunnerCommand::AssignSession {
+            session_id,
+            assignment_id,
+        };
+        let jobs: Vec<QueuedJob<'_, u64>> = vec![
+            Box::pin(h.store.write(move |w| {
+                w.enqueue_command(r1, assign(s1, id(0x301)), 1)?;
+                // Another runner's command for the same session is not withdrawn with it.
+                w.enqueue_command(r2, assign(s1, id(0x302)), 1)?;
+                Ok::<_, JobError>(w.enqueue_command(r1, assign(s2, id(0x303)), 1)?.seq)
+            })),
+            Box::pin(h.store.write(move |w| {
+                let n = w.remove_commands(r1, &mut |e| {
+                    matches!(e.command, RunnerCommand::AssignSession { session_id, .. } if session_id == s1)
+                })?;
+                Ok::<_, JobError>(n as u64)
+            })),
+            Box::pin(h.store.write(move |w| {
+                let e = w.enqueue_command(r1, assign(s3, id(0x304)), 1)?;
+                Ok::<_, JobError>(u64::from(w.remove_command(r1, e.message_id)?))
+            })),
+        ];
+        let results = h.in_one_batch(jobs).await;
+        let Ok(kept) = results[0] else {
+            panic!("{:?}", results[0]);
+        };
+        assert!(matches!(results[1], Ok(1)), "{:?}", results[1]);
+        assert!(matches!(results[2], Ok(1)), "{:?}", results[2]);
+        let outbox = h.read(move |r| r.outbox(r1)).await;
+        assert_eq!(outbox.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![kept]);
+        let r2_seq = h.read(move |r| r.outbox(r2)).await[0].seq;
+        let mut published = h.published_through("end").await;
+        published.sort_by_key(|p| format!("{p:?}"));
+        let mut expected = vec![
+            Published::Command {
+                runner: r1,
+                seq: kept,
+            },
+            Published::Command {
+                runner: r2,
+                seq: r2_seq,
+            },
+            Published::Event("end".into()),
+        ];
+        expected.sort_by_key(|p| format!("{p:?}"));
+        assert_eq!(
+            published, expected,
+            "only committed commands are handed over"
+        );
     }
 
     pub async fn a_failed_commit_is_reported_and_committed_data_stays(open: OpenFn) {

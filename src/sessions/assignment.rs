@@ -162,7 +162,10 @@ impl SessionService {
             .read_here(runner_view(session_id))?
             .ok()
             .flatten()?;
-        (current.session.assignment_id == Some(assignment_id)).then_some(current)
+        current
+            .session
+            .holds_assignment(assignment_id)
+            .then_some(current)
     }
 
     /// The session an `assign_session` command hands over, while that assignment still holds.
@@ -183,7 +186,7 @@ impl SessionService {
             None => self.store.read(find).await?,
         };
         if let Some(v) = current
-            && v.session.assignment_id == Some(assignment_id)
+            && v.session.holds_assignment(assignment_id)
         {
             return Ok(Some(v));
         }

@@ -215,6 +215,13 @@ impl Session {
         }
     }
 
+    /// Whether assignment `assignment_id` still holds: it is the session's current one and the
+    /// session has not ended. An ended session keeps the id of its last assignment, and its
+    /// runner must not be handed it (with its environment) any more.
+    pub fn holds_assignment(&self, assignment_id: Uuid) -> bool {
+        self.assignment_id == Some(assignment_id) && !self.state.is_terminal()
+    }
+
     pub fn workspace_path(&self) -> String {
         format!("workspaces/{}", self.id)
     }
@@ -431,6 +438,54 @@ pub struct Timer {
 mod tests {
     use super::*;
     use SessionState::*;
+
+    #[test]
+    fn an_assignment_holds_until_its_session_moves_on_or_ends() {
+        let (runner, assignment) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let mut s = Session {
+            id: Uuid::from_u128(3),
+            org_id: "acme".into(),
+            provider: Provider::Codex,
+            repo: Repo {
+                url: "https://example.com/r.git".into(),
+                branch: "main".into(),
+                commit: String::new(),
+            },
+            task: None,
+            options: SessionOptions {
+                timeout_minutes: None,
+                env: BTreeMap::new(),
+                dangerously_skip_permissions: false,
+                required_features: Vec::new(),
+            },
+            state: Queued,
+            created_at: 0,
+            started_running_at: None,
+            completed_at: None,
+            end_reason: None,
+            error: None,
+            runner_id: Some(runner),
+            assignment_id: Some(assignment),
+            assigned_at: Some(0),
+            runner_history: vec![runner],
+            usage: Usage::default(),
+            timeout_ms: 60_000,
+            output_bytes: 0,
+            workspace_size_bytes: None,
+            updated_at: 0,
+        };
+        assert!(s.holds_assignment(assignment));
+        assert!(
+            !s.holds_assignment(Uuid::from_u128(4)),
+            "another assignment"
+        );
+        s.state = Running;
+        assert!(s.holds_assignment(assignment), "started on its runner");
+        for ended in [Completed, Failed, TimedOut] {
+            s.state = ended;
+            assert!(!s.holds_assignment(assignment), "{ended:?} keeps the id");
+        }
+    }
 
     #[test]
     fn only_documented_transitions_are_allowed() {

@@ -221,6 +221,7 @@ impl RunnerWrites for WriteCtx<'_> {
         self.writes += 1;
         self.hot_outbox_by_message()?.remove(key)?;
         self.hot_outbox()?.remove((runner, seq))?;
+        self.forget_commands(runner_id, &[message_id]);
         Ok(true)
     }
 
@@ -245,6 +246,22 @@ impl RunnerWrites for WriteCtx<'_> {
         for (_, message_id) in &doomed {
             index.remove((runner, message_id.as_u128()))?;
         }
+        drop(index);
+        let message_ids: Vec<Uuid> = doomed.iter().map(|(_, m)| *m).collect();
+        self.forget_commands(runner_id, &message_ids);
         Ok(doomed.len())
+    }
+}
+
+impl WriteCtx<'_> {
+    /// Takes commands withdrawn from the outbox out of the batch's list of commands to hand to
+    /// the runners' channels: one enqueued and withdrawn in the same batch was never committed,
+    /// so its runner must not be sent it.
+    fn forget_commands(&mut self, runner_id: Uuid, message_ids: &[Uuid]) {
+        if message_ids.is_empty() {
+            return;
+        }
+        self.commands
+            .retain(|c| c.runner_id != runner_id || !message_ids.contains(&c.message_id));
     }
 }
