@@ -1273,3 +1273,185 @@ async fn shared_runners_serve_only_the_orgs_the_admin_allows() {
     assert!(admin.session(&globex).await.get("runnerId").is_none());
     s.stop().await;
 }
+
+/// A runner has one channel: a newer connection (the runner's own, or an admin's) replaces an
+/// older one, which is closed (1008) rather than left open and cut off from commands. The
+/// runner reconnects, takes the channel back, and a stop committed then reaches it.
+#[tokio::test]
+async fn a_newer_channel_replaces_an_older_one_which_is_closed() {
+    let s = TestServer::start(FAST).await;
+    let admin = s.admin();
+    let (r, _) = register(&admin, "twice", &["codex"], None, &[]).await;
+    let mut ch = r.connect().await;
+    let id = create(&admin, "acme", "codex", &[]).await;
+    ch.start_next_assignment(&id).await;
+
+    // An admin opens the runner's channel: the runner's connection is closed.
+    let mut peek = Channel::open(&admin, &format!("/api/v1/runners/{}/channel", r.id)).await;
+    assert_eq!(ch.close_code_within(3_000).await, Some(1008));
+    // The runner reconnects: the admin's connection is closed in turn.
+    let mut ch = r.connect().await;
+    assert_eq!(peek.close_code_within(3_000).await, Some(1008));
+    r.heartbeat().await;
+    let stop = admin
+        .post(
+            &format!("/api/v1/sessions/{id}/stop"),
+            json!({"reason": "enough"}),
+        )
+        .await;
+    assert_eq!(stop.status, 200, "{}", stop.text);
+    let f = ch.expect("stop_session").await;
+    assert_eq!(f["sessionId"], id.as_str(), "{f}");
+    s.stop().await;
+}
+
+/// Undraining a runner withdraws a `drain` it has not taken yet (it was away): sent on its
+/// next connection, it would make a real runner stop taking work while counted online.
+#[tokio::test]
+async fn an_undrained_runner_is_not_sent_the_drain_it_missed() {
+    let s = TestServer::start(FAST).await;
+    let admin = s.admin();
+    let (r, _) = register(&admin, "away", &["codex"], None, &[]).await;
+    let d = admin
+        .post_empty(&format!("/api/v1/runners/{}/drain", r.id))
+        .await;
+    assert_eq!(d.data()["status"], "draining");
+    let u = admin
+        .post_empty(&format!("/api/v1/runners/{}/undrain", r.id))
+        .await;
+    assert_eq!(u.data()["status"], "online");
+    let mut ch = r.connect().await;
+    ch.expect_none("drain", 1_000).await;
+    // A drain that stays is still delivered.
+    admin
+        .post_empty(&format!("/api/v1/runners/{}/drain", r.id))
+        .await;
+    ch.expect("drain").await;
+    s.stop().await;
+}
+
+/// Re-registering a hostname revokes the old token. A channel opened with it gets no command
+/// after that (an assignment carries the session's environment): it is closed with 1008
+/// `token revoked` instead, without waiting for its next frame or ping.
+#[tokio::test]
+async fn a_revoked_tokens_channel_is_closed_instead_of_sent_commands() {
+    let s = TestServer::start(FAST).await;
+    let admin = s.admin();
+    let (old, _) = register(&admin, "reimaged", &["codex"], None, &[]).await;
+    let mut ch = old.connect().await;
+    let (new, _) = register(&admin, "reimaged", &["codex"], None, &[]).await;
+    assert_eq!(new.id, old.id);
+    new.heartbeat().await;
+    create(&admin, "acme", "codex", &[]).await;
+    let mut frames = Vec::new();
+    while let Some(f) = ch.recv_within(2_000).await {
+        frames.push(f);
+    }
+    assert!(
+        frames.iter().all(|f| f["type"] != "assign_session"),
+        "sent on the revoked token's channel: {frames:?}"
+    );
+    // The new token's channel gets the session.
+    let mut fresh = new.connect().await;
+    fresh.expect("assign_session").await;
+    s.stop().await;
+}
+
+/// Every audit entry after `after`: (seq, action, target).
+async fn audit_after(admin: &Client, mut after: u64) -> Vec<(u64, String, String)> {
+    let mut out = Vec::new();
+    loop {
+        let page = admin
+            .get(&format!("/api/v1/audit?afterSeq={after}&limit=1000"))
+            .await;
+        let items = page.data()["items"].as_array().cloned().unwrap_or_default();
+        if items.is_empty() {
+            return out;
+        }
+        for e in items {
+            let seq = e["seq"].as_u64().unwrap();
+            after = after.max(seq);
+            out.push((
+                seq,
+                e["action"].as_str().unwrap().to_string(),
+                e["target"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+}
+
+/// A runner re-registers without a feature (or with a smaller capacity) while sessions that
+/// require it are created. The fleet in memory learns of the re-registration only after its
+/// commit, so placement checks each runner it picks against the store: a session whose create
+/// ran after the re-registration in the writer (its audit seq is higher) must never be
+/// assigned to the runner.
+async fn shrink_while_creating(before: (u64, &[&str]), after: (u64, &[&str]), needs: &[&str]) {
+    let s = TestServer::start("[runners]\nrestartGraceMs = 1\n").await;
+    let admin = s.admin();
+    let mut violations = Vec::new();
+    for round in 0..40 {
+        let (r, _) = register(&admin, "gpu-box", &["codex"], Some(before.0), before.1).await;
+        let mut ch = r.connect().await;
+        // A session without requirements proves the channel is attached.
+        let probe = create(&admin, &format!("probe-{round}"), "codex", &[]).await;
+        let f = ch.expect("assign_session").await;
+        assert_eq!(f["session"]["sessionId"], probe.as_str());
+        let mark = audit_after(&admin, 0).await.last().map_or(0, |e| e.0);
+
+        let org = format!("org-{round}");
+        let drop_gpu = register(&admin, "gpu-box", &["codex"], Some(after.0), after.1);
+        // Creates spread over the time the re-registration takes, a few orgs (10 sessions
+        // per org at most).
+        let creates = futures_util::future::join_all((0..30).map(|i| {
+            let (admin, org) = (admin.clone(), format!("{org}-{}", i % 4));
+            async move {
+                tokio::time::sleep(std::time::Duration::from_millis(i / 2)).await;
+                create(&admin, &org, "codex", needs).await
+            }
+        }));
+        let (_, ids) = tokio::join!(drop_gpu, creates);
+
+        let log = audit_after(&admin, mark).await;
+        let registered_at = log
+            .iter()
+            .find(|e| e.1 == "runner.register" && e.2 == r.id)
+            .map(|e| e.0)
+            .unwrap();
+        let n_after = log
+            .iter()
+            .filter(|e| e.1 == "session.create" && e.0 > registered_at)
+            .count();
+        eprintln!("round {round}: {n_after} creates after the re-registration");
+        for (seq, action, target) in &log {
+            if action == "session.create" && *seq > registered_at {
+                let d: Value = admin.session(target).await;
+                if d["runnerId"] == json!(r.id) {
+                    violations.push(format!(
+                        "round {round}: session {target} (audit seq {seq}) assigned to the \
+                         runner re-registered without room or the feature at seq {registered_at}"
+                    ));
+                }
+            }
+        }
+        for id in ids.iter().chain([&probe]) {
+            let _ = admin
+                .post_empty(&format!("/api/v1/sessions/{id}/stop"))
+                .await;
+        }
+        ch.close().await;
+    }
+    assert!(violations.is_empty(), "{}", violations.join("\n"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_runner_that_dropped_a_feature_is_not_given_sessions_that_require_it() {
+    shrink_while_creating((1000, &["gpu"]), (1000, &[]), &["gpu"]).await;
+}
+
+/// The same with capacity: the runner holds the probe session, then re-registers with room
+/// for one; nothing created after that may go to it.
+#[tokio::test]
+async fn a_runner_that_shrank_is_not_given_more_than_its_capacity() {
+    shrink_while_creating((1000, &[]), (1, &[]), &[]).await;
+}

@@ -116,6 +116,8 @@ async fn flush(outlet: &Outlet) -> Result<(), ()> {
 /// approval's id before its decision).
 struct Outlet {
     st: AppState,
+    /// Who opened the channel: commands stop when its token is revoked.
+    caller: Caller,
     sink: tokio::sync::Mutex<SplitSink<Socket, Message>>,
     state: std::sync::Mutex<OutletState>,
     queue: mpsc::UnboundedSender<Delivery>,
@@ -137,6 +139,8 @@ enum Delivery {
     Command(OutboxEntry),
     /// A command the delivery wrote is not all on the socket yet.
     Flush,
+    /// Close the connection with this code and reason (`Outlet::close`).
+    Close(u16, &'static str),
 }
 
 /// Which way a command the delivery hands over goes.
@@ -183,6 +187,12 @@ impl OutletState {
 
 impl RunnerLink for Outlet {
     fn command(&self, entry: OutboxEntry) {
+        if self.caller.is_revoked() {
+            // Its commands (an assignment carries the session's environment) must not go to
+            // a connection whose token was revoked or replaced by a re-registration.
+            self.close(1008, "token revoked");
+            return;
+        }
         let mut state = self.state();
         match state.route(entry.seq) {
             Route::Skip => return,
@@ -200,11 +210,22 @@ impl RunnerLink for Outlet {
         state.queue_one();
         let _ = self.queue.send(Delivery::Command(entry));
     }
+
+    fn replaced(&self) {
+        self.close(1008, "replaced by a newer connection");
+    }
 }
 
 impl Outlet {
     fn state(&self) -> std::sync::MutexGuard<'_, OutletState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Has the channel task close the connection with `code`: the delivery writes nothing
+    /// more to it meanwhile.
+    fn close(&self, code: u16, reason: &'static str) {
+        self.set_direct(false);
+        let _ = self.queue.send(Delivery::Close(code, reason));
     }
 
     /// Whether the delivery may write commands itself (see `OutletState::direct`).
@@ -267,6 +288,7 @@ async fn serve(st: AppState, p: Caller, runner: Uuid, socket: Socket) {
     let (tx, mut commands) = mpsc::unbounded_channel();
     let outlet = Arc::new(Outlet {
         st: st.clone(),
+        caller: p.clone(),
         sink: tokio::sync::Mutex::new(sink),
         state: Default::default(),
         queue: tx,
@@ -287,7 +309,18 @@ async fn serve(st: AppState, p: Caller, runner: Uuid, socket: Socket) {
     ping.tick().await;
     let mut last_pong = tokio::time::Instant::now();
 
-    let backlog = st.runners.outbox(runner).await.unwrap_or_default();
+    let backlog = match st.runners.outbox(runner).await {
+        Ok(backlog) => backlog,
+        Err(e) => {
+            // Served without its backlog, the channel would leave the runner's pending
+            // commands (a stop, a decision) unsent until it happened to reconnect: it is
+            // closed instead, and the runner reconnects.
+            tracing::warn!(%runner, error = %e, "a runner's outbox could not be read; closing its channel");
+            let _ = send(&outlet, close(1011, "try again later")).await;
+            drop(attachment);
+            return;
+        }
+    };
     let mut alive = true;
     for entry in backlog {
         outlet.take_queued(entry.seq);
@@ -391,10 +424,19 @@ async fn serve(st: AppState, p: Caller, runner: Uuid, socket: Socket) {
                         }
                         continue;
                     }
+                    Delivery::Close(code, reason) => {
+                        tracing::info!(%runner, connection, reason, "closing a runner channel");
+                        let _ = send(&outlet, close(code, reason)).await;
+                        break;
+                    }
                 };
                 if !outlet.take_queued(entry.seq) {
                     outlet.sent_queued();
                     continue;
+                }
+                if p.is_revoked() {
+                    let _ = send(&outlet, close(1008, "token revoked")).await;
+                    break;
                 }
                 if !storing.is_empty() {
                     // The command may come from the commit of a frame still waiting here for

@@ -35,6 +35,9 @@ const SCHEDULING_EVENTS: &[&str] = &[
 /// commit order, from the store's delivery task: it must not block).
 pub trait RunnerLink: Send + Sync {
     fn command(&self, entry: OutboxEntry);
+    /// A newer connection of the same runner took this one's place: it gets no more commands
+    /// and closes, so that commands never go to a connection the bus no longer knows about.
+    fn replaced(&self);
 }
 
 /// Where a connected runner's channel receives its new commands.
@@ -127,10 +130,17 @@ impl EventBus {
         }
     }
 
-    /// Registers a runner's live channel; a newer connection replaces an older one.
+    /// Registers a runner's live channel; a newer connection replaces an older one, which is
+    /// told so and closes (were it left open, it would be cut off from commands for good once
+    /// the newer one closed).
     pub fn attach_runner(&self, runner: Uuid, connection: u64, tx: CommandSender) {
-        let mut channels = self.channels.write().unwrap_or_else(|p| p.into_inner());
-        channels.insert(runner, (connection, tx));
+        let replaced = {
+            let mut channels = self.channels.write().unwrap_or_else(|p| p.into_inner());
+            channels.insert(runner, (connection, tx))
+        };
+        if let Some((_, older)) = replaced {
+            older.replaced();
+        }
     }
 
     /// Removes the channel, unless a newer connection already took its place.

@@ -781,6 +781,10 @@ impl RunnerService {
                     w.put_runner(&mut r)?;
                     if draining {
                         w.enqueue_command(id, RunnerCommand::Drain, now)?;
+                    } else {
+                        // A drain the runner has not taken yet (it was away) must not reach
+                        // it after all: it would stop taking work while counted online.
+                        w.remove_commands(id, &mut |e| matches!(e.command, RunnerCommand::Drain))?;
                     }
                     let (action, kind) = if draining {
                         ("runner.drain", RunnerEventKind::Draining)

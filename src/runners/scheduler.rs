@@ -203,7 +203,10 @@ impl Plan {
         let now = self.view.now();
         let mut index = EligibleIndex::new(&self.candidates, shared_orgs.as_deref());
         // The candidates were read outside this transaction: a runner is checked against the
-        // store (drained or deregistered since?) the first time it is picked.
+        // store the first time it is picked. Drained or deregistered since, it is passed over;
+        // so is one re-registered with other capabilities (fewer slots, a feature gone) that
+        // the fleet in memory has not caught up with yet: its registration's event starts
+        // another pass once it has.
         let mut checked: HashMap<Uuid, bool> = HashMap::new();
         // The queue, oldest first: sessions no runner can take must not hide the ones behind
         // them.
@@ -225,7 +228,9 @@ impl Plan {
                 let usable = match checked.get(&runner) {
                     Some(usable) => *usable,
                     None => {
-                        let usable = w.get_runner(runner)?.is_some_and(|r| !r.draining);
+                        let usable = w.get_runner(runner)?.is_some_and(|stored| {
+                            !stored.draining && self.placed_as_stored(&stored)
+                        });
                         checked.insert(runner, usable);
                         usable
                     }
@@ -244,6 +249,17 @@ impl Plan {
             placed.assigned += 1;
         }
         Ok(placed)
+    }
+}
+
+impl Plan {
+    /// Whether the pass picked runner `stored.id` on what the store holds now: the same org
+    /// and capabilities as its candidate.
+    fn placed_as_stored(&self, stored: &RunnerRecord) -> bool {
+        self.candidates
+            .iter()
+            .find(|c| c.id == stored.id)
+            .is_some_and(|c| c.org_id == stored.org_id && c.capabilities == stored.capabilities)
     }
 }
 
