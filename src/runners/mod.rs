@@ -10,6 +10,7 @@ pub mod model;
 pub mod scheduler;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -129,20 +130,27 @@ impl Entry {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Timing {
     heartbeat_timeout_ms: i64,
     lost_after_ms: i64,
     restart_grace_ms: i64,
-    /// When this server process started: no runner is offline before `booted + grace`.
-    booted_at: Millis,
+    /// When this server process started, or when the wall clock last stepped forward (see
+    /// `WallClockWatch`): no runner is offline before this + the grace.
+    grace_from: Arc<AtomicI64>,
 }
 
 impl Timing {
     /// Silence counted from the last heartbeat, but never from before the restart grace.
     fn silence(&self, live: &Liveness, limit: i64, now: Millis) -> bool {
-        let grace_floor = self.booted_at + self.restart_grace_ms - limit;
+        let grace_floor = self.grace_from.load(Ordering::Relaxed) + self.restart_grace_ms - limit;
         now - live.last_heartbeat.max(grace_floor) > limit
+    }
+
+    /// The wall clock stepped forward to `now`: every runner gets the grace of a restart
+    /// again, as none could have beaten during the step.
+    fn grant_grace_from(&self, now: Millis) {
+        self.grace_from.fetch_max(now, Ordering::Relaxed);
     }
 
     fn is_offline(&self, live: &Liveness, now: Millis) -> bool {
@@ -251,7 +259,7 @@ impl RunnerService {
             heartbeat_timeout_ms: ms(cfg.heartbeat_timeout),
             lost_after_ms: ms(cfg.lost_after),
             restart_grace_ms: ms(cfg.restart_grace),
-            booted_at,
+            grace_from: Arc::new(AtomicI64::new(booted_at)),
         };
         let fleet: Vec<(Uuid, Entry)> = records
             .into_iter()
@@ -946,7 +954,7 @@ impl RunnerService {
         PlacementView {
             bus: self.bus.clone(),
             fleet: self.fleet.clone(),
-            timing: self.timing,
+            timing: self.timing.clone(),
             clock: self.clock.clone(),
             ids: self.ids.clone(),
             shared_runner_orgs: self.shared_runner_orgs.clone(),
@@ -1125,11 +1133,43 @@ fn fresh_liveness(at: Millis) -> Liveness {
     }
 }
 
+/// Notices the wall clock stepping forward (an NTP correction, a VM resumed after a pause,
+/// `date -s`): silence is measured in wall-clock time, so without this a step longer than
+/// `runners.lostAfterMs` would have every runner lost, and its sessions failed, before any could
+/// beat again.
+struct WallClockWatch {
+    last: (Millis, std::time::Instant),
+}
+
+impl WallClockWatch {
+    /// More than this beyond the time that really passed is a step, not scheduling jitter.
+    const TOLERANCE_MS: i64 = 2_000;
+
+    fn new(wall: Millis, mono: std::time::Instant) -> Self {
+        Self { last: (wall, mono) }
+    }
+
+    /// How far the wall clock jumped ahead since the last look, if it did.
+    fn observe(&mut self, wall: Millis, mono: std::time::Instant) -> Option<i64> {
+        let (last_wall, last_mono) = std::mem::replace(&mut self.last, (wall, mono));
+        let passed = i64::try_from(mono.saturating_duration_since(last_mono).as_millis())
+            .unwrap_or(i64::MAX);
+        let step = (wall - last_wall).saturating_sub(passed);
+        (step > Self::TOLERANCE_MS).then_some(step)
+    }
+}
+
 /// The sweeper and the liveness flusher, until shutdown.
 pub async fn background(service: RunnerService, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_flush = tokio::time::Instant::now();
+    // A test's manual clock jumps on purpose: only the real one is watched for steps.
+    let mut watch = service
+        .clock
+        .jumped()
+        .is_none()
+        .then(|| WallClockWatch::new(service.clock.now_ms(), std::time::Instant::now()));
     loop {
         let jumped = async {
             match service.clock.jumped() {
@@ -1142,6 +1182,16 @@ pub async fn background(service: RunnerService, mut shutdown: tokio::sync::watch
             _ = jumped => false,
             _ = shutdown.changed() => true,
         };
+        if let Some(watch) = &mut watch {
+            let now = service.clock.now_ms();
+            if let Some(step) = watch.observe(now, std::time::Instant::now()) {
+                tracing::warn!(
+                    step_ms = step,
+                    "the wall clock stepped forward; runners get the restart grace again"
+                );
+                service.timing.grant_grace_from(now);
+            }
+        }
         if let Err(e) = service.sweep().await {
             tracing::error!(error = %e, "runner sweep failed");
         }
@@ -1219,5 +1269,64 @@ impl Fleet {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
             shard.values_mut().for_each(&mut f);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn the_watch_sees_a_forward_step_of_the_wall_clock_and_not_time_passing() {
+        let t0 = Instant::now();
+        let mut watch = WallClockWatch::new(1_000_000, t0);
+        // 100 ms pass on both clocks, then a sweep that took 1.5 s more on the wall: no step.
+        assert_eq!(
+            watch.observe(1_000_100, t0 + Duration::from_millis(100)),
+            None
+        );
+        assert_eq!(
+            watch.observe(1_001_700, t0 + Duration::from_millis(200)),
+            None
+        );
+        // 100 ms pass, but the wall clock moved 6 minutes.
+        assert_eq!(
+            watch.observe(1_361_800, t0 + Duration::from_millis(300)),
+            Some(360_000)
+        );
+        // A step back is not a step forward.
+        assert_eq!(
+            watch.observe(1_300_000, t0 + Duration::from_millis(400)),
+            None
+        );
+    }
+
+    #[test]
+    fn after_a_step_every_runner_gets_the_grace_again() {
+        let timing = Timing {
+            heartbeat_timeout_ms: 30_000,
+            lost_after_ms: 300_000,
+            restart_grace_ms: 60_000,
+            grace_from: Arc::new(AtomicI64::new(0)),
+        };
+        let beat = 1_000_000;
+        let live = fresh_liveness(beat);
+        // The clock steps from just after the beat to 6 minutes later.
+        let stepped = beat + 360_000;
+        assert!(
+            timing.is_lost(&live, stepped),
+            "as measured without the watch"
+        );
+        timing.grant_grace_from(stepped);
+        assert!(!timing.is_lost(&live, stepped));
+        assert!(!timing.is_offline(&live, stepped + 59_000));
+        assert!(!timing.is_lost(&live, stepped + 59_000));
+        // Still silent once the grace is over: offline and lost, as after a restart.
+        assert!(timing.is_offline(&live, stepped + 60_001));
+        assert!(timing.is_lost(&live, stepped + 60_001));
+        // A beat after the step counts as usual.
+        let beaten = fresh_liveness(stepped + 10);
+        assert!(!timing.is_offline(&beaten, stepped + 25_000));
     }
 }
