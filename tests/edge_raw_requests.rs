@@ -13,7 +13,6 @@ use tokio::net::TcpStream;
 
 /// One response read off `s`: status, the error code (if any), and the raw head.
 async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(u16, String, String)> {
-    let mut tmp = [0u8; 65536];
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).to_string();
@@ -22,38 +21,31 @@ async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(u16, Str
                 buf.drain(..end + 4);
                 return Some((100, String::new(), head));
             }
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse().ok())?
-                })
-                .unwrap_or(0);
+            let len = common::content_length(&head).unwrap_or(0);
             while buf.len() < end + 4 + len {
-                let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut tmp))
-                    .await
-                    .ok()?
-                    .ok()?;
-                if n == 0 {
-                    return None;
-                }
-                buf.extend_from_slice(&tmp[..n]);
+                read_more(s, buf).await?;
             }
             let body: Vec<u8> = buf.drain(..end + 4 + len).skip(end + 4).collect();
             let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
             let code = json["error"]["code"].as_str().unwrap_or("").to_owned();
             return Some((status, code, head));
         }
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut tmp))
-            .await
-            .ok()?
-            .ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&tmp[..n]);
+        read_more(s, buf).await?;
     }
+}
+
+/// Appends what `s` reads next to `buf`; `None` when it closed or sent nothing for 5 s.
+async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+    let mut tmp = [0u8; 65536];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut tmp))
+        .await
+        .ok()?
+        .ok()?;
+    if n == 0 {
+        return None;
+    }
+    buf.extend_from_slice(&tmp[..n]);
+    Some(())
 }
 
 /// Sends `head` (then `body`, after a 100 Continue when `expect`), reads the answer, then

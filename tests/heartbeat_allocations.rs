@@ -73,14 +73,7 @@ impl RawBeat {
                 continue;
             };
             let head = std::str::from_utf8(&got[..head_end]).unwrap();
-            let length: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (name, value) = l.split_once(':')?;
-                    name.eq_ignore_ascii_case("content-length")
-                        .then(|| value.trim().parse().ok())?
-                })
-                .expect("a content-length");
+            let length = common::content_length(head).expect("a content-length");
             if filled >= head_end + 4 + length {
                 return head[9..12].parse().unwrap();
             }

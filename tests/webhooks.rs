@@ -487,14 +487,7 @@ async fn tls_receiver(pki: &TestPki) -> (String, Arc<Mutex<Vec<String>>>) {
                     request.extend_from_slice(&buf[..n]);
                     let text = String::from_utf8_lossy(&request).to_string();
                     if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                        let length: usize = head
-                            .lines()
-                            .find_map(|l| {
-                                let (k, v) = l.split_once(':')?;
-                                k.eq_ignore_ascii_case("content-length")
-                                    .then(|| v.trim().parse().ok())?
-                            })
-                            .unwrap_or(0);
+                        let length = common::content_length(head).unwrap_or(0);
                         if body.len() >= length {
                             break body.to_string();
                         }

@@ -467,6 +467,15 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
+/// The `content-length` of an HTTP/1.1 message head, if it names one.
+pub fn content_length(head: &str) -> Option<usize> {
+    head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse().ok())?
+    })
+}
+
 pub fn tmp_dir() -> (tempfile::TempDir, PathBuf) {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().to_path_buf();
