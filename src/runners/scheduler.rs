@@ -161,6 +161,8 @@ fn choose<'r>(
 /// began (each is checked against the store when first picked), and the pass's clock and ids.
 struct Plan {
     candidates: Vec<Arc<RunnerRecord>>,
+    /// Each candidate's place in `candidates`, by runner id.
+    by_id: HashMap<Uuid, usize>,
     view: PlacementView,
 }
 
@@ -170,6 +172,11 @@ impl Plan {
         let candidates: Vec<Arc<RunnerRecord>> =
             view.schedulable().into_iter().map(|(r, _)| r).collect();
         (!candidates.is_empty()).then(|| Plan {
+            by_id: candidates
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.id, i))
+                .collect(),
             candidates,
             view: view.clone(),
         })
@@ -256,9 +263,9 @@ impl Plan {
     /// Whether the pass picked runner `stored.id` on what the store holds now: the same org
     /// and capabilities as its candidate.
     fn placed_as_stored(&self, stored: &RunnerRecord) -> bool {
-        self.candidates
-            .iter()
-            .find(|c| c.id == stored.id)
+        self.by_id
+            .get(&stored.id)
+            .and_then(|&i| self.candidates.get(i))
             .is_some_and(|c| c.org_id == stored.org_id && c.capabilities == stored.capabilities)
     }
 }
